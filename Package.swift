@@ -1,0 +1,101 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "claude-max-market",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "claude-max-market", targets: ["claude-max-market"]),
+        .executable(name: "cmm-benchmarks", targets: ["Benchmarks"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    ],
+    targets: [
+        .target(name: "MarketCore"),
+        .target(
+            name: "MarketCrypto",
+            dependencies: [
+                "MarketCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
+        .target(
+            name: "DockerEngine",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "Participant",
+            dependencies: [
+                "MarketCore",
+                "MarketCrypto",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "JobRunner",
+            dependencies: [
+                "MarketCore",
+                "DockerEngine",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "ClaudeMaxMarketCLI",
+            dependencies: [
+                "MarketCore",
+                "MarketCrypto",
+                "DockerEngine",
+                "JobRunner",
+                "Participant",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "claude-max-market",
+            dependencies: ["ClaudeMaxMarketCLI"]
+        ),
+        .executableTarget(
+            name: "Benchmarks",
+            dependencies: [
+                "MarketCore",
+                "MarketCrypto",
+                "DockerEngine",
+                "JobRunner",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Benchmarks"
+        ),
+        .target(name: "TestSupport", dependencies: ["MarketCore"], path: "Tests/TestSupport"),
+        .testTarget(name: "MarketCoreTests", dependencies: ["MarketCore", "TestSupport"]),
+        .testTarget(name: "MarketCryptoTests", dependencies: ["MarketCrypto", "TestSupport"]),
+        .testTarget(name: "ParticipantTests", dependencies: ["Participant", "TestSupport"]),
+        .testTarget(name: "DockerEngineTests", dependencies: ["DockerEngine", "TestSupport"]),
+        .testTarget(name: "JobRunnerTests", dependencies: ["JobRunner", "DockerEngine", "TestSupport"]),
+        .testTarget(
+            name: "CLITests",
+            dependencies: ["TestSupport", "claude-max-market"],
+            resources: [.copy("Fixtures")]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

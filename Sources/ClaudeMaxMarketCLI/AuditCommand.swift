@@ -1,0 +1,87 @@
+import ArgumentParser
+import Foundation
+import Participant
+
+struct AuditCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit",
+        abstract: "Show the append-only audit log, or verify its SHA-256 chain with --verify.",
+        discussion: """
+            Each entry holds the hash of the one before it, so editing, deleting, inserting or \
+            reordering entries breaks the chain; --verify names the first broken entry and exits 1.
+            """
+    )
+
+    enum Format: String, ExpressibleByArgument, CaseIterable {
+        case table, json, csv
+    }
+
+    @Option(name: .long, help: "Output format: table, json or csv.") var format: Format = .table
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Only entries at or after this time: \(DateArgument.allowed).", valueName: "DATE"))
+    var since: String?
+    @Option(name: .long, help: ArgumentHelp("Only entries of this kind (or its sub-kinds).", valueName: "KIND"))
+    var kind: String?
+    @Option(name: .long, help: ArgumentHelp("Write to FILE instead of stdout.", valueName: "FILE"))
+    var output: String?
+    @Flag(name: .long, help: "Recompute the hash chain; exit 0 when intact, 1 otherwise.")
+    var verify = false
+    @Flag(name: .long, help: "With --verify: print JSON.") var json = false
+
+    func run() async throws {
+        let context = CommandContext()
+        let database = try context.database()
+        if verify {
+            let result = try database.verifyAudit()
+            if json || format == .json {
+                try Output.json(result)
+            } else if result.intact {
+                Output.line("audit chain intact: \(result.entries) entries")
+            } else {
+                Output.line(
+                    "audit chain BROKEN at entry \(result.firstBrokenSeq ?? 0): \(result.reason ?? "") "
+                        + "(\(result.entries) entries)")
+            }
+            if !result.intact { throw ExitCode.failure }
+            return
+        }
+        var filter = AuditLog.Filter(kind: kind)
+        if let since {
+            guard let date = DateArgument.parse(since, now: context.now) else {
+                throw ValidationError("--since '\(since)' is not \(DateArgument.allowed)")
+            }
+            filter.since = date
+        }
+        let entries = try database.auditEntries(filter: filter)
+        let data: Data
+        switch format {
+        case .json:
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            encoder.dateEncodingStrategy = .iso8601
+            data = try encoder.encode(entries) + Data("\n".utf8)
+        case .csv:
+            var lines = ["seq,at,actor,kind,details,prev_hash,hash"]
+            for entry in entries {
+                lines.append(
+                    [
+                        String(entry.seq), entry.at.ISO8601Format(), entry.actor, entry.kind, entry.details,
+                        entry.prevHash, entry.hash,
+                    ]
+                    .map(Output.csvField).joined(separator: ","))
+            }
+            data = Data((lines.joined(separator: "\n") + "\n").utf8)
+        case .table:
+            let table = Output.table(
+                ["SEQ", "AT", "ACTOR", "KIND", "DETAILS"],
+                entries.map { [String($0.seq), $0.at.ISO8601Format(), $0.actor, $0.kind, $0.details] })
+            data = Data((table + "\n").utf8)
+        }
+        if let output {
+            try Output.write(data, to: output)
+        } else {
+            FileHandle.standardOutput.write(data)
+        }
+    }
+}

@@ -1,0 +1,42 @@
+import ArgumentParser
+import Foundation
+import MarketCore
+
+/// The root command. Each subcommand lives in a file named after it.
+public struct ClaudeMaxMarket: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "claude-max-market",
+        abstract: "Share your own Claude Code capacity on a market, safely and on your terms.",
+        discussion: """
+            State lives under $CMM_HOME when set, else $XDG_CONFIG_HOME/claude-max-market and \
+            $XDG_DATA_HOME/claude-max-market. Every command that changes state writes an audit entry.
+            """,
+        version: ToolVersion.current,
+        subcommands: [
+            ConfigCommand.self, TermsCommand.self, OptInCommand.self, OptOutCommand.self, LimitsCommand.self,
+            StatusCommand.self, AuditCommand.self, ComplianceCheckCommand.self,
+        ]
+    )
+
+    public init() {}
+}
+
+extension ClaudeMaxMarket {
+    /// Parses and runs a command. Called explicitly because, from another module, `main()`
+    /// resolves to ArgumentParser's synchronous overload, which refuses async commands.
+    public static func runAsMain(_ arguments: [String]? = nil) async {
+        do {
+            var command = try await asyncParseAsRoot(arguments)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as CLIError {
+            FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+            Foundation.exit(error.exitCode)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}

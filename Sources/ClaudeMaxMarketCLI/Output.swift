@@ -1,0 +1,86 @@
+import Foundation
+
+/// Printing for people (tables, lines) and programs (`--json`: clean JSON on stdout only).
+enum Output {
+    static func json(_ value: some Encodable) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        var data = try encoder.encode(value)
+        data.append(0x0a)
+        FileHandle.standardOutput.write(data)
+    }
+
+    static func line(_ text: String = "") {
+        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    }
+
+    /// Diagnostics and progress: stderr, so that stdout stays parseable.
+    static func note(_ text: String) {
+        FileHandle.standardError.write(Data((text + "\n").utf8))
+    }
+
+    static func table(_ header: [String], _ rows: [[String]]) -> String {
+        var widths = header.map(\.count)
+        for row in rows {
+            for (index, cell) in row.enumerated() where index < widths.count {
+                widths[index] = max(widths[index], cell.count)
+            }
+        }
+        func render(_ cells: [String]) -> String {
+            cells.enumerated().map { index, cell in
+                index == cells.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+            }.joined(separator: "  ")
+        }
+        var lines = [render(header), render(widths.map { String(repeating: "-", count: $0) })]
+        lines += rows.map(render)
+        return lines.joined(separator: "\n")
+    }
+
+    static var stdinIsTerminal: Bool { isatty(STDIN_FILENO) == 1 }
+    static var stdoutIsTerminal: Bool { isatty(STDOUT_FILENO) == 1 }
+    static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) == 1 }
+
+    /// Asks a yes/no question on the terminal. Without a terminal, refuses instead of hanging.
+    static func confirm(_ question: String, assumeYes: Bool) throws -> Bool {
+        if assumeYes { return true }
+        guard stdinIsTerminal else {
+            throw CLIError("this needs confirmation and there is no terminal to ask on: rerun with --yes", exitCode: 2)
+        }
+        FileHandle.standardError.write(Data("\(question) [y/N] ".utf8))
+        guard let answer = readLine()?.trimmingCharacters(in: .whitespaces).lowercased() else { return false }
+        return answer == "y" || answer == "yes"
+    }
+
+    /// Writes `data` to FILE, or stdout for `-`.
+    static func write(_ data: Data, to path: String) throws {
+        if path == "-" {
+            FileHandle.standardOutput.write(data)
+        } else {
+            try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+        }
+    }
+
+    static func csvField(_ text: String) -> String {
+        guard text.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return text }
+        return "\"" + text.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+}
+
+/// Dates given on the command line: `2026-11-25`, an ISO 8601 time, or an age like `7d`, `12h`.
+enum DateArgument {
+    static func parse(_ text: String, now: Date) -> Date? {
+        if let last = text.last, let amount = Double(text.dropLast()), amount >= 0 {
+            let unit: Double? = ["d": 86_400, "h": 3_600, "m": 60, "w": 604_800][last]
+            if let unit { return now.addingTimeInterval(-amount * unit) }
+        }
+        let day = DateFormatter()
+        day.locale = Locale(identifier: "en_US_POSIX")
+        day.timeZone = TimeZone(identifier: "UTC")
+        day.dateFormat = "yyyy-MM-dd"
+        if let date = day.date(from: text) { return date }
+        return try? Date(text, strategy: .iso8601)
+    }
+
+    static let allowed = "a date (2026-11-25), an ISO 8601 time (2026-11-25T10:00:00Z) or an age (7d, 12h, 30m, 2w)"
+}

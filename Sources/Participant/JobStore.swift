@@ -1,0 +1,305 @@
+import Foundation
+import GRDB
+import MarketCore
+
+/// The lifecycle state of a local job row.
+public enum JobState: String, Codable, Sendable, CaseIterable {
+    case reserved, running, succeeded, failed, timedOut = "timed-out", cancelled, abandoned
+
+    /// States that hold a concurrency slot.
+    public static let active: [JobState] = [.reserved, .running]
+    public var isFinal: Bool { !Self.active.contains(self) }
+}
+
+/// A job as recorded locally.
+public struct JobRecord: Codable, Sendable, Equatable {
+    public var id: String
+    public var createdAt: Date
+    public var startedAt: Date?
+    public var finishedAt: Date?
+    public var state: JobState
+    /// `local` for `execute`, `provider` for market jobs run here, `requester` for jobs posted.
+    public var role: String
+    public var backend: String
+    public var model: String?
+    public var requester: String?
+    public var image: String?
+    public var promptBytes: Int64
+    public var estimatedTokens: Int64
+    public var inputTokens: Int64
+    public var outputTokens: Int64
+    public var cacheReadTokens: Int64
+    public var cacheCreationTokens: Int64
+    public var costUSD: Double
+    public var exitCode: Int64?
+    public var error: String?
+
+    init(row: Row) {
+        id = row["id"]
+        createdAt = Date(unixMilliseconds: row["created_ms"])
+        startedAt = (row["started_ms"] as Int64?).map(Date.init(unixMilliseconds:))
+        finishedAt = (row["finished_ms"] as Int64?).map(Date.init(unixMilliseconds:))
+        state = JobState(rawValue: row["state"]) ?? .abandoned
+        role = row["role"]
+        backend = row["backend"]
+        model = row["model"]
+        requester = row["requester"]
+        image = row["image"]
+        promptBytes = row["prompt_bytes"]
+        estimatedTokens = row["estimated_tokens"]
+        inputTokens = row["input_tokens"]
+        outputTokens = row["output_tokens"]
+        cacheReadTokens = row["cache_read_tokens"]
+        cacheCreationTokens = row["cache_creation_tokens"]
+        costUSD = row["cost_usd"]
+        exitCode = row["exit_code"]
+        error = row["error"]
+    }
+}
+
+/// What a job asks to reserve.
+public struct JobReservation: Sendable {
+    public var id: String
+    public var role: String
+    public var backend: String
+    public var model: String?
+    public var requester: String?
+    public var image: String?
+    public var promptBytes: Int64
+    public var estimatedTokens: Int64
+
+    public init(
+        id: String, role: String, backend: String, model: String? = nil, requester: String? = nil,
+        image: String? = nil, promptBytes: Int64, estimatedTokens: Int64
+    ) {
+        self.id = id
+        self.role = role
+        self.backend = backend
+        self.model = model
+        self.requester = requester
+        self.image = image
+        self.promptBytes = promptBytes
+        self.estimatedTokens = estimatedTokens
+    }
+}
+
+/// How a job ended, with the usage its backend reported.
+public struct JobOutcome: Sendable {
+    public var state: JobState
+    public var inputTokens: Int64
+    public var outputTokens: Int64
+    public var cacheReadTokens: Int64
+    public var cacheCreationTokens: Int64
+    public var costUSD: Double
+    public var model: String?
+    public var exitCode: Int64?
+    public var error: String?
+
+    public init(
+        state: JobState, inputTokens: Int64 = 0, outputTokens: Int64 = 0, cacheReadTokens: Int64 = 0,
+        cacheCreationTokens: Int64 = 0, costUSD: Double = 0, model: String? = nil, exitCode: Int64? = nil,
+        error: String? = nil
+    ) {
+        self.state = state
+        self.inputTokens = inputTokens
+        self.outputTokens = outputTokens
+        self.cacheReadTokens = cacheReadTokens
+        self.cacheCreationTokens = cacheCreationTokens
+        self.costUSD = costUSD
+        self.model = model
+        self.exitCode = exitCode
+        self.error = error
+    }
+}
+
+/// One line of a job's event log.
+public struct JobEvent: Codable, Sendable, Equatable {
+    public var id: Int64
+    public var jobID: String
+    public var at: Date
+    public var stream: String
+    public var kind: String
+    public var line: String
+}
+
+/// Jobs, their events and the usage counted from them. Reservations are made under the
+/// database write lock, so concurrent processes can never exceed a limit together.
+public struct JobStore: Sendable {
+    let database: StateDatabase
+    let calendar: Calendar
+
+    public init(database: StateDatabase, calendar: Calendar = UsagePeriod.utcCalendar) {
+        self.database = database
+        self.calendar = calendar
+    }
+
+    public func usage(at now: Date) throws -> UsageSnapshot {
+        try database.pool.read { db in try usage(db, at: now) }
+    }
+
+    func usage(_ db: Database, at now: Date) throws -> UsageSnapshot {
+        func count(_ period: UsagePeriod) throws -> PeriodUsage {
+            let interval = period.interval(containing: now, calendar: calendar)
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT COUNT(*) AS tasks,
+                           COALESCE(SUM(CASE WHEN state IN ('reserved', 'running') THEN estimated_tokens
+                                             ELSE input_tokens + output_tokens END), 0) AS tokens
+                    FROM jobs WHERE created_ms >= ? AND created_ms < ?
+                    """,
+                arguments: [interval.start.unixMilliseconds, interval.end.unixMilliseconds])!
+            return PeriodUsage(
+                period: period, start: interval.start, end: interval.end, tasks: row["tasks"], tokens: row["tokens"])
+        }
+        let running = try Int64.fetchOne(
+            db, sql: "SELECT COUNT(*) FROM jobs WHERE state IN ('reserved', 'running')")!
+        return UsageSnapshot(day: try count(.day), week: try count(.week), month: try count(.month), running: running)
+    }
+
+    /// Checks the limits and records the job as reserved, atomically. Jobs whose owning
+    /// process died are released first so that a crash cannot hold a slot forever.
+    public func reserve(
+        _ reservation: JobReservation, limits: Limits, actor: String, at now: Date, ownerPID: Int32 = getpid()
+    ) throws -> UsageSnapshot {
+        try database.immediateWrite { db in
+            try releaseAbandoned(db, at: now)
+            let usage = try usage(db, at: now)
+            if let violation = limits.violation(adding: reservation.estimatedTokens, to: usage) {
+                throw violation
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO jobs (id, created_ms, state, role, backend, model, requester, image, prompt_bytes,
+                                      estimated_tokens, owner_pid)
+                    VALUES (?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    reservation.id, now.unixMilliseconds, reservation.role, reservation.backend, reservation.model,
+                    reservation.requester, reservation.image, reservation.promptBytes, reservation.estimatedTokens,
+                    ownerPID,
+                ])
+            try AuditLog.append(
+                db, actor: actor, kind: "job.reserved",
+                details: [
+                    "job": reservation.id, "backend": reservation.backend,
+                    "estimatedTokens": String(reservation.estimatedTokens),
+                    "promptBytes": String(reservation.promptBytes),
+                ], at: now)
+            return usage
+        }
+    }
+
+    public func markRunning(_ id: String, actor: String, at now: Date, details: [String: String] = [:]) throws {
+        try database.immediateWrite { db in
+            try db.execute(
+                sql: "UPDATE jobs SET state = 'running', started_ms = ? WHERE id = ? AND state = 'reserved'",
+                arguments: [now.unixMilliseconds, id])
+            try AuditLog.append(
+                db, actor: actor, kind: "job.started", details: details.merging(["job": id]) { $1 }, at: now)
+        }
+    }
+
+    public func finish(_ id: String, outcome: JobOutcome, actor: String, at now: Date) throws {
+        try database.immediateWrite { db in
+            try db.execute(
+                sql: """
+                    UPDATE jobs SET state = ?, finished_ms = ?, input_tokens = ?, output_tokens = ?,
+                        cache_read_tokens = ?, cache_creation_tokens = ?, cost_usd = ?, exit_code = ?, error = ?,
+                        model = COALESCE(?, model)
+                    WHERE id = ?
+                    """,
+                arguments: [
+                    outcome.state.rawValue, now.unixMilliseconds, outcome.inputTokens, outcome.outputTokens,
+                    outcome.cacheReadTokens, outcome.cacheCreationTokens, outcome.costUSD, outcome.exitCode,
+                    outcome.error, outcome.model, id,
+                ])
+            var details = [
+                "job": id, "state": outcome.state.rawValue, "inputTokens": String(outcome.inputTokens),
+                "outputTokens": String(outcome.outputTokens),
+            ]
+            if let error = outcome.error { details["error"] = error }
+            if let exitCode = outcome.exitCode { details["exitCode"] = String(exitCode) }
+            try AuditLog.append(db, actor: actor, kind: "job.finished", details: details, at: now)
+        }
+    }
+
+    /// Marks reserved or running jobs whose owner process is gone as abandoned.
+    func releaseAbandoned(_ db: Database, at now: Date) throws {
+        let rows = try Row.fetchAll(db, sql: "SELECT id, owner_pid FROM jobs WHERE state IN ('reserved', 'running')")
+        for row in rows {
+            guard let pid = row["owner_pid"] as Int32?, !Self.processIsAlive(pid) else { continue }
+            let id: String = row["id"]
+            try db.execute(
+                sql:
+                    "UPDATE jobs SET state = 'abandoned', finished_ms = ?, error = 'owner process exited' WHERE id = ?",
+                arguments: [now.unixMilliseconds, id])
+            try AuditLog.append(
+                db, actor: "system", kind: "job.abandoned", details: ["job": id, "ownerPID": String(pid)], at: now)
+        }
+    }
+
+    static func processIsAlive(_ pid: Int32) -> Bool {
+        kill(pid, 0) == 0 || errno == EPERM
+    }
+
+    public func appendEvent(jobID: String, stream: String, kind: String, line: String, at now: Date) throws {
+        try database.pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO job_events (job_id, at_ms, stream, kind, line) VALUES (?, ?, ?, ?, ?)",
+                arguments: [jobID, now.unixMilliseconds, stream, kind, line])
+        }
+    }
+
+    /// Events after `afterID`, oldest first; `jobID` nil for every job.
+    public func events(jobID: String?, afterID: Int64 = 0, limit: Int = 10_000) throws -> [JobEvent] {
+        try database.pool.read { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM job_events WHERE id > ? AND (? IS NULL OR job_id = ?) ORDER BY id LIMIT ?
+                    """,
+                arguments: [afterID, jobID, jobID, limit])
+            return rows.map {
+                JobEvent(
+                    id: $0["id"], jobID: $0["job_id"], at: Date(unixMilliseconds: $0["at_ms"]), stream: $0["stream"],
+                    kind: $0["kind"], line: $0["line"])
+            }
+        }
+    }
+
+    /// The last `count` events (of one job, or all), oldest first.
+    public func lastEvents(jobID: String?, count: Int) throws -> [JobEvent] {
+        let lastID = try database.pool.read { db in
+            try Int64.fetchOne(
+                db,
+                sql: """
+                    SELECT id FROM job_events WHERE (? IS NULL OR job_id = ?) ORDER BY id DESC LIMIT 1 OFFSET ?
+                    """,
+                arguments: [jobID, jobID, max(count, 1) - 1])
+        }
+        return try events(jobID: jobID, afterID: (lastID ?? 1) - 1)
+    }
+
+    public func job(_ id: String) throws -> JobRecord? {
+        try database.pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id]).map(JobRecord.init(row:))
+        }
+    }
+
+    public func jobs(from start: Date? = nil, until end: Date? = nil) throws -> [JobRecord] {
+        try database.pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM jobs WHERE created_ms >= ? AND created_ms < ? ORDER BY created_ms",
+                arguments: [start?.unixMilliseconds ?? Int64.min, end?.unixMilliseconds ?? Int64.max]
+            ).map(JobRecord.init(row:))
+        }
+    }
+
+    public func latestJobID() throws -> String? {
+        try database.pool.read { db in
+            try String.fetchOne(db, sql: "SELECT id FROM jobs ORDER BY created_ms DESC, rowid DESC LIMIT 1")
+        }
+    }
+}

@@ -1,0 +1,47 @@
+import Crypto
+import Foundation
+
+/// The notice `terms` prints and `terms --accept` records (by version and SHA-256 of the text,
+/// so a changed notice needs a new acceptance).
+public enum TermsNotice {
+    public static let version = "2026-11-25"
+
+    public static let text = """
+        claude-max-market — notice on terms, data and your responsibility (version \(version))
+
+        1. You alone are responsible. Running jobs for other people on your Claude access is
+           your decision and your risk. This tool does not make it allowed; it cannot check your
+           agreements with Anthropic, and it never claims that your use is compliant.
+
+        2. Subscription plans are for you. Anthropic's Consumer Terms cover the Free, Pro and Max
+           plans. They assume ordinary individual use and forbid making your account available to
+           others. Running other people's jobs on your subscription login may break them.
+           Market jobs on a subscription login are therefore OFF by default; they stay off unless
+           you set market.allowSubscriptionLogin=true after reading this.
+
+        3. API keys are the documented path. The Claude Code legal and compliance page asks
+           products built on Claude Code to use API keys under the Commercial Terms. The
+           default credential mode here is an API key (claude.credentialMode=api-key).
+
+        4. Your credentials stay here. The tool never reads, copies or sends your Claude login or
+           key. An API key is handed only to the job container's environment; a subscription
+           login is made by Claude Code itself inside the runner container and kept in a local
+           Docker volume. Output that looks like a credential is removed before it leaves.
+
+        5. What leaves this machine: only ciphertext of job payloads and results (sealed to the
+           other party's key; the market cannot read it) and signed metadata — your peer id,
+           public keys, prices, limits you advertise, token counts, timings and outcomes.
+
+        6. You stay in control. Every job needs your approval (or an approval policy you set),
+           runs within limits you set, in a locked-down container with no network but an
+           allowlisted proxy, and is written to a local audit log.
+
+        7. Opting out. `claude-max-market opt-out` stops at once: offers are withdrawn and new
+           jobs refused. `claude-max-market clean` removes the tool's containers and images.
+           Deleting the data directory removes all local state.
+        """
+
+    public static var sha256: String {
+        SHA256.hash(data: Data(text.utf8)).hexString
+    }
+}

@@ -1,0 +1,3 @@
+import ClaudeMaxMarketCLI
+
+await ClaudeMaxMarket.runAsMain()

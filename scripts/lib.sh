@@ -1,0 +1,62 @@
+# Shared by scripts/test.sh and scripts/quickstart.sh: install and start what is missing.
+# Everything started here is recorded and stopped by stop_started_services on exit.
+
+STARTED_PIDS=()
+CI="${CI:-false}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+apt_install() {
+    local missing=()
+    for package in "$@"; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ]; then
+        die "missing packages: ${missing[*]} (run as root, or install them with apt-get)"
+    fi
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+docker_socket() {
+    case "${DOCKER_HOST:-}" in
+        unix://*) printf '%s' "${DOCKER_HOST#unix://}" ;;
+        "") printf '/var/run/docker.sock' ;;
+        *) die "DOCKER_HOST=${DOCKER_HOST} is not a unix:// socket; only local engines are supported" ;;
+    esac
+}
+
+docker_answers() {
+    curl -fsS --max-time 2 --unix-socket "$(docker_socket)" http://docker/_ping >/dev/null 2>&1
+}
+
+# Starts the Docker engine with no bridge network (containers get loopback only) when none answers.
+ensure_docker() {
+    apt_install docker.io busybox-static socat
+    if docker_answers; then
+        log "Docker engine answers on $(docker_socket)"
+        return 0
+    fi
+    log "starting dockerd --bridge=none --iptables=false --ip-masq=false"
+    local logfile="${TMPDIR:-/tmp}/cmm-dockerd.log"
+    setsid dockerd --bridge=none --iptables=false --ip-masq=false >"$logfile" 2>&1 &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    for _ in $(seq 1 60); do
+        docker_answers && { log "Docker engine started (pid $pid)"; return 0; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 1
+    done
+    tail -20 "$logfile" >&2 || true
+    die "the Docker engine did not start (log: $logfile)"
+}
+
+stop_started_services() {
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    done
+}
