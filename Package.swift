@@ -87,7 +87,7 @@ let package = Package(
         ),
         .target(name: "TestSupport", dependencies: ["MarketCore"], path: "Tests/TestSupport"),
         .testTarget(name: "MarketCoreTests", dependencies: ["MarketCore", "TestSupport"]),
-        .testTarget(name: "MarketCryptoTests", dependencies: ["MarketCrypto", "TestSupport"]),
+        .testTarget(name: "MarketCryptoTests", dependencies: ["MarketCrypto", "TestSupport"], exclude: ["Interop"]),
         .testTarget(name: "ParticipantTests", dependencies: ["Participant", "TestSupport"]),
         .testTarget(name: "DockerEngineTests", dependencies: ["DockerEngine", "TestSupport"]),
         .testTarget(name: "JobRunnerTests", dependencies: ["JobRunner", "DockerEngine", "TestSupport"]),

@@ -14,7 +14,8 @@ public struct ClaudeMaxMarket: AsyncParsableCommand {
         version: ToolVersion.current,
         subcommands: [
             ConfigCommand.self, TermsCommand.self, OptInCommand.self, OptOutCommand.self, LimitsCommand.self,
-            StatusCommand.self, AuditCommand.self, ComplianceCheckCommand.self,
+            StatusCommand.self, AuditCommand.self, ComplianceCheckCommand.self, KeysCommand.self, EncryptCommand.self,
+            DecryptCommand.self,
         ]
     )
 

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import GRDB
 import MarketCore
+import MarketCrypto
 
 /// One entry of the append-only audit log.
 public struct AuditEntry: Codable, Sendable, Equatable {
@@ -142,10 +143,6 @@ public enum AuditLog {
         }
         return AuditVerification(intact: true, entries: rows.count, firstBrokenSeq: nil, reason: nil)
     }
-}
-
-extension Sequence<UInt8> {
-    var hexString: String { map { String(format: "%02x", $0) }.joined() }
 }
 
 extension StateDatabase {

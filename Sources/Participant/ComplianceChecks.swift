@@ -1,5 +1,6 @@
 import Foundation
 import MarketCore
+import MarketCrypto
 
 /// Facts about this participant's local set-up, each verified here and now. These are
 /// operational checks; none of them is, or claims to be, a statement of legal compliance.
@@ -19,8 +20,37 @@ public struct ComplianceChecks: Sendable {
         let audit = try database.pool.read { db in try AuditLog.verify(db) }
         return [
             termsCheck(consent), optInCheck(consent), approvalCheck(), limitsCheck(), auditCheck(audit),
-            permissionsCheck(), subscriptionCheck(),
+            permissionsCheck(), subscriptionCheck(), try keyAgeCheck(),
         ]
+    }
+
+    func keyAgeCheck() throws -> CheckResult {
+        let days = Int(config.integer(.keyRotationDays))
+        let now = Date()
+        guard let ring = try KeyStore(directory: paths.keysDirectory).load(now: now, rotationDays: days) else {
+            return CheckResult(
+                id: "keys.age", status: .warn, message: "no identity yet: keys are made on first use",
+                remediation: "run `claude-max-market keys show` to create them")
+        }
+        let age = Int(now.timeIntervalSince(ring.current.created) / 86_400)
+        let expired = ring.generations.filter { generation in
+            generation.retired.map { now > $0.addingTimeInterval(ring.grace) } ?? false
+        }
+        if age > days {
+            return CheckResult(
+                id: "keys.age", status: .warn,
+                message: "sealing key is \(age) days old, past security.keyRotationDays=\(days)",
+                remediation: "run `claude-max-market keys rotate` (it also rotates by itself on next use)")
+        }
+        if !expired.isEmpty {
+            return CheckResult(
+                id: "keys.age", status: .warn,
+                message: "\(expired.count) retired sealing key set(s) are past their grace period but still on disk",
+                remediation: "run `claude-max-market clean` to remove them")
+        }
+        return CheckResult(
+            id: "keys.age", status: .pass,
+            message: "sealing key is \(age) days old (rotates after \(days)); peer id \(ring.peerID)")
     }
 
     func termsCheck(_ consent: ConsentState) -> CheckResult {

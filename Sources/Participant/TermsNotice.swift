@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import MarketCrypto
 
 /// The notice `terms` prints and `terms --accept` records (by version and SHA-256 of the text,
 /// so a changed notice needs a new acceptance).

@@ -65,7 +65,8 @@ import Testing
 
         #expect(try run("config", "--set", "limits.dailyTasks=3", "--set", "docker.memory=1g").exitCode == 0)
         #expect(try run("config", "--get", "limits.dailyTasks").stdout == "3\n")
-        let fromEnvironment = try run("config", "--get", "limits.dailyTasks", "--json", environment: ["CMM_LIMITS_DAILYTASKS": "4"])
+        let fromEnvironment = try run(
+            "config", "--get", "limits.dailyTasks", "--json", environment: ["CMM_LIMITS_DAILYTASKS": "4"])
         #expect(try fromEnvironment.jsonObject()["layer"] as? String == "environment")
         #expect(try fromEnvironment.jsonObject()["value"] as? String == "4")
 

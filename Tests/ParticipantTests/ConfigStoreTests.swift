@@ -75,7 +75,9 @@ import Testing
     @Test func unknownKeysAreRefusedWithAHint() throws {
         #expect {
             _ = try store().set([("limits.daylyTasks", "3")])
-        } throws: { "\($0)".contains("unknown config key 'limits.daylyTasks'") && "\($0)".contains("limits.dailyTasks") }
+        } throws: {
+            "\($0)".contains("unknown config key 'limits.daylyTasks'") && "\($0)".contains("limits.dailyTasks")
+        }
         #expect(!FileManager.default.fileExists(atPath: paths.configFile.path))
     }
 
@@ -124,8 +126,9 @@ import Testing
     @Test func importOfABadFileChangesNothing() throws {
         _ = try store().set([("limits.dailyTasks", "3")])
         let before = try Data(contentsOf: paths.configFile)
-        #expect { _ = try store().importData(Data(#"{"limits.dailyTasks": 4, "x.y": 1}"#.utf8), source: "bad.json") }
-            throws: { "\($0)".contains("x.y") }
+        #expect {
+            _ = try store().importData(Data(#"{"limits.dailyTasks": 4, "x.y": 1}"#.utf8), source: "bad.json")
+        } throws: { "\($0)".contains("x.y") }
         #expect(try Data(contentsOf: paths.configFile) == before)
     }
 

@@ -30,7 +30,8 @@ import Testing
         let database = try StateDatabase(url: directory.file("s.sqlite"))
         try database.pool.write { db in
             try db.execute(
-                sql: "INSERT INTO consent_events (kind, terms_version, terms_sha256, at_ms) VALUES ('terms.accepted', '2020-01-01', 'x', 0)"
+                sql:
+                    "INSERT INTO consent_events (kind, terms_version, terms_sha256, at_ms) VALUES ('terms.accepted', '2020-01-01', 'x', 0)"
             )
         }
         let store = ConsentStore(database: database)

@@ -23,10 +23,16 @@ import Testing
         let calendar = UsagePeriod.utcCalendar
         let lastSecondOfSunday = Date.utc("2026-11-29T23:59:59Z")
         let mondayMidnight = Date.utc("2026-11-30T00:00:00Z")
-        #expect(UsagePeriod.day.interval(containing: lastSecondOfSunday, calendar: calendar).start == .utc("2026-11-29T00:00:00Z"))
-        #expect(UsagePeriod.week.interval(containing: lastSecondOfSunday, calendar: calendar).start == .utc("2026-11-23T00:00:00Z"))
+        #expect(
+            UsagePeriod.day.interval(containing: lastSecondOfSunday, calendar: calendar).start
+                == .utc("2026-11-29T00:00:00Z"))
+        #expect(
+            UsagePeriod.week.interval(containing: lastSecondOfSunday, calendar: calendar).start
+                == .utc("2026-11-23T00:00:00Z"))
         #expect(UsagePeriod.week.interval(containing: mondayMidnight, calendar: calendar).start == mondayMidnight)
-        #expect(UsagePeriod.month.interval(containing: lastSecondOfSunday, calendar: calendar).end == .utc("2026-12-01T00:00:00Z"))
+        #expect(
+            UsagePeriod.month.interval(containing: lastSecondOfSunday, calendar: calendar).end
+                == .utc("2026-12-01T00:00:00Z"))
         let leap = UsagePeriod.month.interval(containing: .utc("2028-02-29T12:00:00Z"), calendar: calendar)
         #expect(leap.duration == 29 * 86_400)
     }

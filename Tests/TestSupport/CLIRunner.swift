@@ -3,10 +3,11 @@ import Foundation
 /// Runs the built `claude-max-market` executable as a user would, in a chosen `CMM_HOME`.
 public struct CLIResult: Sendable {
     public let exitCode: Int32
-    public let stdout: String
+    /// The raw bytes on stdout (binary output stays intact).
+    public let stdoutData: Data
     public let stderr: String
 
-    public var stdoutData: Data { Data(stdout.utf8) }
+    public var stdout: String { String(decoding: stdoutData, as: UTF8.self) }
 
     /// Parses stdout as one JSON value; fails when anything else is on stdout.
     public func json() throws -> Any {
@@ -82,7 +83,7 @@ public enum CLIRunner {
         process.waitUntilExit()
         while !errData.isSet { usleep(1000) }
         return CLIResult(
-            exitCode: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+            exitCode: process.terminationStatus, stdoutData: outData,
             stderr: String(decoding: errData.value, as: UTF8.self))
     }
 }

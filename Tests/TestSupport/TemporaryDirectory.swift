@@ -43,3 +43,6 @@ extension Date {
         try! Date(text, strategy: .iso8601)
     }
 }
+
+/// Compares large byte strings without letting a failed `#expect` compute a quadratic diff.
+public func sameBytes(_ a: Data, _ b: Data) -> Bool { a == b }

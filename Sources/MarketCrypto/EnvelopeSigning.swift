@@ -1,0 +1,134 @@
+import Crypto
+import Foundation
+import MarketCore
+
+/// Why an envelope was refused. `code` is what goes in the protocol's `error` frame.
+public struct EnvelopeError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        case unsupportedVersion = "unsupported_version"
+        case unknownType = "unknown_type"
+        case malformed
+        case badSignature = "bad_signature"
+        case staleTimestamp = "stale_timestamp"
+        case futureTimestamp = "future_timestamp"
+        case replayedNonce = "replayed_nonce"
+        case wrongSender = "wrong_sender"
+    }
+
+    public let code: Code
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+/// Remembers nonces per peer for the freshness window. The server persists its own; this
+/// protocol is the seam.
+public protocol ReplayCache: Sendable {
+    /// Records the nonce; false when it was already seen for this peer.
+    func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> Bool
+}
+
+/// A bounded in-memory replay cache: entries expire with the timestamp window, and when full
+/// the oldest are dropped (safe, because an expired timestamp is refused on its own).
+public final class MemoryReplayCache: ReplayCache, @unchecked Sendable {
+    private let lock = NSLock()
+    private var entries: [String: Int64] = [:]
+    private var order: [(key: String, expires: Int64)] = []
+    private var head = 0
+    public let capacity: Int
+
+    public init(capacity: Int = 100_000) {
+        self.capacity = capacity
+    }
+
+    public var count: Int { lock.withLock { entries.count } }
+
+    public func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> Bool {
+        let key = peer + "\u{0}" + nonce
+        return lock.withLock {
+            while head < order.count, order[head].expires <= nowMs || entries.count >= capacity {
+                if entries[order[head].key] == order[head].expires { entries[order[head].key] = nil }
+                head += 1
+            }
+            if head > 4096, head * 2 > order.count {
+                order.removeFirst(head)
+                head = 0
+            }
+            if let expires = entries[key], expires > nowMs { return false }
+            entries[key] = expiresAtMs
+            order.append((key, expiresAtMs))
+            return true
+        }
+    }
+}
+
+/// Signs and verifies wire envelopes (DESIGN.md): Ed25519 over the domain-separated,
+/// length-prefixed fields; timestamps within ±`window`; nonces never reused per peer.
+public struct EnvelopeVerifier: Sendable {
+    public static let defaultWindowMs: Int64 = 5 * 60 * 1000
+    public let windowMs: Int64
+    let replayCache: any ReplayCache
+
+    public init(replayCache: any ReplayCache, windowMs: Int64 = EnvelopeVerifier.defaultWindowMs) {
+        self.replayCache = replayCache
+        self.windowMs = windowMs
+    }
+
+    /// Checks everything but the nonce: version, type, sender, signature and timestamp.
+    public func verifySignature(
+        _ envelope: Envelope, signingKey: Curve25519.Signing.PublicKey, nowMs: Int64
+    ) throws(EnvelopeError) {
+        guard envelope.v == Envelope.currentVersion else {
+            throw EnvelopeError(.unsupportedVersion, "envelope version \(envelope.v) is not supported (expected 1)")
+        }
+        guard envelope.messageType != nil else {
+            throw EnvelopeError(.unknownType, "unknown message type '\(envelope.type)'")
+        }
+        guard PeerID(signingKey: signingKey).rawValue == envelope.from else {
+            throw EnvelopeError(.wrongSender, "'from' \(envelope.from) is not the peer id of the signing key")
+        }
+        guard let nonce = Data(base64Encoded: envelope.nonce), nonce.count == 16 else {
+            throw EnvelopeError(.malformed, "nonce must be 16 bytes in base64")
+        }
+        guard let signature = Data(base64Encoded: envelope.sig),
+            signingKey.isValidSignature(signature, for: envelope.signingBytes)
+        else { throw EnvelopeError(.badSignature, "the signature does not verify for \(envelope.from)") }
+        if envelope.ts < nowMs - windowMs {
+            throw EnvelopeError(
+                .staleTimestamp, "timestamp \(envelope.ts) is more than \(windowMs / 1000) s in the past")
+        }
+        if envelope.ts > nowMs + windowMs {
+            throw EnvelopeError(
+                .futureTimestamp, "timestamp \(envelope.ts) is more than \(windowMs / 1000) s in the future")
+        }
+    }
+
+    /// Full check, then records the nonce: a second envelope with the same nonce is a replay.
+    public func verify(_ envelope: Envelope, signingKey: Curve25519.Signing.PublicKey, nowMs: Int64)
+        throws(EnvelopeError)
+    {
+        try verifySignature(envelope, signingKey: signingKey, nowMs: nowMs)
+        guard
+            replayCache.insert(
+                peer: envelope.from, nonce: envelope.nonce, expiresAtMs: envelope.ts + windowMs, nowMs: nowMs)
+        else { throw EnvelopeError(.replayedNonce, "nonce already used by \(envelope.from): replay refused") }
+    }
+}
+
+extension PeerIdentity {
+    /// A signed envelope with a fresh random nonce.
+    public func envelope(type: MessageType, id: String, body: String, nowMs: Int64) throws -> Envelope {
+        var nonce = [UInt8](repeating: 0, count: 16)
+        for index in nonce.indices { nonce[index] = UInt8.random(in: 0...255) }
+        var envelope = Envelope(
+            type: type.rawValue, id: id, from: peerID.rawValue, ts: nowMs, nonce: Data(nonce).base64EncodedString(),
+            body: body)
+        envelope.sig = try sign(envelope.signingBytes).base64EncodedString()
+        return envelope
+    }
+}
