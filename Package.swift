@@ -33,6 +33,8 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -89,7 +91,12 @@ let package = Package(
         .testTarget(name: "MarketCoreTests", dependencies: ["MarketCore", "TestSupport"]),
         .testTarget(name: "MarketCryptoTests", dependencies: ["MarketCrypto", "TestSupport"], exclude: ["Interop"]),
         .testTarget(name: "ParticipantTests", dependencies: ["Participant", "TestSupport"]),
-        .testTarget(name: "DockerEngineTests", dependencies: ["DockerEngine", "TestSupport"]),
+        .testTarget(
+            name: "DockerEngineTests",
+            dependencies: [
+                "DockerEngine", "TestSupport", "MarketCore", .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "JobRunnerTests", dependencies: ["JobRunner", "DockerEngine", "TestSupport"]),
         .testTarget(
             name: "CLITests",

@@ -15,7 +15,8 @@ public struct ClaudeMaxMarket: AsyncParsableCommand {
         subcommands: [
             ConfigCommand.self, TermsCommand.self, OptInCommand.self, OptOutCommand.self, LimitsCommand.self,
             StatusCommand.self, AuditCommand.self, ComplianceCheckCommand.self, KeysCommand.self, EncryptCommand.self,
-            DecryptCommand.self,
+            DecryptCommand.self, DockerCommand.self, DockerBuildAlias.self, DockerPullAlias.self, HealthCommand.self,
+            CleanCommand.self,
         ]
     )
 

@@ -16,6 +16,9 @@ extension ConfigKey {
     public static let dockerImage = ConfigKey(
         "docker.image", .text(maxLength: 255), default: .text("claude-max-market/runner:\(ToolVersion.current)"),
         "Runner image for the claude backend")
+    public static let dockerBuildNetwork = ConfigKey(
+        "docker.buildNetwork", .choice(["default", "none", "host"]), default: .text("default"),
+        "Network for RUN steps of `docker:build` (none on engines without a bridge)")
     public static let dockerTmpfsSize = ConfigKey(
         "docker.tmpfsSize", .byteSize((1 << 20)...(8 << 30)), default: .text("64m"),
         "Size of the job's tmpfs work directory")
@@ -90,7 +93,8 @@ extension ConfigKey {
 
     /// Every key, in the order `config --list` shows them.
     public static let all: [ConfigKey] = [
-        dockerMemory, dockerCPUShares, dockerPidsLimit, dockerTimeoutSeconds, dockerImage, dockerTmpfsSize,
+        dockerMemory, dockerCPUShares, dockerPidsLimit, dockerTimeoutSeconds, dockerImage, dockerBuildNetwork,
+        dockerTmpfsSize,
         dockerWarmPool, egressAllowlist, egressByteBudget, dailyTasks, weeklyTasks, monthlyTasks, dailyTokens,
         maxTokensPerTask, concurrentJobs, keyRotationDays, approvalMode, approvalMaxPromptBytes,
         approvalAllowedRequesters, approvalDeniedRequesters, marketURL, marketDefaultPrice, marketMaxBidPrice,

@@ -1,0 +1,109 @@
+import ArgumentParser
+import DockerEngine
+import Foundation
+import MarketCrypto
+import Participant
+
+struct CleanCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "clean",
+        abstract: "Remove the tool's exited containers, dangling images, temp job dirs and expired retired keys.",
+        discussion: """
+            Only things labelled io.claude-max-market.managed=true are touched; containers and images \
+            that are not the tool's are never removed, whatever their names. Running containers are \
+            left alone unless --force.
+            """
+    )
+
+    @Flag(name: .long, help: "Also remove the tool's running containers.") var force = false
+    @Flag(name: .customLong("dry-run"), help: "Show what would be removed, remove nothing.") var dryRun = false
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    struct Report: Codable {
+        var dryRun: Bool
+        var containers: [String] = []
+        var images: [String] = []
+        var jobDirectories: [String] = []
+        var retiredKeySets = 0
+        var dockerReachable = true
+    }
+
+    func run() async throws {
+        let context = CommandContext()
+        let config = try context.config()
+        var report = Report(dryRun: dryRun)
+        do {
+            let (containers, images) = try await context.withDocker { docker in
+                try await Self.cleanDocker(docker, force: force, dryRun: dryRun)
+            }
+            report.containers = containers
+            report.images = images
+        } catch let error as DockerError where error.code == .unreachable {
+            report.dockerReachable = false
+            Output.note("Docker engine not reachable; containers and images were not cleaned (\(error.message))")
+        }
+        let database = try context.database()
+        report.jobDirectories = try Self.cleanJobDirectories(
+            context.paths, jobs: JobStore(database: database), dryRun: dryRun)
+        report.retiredKeySets = try context.keyStore.removeExpired(
+            now: context.now, rotationDays: Int(config.integer(.keyRotationDays)), dryRun: dryRun
+        ).count
+        if !dryRun {
+            try database.audit(
+                actor: context.actor, kind: "clean",
+                details: [
+                    "containers": String(report.containers.count), "images": String(report.images.count),
+                    "jobDirectories": String(report.jobDirectories.count),
+                    "retiredKeySets": String(report.retiredKeySets),
+                ], at: context.now)
+        }
+        if json {
+            try Output.json(report)
+            return
+        }
+        let verb = dryRun ? "would remove" : "removed"
+        Output.line(
+            "\(verb) \(report.containers.count) containers, \(report.images.count) images, "
+                + "\(report.jobDirectories.count) job directories, \(report.retiredKeySets) retired key sets")
+        for id in report.containers { Output.line("  container \(id.prefix(12))") }
+        for id in report.images { Output.line("  image \(id)") }
+        for path in report.jobDirectories { Output.line("  directory \(path)") }
+    }
+
+    static func cleanDocker(_ docker: DockerClient, force: Bool, dryRun: Bool) async throws -> ([String], [String]) {
+        var containers: [String] = []
+        for container in try await docker.listContainers(labels: ["\(Labels.managed)=true"], all: true) {
+            // The engine filtered by label; check again so that nothing unlabelled is ever touched.
+            guard Labels.isManaged(container.Labels), force || container.State != "running" else { continue }
+            if !dryRun { try await docker.removeContainer(container.Id, force: true) }
+            containers.append(container.Id)
+        }
+        var images: [String] = []
+        for image in try await docker.listImages(labels: ["\(Labels.managed)=true"], dangling: true)
+        where Labels.isManaged(image.Labels) {
+            if !dryRun {
+                do { try await docker.removeImage(image.Id) } catch let error as DockerError
+                    where error.code == .conflict
+                {
+                    continue
+                }
+            }
+            images.append(image.Id)
+        }
+        return (containers, images)
+    }
+
+    /// Job work directories of jobs that are not running.
+    static func cleanJobDirectories(_ paths: ParticipantPaths, jobs: JobStore, dryRun: Bool) throws -> [String] {
+        let entries =
+            (try? FileManager.default.contentsOfDirectory(at: paths.jobsDirectory, includingPropertiesForKeys: nil))
+            ?? []
+        var removed: [String] = []
+        for entry in entries {
+            if let job = try jobs.job(entry.lastPathComponent), !job.state.isFinal { continue }
+            if !dryRun { try FileManager.default.removeItem(at: entry) }
+            removed.append(entry.path)
+        }
+        return removed
+    }
+}

@@ -1,0 +1,31 @@
+import Foundation
+
+/// The labels on everything this tool creates. Cleanup selects by them and touches nothing else.
+public enum Labels {
+    public static let prefix = "io.claude-max-market."
+    /// Present (value "true") on every container and image the tool makes.
+    public static let managed = prefix + "managed"
+    /// What it is: `runner-image`, `job`, `pool`, `login`, `test`.
+    public static let kind = prefix + "kind"
+    public static let job = prefix + "job"
+    public static let createdBy = prefix + "created-by"
+
+    public static func make(kind: String, job: String? = nil, version: String) -> [String: String] {
+        var labels = [managed: "true", self.kind: kind, createdBy: "claude-max-market/\(version)"]
+        if let job { labels[self.job] = job }
+        return labels
+    }
+
+    /// True when `labels` mark something as the tool's own.
+    public static func isManaged(_ labels: [String: String]?) -> Bool {
+        labels?[managed] == "true"
+    }
+
+    /// Engine `filters` JSON selecting by label (`key` or `key=value`).
+    static func filter(_ labels: [String], extra: [String: [String]] = [:]) -> String {
+        var filters = extra
+        if !labels.isEmpty { filters["label"] = labels }
+        let encoded = try! JSONSerialization.data(withJSONObject: filters, options: [.sortedKeys])
+        return String(decoding: encoded, as: UTF8.self)
+    }
+}

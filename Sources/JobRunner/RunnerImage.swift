@@ -1,0 +1,76 @@
+import DockerEngine
+import Foundation
+import MarketCore
+
+/// The runner image's build context, embedded so that `docker:build` works wherever the binary
+/// is installed. `docker/runner/` in the repository holds the same files (a test keeps them equal).
+public enum RunnerImage {
+    public static let dockerfile = #"""
+        # The runner image: the unmodified Claude Code CLI from npm, socat for the egress bridge, and a
+        # non-root user. Built on the provider's machine by `claude-max-market docker:build`
+        # (it needs the network for apt and npm).
+        FROM node:22-bookworm-slim
+        RUN apt-get update \
+            && apt-get install -y --no-install-recommends socat ca-certificates \
+            && rm -rf /var/lib/apt/lists/*
+        RUN npm install -g @anthropic-ai/claude-code && npm cache clean --force
+        RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin runner
+        COPY entrypoint.sh /usr/local/bin/cmm-entrypoint
+        RUN chmod 0755 /usr/local/bin/cmm-entrypoint
+        ENV HOME=/work CLAUDE_CONFIG_DIR=/claude-config
+        USER 10001:10001
+        WORKDIR /work
+        ENTRYPOINT ["/usr/local/bin/cmm-entrypoint"]
+        CMD ["claude", "--version"]
+        """#
+
+    public static let entrypoint = #"""
+        #!/bin/sh
+        # Runs inside the job container, which has no network interface but loopback. When the
+        # provider's egress proxy socket is mounted, bridge 127.0.0.1:3128 to it and send HTTPS
+        # through it; the proxy allows only the configured host:port pairs.
+        set -eu
+        SOCKET=/run/cmm-egress/egress.sock
+        if [ -S "$SOCKET" ]; then
+            socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr "UNIX-CONNECT:$SOCKET" &
+            sleep 0.1
+            export HTTPS_PROXY=http://127.0.0.1:3128 https_proxy=http://127.0.0.1:3128
+            export HTTP_PROXY=http://127.0.0.1:3128 http_proxy=http://127.0.0.1:3128
+        fi
+        exec "$@"
+        """#
+
+    /// The build context as a tar archive.
+    public static func context() throws -> Data {
+        var tar = TarArchive()
+        try tar.addFile("Dockerfile", contents: Data(dockerfile.utf8))
+        try tar.addFile("entrypoint.sh", contents: Data(entrypoint.utf8), mode: 0o755)
+        return tar.finish()
+    }
+
+    /// A build context from a directory on disk (for `--file`): every regular file under it.
+    public static func context(directory: URL) throws -> Data {
+        var tar = TarArchive()
+        let base = directory.standardizedFileURL.path
+        let walker = FileManager.default.enumerator(at: directory, includingPropertiesForKeys: [.isRegularFileKey])
+        while let url = walker?.nextObject() as? URL {
+            guard (try? url.resourceValues(forKeys: [.isRegularFileKey]).isRegularFile) == true else { continue }
+            try tar.addFile(String(url.standardizedFileURL.path.dropFirst(base.count + 1)), from: url)
+        }
+        return tar.finish()
+    }
+
+    /// Splits `registry:5000/name:tag` into repository and tag (nil when there is none).
+    public static func split(_ image: String) -> (repository: String, tag: String?) {
+        guard let colon = image.lastIndex(of: ":"), !image[colon...].contains("/") else { return (image, nil) }
+        return (String(image[..<colon]), String(image[image.index(after: colon)...]))
+    }
+
+    /// The tags a build gets: the configured one (the tool's version when it names none) and `latest`.
+    public static func tags(for image: String) -> [String] {
+        let (repository, tag) = split(image)
+        let versioned = "\(repository):\(tag ?? ToolVersion.current)"
+        let latest = "\(repository):latest"
+        return versioned == latest ? [latest] : [versioned, latest]
+    }
+}
