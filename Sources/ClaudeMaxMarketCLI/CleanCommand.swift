@@ -9,8 +9,9 @@ struct CleanCommand: AsyncParsableCommand {
         commandName: "clean",
         abstract: "Remove the tool's exited containers, dangling images, temp job dirs and expired retired keys.",
         discussion: """
-            Only things labelled io.claude-max-market.managed=true are touched; containers and images \
-            that are not the tool's are never removed, whatever their names. Running containers are \
+            Only things labelled io.claude-max-market.managed=true (and, for containers, a container \
+            kind) are touched; containers and images that are not the tool's are never removed, \
+            whatever their names or images. Running containers are \
             left alone unless --force.
             """
     )
@@ -73,8 +74,9 @@ struct CleanCommand: AsyncParsableCommand {
     static func cleanDocker(_ docker: DockerClient, force: Bool, dryRun: Bool) async throws -> ([String], [String]) {
         var containers: [String] = []
         for container in try await docker.listContainers(labels: ["\(Labels.managed)=true"], all: true) {
-            // The engine filtered by label; check again so that nothing unlabelled is ever touched.
-            guard Labels.isManaged(container.Labels), force || container.State != "running" else { continue }
+            // The engine filtered by label; check the kind too: containers inherit an image's labels,
+            // so one made by someone else from our image also says `managed`, but never a container kind.
+            guard Labels.isManagedContainer(container.Labels), force || container.State != "running" else { continue }
             if !dryRun { try await docker.removeContainer(container.Id, force: true) }
             containers.append(container.Id)
         }

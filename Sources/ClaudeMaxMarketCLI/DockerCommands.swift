@@ -145,7 +145,7 @@ struct DockerPullCommand: AsyncParsableCommand {
             progress.finish()
             guard !options.noFallback else { throw CLIError("pull of \(image) failed: \(error.message)") }
             Output.note("pull of \(image) failed (\(error.message)); building it locally instead")
-            var build = DockerBuildOptions()
+            var build = try DockerBuildOptions.parse([])
             build.tag = image
             build.file = options.file
             try await DockerBuildCommand.build(build)

@@ -9,7 +9,7 @@ extension DockerClient {
 
     /// Creates a container; the spec must carry the tool's labels.
     public func createContainer(_ spec: ContainerSpec, name: String? = nil) async throws -> String {
-        precondition(Labels.isManaged(spec.Labels), "every container the tool creates carries its labels")
+        precondition(Labels.isManagedContainer(spec.Labels), "every container the tool creates carries its labels")
         let query = name.map { [("name", $0)] } ?? []
         return try await json(
             Created.self, request(.POST, "/containers/create", query: query, body: Self.encode(spec)),

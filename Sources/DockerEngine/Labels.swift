@@ -5,8 +5,11 @@ public enum Labels {
     public static let prefix = "io.claude-max-market."
     /// Present (value "true") on every container and image the tool makes.
     public static let managed = prefix + "managed"
-    /// What it is: `runner-image`, `job`, `pool`, `login`, `test`.
+    /// What it is. Images: `runner-image`, `test-image`; containers: `job`, `pool`, `login`, `test`.
     public static let kind = prefix + "kind"
+    /// Kinds only containers carry. A container inherits its image's labels, so a container
+    /// someone else made from our image has `managed` too, but an image kind: never ours.
+    public static let containerKinds: Set<String> = ["job", "pool", "login", "test"]
     public static let job = prefix + "job"
     public static let createdBy = prefix + "created-by"
 
@@ -19,6 +22,11 @@ public enum Labels {
     /// True when `labels` mark something as the tool's own.
     public static func isManaged(_ labels: [String: String]?) -> Bool {
         labels?[managed] == "true"
+    }
+
+    /// True for a container the tool itself created (not one made by someone from its image).
+    public static func isManagedContainer(_ labels: [String: String]?) -> Bool {
+        isManaged(labels) && containerKinds.contains(labels?[kind] ?? "")
     }
 
     /// Engine `filters` JSON selecting by label (`key` or `key=value`).

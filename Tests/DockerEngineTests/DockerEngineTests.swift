@@ -54,9 +54,9 @@ struct DockerEngineTests {
         try await withClient { client in
             try await TestImage.ensure(client)
             let image = try #require(try await client.inspectImage(TestImage.name))
-            #expect(image.Config?.Labels?[Labels.kind] == "test")
+            #expect(image.Config?.Labels?[Labels.kind] == "test-image")
             #expect(image.Config?.Labels?[Labels.createdBy] == "claude-max-market/\(ToolVersion.current)")
-            let listed = try await client.listImages(labels: ["\(Labels.kind)=test"])
+            let listed = try await client.listImages(labels: ["\(Labels.kind)=test-image"])
             #expect(listed.contains { $0.Id == image.Id })
         }
     }
@@ -164,7 +164,7 @@ struct DockerEngineTests {
             await expectDockerError(.stream, containing: "returned a non-zero code") {
                 _ = try await client.buildImage(
                     context: tar.finish(), tags: ["cmm-test/failing:1"],
-                    labels: Labels.make(kind: "test", version: ToolVersion.current)
+                    labels: Labels.make(kind: "test-image", version: ToolVersion.current)
                 ) { event in
                     if case .output(let text) = event { lines.append(text) }
                 }

@@ -20,7 +20,7 @@ enum TestImage {
     static func ensure(_ client: DockerClient) async throws {
         if try await client.inspectImage(name) != nil { return }
         _ = try await client.buildImage(
-            context: try context(), tags: [name], labels: Labels.make(kind: "test", version: ToolVersion.current))
+            context: try context(), tags: [name], labels: Labels.make(kind: "test-image", version: ToolVersion.current))
     }
 }
 

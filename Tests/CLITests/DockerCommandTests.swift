@@ -1,0 +1,94 @@
+import Foundation
+import TestSupport
+import Testing
+
+@Suite(.enabled(if: DockerTestEnvironment.shouldRun, "no Docker engine (scripts/test.sh starts one)"), .serialized)
+struct DockerCommandTests {
+    let home = TemporaryDirectory("cmm-cli")
+
+    func run(_ arguments: String..., environment: [String: String] = [:]) throws -> CLIResult {
+        try CLIRunner.run(arguments, home: home.url, environment: environment)
+    }
+
+    /// A Dockerfile building a tiny FROM scratch image, in its own context directory.
+    func testDockerfile() throws -> URL {
+        let directory = home.file("ctx")
+        if FileManager.default.fileExists(atPath: directory.path) { return directory.appending(path: "Dockerfile") }
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(
+            at: URL(fileURLWithPath: DockerTestEnvironment.busyboxPath), to: directory.appending(path: "busybox"))
+        try Data("FROM scratch\nCOPY busybox /bin/busybox\nUSER 65534:65534\nCMD [\"/bin/busybox\", \"true\"]\n".utf8)
+            .write(to: directory.appending(path: "Dockerfile"))
+        return directory.appending(path: "Dockerfile")
+    }
+
+    @Test func buildFromAFileTagsVersionAndLatest() throws {
+        let tag = "cmm-test/cli-build:\(UUID().uuidString.prefix(8).lowercased())"
+        let result = try run("docker:build", "--tag", tag, "--file", try testDockerfile().path)
+        #expect(result.exitCode == 0, "\(result.stderr)")
+        #expect(result.stdout.contains(tag) && result.stdout.contains("cmm-test/cli-build:latest"))
+        #expect(result.stderr.contains("Step 1/"))
+        let inspect = try DockerTestEnvironment.curl("GET", "/images/\(tag)/json")
+        #expect(inspect.stdout.contains("\"io.claude-max-market.kind\":\"runner-image\""))
+        let alias = try run("docker", "build", "--tag", tag, "--file", try testDockerfile().path)
+        #expect(alias.exitCode == 0)
+        _ = try DockerTestEnvironment.curl("DELETE", "/images/\(tag)?force=1")
+    }
+
+    @Test func pullFailureFallsBackToALocalBuildOrFails() throws {
+        // A registry address on loopback where nothing listens: the pull fails at once.
+        let image = "127.0.0.1:9/cmm-test/pulled:\(UUID().uuidString.prefix(8).lowercased())"
+        let strict = try run("docker:pull", "--image", image, "--no-fallback")
+        #expect(strict.exitCode != 0 && strict.stderr.contains("pull of \(image) failed"))
+        let fallback = try run("docker", "pull", "--image", image, "--file", try testDockerfile().path)
+        #expect(fallback.exitCode == 0, "\(fallback.stderr)")
+        #expect(fallback.stderr.contains("building it locally instead"))
+        #expect(try DockerTestEnvironment.curl("GET", "/images/\(image)/json").stdout.contains("runner-image"))
+        _ = try DockerTestEnvironment.curl("DELETE", "/images/\(image)?force=1")
+    }
+
+    @Test func healthReportsTheEngineAndFailsWithoutIt() throws {
+        let healthy = try run("health", "--json")
+        let checks = try #require(try healthy.jsonObject()["checks"] as? [[String: Any]])
+        let byID = Dictionary(uniqueKeysWithValues: checks.map { ($0["id"] as! String, $0["status"] as! String) })
+        #expect(byID["docker.daemon"] == "pass" && byID["docker.api"] == "pass" && byID["clock"] != "fail")
+        for id in ["docker.storage", "docker.disk", "runner.image", "egress.allowlist", "credentials.mode"] {
+            #expect(byID[id] != nil, "\(id)")
+        }
+        let dead = try run("health", environment: ["DOCKER_HOST": "unix://\(home.file("dead.sock").path)"])
+        #expect(dead.exitCode == 1)
+        #expect(dead.stdout.contains("[FAIL] docker.daemon") && dead.stdout.contains("dead.sock"))
+        let tcp = try run("health", environment: ["DOCKER_HOST": "tcp://127.0.0.1:2375"])
+        #expect(tcp.exitCode != 0 && (tcp.stdout + tcp.stderr).contains("unix://"))
+    }
+
+    @Test func cleanRemovesOnlyWhatIsOurs() throws {
+        // The same image for both: one container labelled as ours, one not (with "claude" in its name).
+        _ = try run("docker:build", "--tag", "cmm-test/clean:1", "--file", try testDockerfile().path)
+        let suffix = UUID().uuidString.prefix(8).lowercased()
+        let ours = try DockerTestEnvironment.curl(
+            "POST", "/containers/create?name=cmm-ours-\(suffix)",
+            body:
+                #"{"Image":"cmm-test/clean:1","Labels":{"io.claude-max-market.managed":"true","io.claude-max-market.kind":"job"}}"#
+        )
+        let theirs = try DockerTestEnvironment.curl(
+            "POST", "/containers/create?name=claude-not-ours-\(suffix)", body: #"{"Image":"cmm-test/clean:1"}"#)
+        let oursID = try #require(
+            (try JSONSerialization.jsonObject(with: ours.stdoutData) as? [String: Any])?["Id"] as? String)
+        let theirsID = try #require(
+            (try JSONSerialization.jsonObject(with: theirs.stdoutData) as? [String: Any])?["Id"] as? String)
+        defer { _ = try? DockerTestEnvironment.curl("DELETE", "/containers/\(theirsID)?force=1") }
+
+        let dry = try run("clean", "--dry-run", "--json")
+        let planned = try #require(try dry.jsonObject()["containers"] as? [String])
+        #expect(planned.contains(oursID) && !planned.contains(theirsID))
+        #expect(try DockerTestEnvironment.curl("GET", "/containers/\(oursID)/json").stdout.contains(oursID))
+
+        let cleaned = try run("clean", "--json")
+        #expect(cleaned.exitCode == 0)
+        #expect((try cleaned.jsonObject()["containers"] as? [String])?.contains(oursID) == true)
+        #expect(
+            try DockerTestEnvironment.curl("GET", "/containers/\(oursID)/json").stdout.contains("No such container"))
+        #expect(try DockerTestEnvironment.curl("GET", "/containers/\(theirsID)/json").stdout.contains(theirsID))
+    }
+}
