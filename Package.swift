@@ -55,7 +55,7 @@ let package = Package(
                 "DockerEngine",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -97,11 +97,17 @@ let package = Package(
                 "DockerEngine", "TestSupport", "MarketCore", .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "JobRunnerTests", dependencies: ["JobRunner", "DockerEngine", "TestSupport"]),
+        .testTarget(
+            name: "JobRunnerTests",
+            dependencies: [
+                "JobRunner", "DockerEngine", "TestSupport", "MarketCore",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            exclude: ["Fixtures"]
+        ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["TestSupport", "claude-max-market"],
-            resources: [.copy("Fixtures")]
+            dependencies: ["TestSupport", "claude-max-market"]
         ),
     ],
     swiftLanguageModes: [.v6]

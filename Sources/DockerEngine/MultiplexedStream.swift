@@ -1,12 +1,12 @@
 import NIOCore
 
 /// Which output a piece of container output came from.
-public enum OutputStream: UInt8, Sendable {
+public enum ContainerStream: UInt8, Sendable {
     case stdin = 0, stdout = 1, stderr = 2
 }
 
 public struct OutputFrame: Sendable, Equatable {
-    public var stream: OutputStream
+    public var stream: ContainerStream
     public var bytes: [UInt8]
 }
 
@@ -27,7 +27,7 @@ public struct MultiplexedStreamDecoder: Sendable {
             guard let kind = buffer.getInteger(at: start, as: UInt8.self),
                 let size = buffer.getInteger(at: start + 4, endianness: .big, as: UInt32.self)
             else { break }
-            guard let stream = OutputStream(rawValue: kind) else {
+            guard let stream = ContainerStream(rawValue: kind) else {
                 throw DockerError(.malformed, "multiplexed stream: unknown stream id \(kind)")
             }
             guard buffer.readableBytes >= 8 + Int(size) else { break }

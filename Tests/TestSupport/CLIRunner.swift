@@ -88,14 +88,14 @@ public enum CLIRunner {
     }
 }
 
-final class LockedBox<Value>: @unchecked Sendable {
+public final class LockedBox<Value>: @unchecked Sendable {
     private let lock = NSLock()
     private var stored: Value
     private var assigned = false
 
-    init(_ value: Value) { stored = value }
+    public init(_ value: Value) { stored = value }
 
-    var value: Value {
+    public var value: Value {
         get { lock.withLock { stored } }
         set {
             lock.withLock {
@@ -105,5 +105,5 @@ final class LockedBox<Value>: @unchecked Sendable {
         }
     }
 
-    var isSet: Bool { lock.withLock { assigned } }
+    public var isSet: Bool { lock.withLock { assigned } }
 }

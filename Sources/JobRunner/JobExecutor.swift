@@ -1,0 +1,215 @@
+import DockerEngine
+import Foundation
+import Logging
+import MarketCore
+
+/// One job to run.
+public struct JobRequest: Sendable {
+    public var id: String
+    public var prompt: Data
+    public var backend: JobBackend
+    public var sandbox: SandboxSettings
+    /// nil: no egress at all (the container has loopback only).
+    public var egress: EgressPolicy?
+
+    public init(id: String, prompt: Data, backend: JobBackend, sandbox: SandboxSettings, egress: EgressPolicy?) {
+        self.id = id
+        self.prompt = prompt
+        self.backend = backend
+        self.sandbox = sandbox
+        self.egress = egress
+    }
+}
+
+/// Something a running job produced, already redacted.
+public enum JobOutput: Sendable, Equatable {
+    /// A line of output (stdout or stderr), as it will be logged and sent.
+    case line(stream: ContainerStream, text: String)
+    /// What a claude stdout line meant.
+    case event(StreamEvent)
+    /// The container was created and started.
+    case started(containerID: String)
+}
+
+public enum JobEndState: String, Sendable, Codable {
+    case succeeded, failed
+    case timedOut = "timed-out"
+    case cancelled
+}
+
+/// How a job ended.
+public struct JobReport: Sendable {
+    public var state: JobEndState
+    public var exitCode: Int?
+    public var result: ClaudeResult?
+    public var usage: [String: ModelUsage]
+    public var rateLimits: [RateLimitNotice]
+    /// Credentials removed from output before it left the runner.
+    public var redactions: Int
+    public var egress: [EgressDecision]
+    public var egressBytes: Int64
+    public var error: String?
+    public var duration: Duration
+}
+
+/// Runs jobs in hardened containers: create, attach, start, hand over the prompt on stdin,
+/// stream redacted output, enforce the wall-clock timeout, and always remove the container.
+public struct JobExecutor: Sendable {
+    let docker: DockerClient
+    let runDirectory: URL
+    let logger: Logger
+
+    public init(docker: DockerClient, runDirectory: URL, logger: Logger = Logger(label: "job")) {
+        self.docker = docker
+        self.runDirectory = runDirectory
+        self.logger = logger
+    }
+
+    public func run(_ request: JobRequest, onOutput: @escaping @Sendable (JobOutput) -> Void) async throws -> JobReport {
+        if let policy = request.egress {
+            return try await EgressProxy.withProxy(
+                directory: runDirectory.appending(path: "egress-\(request.id)"), policy: policy, logger: logger
+            ) { proxy in
+                var report = try await runContainer(request, egressDirectory: proxy.socketPath.deletingLastPathComponent, onOutput: onOutput)
+                report.egress = proxy.decisions
+                report.egressBytes = proxy.bytesTransferred
+                return report
+            }
+        }
+        return try await runContainer(request, egressDirectory: nil, onOutput: onOutput)
+    }
+
+    func runContainer(
+        _ request: JobRequest, egressDirectory: String?, onOutput: @escaping @Sendable (JobOutput) -> Void
+    ) async throws -> JobReport {
+        let clock = ContinuousClock()
+        let started = clock.now
+        let labels = Labels.make(kind: "job", job: request.id, version: ToolVersion.current)
+        let (command, environment, loginVolume, secrets): ([String], [String], String?, [String]) =
+            switch request.backend {
+            case .claude(let options): (options.command, options.environment, options.loginVolume, options.secrets)
+            case .command(let command): (command, [], nil, [])
+            }
+        let spec = SandboxPolicy.containerSpec(
+            request.sandbox, command: command, environment: environment, labels: labels,
+            egressDirectory: egressDirectory, loginVolume: loginVolume)
+        let id = try await docker.createContainer(spec, name: "cmm-job-\(request.id.prefix(36))")
+        let collector = OutputCollector(redactor: SecretRedactor(knownSecrets: secrets), parsesClaude: request.backend.name == "claude", onOutput: onOutput)
+        var state = JobEndState.failed
+        var exitCode: Int?
+        var failure: String?
+        do {
+            let outcome = try await withThrowingTaskGroup(of: Bool.self) { group in
+                group.addTask {
+                    try await docker.withAttachedContainer(id, stdin: true) { attached in
+                        try await docker.startContainer(id)
+                        onOutput(.started(containerID: id))
+                        try await attached.write(request.prompt)
+                        attached.closeStdin()
+                        for try await frame in attached.output { collector.add(frame) }
+                        return true
+                    }
+                }
+                group.addTask {
+                    try await Task.sleep(for: request.sandbox.timeout)
+                    return false
+                }
+                let finished = try await group.next()!
+                group.cancelAll()
+                return finished
+            }
+            collector.flush()
+            if outcome {
+                exitCode = try await docker.waitContainer(id)
+                state = collector.succeeded(exitCode: exitCode!) ? .succeeded : .failed
+                if state == .failed { failure = collector.failureReason(exitCode: exitCode!) }
+            } else {
+                state = .timedOut
+                failure = "the job ran past its \(request.sandbox.timeout) wall-clock limit and was killed"
+            }
+        } catch is CancellationError {
+            state = .cancelled
+            failure = "cancelled"
+        } catch {
+            if Task.isCancelled {
+                state = .cancelled
+                failure = "cancelled"
+            } else {
+                failure = "\(error)"
+            }
+        }
+        // Unstructured on purpose: the removal must run even when this task was cancelled.
+        let client = docker
+        await Task { try? await client.removeContainer(id, force: true) }.value
+        return JobReport(
+            state: state, exitCode: exitCode, result: collector.parser.result,
+            usage: collector.parser.result?.usage ?? [:], rateLimits: collector.parser.rateLimits,
+            redactions: collector.redactions, egress: [], egressBytes: 0, error: failure, duration: clock.now - started)
+    }
+}
+
+/// Splits frames into lines per stream, redacts them, parses claude's stdout.
+final class OutputCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private let redactor: SecretRedactor
+    private let parsesClaude: Bool
+    private let onOutput: @Sendable (JobOutput) -> Void
+    private var partial: [ContainerStream: [UInt8]] = [:]
+    private(set) var parser = StreamJSONParser()
+    private(set) var redactions = 0
+
+    init(redactor: SecretRedactor, parsesClaude: Bool, onOutput: @escaping @Sendable (JobOutput) -> Void) {
+        self.redactor = redactor
+        self.parsesClaude = parsesClaude
+        self.onOutput = onOutput
+    }
+
+    func add(_ frame: OutputFrame) {
+        lock.withLock {
+            var buffer = partial[frame.stream, default: []]
+            buffer.append(contentsOf: frame.bytes)
+            while let newline = buffer.firstIndex(of: 0x0a) {
+                emit(frame.stream, Array(buffer[..<newline]))
+                buffer.removeSubrange(...newline)
+            }
+            partial[frame.stream] = buffer
+        }
+    }
+
+    func flush() {
+        lock.withLock {
+            for (stream, bytes) in partial where !bytes.isEmpty { emit(stream, bytes) }
+            partial = [:]
+        }
+    }
+
+    private func emit(_ stream: ContainerStream, _ bytes: [UInt8]) {
+        let (text, count) = redactor.redact(String(decoding: bytes, as: UTF8.self))
+        redactions += count
+        onOutput(.line(stream: stream, text: text))
+        if parsesClaude && stream == .stdout {
+            for event in parser.parse(line: text) { onOutput(.event(event)) }
+        }
+    }
+
+    func succeeded(exitCode: Int) -> Bool {
+        lock.withLock {
+            if parsesClaude, let result = parser.result { return !result.isError }
+            return exitCode == 0
+        }
+    }
+
+    func failureReason(exitCode: Int) -> String {
+        lock.withLock {
+            if let result = parser.result, result.isError {
+                return result.errors.first ?? result.text ?? "claude reported \(result.subtype)"
+            }
+            if parsesClaude && parser.result == nil { return "claude exited \(exitCode) without a result line" }
+            return "exit code \(exitCode)"
+        }
+    }
+}
+
+extension String {
+    var deletingLastPathComponent: String { (self as NSString).deletingLastPathComponent }
+}

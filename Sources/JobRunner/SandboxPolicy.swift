@@ -1,0 +1,95 @@
+import DockerEngine
+import Foundation
+import MarketCore
+
+/// Limits of a job container, from the provider's config.
+public struct SandboxSettings: Sendable, Equatable {
+    public var image: String
+    public var memoryBytes: Int64
+    public var cpuShares: Int64
+    public var pidsLimit: Int64
+    public var tmpfsBytes: Int64
+    public var timeout: Duration
+
+    public init(image: String, memoryBytes: Int64, cpuShares: Int64, pidsLimit: Int64, tmpfsBytes: Int64, timeout: Duration) {
+        self.image = image
+        self.memoryBytes = memoryBytes
+        self.cpuShares = cpuShares
+        self.pidsLimit = pidsLimit
+        self.tmpfsBytes = tmpfsBytes
+        self.timeout = timeout
+    }
+}
+
+/// The hardened container every job runs in, with no exceptions: non-root, read-only root,
+/// no new privileges, no capabilities, memory / CPU / pids limits, a size-capped `noexec`
+/// tmpfs work dir, no network but loopback, and only the mounts the backend needs.
+public enum SandboxPolicy {
+    /// Non-root user (the runner image's `runner`).
+    public static let user = "10001:10001"
+    public static let workDirectory = "/work"
+    /// Where the provider's egress proxy socket directory is mounted (read-only).
+    public static let egressMount = "/run/cmm-egress"
+    /// Where a subscription login volume is mounted: outside the work dir.
+    public static let credentialDirectory = "/claude-config"
+
+    public static func hostConfiguration(_ settings: SandboxSettings, egressDirectory: String?, loginVolume: String?)
+        -> HostConfiguration
+    {
+        var host = HostConfiguration()
+        host.ReadonlyRootfs = true
+        host.NetworkMode = "none"
+        host.Memory = settings.memoryBytes
+        host.MemorySwap = settings.memoryBytes
+        host.CpuShares = settings.cpuShares
+        host.PidsLimit = settings.pidsLimit
+        host.CapDrop = ["ALL"]
+        host.SecurityOpt = ["no-new-privileges"]
+        let tmpfs = "rw,noexec,nosuid,nodev,size=\(settings.tmpfsBytes),mode=1777"
+        host.Tmpfs = [workDirectory: tmpfs, "/tmp": tmpfs]
+        var binds: [String] = []
+        if let egressDirectory { binds.append("\(egressDirectory):\(egressMount):ro") }
+        if let loginVolume { binds.append("\(loginVolume):\(credentialDirectory):rw") }
+        host.Binds = binds.isEmpty ? nil : binds
+        return host
+    }
+
+    /// A container spec for one job (or a warm-pool slot) whose input arrives on stdin.
+    public static func containerSpec(
+        _ settings: SandboxSettings, command: [String], environment: [String], labels: [String: String],
+        egressDirectory: String?, loginVolume: String?
+    ) -> ContainerSpec {
+        var spec = ContainerSpec(
+            image: settings.image, command: command, labels: labels,
+            hostConfig: hostConfiguration(settings, egressDirectory: egressDirectory, loginVolume: loginVolume))
+        spec.User = user
+        spec.WorkingDir = workDirectory
+        spec.Env = ["HOME=\(workDirectory)"] + environment
+        spec.openStdin()
+        return spec
+    }
+
+    /// Checks a live container against the policy; returns what is wrong (empty when all holds).
+    public static func violations(of inspect: ContainerInspect, settings: SandboxSettings) -> [String] {
+        let host = inspect.HostConfig
+        var problems: [String] = []
+        let user = inspect.Config.User ?? ""
+        if user.isEmpty || user == "root" || user.hasPrefix("0:") || user == "0" { problems.append("runs as root") }
+        if host.ReadonlyRootfs != true { problems.append("root filesystem is writable") }
+        if host.NetworkMode != "none" { problems.append("network mode is \(host.NetworkMode ?? "default")") }
+        if host.CapDrop != ["ALL"] { problems.append("capabilities not all dropped") }
+        if !(host.SecurityOpt ?? []).contains("no-new-privileges") { problems.append("no-new-privileges missing") }
+        if host.Memory != settings.memoryBytes || host.MemorySwap != settings.memoryBytes { problems.append("memory limit differs") }
+        if host.CpuShares != settings.cpuShares { problems.append("cpu shares differ") }
+        if host.PidsLimit != settings.pidsLimit { problems.append("pids limit differs") }
+        let tmpfs = host.Tmpfs?[workDirectory] ?? ""
+        for option in ["noexec", "nosuid", "size=\(settings.tmpfsBytes)"] where !tmpfs.contains(option) {
+            problems.append("work dir tmpfs lacks \(option)")
+        }
+        for bind in host.Binds ?? [] where !bind.hasSuffix(":\(egressMount):ro") && !bind.contains(":\(credentialDirectory):") {
+            problems.append("unexpected mount \(bind)")
+        }
+        if !Labels.isManagedContainer(inspect.Config.Labels) { problems.append("labels missing") }
+        return problems
+    }
+}

@@ -1,0 +1,170 @@
+import DockerEngine
+import Foundation
+import JobRunner
+import MarketCore
+import NIOCore
+import NIOPosix
+import TestSupport
+import Testing
+
+/// Builds the test runner image once per process.
+actor TestRunnerImageBuilder {
+    static let shared = TestRunnerImageBuilder()
+    var built = false
+
+    func ensure(_ docker: DockerClient) async throws {
+        if built { return }
+        let directory = TemporaryDirectory("cmm-runner-ctx")
+        let dockerfile = try TestRunnerImage.makeContext(in: directory.url)
+        _ = try await docker.buildImage(
+            context: try RunnerImage.context(directory: dockerfile.deletingLastPathComponent()),
+            tags: [TestRunnerImage.name], labels: Labels.make(kind: "test-image", version: ToolVersion.current))
+        built = true
+    }
+}
+
+final class Collected: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [JobOutput] = []
+    func add(_ output: JobOutput) { lock.withLock { items.append(output) } }
+    var all: [JobOutput] { lock.withLock { items } }
+    var lines: [String] {
+        all.compactMap { if case .line(_, let text) = $0 { text } else { nil } }
+    }
+    var containerID: String? {
+        all.lazy.compactMap { if case .started(let id) = $0 { id } else { nil } }.first
+    }
+}
+
+@Suite(.enabled(if: DockerTestEnvironment.shouldRun, "no Docker engine (scripts/test.sh starts one)"), .serialized)
+struct JobExecutorTests {
+    let runDirectory = TemporaryDirectory("cmm-run")
+
+    static let settings = SandboxSettings(
+        image: TestRunnerImage.name, memoryBytes: 256 << 20, cpuShares: 256, pidsLimit: 64, tmpfsBytes: 16 << 20,
+        timeout: .seconds(30))
+
+    func withExecutor<T: Sendable>(_ body: (JobExecutor, DockerClient) async throws -> T) async throws -> T {
+        try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) { docker in
+            try await TestRunnerImageBuilder.shared.ensure(docker)
+            return try await body(JobExecutor(docker: docker, runDirectory: runDirectory.url), docker)
+        }
+    }
+
+    func claude(_ credential: ClaudeCredential = .none) -> JobBackend {
+        .claude(ClaudeOptions(model: "claude-sonnet-4-6", maxTurns: 3, allowedTools: ["Read", "Grep"], credential: credential))
+    }
+
+    func request(_ prompt: String, backend: JobBackend, settings: SandboxSettings = JobExecutorTests.settings, egress: EgressPolicy? = nil) -> JobRequest {
+        JobRequest(id: UUID().uuidString.lowercased(), prompt: Data(prompt.utf8), backend: backend, sandbox: settings, egress: egress)
+    }
+
+    @Test func theLiveContainerIsHardened() async throws {
+        try await withExecutor { executor, docker in
+            let collected = Collected()
+            let inspected = LockedBox<ContainerInspect?>(nil)
+            let report = try await executor.run(request("sleep: 2", backend: claude())) { output in
+                collected.add(output)
+                if case .started(let id) = output {
+                    let semaphore = DispatchSemaphore(value: 0)
+                    Task {
+                        inspected.value = try? await docker.inspectContainer(id)
+                        semaphore.signal()
+                    }
+                    semaphore.wait()
+                }
+            }
+            #expect(report.state == .succeeded)
+            let inspect = try #require(inspected.value)
+            #expect(inspect.State.Running)
+            #expect(SandboxPolicy.violations(of: inspect, settings: Self.settings) == [])
+            #expect(inspect.Config.User == "10001:10001")
+            #expect(inspect.HostConfig.ReadonlyRootfs == true && inspect.HostConfig.NetworkMode == "none")
+            #expect(inspect.HostConfig.CapDrop == ["ALL"] && inspect.HostConfig.SecurityOpt == ["no-new-privileges"])
+            #expect(inspect.HostConfig.Memory == 256 << 20 && inspect.HostConfig.PidsLimit == 64 && inspect.HostConfig.CpuShares == 256)
+            #expect(inspect.HostConfig.Tmpfs?["/work"]?.contains("noexec") == true)
+            #expect(inspect.Config.Labels?[Labels.kind] == "job")
+            // The container is gone afterwards.
+            let listed = try await docker.listContainers(labels: ["\(Labels.job)=\(inspect.Config.Labels?[Labels.job] ?? "")"])
+            #expect(listed.isEmpty)
+        }
+    }
+
+    @Test func insideTheSandbox() async throws {
+        try await withExecutor { executor, _ in
+            let collected = Collected()
+            let script = """
+                id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status
+                touch /rootfile 2>&1 || echo readonly-root
+                cp /bin/busybox /work/bb && /work/bb true 2>&1 || echo noexec-work
+                cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '
+                """
+            let report = try await executor.run(request("", backend: .command(["sh", "-c", script]))) { collected.add($0) }
+            #expect(report.state == .succeeded, "\(collected.lines)")
+            let lines = collected.lines
+            #expect(lines.first == "10001")
+            #expect(lines.contains { $0.hasPrefix("CapEff:") && $0.hasSuffix("0000000000000000") })
+            #expect(lines.contains { $0.hasPrefix("NoNewPrivs:") && $0.hasSuffix("1") })
+            #expect(lines.contains("readonly-root") && lines.contains("noexec-work"))
+            #expect(lines.last == "lo")
+        }
+    }
+
+    @Test func theClaudeBackendRunsHeadlessAndReportsUsage() async throws {
+        try await withExecutor { executor, _ in
+            let collected = Collected()
+            let report = try await executor.run(request("fixture: tool-use", backend: claude())) { collected.add($0) }
+            #expect(report.state == .succeeded)
+            #expect(report.result?.text == "There are 7 files in the folder.")
+            #expect(report.usage["claude-opus-4-6"]?.outputTokens == 53)
+            #expect(report.rateLimits.first?.window == "five_hour")
+            let args = try #require(collected.lines.first { $0.contains("fake_args") })
+            for flag in ["-p", "--output-format stream-json", "--verbose", "--max-turns 3", "--model claude-sonnet-4-6",
+                "--permission-mode dontAsk", "--allowedTools Read,Grep", "Bash", "Read(//claude-config/**)"] {
+                #expect(args.contains(flag), "\(flag)")
+            }
+            let failed = try await executor.run(request("fixture: error-max-turns", backend: claude())) { _ in }
+            #expect(failed.state == .failed && failed.error?.contains("maximum number of turns") == true)
+        }
+    }
+
+    @Test func credentialsAreRedactedFromEverythingThatLeaves() async throws {
+        try await withExecutor { executor, _ in
+            let key = "sk-ant-api03-" + String(repeating: "K3y_", count: 20)
+            let collected = Collected()
+            let report = try await executor.run(request("please leak the key", backend: claude(.apiKey(key)))) {
+                collected.add($0)
+            }
+            let everything = collected.all.map { "\($0)" }.joined(separator: "\n")
+            #expect(!everything.contains(key))
+            #expect(!everything.contains("LEAKEDTOKENVALUE"))
+            #expect(everything.contains("[REDACTED]"))
+            #expect(report.redactions >= 3)
+        }
+    }
+
+    @Test func theWallClockLimitKillsAndRemoves() async throws {
+        try await withExecutor { executor, docker in
+            var settings = Self.settings
+            settings.timeout = .seconds(2)
+            let start = ContinuousClock.now
+            let job = request("", backend: .command(["sleep", "60"]), settings: settings)
+            let report = try await executor.run(job) { _ in }
+            #expect(report.state == .timedOut)
+            #expect(ContinuousClock.now - start < .seconds(15))
+            #expect(try await docker.listContainers(labels: ["\(Labels.job)=\(job.id)"]).isEmpty)
+        }
+    }
+
+    @Test func cancellationStopsAndRemoves() async throws {
+        try await withExecutor { executor, docker in
+            let job = request("", backend: .command(["sleep", "60"]))
+            let task = Task { try await executor.run(job) { _ in } }
+            try await Task.sleep(for: .seconds(2))
+            task.cancel()
+            let report = try await task.value
+            #expect(report.state == .cancelled)
+            #expect(try await docker.listContainers(labels: ["\(Labels.job)=\(job.id)"]).isEmpty)
+        }
+    }
+}

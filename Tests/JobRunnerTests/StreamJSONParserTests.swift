@@ -1,0 +1,70 @@
+import Foundation
+import JobRunner
+import Testing
+
+enum Fixtures {
+    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appending(path: "Fixtures/claude-stream-json")
+
+    static func lines(_ name: String) throws -> [String] {
+        try String(contentsOf: directory.appending(path: "\(name).jsonl"), encoding: .utf8)
+            .split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+    }
+
+    static func parse(_ name: String) throws -> (StreamJSONParser, [StreamEvent]) {
+        var parser = StreamJSONParser()
+        var events: [StreamEvent] = []
+        for line in try lines(name) { events += parser.parse(line: line) }
+        return (parser, events)
+    }
+}
+
+@Suite struct StreamJSONParserTests {
+    @Test func successText() throws {
+        let (parser, events) = try Fixtures.parse("success-text")
+        #expect(events.first == .initialized(model: "claude-sonnet-4-6", tools: ["Read", "Grep", "Glob"], version: "2.1.220"))
+        #expect(events.contains(.text("The capital of France is Paris.")))
+        let result = try #require(parser.result)
+        #expect(!result.isError && result.subtype == "success" && result.text == "The capital of France is Paris.")
+        #expect(result.usage["claude-sonnet-4-6"]?.inputTokens == 12)
+        #expect(result.usage["claude-sonnet-4-6"]?.outputTokens == 9)
+        #expect(result.usage["claude-sonnet-4-6"]?.cacheReadInputTokens == 4210)
+    }
+
+    @Test func toolUseSumsModelUsageAndCountsSplitMessagesOnce() throws {
+        let (parser, events) = try Fixtures.parse("tool-use")
+        #expect(events.contains(.toolUse(name: "Bash")))
+        #expect(events.contains(.toolResult(isError: false)))
+        let result = try #require(parser.result)
+        #expect(Set(result.usage.keys) == ["claude-opus-4-6", "claude-haiku-4-5"])
+        #expect(result.total.inputTokens == 318 && result.total.outputTokens == 75)
+        #expect(abs(result.total.costUSD - 0.0912) < 1e-9)
+        // msg_…001 spans two lines but counts once: 3+5 input, 41+12 output.
+        #expect(parser.assistantUsage.inputTokens == 8 && parser.assistantUsage.outputTokens == 53)
+        #expect(parser.rateLimits == [RateLimitNotice(window: "five_hour", status: "allowed_warning", resetsAt: Date(timeIntervalSince1970: 1_764_086_400), utilization: 0.82)])
+    }
+
+    @Test func maxTurnsIsAnErrorWithItsReason() throws {
+        let (parser, _) = try Fixtures.parse("error-max-turns")
+        let result = try #require(parser.result)
+        #expect(result.isError && result.subtype == "error_max_turns")
+        #expect(result.errors == ["Reached maximum number of turns (1)"])
+        #expect(result.text == nil)
+        #expect(result.total.inputTokens == 20)
+    }
+
+    @Test func usageLimitIsRecorded() throws {
+        let (parser, _) = try Fixtures.parse("usage-limit")
+        #expect(parser.rateLimits.first?.status == "rejected" && parser.rateLimits.first?.window == "five_hour")
+        let result = try #require(parser.result)
+        #expect(result.isError && result.usage.isEmpty)
+    }
+
+    @Test func noisyStreamsLoseNothing() throws {
+        let (parser, events) = try Fixtures.parse("noisy")
+        #expect(events.contains(.skipped(type: "system")) && events.contains(.skipped(type: "tool_progress")))
+        #expect(events.contains(.notJSON("Warning: this line is not JSON")))
+        #expect(parser.notJSONLines == 2)  // the warning and the cut-off last line
+        #expect(parser.result?.text == "ok")
+        #expect(parser.result?.usage["claude-haiku-4-5"]?.outputTokens == 1)
+    }
+}

@@ -1,0 +1,78 @@
+import Foundation
+
+/// A `FROM scratch` stand-in for the runner image: busybox, socat (with the libraries `ldd`
+/// lists), the real entrypoint from `docker/runner/`, and a fake `claude` that replays the
+/// stream-json fixtures. Nothing is pulled from a registry.
+public enum TestRunnerImage {
+    public static let name = "cmm-test/runner:latest"
+
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+
+    public static let fakeClaude = #"""
+        #!/bin/sh
+        # Stand-in for Claude Code in tests. The prompt (stdin) says what to do:
+        # "fixture: NAME", "leak the key", "egress: HOST:PORT", "direct: HOST:PORT", "sleep: N".
+        prompt=$(cat)
+        printf '{"type":"system","subtype":"fake_args","uid":"%s","args":"%s"}\n' "$(id -u)" "$*"
+        case "$prompt" in *"sleep: "*)
+            sleep "$(echo "$prompt" | sed -n 's/.*sleep: \([0-9]*\).*/\1/p')";;
+        esac
+        case "$prompt" in *"leak the key"*)
+            printf '{"type":"assistant","message":{"id":"msg_leak","content":[{"type":"text","text":"key=%s oauth=sk-ant-oat01-LEAKEDTOKENVALUE0123456789"}]}}\n' "$ANTHROPIC_API_KEY"
+            echo "stderr leaks $ANTHROPIC_API_KEY too" >&2;;
+        esac
+        case "$prompt" in *"egress: "*)
+            target=$(echo "$prompt" | sed -n 's/.*egress: \([^ ]*\).*/\1/p')
+            answer=$(echo ping | socat -T 5 - "PROXY:127.0.0.1:${target%:*}:${target##*:},proxyport=3128" 2>&1 | head -1 | tr -d '"\\')
+            printf '{"type":"assistant","message":{"id":"msg_egress","content":[{"type":"text","text":"egress answer: %s"}]}}\n' "$answer";;
+        esac
+        case "$prompt" in *"direct: "*)
+            target=$(echo "$prompt" | sed -n 's/.*direct: \([^ ]*\).*/\1/p')
+            answer=$(echo ping | socat -T 3 - "TCP:$target" 2>&1 | head -1 | tr -d '"\\')
+            printf '{"type":"assistant","message":{"id":"msg_direct","content":[{"type":"text","text":"direct answer: %s"}]}}\n' "$answer";;
+        esac
+        name=$(echo "$prompt" | sed -n 's/.*fixture: \([a-z-]*\).*/\1/p')
+        cat "/fixtures/${name:-success-text}.jsonl"
+        """#
+
+    /// Writes the build context into `directory`; returns the Dockerfile's URL.
+    public static func makeContext(in directory: URL) throws -> URL {
+        let fm = FileManager.default
+        let rootfs = directory.appending(path: "rootfs")
+        try fm.createDirectory(at: rootfs, withIntermediateDirectories: true)
+        func put(_ data: Data, _ path: String, mode: Int = 0o755) throws {
+            let url = rootfs.appending(path: path)
+            try fm.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try data.write(to: url)
+            chmod(url.path, mode_t(mode))
+        }
+        try fm.copyItem(at: URL(fileURLWithPath: DockerTestEnvironment.busyboxPath), to: directory.appending(path: "busybox"))
+        let socat = "/usr/bin/socat"
+        try put(Data(contentsOf: URL(fileURLWithPath: socat)), socat)
+        let ldd = try CLIRunner.runProcess(URL(fileURLWithPath: "/usr/bin/ldd"), [socat], environment: [:])
+        for line in ldd.stdout.split(separator: "\n") {
+            guard let path = line.split(separator: " ").first(where: { $0.hasPrefix("/") }) else { continue }
+            try put(Data(contentsOf: URL(fileURLWithPath: String(path)).resolvingSymlinksInPath()), String(path))
+        }
+        try put(Data(contentsOf: repository.appending(path: "docker/runner/entrypoint.sh")), "usr/local/bin/cmm-entrypoint")
+        try put(Data(fakeClaude.utf8), "usr/local/bin/claude")
+        let fixtures = repository.appending(path: "Tests/JobRunnerTests/Fixtures/claude-stream-json")
+        for name in try fm.contentsOfDirectory(atPath: fixtures.path) where name.hasSuffix(".jsonl") {
+            try put(Data(contentsOf: fixtures.appending(path: name)), "fixtures/\(name)", mode: 0o644)
+        }
+        let dockerfile = """
+            FROM scratch
+            COPY busybox /bin/busybox
+            RUN ["/bin/busybox", "--install", "-s", "/bin"]
+            COPY rootfs/ /
+            RUN mkdir -p /work /claude-config /run/cmm-egress && chown 10001:10001 /claude-config
+            ENV PATH=/usr/local/bin:/usr/bin:/bin
+            USER 10001:10001
+            ENTRYPOINT ["/usr/local/bin/cmm-entrypoint"]
+            """
+        let url = directory.appending(path: "Dockerfile")
+        try Data((dockerfile + "\n").utf8).write(to: url)
+        return url
+    }
+}
