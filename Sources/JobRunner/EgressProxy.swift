@@ -26,6 +26,13 @@ public struct EgressDecision: Sendable, Equatable, Codable {
     public var port: Int
     public var allowed: Bool
     public var reason: String
+
+    public init(host: String, port: Int, allowed: Bool, reason: String) {
+        self.host = host
+        self.port = port
+        self.allowed = allowed
+        self.reason = reason
+    }
 }
 
 /// An allowlisting HTTP CONNECT proxy on a Unix socket: the only way out of a job container.
@@ -59,7 +66,8 @@ public final class EgressProxy: Sendable {
     ) async throws -> T {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         chmod(directory.path, 0o755)
-        let proxy = EgressProxy(socketPath: directory.appending(path: "egress.sock").path, policy: policy, logger: logger)
+        let proxy = EgressProxy(
+            socketPath: directory.appending(path: "egress.sock").path, policy: policy, logger: logger)
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .bind(unixDomainSocketPath: proxy.socketPath, cleanupExistingSocketFile: true) { child in
@@ -98,7 +106,8 @@ public final class EgressProxy: Sendable {
         logger.info(
             "egress \(decision.allowed ? "allowed" : "refused")",
             metadata: [
-                "egress.host": "\(decision.host)", "egress.port": "\(decision.port)", "egress.reason": "\(decision.reason)",
+                "egress.host": "\(decision.host)", "egress.port": "\(decision.port)",
+                "egress.reason": "\(decision.reason)",
             ])
     }
 
@@ -122,7 +131,8 @@ public final class EgressProxy: Sendable {
                 received.writeBuffer(&chunk)
                 headEnd = received.readableBytesView.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound
                 if headEnd == nil && received.readableBytes > 8192 {
-                    try await outbound.write(ByteBuffer(string: "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n"))
+                    try await outbound.write(
+                        ByteBuffer(string: "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n"))
                     return
                 }
             }
@@ -130,18 +140,27 @@ public final class EgressProxy: Sendable {
             let requestLine = head.split(separator: "\r\n").first.map(String.init) ?? ""
             let parts = requestLine.split(separator: " ")
             guard parts.count == 3, parts[0] == "CONNECT", let target = Self.splitTarget(String(parts[1])) else {
-                record(EgressDecision(host: parts.count > 1 ? String(parts[1].prefix(200)) : "?", port: 0, allowed: false, reason: "not a CONNECT request"))
-                try await outbound.write(ByteBuffer(string: "HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\n\r\n"))
+                record(
+                    EgressDecision(
+                        host: parts.count > 1 ? String(parts[1].prefix(200)) : "?", port: 0, allowed: false,
+                        reason: "not a CONNECT request"))
+                try await outbound.write(
+                    ByteBuffer(string: "HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\n\r\n"))
                 return
             }
             guard policy.allows(host: target.host, port: target.port) else {
-                record(EgressDecision(host: target.host, port: target.port, allowed: false, reason: "not on the allowlist"))
-                try await outbound.write(ByteBuffer(string: "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+                record(
+                    EgressDecision(host: target.host, port: target.port, allowed: false, reason: "not on the allowlist")
+                )
+                try await outbound.write(
+                    ByteBuffer(string: "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
                 return
             }
             guard bytesTransferred < policy.byteBudget else {
-                record(EgressDecision(host: target.host, port: target.port, allowed: false, reason: "byte budget spent"))
-                try await outbound.write(ByteBuffer(string: "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+                record(
+                    EgressDecision(host: target.host, port: target.port, allowed: false, reason: "byte budget spent"))
+                try await outbound.write(
+                    ByteBuffer(string: "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
                 return
             }
             let upstream: NIOAsyncChannel<ByteBuffer, ByteBuffer>
@@ -152,11 +171,14 @@ public final class EgressProxy: Sendable {
                     .connect(host: target.host, port: target.port) { channel in
                         channel.eventLoop.makeCompletedFuture {
                             try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
-                                wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+                                wrappingChannelSynchronously: channel,
+                                configuration: .init(isOutboundHalfClosureEnabled: true))
                         }
                     }
             } catch {
-                record(EgressDecision(host: target.host, port: target.port, allowed: true, reason: "allowed; upstream unreachable"))
+                record(
+                    EgressDecision(
+                        host: target.host, port: target.port, allowed: true, reason: "allowed; upstream unreachable"))
                 try await outbound.write(ByteBuffer(string: "HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n"))
                 return
             }

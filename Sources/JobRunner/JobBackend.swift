@@ -32,7 +32,9 @@ public struct ClaudeOptions: Sendable, Equatable {
     public var credential: ClaudeCredential
 
     /// Tools that are off unless the provider names them: shell, file writes and the web.
-    public static let riskyTools = ["Bash", "Edit", "Write", "MultiEdit", "NotebookEdit", "WebFetch", "WebSearch", "Task"]
+    public static let riskyTools = [
+        "Bash", "Edit", "Write", "MultiEdit", "NotebookEdit", "WebFetch", "WebSearch", "Task",
+    ]
 
     public init(model: String, maxTurns: Int, allowedTools: [String], credential: ClaudeCredential) {
         self.model = model

@@ -65,12 +65,14 @@ public struct JobExecutor: Sendable {
         self.logger = logger
     }
 
-    public func run(_ request: JobRequest, onOutput: @escaping @Sendable (JobOutput) -> Void) async throws -> JobReport {
+    public func run(_ request: JobRequest, onOutput: @escaping @Sendable (JobOutput) -> Void) async throws -> JobReport
+    {
         if let policy = request.egress {
             return try await EgressProxy.withProxy(
                 directory: runDirectory.appending(path: "egress-\(request.id)"), policy: policy, logger: logger
             ) { proxy in
-                var report = try await runContainer(request, egressDirectory: proxy.socketPath.deletingLastPathComponent, onOutput: onOutput)
+                var report = try await runContainer(
+                    request, egressDirectory: proxy.socketPath.deletingLastPathComponent, onOutput: onOutput)
                 report.egress = proxy.decisions
                 report.egressBytes = proxy.bytesTransferred
                 return report
@@ -94,7 +96,9 @@ public struct JobExecutor: Sendable {
             request.sandbox, command: command, environment: environment, labels: labels,
             egressDirectory: egressDirectory, loginVolume: loginVolume)
         let id = try await docker.createContainer(spec, name: "cmm-job-\(request.id.prefix(36))")
-        let collector = OutputCollector(redactor: SecretRedactor(knownSecrets: secrets), parsesClaude: request.backend.name == "claude", onOutput: onOutput)
+        let collector = OutputCollector(
+            redactor: SecretRedactor(knownSecrets: secrets), parsesClaude: request.backend.name == "claude",
+            onOutput: onOutput)
         var state = JobEndState.failed
         var exitCode: Int?
         var failure: String?

@@ -11,7 +11,9 @@ public struct SandboxSettings: Sendable, Equatable {
     public var tmpfsBytes: Int64
     public var timeout: Duration
 
-    public init(image: String, memoryBytes: Int64, cpuShares: Int64, pidsLimit: Int64, tmpfsBytes: Int64, timeout: Duration) {
+    public init(
+        image: String, memoryBytes: Int64, cpuShares: Int64, pidsLimit: Int64, tmpfsBytes: Int64, timeout: Duration
+    ) {
         self.image = image
         self.memoryBytes = memoryBytes
         self.cpuShares = cpuShares
@@ -79,14 +81,17 @@ public enum SandboxPolicy {
         if host.NetworkMode != "none" { problems.append("network mode is \(host.NetworkMode ?? "default")") }
         if host.CapDrop != ["ALL"] { problems.append("capabilities not all dropped") }
         if !(host.SecurityOpt ?? []).contains("no-new-privileges") { problems.append("no-new-privileges missing") }
-        if host.Memory != settings.memoryBytes || host.MemorySwap != settings.memoryBytes { problems.append("memory limit differs") }
+        if host.Memory != settings.memoryBytes || host.MemorySwap != settings.memoryBytes {
+            problems.append("memory limit differs")
+        }
         if host.CpuShares != settings.cpuShares { problems.append("cpu shares differ") }
         if host.PidsLimit != settings.pidsLimit { problems.append("pids limit differs") }
         let tmpfs = host.Tmpfs?[workDirectory] ?? ""
         for option in ["noexec", "nosuid", "size=\(settings.tmpfsBytes)"] where !tmpfs.contains(option) {
             problems.append("work dir tmpfs lacks \(option)")
         }
-        for bind in host.Binds ?? [] where !bind.hasSuffix(":\(egressMount):ro") && !bind.contains(":\(credentialDirectory):") {
+        for bind in host.Binds ?? []
+        where !bind.hasSuffix(":\(egressMount):ro") && !bind.contains(":\(credentialDirectory):") {
             problems.append("unexpected mount \(bind)")
         }
         if !Labels.isManagedContainer(inspect.Config.Labels) { problems.append("labels missing") }

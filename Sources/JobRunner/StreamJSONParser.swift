@@ -157,7 +157,8 @@ public struct StreamJSONParser: Sendable {
         return ClaudeResult(
             subtype: object["subtype"] as? String ?? "unknown", isError: object["is_error"] as? Bool ?? false,
             text: object["result"] as? String, errors: object["errors"] as? [String] ?? [],
-            turns: (object["num_turns"] as? NSNumber)?.intValue, durationMs: (object["duration_ms"] as? NSNumber)?.intValue,
+            turns: (object["num_turns"] as? NSNumber)?.intValue,
+            durationMs: (object["duration_ms"] as? NSNumber)?.intValue,
             totalCostUSD: (object["total_cost_usd"] as? NSNumber)?.doubleValue ?? 0, usage: usage)
     }
 

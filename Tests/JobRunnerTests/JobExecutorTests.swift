@@ -45,18 +45,26 @@ struct JobExecutorTests {
         timeout: .seconds(30))
 
     func withExecutor<T: Sendable>(_ body: (JobExecutor, DockerClient) async throws -> T) async throws -> T {
-        try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) { docker in
+        try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
+            docker in
             try await TestRunnerImageBuilder.shared.ensure(docker)
             return try await body(JobExecutor(docker: docker, runDirectory: runDirectory.url), docker)
         }
     }
 
     func claude(_ credential: ClaudeCredential = .none) -> JobBackend {
-        .claude(ClaudeOptions(model: "claude-sonnet-4-6", maxTurns: 3, allowedTools: ["Read", "Grep"], credential: credential))
+        .claude(
+            ClaudeOptions(
+                model: "claude-sonnet-4-6", maxTurns: 3, allowedTools: ["Read", "Grep"], credential: credential))
     }
 
-    func request(_ prompt: String, backend: JobBackend, settings: SandboxSettings = JobExecutorTests.settings, egress: EgressPolicy? = nil) -> JobRequest {
-        JobRequest(id: UUID().uuidString.lowercased(), prompt: Data(prompt.utf8), backend: backend, sandbox: settings, egress: egress)
+    func request(
+        _ prompt: String, backend: JobBackend, settings: SandboxSettings = JobExecutorTests.settings,
+        egress: EgressPolicy? = nil
+    ) -> JobRequest {
+        JobRequest(
+            id: UUID().uuidString.lowercased(), prompt: Data(prompt.utf8), backend: backend, sandbox: settings,
+            egress: egress)
     }
 
     @Test func theLiveContainerIsHardened() async throws {
@@ -81,11 +89,15 @@ struct JobExecutorTests {
             #expect(inspect.Config.User == "10001:10001")
             #expect(inspect.HostConfig.ReadonlyRootfs == true && inspect.HostConfig.NetworkMode == "none")
             #expect(inspect.HostConfig.CapDrop == ["ALL"] && inspect.HostConfig.SecurityOpt == ["no-new-privileges"])
-            #expect(inspect.HostConfig.Memory == 256 << 20 && inspect.HostConfig.PidsLimit == 64 && inspect.HostConfig.CpuShares == 256)
+            #expect(
+                inspect.HostConfig.Memory == 256 << 20 && inspect.HostConfig.PidsLimit == 64
+                    && inspect.HostConfig.CpuShares == 256)
             #expect(inspect.HostConfig.Tmpfs?["/work"]?.contains("noexec") == true)
             #expect(inspect.Config.Labels?[Labels.kind] == "job")
             // The container is gone afterwards.
-            let listed = try await docker.listContainers(labels: ["\(Labels.job)=\(inspect.Config.Labels?[Labels.job] ?? "")"])
+            let listed = try await docker.listContainers(labels: [
+                "\(Labels.job)=\(inspect.Config.Labels?[Labels.job] ?? "")"
+            ])
             #expect(listed.isEmpty)
         }
     }
@@ -99,7 +111,9 @@ struct JobExecutorTests {
                 cp /bin/busybox /work/bb && /work/bb true 2>&1 || echo noexec-work
                 cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '
                 """
-            let report = try await executor.run(request("", backend: .command(["sh", "-c", script]))) { collected.add($0) }
+            let report = try await executor.run(request("", backend: .command(["sh", "-c", script]))) {
+                collected.add($0)
+            }
             #expect(report.state == .succeeded, "\(collected.lines)")
             let lines = collected.lines
             #expect(lines.first == "10001")
@@ -119,8 +133,10 @@ struct JobExecutorTests {
             #expect(report.usage["claude-opus-4-6"]?.outputTokens == 53)
             #expect(report.rateLimits.first?.window == "five_hour")
             let args = try #require(collected.lines.first { $0.contains("fake_args") })
-            for flag in ["-p", "--output-format stream-json", "--verbose", "--max-turns 3", "--model claude-sonnet-4-6",
-                "--permission-mode dontAsk", "--allowedTools Read,Grep", "Bash", "Read(//claude-config/**)"] {
+            for flag in [
+                "-p", "--output-format stream-json", "--verbose", "--max-turns 3", "--model claude-sonnet-4-6",
+                "--permission-mode dontAsk", "--allowedTools Read,Grep", "Bash", "Read(//claude-config/**)",
+            ] {
                 #expect(args.contains(flag), "\(flag)")
             }
             let failed = try await executor.run(request("fixture: error-max-turns", backend: claude())) { _ in }

@@ -3,7 +3,8 @@ import JobRunner
 import Testing
 
 enum Fixtures {
-    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appending(path: "Fixtures/claude-stream-json")
+    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appending(
+        path: "Fixtures/claude-stream-json")
 
     static func lines(_ name: String) throws -> [String] {
         try String(contentsOf: directory.appending(path: "\(name).jsonl"), encoding: .utf8)
@@ -21,7 +22,9 @@ enum Fixtures {
 @Suite struct StreamJSONParserTests {
     @Test func successText() throws {
         let (parser, events) = try Fixtures.parse("success-text")
-        #expect(events.first == .initialized(model: "claude-sonnet-4-6", tools: ["Read", "Grep", "Glob"], version: "2.1.220"))
+        #expect(
+            events.first
+                == .initialized(model: "claude-sonnet-4-6", tools: ["Read", "Grep", "Glob"], version: "2.1.220"))
         #expect(events.contains(.text("The capital of France is Paris.")))
         let result = try #require(parser.result)
         #expect(!result.isError && result.subtype == "success" && result.text == "The capital of France is Paris.")
@@ -40,7 +43,12 @@ enum Fixtures {
         #expect(abs(result.total.costUSD - 0.0912) < 1e-9)
         // msg_…001 spans two lines but counts once: 3+5 input, 41+12 output.
         #expect(parser.assistantUsage.inputTokens == 8 && parser.assistantUsage.outputTokens == 53)
-        #expect(parser.rateLimits == [RateLimitNotice(window: "five_hour", status: "allowed_warning", resetsAt: Date(timeIntervalSince1970: 1_764_086_400), utilization: 0.82)])
+        #expect(
+            parser.rateLimits == [
+                RateLimitNotice(
+                    window: "five_hour", status: "allowed_warning",
+                    resetsAt: Date(timeIntervalSince1970: 1_764_086_400), utilization: 0.82)
+            ])
     }
 
     @Test func maxTurnsIsAnErrorWithItsReason() throws {

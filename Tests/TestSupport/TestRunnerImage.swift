@@ -47,15 +47,18 @@ public enum TestRunnerImage {
             try data.write(to: url)
             chmod(url.path, mode_t(mode))
         }
-        try fm.copyItem(at: URL(fileURLWithPath: DockerTestEnvironment.busyboxPath), to: directory.appending(path: "busybox"))
+        try fm.copyItem(
+            at: URL(fileURLWithPath: DockerTestEnvironment.busyboxPath), to: directory.appending(path: "busybox"))
         let socat = "/usr/bin/socat"
         try put(Data(contentsOf: URL(fileURLWithPath: socat)), socat)
         let ldd = try CLIRunner.runProcess(URL(fileURLWithPath: "/usr/bin/ldd"), [socat], environment: [:])
         for line in ldd.stdout.split(separator: "\n") {
-            guard let path = line.split(separator: " ").first(where: { $0.hasPrefix("/") }) else { continue }
+            let tokens = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard let path = tokens.first(where: { $0.hasPrefix("/") }) else { continue }
             try put(Data(contentsOf: URL(fileURLWithPath: String(path)).resolvingSymlinksInPath()), String(path))
         }
-        try put(Data(contentsOf: repository.appending(path: "docker/runner/entrypoint.sh")), "usr/local/bin/cmm-entrypoint")
+        try put(
+            Data(contentsOf: repository.appending(path: "docker/runner/entrypoint.sh")), "usr/local/bin/cmm-entrypoint")
         try put(Data(fakeClaude.utf8), "usr/local/bin/claude")
         let fixtures = repository.appending(path: "Tests/JobRunnerTests/Fixtures/claude-stream-json")
         for name in try fm.contentsOfDirectory(atPath: fixtures.path) where name.hasSuffix(".jsonl") {
