@@ -81,7 +81,7 @@ struct AuditCommand: AsyncParsableCommand {
         if let output {
             try Output.write(data, to: output)
         } else {
-            FileHandle.standardOutput.write(data)
+            Output.stdout(data)
         }
     }
 }

@@ -16,7 +16,7 @@ public struct ClaudeMaxMarket: AsyncParsableCommand {
             ConfigCommand.self, TermsCommand.self, OptInCommand.self, OptOutCommand.self, LimitsCommand.self,
             StatusCommand.self, AuditCommand.self, ComplianceCheckCommand.self, KeysCommand.self, EncryptCommand.self,
             DecryptCommand.self, DockerCommand.self, DockerBuildAlias.self, DockerPullAlias.self, HealthCommand.self,
-            CleanCommand.self,
+            CleanCommand.self, ExecuteCommand.self, UsageCommand.self, LogsCommand.self,
         ]
     )
 
@@ -27,6 +27,8 @@ extension ClaudeMaxMarket {
     /// Parses and runs a command. Called explicitly because, from another module, `main()`
     /// resolves to ArgumentParser's synchronous overload, which refuses async commands.
     public static func runAsMain(_ arguments: [String]? = nil) async {
+        // A closed pipe (`… | head`) must end output quietly, not kill the process mid-job.
+        signal(SIGPIPE, SIG_IGN)
         do {
             var command = try await asyncParseAsRoot(arguments)
             if var asyncCommand = command as? any AsyncParsableCommand {
@@ -35,7 +37,7 @@ extension ClaudeMaxMarket {
                 try command.run()
             }
         } catch let error as CLIError {
-            FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+            Output.note("error: \(error.message)")
             Foundation.exit(error.exitCode)
         } catch {
             exit(withError: error)

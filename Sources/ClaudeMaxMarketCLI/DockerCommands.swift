@@ -86,7 +86,7 @@ final class BuildProgress: @unchecked Sendable {
                 let width = 30
                 let filled = step.total > 0 ? width * step.done / step.total : 0
                 let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-                FileHandle.standardError.write(Data("\r\u{1B}[K[\(bar)] \(line.prefix(60))".utf8))
+                Output.stderr(Data("\r\u{1B}[K[\(bar)] \(line.prefix(60))".utf8))
             } else if !terminal {
                 Output.note(line)
             }
@@ -94,7 +94,7 @@ final class BuildProgress: @unchecked Sendable {
     }
 
     func finish() {
-        if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+        if terminal { Output.stderr(Data("\n".utf8)) }
     }
 
     static func step(_ line: String) -> (done: Int, total: Int)? {
@@ -166,7 +166,7 @@ final class PullProgressPrinter: @unchecked Sendable {
                 let done = layers.values.reduce(Int64(0)) { $0 + $1.current }
                 let total = layers.values.reduce(Int64(0)) { $0 + $1.total }
                 let percent = total > 0 ? Int(done * 100 / total) : 0
-                FileHandle.standardError.write(
+                Output.stderr(
                     Data("\r\u{1B}[K\(layers.count) layers \(percent)% — \(layer.prefix(12)) \(progress.status)".utf8))
             } else {
                 let amounts = progress.total.map { " \(progress.current ?? 0)/\($0) bytes" } ?? ""
@@ -176,7 +176,7 @@ final class PullProgressPrinter: @unchecked Sendable {
     }
 
     func finish() {
-        if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+        if terminal { Output.stderr(Data("\n".utf8)) }
     }
 }
 

@@ -153,7 +153,7 @@ enum FileIO {
                 throw CLIError("cannot reread \(temp.path)")
             }
             while let chunk = try reader.read(upToCount: 1 << 16), !chunk.isEmpty {
-                FileHandle.standardOutput.write(chunk)
+                Output.stdout(chunk)
             }
         }
     }

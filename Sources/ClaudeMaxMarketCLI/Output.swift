@@ -8,16 +8,25 @@ enum Output {
         encoder.dateEncodingStrategy = .iso8601
         var data = try encoder.encode(value)
         data.append(0x0a)
-        FileHandle.standardOutput.write(data)
+        stdout(data)
     }
 
     static func line(_ text: String = "") {
-        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        stdout(Data((text + "\n").utf8))
     }
 
     /// Diagnostics and progress: stderr, so that stdout stays parseable.
     static func note(_ text: String) {
-        FileHandle.standardError.write(Data((text + "\n").utf8))
+        stderr(Data((text + "\n").utf8))
+    }
+
+    /// Writes that survive a closed pipe (`… | head`): the error is ignored, not a crash.
+    static func stdout(_ data: Data) {
+        try? FileHandle.standardOutput.write(contentsOf: data)
+    }
+
+    static func stderr(_ data: Data) {
+        try? FileHandle.standardError.write(contentsOf: data)
     }
 
     static func table(_ header: [String], _ rows: [[String]]) -> String {

@@ -303,3 +303,39 @@ public struct JobStore: Sendable {
         }
     }
 }
+
+extension JobStore {
+    /// Records a rate-limit notice (five-hour / weekly window) from a job's stream.
+    public func recordRateLimit(jobID: String, window: String, status: String, resetsAt: Date?, at now: Date) throws {
+        try database.pool.write { db in
+            try db.execute(
+                sql:
+                    "INSERT INTO rate_limit_events (job_id, at_ms, window, status, resets_at_ms) VALUES (?, ?, ?, ?, ?)",
+                arguments: [jobID, now.unixMilliseconds, window, status, resetsAt?.unixMilliseconds])
+        }
+    }
+
+    /// The latest notice per window.
+    public func latestRateLimits() throws -> [RateLimitStatus] {
+        try database.pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT window, status, at_ms, resets_at_ms FROM rate_limit_events r
+                    WHERE id = (SELECT MAX(id) FROM rate_limit_events WHERE window = r.window) ORDER BY window
+                    """
+            ).map {
+                RateLimitStatus(
+                    window: $0["window"], status: $0["status"], at: Date(unixMilliseconds: $0["at_ms"]),
+                    resetsAt: ($0["resets_at_ms"] as Int64?).map(Date.init(unixMilliseconds:)))
+            }
+        }
+    }
+}
+
+public struct RateLimitStatus: Codable, Sendable, Equatable {
+    public var window: String
+    public var status: String
+    public var at: Date
+    public var resetsAt: Date?
+}

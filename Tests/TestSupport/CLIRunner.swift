@@ -24,6 +24,10 @@ public struct CLIResult: Sendable {
 
 public struct CLIRunnerError: Error, CustomStringConvertible {
     public let description: String
+
+    public init(description: String) {
+        self.description = description
+    }
 }
 
 public enum CLIRunner {

@@ -1,0 +1,392 @@
+import ArgumentParser
+import DockerEngine
+import Foundation
+import JobRunner
+import MarketCore
+import MarketCrypto
+import Participant
+
+struct ExecuteCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "execute",
+        abstract: "Run one job in a hardened container, after consent, limits and approval checks.",
+        discussion: """
+            The prompt goes to the container on stdin. Output streams live (JSON lines with --json) \
+            and is redacted of credentials before it is shown or logged. Ctrl-C stops the container \
+            and records the job as cancelled. Exit codes: 0 done, 1 job failed, 3 refused (consent, \
+            approval), 4 over a limit, 124 timed out, 130 cancelled.
+            """
+    )
+
+    enum Backend: String, ExpressibleByArgument, CaseIterable {
+        case claude, command
+    }
+
+    @Option(name: .long, help: "The prompt text.") var prompt: String?
+    @Option(
+        name: .customLong("prompt-file"),
+        help: ArgumentHelp("Read the prompt from FILE ('-' for stdin).", valueName: "FILE"))
+    var promptFile: String?
+    @Option(name: .long, help: "claude (Claude Code, headless) or command (any image + command).") var backend:
+        Backend = .claude
+    @Option(name: .long, help: ArgumentHelp("Image (default: docker.image).", valueName: "IMAGE")) var image: String?
+    @Option(name: .long, help: ArgumentHelp("Model (default: claude.model).", valueName: "MODEL")) var model: String?
+    @Option(
+        name: .customLong("max-turns"), help: ArgumentHelp("--max-turns (default: claude.maxTurns).", valueName: "N"))
+    var maxTurns: String?
+    @Option(
+        name: .long, help: ArgumentHelp("Wall-clock limit in seconds (default: docker.timeoutSeconds).", valueName: "S")
+    )
+    var timeout: String?
+    @Flag(name: .long, help: "Approve without asking (for scripts).") var yes = false
+    @Flag(name: .long, help: "Stream JSON lines (one event per line) on stdout.") var json = false
+    @Argument(parsing: .postTerminator, help: "With --backend command: the command to run, after --.")
+    var command: [String] = []
+
+    static let maxPromptBytes = 16 << 20
+
+    func validate() throws {
+        guard (prompt == nil) != (promptFile == nil) else {
+            throw ValidationError("give the prompt with exactly one of --prompt TEXT or --prompt-file FILE")
+        }
+        if backend == .command && command.isEmpty {
+            throw ValidationError("--backend command needs the command after --, e.g. -- sh -c 'cat'")
+        }
+        if backend == .claude && !command.isEmpty {
+            throw ValidationError("a command after -- is only for --backend command")
+        }
+    }
+
+    func run() async throws {
+        var flags: [String: String] = [:]
+        if let image { flags[ConfigKey.dockerImage.name] = image }
+        if let model { flags[ConfigKey.claudeModel.name] = model }
+        if let maxTurns { flags[ConfigKey.claudeMaxTurns.name] = maxTurns }
+        if let timeout { flags[ConfigKey.dockerTimeoutSeconds.name] = timeout }
+        let context = CommandContext(flags: flags)
+        let config = try context.config()
+        let promptData = try readPrompt()
+        let database = try context.database()
+        let jobs = JobStore(database: database)
+
+        let consent = try ConsentStore(database: database).current()
+        guard consent.termsAccepted, consent.optIn != nil else {
+            throw CLIError(
+                consent.termsAccepted
+                    ? "not opted in: run `claude-max-market opt-in --claude-jobs` first"
+                    : "the terms are not accepted: read `claude-max-market terms`, then `terms --accept` and `opt-in --claude-jobs`",
+                exitCode: 3)
+        }
+        let ring = try context.keyRing(database: database, config: config)
+        let jobBackend = try makeBackend(config: config, context: context)
+        let limits = Limits(config: config)
+        let estimatedTokens: Int64 = backend == .claude ? limits.maxTokensPerTask : 0
+        let usage = try jobs.usage(at: context.now)
+        let jobID = UUID().uuidString.lowercased()
+
+        try approve(
+            config: config, prompt: promptData, requester: ring.peerID.rawValue, estimatedTokens: estimatedTokens,
+            limits: limits, usage: usage, jobID: jobID, database: database, context: context)
+
+        do {
+            _ = try jobs.reserve(
+                JobReservation(
+                    id: jobID, role: "local", backend: backend.rawValue,
+                    model: backend == .claude ? config.text(.claudeModel) : nil, requester: ring.peerID.rawValue,
+                    image: config.text(.dockerImage), promptBytes: Int64(promptData.count),
+                    estimatedTokens: estimatedTokens),
+                limits: limits, actor: context.actor, at: context.now)
+        } catch let error as LimitError {
+            throw CLIError(error.description, exitCode: 4)
+        }
+
+        let sandbox = SandboxSettings(
+            image: config.text(.dockerImage), memoryBytes: config.bytes(.dockerMemory),
+            cpuShares: config.integer(.dockerCPUShares), pidsLimit: config.integer(.dockerPidsLimit),
+            tmpfsBytes: config.bytes(.dockerTmpfsSize), timeout: .seconds(config.integer(.dockerTimeoutSeconds)))
+        let allowlist = config.list(.egressAllowlist)
+        let egress: EgressPolicy? =
+            allowlist.isEmpty ? nil : EgressPolicy(allowlist: allowlist, byteBudget: config.bytes(.egressByteBudget))
+        let request = JobRequest(id: jobID, prompt: promptData, backend: jobBackend, sandbox: sandbox, egress: egress)
+        let printer = JobOutputPrinter(json: json, jobID: jobID, jobs: jobs, printsLines: backend == .command)
+
+        let report: JobReport
+        do {
+            report = try await context.withDocker { docker in
+                try await ensureImage(docker, image: sandbox.image)
+                try jobs.markRunning(jobID, actor: "runner", at: context.now, details: ["image": sandbox.image])
+                let executor = JobExecutor(docker: docker, runDirectory: context.paths.runDirectory)
+                return try await CancelOnInterrupt.run {
+                    try await executor.run(request) { printer.handle($0) }
+                }
+            }
+        } catch {
+            try jobs.finish(
+                jobID, outcome: JobOutcome(state: .failed, error: "\(error)"), actor: "runner", at: context.now)
+            throw error
+        }
+        try record(report, jobID: jobID, jobs: jobs, database: database, context: context)
+        printer.summary(report)
+        switch report.state {
+        case .succeeded: return
+        case .failed: throw ExitCode(1)
+        case .timedOut: throw ExitCode(124)
+        case .cancelled: throw ExitCode(130)
+        }
+    }
+
+    func readPrompt() throws -> Data {
+        let data: Data
+        if let prompt {
+            data = Data(prompt.utf8)
+        } else if promptFile == "-" {
+            data = FileHandle.standardInput.readDataToEndOfFile()
+        } else {
+            guard let contents = FileManager.default.contents(atPath: promptFile!) else {
+                throw CLIError("cannot read prompt file \(promptFile!)")
+            }
+            data = contents
+        }
+        guard data.count <= Self.maxPromptBytes else {
+            throw CLIError("the prompt is \(data.count) bytes; at most \(Self.maxPromptBytes) are allowed")
+        }
+        return data
+    }
+
+    func makeBackend(config: ResolvedConfig, context: CommandContext) throws -> JobBackend {
+        guard backend == .claude else { return .command(command) }
+        let credential: ClaudeCredential
+        switch config.text(.claudeCredentialMode) {
+        case "subscription":
+            credential = .loginVolume(config.text(.claudeLoginVolume))
+        default:
+            let file = config.text(.claudeAPIKeyFile)
+            let key: String
+            if file == "-" {
+                key = context.environment["ANTHROPIC_API_KEY"] ?? ""
+            } else {
+                guard let mode = FilePermissions.mode(of: file), mode & 0o077 == 0 else {
+                    throw CLIError("API key file \(file) must exist with mode 0600")
+                }
+                key =
+                    (try? String(contentsOfFile: file, encoding: .utf8))?.trimmingCharacters(
+                        in: .whitespacesAndNewlines) ?? ""
+            }
+            guard !key.isEmpty else {
+                throw CLIError(
+                    "no API key: export ANTHROPIC_API_KEY or set claude.apiKeyFile (claude.credentialMode=api-key)",
+                    exitCode: 3)
+            }
+            credential = .apiKey(key)
+        }
+        return .claude(
+            ClaudeOptions(
+                model: config.text(.claudeModel), maxTurns: Int(config.integer(.claudeMaxTurns)),
+                allowedTools: config.list(.claudeAllowedTools), credential: credential))
+    }
+
+    /// Manual mode asks on the terminal (or takes --yes); policy mode applies the approval.* rules.
+    func approve(
+        config: ResolvedConfig, prompt: Data, requester: String, estimatedTokens: Int64, limits: Limits,
+        usage: UsageSnapshot, jobID: String, database: StateDatabase, context: CommandContext
+    ) throws {
+        func refuse(_ reason: String) throws -> Never {
+            try database.audit(
+                actor: context.actor, kind: "job.refused", details: ["job": jobID, "reason": reason], at: context.now)
+            throw CLIError("job refused: \(reason)", exitCode: 3)
+        }
+        if config.text(.approvalMode) == "policy" {
+            let maxBytes = config.integer(.approvalMaxPromptBytes)
+            if Int64(prompt.count) > maxBytes {
+                try refuse("the prompt is \(prompt.count) bytes, policy allows \(maxBytes)")
+            }
+            if config.list(.approvalDeniedRequesters).contains(requester) {
+                try refuse("requester \(requester) is denied")
+            }
+            let allowed = config.list(.approvalAllowedRequesters)
+            if !allowed.isEmpty && !allowed.contains(requester) { try refuse("requester \(requester) is not allowed") }
+            if estimatedTokens > limits.maxTokensPerTask { try refuse("\(estimatedTokens) tokens exceed the policy") }
+            try database.audit(
+                actor: "policy", kind: "job.approved", details: ["job": jobID, "mode": "policy"], at: context.now)
+            return
+        }
+        let text = String(decoding: prompt, as: UTF8.self)
+        let shown = text.count > 2000 ? String(text.prefix(2000)) + "… (\(text.count - 2000) more characters)" : text
+        let question = """
+            Job \(jobID)
+              backend:  \(backend.rawValue)\(backend == .command ? " " + command.joined(separator: " ") : "")
+              image:    \(config.text(.dockerImage))
+              prompt:   \(prompt.count) bytes
+            \(shown.split(separator: "\n", omittingEmptySubsequences: false).map { "    │ \($0)" }.joined(separator: "\n"))
+              limits left today: \(max(0, limits.dailyTasks - usage.day.tasks)) jobs, \(max(0, limits.dailyTokens - usage.day.tokens)) tokens
+            Run it?
+            """
+        guard (try? Output.confirm(question, assumeYes: yes)) == true else {
+            try refuse(Output.stdinIsTerminal ? "not approved" : "approval needs a terminal or --yes")
+        }
+        try database.audit(
+            actor: context.actor, kind: "job.approved", details: ["job": jobID, "mode": "manual"], at: context.now)
+    }
+
+    func ensureImage(_ docker: DockerClient, image: String) async throws {
+        guard try await docker.inspectImage(image) == nil else { return }
+        Output.note("runner image \(image) is not present; pulling it (or building it when the pull fails)")
+        var options = try DockerPullOptions.parse([])
+        options.image = image
+        try await DockerPullCommand.pull(options)
+    }
+
+    func record(_ report: JobReport, jobID: String, jobs: JobStore, database: StateDatabase, context: CommandContext)
+        throws
+    {
+        let total = report.result?.total ?? ModelUsage()
+        let state: JobState =
+            switch report.state {
+            case .succeeded: .succeeded
+            case .failed: .failed
+            case .timedOut: .timedOut
+            case .cancelled: .cancelled
+            }
+        for notice in report.rateLimits {
+            try jobs.recordRateLimit(
+                jobID: jobID, window: notice.window, status: notice.status, resetsAt: notice.resetsAt, at: context.now)
+        }
+        if report.redactions > 0 {
+            try database.audit(
+                actor: "runner", kind: "job.redacted", details: ["job": jobID, "count": String(report.redactions)],
+                at: context.now)
+        }
+        for decision in report.egress {
+            try database.audit(
+                actor: "egress", kind: decision.allowed ? "egress.allowed" : "egress.refused",
+                details: ["job": jobID, "host": "\(decision.host):\(decision.port)", "reason": decision.reason],
+                at: context.now)
+        }
+        try jobs.finish(
+            jobID,
+            outcome: JobOutcome(
+                state: state, inputTokens: total.inputTokens, outputTokens: total.outputTokens,
+                cacheReadTokens: total.cacheReadInputTokens, cacheCreationTokens: total.cacheCreationInputTokens,
+                costUSD: total.costUSD, model: report.usage.max { $0.value.outputTokens < $1.value.outputTokens }?.key,
+                exitCode: report.exitCode.map(Int64.init),
+                error: report.error),
+            actor: "runner", at: context.now)
+    }
+}
+
+/// Prints a job's output as it arrives and writes every line to the job's event log.
+final class JobOutputPrinter: @unchecked Sendable {
+    let json: Bool
+    let jobID: String
+    let jobs: JobStore
+    private let lock = NSLock()
+
+    /// People see claude's parsed events; a command backend's lines are shown as they are.
+    let printsLines: Bool
+
+    init(json: Bool, jobID: String, jobs: JobStore, printsLines: Bool) {
+        self.printsLines = printsLines
+        self.json = json
+        self.jobID = jobID
+        self.jobs = jobs
+    }
+
+    struct Line: Encodable {
+        var job: String
+        var type: String
+        var stream: String?
+        var text: String?
+    }
+
+    func handle(_ output: JobOutput) {
+        lock.withLock {
+            switch output {
+            case .started(let id):
+                try? jobs.appendEvent(
+                    jobID: jobID, stream: "system", kind: "started", line: "container \(id.prefix(12))", at: Date())
+                emit(Line(job: jobID, type: "started", text: "container \(id.prefix(12))"), human: nil)
+            case .line(let stream, let text):
+                let name = stream == .stderr ? "stderr" : "stdout"
+                try? jobs.appendEvent(jobID: jobID, stream: name, kind: "line", line: text, at: Date())
+                if !json && stream == .stderr {
+                    Output.note(text)
+                } else {
+                    emit(Line(job: jobID, type: "line", stream: name, text: text), human: printsLines ? text : nil)
+                }
+            case .event(let event):
+                switch event {
+                case .text(let text): emit(nil, human: text)
+                case .toolUse(let name): emit(nil, human: "[tool: \(name)]")
+                case .rateLimit(let notice): emit(nil, human: "[rate limit \(notice.window): \(notice.status)]")
+                case .notJSON(let line): emit(nil, human: "[not JSON] \(line)")
+                default: break
+                }
+            }
+        }
+    }
+
+    private func emit(_ line: Line?, human: String?) {
+        if json, let line {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            if let data = try? encoder.encode(line) { Output.stdout(data + Data("\n".utf8)) }
+        } else if !json, let human {
+            Output.line(human)
+        }
+    }
+
+    func summary(_ report: JobReport) {
+        let total = report.result?.total ?? ModelUsage()
+        let seconds = Double(report.duration.components.seconds) + Double(report.duration.components.attoseconds) / 1e18
+        if json {
+            struct Summary: Encodable {
+                var job: String
+                var type = "result"
+                var state: String
+                var exitCode: Int?
+                var inputTokens: Int64
+                var outputTokens: Int64
+                var costUSD: Double
+                var seconds: Double
+                var redactions: Int
+                var error: String?
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            if let data = try? encoder.encode(
+                Summary(
+                    job: jobID, state: report.state.rawValue, exitCode: report.exitCode, inputTokens: total.inputTokens,
+                    outputTokens: total.outputTokens, costUSD: total.costUSD, seconds: seconds,
+                    redactions: report.redactions, error: report.error))
+            {
+                Output.stdout(data + Data("\n".utf8))
+            }
+            return
+        }
+        Output.note(
+            String(
+                format: "job %@ %@ in %.1f s — %lld in / %lld out tokens%@%@", jobID, report.state.rawValue, seconds,
+                total.inputTokens, total.outputTokens,
+                report.redactions > 0 ? ", \(report.redactions) secrets redacted" : "",
+                report.error.map { " — \($0)" } ?? ""))
+    }
+}
+
+/// Runs `body` in a task that SIGINT cancels (Ctrl-C stops the container instead of killing us).
+enum CancelOnInterrupt {
+    static func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let task = Task { try await body() }
+        signal(SIGINT, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGINT)
+        source.setEventHandler {
+            Output.note("interrupted: stopping the container")
+            task.cancel()
+        }
+        source.resume()
+        defer {
+            source.cancel()
+            signal(SIGINT, SIG_DFL)
+        }
+        return try await task.value
+    }
+}

@@ -1,0 +1,157 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Builds the test runner image once per test process, through the tool's own docker:build.
+actor CLIRunnerImage {
+    static let shared = CLIRunnerImage()
+    private var built = false
+
+    func ensure(home: URL) throws {
+        if built { return }
+        let directory = TemporaryDirectory("cmm-runner-ctx")
+        let dockerfile = try TestRunnerImage.makeContext(in: directory.url)
+        let result = try CLIRunner.run(
+            ["docker:build", "--tag", TestRunnerImage.name, "--file", dockerfile.path], home: home)
+        guard result.exitCode == 0 else {
+            throw CLIRunnerError(description: "test image build failed: \(result.stderr)")
+        }
+        built = true
+    }
+}
+
+@Suite(.enabled(if: DockerTestEnvironment.shouldRun, "no Docker engine (scripts/test.sh starts one)"), .serialized)
+struct ExecuteCommandTests {
+    let home = TemporaryDirectory("cmm-exec")
+    static let apiKey = "sk-ant-api03-" + String(repeating: "S3cr", count: 20)
+
+    var environment: [String: String] {
+        [
+            "CMM_DOCKER_IMAGE": TestRunnerImage.name, "ANTHROPIC_API_KEY": Self.apiKey,
+            "CMM_EGRESS_ALLOWLIST": "127.0.0.1:9",
+        ]
+    }
+
+    func run(_ arguments: [String], extra: [String: String] = [:], stdin: Data? = nil) throws -> CLIResult {
+        try CLIRunner.run(arguments, home: home.url, environment: environment.merging(extra) { $1 }, stdin: stdin)
+    }
+
+    func optIn() async throws {
+        try await CLIRunnerImage.shared.ensure(home: home.url)
+        #expect(try run(["terms", "--accept"]).exitCode == 0)
+        #expect(try run(["opt-in", "--claude-jobs", "--yes"]).exitCode == 0)
+    }
+
+    @Test func aClaudeJobRunsRecordsUsageAndLogs() async throws {
+        try await optIn()
+        let result = try run(["execute", "--prompt", "fixture: tool-use", "--yes"])
+        #expect(result.exitCode == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("There are 7 files in the folder."))
+        #expect(result.stdout.contains("[tool: Bash]") && result.stdout.contains("rate limit five_hour"))
+        let status = try run(["status", "--json"]).jsonObject()
+        let day = try #require((status["usage"] as? [String: Any])?["day"] as? [String: Any])
+        #expect(day["tasks"] as? Int == 1 && day["tokens"] as? Int == 318 + 75)
+        let usage = try run(["usage", "--format", "json", "--by", "model"]).jsonObject()
+        let total = try #require(usage["total"] as? [String: Any])
+        #expect(total["inputTokens"] as? Int == 318 && total["cacheReadTokens"] as? Int == 29241)
+        #expect((usage["rateLimits"] as? [[String: Any]])?.first?["window"] as? String == "five_hour")
+        let table = try run(["usage"])
+        #expect(table.stdout.contains("jobs per day, last 14 days") && table.stdout.contains("projection"))
+        let logs = try run(["logs", "--tail", "2"])
+        #expect(logs.exitCode == 0 && logs.stdout.split(separator: "\n").count == 2)
+        #expect(logs.stdout.contains("\"type\":\"result\""))
+        let kinds = try #require(try run(["audit", "--format", "json"]).json() as? [[String: Any]]).compactMap {
+            $0["kind"] as? String
+        }
+        for kind in ["job.approved", "job.reserved", "job.started", "job.finished"] {
+            #expect(kinds.contains(kind), "\(kind)")
+        }
+        #expect(try run(["audit", "--verify"]).exitCode == 0)
+    }
+
+    @Test func jsonLinesAndRedactionEverywhere() async throws {
+        try await optIn()
+        let result = try run(["execute", "--prompt", "leak the key", "--yes", "--json"])
+        #expect(result.exitCode == 0)
+        let lines = result.stdout.split(separator: "\n")
+        #expect(lines.allSatisfy { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) != nil })
+        #expect(lines.last?.contains("\"type\":\"result\"") == true)
+        let everything = [
+            result.stdout, result.stderr, try run(["logs"]).stdout, try run(["audit", "--format", "json"]).stdout,
+        ]
+        .joined()
+        #expect(!everything.contains(Self.apiKey) && !everything.contains("LEAKEDTOKENVALUE"))
+        #expect(result.stdout.contains("[REDACTED]"))
+        #expect(try run(["audit", "--kind", "job.redacted", "--format", "csv"]).stdout.contains("job.redacted"))
+    }
+
+    @Test func refusalsChangeNothing() async throws {
+        try await CLIRunnerImage.shared.ensure(home: home.url)
+        let noConsent = try run(["execute", "--prompt", "x", "--yes"])
+        #expect(noConsent.exitCode == 3 && noConsent.stderr.contains("terms"))
+        try await optIn()
+        let noApproval = try run(["execute", "--prompt", "x"])
+        #expect(noApproval.exitCode == 3 && noApproval.stderr.contains("--yes"))
+        let noKey = try CLIRunner.run(
+            ["execute", "--prompt", "x", "--yes"], home: home.url,
+            environment: ["CMM_DOCKER_IMAGE": TestRunnerImage.name])
+        #expect(noKey.exitCode == 3 && noKey.stderr.contains("ANTHROPIC_API_KEY"))
+        #expect(
+            try run(["config", "--set", "approval.mode=policy", "--set", "approval.maxPromptBytes=10"]).exitCode == 0)
+        let tooBig = try run(["execute", "--prompt", "a prompt longer than ten bytes"])
+        #expect(tooBig.exitCode == 3 && tooBig.stderr.contains("policy allows 10"))
+        let usage = try run(["status", "--json"]).jsonObject()
+        #expect(((usage["usage"] as? [String: Any])?["day"] as? [String: Any])?["tasks"] as? Int == 0)
+        #expect(try run(["audit", "--kind", "job.refused", "--format", "json"]).json() as? [Any] != nil)
+        let badArgs = try run(["execute", "--yes"])
+        #expect(badArgs.exitCode != 0 && badArgs.stderr.contains("--prompt"))
+        let badTimeout = try run(["execute", "--prompt", "x", "--yes", "--timeout", "0"])
+        #expect(badTimeout.exitCode != 0 && badTimeout.stderr.contains("docker.timeoutSeconds"))
+    }
+
+    @Test func limitsHoldAcrossParallelProcesses() async throws {
+        try await optIn()
+        #expect(try run(["limits", "--concurrent", "1", "--daily", "2"]).exitCode == 0)
+        let results = LockedBox<[CLIResult]>([])
+        let threads = (0..<2).map { _ in
+            Thread {
+                let result = try! self.run(["execute", "--prompt", "sleep: 3", "--yes"])
+                results.value = results.value + [result]
+            }
+        }
+        threads.forEach { $0.start() }
+        while results.value.count < 2 { try await Task.sleep(for: .milliseconds(100)) }
+        let codes = results.value.map(\.exitCode).sorted()
+        #expect(codes == [0, 4], "\(results.value.map(\.stderr))")
+        #expect(results.value.contains { $0.stderr.contains("limits.concurrentJobs") })
+        #expect(try run(["execute", "--prompt", "x", "--yes"]).exitCode == 0)
+        let over = try run(["execute", "--prompt", "x", "--yes"])
+        #expect(over.exitCode == 4 && over.stderr.contains("limits.dailyTasks is 2"))
+    }
+
+    @Test func timeoutAndInterrupt() async throws {
+        try await optIn()
+        let timedOut = try run([
+            "execute", "--backend", "command", "--prompt", "", "--yes", "--timeout", "5", "--", "sleep", "60",
+        ])
+        #expect(timedOut.exitCode == 124)
+        #expect(timedOut.stderr.contains("timed-out"))
+
+        let process = Process()
+        process.executableURL = CLIRunner.executable
+        process.arguments = ["execute", "--backend", "command", "--prompt", "", "--yes", "--", "sleep", "60"]
+        process.environment = CLIRunner.baseEnvironment(home: home.url).merging(environment) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        try await Task.sleep(for: .seconds(3))
+        kill(process.processIdentifier, SIGINT)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 130)
+        let audit = try run(["audit", "--kind", "job.finished", "--format", "json"]).stdout
+        #expect(audit.contains("cancelled") && audit.contains("timed-out"))
+        let leftovers = try DockerTestEnvironment.curl(
+            "GET", "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22io.claude-max-market.kind%3Djob%22%5D%7D")
+        #expect(leftovers.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[]")
+    }
+}
