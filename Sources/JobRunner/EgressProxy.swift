@@ -62,7 +62,7 @@ public final class EgressProxy: Sendable {
     /// container's user can reach it) while `body` runs; stops and removes the socket after.
     public static func withProxy<T: Sendable>(
         directory: URL, policy: EgressPolicy, logger: Logger = Logger(label: "egress"),
-        _ body: (EgressProxy) async throws -> T
+        isolation: isolated (any Actor)? = #isolation, _ body: (EgressProxy) async throws -> T
     ) async throws -> T {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         chmod(directory.path, 0o755)

@@ -73,3 +73,24 @@ public struct ClaudeOptions: Sendable, Equatable {
         return []
     }
 }
+
+/// What a backend needs of its container.
+struct PreparedBackend: Sendable {
+    var command: [String]
+    var environment: [String]
+    var loginVolume: String?
+    var secrets: [String]
+}
+
+extension JobBackend {
+    var prepared: PreparedBackend {
+        switch self {
+        case .claude(let options):
+            PreparedBackend(
+                command: options.command, environment: options.environment, loginVolume: options.loginVolume,
+                secrets: options.secrets)
+        case .command(let command):
+            PreparedBackend(command: command, environment: [], loginVolume: nil, secrets: [])
+        }
+    }
+}

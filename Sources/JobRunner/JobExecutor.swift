@@ -81,32 +81,53 @@ public struct JobExecutor: Sendable {
         return try await runContainer(request, egressDirectory: nil, onOutput: onOutput)
     }
 
+    /// Runs a job on a container already started by a `WarmPool`: only the prompt is left to send.
+    public func run(
+        _ request: JobRequest, on slot: WarmPool.Slot, onOutput: @escaping @Sendable (JobOutput) -> Void
+    ) async throws -> JobReport {
+        var report = try await drive(
+            containerID: slot.containerID, request: request, startFirst: false, secrets: slot.secrets,
+            onOutput: onOutput)
+        if let proxy = slot.proxy {
+            report.egress = proxy.decisions
+            report.egressBytes = proxy.bytesTransferred
+        }
+        return report
+    }
+
     func runContainer(
         _ request: JobRequest, egressDirectory: String?, onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
+        let prepared = request.backend.prepared
+        let spec = SandboxPolicy.containerSpec(
+            request.sandbox, command: prepared.command, environment: prepared.environment,
+            labels: Labels.make(kind: "job", job: request.id, version: ToolVersion.current),
+            egressDirectory: egressDirectory, loginVolume: prepared.loginVolume)
+        let id = try await docker.createContainer(spec, name: "cmm-job-\(request.id.prefix(36))")
+        return try await drive(
+            containerID: id, request: request, startFirst: true, secrets: prepared.secrets, onOutput: onOutput)
+    }
+
+    /// Attaches (and starts, for a cold container), hands over the prompt, streams redacted
+    /// output under the wall-clock limit, and always removes the container.
+    func drive(
+        containerID id: String, request: JobRequest, startFirst: Bool, secrets: [String],
+        onOutput: @escaping @Sendable (JobOutput) -> Void
+    ) async throws -> JobReport {
         let clock = ContinuousClock()
         let started = clock.now
-        let labels = Labels.make(kind: "job", job: request.id, version: ToolVersion.current)
-        let (command, environment, loginVolume, secrets): ([String], [String], String?, [String]) =
-            switch request.backend {
-            case .claude(let options): (options.command, options.environment, options.loginVolume, options.secrets)
-            case .command(let command): (command, [], nil, [])
-            }
-        let spec = SandboxPolicy.containerSpec(
-            request.sandbox, command: command, environment: environment, labels: labels,
-            egressDirectory: egressDirectory, loginVolume: loginVolume)
-        let id = try await docker.createContainer(spec, name: "cmm-job-\(request.id.prefix(36))")
         let collector = OutputCollector(
             redactor: SecretRedactor(knownSecrets: secrets), parsesClaude: request.backend.name == "claude",
             onOutput: onOutput)
         var state = JobEndState.failed
         var exitCode: Int?
         var failure: String?
+        let docker = self.docker
         do {
             let outcome = try await withThrowingTaskGroup(of: Bool.self) { group in
                 group.addTask {
                     try await docker.withAttachedContainer(id, stdin: true) { attached in
-                        try await docker.startContainer(id)
+                        if startFirst { try await docker.startContainer(id) }
                         onOutput(.started(containerID: id))
                         try await attached.write(request.prompt)
                         attached.closeStdin()
@@ -143,8 +164,7 @@ public struct JobExecutor: Sendable {
             }
         }
         // Unstructured on purpose: the removal must run even when this task was cancelled.
-        let client = docker
-        await Task { try? await client.removeContainer(id, force: true) }.value
+        await Task { try? await docker.removeContainer(id, force: true) }.value
         return JobReport(
             state: state, exitCode: exitCode, result: collector.parser.result,
             usage: collector.parser.result?.usage ?? [:], rateLimits: collector.parser.rateLimits,

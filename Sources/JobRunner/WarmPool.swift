@@ -1,0 +1,150 @@
+import DockerEngine
+import Foundation
+import Logging
+import MarketCore
+import ServiceLifecycle
+
+/// Hardened containers created and started ahead of jobs, each idle and waiting for its job on
+/// stdin. A slot is used for exactly one job and then replaced. Same hardening as a cold job:
+/// the containers come from the same `SandboxPolicy`.
+public actor WarmPool: Service {
+    /// What every container of the pool looks like (one model / tool set per pool).
+    public struct Template: Sendable {
+        public var sandbox: SandboxSettings
+        public var backend: JobBackend
+        public var egress: EgressPolicy?
+
+        public init(sandbox: SandboxSettings, backend: JobBackend, egress: EgressPolicy?) {
+            self.sandbox = sandbox
+            self.backend = backend
+            self.egress = egress
+        }
+    }
+
+    /// A started container waiting for its prompt, with its own egress proxy when there is one.
+    public struct Slot: Sendable {
+        public let containerID: String
+        public let proxy: EgressProxy?
+        let secrets: [String]
+        let token: UUID
+    }
+
+    let docker: DockerClient
+    let template: Template
+    public let size: Int
+    let runDirectory: URL
+    let logger: Logger
+    private var idle: [Slot] = []
+    private var starting = 0
+    private var releases: [UUID: CheckedContinuation<Void, Never>] = [:]
+    private var readyWaiters: [CheckedContinuation<Void, Never>] = []
+    private let wake: AsyncStream<Void>
+    private let wakeContinuation: AsyncStream<Void>.Continuation
+
+    public init(
+        docker: DockerClient, template: Template, size: Int, runDirectory: URL, logger: Logger = Logger(label: "pool")
+    ) {
+        self.docker = docker
+        self.template = template
+        self.size = size
+        self.runDirectory = runDirectory
+        self.logger = logger
+        (wake, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Keeps `size` slots ready until cancelled (or the service group shuts down); then removes
+    /// the idle containers.
+    public func run() async throws {
+        await withDiscardingTaskGroup { group in
+            wakeContinuation.yield()
+            for await _ in wake.cancelOnGracefulShutdown() {
+                while idle.count + starting < size {
+                    starting += 1
+                    group.addTask { await self.makeSlot() }
+                }
+            }
+            for continuation in releases.values { continuation.resume() }
+            releases = [:]
+            group.cancelAll()
+        }
+        let leftovers = idle
+        idle = []
+        let docker = self.docker
+        await Task {
+            for slot in leftovers { try? await docker.removeContainer(slot.containerID, force: true) }
+        }.value
+    }
+
+    /// An idle slot, or nil when none is ready (the caller then runs the job cold).
+    public func take() -> Slot? {
+        guard !idle.isEmpty else { return nil }
+        let slot = idle.removeFirst()
+        wakeContinuation.yield()
+        return slot
+    }
+
+    /// Ends a slot after its job: stops its egress proxy. The executor has removed the container.
+    public func release(_ slot: Slot) {
+        releases.removeValue(forKey: slot.token)?.resume()
+    }
+
+    /// Waits until every slot is ready.
+    public func waitUntilFull() async {
+        if idle.count >= size { return }
+        await withCheckedContinuation { readyWaiters.append($0) }
+    }
+
+    public var idleCount: Int { idle.count }
+
+    private func makeSlot() async {
+        let token = UUID()
+        let prepared = template.backend.prepared
+        let labels = Labels.make(kind: "pool", version: ToolVersion.current)
+        func start(egressDirectory: String?) async throws -> String {
+            let spec = SandboxPolicy.containerSpec(
+                template.sandbox, command: prepared.command, environment: prepared.environment, labels: labels,
+                egressDirectory: egressDirectory, loginVolume: prepared.loginVolume)
+            let id = try await docker.createContainer(spec)
+            try await docker.startContainer(id)
+            return id
+        }
+        do {
+            if let policy = template.egress {
+                try await EgressProxy.withProxy(
+                    directory: runDirectory.appending(path: "egress-pool-\(token.uuidString.lowercased())"),
+                    policy: policy,
+                    logger: logger
+                ) { proxy in
+                    let id = try await start(egressDirectory: proxy.socketPath.deletingLastPathComponent)
+                    await self.awaitRelease(
+                        Slot(containerID: id, proxy: proxy, secrets: prepared.secrets, token: token))
+                }
+            } else {
+                let id = try await start(egressDirectory: nil)
+                await awaitRelease(Slot(containerID: id, proxy: nil, secrets: prepared.secrets, token: token))
+            }
+        } catch {
+            starting -= 1
+            logger.error("warm pool: could not start a container", metadata: ["error": "\(error)"])
+            try? await Task.sleep(for: .seconds(1))
+            wakeContinuation.yield()
+        }
+    }
+
+    /// Publishes the slot and keeps its proxy alive until the slot is released or the pool stops.
+    private func awaitRelease(_ slot: Slot) async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                releases[slot.token] = continuation
+                starting -= 1
+                idle.append(slot)
+                if idle.count >= size {
+                    for waiter in readyWaiters { waiter.resume() }
+                    readyWaiters = []
+                }
+            }
+        } onCancel: {
+            Task { await self.release(slot) }
+        }
+    }
+}

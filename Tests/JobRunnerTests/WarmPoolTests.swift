@@ -1,0 +1,50 @@
+import DockerEngine
+import Foundation
+import JobRunner
+import MarketCore
+import TestSupport
+import Testing
+
+@Suite(.enabled(if: DockerTestEnvironment.shouldRun, "no Docker engine (scripts/test.sh starts one)"), .serialized)
+struct WarmPoolTests {
+    let runDirectory = TemporaryDirectory("cmm-run")
+
+    @Test func slotsAreHardenedUsedOnceAndReplaced() async throws {
+        try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
+            docker in
+            try await TestRunnerImageBuilder.shared.ensure(docker)
+            let backend = JobBackend.claude(
+                ClaudeOptions(model: "m", maxTurns: 2, allowedTools: ["Read"], credential: .none))
+            let template = WarmPool.Template(
+                sandbox: JobExecutorTests.settings, backend: backend,
+                egress: EgressPolicy(allowlist: ["api.anthropic.com:443"], byteBudget: 1 << 20))
+            let pool = WarmPool(docker: docker, template: template, size: 2, runDirectory: runDirectory.url)
+            let executor = JobExecutor(docker: docker, runDirectory: runDirectory.url)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await pool.run() }
+                await pool.waitUntilFull()
+                let pooled = try await docker.listContainers(labels: ["\(Labels.kind)=pool"], all: false)
+                #expect(pooled.count == 2)
+                for container in pooled {
+                    let inspect = try await docker.inspectContainer(container.Id)
+                    #expect(inspect.State.Running)
+                    #expect(SandboxPolicy.violations(of: inspect, settings: JobExecutorTests.settings) == [])
+                }
+                let slot = try #require(await pool.take())
+                let request = JobRequest(
+                    id: UUID().uuidString.lowercased(), prompt: Data("fixture: success-text".utf8), backend: backend,
+                    sandbox: JobExecutorTests.settings, egress: template.egress)
+                let report = try await executor.run(request, on: slot) { _ in }
+                await pool.release(slot)
+                #expect(report.state == .succeeded && report.result?.text == "The capital of France is Paris.")
+                // The used container is gone and a fresh one takes its place.
+                await pool.waitUntilFull()
+                let after = try await docker.listContainers(labels: ["\(Labels.kind)=pool"], all: true)
+                #expect(after.count == 2 && !after.contains { $0.Id == slot.containerID })
+                group.cancelAll()
+            }
+            let left = try await docker.listContainers(labels: ["\(Labels.kind)=pool"], all: true)
+            #expect(left.isEmpty)
+        }
+    }
+}
