@@ -83,7 +83,6 @@ let package = Package(
                 "MarketCrypto",
                 "DockerEngine",
                 "JobRunner",
-                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Benchmarks"
         ),

@@ -1,1 +1,288 @@
-print("b")
+import DockerEngine
+import Foundation
+import JobRunner
+import MarketCore
+import MarketCrypto
+
+// Benchmarks: each line puts our number beside a baseline measured in the same run, as a ratio
+// against the issue's target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|all]`.
+
+struct Row {
+    var name: String
+    var ours: Double
+    var baseline: Double
+    var unit: String
+    /// How the ratio is judged: ours / baseline must be ≥ this (throughput) or ≤ this (latency).
+    var target: Double
+    var higherIsBetter: Bool
+
+    var ratio: Double { ours / baseline }
+    var passes: Bool { higherIsBetter ? ratio >= target : ratio <= target }
+}
+
+final class Results: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: [Row] = []
+    func append(_ row: Row) { lock.withLock { stored.append(row) } }
+    var rows: [Row] { lock.withLock { stored } }
+}
+
+let results = Results()
+
+func report(_ row: Row) {
+    results.append(row)
+    let comparison = row.higherIsBetter ? "≥" : "≤"
+    print(
+        String(
+            format: "%-44@ ours %12.1f %@  baseline %12.1f %@  ratio %6.3f (target %@ %.2f) %@", row.name as NSString,
+            row.ours, row.unit, row.baseline, row.unit, row.ratio, comparison, row.target, row.passes ? "PASS" : "MISS")
+    )
+}
+
+func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.count % 2 == 1
+        ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
+func runProcess(_ arguments: [String], stdin: Data? = nil) throws -> (Int32, String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = arguments
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    let input = Pipe()
+    process.standardInput = input
+    try process.run()
+    if let stdin { input.fileHandleForWriting.write(stdin) }
+    try input.fileHandleForWriting.close()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+// MARK: Crypto
+
+struct OneKey: SealingKeyLookup {
+    let keys: SealingKeySet
+    func keySet(forKeyID keyID: Data, suite: SealSuite) throws(SealError) -> SealingKeySet { keys }
+}
+
+func cryptoBenchmarks() throws {
+    let keys = try SealingKeySet.generate(at: Date())
+    let payload = Data((0..<1024).map { UInt8(truncatingIfNeeded: $0) })
+    let count = 5000
+    let clock = ContinuousClock()
+    var sealed = Data()
+    let sealTime = clock.measure {
+        for _ in 0..<count { sealed = try! Sealer.seal(payload, to: keys.publicKeys, purpose: .payload) }
+    }
+    let openTime = clock.measure {
+        for _ in 0..<count { _ = try! Sealer.open(sealed, keys: OneKey(keys: keys)) }
+    }
+    let python = """
+        import os, time
+        from cryptography.hazmat.primitives.hpke import Suite, KEM, KDF, AEAD
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+        s = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
+        sk = X25519PrivateKey.generate(); pk = sk.public_key(); pt = os.urandom(1024); n = 3000
+        t = time.perf_counter()
+        for _ in range(n): ct = s.encrypt(pt, pk, b"claude-max-market/bench")
+        seal = n / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for _ in range(n): s.decrypt(ct, sk, b"claude-max-market/bench")
+        print(seal, n / (time.perf_counter() - t))
+        """
+    let (status, output) = try runProcess(["python3", "-c", python])
+    let parts = output.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    guard status == 0, parts.count == 2 else {
+        throw BenchmarkError("python cryptography HPKE baseline failed: \(output)")
+    }
+    report(
+        Row(
+            name: "HPKE seal, 1 KiB payloads", ours: Double(count) / seconds(sealTime), baseline: parts[0],
+            unit: "op/s", target: 2, higherIsBetter: true))
+    report(
+        Row(
+            name: "HPKE open, 1 KiB payloads", ours: Double(count) / seconds(openTime), baseline: parts[1],
+            unit: "op/s", target: 2, higherIsBetter: true))
+
+    // Bulk: 256 MiB streamed in 16 KiB chunks, against openssl's AES-256-GCM on 16 KiB blocks.
+    let bulk = Data(count: 256 << 20)
+    var sink = DataSink()
+    let bulkTime = clock.measure {
+        var source = DataSource(bulk)
+        try! Sealer.seal(from: &source, to: &sink, recipient: keys.publicKeys, purpose: .file, chunkExponent: 14)
+    }
+    let ours = Double(bulk.count) / seconds(bulkTime) / 1e6
+    let (_, speed) = try runProcess(["openssl", "speed", "-evp", "aes-256-gcm", "-bytes", "16384", "-seconds", "3"])
+    guard let line = speed.split(separator: "\n").last(where: { $0.lowercased().hasPrefix("aes-256-gcm") }),
+        let kilobytes = line.split(separator: " ").last.flatMap({ Double($0.replacingOccurrences(of: "k", with: "")) })
+    else { throw BenchmarkError("openssl speed baseline failed: \(speed)") }
+    report(
+        Row(
+            name: "sealed stream, 16 KiB chunks", ours: ours, baseline: kilobytes * 1000 / 1e6, unit: "MB/s",
+            target: 0.8, higherIsBetter: true))
+}
+
+struct BenchmarkError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+// MARK: Docker
+
+let image = "cmm-bench/busybox:latest"
+let settings = SandboxSettings(
+    image: image, memoryBytes: 256 << 20, cpuShares: 512, pidsLimit: 64, tmpfsBytes: 16 << 20, timeout: .seconds(60))
+
+func hardenedRunFlags() -> [String] {
+    [
+        "--network", "none", "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--memory",
+        "\(settings.memoryBytes)", "--memory-swap", "\(settings.memoryBytes)", "--cpu-shares", "\(settings.cpuShares)",
+        "--pids-limit", "\(settings.pidsLimit)", "--tmpfs",
+        "/work:rw,noexec,nosuid,nodev,size=\(settings.tmpfsBytes),mode=1777",
+        "--user", SandboxPolicy.user,
+    ]
+}
+
+func ensureImage(_ docker: DockerClient) async throws {
+    if try await docker.inspectImage(image) != nil { return }
+    var tar = TarArchive()
+    try tar.addFile(
+        "Dockerfile",
+        contents: Data(
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n".utf8))
+    try tar.addFile("busybox", from: URL(fileURLWithPath: "/bin/busybox"))
+    _ = try await docker.buildImage(
+        context: tar.finish(), tags: [image], labels: Labels.make(kind: "test-image", version: ToolVersion.current))
+}
+
+func dockerBenchmarks(_ docker: DockerClient, runs: Int) async throws {
+    try await ensureImage(docker)
+    let clock = ContinuousClock()
+    var ours: [Double] = []
+    var cli: [Double] = []
+    for _ in 0..<runs {
+        let spec = SandboxPolicy.containerSpec(
+            settings, command: ["true"], environment: [],
+            labels: Labels.make(kind: "test", version: ToolVersion.current),
+            egressDirectory: nil, loginVolume: nil)
+        let start = clock.now
+        let id = try await docker.createContainer(spec)
+        try await docker.startContainer(id)
+        _ = try await docker.waitContainer(id)
+        try await docker.removeContainer(id)
+        ours.append(seconds(clock.now - start) * 1000)
+        let cliStart = clock.now
+        _ = try runProcess(["docker", "run", "--rm"] + hardenedRunFlags() + [image, "true"])
+        cli.append(seconds(clock.now - cliStart) * 1000)
+    }
+    report(
+        Row(
+            name: "create+start+wait+remove (median of \(runs))", ours: median(ours), baseline: median(cli), unit: "ms",
+            target: 0.6, higherIsBetter: false))
+}
+
+/// Approved job → first byte back from inside the container (`head -n 1` echoes the prompt).
+func dispatchBenchmarks(_ docker: DockerClient, runs: Int) async throws {
+    try await ensureImage(docker)
+    let run = FileManager.default.temporaryDirectory.appending(path: "cmm-bench-\(getpid())")
+    let executor = JobExecutor(docker: docker, runDirectory: run)
+    let backend = JobBackend.command(["head", "-n", "1"])
+    let clock = ContinuousClock()
+    func request() -> JobRequest {
+        JobRequest(
+            id: UUID().uuidString.lowercased(), prompt: Data("x\n".utf8), backend: backend, sandbox: settings,
+            egress: nil)
+    }
+    func firstByte(_ body: (@escaping @Sendable (JobOutput) -> Void) async throws -> JobReport) async throws -> Double {
+        let start = clock.now
+        let first = FirstLine()
+        _ = try await body { output in
+            if case .line = output { first.mark(clock.now) }
+        }
+        guard let at = first.at else { throw BenchmarkError("no output from the container") }
+        return seconds(at - start) * 1000
+    }
+    var cold: [Double] = []
+    var baseline: [Double] = []
+    for _ in 0..<runs {
+        cold.append(try await firstByte { try await executor.run(request(), onOutput: $0) })
+        baseline.append(try cliFirstByte())
+    }
+    let template = WarmPool.Template(sandbox: settings, backend: backend, egress: nil)
+    let pool = WarmPool(docker: docker, template: template, size: 2, runDirectory: run)
+    var warm: [Double] = []
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await pool.run() }
+        for _ in 0..<runs {
+            await pool.waitUntilFull()
+            guard let slot = await pool.take() else { throw BenchmarkError("the pool had no slot") }
+            warm.append(try await firstByte { try await executor.run(request(), on: slot, onOutput: $0) })
+            await pool.release(slot)
+        }
+        group.cancelAll()
+    }
+    report(
+        Row(
+            name: "dispatch → first byte, cold (median of \(runs))", ours: median(cold), baseline: median(baseline),
+            unit: "ms", target: 0.6, higherIsBetter: false))
+    report(
+        Row(
+            name: "dispatch → first byte, warm pool (median of \(runs))", ours: median(warm),
+            baseline: median(baseline), unit: "ms", target: 0.1, higherIsBetter: false))
+}
+
+final class FirstLine: @unchecked Sendable {
+    private let lock = NSLock()
+    private var instant: ContinuousClock.Instant?
+    func mark(_ now: ContinuousClock.Instant) { lock.withLock { if instant == nil { instant = now } } }
+    var at: ContinuousClock.Instant? { lock.withLock { instant } }
+}
+
+/// `docker run -i --rm` with the same flags: time until the echoed byte is read back.
+func cliFirstByte() throws -> Double {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["docker", "run", "-i", "--rm"] + hardenedRunFlags() + [image, "head", "-n", "1"]
+    let out = Pipe()
+    let input = Pipe()
+    process.standardOutput = out
+    process.standardInput = input
+    process.standardError = FileHandle.nullDevice
+    let start = ContinuousClock.now
+    try process.run()
+    input.fileHandleForWriting.write(Data("x\n".utf8))
+    _ = try out.fileHandleForReading.read(upToCount: 1)
+    let elapsed = seconds(ContinuousClock.now - start) * 1000
+    try input.fileHandleForWriting.close()
+    process.waitUntilExit()
+    return elapsed
+}
+
+// MARK: Main
+
+let which = CommandLine.arguments.dropFirst().first ?? "all"
+let runs = Int(ProcessInfo.processInfo.environment["CMM_BENCH_RUNS"] ?? "20") ?? 20
+print("claude-max-market benchmarks (\(which)); ratios are ours / baseline measured now, on this machine")
+do {
+    if which == "crypto" || which == "all" { try cryptoBenchmarks() }
+    if which == "docker" || which == "dispatch" || which == "all" {
+        let host = ProcessInfo.processInfo.environment["DOCKER_HOST"] ?? ""
+        let socket = host.hasPrefix("unix://") ? String(host.dropFirst(7)) : "/var/run/docker.sock"
+        try await DockerClient.withClient(configuration: .init(socketPath: socket)) { docker in
+            if which != "dispatch" { try await dockerBenchmarks(docker, runs: runs) }
+            if which != "docker" { try await dispatchBenchmarks(docker, runs: runs) }
+        }
+    }
+} catch {
+    print("benchmark failed: \(error)")
+    exit(2)
+}
+print("\(results.rows.filter(\.passes).count) of \(results.rows.count) targets met")

@@ -20,7 +20,9 @@ struct ComplianceCheckCommand: AsyncParsableCommand {
         let context = CommandContext()
         let config = try context.config()
         let database = try context.database()
-        let checks = try ComplianceChecks(paths: context.paths, database: database, config: config).run()
+        let checks =
+            try ComplianceChecks(paths: context.paths, database: database, config: config).run()
+            + SandboxChecks.run(config)
         let report = CheckReport(checks: checks)
         try CheckReportPrinter.print(report, json: json)
         if report.hasFailures { throw ExitCode.failure }

@@ -124,16 +124,7 @@ struct HealthCommand: AsyncParsableCommand {
     }
 
     static func configChecks(_ config: ResolvedConfig, environment: [String: String]) -> [CheckResult] {
-        var checks: [CheckResult] = []
-        let allowlist = config.list(.egressAllowlist)
-        checks.append(
-            allowlist.isEmpty
-                ? CheckResult(
-                    id: "egress.allowlist", status: .warn, message: "egress allowlist is empty: jobs can reach nothing",
-                    remediation: "config --set egress.allowlist=api.anthropic.com:443")
-                : CheckResult(
-                    id: "egress.allowlist", status: .pass,
-                    message: "jobs may reach only: \(allowlist.joined(separator: ", ")) (through the egress proxy)"))
+        var checks = SandboxChecks.run(config)
         if config.text(.claudeCredentialMode) == "api-key" {
             let file = config.text(.claudeAPIKeyFile)
             let present: Bool

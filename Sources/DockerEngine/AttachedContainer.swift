@@ -20,6 +20,21 @@ public struct AttachedContainer: ~Copyable {
     public func closeStdin() {
         outbound.finish()
     }
+
+    /// A writer for stdin that can be handed to another task while this one reads the output.
+    public var stdin: StdinWriter { StdinWriter(outbound: outbound) }
+}
+
+public struct StdinWriter: Sendable {
+    let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+
+    public func write(_ bytes: some Sequence<UInt8>) async throws {
+        try await outbound.write(ByteBuffer(bytes: Array(bytes)))
+    }
+
+    public func finish() {
+        outbound.finish()
+    }
 }
 
 /// The container's output frames, in order, until it exits.

@@ -11,6 +11,11 @@ public struct JobRequest: Sendable {
     public var sandbox: SandboxSettings
     /// nil: no egress at all (the container has loopback only).
     public var egress: EgressPolicy?
+    /// More input after the prompt, sent while the job runs (the interactive sign-in of `login`).
+    public var input: AsyncStream<Data>?
+    /// A login volume to mount whatever the backend (only `login` sets it, to let Claude Code
+    /// write the provider's own sign-in; a `command` job never gets one).
+    public var loginVolume: String?
 
     public init(id: String, prompt: Data, backend: JobBackend, sandbox: SandboxSettings, egress: EgressPolicy?) {
         self.id = id
@@ -101,8 +106,9 @@ public struct JobExecutor: Sendable {
         let prepared = request.backend.prepared
         let spec = SandboxPolicy.containerSpec(
             request.sandbox, command: prepared.command, environment: prepared.environment,
-            labels: Labels.make(kind: "job", job: request.id, version: ToolVersion.current),
-            egressDirectory: egressDirectory, loginVolume: prepared.loginVolume)
+            labels: Labels.make(
+                kind: request.loginVolume == nil ? "job" : "login", job: request.id, version: ToolVersion.current),
+            egressDirectory: egressDirectory, loginVolume: request.loginVolume ?? prepared.loginVolume)
         let id = try await docker.createContainer(spec, name: "cmm-job-\(request.id.prefix(36))")
         return try await drive(
             containerID: id, request: request, startFirst: true, secrets: prepared.secrets, onOutput: onOutput)
@@ -129,10 +135,19 @@ public struct JobExecutor: Sendable {
                     try await docker.withAttachedContainer(id, stdin: true) { attached in
                         if startFirst { try await docker.startContainer(id) }
                         onOutput(.started(containerID: id))
-                        try await attached.write(request.prompt)
-                        attached.closeStdin()
-                        for try await frame in attached.output { collector.add(frame) }
-                        return true
+                        let stdin = attached.stdin
+                        return try await withThrowingTaskGroup(of: Void.self) { writers in
+                            writers.addTask {
+                                try await stdin.write(request.prompt)
+                                if let input = request.input {
+                                    for await chunk in input { try await stdin.write(chunk) }
+                                }
+                                stdin.finish()
+                            }
+                            for try await frame in attached.output { collector.add(frame) }
+                            writers.cancelAll()
+                            return true
+                        }
                     }
                 }
                 group.addTask {

@@ -155,3 +155,43 @@ struct ExecuteCommandTests {
         #expect(leftovers.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[]")
     }
 }
+
+@Suite(.enabled(if: DockerTestEnvironment.shouldRun, "no Docker engine (scripts/test.sh starts one)"), .serialized)
+struct LoginCommandTests {
+    let home = TemporaryDirectory("cmm-login")
+
+    @Test func signInHappensInsideTheContainerAndTheTokenNeverComesOut() async throws {
+        try await CLIRunnerImage.shared.ensure(home: home.url)
+        let volume = "cmm-test-login-\(UUID().uuidString.prefix(8).lowercased())"
+        defer { _ = try? DockerTestEnvironment.curl("DELETE", "/volumes/\(volume)?force=1") }
+        let environment = [
+            "CMM_DOCKER_IMAGE": TestRunnerImage.name, "CMM_CLAUDE_LOGINVOLUME": volume,
+            "CMM_EGRESS_ALLOWLIST": "127.0.0.1:9",
+        ]
+        func run(_ arguments: [String], stdin: Data? = nil) throws -> CLIResult {
+            try CLIRunner.run(arguments, home: home.url, environment: environment, stdin: stdin)
+        }
+        let wrongMode = try run(["login"], stdin: Data())
+        #expect(wrongMode.exitCode != 0 && wrongMode.stderr.contains("claude.credentialMode=subscription"))
+        #expect(try run(["config", "--set", "claude.credentialMode=subscription"]).exitCode == 0)
+
+        let login = try run(["login"], stdin: Data("CODE42\n".utf8))
+        #expect(login.exitCode == 0, "\(login.stderr)")
+        #expect(login.stdout.contains("Visit https://claude.ai/oauth/authorize"))
+        #expect(!login.stdout.contains("FAKECODE42TOKEN") && login.stdout.contains("[REDACTED]"))
+        let inspect = try DockerTestEnvironment.curl("GET", "/volumes/\(volume)")
+        #expect(inspect.stdout.contains("\"io.claude-max-market.kind\":\"login-volume\""))
+
+        // A job on the subscription login sees the volume, but what it prints of the token is removed.
+        #expect(try run(["terms", "--accept"]).exitCode == 0)
+        #expect(try run(["opt-in", "--claude-jobs", "--yes"]).exitCode == 0)
+        let job = try run(["execute", "--prompt", "show login", "--yes", "--json"])
+        #expect(job.exitCode == 0, "\(job.stderr)")
+        #expect(job.stdout.contains(".credentials.json"))
+        #expect(!job.stdout.contains("FAKECODE42TOKEN"))
+        let logs = try run(["logs"]).stdout + (try run(["audit", "--format", "json"]).stdout)
+        #expect(!logs.contains("FAKECODE42TOKEN"))
+        let health = try run(["health", "--json"])
+        #expect(health.stdout.contains("subscription login kept in Docker volume \(volume)"))
+    }
+}

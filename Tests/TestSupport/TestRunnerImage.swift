@@ -12,7 +12,16 @@ public enum TestRunnerImage {
     public static let fakeClaude = #"""
         #!/bin/sh
         # Stand-in for Claude Code in tests. The prompt (stdin) says what to do:
-        # "fixture: NAME", "leak the key", "egress: HOST:PORT", "direct: HOST:PORT", "sleep: N".
+        # "fixture: NAME", "leak the key", "egress: HOST:PORT", "direct: HOST:PORT", "sleep: N",
+        # "show login". `claude setup-token` pretends to sign in and keeps a token in CLAUDE_CONFIG_DIR.
+        if [ "${1:-}" = "setup-token" ]; then
+            echo "Visit https://claude.ai/oauth/authorize to sign in, then paste the code here:"
+            read -r code
+            token="sk-ant-oat01-FAKE$(echo "$code" | tr -cd 'A-Za-z0-9')TOKENVALUE0123456789"
+            printf '{"claudeAiOauth":{"accessToken":"%s"}}' "$token" > "$CLAUDE_CONFIG_DIR/.credentials.json"
+            echo "Your OAuth token (valid for one year): $token"
+            exit 0
+        fi
         prompt=$(cat)
         printf '{"type":"system","subtype":"fake_args","uid":"%s","args":"%s"}\n' "$(id -u)" "$*"
         case "$prompt" in *"sleep: "*)
@@ -31,6 +40,9 @@ public enum TestRunnerImage {
             target=$(echo "$prompt" | sed -n 's/.*direct: \([^ ]*\).*/\1/p')
             answer=$(echo ping | socat -T 3 - "TCP:$target" 2>&1 | head -1 | tr -d '"\\')
             printf '{"type":"assistant","message":{"id":"msg_direct","content":[{"type":"text","text":"direct answer: %s"}]}}\n' "$answer";;
+        esac
+        case "$prompt" in *"show login"*)
+            ls -a "$CLAUDE_CONFIG_DIR"; cat "$CLAUDE_CONFIG_DIR/.credentials.json"; echo;;
         esac
         name=$(echo "$prompt" | sed -n 's/.*fixture: \([a-z-]*\).*/\1/p')
         cat "/fixtures/${name:-success-text}.jsonl"
@@ -70,7 +82,7 @@ public enum TestRunnerImage {
             RUN ["/bin/busybox", "--install", "-s", "/bin"]
             COPY rootfs/ /
             RUN mkdir -p /work /claude-config /run/cmm-egress && chown 10001:10001 /claude-config
-            ENV PATH=/usr/local/bin:/usr/bin:/bin
+            ENV PATH=/usr/local/bin:/usr/bin:/bin CLAUDE_CONFIG_DIR=/claude-config
             USER 10001:10001
             ENTRYPOINT ["/usr/local/bin/cmm-entrypoint"]
             """
