@@ -146,7 +146,7 @@ func hardenedRunFlags() -> [String] {
         "--network", "none", "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--memory",
         "\(settings.memoryBytes)", "--memory-swap", "\(settings.memoryBytes)", "--cpu-shares", "\(settings.cpuShares)",
         "--pids-limit", "\(settings.pidsLimit)", "--tmpfs",
-        "/work:rw,noexec,nosuid,nodev,size=\(settings.tmpfsBytes),mode=1777",
+        "/work:rw,noexec,nosuid,nodev,size=\(settings.tmpfsBytes),uid=10001,gid=10001,mode=0700",
         "--user", SandboxPolicy.user,
     ]
 }

@@ -12,7 +12,8 @@ struct CleanCommand: AsyncParsableCommand {
             Only things labelled io.claude-max-market.managed=true (and, for containers, a container \
             kind) are touched; containers and images that are not the tool's are never removed, \
             whatever their names or images. Running containers are \
-            left alone unless --force.
+            left alone unless --force, and so are containers created in the last ten minutes that \
+            have not started yet (a job may be starting).
             """
     )
 
@@ -71,13 +72,31 @@ struct CleanCommand: AsyncParsableCommand {
         for path in report.jobDirectories { Output.line("  directory \(path)") }
     }
 
+    /// A container still in `created` this long after creation was abandoned; younger ones may
+    /// be a job between create and start.
+    static let createdGrace: TimeInterval = 600
+
     static func cleanDocker(_ docker: DockerClient, force: Bool, dryRun: Bool) async throws -> ([String], [String]) {
         var containers: [String] = []
+        let now = Date().timeIntervalSince1970
         for container in try await docker.listContainers(labels: ["\(Labels.managed)=true"], all: true) {
             // The engine filtered by label; check the kind too: containers inherit an image's labels,
             // so one made by someone else from our image also says `managed`, but never a container kind.
-            guard Labels.isManagedContainer(container.Labels), force || container.State != "running" else { continue }
-            if !dryRun { try await docker.removeContainer(container.Id, force: true) }
+            guard Labels.isManagedContainer(container.Labels) else { continue }
+            let age = now - Double(container.Created ?? 0)
+            switch container.State {
+            case "exited", "dead": break
+            case "created" where age > createdGrace: break
+            case "running" where force, "restarting" where force, "paused" where force: break
+            default: continue
+            }
+            if !dryRun {
+                do { try await docker.removeContainer(container.Id, force: true) } catch let error as DockerError
+                    where error.code == .notFound || error.code == .conflict
+                {
+                    continue  // removed meanwhile by its own job
+                }
+            }
             containers.append(container.Id)
         }
         var images: [String] = []

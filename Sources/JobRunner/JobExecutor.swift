@@ -160,7 +160,12 @@ public struct JobExecutor: Sendable {
             }
             collector.flush()
             if outcome {
-                exitCode = try await docker.waitContainer(id)
+                do {
+                    exitCode = try await docker.waitContainer(id)
+                } catch let error as DockerError where error.code == .notFound {
+                    throw DockerError(
+                        .notFound, "the container was removed before its exit code was read (by `clean`?)")
+                }
                 state = collector.succeeded(exitCode: exitCode!) ? .succeeded : .failed
                 if state == .failed { failure = collector.failureReason(exitCode: exitCode!) }
             } else {

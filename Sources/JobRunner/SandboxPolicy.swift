@@ -47,7 +47,10 @@ public enum SandboxPolicy {
         host.PidsLimit = settings.pidsLimit
         host.CapDrop = ["ALL"]
         host.SecurityOpt = ["no-new-privileges"]
-        let tmpfs = "rw,noexec,nosuid,nodev,size=\(settings.tmpfsBytes),mode=1777"
+        // Owned by the job's user: the engine keeps the image directory's owner otherwise,
+        // and a `mode` option alone does not make it writable.
+        let owner = user.split(separator: ":")
+        let tmpfs = "rw,noexec,nosuid,nodev,size=\(settings.tmpfsBytes),uid=\(owner[0]),gid=\(owner[1]),mode=0700"
         host.Tmpfs = [workDirectory: tmpfs, "/tmp": tmpfs]
         var binds: [String] = []
         if let egressDirectory { binds.append("\(egressDirectory):\(egressMount):ro") }

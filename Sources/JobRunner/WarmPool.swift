@@ -34,6 +34,8 @@ public actor WarmPool: Service {
     public let size: Int
     let runDirectory: URL
     let logger: Logger
+    /// Labels this pool's containers (as `io.claude-max-market.job`) so several pools never mix.
+    public let poolID = UUID().uuidString.lowercased()
     private var idle: [Slot] = []
     private var starting = 0
     private var releases: [UUID: CheckedContinuation<Void, Never>] = [:]
@@ -99,13 +101,21 @@ public actor WarmPool: Service {
     private func makeSlot() async {
         let token = UUID()
         let prepared = template.backend.prepared
-        let labels = Labels.make(kind: "pool", version: ToolVersion.current)
+        let labels = Labels.make(kind: "pool", job: poolID, version: ToolVersion.current)
+        let docker = self.docker
         func start(egressDirectory: String?) async throws -> String {
             let spec = SandboxPolicy.containerSpec(
                 template.sandbox, command: prepared.command, environment: prepared.environment, labels: labels,
                 egressDirectory: egressDirectory, loginVolume: prepared.loginVolume)
             let id = try await docker.createContainer(spec)
-            try await docker.startContainer(id)
+            do {
+                try await docker.startContainer(id)
+                try Task.checkCancellation()
+            } catch {
+                // A container that will never be used must not outlive the attempt.
+                await Task { try? await docker.removeContainer(id, force: true) }.value
+                throw error
+            }
             return id
         }
         do {
@@ -133,6 +143,12 @@ public actor WarmPool: Service {
 
     /// Publishes the slot and keeps its proxy alive until the slot is released or the pool stops.
     private func awaitRelease(_ slot: Slot) async {
+        if Task.isCancelled {
+            starting -= 1
+            let docker = self.docker
+            await Task { try? await docker.removeContainer(slot.containerID, force: true) }.value
+            return
+        }
         await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 releases[slot.token] = continuation

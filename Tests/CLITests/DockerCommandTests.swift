@@ -78,6 +78,11 @@ struct DockerCommandTests {
         let theirsID = try #require(
             (try JSONSerialization.jsonObject(with: theirs.stdoutData) as? [String: Any])?["Id"] as? String)
         defer { _ = try? DockerTestEnvironment.curl("DELETE", "/containers/\(theirsID)?force=1") }
+        // Both run and exit; a container that never started is left alone for ten minutes.
+        for id in [oursID, theirsID] {
+            _ = try DockerTestEnvironment.curl("POST", "/containers/\(id)/start")
+            _ = try DockerTestEnvironment.curl("POST", "/containers/\(id)/wait")
+        }
 
         let dry = try run("clean", "--dry-run", "--json")
         let planned = try #require(try dry.jsonObject()["containers"] as? [String])

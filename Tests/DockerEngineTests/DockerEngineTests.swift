@@ -22,7 +22,6 @@ struct DockerEngineTests {
         var spec = ContainerSpec(image: TestImage.name, command: command, labels: labels())
         if stdin != nil { spec.openStdin() }
         let id = try await client.createContainer(spec)
-        defer { Task { try? await client.removeContainer(id) } }
         let frames = try await client.withAttachedContainer(id, stdin: stdin != nil) { attached in
             try await client.startContainer(id)
             if let stdin {

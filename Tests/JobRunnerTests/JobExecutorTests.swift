@@ -108,6 +108,7 @@ struct JobExecutorTests {
             let script = """
                 id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status
                 touch /rootfile 2>&1 || echo readonly-root
+                echo data > /work/file && cat /work/file
                 cp /bin/busybox /work/bb && /work/bb true 2>&1 || echo noexec-work
                 cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '
                 """
@@ -119,8 +120,8 @@ struct JobExecutorTests {
             #expect(lines.first == "10001")
             #expect(lines.contains { $0.hasPrefix("CapEff:") && $0.hasSuffix("0000000000000000") })
             #expect(lines.contains { $0.hasPrefix("NoNewPrivs:") && $0.hasSuffix("1") })
-            #expect(lines.contains("readonly-root") && lines.contains("noexec-work"))
-            #expect(lines.last == "lo")
+            #expect(lines.contains("readonly-root") && lines.contains("data") && lines.contains("noexec-work"))
+            #expect(lines.contains("lo") && !lines.contains("eth0"))
         }
     }
 

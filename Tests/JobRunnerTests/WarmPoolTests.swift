@@ -23,7 +23,7 @@ struct WarmPoolTests {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await pool.run() }
                 await pool.waitUntilFull()
-                let pooled = try await docker.listContainers(labels: ["\(Labels.kind)=pool"], all: false)
+                let pooled = try await docker.listContainers(labels: ["\(Labels.job)=\(pool.poolID)"], all: false)
                 #expect(pooled.count == 2)
                 for container in pooled {
                     let inspect = try await docker.inspectContainer(container.Id)
@@ -39,11 +39,11 @@ struct WarmPoolTests {
                 #expect(report.state == .succeeded && report.result?.text == "The capital of France is Paris.")
                 // The used container is gone and a fresh one takes its place.
                 await pool.waitUntilFull()
-                let after = try await docker.listContainers(labels: ["\(Labels.kind)=pool"], all: true)
+                let after = try await docker.listContainers(labels: ["\(Labels.job)=\(pool.poolID)"], all: true)
                 #expect(after.count == 2 && !after.contains { $0.Id == slot.containerID })
                 group.cancelAll()
             }
-            let left = try await docker.listContainers(labels: ["\(Labels.kind)=pool"], all: true)
+            let left = try await docker.listContainers(labels: ["\(Labels.job)=\(pool.poolID)"], all: true)
             #expect(left.isEmpty)
         }
     }
