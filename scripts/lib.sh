@@ -34,8 +34,10 @@ docker_answers() {
 }
 
 # Starts the Docker engine with no bridge network (containers get loopback only) when none answers.
+# With "keep" the engine stays up after the script (quickstart); otherwise it is stopped on exit.
 ensure_docker() {
-    apt_install docker.io busybox-static socat
+    local keep="${1:-}"
+    apt_install docker.io busybox-static socat curl docker-registry
     if docker_answers; then
         log "Docker engine answers on $(docker_socket)"
         return 0
@@ -44,7 +46,11 @@ ensure_docker() {
     local logfile="${TMPDIR:-/tmp}/cmm-dockerd.log"
     setsid dockerd --bridge=none --iptables=false --ip-masq=false >"$logfile" 2>&1 &
     local pid=$!
-    STARTED_PIDS+=("$pid")
+    if [ "$keep" = keep ]; then
+        log "dockerd (pid $pid) keeps running after this script; stop it with: kill $pid"
+    else
+        STARTED_PIDS+=("$pid")
+    fi
     for _ in $(seq 1 60); do
         docker_answers && { log "Docker engine started (pid $pid)"; return 0; }
         kill -0 "$pid" 2>/dev/null || break

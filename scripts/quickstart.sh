@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Builds the tool and walks through what exists of the main loop, in a throwaway CMM_HOME.
-# The market server and the end-to-end job flow are not built yet: this script says so.
+# Installs what is missing (Docker engine), builds, and walks through the provider's side of the
+# main loop in a throwaway CMM_HOME: consent, limits, keys, end-to-end encryption, and one job run
+# in a hardened container, with usage and the audit check. The market server and the
+# requester/provider flows are not built yet: the script says so at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-trap 'stop_started_services; rm -rf "${DEMO_HOME:-}"' EXIT
+trap 'stop_started_services; rm -rf "${DEMO_HOME:-}" "${DEMO_CONTEXT:-}"' EXIT
 
-log "swift build"
-swift build -q 2>&1 | grep -v "unhandled; explicitly declare" >&2 || true
+ensure_docker keep
+log "swift build (the first build takes several minutes)"
+swift build 2>&1 | grep -E "error|Compiling|Build complete" | tail -3 >&2
 BIN="$(swift build --show-bin-path)/claude-max-market"
 [ -x "$BIN" ] || die "build failed: $BIN is missing"
 
@@ -18,14 +21,38 @@ run() { printf '\n$ claude-max-market %s\n' "$*"; "$BIN" "$@"; }
 run terms --accept
 run opt-in --claude-jobs --yes
 run limits --daily 3 --weekly 10 --monthly 30 --tokens-daily 20000 --max-tokens-per-task 4000 --concurrent 1
+run keys show
+
+printf 'a payload for the provider\n' > "$DEMO_HOME/payload.txt"
+run keys export-public --output "$DEMO_HOME/me.json"
+run encrypt --input "$DEMO_HOME/payload.txt" --recipient "$DEMO_HOME/me.json" --output "$DEMO_HOME/payload.sealed"
+run decrypt --input "$DEMO_HOME/payload.sealed"
+
+# The real runner image (Node + the Claude Code CLI from npm) needs the network to build, and
+# Claude Code needs your API key or login. The demo runs a `command` job instead, in the same
+# hardened container, from a small image built here from busybox.
+DEMO_CONTEXT="$(mktemp -d "${TMPDIR:-/tmp}/cmm-demo-image.XXXXXX")"
+cp "$(command -v busybox)" "$DEMO_CONTEXT/busybox"
+cat > "$DEMO_CONTEXT/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+USER 10001:10001
+DOCKERFILE
+run docker:build --tag claude-max-market/demo:latest --file "$DEMO_CONTEXT/Dockerfile"
+run execute --backend command --image claude-max-market/demo:latest --yes \
+    --prompt "Count my words, please" -- sh -c 'echo "uid $(id -u), $(wc -w) words, network: $(ls /sys/class/net)"'
 run status
+run usage --period day
 run audit
 run audit --verify
-run compliance-check
+run compliance-check || true
+run clean
 
 cat <<'TXT'
 
-Not built yet: the market server, the provider daemon and the requester flow (post a job with
-escrow, match, run it in a hardened container, settle, reputation). Until they land, the
-commands above are what this quickstart can show.
+Not built yet: the market server (order book, escrow, ledger, reputation over signed WebSocket
+messages), the provider daemon and the requester flow (post a job with a price held in escrow,
+matching, sealed payload delivery, settlement). This quickstart shows the provider's side that
+they stand on: consent, limits, keys and sealing, and a job run in a hardened container.
 TXT

@@ -148,6 +148,20 @@ extension DockerClient {
         }
     }
 
+    /// Pushes `image` (`registry/name:tag`) to its registry, reporting per-layer progress.
+    /// Registries here need no login, so the auth header is the empty object.
+    public func pushImage(_ image: String, progress: @Sendable (PullProgress) -> Void = { _ in }) async throws {
+        let (name, tag) = Self.splitReference(image)
+        let response = try await send(
+            request(.POST, "/images/\(name)/push", query: [("tag", tag)], headers: [("X-Registry-Auth", "e30=")]),
+            streaming: true, what: "push \(image)")
+        try await Self.readProgress(response.body) { line in
+            if let status = line.status {
+                progress(PullProgress(layer: line.id, status: status, current: line.progressDetail?.current, total: line.progressDetail?.total))
+            }
+        }
+    }
+
     /// `registry:5000/name:tag` → (`registry:5000/name`, `tag`); no tag means `latest`.
     static func splitReference(_ image: String) -> (String, String) {
         if let colon = image.lastIndex(of: ":"), !image[colon...].contains("/") {

@@ -22,6 +22,7 @@ public enum RunnerImage {
         WORKDIR /work
         ENTRYPOINT ["/usr/local/bin/cmm-entrypoint"]
         CMD ["claude", "--version"]
+
         """#
 
     public static let entrypoint = #"""
@@ -38,6 +39,7 @@ public enum RunnerImage {
             export HTTP_PROXY=http://127.0.0.1:3128 http_proxy=http://127.0.0.1:3128
         fi
         exec "$@"
+
         """#
 
     /// The build context as a tar archive.

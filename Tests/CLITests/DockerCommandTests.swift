@@ -47,6 +47,29 @@ struct DockerCommandTests {
         _ = try DockerTestEnvironment.curl("DELETE", "/images/\(image)?force=1")
     }
 
+    @Test(.enabled(if: LocalRegistry.shouldRun, "docker-registry is not installed"))
+    func pullFromALoopbackRegistryShowsLayerProgress() throws {
+        let registry = try LocalRegistry()
+        defer { registry.stop() }
+        let image = "\(registry.host)/cmm-test/cli-pull:1"
+        let directory = home.file("pullctx")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try Data((0..<200_000).map { _ in UInt8.random(in: 0...255) }).write(to: directory.appending(path: "blob"))
+        try Data("FROM scratch\nCOPY blob /blob\n".utf8).write(to: directory.appending(path: "Dockerfile"))
+        #expect(try run("docker:build", "--tag", image, "--file", directory.appending(path: "Dockerfile").path).exitCode == 0)
+        let push = try DockerTestEnvironment.curl(
+            "POST", "/images/\(registry.host)/cmm-test/cli-pull/push?tag=1", headers: ["X-Registry-Auth: e30="])
+        #expect(!push.stdout.contains("errorDetail"), "\(push.stdout)")
+        _ = try DockerTestEnvironment.curl("DELETE", "/images/\(image)?force=1")
+        _ = try DockerTestEnvironment.curl("DELETE", "/images/\(registry.host)/cmm-test/cli-pull:latest?force=1")
+        let pulled = try run("docker:pull", "--image", image, "--no-fallback")
+        #expect(pulled.exitCode == 0, "\(pulled.stderr)")
+        #expect(pulled.stdout.contains("pulled \(image)"))
+        #expect(pulled.stderr.contains("Downloading") && pulled.stderr.contains("bytes"))
+        #expect(pulled.stderr.contains("Pull complete"))
+        _ = try DockerTestEnvironment.curl("DELETE", "/images/\(image)?force=1")
+    }
+
     @Test func healthReportsTheEngineAndFailsWithoutIt() throws {
         let healthy = try run("health", "--json")
         let checks = try #require(try healthy.jsonObject()["checks"] as? [[String: Any]])
