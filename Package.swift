@@ -83,6 +83,7 @@ let package = Package(
                 "MarketCrypto",
                 "DockerEngine",
                 "JobRunner",
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Benchmarks"
         ),

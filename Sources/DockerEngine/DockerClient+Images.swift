@@ -157,7 +157,10 @@ extension DockerClient {
             streaming: true, what: "push \(image)")
         try await Self.readProgress(response.body) { line in
             if let status = line.status {
-                progress(PullProgress(layer: line.id, status: status, current: line.progressDetail?.current, total: line.progressDetail?.total))
+                progress(
+                    PullProgress(
+                        layer: line.id, status: status, current: line.progressDetail?.current,
+                        total: line.progressDetail?.total))
             }
         }
     }

@@ -36,6 +36,8 @@ public struct SealingKeySet: Sendable {
     public let rsaDER: Data
     public let created: Date
     public var retired: Date?
+    /// Computed once: deriving the RSA public key means parsing the private key's DER.
+    public let publicKeys: SealingPublicKeys
 
     public init(
         x25519: Curve25519.KeyAgreement.PrivateKey, xwing: XWingMLKEM768X25519.PrivateKey,
@@ -46,6 +48,9 @@ public struct SealingKeySet: Sendable {
         self.rsaDER = rsaDER
         self.created = created
         self.retired = retired
+        self.publicKeys = SealingPublicKeys(
+            x25519: x25519.publicKey.rawRepresentation, xwing: xwing.publicKey.rawRepresentation,
+            rsa: (try? _RSA.Encryption.PrivateKey(derRepresentation: rsaDER).publicKey.derRepresentation) ?? Data())
     }
 
     public static func generate(at now: Date) throws -> SealingKeySet {
@@ -56,12 +61,6 @@ public struct SealingKeySet: Sendable {
 
     public func rsaKey() throws -> _RSA.Encryption.PrivateKey {
         try _RSA.Encryption.PrivateKey(derRepresentation: rsaDER)
-    }
-
-    public var publicKeys: SealingPublicKeys {
-        SealingPublicKeys(
-            x25519: x25519.publicKey.rawRepresentation, xwing: xwing.publicKey.rawRepresentation,
-            rsa: (try? rsaKey().publicKey.derRepresentation) ?? Data())
     }
 }
 

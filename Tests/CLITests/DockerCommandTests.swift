@@ -56,7 +56,9 @@ struct DockerCommandTests {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         try Data((0..<200_000).map { _ in UInt8.random(in: 0...255) }).write(to: directory.appending(path: "blob"))
         try Data("FROM scratch\nCOPY blob /blob\n".utf8).write(to: directory.appending(path: "Dockerfile"))
-        #expect(try run("docker:build", "--tag", image, "--file", directory.appending(path: "Dockerfile").path).exitCode == 0)
+        #expect(
+            try run("docker:build", "--tag", image, "--file", directory.appending(path: "Dockerfile").path).exitCode
+                == 0)
         let push = try DockerTestEnvironment.curl(
             "POST", "/images/\(registry.host)/cmm-test/cli-pull/push?tag=1", headers: ["X-Registry-Auth: e30="])
         #expect(!push.stdout.contains("errorDetail"), "\(push.stdout)")

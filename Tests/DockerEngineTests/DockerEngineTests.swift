@@ -268,16 +268,19 @@ struct RegistryPullTests {
             try tar.addFile("Dockerfile", contents: Data("FROM scratch\nCOPY blob /blob\n".utf8))
             try tar.addFile("blob", contents: Data((0..<300_000).map { _ in UInt8.random(in: 0...255) }))
             _ = try await client.buildImage(
-                context: tar.finish(), tags: [remote], labels: Labels.make(kind: "test-image", version: ToolVersion.current))
+                context: tar.finish(), tags: [remote],
+                labels: Labels.make(kind: "test-image", version: ToolVersion.current))
             try await client.pushImage(remote)
             try await client.removeImage(remote, force: true)
             #expect(try await client.inspectImage(remote) == nil)
             let events = LockedLines()
             try await client.pullImage(remote) { progress in
-                events.append("\(progress.layer ?? "-") \(progress.status) \(progress.current ?? -1)/\(progress.total ?? -1)")
+                events.append(
+                    "\(progress.layer ?? "-") \(progress.status) \(progress.current ?? -1)/\(progress.total ?? -1)")
             }
             #expect(try await client.inspectImage(remote) != nil)
-            #expect(events.all.contains { $0.contains("Pull complete") || $0.contains("Already exists") }, "\(events.all)")
+            #expect(
+                events.all.contains { $0.contains("Pull complete") || $0.contains("Already exists") }, "\(events.all)")
             #expect(events.all.contains { $0.contains("Downloading") && !$0.hasSuffix("-1/-1") }, "\(events.all)")
             #expect(events.all.contains { $0.contains("Downloaded newer image") })
             try await client.removeImage(remote, force: true)

@@ -7,8 +7,12 @@ import Testing
         .deletingLastPathComponent().appending(path: "docker/runner")
 
     @Test func theEmbeddedFilesAreTheRepositoryFiles() throws {
-        #expect(RunnerImage.dockerfile == (try String(contentsOf: Self.directory.appending(path: "Dockerfile"), encoding: .utf8)))
-        #expect(RunnerImage.entrypoint == (try String(contentsOf: Self.directory.appending(path: "entrypoint.sh"), encoding: .utf8)))
+        #expect(
+            RunnerImage.dockerfile
+                == (try String(contentsOf: Self.directory.appending(path: "Dockerfile"), encoding: .utf8)))
+        #expect(
+            RunnerImage.entrypoint
+                == (try String(contentsOf: Self.directory.appending(path: "entrypoint.sh"), encoding: .utf8)))
     }
 
     @Test func theRunnerImageIsNonRootWithTheCLIAndSocat() {
@@ -19,7 +23,10 @@ import Testing
     }
 
     @Test func tagsCarryTheVersionAndLatest() {
-        #expect(RunnerImage.tags(for: "claude-max-market/runner:0.1.0") == ["claude-max-market/runner:0.1.0", "claude-max-market/runner:latest"])
+        #expect(
+            RunnerImage.tags(for: "claude-max-market/runner:0.1.0") == [
+                "claude-max-market/runner:0.1.0", "claude-max-market/runner:latest",
+            ])
         #expect(RunnerImage.tags(for: "127.0.0.1:5000/runner").first?.hasPrefix("127.0.0.1:5000/runner:") == true)
         #expect(RunnerImage.tags(for: "x:latest") == ["x:latest"])
     }

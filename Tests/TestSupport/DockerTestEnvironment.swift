@@ -29,7 +29,9 @@ public enum DockerTestEnvironment {
     }
 
     /// Raw engine call through curl, for set-ups the module refuses on purpose (an unlabelled container).
-    public static func curl(_ method: String, _ path: String, body: String? = nil, headers: [String] = []) throws -> CLIResult {
+    public static func curl(_ method: String, _ path: String, body: String? = nil, headers: [String] = []) throws
+        -> CLIResult
+    {
         var arguments = ["-sS", "--unix-socket", socketPath, "-X", method, "http://docker/v1.41\(path)"]
         for header in headers { arguments += ["-H", header] }
         if let body { arguments += ["-H", "Content-Type: application/json", "-d", body] }
