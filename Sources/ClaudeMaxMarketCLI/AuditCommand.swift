@@ -57,10 +57,7 @@ struct AuditCommand: AsyncParsableCommand {
         let data: Data
         switch format {
         case .json:
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            encoder.dateEncodingStrategy = .iso8601
-            data = try encoder.encode(entries) + Data("\n".utf8)
+            data = try Output.jsonData(entries)
         case .csv:
             var lines = ["seq,at,actor,kind,details,prev_hash,hash"]
             for entry in entries {

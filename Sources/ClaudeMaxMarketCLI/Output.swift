@@ -3,12 +3,15 @@ import Foundation
 /// Printing for people (tables, lines) and programs (`--json`: clean JSON on stdout only).
 enum Output {
     static func json(_ value: some Encodable) throws {
+        stdout(try jsonData(value))
+    }
+
+    /// Pretty, sorted, ISO 8601 dates, ending in a newline.
+    static func jsonData(_ value: some Encodable) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .iso8601
-        var data = try encoder.encode(value)
-        data.append(0x0a)
-        stdout(data)
+        return try encoder.encode(value) + Data("\n".utf8)
     }
 
     static func line(_ text: String = "") {

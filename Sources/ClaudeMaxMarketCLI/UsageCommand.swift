@@ -112,10 +112,7 @@ struct UsageCommand: AsyncParsableCommand {
         let data: Data
         switch format {
         case .json:
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            encoder.dateEncodingStrategy = .iso8601
-            data = try encoder.encode(report) + Data("\n".utf8)
+            data = try Output.jsonData(report)
         case .csv:
             var lines = [
                 "group,tasks,failures,input_tokens,output_tokens,cache_read_tokens,cache_creation_tokens,cost_usd,seconds"

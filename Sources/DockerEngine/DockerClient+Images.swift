@@ -138,14 +138,7 @@ extension DockerClient {
         let response = try await send(
             request(.POST, "/images/create", query: [("fromImage", name), ("tag", tag)], body: nil),
             streaming: true, what: "pull \(image)")
-        try await Self.readProgress(response.body) { line in
-            if let status = line.status {
-                progress(
-                    PullProgress(
-                        layer: line.id, status: status, current: line.progressDetail?.current,
-                        total: line.progressDetail?.total))
-            }
-        }
+        try await Self.readLayerProgress(response.body, progress)
     }
 
     /// Pushes `image` (`registry/name:tag`) to its registry, reporting per-layer progress.
@@ -155,14 +148,7 @@ extension DockerClient {
         let response = try await send(
             request(.POST, "/images/\(name)/push", query: [("tag", tag)], headers: [("X-Registry-Auth", "e30=")]),
             streaming: true, what: "push \(image)")
-        try await Self.readProgress(response.body) { line in
-            if let status = line.status {
-                progress(
-                    PullProgress(
-                        layer: line.id, status: status, current: line.progressDetail?.current,
-                        total: line.progressDetail?.total))
-            }
-        }
+        try await Self.readLayerProgress(response.body, progress)
     }
 
     /// `registry:5000/name:tag` → (`registry:5000/name`, `tag`); no tag means `latest`.
@@ -171,6 +157,20 @@ extension DockerClient {
             return (String(image[..<colon]), String(image[image.index(after: colon)...]))
         }
         return (image, "latest")
+    }
+
+    /// Pull and push report the same per-layer lines.
+    static func readLayerProgress(_ body: HTTPClientResponse.Body, _ progress: @Sendable (PullProgress) -> Void)
+        async throws
+    {
+        try await readProgress(body) { line in
+            if let status = line.status {
+                progress(
+                    PullProgress(
+                        layer: line.id, status: status, current: line.progressDetail?.current,
+                        total: line.progressDetail?.total))
+            }
+        }
     }
 
     static func readProgress(_ body: HTTPClientResponse.Body, _ handle: (ProgressLine) throws -> Void) async throws {

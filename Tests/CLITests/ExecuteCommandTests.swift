@@ -85,6 +85,28 @@ struct ExecuteCommandTests {
         #expect(try run(["audit", "--kind", "job.redacted", "--format", "csv"]).stdout.contains("job.redacted"))
     }
 
+    @Test func logsFollowShowsLinesWhileAnotherProcessRunsTheJob() async throws {
+        try await optIn()
+        let follower = Process()
+        follower.executableURL = CLIRunner.executable
+        follower.arguments = ["logs", "--all", "--follow"]
+        follower.environment = CLIRunner.baseEnvironment(home: home.url).merging(environment) { $1 }
+        let out = Pipe()
+        follower.standardOutput = out
+        follower.standardError = FileHandle.nullDevice
+        try follower.run()
+        let job = try run([
+            "execute", "--backend", "command", "--prompt", "", "--yes", "--", "sh", "-c",
+            "echo first-line; sleep 1; echo second-line",
+        ])
+        #expect(job.exitCode == 0)
+        try await Task.sleep(for: .milliseconds(800))
+        kill(follower.processIdentifier, SIGINT)
+        follower.waitUntilExit()
+        let followed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(followed.contains("first-line") && followed.contains("second-line"), "\(followed)")
+    }
+
     @Test func refusalsChangeNothing() async throws {
         try await CLIRunnerImage.shared.ensure(home: home.url)
         let noConsent = try run(["execute", "--prompt", "x", "--yes"])
