@@ -135,6 +135,7 @@ public actor WarmPool: Service {
             }
         } catch {
             starting -= 1
+            if Task.isCancelled { return }  // the pool is stopping: not an error
             logger.error("warm pool: could not start a container", metadata: ["error": "\(error)"])
             try? await Task.sleep(for: .seconds(1))
             wakeContinuation.yield()
