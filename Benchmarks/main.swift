@@ -208,19 +208,26 @@ func dispatchBenchmarks(_ docker: DockerClient, runs: Int) async throws {
             id: UUID().uuidString.lowercased(), prompt: Data("x\n".utf8), backend: backend, sandbox: settings,
             egress: nil)
     }
-    func firstByte(_ body: (@escaping @Sendable (JobOutput) -> Void) async throws -> JobReport) async throws -> Double {
-        let start = clock.now
+    /// From approval (the cold path creates the container while the approval is asked, as
+    /// `execute` does; the warm path has it started already) to the first byte back.
+    func firstByte(
+        _ body: (@escaping @Sendable () -> Void, @escaping @Sendable (JobOutput) -> Void) async throws -> JobReport
+    ) async throws -> Double {
+        let approved = FirstLine()
         let first = FirstLine()
-        _ = try await body { output in
+        _ = try await body({ approved.mark(clock.now) }) { output in
             if case .line = output { first.mark(clock.now) }
         }
-        guard let at = first.at else { throw BenchmarkError("no output from the container") }
+        guard let start = approved.at, let at = first.at else { throw BenchmarkError("no output from the container") }
         return seconds(at - start) * 1000
     }
     var cold: [Double] = []
     var baseline: [Double] = []
     for _ in 0..<runs {
-        cold.append(try await firstByte { try await executor.run(request(), onOutput: $0) })
+        cold.append(
+            try await firstByte { approve, output in
+                try await executor.run(request(), whenCreated: { _ in approve() }, onOutput: output)
+            })
         baseline.append(try cliFirstByte())
     }
     let template = WarmPool.Template(sandbox: settings, backend: backend, egress: nil)
@@ -231,7 +238,11 @@ func dispatchBenchmarks(_ docker: DockerClient, runs: Int) async throws {
         for _ in 0..<runs {
             await pool.waitUntilFull()
             guard let slot = await pool.take() else { throw BenchmarkError("the pool had no slot") }
-            warm.append(try await firstByte { try await executor.run(request(), on: slot, onOutput: $0) })
+            warm.append(
+                try await firstByte { approve, output in
+                    approve()
+                    return try await executor.run(request(), on: slot, onOutput: output)
+                })
             await pool.release(slot)
         }
         group.cancelAll()
@@ -291,7 +302,10 @@ func cryptoBreakdown() {
     let key = SymmetricKey(size: .bits256)
     let count = 20_000
     let aes = clock.measure { for _ in 0..<count { _ = try! AES.GCM.seal(chunk, using: key) } }
-    print(String(format: "  swift-crypto AES.GCM.seal alone, 16 KiB: %.0f MB/s", Double(count * chunk.count) / seconds(aes) / 1e6))
+    print(
+        String(
+            format: "  swift-crypto AES.GCM.seal alone, 16 KiB: %.0f MB/s",
+            Double(count * chunk.count) / seconds(aes) / 1e6))
 }
 
 let which = CommandLine.arguments.dropFirst().first ?? "all"

@@ -81,25 +81,7 @@ struct ExecuteCommand: AsyncParsableCommand {
         let jobBackend = try makeBackend(config: config, context: context)
         let limits = Limits(config: config)
         let estimatedTokens: Int64 = backend == .claude ? limits.maxTokensPerTask : 0
-        let usage = try jobs.usage(at: context.now)
         let jobID = UUID().uuidString.lowercased()
-
-        try approve(
-            config: config, prompt: promptData, requester: ring.peerID.rawValue, estimatedTokens: estimatedTokens,
-            limits: limits, usage: usage, jobID: jobID, database: database, context: context)
-
-        do {
-            _ = try jobs.reserve(
-                JobReservation(
-                    id: jobID, role: "local", backend: backend.rawValue,
-                    model: backend == .claude ? config.text(.claudeModel) : nil, requester: ring.peerID.rawValue,
-                    image: config.text(.dockerImage), promptBytes: Int64(promptData.count),
-                    estimatedTokens: estimatedTokens),
-                limits: limits, actor: context.actor, at: context.now)
-        } catch let error as LimitError {
-            throw CLIError(error.description, exitCode: 4)
-        }
-
         let sandbox = SandboxSettings(
             image: config.text(.dockerImage), memoryBytes: config.bytes(.dockerMemory),
             cpuShares: config.integer(.dockerCPUShares), pidsLimit: config.integer(.dockerPidsLimit),
@@ -109,20 +91,48 @@ struct ExecuteCommand: AsyncParsableCommand {
             allowlist.isEmpty ? nil : EgressPolicy(allowlist: allowlist, byteBudget: config.bytes(.egressByteBudget))
         let request = JobRequest(id: jobID, prompt: promptData, backend: jobBackend, sandbox: sandbox, egress: egress)
         let printer = JobOutputPrinter(json: json, jobID: jobID, jobs: jobs, printsLines: backend == .command)
+        let approval = Approval(
+            jobID: jobID, prompt: promptData, requester: ring.peerID.rawValue, estimatedTokens: estimatedTokens,
+            limits: limits,
+            backendDescription: backend == .command
+                ? "command " + command.joined(separator: " ") : "claude (\(config.text(.claudeModel)))",
+            assumeYes: yes)
+        let reservation = JobReservation(
+            id: jobID, role: "local", backend: backend.rawValue,
+            model: backend == .claude ? config.text(.claudeModel) : nil, requester: ring.peerID.rawValue,
+            image: sandbox.image, promptBytes: Int64(promptData.count), estimatedTokens: estimatedTokens)
+        let reserved = ReservedFlag()
 
         let report: JobReport
         do {
             report = try await context.withDocker { docker in
                 try await ensureImage(docker, image: sandbox.image)
-                try jobs.markRunning(jobID, actor: "runner", at: context.now, details: ["image": sandbox.image])
                 let executor = JobExecutor(docker: docker, runDirectory: context.paths.runDirectory)
-                return try await CancelOnInterrupt.run {
-                    try await executor.run(request) { printer.handle($0) }
+                return try await CancelOnInterrupt.run { interrupt in
+                    try await executor.run(
+                        request,
+                        whenCreated: { containerID in
+                            // The container was created while we ask: approval, then the limits.
+                            interrupt.pendingContainer(containerID, docker: docker)
+                            try approval.decide(config: config, database: database, context: context)
+                            do {
+                                _ = try jobs.reserve(reservation, limits: limits, actor: context.actor, at: context.now)
+                            } catch let error as LimitError {
+                                throw CLIError(error.description, exitCode: 4)
+                            }
+                            reserved.set()
+                            try jobs.markRunning(
+                                jobID, actor: "runner", at: context.now, details: ["image": sandbox.image])
+                            interrupt.started()
+                        }
+                    ) { printer.handle($0) }
                 }
             }
         } catch {
-            try jobs.finish(
-                jobID, outcome: JobOutcome(state: .failed, error: "\(error)"), actor: "runner", at: context.now)
+            if reserved.isSet {
+                try jobs.finish(
+                    jobID, outcome: JobOutcome(state: .failed, error: "\(error)"), actor: "runner", at: context.now)
+            }
             throw error
         }
         try record(report, jobID: jobID, jobs: jobs, database: database, context: context)
@@ -185,49 +195,6 @@ struct ExecuteCommand: AsyncParsableCommand {
                 allowedTools: config.list(.claudeAllowedTools), credential: credential))
     }
 
-    /// Manual mode asks on the terminal (or takes --yes); policy mode applies the approval.* rules.
-    func approve(
-        config: ResolvedConfig, prompt: Data, requester: String, estimatedTokens: Int64, limits: Limits,
-        usage: UsageSnapshot, jobID: String, database: StateDatabase, context: CommandContext
-    ) throws {
-        func refuse(_ reason: String) throws -> Never {
-            try database.audit(
-                actor: context.actor, kind: "job.refused", details: ["job": jobID, "reason": reason], at: context.now)
-            throw CLIError("job refused: \(reason)", exitCode: 3)
-        }
-        if config.text(.approvalMode) == "policy" {
-            let maxBytes = config.integer(.approvalMaxPromptBytes)
-            if Int64(prompt.count) > maxBytes {
-                try refuse("the prompt is \(prompt.count) bytes, policy allows \(maxBytes)")
-            }
-            if config.list(.approvalDeniedRequesters).contains(requester) {
-                try refuse("requester \(requester) is denied")
-            }
-            let allowed = config.list(.approvalAllowedRequesters)
-            if !allowed.isEmpty && !allowed.contains(requester) { try refuse("requester \(requester) is not allowed") }
-            if estimatedTokens > limits.maxTokensPerTask { try refuse("\(estimatedTokens) tokens exceed the policy") }
-            try database.audit(
-                actor: "policy", kind: "job.approved", details: ["job": jobID, "mode": "policy"], at: context.now)
-            return
-        }
-        let text = String(decoding: prompt, as: UTF8.self)
-        let shown = text.count > 2000 ? String(text.prefix(2000)) + "… (\(text.count - 2000) more characters)" : text
-        let question = """
-            Job \(jobID)
-              backend:  \(backend.rawValue)\(backend == .command ? " " + command.joined(separator: " ") : "")
-              image:    \(config.text(.dockerImage))
-              prompt:   \(prompt.count) bytes
-            \(shown.split(separator: "\n", omittingEmptySubsequences: false).map { "    │ \($0)" }.joined(separator: "\n"))
-              limits left today: \(max(0, limits.dailyTasks - usage.day.tasks)) jobs, \(max(0, limits.dailyTokens - usage.day.tokens)) tokens
-            Run it?
-            """
-        guard (try? Output.confirm(question, assumeYes: yes)) == true else {
-            try refuse(Output.stdinIsTerminal ? "not approved" : "approval needs a terminal or --yes")
-        }
-        try database.audit(
-            actor: context.actor, kind: "job.approved", details: ["job": jobID, "mode": "manual"], at: context.now)
-    }
-
     func ensureImage(_ docker: DockerClient, image: String) async throws {
         guard try await docker.inspectImage(image) == nil else { return }
         Output.note("runner image \(image) is not present; pulling it (or building it when the pull fails)")
@@ -272,6 +239,65 @@ struct ExecuteCommand: AsyncParsableCommand {
                 error: report.error),
             actor: "runner", at: context.now)
     }
+}
+
+/// The approval of one job: manual mode asks on the terminal (or takes --yes); policy mode
+/// applies the approval.* rules. Every decision is audited.
+struct Approval: Sendable {
+    let jobID: String
+    let prompt: Data
+    let requester: String
+    let estimatedTokens: Int64
+    let limits: Limits
+    let backendDescription: String
+    let assumeYes: Bool
+
+    func decide(config: ResolvedConfig, database: StateDatabase, context: CommandContext) throws {
+        func refuse(_ reason: String) throws -> Never {
+            try database.audit(
+                actor: context.actor, kind: "job.refused", details: ["job": jobID, "reason": reason], at: context.now)
+            throw CLIError("job refused: \(reason)", exitCode: 3)
+        }
+        if config.text(.approvalMode) == "policy" {
+            let maxBytes = config.integer(.approvalMaxPromptBytes)
+            if Int64(prompt.count) > maxBytes {
+                try refuse("the prompt is \(prompt.count) bytes, policy allows \(maxBytes)")
+            }
+            if config.list(.approvalDeniedRequesters).contains(requester) {
+                try refuse("requester \(requester) is denied")
+            }
+            let allowed = config.list(.approvalAllowedRequesters)
+            if !allowed.isEmpty && !allowed.contains(requester) { try refuse("requester \(requester) is not allowed") }
+            if estimatedTokens > limits.maxTokensPerTask { try refuse("\(estimatedTokens) tokens exceed the policy") }
+            try database.audit(
+                actor: "policy", kind: "job.approved", details: ["job": jobID, "mode": "policy"], at: context.now)
+            return
+        }
+        let usage = try JobStore(database: database).usage(at: context.now)
+        let text = String(decoding: prompt, as: UTF8.self)
+        let shown = text.count > 2000 ? String(text.prefix(2000)) + "… (\(text.count - 2000) more characters)" : text
+        let question = """
+            Job \(jobID)
+              backend:  \(backendDescription)
+              image:    \(config.text(.dockerImage))
+              prompt:   \(prompt.count) bytes
+            \(shown.split(separator: "\n", omittingEmptySubsequences: false).map { "    │ \($0)" }.joined(separator: "\n"))
+              limits left today: \(max(0, limits.dailyTasks - usage.day.tasks)) jobs, \(max(0, limits.dailyTokens - usage.day.tokens)) tokens
+            Run it?
+            """
+        guard (try? Output.confirm(question, assumeYes: assumeYes)) == true else {
+            try refuse(Output.stdinIsTerminal ? "not approved" : "approval needs a terminal or --yes")
+        }
+        try database.audit(
+            actor: context.actor, kind: "job.approved", details: ["job": jobID, "mode": "manual"], at: context.now)
+    }
+}
+
+final class ReservedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
 }
 
 /// Prints a job's output as it arrives and writes every line to the job's event log.
@@ -373,12 +399,34 @@ final class JobOutputPrinter: @unchecked Sendable {
 }
 
 /// Runs `body` in a task that SIGINT cancels (Ctrl-C stops the container instead of killing us).
+/// Before the job starts (while the approval question is open, when reading the terminal cannot
+/// be interrupted) Ctrl-C removes the created container and exits at once.
 enum CancelOnInterrupt {
-    static func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        let task = Task { try await body() }
+    final class State: @unchecked Sendable {
+        private let lock = NSLock()
+        private var container: (id: String, docker: DockerClient)?
+
+        func pendingContainer(_ id: String, docker: DockerClient) { lock.withLock { container = (id, docker) } }
+        func started() { lock.withLock { container = nil } }
+        var pending: (id: String, docker: DockerClient)? { lock.withLock { container } }
+    }
+
+    static func run<T: Sendable>(_ body: @escaping @Sendable (State) async throws -> T) async throws -> T {
+        let state = State()
+        let task = Task { try await body(state) }
         signal(SIGINT, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: SIGINT)
         source.setEventHandler {
+            if let (id, docker) = state.pending {
+                Output.note("\ninterrupted before the job started: removing its container")
+                let done = DispatchSemaphore(value: 0)
+                Task.detached {
+                    try? await docker.removeContainer(id, force: true)
+                    done.signal()
+                }
+                done.wait()
+                exit(130)
+            }
             Output.note("interrupted: stopping the container")
             task.cancel()
         }

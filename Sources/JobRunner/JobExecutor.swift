@@ -70,20 +70,27 @@ public struct JobExecutor: Sendable {
         self.logger = logger
     }
 
-    public func run(_ request: JobRequest, onOutput: @escaping @Sendable (JobOutput) -> Void) async throws -> JobReport
-    {
+    /// Runs a job in a new container. `whenCreated` runs once the container exists and before it
+    /// starts, with its id: the place for the approval question and the limit reservation, so that
+    /// creating the container overlaps the provider's decision. If it throws, the container is
+    /// removed and nothing ran.
+    public func run(
+        _ request: JobRequest, whenCreated: @Sendable (String) async throws -> Void = { _ in },
+        onOutput: @escaping @Sendable (JobOutput) -> Void
+    ) async throws -> JobReport {
         if let policy = request.egress {
             return try await EgressProxy.withProxy(
                 directory: runDirectory.appending(path: "egress-\(request.id)"), policy: policy, logger: logger
             ) { proxy in
                 var report = try await runContainer(
-                    request, egressDirectory: proxy.socketPath.deletingLastPathComponent, onOutput: onOutput)
+                    request, egressDirectory: proxy.socketPath.deletingLastPathComponent, whenCreated: whenCreated,
+                    onOutput: onOutput)
                 report.egress = proxy.decisions
                 report.egressBytes = proxy.bytesTransferred
                 return report
             }
         }
-        return try await runContainer(request, egressDirectory: nil, onOutput: onOutput)
+        return try await runContainer(request, egressDirectory: nil, whenCreated: whenCreated, onOutput: onOutput)
     }
 
     /// Runs a job on a container already started by a `WarmPool`: only the prompt is left to send.
@@ -101,7 +108,8 @@ public struct JobExecutor: Sendable {
     }
 
     func runContainer(
-        _ request: JobRequest, egressDirectory: String?, onOutput: @escaping @Sendable (JobOutput) -> Void
+        _ request: JobRequest, egressDirectory: String?, whenCreated: @Sendable (String) async throws -> Void,
+        onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
         let prepared = request.backend.prepared
         let spec = SandboxPolicy.containerSpec(
@@ -110,6 +118,13 @@ public struct JobExecutor: Sendable {
                 kind: request.loginVolume == nil ? "job" : "login", job: request.id, version: ToolVersion.current),
             egressDirectory: egressDirectory, loginVolume: request.loginVolume ?? prepared.loginVolume)
         let id = try await docker.createContainer(spec, name: "cmm-job-\(request.id.prefix(36))")
+        do {
+            try await whenCreated(id)
+        } catch {
+            let client = docker
+            await Task { try? await client.removeContainer(id, force: true) }.value
+            throw error
+        }
         return try await drive(
             containerID: id, request: request, startFirst: true, secrets: prepared.secrets, onOutput: onOutput)
     }

@@ -160,6 +160,26 @@ struct JobExecutorTests {
         }
     }
 
+    @Test func aRefusalAfterCreationLeavesNoContainer() async throws {
+        struct Refused: Error {}
+        try await withExecutor { executor, docker in
+            let job = request("", backend: .command(["true"]))
+            let created = LockedBox<String?>(nil)
+            do {
+                _ = try await executor.run(
+                    job,
+                    whenCreated: { id in
+                        created.value = id
+                        throw Refused()
+                    }
+                ) { _ in }
+                Issue.record("the job ran although it was refused")
+            } catch is Refused {}
+            #expect(created.value != nil)
+            #expect(try await docker.listContainers(labels: ["\(Labels.job)=\(job.id)"]).isEmpty)
+        }
+    }
+
     @Test func theWallClockLimitKillsAndRemoves() async throws {
         try await withExecutor { executor, docker in
             var settings = Self.settings
