@@ -82,10 +82,7 @@ struct ExecuteCommand: AsyncParsableCommand {
         let limits = Limits(config: config)
         let estimatedTokens: Int64 = backend == .claude ? limits.maxTokensPerTask : 0
         let jobID = UUID().uuidString.lowercased()
-        let sandbox = SandboxSettings(
-            image: config.text(.dockerImage), memoryBytes: config.bytes(.dockerMemory),
-            cpuShares: config.integer(.dockerCPUShares), pidsLimit: config.integer(.dockerPidsLimit),
-            tmpfsBytes: config.bytes(.dockerTmpfsSize), timeout: .seconds(config.integer(.dockerTimeoutSeconds)))
+        let sandbox = SandboxSettings(config: config)
         let allowlist = config.list(.egressAllowlist)
         let egress: EgressPolicy? =
             allowlist.isEmpty ? nil : EgressPolicy(allowlist: allowlist, byteBudget: config.bytes(.egressByteBudget))

@@ -36,10 +36,8 @@ struct LoginCommand: AsyncParsableCommand {
                     + "`claude-max-market config --set claude.credentialMode=subscription`")
         }
         let volume = config.text(.claudeLoginVolume)
-        let sandbox = SandboxSettings(
-            image: config.text(.dockerImage), memoryBytes: config.bytes(.dockerMemory),
-            cpuShares: config.integer(.dockerCPUShares), pidsLimit: config.integer(.dockerPidsLimit),
-            tmpfsBytes: config.bytes(.dockerTmpfsSize), timeout: .seconds(600))
+        var sandbox = SandboxSettings(config: config)
+        sandbox.timeout = .seconds(600)
         let allowlist = config.list(.egressAllowlist)
         let egress =
             allowlist.isEmpty ? nil : EgressPolicy(allowlist: allowlist, byteBudget: config.bytes(.egressByteBudget))

@@ -4,22 +4,25 @@ import JobRunner
 import MarketCore
 import Participant
 
-/// Checks of the job sandbox as configured: shared by `health` and `compliance-check`.
-enum SandboxChecks {
-    static func settings(_ config: ResolvedConfig) -> SandboxSettings {
-        SandboxSettings(
+extension SandboxSettings {
+    /// The job container's limits from the participant's config.
+    init(config: ResolvedConfig) {
+        self.init(
             image: config.text(.dockerImage), memoryBytes: config.bytes(.dockerMemory),
             cpuShares: config.integer(.dockerCPUShares), pidsLimit: config.integer(.dockerPidsLimit),
             tmpfsBytes: config.bytes(.dockerTmpfsSize), timeout: .seconds(config.integer(.dockerTimeoutSeconds)))
     }
+}
 
+/// Checks of the job sandbox as configured: shared by `health` and `compliance-check`.
+enum SandboxChecks {
     static func run(_ config: ResolvedConfig) -> [CheckResult] {
         [hardening(config), egress(config)]
     }
 
     /// Every job container gets the same hardened host config; this verifies what it would be now.
     static func hardening(_ config: ResolvedConfig) -> CheckResult {
-        let settings = settings(config)
+        let settings = SandboxSettings(config: config)
         let host = SandboxPolicy.hostConfiguration(settings, egressDirectory: "/x", loginVolume: nil)
         var problems: [String] = []
         if host.ReadonlyRootfs != true { problems.append("read-only root off") }
