@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MarketCore
+import MarketCrypto
 import Participant
 
 struct StatusCommand: AsyncParsableCommand {
@@ -24,6 +25,8 @@ struct StatusCommand: AsyncParsableCommand {
         var termsVersionAccepted: String?
         var termsVersionCurrent: String
         var approvalMode: String
+        /// The peer id, once keys exist (`keys show` makes them).
+        var identity: String?
         var limits: Limits
         var usage: UsageSnapshot
         var market: Market
@@ -41,6 +44,8 @@ struct StatusCommand: AsyncParsableCommand {
             termsVersionAccepted: consent.lastAcceptance?.version,
             termsVersionCurrent: TermsNotice.version,
             approvalMode: config.text(.approvalMode),
+            identity: try context.keyStore.load(now: context.now, rotationDays: Int(config.integer(.keyRotationDays)))?
+                .peerID.rawValue,
             limits: Limits(config: config),
             usage: try JobStore(database: database).usage(at: context.now),
             market: .init(
@@ -58,6 +63,7 @@ struct StatusCommand: AsyncParsableCommand {
                     ? "accepted (version \(TermsNotice.version))"
                     : "not accepted (current version \(TermsNotice.version))"))
         Output.line("approval mode:  \(report.approvalMode)")
+        Output.line("identity:       \(report.identity ?? "none yet (made on first use, e.g. `keys show`)")")
         Output.line("market:         \(report.market.url) — not connected (market client not built yet)")
         Output.line("")
         Output.line(LimitsReport.table(limits: report.limits, usage: report.usage))

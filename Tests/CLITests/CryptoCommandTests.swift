@@ -21,6 +21,7 @@ import Testing
         #expect(id.count == 32)
         #expect((object["sealingSuites"] as? [String]) == ["hpke-x25519", "hpke-xwing", "rsa-oaep-2048"])
         #expect(try peerID() == id)
+        #expect(try run("status", "--json").jsonObject()["identity"] as? String == id)
         let audit = try run("audit", "--kind", "keys", "--format", "json")
         #expect((try audit.json() as? [[String: Any]])?.count == 1)
         for name in ["identity.json", "sealing.json"] {

@@ -16,6 +16,7 @@ import Testing
         let object = try result.jsonObject()
         #expect(object["optedIn"] as? Bool == false)
         #expect(object["termsAccepted"] as? Bool == false)
+        #expect(object["identity"] == nil, "status does not create keys")
         let limits = try #require(object["limits"] as? [String: Any])
         for key in ["dailyTasks", "weeklyTasks", "monthlyTasks", "dailyTokens", "maxTokensPerTask", "concurrentJobs"] {
             #expect(limits[key] is Int, "\(key)")
