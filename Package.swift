@@ -100,7 +100,7 @@ let package = Package(
         .testTarget(
             name: "JobRunnerTests",
             dependencies: [
-                "JobRunner", "DockerEngine", "TestSupport", "MarketCore",
+                "JobRunner", "DockerEngine", "TestSupport", "MarketCore", "claude-max-market",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
             ],
             exclude: ["Fixtures"]

@@ -102,6 +102,8 @@ public struct DockerClient: Sendable {
             response = try await http.execute(
                 request, deadline: streaming ? .distantFuture : .now() + configuration.requestTimeout, logger: logger)
         } catch {
+            // A cancelled caller is not an unreachable engine.
+            if Task.isCancelled || error is CancellationError { throw CancellationError() }
             throw DockerError(
                 .unreachable,
                 "cannot reach the Docker engine at \(configuration.socketPath): \(error) — is dockerd running? "

@@ -2,24 +2,6 @@ import Foundation
 import TestSupport
 import Testing
 
-/// Builds the test runner image once per test process, through the tool's own docker:build.
-actor CLIRunnerImage {
-    static let shared = CLIRunnerImage()
-    private var built = false
-
-    func ensure(home: URL) throws {
-        if built { return }
-        let directory = TemporaryDirectory("cmm-runner-ctx")
-        let dockerfile = try TestRunnerImage.makeContext(in: directory.url)
-        let result = try CLIRunner.run(
-            ["docker:build", "--tag", TestRunnerImage.name, "--file", dockerfile.path], home: home)
-        guard result.exitCode == 0 else {
-            throw CLIRunnerError(description: "test image build failed: \(result.stderr)")
-        }
-        built = true
-    }
-}
-
 @Suite(.enabled(if: DockerTestEnvironment.shouldRun, "no Docker engine (scripts/test.sh starts one)"), .serialized)
 struct ExecuteCommandTests {
     let home = TemporaryDirectory("cmm-exec")
@@ -37,7 +19,7 @@ struct ExecuteCommandTests {
     }
 
     func optIn() async throws {
-        try await CLIRunnerImage.shared.ensure(home: home.url)
+        try await TestRunnerImage.ensureBuilt()
         #expect(try run(["terms", "--accept"]).exitCode == 0)
         #expect(try run(["opt-in", "--claude-jobs", "--yes"]).exitCode == 0)
     }
@@ -108,7 +90,7 @@ struct ExecuteCommandTests {
     }
 
     @Test func refusalsChangeNothing() async throws {
-        try await CLIRunnerImage.shared.ensure(home: home.url)
+        try await TestRunnerImage.ensureBuilt()
         let noConsent = try run(["execute", "--prompt", "x", "--yes"])
         #expect(noConsent.exitCode == 3 && noConsent.stderr.contains("terms"))
         try await optIn()
@@ -184,7 +166,7 @@ struct LoginCommandTests {
     let home = TemporaryDirectory("cmm-login")
 
     @Test func signInHappensInsideTheContainerAndTheTokenNeverComesOut() async throws {
-        try await CLIRunnerImage.shared.ensure(home: home.url)
+        try await TestRunnerImage.ensureBuilt()
         let volume = "cmm-test-login-\(UUID().uuidString.prefix(8).lowercased())"
         defer { _ = try? DockerTestEnvironment.curl("DELETE", "/volumes/\(volume)?force=1") }
         let environment = [

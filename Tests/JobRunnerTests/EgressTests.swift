@@ -43,7 +43,7 @@ struct EgressTests {
     func run(_ prompt: String, egress: EgressPolicy?) async throws -> (JobReport, [String]) {
         try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
             docker in
-            try await TestRunnerImageBuilder.shared.ensure(docker)
+            try await TestRunnerImage.ensureBuilt()
             let executor = JobExecutor(docker: docker, runDirectory: runDirectory.url)
             let collected = Collected()
             let job = JobRequest(

@@ -7,22 +7,6 @@ import NIOPosix
 import TestSupport
 import Testing
 
-/// Builds the test runner image once per process.
-actor TestRunnerImageBuilder {
-    static let shared = TestRunnerImageBuilder()
-    var built = false
-
-    func ensure(_ docker: DockerClient) async throws {
-        if built { return }
-        let directory = TemporaryDirectory("cmm-runner-ctx")
-        let dockerfile = try TestRunnerImage.makeContext(in: directory.url)
-        _ = try await docker.buildImage(
-            context: try RunnerImage.context(directory: dockerfile.deletingLastPathComponent()),
-            tags: [TestRunnerImage.name], labels: Labels.make(kind: "test-image", version: ToolVersion.current))
-        built = true
-    }
-}
-
 final class Collected: @unchecked Sendable {
     private let lock = NSLock()
     private var items: [JobOutput] = []
@@ -47,7 +31,7 @@ struct JobExecutorTests {
     func withExecutor<T: Sendable>(_ body: (JobExecutor, DockerClient) async throws -> T) async throws -> T {
         try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
             docker in
-            try await TestRunnerImageBuilder.shared.ensure(docker)
+            try await TestRunnerImage.ensureBuilt()
             return try await body(JobExecutor(docker: docker, runDirectory: runDirectory.url), docker)
         }
     }

@@ -12,7 +12,7 @@ struct WarmPoolTests {
     @Test func slotsAreHardenedUsedOnceAndReplaced() async throws {
         try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
             docker in
-            try await TestRunnerImageBuilder.shared.ensure(docker)
+            try await TestRunnerImage.ensureBuilt()
             let backend = JobBackend.claude(
                 ClaudeOptions(model: "m", maxTurns: 2, allowedTools: ["Read"], credential: .none))
             let template = WarmPool.Template(
@@ -36,7 +36,9 @@ struct WarmPoolTests {
                     sandbox: JobExecutorTests.settings, egress: template.egress)
                 let report = try await executor.run(request, on: slot) { _ in }
                 await pool.release(slot)
-                #expect(report.state == .succeeded && report.result?.text == "The capital of France is Paris.")
+                #expect(
+                    report.state == .succeeded && report.result?.text == "The capital of France is Paris.",
+                    "\(report.state) \(report.error ?? "")")
                 // The used container is gone and a fresh one takes its place.
                 await pool.waitUntilFull()
                 let after = try await docker.listContainers(labels: ["\(Labels.job)=\(pool.poolID)"], all: true)

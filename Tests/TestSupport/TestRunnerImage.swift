@@ -48,6 +48,30 @@ public enum TestRunnerImage {
         cat "/fixtures/${name:-success-text}.jsonl"
         """#
 
+    /// Builds the image once per test process, through the tool's own `docker:build`, shared by
+    /// every suite (two builders of one tag at once would race).
+    public static func ensureBuilt() async throws {
+        try await Builder.shared.ensure()
+    }
+
+    actor Builder {
+        static let shared = Builder()
+        private var built = false
+
+        func ensure() throws {
+            if built { return }
+            let home = TemporaryDirectory("cmm-runner-home")
+            let directory = TemporaryDirectory("cmm-runner-ctx")
+            let dockerfile = try TestRunnerImage.makeContext(in: directory.url)
+            let result = try CLIRunner.run(
+                ["docker:build", "--tag", TestRunnerImage.name, "--file", dockerfile.path], home: home.url)
+            guard result.exitCode == 0 else {
+                throw CLIRunnerError(description: "test image build failed: \(result.stderr)")
+            }
+            built = true
+        }
+    }
+
     /// Writes the build context into `directory`; returns the Dockerfile's URL.
     public static func makeContext(in directory: URL) throws -> URL {
         let fm = FileManager.default
