@@ -6,9 +6,13 @@ import NIOPosix
 import TestSupport
 import Testing
 
-/// A TCP server on 127.0.0.1 that answers every connection with one line.
+/// A TCP server on 127.0.0.1 that answers every connection with one line, after reading the
+/// client's first line (or its end): closing a socket with unread input sends a reset, and a reset
+/// that arrives first makes the peer's kernel drop the answer before anyone reads it. The client
+/// half-closes after its line, so the server must keep writing after its input ends.
 func withLoopbackServer<T: Sendable>(answer: String, _ body: (Int) async throws -> T) async throws -> T {
     let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
         .bind(host: "127.0.0.1", port: 0) { child in
             child.eventLoop.makeCompletedFuture {
                 try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: child)
@@ -21,7 +25,11 @@ func withLoopbackServer<T: Sendable>(answer: String, _ body: (Int) async throws 
                 try await withThrowingDiscardingTaskGroup { connections in
                     for try await connection in inbound {
                         connections.addTask {
-                            try? await connection.executeThenClose { _, outbound in
+                            try? await connection.executeThenClose { inbound, outbound in
+                                for try await chunk in inbound
+                                where chunk.readableBytesView.contains(UInt8(ascii: "\n")) {
+                                    break
+                                }
                                 try await outbound.write(ByteBuffer(string: answer + "\n"))
                             }
                         }
