@@ -6,9 +6,15 @@ set -eu
 SOCKET=/run/cmm-egress/egress.sock
 if [ -S "$SOCKET" ]; then
     socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr "UNIX-CONNECT:$SOCKET" &
-    # Wait (at most 2 s) until the bridge listens: 127.0.0.1:3128 in LISTEN state (0A).
+    bridge=$!
+    # Wait until the bridge listens (127.0.0.1:3128 in LISTEN state, 0A); a job without its
+    # bridge could reach nothing, so after 15 s, or if socat died, fail and say why.
     i=0
-    while [ $i -lt 100 ] && ! grep -q ':0C38 00000000:0000 0A' /proc/net/tcp 2>/dev/null; do
+    until grep -q ':0C38 00000000:0000 0A' /proc/net/tcp 2>/dev/null; do
+        if [ $i -ge 750 ] || ! kill -0 "$bridge" 2>/dev/null; then
+            echo "cmm-entrypoint: the egress bridge did not start listening on 127.0.0.1:3128" >&2
+            exit 70
+        fi
         i=$((i + 1))
         sleep 0.02
     done
