@@ -194,6 +194,53 @@ func dockerBenchmarks(_ docker: DockerClient, runs: Int) async throws {
         Row(
             name: "create+start+wait+remove (median of \(runs))", ours: median(ours), baseline: median(cli), unit: "ms",
             target: 0.6, higherIsBetter: false))
+    try await networkModeBreakdown(docker, runs: runs)
+}
+
+/// Where the engine's time goes: the same cycle with the job joining an idle loopback-only
+/// container's network namespace instead of getting its own (`NetworkMode: none`). Informational,
+/// not a target: the product keeps one namespace per job (see docs/BENCHMARKS.md).
+func networkModeBreakdown(_ docker: DockerClient, runs: Int) async throws {
+    let holderSpec = SandboxPolicy.containerSpec(
+        settings, command: ["sleep", "600"], environment: [],
+        labels: Labels.make(kind: "test", version: ToolVersion.current), egressDirectory: nil, loginVolume: nil)
+    let holder = try await docker.createContainer(holderSpec)
+    let clock = ContinuousClock()
+    var api: [Double] = []
+    var cli: [Double] = []
+    do {
+        try await docker.startContainer(holder)
+        try await sharedNamespaceCycles()
+    } catch {
+        try? await docker.removeContainer(holder)
+        throw error
+    }
+    try await docker.removeContainer(holder)
+    print(
+        String(
+            format:
+                "  the same cycle in a shared loopback-only namespace: API %.0f ms, docker run %.0f ms (informational)",
+            median(api), median(cli)))
+
+    func sharedNamespaceCycles() async throws {
+        for _ in 0..<runs {
+            var spec = SandboxPolicy.containerSpec(
+                settings, command: ["true"], environment: [],
+                labels: Labels.make(kind: "test", version: ToolVersion.current), egressDirectory: nil, loginVolume: nil)
+            spec.HostConfig.NetworkMode = "container:\(holder)"
+            let start = clock.now
+            let id = try await docker.createContainer(spec)
+            try await docker.startContainer(id)
+            _ = try await docker.waitContainer(id)
+            try await docker.removeContainer(id)
+            api.append(seconds(clock.now - start) * 1000)
+            var flags = hardenedRunFlags()
+            flags[1] = "container:\(holder)"
+            let cliStart = clock.now
+            _ = try runProcess(["docker", "run", "--rm"] + flags + [image, "true"])
+            cli.append(seconds(clock.now - cliStart) * 1000)
+        }
+    }
 }
 
 /// Approved job → first byte back from inside the container (`head -n 1` echoes the prompt).
