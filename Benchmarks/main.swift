@@ -172,29 +172,40 @@ func ensureImage(_ docker: DockerClient) async throws {
 
 func dockerBenchmarks(_ docker: DockerClient, runs: Int) async throws {
     try await ensureImage(docker)
-    let clock = ContinuousClock()
-    var ours: [Double] = []
-    var cli: [Double] = []
-    for _ in 0..<runs {
-        let spec = SandboxPolicy.containerSpec(
-            settings, command: ["true"], environment: [],
-            labels: Labels.make(kind: "test", version: ToolVersion.current),
-            egressDirectory: nil, loginVolume: nil)
-        let start = clock.now
-        let id = try await docker.createContainer(spec)
-        try await docker.startContainer(id)
-        _ = try await docker.waitContainer(id)
-        try await docker.removeContainer(id)
-        ours.append(seconds(clock.now - start) * 1000)
-        let cliStart = clock.now
-        _ = try runProcess(["docker", "run", "--rm"] + hardenedRunFlags() + [image, "true"])
-        cli.append(seconds(clock.now - cliStart) * 1000)
-    }
+    let (ours, cli) = try await containerCycles(docker, runs: runs, networkMode: "none")
     report(
         Row(
             name: "create+start+wait+remove (median of \(runs))", ours: median(ours), baseline: median(cli), unit: "ms",
             target: 0.6, higherIsBetter: false))
     try await networkModeBreakdown(docker, runs: runs)
+}
+
+/// Create+start+wait+remove through the module, then `docker run --rm` with the same flags, `runs`
+/// times each, interleaved; milliseconds.
+func containerCycles(
+    _ docker: DockerClient, runs: Int, networkMode: String
+) async throws -> (api: [Double], cli: [Double]) {
+    let clock = ContinuousClock()
+    var api: [Double] = []
+    var cli: [Double] = []
+    var flags = hardenedRunFlags()
+    flags[1] = networkMode
+    for _ in 0..<runs {
+        var spec = SandboxPolicy.containerSpec(
+            settings, command: ["true"], environment: [],
+            labels: Labels.make(kind: "test", version: ToolVersion.current), egressDirectory: nil, loginVolume: nil)
+        spec.HostConfig.NetworkMode = networkMode
+        let start = clock.now
+        let id = try await docker.createContainer(spec)
+        try await docker.startContainer(id)
+        _ = try await docker.waitContainer(id)
+        try await docker.removeContainer(id)
+        api.append(seconds(clock.now - start) * 1000)
+        let cliStart = clock.now
+        _ = try runProcess(["docker", "run", "--rm"] + flags + [image, "true"])
+        cli.append(seconds(clock.now - cliStart) * 1000)
+    }
+    return (api, cli)
 }
 
 /// Where the engine's time goes: the same cycle with the job joining an idle loopback-only
@@ -205,12 +216,10 @@ func networkModeBreakdown(_ docker: DockerClient, runs: Int) async throws {
         settings, command: ["sleep", "600"], environment: [],
         labels: Labels.make(kind: "test", version: ToolVersion.current), egressDirectory: nil, loginVolume: nil)
     let holder = try await docker.createContainer(holderSpec)
-    let clock = ContinuousClock()
-    var api: [Double] = []
-    var cli: [Double] = []
+    let cycles: (api: [Double], cli: [Double])
     do {
         try await docker.startContainer(holder)
-        try await sharedNamespaceCycles()
+        cycles = try await containerCycles(docker, runs: runs, networkMode: "container:\(holder)")
     } catch {
         try? await docker.removeContainer(holder)
         throw error
@@ -220,27 +229,7 @@ func networkModeBreakdown(_ docker: DockerClient, runs: Int) async throws {
         String(
             format:
                 "  the same cycle in a shared loopback-only namespace: API %.0f ms, docker run %.0f ms (informational)",
-            median(api), median(cli)))
-
-    func sharedNamespaceCycles() async throws {
-        for _ in 0..<runs {
-            var spec = SandboxPolicy.containerSpec(
-                settings, command: ["true"], environment: [],
-                labels: Labels.make(kind: "test", version: ToolVersion.current), egressDirectory: nil, loginVolume: nil)
-            spec.HostConfig.NetworkMode = "container:\(holder)"
-            let start = clock.now
-            let id = try await docker.createContainer(spec)
-            try await docker.startContainer(id)
-            _ = try await docker.waitContainer(id)
-            try await docker.removeContainer(id)
-            api.append(seconds(clock.now - start) * 1000)
-            var flags = hardenedRunFlags()
-            flags[1] = "container:\(holder)"
-            let cliStart = clock.now
-            _ = try runProcess(["docker", "run", "--rm"] + flags + [image, "true"])
-            cli.append(seconds(clock.now - cliStart) * 1000)
-        }
-    }
+            median(cycles.api), median(cycles.cli)))
 }
 
 /// Approved job → first byte back from inside the container (`head -n 1` echoes the prompt).
