@@ -38,7 +38,7 @@ extension ClaudeMaxMarket {
                 try command.run()
             }
         } catch let error as CLIError {
-            Output.note("error: \(error.message)")
+            Output.note("Error: \(error.message)")  // as ArgumentParser prints the others
             Foundation.exit(error.exitCode)
         } catch {
             exit(withError: error)

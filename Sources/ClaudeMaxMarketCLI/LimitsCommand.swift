@@ -35,7 +35,7 @@ struct LimitsCommand: AsyncParsableCommand {
         let context = CommandContext()
         let database = try context.database()
         if !assignments.isEmpty {
-            _ = try context.configStore.set(assignments)
+            _ = try context.configStore.set(assignments, source: "limits")
             try database.audit(
                 actor: context.actor, kind: "limits.set",
                 details: Dictionary(assignments.map { ($0.key, $0.value) }) { $1 }, at: context.now)

@@ -163,13 +163,16 @@ public struct ConfigStore: Sendable {
 
     // MARK: Writing
 
-    /// Validates `assignments` against the current file, then writes them all or none.
-    public func set(_ assignments: [(key: String, value: String)]) throws -> [String: ConfigValue] {
+    /// Validates `assignments` against the current file, then writes them all or none. `source`
+    /// names the command in error messages.
+    public func set(
+        _ assignments: [(key: String, value: String)], source: String = "config --set"
+    ) throws -> [String: ConfigValue] {
         var file = try readFileLayer()
         for (name, raw) in assignments {
-            guard let key = ConfigKey.named(name) else { throw ConfigError.unknownKey(name, source: "config --set") }
+            guard let key = ConfigKey.named(name) else { throw ConfigError.unknownKey(name, source: source) }
             guard let value = key.parse(raw) else {
-                throw ConfigError.invalidValue(key, value: raw, source: "config --set")
+                throw ConfigError.invalidValue(key, value: raw, source: source)
             }
             file[name] = value
         }

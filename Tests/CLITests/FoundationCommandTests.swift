@@ -86,7 +86,10 @@ import Testing
         let configFile = home.file("config.json")
         let before = try Data(contentsOf: configFile)
         let cases: [([String], String)] = [
-            (["config", "--set", "limits.dailyTasks=0"], "from 1 to 10000"),
+            (
+                ["config", "--set", "limits.dailyTasks=0"],
+                "Error: invalid value '0' for limits.dailyTasks in config --set"
+            ),
             (["config", "--set", "limits.dailyTasks=abc"], "'abc'"),
             (["config", "--set", "no.such=1"], "unknown config key 'no.such'"),
             (["config", "--set", "approval.mode=yolo"], "manual, policy"),
@@ -94,7 +97,7 @@ import Testing
             (["config", "--get", "no.such"], "unknown config key"),
             (["config", "--unset", "no.such"], "unknown config key"),
             (["limits", "--daily=-1"], "limits.dailyTasks"),
-            (["limits", "--daily", "0"], "limits.dailyTasks"),
+            (["limits", "--daily", "0"], "invalid value '0' for limits.dailyTasks in limits:"),
             (["limits", "--concurrent", "100000"], "limits.concurrentJobs"),
             (["limits", "--weekly", "2"], "limits.weeklyTasks=2"),
             (["limits", "--tokens-daily", "99999999999999999999999"], "limits.dailyTokens"),
