@@ -192,11 +192,19 @@ struct ExecuteCommand: AsyncParsableCommand {
                 allowedTools: config.list(.claudeAllowedTools), credential: credential))
     }
 
+    /// A missing runner image is pulled, or built from the embedded Dockerfile when the pull fails.
+    /// Any other image (`--backend command --image …`) can only be pulled: building the runner's
+    /// Dockerfile under its name would run the wrong thing.
     func ensureImage(_ docker: DockerClient, image: String) async throws {
         guard try await docker.inspectImage(image) == nil else { return }
-        Output.note("runner image \(image) is not present; pulling it (or building it when the pull fails)")
         var options = try DockerPullOptions.parse([])
         options.image = image
+        if backend == .claude {
+            Output.note("runner image \(image) is not present; pulling it (or building it when the pull fails)")
+        } else {
+            Output.note("image \(image) is not present; pulling it")
+            options.noFallback = true
+        }
         try await DockerPullCommand.pull(options)
     }
 

@@ -1,3 +1,4 @@
+import DockerEngine
 import Foundation
 import TestSupport
 import Testing
@@ -111,6 +112,26 @@ struct ExecuteCommandTests {
         #expect(badArgs.exitCode != 0 && badArgs.stderr.contains("--prompt"))
         let badTimeout = try run(["execute", "--prompt", "x", "--yes", "--timeout", "0"])
         #expect(badTimeout.exitCode != 0 && badTimeout.stderr.contains("docker.timeoutSeconds"))
+    }
+
+    /// A missing image for a command job is pulled, never replaced by a build of the runner's
+    /// Dockerfile. The registry is a closed loopback port: the pull fails at once, nothing leaves.
+    @Test func aMissingCommandImageIsPulledNotBuilt() async throws {
+        try await optIn()
+        let image = "127.0.0.1:9/cmm-test/absent-\(UUID().uuidString.lowercased().prefix(8)):1"
+        let result = try run([
+            "execute", "--prompt", "x", "--backend", "command", "--image", image, "--yes", "--", "true",
+        ])
+        #expect(result.exitCode == 1, "\(result.stderr)")
+        #expect(result.stderr.contains("image \(image) is not present; pulling it"))
+        #expect(result.stderr.contains("pull of \(image) failed"))
+        #expect(!result.stderr.contains("building it locally"))
+        let built = try await DockerClient.withClient(
+            configuration: .init(socketPath: DockerTestEnvironment.socketPath)
+        ) { docker in try await docker.inspectImage(image) }
+        #expect(built == nil)
+        let status = try run(["status", "--json"]).jsonObject()
+        #expect(((status["usage"] as? [String: Any])?["day"] as? [String: Any])?["tasks"] as? Int == 0)
     }
 
     @Test func limitsHoldAcrossParallelProcesses() async throws {
