@@ -40,8 +40,25 @@ extension ClaudeMaxMarket {
         } catch let error as CLIError {
             Output.note("Error: \(error.message)")  // as ArgumentParser prints the others
             Foundation.exit(error.exitCode)
+        } catch let error as CocoaError {
+            Output.note("Error: \(describe(error))")
+            Foundation.exit(1)
         } catch {
             exit(withError: error)
+        }
+    }
+
+    /// A file error as a person reads it: the path and the system's reason, not Foundation's dump.
+    static func describe(_ error: CocoaError) -> String {
+        let path = error.filePath ?? error.url?.path ?? "a file"
+        if let underlying = error.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
+            return "\(path): \(String(cString: strerror(Int32(underlying.code))))"
+        }
+        switch error.code {
+        case .fileNoSuchFile, .fileReadNoSuchFile: return "\(path): No such file or directory"
+        case .fileWriteNoPermission, .fileReadNoPermission: return "\(path): Permission denied"
+        case .fileWriteOutOfSpace: return "\(path): No space left on device"
+        default: return "\(path): file error \(error.code.rawValue)"
         }
     }
 }

@@ -101,12 +101,21 @@ import Testing
             (["limits", "--concurrent", "100000"], "limits.concurrentJobs"),
             (["limits", "--weekly", "2"], "limits.weeklyTasks=2"),
             (["limits", "--tokens-daily", "99999999999999999999999"], "limits.dailyTokens"),
+            (
+                ["config", "--export", "/nonexistent-cmm/c.json"],
+                "Error: /nonexistent-cmm/c.json: No such file or directory"
+            ),
+            (
+                ["keys", "export-public", "--output", "/nonexistent-cmm/k.json"],
+                "/nonexistent-cmm/k.json: No such file"
+            ),
         ]
         for (arguments, expected) in cases {
             let result = try CLIRunner.run(arguments, home: home.url)
             #expect(result.exitCode != 0, "\(arguments)")
             #expect(result.stderr.contains(expected), "\(arguments): \(result.stderr)")
             #expect(result.stdout.isEmpty, "\(arguments)")
+            #expect(!result.stderr.contains("NSCocoaErrorDomain"), "\(arguments): \(result.stderr)")
         }
         let bad = home.file("bad.json")
         try Data(#"{"limits.dailyTasks": 2, "unknown.key": true}"#.utf8).write(to: bad)
