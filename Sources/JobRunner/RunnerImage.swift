@@ -33,7 +33,9 @@ public enum RunnerImage {
         set -eu
         SOCKET=/run/cmm-egress/egress.sock
         if [ -S "$SOCKET" ]; then
-            socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr "UNIX-CONNECT:$SOCKET" &
+            # -t: once one side has ended, the other may go on (a client that half-closes still gets
+            # the whole answer); socat's default would cut it off after 0.5 s.
+            socat -t 600 TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr "UNIX-CONNECT:$SOCKET" &
             bridge=$!
             # Wait until the bridge listens (127.0.0.1:3128 in LISTEN state, 0A); a job without its
             # bridge could reach nothing, so after 15 s, or if socat died, fail and say why.

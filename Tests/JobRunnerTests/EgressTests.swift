@@ -10,7 +10,9 @@ import Testing
 /// client's first line (or its end): closing a socket with unread input sends a reset, and a reset
 /// that arrives first makes the peer's kernel drop the answer before anyone reads it. The client
 /// half-closes after its line, so the server must keep writing after its input ends.
-func withLoopbackServer<T: Sendable>(answer: String, _ body: (Int) async throws -> T) async throws -> T {
+func withLoopbackServer<T: Sendable>(
+    answer: String, after delay: Duration = .zero, _ body: (Int) async throws -> T
+) async throws -> T {
     let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
         .bind(host: "127.0.0.1", port: 0) { child in
@@ -30,6 +32,7 @@ func withLoopbackServer<T: Sendable>(answer: String, _ body: (Int) async throws 
                                 where chunk.readableBytesView.contains(UInt8(ascii: "\n")) {
                                     break
                                 }
+                                try await Task.sleep(for: delay)
                                 try await outbound.write(ByteBuffer(string: answer + "\n"))
                             }
                         }
@@ -76,6 +79,16 @@ struct EgressTests {
             // Straight to the host's port, without the proxy: the container's loopback is its own.
             let (_, direct) = try await run("direct: 127.0.0.1:\(port)", egress: policy)
             #expect(!direct.contains { $0.contains("pong-from-allowed") })
+        }
+    }
+
+    /// The client half-closes after its request; a slow answer must still arrive through the
+    /// container's bridge and the proxy.
+    @Test func aSlowAnswerAfterAHalfCloseArrives() async throws {
+        try await withLoopbackServer(answer: "late-pong", after: .milliseconds(1500)) { port in
+            let policy = EgressPolicy(allowlist: ["127.0.0.1:\(port)"], byteBudget: 1 << 20)
+            let (_, lines) = try await run("egress: 127.0.0.1:\(port)", egress: policy)
+            #expect(lines.contains { $0.contains("egress answer: late-pong") }, "\(lines)")
         }
     }
 

@@ -31,14 +31,16 @@ public enum TestRunnerImage {
             printf '{"type":"assistant","message":{"id":"msg_leak","content":[{"type":"text","text":"key=%s oauth=sk-ant-oat01-LEAKEDTOKENVALUE0123456789"}]}}\n' "$ANTHROPIC_API_KEY"
             echo "stderr leaks $ANTHROPIC_API_KEY too" >&2;;
         esac
+        # After stdin ends socat waits only -t seconds for the answer (0.5 s by default: too short
+        # on a loaded machine, where the round trip through the proxy can take longer).
         case "$prompt" in *"egress: "*)
             target=$(echo "$prompt" | sed -n 's/.*egress: \([^ ]*\).*/\1/p')
-            answer=$(echo ping | socat -T 5 - "PROXY:127.0.0.1:${target%:*}:${target##*:},proxyport=3128" 2>&1 | head -1 | tr -d '"\\')
+            answer=$(echo ping | socat -t 15 -T 15 - "PROXY:127.0.0.1:${target%:*}:${target##*:},proxyport=3128" 2>&1 | head -1 | tr -d '"\\')
             printf '{"type":"assistant","message":{"id":"msg_egress","content":[{"type":"text","text":"egress answer: %s"}]}}\n' "$answer";;
         esac
         case "$prompt" in *"direct: "*)
             target=$(echo "$prompt" | sed -n 's/.*direct: \([^ ]*\).*/\1/p')
-            answer=$(echo ping | socat -T 3 - "TCP:$target" 2>&1 | head -1 | tr -d '"\\')
+            answer=$(echo ping | socat -t 3 -T 3 - "TCP:$target" 2>&1 | head -1 | tr -d '"\\')
             printf '{"type":"assistant","message":{"id":"msg_direct","content":[{"type":"text","text":"direct answer: %s"}]}}\n' "$answer";;
         esac
         case "$prompt" in *"show login"*)
