@@ -107,7 +107,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["TestSupport", "DockerEngine", "claude-max-market"]
+            dependencies: ["TestSupport", "DockerEngine", "Participant", "claude-max-market"]
         ),
     ],
     swiftLanguageModes: [.v6]

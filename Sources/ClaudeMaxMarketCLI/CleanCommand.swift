@@ -11,13 +11,20 @@ struct CleanCommand: AsyncParsableCommand {
         discussion: """
             Only things labelled io.claude-max-market.managed=true (and, for containers, a container \
             kind) are touched; containers and images that are not the tool's are never removed, \
-            whatever their names or images. Running containers are \
-            left alone unless --force, and so are containers created in the last ten minutes that \
-            have not started yet (a job may be starting).
+            whatever their names or images. Containers carry the installation that made them \
+            (label io.claude-max-market.owner): only this one's are removed, so two homes sharing \
+            an engine never remove each other's jobs; --all-owners takes every installation's \
+            (and unlabelled older ones). Running containers are left alone unless --force, and so \
+            are containers created in the last ten minutes that have not started yet (a job may \
+            be starting).
             """
     )
 
     @Flag(name: .long, help: "Also remove the tool's running containers.") var force = false
+    @Flag(
+        name: .customLong("all-owners"),
+        help: "Also containers made by other installations (other CMM_HOMEs) on this engine.")
+    var allOwners = false
     @Flag(name: .customLong("dry-run"), help: "Show what would be removed, remove nothing.") var dryRun = false
     @Flag(name: .long, help: "Print JSON.") var json = false
 
@@ -36,7 +43,8 @@ struct CleanCommand: AsyncParsableCommand {
         var report = Report(dryRun: dryRun)
         do {
             let (containers, images) = try await context.withDocker { docker in
-                try await Self.cleanDocker(docker, force: force, dryRun: dryRun)
+                try await Self.cleanDocker(
+                    docker, owner: allOwners ? nil : context.paths.ownerID, force: force, dryRun: dryRun)
             }
             report.containers = containers
             report.images = images
@@ -76,13 +84,17 @@ struct CleanCommand: AsyncParsableCommand {
     /// be a job between create and start.
     static let createdGrace: TimeInterval = 600
 
-    static func cleanDocker(_ docker: DockerClient, force: Bool, dryRun: Bool) async throws -> ([String], [String]) {
+    /// `owner` nil: every installation's containers.
+    static func cleanDocker(
+        _ docker: DockerClient, owner: String?, force: Bool, dryRun: Bool
+    ) async throws -> ([String], [String]) {
         var containers: [String] = []
         let now = Date().timeIntervalSince1970
         for container in try await docker.listContainers(labels: ["\(Labels.managed)=true"], all: true) {
             // The engine filtered by label; check the kind too: containers inherit an image's labels,
             // so one made by someone else from our image also says `managed`, but never a container kind.
             guard Labels.isManagedContainer(container.Labels) else { continue }
+            guard owner == nil || container.Labels?[Labels.owner] == owner else { continue }
             let age = now - Double(container.Created ?? 0)
             switch container.State {
             case "exited", "dead": break

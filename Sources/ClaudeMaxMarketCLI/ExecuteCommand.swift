@@ -104,7 +104,8 @@ struct ExecuteCommand: AsyncParsableCommand {
         do {
             report = try await context.withDocker { docker in
                 try await ensureImage(docker, image: sandbox.image)
-                let executor = JobExecutor(docker: docker, runDirectory: context.paths.runDirectory)
+                let executor = JobExecutor(
+                    docker: docker, runDirectory: context.paths.runDirectory, owner: context.paths.ownerID)
                 return try await CancelOnInterrupt.run { interrupt in
                     try await executor.run(
                         request,

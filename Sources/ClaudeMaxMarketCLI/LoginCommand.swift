@@ -48,7 +48,8 @@ struct LoginCommand: AsyncParsableCommand {
                     volume, labels: Labels.make(kind: "login-volume", version: ToolVersion.current))
                 Output.note("created Docker volume \(volume) for the login")
             }
-            let executor = JobExecutor(docker: docker, runDirectory: context.paths.runDirectory)
+            let executor = JobExecutor(
+                docker: docker, runDirectory: context.paths.runDirectory, owner: context.paths.ownerID)
             var request = JobRequest(
                 id: "login-\(UUID().uuidString.lowercased().prefix(8))", prompt: Data(),
                 backend: .command(command), sandbox: sandbox, egress: egress)

@@ -12,10 +12,15 @@ public enum Labels {
     public static let containerKinds: Set<String> = ["job", "pool", "login", "test"]
     public static let job = prefix + "job"
     public static let createdBy = prefix + "created-by"
+    /// Which installation (state directory) made a container: `clean` removes only its own, so
+    /// two homes sharing one engine never remove each other's containers mid-job.
+    public static let owner = prefix + "owner"
 
-    public static func make(kind: String, job: String? = nil, version: String) -> [String: String] {
+    public static func make(kind: String, job: String? = nil, owner: String? = nil, version: String) -> [String: String]
+    {
         var labels = [managed: "true", self.kind: kind, createdBy: "claude-max-market/\(version)"]
         if let job { labels[self.job] = job }
+        if let owner { labels[self.owner] = owner }
         return labels
     }
 

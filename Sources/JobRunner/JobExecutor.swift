@@ -62,11 +62,14 @@ public struct JobReport: Sendable {
 public struct JobExecutor: Sendable {
     let docker: DockerClient
     let runDirectory: URL
+    let owner: String?
     let logger: Logger
 
-    public init(docker: DockerClient, runDirectory: URL, logger: Logger = Logger(label: "job")) {
+    /// `owner` goes on every container as the `owner` label (see `Labels.owner`).
+    public init(docker: DockerClient, runDirectory: URL, owner: String? = nil, logger: Logger = Logger(label: "job")) {
         self.docker = docker
         self.runDirectory = runDirectory
+        self.owner = owner
         self.logger = logger
     }
 
@@ -115,7 +118,8 @@ public struct JobExecutor: Sendable {
         let spec = SandboxPolicy.containerSpec(
             request.sandbox, command: prepared.command, environment: prepared.environment,
             labels: Labels.make(
-                kind: request.loginVolume == nil ? "job" : "login", job: request.id, version: ToolVersion.current),
+                kind: request.loginVolume == nil ? "job" : "login", job: request.id, owner: owner,
+                version: ToolVersion.current),
             egressDirectory: egressDirectory, loginVolume: request.loginVolume ?? prepared.loginVolume)
         let id = try await docker.createContainer(spec, name: "cmm-job-\(request.id.prefix(36))")
         do {

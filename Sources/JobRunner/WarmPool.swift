@@ -33,6 +33,7 @@ public actor WarmPool: Service {
     let template: Template
     public let size: Int
     let runDirectory: URL
+    let owner: String?
     let logger: Logger
     /// Labels this pool's containers (as `io.claude-max-market.job`) so several pools never mix.
     public let poolID = UUID().uuidString.lowercased()
@@ -43,13 +44,16 @@ public actor WarmPool: Service {
     private let wake: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
 
+    /// `owner` goes on every container as the `owner` label (see `Labels.owner`).
     public init(
-        docker: DockerClient, template: Template, size: Int, runDirectory: URL, logger: Logger = Logger(label: "pool")
+        docker: DockerClient, template: Template, size: Int, runDirectory: URL, owner: String? = nil,
+        logger: Logger = Logger(label: "pool")
     ) {
         self.docker = docker
         self.template = template
         self.size = size
         self.runDirectory = runDirectory
+        self.owner = owner
         self.logger = logger
         (wake, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
@@ -101,7 +105,7 @@ public actor WarmPool: Service {
     private func makeSlot() async {
         let token = UUID()
         let prepared = template.backend.prepared
-        let labels = Labels.make(kind: "pool", job: poolID, version: ToolVersion.current)
+        let labels = Labels.make(kind: "pool", job: poolID, owner: owner, version: ToolVersion.current)
         let docker = self.docker
         func start(egressDirectory: String?) async throws -> String {
             let spec = SandboxPolicy.containerSpec(

@@ -1,4 +1,6 @@
+import Crypto
 import Foundation
+import MarketCrypto
 
 /// Where a participant's files live: everything under `$CMM_HOME` when it is set, else the XDG
 /// directories (`$XDG_CONFIG_HOME/claude-max-market`, `$XDG_DATA_HOME/claude-max-market`).
@@ -33,6 +35,11 @@ public struct ParticipantPaths: Sendable, Equatable {
     public var keysDirectory: URL { dataDirectory.appending(path: "keys") }
     public var jobsDirectory: URL { dataDirectory.appending(path: "jobs") }
     public var runDirectory: URL { dataDirectory.appending(path: "run") }
+    /// Names this installation on the containers it creates (the `owner` label): the first 16 hex
+    /// digits of SHA-256 of the data directory's path. Two homes on one engine differ.
+    public var ownerID: String {
+        String(SHA256.hash(data: Data(dataDirectory.standardizedFileURL.path.utf8)).hexString.prefix(16))
+    }
 
     /// Creates the directories with mode 0700 (and tightens them if they exist).
     public func prepare() throws {

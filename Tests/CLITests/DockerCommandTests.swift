@@ -1,4 +1,5 @@
 import Foundation
+import Participant
 import TestSupport
 import Testing
 
@@ -88,37 +89,49 @@ struct DockerCommandTests {
     }
 
     @Test func cleanRemovesOnlyWhatIsOurs() throws {
-        // The same image for both: one container labelled as ours, one not (with "claude" in its name).
+        // The same image for all: one container labelled as this home's, one as another home's,
+        // one not labelled at all (with "claude" in its name).
         _ = try run("docker:build", "--tag", "cmm-test/clean:1", "--file", try testDockerfile().path)
         let suffix = UUID().uuidString.prefix(8).lowercased()
-        let ours = try DockerTestEnvironment.curl(
-            "POST", "/containers/create?name=cmm-ours-\(suffix)",
-            body:
-                #"{"Image":"cmm-test/clean:1","Labels":{"io.claude-max-market.managed":"true","io.claude-max-market.kind":"job"}}"#
-        )
-        let theirs = try DockerTestEnvironment.curl(
-            "POST", "/containers/create?name=claude-not-ours-\(suffix)", body: #"{"Image":"cmm-test/clean:1"}"#)
-        let oursID = try #require(
-            (try JSONSerialization.jsonObject(with: ours.stdoutData) as? [String: Any])?["Id"] as? String)
-        let theirsID = try #require(
-            (try JSONSerialization.jsonObject(with: theirs.stdoutData) as? [String: Any])?["Id"] as? String)
-        defer { _ = try? DockerTestEnvironment.curl("DELETE", "/containers/\(theirsID)?force=1") }
-        // Both run and exit; a container that never started is left alone for ten minutes.
-        for id in [oursID, theirsID] {
+        let owner = ParticipantPaths(environment: ["CMM_HOME": home.url.path]).ownerID
+        func create(_ name: String, labels: String) throws -> String {
+            let created = try DockerTestEnvironment.curl(
+                "POST", "/containers/create?name=\(name)-\(suffix)",
+                body: #"{"Image":"cmm-test/clean:1","Labels":{\#(labels)}}"#)
+            return try #require(
+                (try JSONSerialization.jsonObject(with: created.stdoutData) as? [String: Any])?["Id"] as? String)
+        }
+        let managed = #""io.claude-max-market.managed":"true","io.claude-max-market.kind":"job""#
+        let oursID = try create("cmm-ours", labels: managed + #","io.claude-max-market.owner":"\#(owner)""#)
+        let otherHomeID = try create(
+            "cmm-other-home", labels: managed + #","io.claude-max-market.owner":"0123456789abcdef""#)
+        let theirsID = try create("claude-not-ours", labels: "")
+        defer {
+            for id in [otherHomeID, theirsID] {
+                _ = try? DockerTestEnvironment.curl("DELETE", "/containers/\(id)?force=1")
+            }
+        }
+        // All run and exit; a container that never started is left alone for ten minutes.
+        for id in [oursID, otherHomeID, theirsID] {
             _ = try DockerTestEnvironment.curl("POST", "/containers/\(id)/start")
             _ = try DockerTestEnvironment.curl("POST", "/containers/\(id)/wait")
         }
 
         let dry = try run("clean", "--dry-run", "--json")
         let planned = try #require(try dry.jsonObject()["containers"] as? [String])
-        #expect(planned.contains(oursID) && !planned.contains(theirsID))
+        #expect(planned.contains(oursID) && !planned.contains(otherHomeID) && !planned.contains(theirsID))
         #expect(try DockerTestEnvironment.curl("GET", "/containers/\(oursID)/json").stdout.contains(oursID))
+        // Every installation's, on request (a dry run: other suites' containers stay untouched).
+        let all = try run("clean", "--dry-run", "--all-owners", "--json")
+        let allPlanned = try #require(try all.jsonObject()["containers"] as? [String])
+        #expect(allPlanned.contains(oursID) && allPlanned.contains(otherHomeID) && !allPlanned.contains(theirsID))
 
         let cleaned = try run("clean", "--json")
         #expect(cleaned.exitCode == 0)
         #expect((try cleaned.jsonObject()["containers"] as? [String])?.contains(oursID) == true)
         #expect(
             try DockerTestEnvironment.curl("GET", "/containers/\(oursID)/json").stdout.contains("No such container"))
+        #expect(try DockerTestEnvironment.curl("GET", "/containers/\(otherHomeID)/json").stdout.contains(otherHomeID))
         #expect(try DockerTestEnvironment.curl("GET", "/containers/\(theirsID)/json").stdout.contains(theirsID))
     }
 }

@@ -1,5 +1,6 @@
 import DockerEngine
 import Foundation
+import Participant
 import TestSupport
 import Testing
 
@@ -171,13 +172,18 @@ struct ExecuteCommandTests {
         process.standardError = FileHandle.nullDevice
         try process.run()
         try await Task.sleep(for: .seconds(3))
+        // The running job's container carries this home as its owner (what `clean` goes by).
+        let owner = ParticipantPaths(environment: ["CMM_HOME": home.url.path]).ownerID
+        let filter = #"{"label":["io.claude-max-market.owner=\#(owner)"]}"#
+            .addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        let running = try DockerTestEnvironment.curl("GET", "/containers/json?all=1&filters=\(filter)")
+        #expect(running.stdout.components(separatedBy: "\"Id\"").count == 2, "\(running.stdout)")
         kill(process.processIdentifier, SIGINT)
         process.waitUntilExit()
         #expect(process.terminationStatus == 130)
         let audit = try run(["audit", "--kind", "job.finished", "--format", "json"]).stdout
         #expect(audit.contains("cancelled") && audit.contains("timed-out"))
-        let leftovers = try DockerTestEnvironment.curl(
-            "GET", "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22io.claude-max-market.kind%3Djob%22%5D%7D")
+        let leftovers = try DockerTestEnvironment.curl("GET", "/containers/json?all=1&filters=\(filter)")
         #expect(leftovers.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[]")
     }
 }
