@@ -7,7 +7,7 @@ import Participant
 struct CleanCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clean",
-        abstract: "Remove the tool's exited containers, dangling images, temp job dirs and expired retired keys.",
+        abstract: "Remove this installation's exited containers, dangling images, temp job dirs, expired retired keys.",
         discussion: """
             Only things labelled io.claude-max-market.managed=true (and, for containers, a container \
             kind) are touched; containers and images that are not the tool's are never removed, \

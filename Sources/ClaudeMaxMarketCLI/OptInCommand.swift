@@ -46,7 +46,7 @@ struct OptInCommand: AsyncParsableCommand {
 struct OptOutCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "opt-out",
-        abstract: "Stop offering capacity at once: new jobs are refused and offers withdrawn."
+        abstract: "Stop offering capacity at once: new jobs are refused (open offers go too, once the market exists)."
     )
 
     @Flag(name: .long, help: "Do not ask for confirmation (for scripts).")
