@@ -11,7 +11,8 @@ struct CleanCommand: AsyncParsableCommand {
         discussion: """
             Only things labelled io.claude-max-market.managed=true (and, for containers, a container \
             kind) are touched; containers and images that are not the tool's are never removed, \
-            whatever their names or images. Containers carry the installation that made them \
+            whatever their names or images. A job container whose `execute` process died (killed, \
+            crashed) is removed even while it runs. Containers carry the installation that made them \
             (label io.claude-max-market.owner): only this one's are removed, so two homes sharing \
             an engine never remove each other's jobs; --all-owners takes every installation's \
             (and unlabelled older ones). Running containers are left alone unless --force, and so \
@@ -41,10 +42,13 @@ struct CleanCommand: AsyncParsableCommand {
         let context = CommandContext()
         let config = try context.config()
         var report = Report(dryRun: dryRun)
+        let database = try context.database()
+        let abandoned = try JobStore(database: database).abandonedJobIDs(at: context.now, record: !dryRun)
         do {
             let (containers, images) = try await context.withDocker { docker in
                 try await Self.cleanDocker(
-                    docker, owner: allOwners ? nil : context.paths.ownerID, force: force, dryRun: dryRun)
+                    docker, owner: allOwners ? nil : context.paths.ownerID, abandoned: abandoned,
+                    ownOwner: context.paths.ownerID, force: force, dryRun: dryRun)
             }
             report.containers = containers
             report.images = images
@@ -52,7 +56,6 @@ struct CleanCommand: AsyncParsableCommand {
             report.dockerReachable = false
             Output.note("Docker engine not reachable; containers and images were not cleaned (\(error.message))")
         }
-        let database = try context.database()
         report.jobDirectories = try Self.cleanJobDirectories(
             context.paths, jobs: JobStore(database: database), dryRun: dryRun)
         report.retiredKeySets = try context.keyStore.removeExpired(
@@ -84,9 +87,12 @@ struct CleanCommand: AsyncParsableCommand {
     /// be a job between create and start.
     static let createdGrace: TimeInterval = 600
 
-    /// `owner` nil: every installation's containers.
+    /// `owner` nil: every installation's containers. A container of this installation
+    /// (`ownOwner`) whose job is in `abandoned` goes even while it runs: the process that ran it
+    /// died, so nothing else would stop it.
     static func cleanDocker(
-        _ docker: DockerClient, owner: String?, force: Bool, dryRun: Bool
+        _ docker: DockerClient, owner: String?, abandoned: Set<String> = [], ownOwner: String? = nil, force: Bool,
+        dryRun: Bool
     ) async throws -> ([String], [String]) {
         var containers: [String] = []
         let now = Date().timeIntervalSince1970
@@ -96,8 +102,12 @@ struct CleanCommand: AsyncParsableCommand {
             guard Labels.isManagedContainer(container.Labels) else { continue }
             guard owner == nil || container.Labels?[Labels.owner] == owner else { continue }
             let age = now - Double(container.Created ?? 0)
+            let orphaned =
+                ownOwner != nil && container.Labels?[Labels.owner] == ownOwner
+                && abandoned.contains(container.Labels?[Labels.job] ?? "")
             switch container.State {
             case "exited", "dead": break
+            case _ where orphaned: break
             case "created" where age > createdGrace: break
             case "running" where force, "restarting" where force, "paused" where force: break
             default: continue

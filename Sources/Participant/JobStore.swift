@@ -226,10 +226,7 @@ public struct JobStore: Sendable {
 
     /// Marks reserved or running jobs whose owner process is gone as abandoned.
     func releaseAbandoned(_ db: Database, at now: Date) throws {
-        let rows = try Row.fetchAll(db, sql: "SELECT id, owner_pid FROM jobs WHERE state IN ('reserved', 'running')")
-        for row in rows {
-            guard let pid = row["owner_pid"] as Int32?, !Self.processIsAlive(pid) else { continue }
-            let id: String = row["id"]
+        for (id, pid) in try jobsWithDeadOwners(db) {
             try db.execute(
                 sql:
                     "UPDATE jobs SET state = 'abandoned', finished_ms = ?, error = 'owner process exited' WHERE id = ?",
@@ -237,6 +234,31 @@ public struct JobStore: Sendable {
             try AuditLog.append(
                 db, actor: "system", kind: "job.abandoned", details: ["job": id, "ownerPID": String(pid)], at: now)
         }
+    }
+
+    /// Jobs whose owning process died: their containers may still run, with nobody left to
+    /// enforce the timeout or read the result. With `record`, newly found ones are marked
+    /// abandoned (and audited) first; without, nothing is written.
+    public func abandonedJobIDs(at now: Date, record: Bool = true) throws -> Set<String> {
+        let abandoned = "SELECT id FROM jobs WHERE state = 'abandoned'"
+        if record {
+            return try database.immediateWrite { db in
+                try releaseAbandoned(db, at: now)
+                return Set(try String.fetchAll(db, sql: abandoned))
+            }
+        }
+        return try database.pool.read { db in
+            Set(try String.fetchAll(db, sql: abandoned)).union(try jobsWithDeadOwners(db).map(\.id))
+        }
+    }
+
+    /// Reserved or running jobs whose owning process is gone.
+    func jobsWithDeadOwners(_ db: Database) throws -> [(id: String, pid: Int32)] {
+        try Row.fetchAll(db, sql: "SELECT id, owner_pid FROM jobs WHERE state IN ('reserved', 'running')")
+            .compactMap { row in
+                guard let pid = row["owner_pid"] as Int32?, !Self.processIsAlive(pid) else { return nil }
+                return (row["id"], pid)
+            }
     }
 
     static func processIsAlive(_ pid: Int32) -> Bool {

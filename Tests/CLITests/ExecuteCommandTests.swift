@@ -135,6 +135,49 @@ struct ExecuteCommandTests {
         #expect(((status["usage"] as? [String: Any])?["day"] as? [String: Any])?["tasks"] as? Int == 0)
     }
 
+    /// `execute` killed outright (no handler runs): its container keeps running with nobody to
+    /// time it out. `clean` finds the job abandoned and removes the container; a dry run only says so.
+    @Test func cleanRemovesTheContainerOfAKilledExecute() async throws {
+        try await optIn()
+        let process = Process()
+        process.executableURL = CLIRunner.executable
+        process.arguments = ["execute", "--backend", "command", "--prompt", "", "--yes", "--", "sleep", "120"]
+        process.environment = CLIRunner.baseEnvironment(home: home.url).merging(environment) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let owner = ParticipantPaths(environment: ["CMM_HOME": home.url.path]).ownerID
+        let filter = #"{"label":["io.claude-max-market.owner=\#(owner)"],"status":["running"]}"#
+            .addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        func runningIDs() throws -> [String] {
+            let listed = try DockerTestEnvironment.curl("GET", "/containers/json?filters=\(filter)")
+            return (try JSONSerialization.jsonObject(with: listed.stdoutData) as? [[String: Any]])?
+                .compactMap { $0["Id"] as? String } ?? []
+        }
+        var running: [String] = []
+        for _ in 0..<100 where running.isEmpty {
+            try await Task.sleep(for: .milliseconds(100))
+            running = try runningIDs()
+        }
+        #expect(running.count == 1)
+        defer { for id in running { _ = try? DockerTestEnvironment.curl("DELETE", "/containers/\(id)?force=1") } }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        #expect(try runningIDs() == running)  // nobody stopped it
+
+        let dry = try run(["clean", "--dry-run", "--json"])
+        #expect((try dry.jsonObject()["containers"] as? [String]) == running)
+        #expect(try runningIDs() == running)
+        let audit = try run(["audit", "--kind", "job.abandoned", "--format", "json"])
+        #expect((try audit.json() as? [Any])?.isEmpty == true, "a dry run writes nothing")
+
+        let cleaned = try run(["clean", "--json"])
+        #expect((try cleaned.jsonObject()["containers"] as? [String]) == running)
+        #expect(try runningIDs().isEmpty)
+        let abandoned = try run(["audit", "--kind", "job.abandoned", "--format", "json"])
+        #expect((try abandoned.json() as? [Any])?.count == 1)
+    }
+
     @Test func limitsHoldAcrossParallelProcesses() async throws {
         try await optIn()
         #expect(try run(["limits", "--concurrent", "1", "--daily", "2"]).exitCode == 0)
