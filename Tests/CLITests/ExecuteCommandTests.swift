@@ -20,6 +20,18 @@ struct ExecuteCommandTests {
         try CLIRunner.run(arguments, home: home.url, environment: environment.merging(extra) { $1 }, stdin: stdin)
     }
 
+    /// `execute` of a command job that sleeps, as a child process left running.
+    func startSleepingJob(seconds: Int) throws -> Process {
+        let process = Process()
+        process.executableURL = CLIRunner.executable
+        process.arguments = ["execute", "--backend", "command", "--prompt", "", "--yes", "--", "sleep", "\(seconds)"]
+        process.environment = CLIRunner.baseEnvironment(home: home.url).merging(environment) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
     func optIn() async throws {
         try await TestRunnerImage.ensureBuilt()
         #expect(try run(["terms", "--accept"]).exitCode == 0)
@@ -139,13 +151,7 @@ struct ExecuteCommandTests {
     /// time it out. `clean` finds the job abandoned and removes the container; a dry run only says so.
     @Test func cleanRemovesTheContainerOfAKilledExecute() async throws {
         try await optIn()
-        let process = Process()
-        process.executableURL = CLIRunner.executable
-        process.arguments = ["execute", "--backend", "command", "--prompt", "", "--yes", "--", "sleep", "120"]
-        process.environment = CLIRunner.baseEnvironment(home: home.url).merging(environment) { $1 }
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let process = try startSleepingJob(seconds: 120)
         let owner = ParticipantPaths(environment: ["CMM_HOME": home.url.path]).ownerID
         let filter = #"{"label":["io.claude-max-market.owner=\#(owner)"],"status":["running"]}"#
             .addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
@@ -207,13 +213,7 @@ struct ExecuteCommandTests {
         #expect(timedOut.exitCode == 124)
         #expect(timedOut.stderr.contains("timed-out"))
 
-        let process = Process()
-        process.executableURL = CLIRunner.executable
-        process.arguments = ["execute", "--backend", "command", "--prompt", "", "--yes", "--", "sleep", "60"]
-        process.environment = CLIRunner.baseEnvironment(home: home.url).merging(environment) { $1 }
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let process = try startSleepingJob(seconds: 60)
         try await Task.sleep(for: .seconds(3))
         // The running job's container carries this home as its owner (what `clean` goes by).
         let owner = ParticipantPaths(environment: ["CMM_HOME": home.url.path]).ownerID
