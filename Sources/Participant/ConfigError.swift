@@ -4,6 +4,7 @@ import Foundation
 public struct ConfigError: Error, Sendable, CustomStringConvertible {
     enum Code: Sendable {
         case unknownKey(key: String, source: String)
+        case unknownVariable(String)
         case invalidValue(key: String, value: String, allowed: String, source: String)
         case malformedAssignment(String)
         case unreadableFile(path: String, reason: String)
@@ -20,8 +21,17 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
         ConfigError(code: .invalidValue(key: key.name, value: value, allowed: key.allowed, source: source))
     }
 
+    public static func unknownVariable(_ name: String) -> ConfigError {
+        ConfigError(code: .unknownVariable(name))
+    }
+
     public var description: String {
         switch code {
+        case .unknownVariable(let name):
+            let suggestion = ConfigKey.all.map(\.environmentName).min { distance($0, name) < distance($1, name) }
+            let hint = suggestion.map { distance($0, name) <= 4 ? " (did you mean \($0)?)" : "" } ?? ""
+            return "unknown environment variable \(name)\(hint): no config key is set by it; a key's variable is "
+                + "CMM_ and the key in capitals, dots as _ (limits.dailyTasks: CMM_LIMITS_DAILYTASKS)"
         case .unknownKey(let key, let source):
             let suggestion = ConfigKey.all.map(\.name).min { distance($0, key) < distance($1, key) }
             let hint = suggestion.map { distance($0, key) <= 4 ? " (did you mean \($0)?)" : "" } ?? ""

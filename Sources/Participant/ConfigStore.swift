@@ -127,7 +127,18 @@ public struct ConfigStore: Sendable {
         return values
     }
 
+    /// `CMM_` variables that are not config keys.
+    public static let otherVariables: Set<String> = [
+        "CMM_HOME", "CMM_REQUIRE_DOCKER", "CMM_BENCH_RUNS", "CMM_TEST_BINARY",
+    ]
+
+    /// A `CMM_` variable that sets no key is refused like an unknown key in the file: a typo must
+    /// not leave a limit silently unset.
     func environmentLayer() throws(ConfigError) -> [String: ConfigValue] {
+        let known = Set(ConfigKey.all.map(\.environmentName)).union(Self.otherVariables)
+        if let unknown = environment.keys.filter({ $0.hasPrefix("CMM_") && !known.contains($0) }).sorted().first {
+            throw .unknownVariable(unknown)
+        }
         var values: [String: ConfigValue] = [:]
         for key in ConfigKey.all {
             guard let raw = environment[key.environmentName] else { continue }

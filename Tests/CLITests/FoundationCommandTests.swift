@@ -125,6 +125,13 @@ import Testing
         // An invalid environment value names the variable.
         let env = try run("status", environment: ["CMM_LIMITS_DAILYTASKS": "lots"])
         #expect(env.exitCode != 0 && env.stderr.contains("CMM_LIMITS_DAILYTASKS"))
+        // A misspelt variable is refused, not ignored.
+        let typo = try run("status", environment: ["CMM_LIMITS_DAILYTASK": "3"])
+        #expect(typo.exitCode != 0, "\(typo.stdout)")
+        #expect(
+            typo.stderr.contains(
+                "unknown environment variable CMM_LIMITS_DAILYTASK (did you mean CMM_LIMITS_DAILYTASKS?)"))
+        #expect(try Data(contentsOf: configFile) == before)
     }
 
     @Test func limitsSetAndShow() throws {
