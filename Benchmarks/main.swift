@@ -40,9 +40,7 @@ func report(_ row: Row) {
     )
 }
 
-func seconds(_ duration: Duration) -> Double {
-    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-}
+func seconds(_ duration: Duration) -> Double { duration.inSeconds }
 
 func median(_ values: [Double]) -> Double {
     let sorted = values.sorted()

@@ -47,8 +47,8 @@ struct CleanCommand: AsyncParsableCommand {
         do {
             let (containers, images) = try await context.withDocker { docker in
                 try await Self.cleanDocker(
-                    docker, owner: allOwners ? nil : context.paths.ownerID, abandoned: abandoned,
-                    ownOwner: context.paths.ownerID, force: force, dryRun: dryRun)
+                    docker, owner: context.paths.ownerID, allOwners: allOwners, abandoned: abandoned, force: force,
+                    dryRun: dryRun)
             }
             report.containers = containers
             report.images = images
@@ -87,12 +87,11 @@ struct CleanCommand: AsyncParsableCommand {
     /// be a job between create and start.
     static let createdGrace: TimeInterval = 600
 
-    /// `owner` nil: every installation's containers. A container of this installation
-    /// (`ownOwner`) whose job is in `abandoned` goes even while it runs: the process that ran it
-    /// died, so nothing else would stop it.
+    /// Containers of this installation (`owner`), or of every one with `allOwners`. One of ours
+    /// whose job is in `abandoned` goes even while it runs: the process that ran it died, so
+    /// nothing else would stop it.
     static func cleanDocker(
-        _ docker: DockerClient, owner: String?, abandoned: Set<String> = [], ownOwner: String? = nil, force: Bool,
-        dryRun: Bool
+        _ docker: DockerClient, owner: String, allOwners: Bool, abandoned: Set<String>, force: Bool, dryRun: Bool
     ) async throws -> ([String], [String]) {
         var containers: [String] = []
         let now = Date().timeIntervalSince1970
@@ -100,11 +99,10 @@ struct CleanCommand: AsyncParsableCommand {
             // The engine filtered by label; check the kind too: containers inherit an image's labels,
             // so one made by someone else from our image also says `managed`, but never a container kind.
             guard Labels.isManagedContainer(container.Labels) else { continue }
-            guard owner == nil || container.Labels?[Labels.owner] == owner else { continue }
+            let ours = container.Labels?[Labels.owner] == owner
+            guard ours || allOwners else { continue }
             let age = now - Double(container.Created ?? 0)
-            let orphaned =
-                ownOwner != nil && container.Labels?[Labels.owner] == ownOwner
-                && abandoned.contains(container.Labels?[Labels.job] ?? "")
+            let orphaned = ours && abandoned.contains(container.Labels?[Labels.job] ?? "")
             switch container.State {
             case "exited", "dead": break
             case _ where orphaned: break

@@ -369,7 +369,7 @@ final class JobOutputPrinter: @unchecked Sendable {
 
     func summary(_ report: JobReport) {
         let total = report.result?.total ?? ModelUsage()
-        let seconds = Double(report.duration.components.seconds) + Double(report.duration.components.attoseconds) / 1e18
+        let seconds = report.duration.inSeconds
         if json {
             struct Summary: Encodable {
                 var job: String
