@@ -19,6 +19,8 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     case jobFailed = "job.failed"
     case settlement
     case heartbeat
+    case taskOpen = "task.open"
+    case ack
     case ping, pong, error
 }
 

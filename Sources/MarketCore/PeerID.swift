@@ -35,6 +35,7 @@ public struct PeerID: Hashable, Sendable, Codable, CustomStringConvertible, Comp
 
 public struct PeerIDError: Error, Sendable, CustomStringConvertible {
     public let text: String
+    public init(text: String) { self.text = text }
     public var description: String {
         "'\(text)' is not a peer id (expected \(PeerID.length) characters of lowercase base32: a-z, 2-7)"
     }

@@ -19,6 +19,27 @@ public struct KeyRing: Sendable, SealingKeyLookup {
     public var current: SealingKeySet { generations[0] }
     public var peerID: PeerID { identity.peerID }
 
+    public init(
+        identity: PeerIdentity, generations: [SealingKeySet], removed: [RemovedKeySet] = [],
+        identityHistory: [IdentityRotation] = [], grace: TimeInterval, now: Date
+    ) {
+        precondition(!generations.isEmpty, "a key ring needs a current sealing key set")
+        self.identity = identity
+        self.generations = generations
+        self.removed = removed
+        self.identityHistory = identityHistory
+        self.grace = grace
+        self.now = now
+    }
+
+    /// A key ring held only in memory (tests, benchmarks, simulated peers): a new identity with
+    /// the given sealing keys.
+    public static func inMemory(sealing: SealingKeySet, now: Date = Date()) -> KeyRing {
+        KeyRing(
+            identity: PeerIdentity(signingKey: Curve25519.Signing.PrivateKey(), created: now), generations: [sealing],
+            grace: 30 * 86_400, now: now)
+    }
+
     public func keySet(forKeyID keyID: Data, suite: SealSuite) throws(SealError) -> SealingKeySet {
         for generation in generations
         where SealSuite.keyID(suite: suite, publicKey: generation.publicKeys.key(for: suite)) == keyID {

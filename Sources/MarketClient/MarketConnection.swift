@@ -1,0 +1,224 @@
+import Foundation
+import HummingbirdWSClient
+import Logging
+import MarketCore
+import MarketCrypto
+import NIOCore
+
+/// Why a market connection failed.
+public struct MarketClientError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// One authenticated WebSocket connection to a market: signed requests, the market's answers
+/// matched by message id, and everything else kept in order for `next`.
+public final class MarketConnection: Sendable {
+    public let keys: KeyRing
+    public var peerID: PeerID { keys.peerID }
+    let outbound: WebSocketOutboundWriter
+    let inbox = Inbox()
+    let clock: @Sendable () -> Int64
+
+    init(keys: KeyRing, outbound: WebSocketOutboundWriter, clock: @escaping @Sendable () -> Int64) {
+        self.keys = keys
+        self.outbound = outbound
+        self.clock = clock
+    }
+
+    /// Connects to `url` (`ws://host:port/market`), runs the handshake unless `authenticate` is
+    /// false, runs `body`, and closes the connection, also when `body` throws.
+    public static func with<T: Sendable>(
+        url: String, keys: KeyRing, authenticate: Bool = true, logger: Logger = Logger(label: "cmm.client"),
+        clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) },
+        _ body: @escaping @Sendable (MarketConnection) async throws -> T
+    ) async throws -> T {
+        let result = ResultBox<T>()
+        let closeFrame = try await WebSocketClient.connect(
+            url: url, configuration: .init(maxFrameSize: 16 << 20), logger: logger
+        ) { inbound, outbound, _ in
+            let connection = MarketConnection(keys: keys, outbound: outbound, clock: clock)
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        for try await message in inbound.messages(maxSize: 32 << 20) {
+                            guard case .text(let text) = message else { continue }
+                            await connection.inbox.deliver(text)
+                        }
+                    } catch {}
+                    await connection.inbox.close()
+                }
+                do {
+                    if authenticate { try await connection.authenticate() }
+                    result.set(.success(try await body(connection)))
+                } catch {
+                    result.set(.failure(error))
+                }
+                try? await outbound.close(.normalClosure, reason: nil)
+                group.cancelAll()
+            }
+        }
+        _ = closeFrame
+        return try result.get()
+    }
+
+    // MARK: Handshake
+
+    public func authenticate(timeout: Duration = .seconds(10)) async throws {
+        let document = String(decoding: try PublicKeyDocument(ring: keys).encoded(), as: UTF8.self)
+        let hello = try await send(.hello, HelloBody(keyDocument: document))
+        let challenge = try await next(timeout: timeout) {
+            $0.type == MessageType.challenge.rawValue || $0.refersTo(hello.id)
+        }
+        try challenge.throwIfError()
+        let nonce = try JSONDecoder().decode(ChallengeBody.self, from: Data(challenge.body.utf8)).nonce
+        let answer = try await request(.auth, AuthBody(challenge: nonce), timeout: timeout)
+        try answer.throwIfError()
+    }
+
+    // MARK: Sending
+
+    /// Signs and sends one message; returns the envelope as sent.
+    @discardableResult
+    public func send(_ type: MessageType, _ body: some Encodable, id: String = UUID().uuidString.lowercased())
+        async throws -> Envelope
+    {
+        let envelope = try keys.identity.envelope(type: type, id: id, body: Self.encode(body), nowMs: clock())
+        try await sendRaw(Self.encode(envelope))
+        return envelope
+    }
+
+    /// Sends text exactly as given (tests use it for malformed and replayed frames).
+    public func sendRaw(_ text: String) async throws {
+        try await outbound.write(.text(text))
+    }
+
+    /// Sends and waits for the market's `ack` or `error` for this message id.
+    public func request(
+        _ type: MessageType, _ body: some Encodable, id: String = UUID().uuidString.lowercased(),
+        timeout: Duration = .seconds(10)
+    ) async throws -> Envelope {
+        let sent = try await send(type, body, id: id)
+        return try await answer(to: sent.id, timeout: timeout)
+    }
+
+    /// The `ack`, `pong` or `error` whose body names `ref`.
+    public func answer(to ref: String, timeout: Duration = .seconds(10)) async throws -> Envelope {
+        try await next(timeout: timeout) { $0.refersTo(ref) }
+    }
+
+    // MARK: Receiving
+
+    /// The first frame (oldest first) that matches; frames that don't match stay for later.
+    public func next(
+        timeout: Duration = .seconds(10), where match: @escaping @Sendable (Envelope) -> Bool = { _ in true }
+    )
+        async throws -> Envelope
+    {
+        try await inbox.take(timeout: timeout, where: match)
+    }
+
+    /// The first frame of `type` (for a task, when given).
+    public func next(_ type: MessageType, taskId: String? = nil, timeout: Duration = .seconds(10)) async throws
+        -> Envelope
+    {
+        try await next(timeout: timeout) { envelope in
+            guard envelope.type == type.rawValue else { return false }
+            guard let taskId else { return true }
+            return envelope.body.contains("\"taskId\":\"\(taskId)\"")
+        }
+    }
+
+    /// Frames received and not yet taken.
+    public func pending() async -> [Envelope] { await inbox.snapshot() }
+
+    static func encode(_ value: some Encodable) throws -> String {
+        if let text = value as? String { return text }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+}
+
+extension Envelope {
+    /// True for the market's answer (`ack`, `pong`, `error`) to message `ref`.
+    public func refersTo(_ ref: String) -> Bool {
+        guard type == "ack" || type == "error" || type == "pong" else { return false }
+        return body.contains("\"ref\":\"\(ref)\"")
+    }
+
+    public var errorBody: ErrorBody? {
+        guard type == MessageType.error.rawValue else { return nil }
+        return try? JSONDecoder().decode(ErrorBody.self, from: Data(body.utf8))
+    }
+
+    public func decodeBody<T: Decodable>(_ type: T.Type) throws -> T {
+        try JSONDecoder().decode(T.self, from: Data(body.utf8))
+    }
+
+    public func throwIfError() throws {
+        if let error = errorBody { throw MarketClientError("\(error.code): \(error.message)") }
+    }
+}
+
+/// Frames in arrival order, and the callers waiting for one that matches.
+actor Inbox {
+    private var frames: [Envelope] = []
+    private var waiters:
+        [(id: UUID, match: @Sendable (Envelope) -> Bool, continuation: CheckedContinuation<Envelope, any Error>)] = []
+    private var closed = false
+
+    func deliver(_ text: String) {
+        guard let envelope = try? JSONDecoder().decode(Envelope.self, from: Data(text.utf8)) else { return }
+        if let index = waiters.firstIndex(where: { $0.match(envelope) }) {
+            waiters.remove(at: index).continuation.resume(returning: envelope)
+        } else {
+            frames.append(envelope)
+        }
+    }
+
+    func close() {
+        closed = true
+        for waiter in waiters {
+            waiter.continuation.resume(throwing: MarketClientError("the market closed the connection"))
+        }
+        waiters.removeAll()
+    }
+
+    func snapshot() -> [Envelope] { frames }
+
+    func take(timeout: Duration, where match: @escaping @Sendable (Envelope) -> Bool) async throws -> Envelope {
+        if let index = frames.firstIndex(where: match) { return frames.remove(at: index) }
+        if closed { throw MarketClientError("the market closed the connection") }
+        let id = UUID()
+        let timer = Task {
+            try await Task.sleep(for: timeout)
+            self.expire(id, after: timeout)
+        }
+        defer { timer.cancel() }
+        return try await withCheckedThrowingContinuation { continuation in
+            waiters.append((id, match, continuation))
+        }
+    }
+
+    private func expire(_ id: UUID, after timeout: Duration) {
+        guard let index = waiters.firstIndex(where: { $0.id == id }) else { return }
+        waiters.remove(at: index).continuation.resume(
+            throwing: MarketClientError("no matching frame from the market within \(timeout)"))
+    }
+}
+
+/// Carries the body's result out of the connection's closure.
+final class ResultBox<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Result<T, any Error>?
+
+    func set(_ result: Result<T, any Error>) { lock.withLock { value = result } }
+
+    func get() throws -> T {
+        guard let value = lock.withLock({ value }) else {
+            throw MarketClientError("the connection closed before the exchange finished")
+        }
+        return try value.get()
+    }
+}

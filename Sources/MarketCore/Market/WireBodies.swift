@@ -1,0 +1,365 @@
+import Foundation
+
+/// The bodies of the wire messages (docs/PROTOCOL.md). Amounts are integers of micro-credits
+/// (1 RUV = 1 000 000). Every body checks its own fields in `validate()`, naming the bad value
+/// and what is allowed; the server calls it before anything is stored.
+public protocol WireBody: Codable, Sendable {
+    func validate(limits: WireLimits) throws(MarketError)
+}
+
+/// Sizes and ranges the server accepts.
+public struct WireLimits: Sendable, Equatable {
+    /// The largest text frame, bytes.
+    public var maxFrameBytes: Int
+    /// The largest sealed payload, event or result inside a body (base64 text), bytes.
+    public var maxSealedBytes: Int
+    public var maxSlots: Int
+    public var maxTaskTimeoutSeconds: Int64
+    public var maxReasonCharacters: Int
+
+    public init(
+        maxFrameBytes: Int = 1 << 20, maxSealedBytes: Int = 900_000, maxSlots: Int = 64,
+        maxTaskTimeoutSeconds: Int64 = 24 * 3600, maxReasonCharacters: Int = 1000
+    ) {
+        self.maxFrameBytes = maxFrameBytes
+        self.maxSealedBytes = maxSealedBytes
+        self.maxSlots = maxSlots
+        self.maxTaskTimeoutSeconds = maxTaskTimeoutSeconds
+        self.maxReasonCharacters = maxReasonCharacters
+    }
+}
+
+/// Strings that come from the network and end up in keys, paths or names.
+public enum WireField {
+    /// Task ids: 1–64 of `A–Z a–z 0–9 - _`.
+    public static func taskID(_ text: String) throws(MarketError) {
+        guard (1...64).contains(text.utf8.count), text.utf8.allSatisfy(isIDByte) else {
+            throw MarketError(.invalidBody, "taskId '\(clip(text))' must be 1–64 characters of A–Z, a–z, 0–9, '-', '_'")
+        }
+    }
+
+    /// Model names: 1–64 of `A–Z a–z 0–9 . _ : -`.
+    public static func model(_ text: String) throws(MarketError) {
+        guard (1...64).contains(text.utf8.count),
+            text.utf8.allSatisfy({ isIDByte($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: ":") })
+        else {
+            throw MarketError(
+                .invalidBody, "model '\(clip(text))' must be 1–64 characters of A–Z, a–z, 0–9, '.', ':', '-', '_'")
+        }
+    }
+
+    public static func price(_ micro: Int64, field: String) throws(MarketError) {
+        guard micro > 0 else {
+            throw MarketError(.invalidAmount, "\(field) \(micro) must be a positive number of micro-credits")
+        }
+    }
+
+    public static func reputation(_ value: Double?, field: String) throws(MarketError) {
+        guard let value else { return }
+        guard value.isFinite, (0...1).contains(value) else {
+            throw MarketError(.invalidBody, "\(field) \(value) must be between 0 and 1")
+        }
+    }
+
+    public static func reason(_ text: String, limits: WireLimits) throws(MarketError) {
+        guard !text.isEmpty, text.count <= limits.maxReasonCharacters else {
+            throw MarketError(.invalidBody, "reason must be 1–\(limits.maxReasonCharacters) characters")
+        }
+    }
+
+    public static func sealed(_ text: String, limits: WireLimits) throws(MarketError) {
+        guard !text.isEmpty, text.utf8.count <= limits.maxSealedBytes else {
+            throw MarketError(
+                .frameTooLarge, "sealed data of \(text.utf8.count) bytes is outside 1…\(limits.maxSealedBytes) bytes")
+        }
+        guard Data(base64Encoded: text) != nil else { throw MarketError(.invalidBody, "sealed must be base64") }
+    }
+
+    static func isIDByte(_ byte: UInt8) -> Bool {
+        (0x30...0x39).contains(byte) || (0x41...0x5A).contains(byte) || (0x61...0x7A).contains(byte)
+            || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
+    }
+
+    static func clip(_ text: String) -> String {
+        let printable = String(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value < 0x7F }.prefix(40))
+        return text.count > 40 ? printable + "…" : printable
+    }
+}
+
+/// `hello`: the peer's signed public key document (JSON text, docs/FORMATS.md).
+public struct HelloBody: WireBody, Equatable {
+    public var keyDocument: String
+    public init(keyDocument: String) { self.keyDocument = keyDocument }
+    public func validate(limits: WireLimits) throws(MarketError) {
+        guard (1...16_384).contains(keyDocument.utf8.count) else {
+            throw MarketError(.invalidBody, "keyDocument must be 1–16384 bytes")
+        }
+    }
+}
+
+/// `challenge` (server): a random nonce the `auth` must echo.
+public struct ChallengeBody: WireBody, Equatable {
+    public var nonce: String
+    public init(nonce: String) { self.nonce = nonce }
+    public func validate(limits: WireLimits) throws(MarketError) {}
+}
+
+/// `auth`: echoes the challenge, signed.
+public struct AuthBody: WireBody, Equatable {
+    public var challenge: String
+    public init(challenge: String) { self.challenge = challenge }
+    public func validate(limits: WireLimits) throws(MarketError) {}
+}
+
+/// `offer.advertise`: the provider's standing offer (replaces any earlier one).
+public struct AdvertiseBody: WireBody, Equatable {
+    public var price: Int64
+    public var slots: Int
+    public var models: [String]?
+    public var minRequesterReputation: Double?
+
+    public init(price: Int64, slots: Int, models: [String]? = nil, minRequesterReputation: Double? = nil) {
+        self.price = price
+        self.slots = slots
+        self.models = models
+        self.minRequesterReputation = minRequesterReputation
+    }
+
+    public func validate(limits: WireLimits) throws(MarketError) {
+        try WireField.price(price, field: "price")
+        guard (1...limits.maxSlots).contains(slots) else {
+            throw MarketError(.invalidBody, "slots \(slots) must be 1…\(limits.maxSlots)")
+        }
+        guard (models?.count ?? 0) <= 32 else { throw MarketError(.invalidBody, "at most 32 models") }
+        for model in models ?? [] { try WireField.model(model) }
+        try WireField.reputation(minRequesterReputation, field: "minRequesterReputation")
+    }
+}
+
+/// Bodies that only name a task: `task.cancel`, `job.approved`, `job.accept`, `offer.withdraw` (no task).
+public struct TaskRefBody: WireBody, Equatable {
+    public var taskId: String
+    public init(taskId: String) { self.taskId = taskId }
+    public func validate(limits: WireLimits) throws(MarketError) { try WireField.taskID(taskId) }
+}
+
+public struct EmptyBody: WireBody, Equatable {
+    public init() {}
+    public func validate(limits: WireLimits) throws(MarketError) {}
+}
+
+/// `task.post`: a job offered at up to `maxPrice`, held in escrow at once.
+public struct PostBody: WireBody, Equatable {
+    public var taskId: String
+    public var maxPrice: Int64
+    public var minReputation: Double?
+    public var model: String?
+    public var timeoutSeconds: Int64?
+    /// How long the task may stay open; the market's default when absent.
+    public var expiresInSeconds: Int64?
+
+    public init(
+        taskId: String, maxPrice: Int64, minReputation: Double? = nil, model: String? = nil,
+        timeoutSeconds: Int64? = nil, expiresInSeconds: Int64? = nil
+    ) {
+        self.taskId = taskId
+        self.maxPrice = maxPrice
+        self.minReputation = minReputation
+        self.model = model
+        self.timeoutSeconds = timeoutSeconds
+        self.expiresInSeconds = expiresInSeconds
+    }
+
+    public func validate(limits: WireLimits) throws(MarketError) {
+        try WireField.taskID(taskId)
+        try WireField.price(maxPrice, field: "maxPrice")
+        try WireField.reputation(minReputation, field: "minReputation")
+        if let model { try WireField.model(model) }
+        if let timeoutSeconds, !(1...limits.maxTaskTimeoutSeconds).contains(timeoutSeconds) {
+            throw MarketError(
+                .invalidBody, "timeoutSeconds \(timeoutSeconds) must be 1…\(limits.maxTaskTimeoutSeconds)")
+        }
+        if let expiresInSeconds, !(1...7 * 24 * 3600).contains(expiresInSeconds) {
+            throw MarketError(.invalidBody, "expiresInSeconds \(expiresInSeconds) must be 1…604800")
+        }
+    }
+}
+
+/// `bid.place`: a provider asks for an open task at `price`.
+public struct BidBody: WireBody, Equatable {
+    public var taskId: String
+    public var price: Int64
+    public init(taskId: String, price: Int64) {
+        self.taskId = taskId
+        self.price = price
+    }
+    public func validate(limits: WireLimits) throws(MarketError) {
+        try WireField.taskID(taskId)
+        try WireField.price(price, field: "price")
+    }
+}
+
+/// `job.rejected`, `job.failed`, `job.dispute`.
+public struct ReasonBody: WireBody, Equatable {
+    public var taskId: String
+    public var reason: String
+    public init(taskId: String, reason: String) {
+        self.taskId = taskId
+        self.reason = reason
+    }
+    public func validate(limits: WireLimits) throws(MarketError) {
+        try WireField.taskID(taskId)
+        try WireField.reason(reason, limits: limits)
+    }
+}
+
+/// `payload.deliver` (requester → provider) and `job.event` (provider → requester): ciphertext
+/// sealed to the other party (docs/FORMATS.md), base64. The market relays it and cannot read it.
+public struct SealedBody: WireBody, Equatable {
+    public var taskId: String
+    public var sealed: String
+    /// For `job.event`: the event's position in the stream, from 0.
+    public var seq: Int?
+    public init(taskId: String, sealed: String, seq: Int? = nil) {
+        self.taskId = taskId
+        self.sealed = sealed
+        self.seq = seq
+    }
+    public func validate(limits: WireLimits) throws(MarketError) {
+        try WireField.taskID(taskId)
+        try WireField.sealed(sealed, limits: limits)
+        if let seq, seq < 0 { throw MarketError(.invalidBody, "seq \(seq) must be ≥ 0") }
+    }
+}
+
+/// Token usage as metered on the provider.
+public struct JobUsage: Codable, Sendable, Equatable {
+    public var inputTokens: Int64
+    public var outputTokens: Int64
+    public init(inputTokens: Int64, outputTokens: Int64) {
+        self.inputTokens = inputTokens
+        self.outputTokens = outputTokens
+    }
+}
+
+/// `job.result`: the sealed result, the SHA-256 of its plaintext, and the metered usage.
+public struct ResultBody: WireBody, Equatable {
+    public var taskId: String
+    public var sealed: String
+    public var resultHash: String
+    public var usage: JobUsage?
+    public init(taskId: String, sealed: String, resultHash: String, usage: JobUsage? = nil) {
+        self.taskId = taskId
+        self.sealed = sealed
+        self.resultHash = resultHash
+        self.usage = usage
+    }
+    public func validate(limits: WireLimits) throws(MarketError) {
+        try WireField.taskID(taskId)
+        try WireField.sealed(sealed, limits: limits)
+        if let usage, usage.inputTokens < 0 || usage.outputTokens < 0 {
+            throw MarketError(.invalidBody, "usage tokens must be ≥ 0")
+        }
+    }
+}
+
+/// `heartbeat`: liveness, with the signed head of the local audit log when there is one.
+public struct HeartbeatBody: WireBody, Equatable {
+    public var auditHead: String?
+    public init(auditHead: String? = nil) { self.auditHead = auditHead }
+    public func validate(limits: WireLimits) throws(MarketError) {
+        if let auditHead, auditHead.utf8.count > 4096 { throw MarketError(.invalidBody, "auditHead over 4096 bytes") }
+    }
+}
+
+// MARK: - Server → client
+
+/// `ack` (server): the message `ref` was done (or had already been done: the same answer again).
+public struct AckBody: Codable, Sendable, Equatable {
+    public var ref: String
+    public var type: String
+    public var taskId: String?
+    public var state: String?
+    public var note: String?
+    public init(ref: String, type: String, taskId: String? = nil, state: String? = nil, note: String? = nil) {
+        self.ref = ref
+        self.type = type
+        self.taskId = taskId
+        self.state = state
+        self.note = note
+    }
+}
+
+/// `task.open` (server → providers): an open task, public fields only.
+public struct OpenTaskBody: Codable, Sendable, Equatable {
+    public var taskId: String
+    public var requester: String
+    public var maxPrice: Int64
+    public var minReputation: Double
+    public var model: String?
+    public var timeoutSeconds: Int64
+    public var expiresMs: Int64?
+
+    public init(
+        taskId: String, requester: String, maxPrice: Int64, minReputation: Double, model: String?,
+        timeoutSeconds: Int64, expiresMs: Int64?
+    ) {
+        self.taskId = taskId
+        self.requester = requester
+        self.maxPrice = maxPrice
+        self.minReputation = minReputation
+        self.model = model
+        self.timeoutSeconds = timeoutSeconds
+        self.expiresMs = expiresMs
+    }
+}
+
+/// `task.assigned` (server → both parties): who won, at what price, and both parties' signed key
+/// documents, so that each seals to and verifies the other without trusting the market.
+public struct AssignedBody: Codable, Sendable, Equatable {
+    public var taskId: String
+    public var requester: String
+    public var provider: String
+    public var price: Int64
+    public var requesterKeyDocument: String
+    public var providerKeyDocument: String
+
+    public init(
+        taskId: String, requester: String, provider: String, price: Int64, requesterKeyDocument: String,
+        providerKeyDocument: String
+    ) {
+        self.taskId = taskId
+        self.requester = requester
+        self.provider = provider
+        self.price = price
+        self.requesterKeyDocument = requesterKeyDocument
+        self.providerKeyDocument = providerKeyDocument
+    }
+}
+
+/// `settlement` (server → both parties): the task's final or re-opened state and the ledger rows.
+public struct SettlementBody: Codable, Sendable, Equatable {
+    public struct Row: Codable, Sendable, Equatable {
+        public var from: String
+        public var to: String
+        public var amount: Int64
+        public var kind: String
+        public init(from: String, to: String, amount: Int64, kind: String) {
+            self.from = from
+            self.to = to
+            self.amount = amount
+            self.kind = kind
+        }
+    }
+    public var taskId: String
+    public var state: String
+    public var reason: String?
+    public var movements: [Row]
+
+    public init(taskId: String, state: String, reason: String?, movements: [Row]) {
+        self.taskId = taskId
+        self.state = state
+        self.reason = reason
+        self.movements = movements
+    }
+}

@@ -1,0 +1,322 @@
+import Foundation
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import MarketCore
+import MarketStore
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+
+/// The market server (`market serve`): the WebSocket hub at `/market`, the read views, `/health`
+/// and `/metrics`, and the sweeper that applies timeouts. A `Service`: run it in a
+/// `ServiceGroup`, which stops it gracefully on SIGTERM/SIGINT.
+public final class MarketServer: Service, Sendable {
+    public let configuration: MarketServerConfiguration
+    let store: any MarketStore
+    let logger: Logger
+    let processor: FrameProcessor
+    let hub = PeerHub()
+    let metrics = MarketMetrics()
+    let now: @Sendable () -> Int64
+    let startedMs: Int64
+    private let nextConnectionID = Atomic<Int>(0)
+    private let onRunning: @Sendable (Int) async -> Void
+
+    /// - Parameters:
+    ///   - now: the clock in Unix milliseconds (tests move it by hand).
+    ///   - onRunning: called with the bound port once the server listens.
+    public init(
+        configuration: MarketServerConfiguration, store: any MarketStore, logger: Logger,
+        now: @escaping @Sendable () -> Int64 = MarketServer.wallClockMs,
+        onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) throws {
+        self.configuration = configuration
+        _ = try configuration.rules.validated()
+        self.store = store
+        self.logger = logger
+        self.now = now
+        self.startedMs = now()
+        self.onRunning = onRunning
+        self.processor = FrameProcessor(
+            store: store, configuration: configuration, metrics: metrics, logger: logger, now: now)
+    }
+
+    public static let wallClockMs: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    public func run() async throws {
+        try await processor.loadNonceCount()
+        let application = Application(
+            router: makeRouter(),
+            server: .http1WebSocketUpgrade(
+                webSocketRouter: makeRouter(),
+                configuration: .init(
+                    ws: .init(maxFrameSize: configuration.limits.maxFrameBytes * 4, autoPing: .disabled))),
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
+            onServerRunning: { [onRunning] channel in await onRunning(channel.localAddress?.port ?? 0) },
+            logger: logger)
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { try await application.runService() }
+            group.addTask { await self.sweepLoop() }
+            try await gracefulShutdown()
+            // Tell every peer why its connection ends; the application then closes the sockets.
+            self.hub.broadcastAll(
+                ServerFrames.error(
+                    MarketError(.unavailable, "the market is shutting down; reconnect later"), ref: nil,
+                    nowMs: self.now()))
+        }
+    }
+
+    // MARK: Sweeping
+
+    private func sweepLoop() async {
+        var rounds = 0
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await Task.sleep(for: .milliseconds(configuration.sweepIntervalMs))
+            rounds += 1
+            await sweepOnce(purge: rounds % 60 == 0)
+        }
+    }
+
+    /// One sweep now: timeouts, silent providers; with `purge`, expired nonces and message ids.
+    public func sweepOnce(purge: Bool = false) async {
+        do {
+            for (peer, text) in try await processor.sweep(purge: purge) { hub.send(text, to: peer) }
+        } catch {
+            logger.error("sweep failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: Routes
+
+    func makeRouter() -> Router<BasicWebSocketRequestContext> {
+        let router = Router(context: BasicWebSocketRequestContext.self)
+        router.ws("/market") { inbound, outbound, _ in
+            await self.serveConnection(inbound: inbound, outbound: outbound)
+        }
+        router.get("/health") { _, _ -> Response in
+            let view = MarketViews.HealthView(
+                status: "ok", version: ToolVersion.current, backend: self.store.backendName,
+                uptimeSeconds: (self.now() - self.startedMs) / 1000, connections: self.hub.authenticatedConnections)
+            return Self.json(view)
+        }
+        router.get("/metrics") { _, _ -> Response in
+            self.metrics.connections(self.hub.authenticatedConnections)
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                body: .init(byteBuffer: ByteBuffer(string: self.metrics.exposition())))
+        }
+        router.get("/v1/stats") { _, _ -> Response in
+            Self.json(try await self.stats())
+        }
+        router.get("/v1/offers") { _, _ -> Response in
+            let rules = self.configuration.rules
+            let nowMs = self.now()
+            return Self.json(try await self.store.read { try MarketViews.offers(in: $0, rules: rules, nowMs: nowMs) })
+        }
+        router.get("/v1/tasks") { request, _ -> Response in
+            let stateText = request.uri.queryParameters.get("state")
+            let state = stateText.flatMap(TaskState.init(rawValue:))
+            if let stateText, state == nil {
+                return Self.problem(
+                    .badRequest,
+                    "state '\(WireField.printable(stateText))' is not one of "
+                        + TaskState.allCases.map(\.rawValue).joined(separator: ", "))
+            }
+            let limitText = request.uri.queryParameters.get("limit") ?? "100"
+            guard let limit = Int(limitText), (1...1000).contains(limit) else {
+                return Self.problem(.badRequest, "limit '\(WireField.printable(limitText))' must be 1…1000")
+            }
+            let tasks = try await self.store.read { try $0.tasks(state: state, limit: limit).map(MarketViews.task) }
+            return Self.json(tasks)
+        }
+        router.get("/v1/peers/:id") { _, context -> Response in
+            let text = context.parameters.get("id") ?? ""
+            guard let peer = try? PeerID(validating: text) else {
+                return Self.problem(.badRequest, PeerIDError(text: WireField.printable(text)).description)
+            }
+            let rules = self.configuration.rules
+            let nowMs = self.now()
+            guard
+                let view = try await self.store.read({ try MarketViews.peer(peer, in: $0, rules: rules, nowMs: nowMs) })
+            else { return Self.problem(.notFound, "no peer \(peer) has connected to this market") }
+            return Self.json(view)
+        }
+        return router
+    }
+
+    public func stats() async throws -> MarketViews.StatsView {
+        let book = processor.book
+        let backend = store.backendName
+        let connections = hub.authenticatedConnections
+        let nowMs = now()
+        let uptime = (nowMs - startedMs) / 1000
+        return try await store.read {
+            try MarketViews.stats(
+                in: $0, book: book, backend: backend, connections: connections, uptimeSeconds: uptime, nowMs: nowMs)
+        }
+    }
+
+    static func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return Response(
+            status: status, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    static func problem(_ status: HTTPResponse.Status, _ message: String) -> Response {
+        json(["error": message], status: status)
+    }
+
+    // MARK: Connections
+
+    enum Outbound: Sendable {
+        case text(String)
+        case close(String)
+    }
+
+    /// One WebSocket connection: a reader that assembles and processes frames, a writer that
+    /// sends replies and messages from other peers in order.
+    func serveConnection(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
+        let connectionID = nextConnectionID.add(1, ordering: .relaxed).newValue
+        let (stream, continuation) = AsyncStream<Outbound>.makeStream(bufferingPolicy: .bufferingOldest(8192))
+        let overflowed = Atomic<Bool>(false)
+        let send: @Sendable (String) -> Void = { text in
+            if case .dropped = continuation.yield(.text(text)) { overflowed.store(true, ordering: .relaxed) }
+        }
+        var peer: PeerID?
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                for await item in stream {
+                    do {
+                        switch item {
+                        case .text(let text): try await outbound.write(.text(text))
+                        case .close(let reason):
+                            try await outbound.close(.policyViolation, reason: reason)
+                            return
+                        }
+                    } catch { return }
+                }
+            }
+            var session = SessionState.awaitingHello
+            var bucket = TokenBucket(rate: configuration.frameRate, burst: configuration.frameBurst, nowMs: now())
+            var preAuthFrames = 0
+            var assembler = MessageAssembler(limit: configuration.limits.maxFrameBytes)
+            do {
+                for try await frame in inbound {
+                    guard let message = assembler.add(frame) else { continue }
+                    let text: String
+                    switch message {
+                    case .text(let received): text = received
+                    case .tooLarge(let size):
+                        metrics.error(MarketError.Code.frameTooLarge.rawValue)
+                        send(
+                            ServerFrames.error(
+                                MarketError(
+                                    .frameTooLarge,
+                                    "a frame of \(size) bytes or more is over the limit of \(configuration.limits.maxFrameBytes)"
+                                ),
+                                ref: nil, nowMs: now()))
+                        continue
+                    case .binary:
+                        send(
+                            ServerFrames.error(
+                                MarketError(.malformed, "frames are JSON text, not binary"), ref: nil, nowMs: now()))
+                        continue
+                    }
+                    if peer == nil {
+                        preAuthFrames += 1
+                        if preAuthFrames > configuration.preAuthFrames {
+                            continuation.yield(.close("too many frames before auth"))
+                            break
+                        }
+                    }
+                    guard bucket.take(nowMs: now()) else {
+                        metrics.error(MarketError.Code.rateLimited.rawValue)
+                        send(
+                            ServerFrames.error(
+                                MarketError(
+                                    .rateLimited, "more than \(Int(configuration.frameRate)) frames a second: slow down"
+                                ),
+                                ref: nil, nowMs: now()))
+                        continue
+                    }
+                    let started = ContinuousClock.now
+                    let output = await processor.process(text, session: &session)
+                    metrics.frameDuration(nanoseconds: (ContinuousClock.now - started).nanosecondsClamped)
+                    for reply in output.replies { send(reply) }
+                    if let authenticated = output.authenticated {
+                        peer = authenticated
+                        hub.add(authenticated, .init(id: connectionID, send: send))
+                    }
+                    for (target, text) in output.outgoing { hub.send(text, to: target) }
+                    if output.close {
+                        continuation.yield(.close("authentication failed"))
+                        break
+                    }
+                    if overflowed.load(ordering: .relaxed) {
+                        continuation.yield(.close("the connection reads too slowly"))
+                        break
+                    }
+                }
+            } catch {
+                logger.debug("connection ended", metadata: ["error": "\(error)"])
+            }
+            if let peer { hub.remove(peer, connectionID: connectionID) }
+            continuation.finish()
+        }
+    }
+}
+
+/// Collates fragmented WebSocket frames into messages, dropping (and reporting) any message
+/// over the limit without buffering it.
+struct MessageAssembler {
+    enum Message {
+        case text(String)
+        case binary
+        case tooLarge(Int)
+    }
+
+    let limit: Int
+    private var buffer: ByteBuffer?
+    private var size = 0
+    private var discarding = false
+    private var isBinary = false
+
+    init(limit: Int) { self.limit = limit }
+
+    mutating func add(_ frame: WebSocketDataFrame) -> Message? {
+        switch frame.opcode {
+        case .text, .binary:
+            buffer = nil
+            size = 0
+            discarding = false
+            isBinary = frame.opcode == .binary
+        case .continuation:
+            break
+        }
+        size += frame.data.readableBytes
+        if size > limit { discarding = true }
+        if !discarding && !isBinary {
+            var data = frame.data
+            if buffer == nil { buffer = data } else { buffer!.writeBuffer(&data) }
+        }
+        guard frame.fin else { return nil }
+        defer {
+            buffer = nil
+            discarding = false
+        }
+        if isBinary { return .binary }
+        if discarding { return .tooLarge(size) }
+        return .text(String(buffer: buffer ?? ByteBuffer()))
+    }
+}
+
+extension Duration {
+    var nanosecondsClamped: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import MarketCore
+import MarketStore
+
+/// The public read views (`/v1/…`, docs/openapi.yaml): the same fields for the REST API, the
+/// dashboard and `market status`. Never a payload, a result or a key beyond the public ones.
+public enum MarketViews {
+    public struct ReputationView: Codable, Sendable, Equatable {
+        public var score: Double
+        public var samples: Int
+        public var tier: String
+    }
+
+    public struct OfferView: Codable, Sendable, Equatable {
+        public var provider: String
+        public var price: Int64
+        public var priceText: String
+        public var slots: Int
+        public var freeSlots: Int
+        public var models: [String]
+        public var minRequesterReputation: Double
+        public var reputation: ReputationView
+        public var createdMs: Int64
+    }
+
+    public struct TaskView: Codable, Sendable, Equatable {
+        public var taskId: String
+        public var requester: String
+        public var provider: String?
+        public var state: String
+        public var maxPrice: Int64
+        public var price: Int64?
+        public var minReputation: Double
+        public var model: String?
+        public var timeoutSeconds: Int64
+        public var createdMs: Int64
+        public var updatedMs: Int64
+        public var deadlineMs: Int64?
+        public var reason: String?
+    }
+
+    public struct PeerView: Codable, Sendable, Equatable {
+        public var peerId: String
+        /// The peer's signed public key document, as the exact JSON text it signed.
+        public var keyDocument: String
+        public var reputation: ReputationView
+        public var settledJobs: Int
+        public var firstSeenMs: Int64
+        public var lastSeenMs: Int64
+        public var balance: Int64
+        public var inEscrow: Int64
+        public var heldBack: Int64
+        public var recentOutcomes: [OutcomeView]
+    }
+
+    public struct OutcomeView: Codable, Sendable, Equatable {
+        public var taskId: String
+        public var role: String
+        public var success: Bool
+        public var atMs: Int64
+    }
+
+    public struct StatsView: Codable, Sendable, Equatable {
+        public var version: String
+        public var backend: String
+        public var peers: Int
+        public var connections: Int
+        public var offers: Int
+        public var freeSlots: Int
+        public var tasks: [String: Int]
+        public var minted: Int64
+        public var inEscrow: Int64
+        public var heldBack: Int64
+        public var fees: Int64
+        public var settledVolume: Int64
+        public var ledgerBalanced: Bool
+        public var discrepancies: Int
+        public var uptimeSeconds: Int64
+    }
+
+    public struct HealthView: Codable, Sendable, Equatable {
+        public var status: String
+        public var version: String
+        public var backend: String
+        public var uptimeSeconds: Int64
+        public var connections: Int
+    }
+
+    static func reputation(_ record: PeerRecord?, rules: MarketRules, nowMs: Int64) -> ReputationView {
+        let reputation = record?.reputation ?? Reputation()
+        return ReputationView(
+            score: (reputation.score(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs) * 10_000).rounded() / 10_000,
+            samples: reputation.samples,
+            tier: reputation.tier(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs, newBelow: rules.holdbackJobs)
+                .rawValue)
+    }
+
+    public static func offers(in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) throws -> [OfferView] {
+        try tx.offers(lock: false).map { offer in
+            let busy = try tx.busySlots(of: offer.provider)
+            return OfferView(
+                provider: offer.provider.rawValue, price: offer.price.micro, priceText: offer.price.description,
+                slots: offer.slots, freeSlots: max(0, offer.slots - busy), models: offer.models,
+                minRequesterReputation: offer.minRequesterReputation,
+                reputation: reputation(try tx.peer(offer.provider), rules: rules, nowMs: nowMs),
+                createdMs: offer.createdMs)
+        }
+    }
+
+    public static func task(_ task: MarketTask) -> TaskView {
+        TaskView(
+            taskId: task.id, requester: task.requester.rawValue, provider: task.provider?.rawValue,
+            state: task.state.rawValue, maxPrice: task.maxPrice.micro, price: task.price?.micro,
+            minReputation: task.minReputation, model: task.model, timeoutSeconds: task.timeoutSeconds,
+            createdMs: task.createdMs, updatedMs: task.updatedMs, deadlineMs: task.deadlineMs, reason: task.reason)
+    }
+
+    public static func peer(_ id: PeerID, in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) throws
+        -> PeerView?
+    {
+        guard let record = try tx.peer(id) else { return nil }
+        var escrow: Int64 = 0
+        for task in try tx.tasks(of: id, states: [.open, .assigned, .running, .delivered, .disputed])
+        where task.requester == id {
+            escrow += try tx.balance(.escrow(taskID: task.id)).micro
+        }
+        return PeerView(
+            peerId: id.rawValue, keyDocument: record.keyDocument,
+            reputation: reputation(record, rules: rules, nowMs: nowMs), settledJobs: record.settledJobs,
+            firstSeenMs: record.firstSeenMs, lastSeenMs: record.lastSeenMs, balance: try tx.balance(.peer(id)).micro,
+            inEscrow: escrow, heldBack: try tx.balance(.held(id)).micro,
+            recentOutcomes: try tx.outcomes(of: id, limit: 20).map {
+                OutcomeView(
+                    taskId: $0.outcome.taskID, role: $0.outcome.role, success: $0.outcome.success, atMs: $0.atMs)
+            })
+    }
+
+    public static func stats(
+        in tx: some MarketTransaction, book: MarketBook, backend: String, connections: Int, uptimeSeconds: Int64,
+        nowMs: Int64
+    ) throws -> StatsView {
+        let audit = try book.audit(in: tx)
+        let offers = try Self.offers(in: tx, rules: book.rules, nowMs: nowMs)
+        var tasks = try tx.taskCounts()
+        for state in TaskState.allCases where tasks[state.rawValue] == nil { tasks[state.rawValue] = 0 }
+        return StatsView(
+            version: ToolVersion.current, backend: backend, peers: try tx.peerCount(), connections: connections,
+            offers: offers.count, freeSlots: offers.map(\.freeSlots).reduce(0, +), tasks: tasks,
+            minted: audit.minted.micro, inEscrow: audit.inEscrow.micro, heldBack: audit.heldBack.micro,
+            fees: audit.fees.micro, settledVolume: try tx.settledVolume(), ledgerBalanced: audit.balanced,
+            discrepancies: audit.discrepancies.count, uptimeSeconds: uptimeSeconds)
+    }
+}

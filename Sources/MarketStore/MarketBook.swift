@@ -1,0 +1,224 @@
+import MarketCore
+
+/// The market's operations, each run inside one transaction: load what the rules need, let the
+/// pure rules (`TaskStateMachine`, `Matching`) decide, write the result — the task, its ledger
+/// rows and reputation outcomes together, or nothing.
+public struct MarketBook: Sendable {
+    public let rules: MarketRules
+    let machine: TaskStateMachine
+    /// The most credits that may ever exist, so that no balance or sum can overflow.
+    public static let maxSupply = Int64.max / 4
+
+    public init(rules: MarketRules) {
+        self.rules = rules
+        self.machine = TaskStateMachine(rules: rules)
+    }
+
+    /// What a `task.post` did.
+    public struct PostOutcome: Sendable {
+        public var task: MarketTask
+        /// The assignment made at once against a standing offer, if any.
+        public var assignment: TaskTransition?
+        /// Why no standing offer fitted, for the requester.
+        public var whyUnmatched: String?
+    }
+
+    // MARK: Money
+
+    public func mint(to peer: PeerID, amount: Credits, memo: String, nowMs: Int64, in tx: some MarketTransaction)
+        throws -> Credits
+    {
+        guard amount.micro > 0 else {
+            throw MarketError(.invalidAmount, "amount \(amount) must be above zero")
+        }
+        let minted = -(try tx.balance(.mint).micro)
+        guard amount.micro <= Self.maxSupply - minted else {
+            throw MarketError(
+                .invalidAmount,
+                "minting \(amount) would take the supply past \(Credits(micro: Self.maxSupply)) (now \(Credits(micro: minted)))"
+            )
+        }
+        try tx.insertMovement(
+            Movement(from: .mint, to: .peer(peer), amount: amount, kind: .mint, memo: memo), nowMs: nowMs)
+        return try tx.balance(.peer(peer))
+    }
+
+    // MARK: Offers
+
+    public func advertise(_ body: AdvertiseBody, from provider: PeerID, nowMs: Int64, in tx: some MarketTransaction)
+        throws -> (offer: Offer, assignments: [TaskTransition])
+    {
+        let previous = try tx.offer(of: provider)
+        let offer = Offer(
+            provider: provider, price: Credits(micro: body.price), slots: body.slots, models: body.models ?? [],
+            minRequesterReputation: body.minRequesterReputation ?? 0, createdMs: previous?.createdMs ?? nowMs)
+        try tx.putOffer(offer)
+        // A new offer may fit tasks that are already waiting: oldest first, while slots last.
+        var assignments: [TaskTransition] = []
+        for task in try tx.tasks(state: .open, limit: 200) {
+            guard try tx.busySlots(of: provider) < offer.slots else { break }
+            if let transition = try matchOpenTask(task.id, nowMs: nowMs, only: provider, in: tx) {
+                assignments.append(transition)
+            }
+        }
+        return (offer, assignments)
+    }
+
+    public func withdraw(_ provider: PeerID, in tx: some MarketTransaction) throws -> Bool {
+        try tx.deleteOffer(of: provider)
+    }
+
+    // MARK: Tasks
+
+    public func post(_ body: PostBody, from requester: PeerID, nowMs: Int64, in tx: some MarketTransaction)
+        throws -> PostOutcome
+    {
+        if try tx.task(body.taskId, lock: false) != nil {
+            throw MarketError(.duplicateTask, "task \(body.taskId) already exists: choose a new taskId")
+        }
+        let expiresMs = body.expiresInSeconds.map { $0 * 1000 } ?? rules.openTimeoutMs
+        let task = MarketTask(
+            id: body.taskId, requester: requester, maxPrice: Credits(micro: body.maxPrice),
+            minReputation: body.minReputation ?? 0, model: body.model,
+            timeoutSeconds: body.timeoutSeconds ?? 300, createdMs: nowMs, deadlineMs: nowMs + expiresMs)
+        let available = try tx.balance(.peer(requester))
+        guard available >= task.maxPrice else {
+            throw MarketError(
+                .insufficientFunds, "maxPrice \(task.maxPrice) is more than the available balance \(available)")
+        }
+        try tx.insertTask(task)
+        try tx.insertMovement(
+            Movement(
+                from: .peer(requester), to: .escrow(taskID: task.id), amount: task.maxPrice, kind: .escrowLock,
+                taskID: task.id),
+            nowMs: nowMs)
+        if let assignment = try matchOpenTask(task.id, nowMs: nowMs, only: nil, in: tx) {
+            return PostOutcome(task: assignment.task, assignment: assignment, whyUnmatched: nil)
+        }
+        let why = Matching.whyNoMatch(
+            among: try candidates(in: tx, nowMs: nowMs), for: task,
+            requesterReputation: try reputationScore(of: requester, nowMs: nowMs, in: tx))
+        return PostOutcome(task: task, assignment: nil, whyUnmatched: why)
+    }
+
+    /// `bid.place`: the first valid bid on an open task wins it.
+    public func bid(_ body: BidBody, from provider: PeerID, nowMs: Int64, in tx: some MarketTransaction)
+        throws -> TaskTransition
+    {
+        guard let task = try tx.task(body.taskId, lock: true) else {
+            throw MarketError(.unknownTask, "no task \(body.taskId)")
+        }
+        guard task.state == .open else {
+            throw MarketError(.invalidState, "task \(task.id) is \(task.state.rawValue): it takes no more bids")
+        }
+        guard var offer = try lockedOffers(in: tx).first(where: { $0.provider == provider }) else {
+            throw MarketError(.noOffer, "\(provider) has no standing offer: send offer.advertise before bidding")
+        }
+        offer.price = Credits(micro: body.price)
+        let candidate = OfferCandidate(
+            offer: offer, busySlots: try tx.busySlots(of: provider),
+            providerReputation: try reputationScore(of: provider, nowMs: nowMs, in: tx))
+        if let refusal = Matching.ineligibility(
+            of: candidate, for: task, requesterReputation: try reputationScore(of: task.requester, nowMs: nowMs, in: tx)
+        ) {
+            throw refusal
+        }
+        let transition = try machine.apply(.assign(provider: provider, price: offer.price), to: task, nowMs: nowMs)
+        try write(transition, nowMs: nowMs, in: tx)
+        return transition
+    }
+
+    /// Any other event on a task; a re-opened task is matched again at once.
+    public func apply(_ event: TaskEvent, toTask id: String, nowMs: Int64, in tx: some MarketTransaction)
+        throws -> [TaskTransition]
+    {
+        guard let task = try tx.task(id, lock: true) else { throw MarketError(.unknownTask, "no task \(id)") }
+        var standing: ProviderStanding?
+        if let provider = task.provider {
+            standing = ProviderStanding(
+                settledJobs: try tx.peer(provider)?.settledJobs ?? 0, heldBack: try tx.balance(.held(provider)))
+        }
+        let transition = try machine.apply(event, to: task, nowMs: nowMs, provider: standing)
+        try write(transition, nowMs: nowMs, in: tx)
+        var transitions = [transition]
+        if transition.reopened, let rematch = try matchOpenTask(id, nowMs: nowMs, only: nil, in: tx) {
+            transitions.append(rematch)
+        }
+        return transitions
+    }
+
+    /// Timeouts and silent providers, as of `nowMs`: every due task takes its deadline path.
+    public func sweep(nowMs: Int64, limit: Int = 500, in tx: some MarketTransaction) throws -> [TaskTransition] {
+        var transitions: [TaskTransition] = []
+        for provider in try tx.silentProviders(lastSeenBefore: nowMs - rules.heartbeatTimeoutMs) {
+            _ = try tx.deleteOffer(of: provider)
+            for task in try tx.tasks(of: provider, states: [.assigned, .running]) where task.provider == provider {
+                transitions += try apply(.providerSilent, toTask: task.id, nowMs: nowMs, in: tx)
+            }
+        }
+        for id in try tx.tasksDue(nowMs: nowMs, limit: limit) {
+            transitions += try apply(.deadlinePassed, toTask: id, nowMs: nowMs, in: tx)
+        }
+        return transitions
+    }
+
+    // MARK: Matching
+
+    /// Matches one open task against the standing offers (or only `provider`'s); assigns it to
+    /// the best and returns the assignment, or nil when none fits.
+    func matchOpenTask(_ id: String, nowMs: Int64, only provider: PeerID?, in tx: some MarketTransaction)
+        throws -> TaskTransition?
+    {
+        guard let task = try tx.task(id, lock: true), task.state == .open else { return nil }
+        var pool = try candidates(in: tx, nowMs: nowMs, lock: true)
+        if let provider { pool = pool.filter { $0.offer.provider == provider } }
+        let requesterScore = try reputationScore(of: task.requester, nowMs: nowMs, in: tx)
+        guard let best = Matching.best(among: pool, for: task, requesterReputation: requesterScore) else { return nil }
+        let transition = try machine.apply(
+            .assign(provider: best.offer.provider, price: best.offer.price), to: task, nowMs: nowMs)
+        try write(transition, nowMs: nowMs, in: tx)
+        return transition
+    }
+
+    func candidates(in tx: some MarketTransaction, nowMs: Int64, lock: Bool = false) throws -> [OfferCandidate] {
+        try (lock ? lockedOffers(in: tx) : tx.offers(lock: false)).map { offer in
+            OfferCandidate(
+                offer: offer, busySlots: try tx.busySlots(of: offer.provider),
+                providerReputation: try reputationScore(of: offer.provider, nowMs: nowMs, in: tx))
+        }
+    }
+
+    /// Offers locked for the rest of the transaction, so that two instances on one database never
+    /// fill the same provider's last slot twice.
+    func lockedOffers(in tx: some MarketTransaction) throws -> [Offer] { try tx.offers(lock: true) }
+
+    public func reputationScore(of peer: PeerID, nowMs: Int64, in tx: some MarketTransaction) throws -> Double {
+        try tx.peer(peer)?.reputation.score(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs) ?? 0.5
+    }
+
+    /// Writes one transition: the task, its ledger rows, the outcomes and the provider's count.
+    func write(_ transition: TaskTransition, nowMs: Int64, in tx: some MarketTransaction) throws {
+        try tx.updateTask(transition.task)
+        for movement in transition.movements { try tx.insertMovement(movement, nowMs: nowMs) }
+        for outcome in transition.outcomes {
+            try tx.insertOutcome(outcome, nowMs: nowMs)
+            guard let record = try tx.peer(outcome.peer) else { continue }
+            let reputation = record.reputation.recording(
+                success: outcome.success, atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs)
+            let settled = record.settledJobs + (transition.providerSettled && outcome.role == "provider" ? 1 : 0)
+            try tx.updateStanding(outcome.peer, reputation: reputation, settledJobs: settled)
+        }
+    }
+
+    // MARK: Checks
+
+    /// `market verify`: the ledger balances, every row's sides are sound, final tasks hold nothing.
+    public func audit(in tx: some MarketTransaction) throws -> LedgerAudit {
+        var finalTasks = Set<String>()
+        for state in TaskState.allCases where state.isFinal {
+            for task in try tx.tasks(state: state, limit: Int.max) { finalTasks.insert(task.id) }
+        }
+        return LedgerAudit.check(
+            movements: try tx.allMovements(), balances: try tx.allBalances(), finalTasks: finalTasks)
+    }
+}

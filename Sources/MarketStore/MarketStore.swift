@@ -1,0 +1,48 @@
+import Foundation
+import MarketCore
+
+/// The market's storage: one port, two implementations (SQLite, the embedded default, and
+/// PostgreSQL for several servers on one database). Every operation is one transaction.
+public protocol MarketStore: Sendable {
+    /// Runs `body` in one write transaction: everything it wrote, or nothing.
+    func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T
+    /// Runs `body` on a consistent snapshot.
+    func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T
+    /// What `/health` names as the backend.
+    var backendName: String { get }
+    func close() async throws
+}
+
+/// Where the market keeps its books: `sqlite:PATH` or `postgres://user@host:port/db`.
+public enum MarketDatabaseLocation: Sendable, Equatable, CustomStringConvertible {
+    case sqlite(path: String)
+    case postgres(url: String)
+
+    public init(parsing text: String) throws(MarketError) {
+        if text.hasPrefix("sqlite:") {
+            let path = String(text.dropFirst("sqlite:".count))
+            guard !path.isEmpty else {
+                throw MarketError(.invalidBody, "--db sqlite: needs a path (sqlite:/var/lib/market.sqlite)")
+            }
+            self = .sqlite(path: path)
+        } else if text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") {
+            self = .postgres(url: text)
+        } else {
+            throw MarketError(
+                .invalidBody, "--db '\(text)' is not sqlite:PATH or postgres://USER@HOST:PORT/DATABASE")
+        }
+    }
+
+    /// Never prints a password.
+    public var description: String {
+        switch self {
+        case .sqlite(let path): "sqlite:\(path)"
+        case .postgres(let url):
+            if let components = URLComponents(string: url) {
+                "postgres://\(components.user ?? "")@\(components.host ?? ""):\(components.port ?? 5432)\(components.path)"
+            } else {
+                "postgres://…"
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+import MarketCore
+
+/// A peer as the market knows it.
+public struct PeerRecord: Sendable, Equatable {
+    public var id: PeerID
+    /// The peer's signed public key document (JSON text).
+    public var keyDocument: String
+    public var firstSeenMs: Int64
+    public var lastSeenMs: Int64
+    /// The latest signed head of the peer's audit log, as its heartbeats carried it.
+    public var auditHead: String?
+    public var reputation: Reputation
+    public var settledJobs: Int
+
+    public init(
+        id: PeerID, keyDocument: String, firstSeenMs: Int64, lastSeenMs: Int64, auditHead: String?,
+        reputation: Reputation, settledJobs: Int
+    ) {
+        self.id = id
+        self.keyDocument = keyDocument
+        self.firstSeenMs = firstSeenMs
+        self.lastSeenMs = lastSeenMs
+        self.auditHead = auditHead
+        self.reputation = reputation
+        self.settledJobs = settledJobs
+    }
+}
+
+/// Counts for `/v1/stats` and `market status`.
+public struct MarketCounts: Sendable, Equatable, Codable {
+    public var peers: Int
+    public var offers: Int
+    public var tasksByState: [String: Int]
+    public var minted: Int64
+    public var inEscrow: Int64
+    public var heldBack: Int64
+    public var fees: Int64
+    public var settledVolume: Int64
+
+    public init(
+        peers: Int, offers: Int, tasksByState: [String: Int], minted: Int64, inEscrow: Int64, heldBack: Int64,
+        fees: Int64, settledVolume: Int64
+    ) {
+        self.peers = peers
+        self.offers = offers
+        self.tasksByState = tasksByState
+        self.minted = minted
+        self.inEscrow = inEscrow
+        self.heldBack = heldBack
+        self.fees = fees
+        self.settledVolume = settledVolume
+    }
+}
+
+/// One write (or read) transaction of the market's storage: the small port every backend
+/// implements in its own SQL. The rules that use it (`MarketBook`) are written once.
+///
+/// Synchronous on purpose: SQLite (GRDB) runs it inside its writer's closure; PostgreSQL runs it
+/// on a thread of its own that holds one connection for the whole transaction.
+public protocol MarketTransaction {
+    // Peers
+    func peer(_ id: PeerID) throws -> PeerRecord?
+    func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) throws
+    func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) throws
+    func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) throws
+    func peerCount() throws -> Int
+    /// Peers that have an offer or a task holding a slot and were last seen before `cutoffMs`.
+    func silentProviders(lastSeenBefore cutoffMs: Int64) throws -> [PeerID]
+
+    // Replay cache and idempotency
+    /// Records the nonce; false when the peer already used it and the entry is still live.
+    func insertNonce(peer: String, nonce: String, expiresMs: Int64) throws -> Bool
+    func nonceCount() throws -> Int
+    /// Forgets nonces whose frames can no longer be accepted: `expires < nowMs`.
+    func purgeNonces(expiredBefore nowMs: Int64) throws -> Int
+    /// The stored answer to a message id this peer sent before, if any.
+    func messageResult(peer: PeerID, id: String) throws -> String?
+    func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) throws
+    func purgeMessages(before cutoffMs: Int64) throws
+
+    // Ledger
+    func balance(_ account: Account) throws -> Credits
+    /// Writes one ledger row and both balances. Refuses (`insufficient_funds`) when the debited
+    /// account is not the mint and would go below zero.
+    func insertMovement(_ movement: Movement, nowMs: Int64) throws
+    func allMovements() throws -> [(id: Int64, from: String, to: String, amountMicro: Int64)]
+    func allBalances() throws -> [String: Int64]
+    func movements(account: String, limit: Int) throws -> [Movement]
+
+    // Offers
+    func offer(of provider: PeerID) throws -> Offer?
+    /// Every offer; with `lock`, the rows stay locked until the transaction ends.
+    func offers(lock: Bool) throws -> [Offer]
+    func putOffer(_ offer: Offer) throws
+    func deleteOffer(of provider: PeerID) throws -> Bool
+    func busySlots(of provider: PeerID) throws -> Int
+
+    // Tasks
+    /// With `lock`, the row stays locked until the transaction ends.
+    func task(_ id: String, lock: Bool) throws -> MarketTask?
+    func insertTask(_ task: MarketTask) throws
+    func updateTask(_ task: MarketTask) throws
+    func tasks(state: TaskState?, limit: Int) throws -> [MarketTask]
+    func tasks(of peer: PeerID, states: [TaskState]) throws -> [MarketTask]
+    /// Ids of non-final tasks whose deadline is at or before `nowMs`, oldest deadline first.
+    func tasksDue(nowMs: Int64, limit: Int) throws -> [String]
+    func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) throws
+    func frame(taskID: String, kind: TaskFrameKind) throws -> String?
+    func taskCounts() throws -> [String: Int]
+    func settledVolume() throws -> Int64
+
+    // Reputation history
+    func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) throws
+    func outcomes(of peer: PeerID, limit: Int) throws -> [(outcome: ReputationOutcome, atMs: Int64)]
+
+    /// Runs `body` so that what it wrote is undone when it throws, while what was written
+    /// before it (the nonce, say) stays in the transaction.
+    func savepoint<T>(_ body: () throws -> T) throws -> T
+}
+
+/// The signed frames a task keeps, so that a party who reconnects still gets them.
+public enum TaskFrameKind: String, Sendable {
+    case payload, result
+}

@@ -1,0 +1,467 @@
+import Foundation
+import GRDB
+import MarketCore
+
+/// The embedded market store: one SQLite file in WAL mode. Writers take the lock up front
+/// (`BEGIN IMMEDIATE`), so `market verify` or `market mint` from another process can run beside
+/// `market serve` safely.
+public final class SQLiteMarketStore: MarketStore {
+    public let pool: DatabasePool
+    public var backendName: String { "sqlite" }
+
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(15)
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        let url = URL(fileURLWithPath: path)
+        try FileManager.default.createDirectory(
+            at: url.deletingLastPathComponent(), withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700])
+        let previousMask = umask(0o077)
+        defer { umask(previousMask) }
+        pool = try DatabasePool(path: path, configuration: configuration)
+        try Self.migrator.migrate(pool)
+    }
+
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
+        try await pool.writeWithoutTransaction { db in
+            var result: T?
+            try db.inTransaction(.immediate) {
+                result = try body(SQLiteMarketTransaction(db: db))
+                return .commit
+            }
+            return result!
+        }
+    }
+
+    /// The synchronous form, for commands that are not async.
+    public func writeNow<T>(_ body: (any MarketTransaction) throws -> T) throws -> T {
+        try pool.writeWithoutTransaction { db in
+            var result: T?
+            try db.inTransaction(.immediate) {
+                result = try body(SQLiteMarketTransaction(db: db))
+                return .commit
+            }
+            return result!
+        }
+    }
+
+    public func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
+        try await pool.read { db in try body(SQLiteMarketTransaction(db: db)) }
+    }
+
+    public func close() async throws {
+        try pool.close()
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1-market") { db in
+            try db.execute(sql: MarketSchema.sqlite)
+        }
+        return migrator
+    }
+}
+
+/// The schema, shared in shape by both backends (types differ).
+enum MarketSchema {
+    static let sqlite = """
+        CREATE TABLE peers (
+            id TEXT PRIMARY KEY NOT NULL,
+            key_document TEXT NOT NULL,
+            first_seen INTEGER NOT NULL,
+            last_seen INTEGER NOT NULL,
+            audit_head TEXT,
+            rep_s REAL NOT NULL DEFAULT 0,
+            rep_f REAL NOT NULL DEFAULT 0,
+            rep_n INTEGER NOT NULL DEFAULT 0,
+            rep_at INTEGER NOT NULL DEFAULT 0,
+            settled_jobs INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE accounts (
+            name TEXT PRIMARY KEY NOT NULL,
+            balance INTEGER NOT NULL,
+            CHECK (balance >= 0 OR name = 'mint')
+        );
+        CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,
+            debit TEXT NOT NULL,
+            credit TEXT NOT NULL,
+            amount INTEGER NOT NULL CHECK (amount > 0),
+            kind TEXT NOT NULL,
+            task_id TEXT,
+            memo TEXT,
+            CHECK (debit <> credit)
+        );
+        CREATE INDEX ledger_debit ON ledger(debit);
+        CREATE INDEX ledger_credit ON ledger(credit);
+        CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+            BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+        CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+            BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+        CREATE TABLE offers (
+            provider TEXT PRIMARY KEY NOT NULL,
+            price INTEGER NOT NULL,
+            slots INTEGER NOT NULL,
+            models TEXT NOT NULL,
+            min_requester_rep REAL NOT NULL,
+            created INTEGER NOT NULL
+        );
+        CREATE TABLE tasks (
+            id TEXT PRIMARY KEY NOT NULL,
+            requester TEXT NOT NULL,
+            provider TEXT,
+            state TEXT NOT NULL,
+            deadline INTEGER,
+            created INTEGER NOT NULL,
+            price INTEGER,
+            data TEXT NOT NULL,
+            payload TEXT,
+            result TEXT
+        );
+        CREATE INDEX tasks_state ON tasks(state, created);
+        CREATE INDEX tasks_provider ON tasks(provider, state);
+        CREATE INDEX tasks_requester ON tasks(requester, state);
+        CREATE INDEX tasks_deadline ON tasks(deadline) WHERE deadline IS NOT NULL;
+        CREATE TABLE outcomes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            peer TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            success INTEGER NOT NULL,
+            at INTEGER NOT NULL
+        );
+        CREATE INDEX outcomes_peer ON outcomes(peer, id);
+        CREATE TABLE nonces (
+            peer TEXT NOT NULL,
+            nonce TEXT NOT NULL,
+            expires INTEGER NOT NULL,
+            PRIMARY KEY (peer, nonce)
+        ) WITHOUT ROWID;
+        CREATE INDEX nonces_expires ON nonces(expires);
+        CREATE TABLE messages (
+            peer TEXT NOT NULL,
+            id TEXT NOT NULL,
+            result TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            PRIMARY KEY (peer, id)
+        ) WITHOUT ROWID;
+        CREATE INDEX messages_at ON messages(at);
+        """
+}
+
+/// Task rows keep the whole task as JSON beside the columns that are queried.
+enum TaskCoding {
+    static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }()
+
+    static func encode(_ task: MarketTask) throws -> String {
+        String(decoding: try encoder.encode(task), as: UTF8.self)
+    }
+
+    static func decode(_ text: String) throws -> MarketTask {
+        try JSONDecoder().decode(MarketTask.self, from: Data(text.utf8))
+    }
+
+    static func models(_ list: [String]) -> String { list.joined(separator: ",") }
+    static func models(_ text: String) -> [String] { text.split(separator: ",").map(String.init) }
+}
+
+struct SQLiteMarketTransaction: MarketTransaction {
+    let db: Database
+
+    func peer(_ id: PeerID) throws -> PeerRecord? {
+        try Row.fetchOne(db, sql: "SELECT * FROM peers WHERE id = ?", arguments: [id.rawValue]).map { row in
+            PeerRecord(
+                id: id, keyDocument: row["key_document"], firstSeenMs: row["first_seen"], lastSeenMs: row["last_seen"],
+                auditHead: row["audit_head"],
+                reputation: Reputation(
+                    successes: row["rep_s"], failures: row["rep_f"], samples: row["rep_n"], atMs: row["rep_at"]),
+                settledJobs: row["settled_jobs"])
+        }
+    }
+
+    func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO peers (id, key_document, first_seen, last_seen) VALUES (?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET key_document = excluded.key_document, last_seen = excluded.last_seen
+                """, arguments: [id.rawValue, keyDocument, nowMs, nowMs])
+    }
+
+    func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) throws {
+        try db.execute(
+            sql: "UPDATE peers SET last_seen = ?, audit_head = coalesce(?, audit_head) WHERE id = ?",
+            arguments: [nowMs, auditHead, id.rawValue])
+    }
+
+    func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) throws {
+        try db.execute(
+            sql: "UPDATE peers SET rep_s = ?, rep_f = ?, rep_n = ?, rep_at = ?, settled_jobs = ? WHERE id = ?",
+            arguments: [
+                reputation.successes, reputation.failures, reputation.samples, reputation.atMs, settledJobs,
+                id.rawValue,
+            ])
+    }
+
+    func peerCount() throws -> Int {
+        try Int.fetchOne(db, sql: "SELECT count(*) FROM peers") ?? 0
+    }
+
+    func silentProviders(lastSeenBefore cutoffMs: Int64) throws -> [PeerID] {
+        try String.fetchAll(
+            db,
+            sql: """
+                SELECT id FROM peers WHERE last_seen < ? AND (
+                    id IN (SELECT provider FROM offers)
+                    OR id IN (SELECT provider FROM tasks WHERE state IN ('assigned', 'running')))
+                """, arguments: [cutoffMs]
+        ).compactMap { try? PeerID(validating: $0) }
+    }
+
+    func insertNonce(peer: String, nonce: String, expiresMs: Int64) throws -> Bool {
+        try db.execute(
+            sql: """
+                INSERT INTO nonces (peer, nonce, expires) VALUES (?, ?, ?)
+                ON CONFLICT(peer, nonce) DO NOTHING
+                """, arguments: [peer, nonce, expiresMs])
+        return db.changesCount == 1
+    }
+
+    func nonceCount() throws -> Int {
+        try Int.fetchOne(db, sql: "SELECT count(*) FROM nonces") ?? 0
+    }
+
+    func purgeNonces(expiredBefore nowMs: Int64) throws -> Int {
+        try db.execute(sql: "DELETE FROM nonces WHERE expires < ?", arguments: [nowMs])
+        return db.changesCount
+    }
+
+    func messageResult(peer: PeerID, id: String) throws -> String? {
+        try String.fetchOne(
+            db, sql: "SELECT result FROM messages WHERE peer = ? AND id = ?", arguments: [peer.rawValue, id])
+    }
+
+    func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) throws {
+        try db.execute(
+            sql: "INSERT INTO messages (peer, id, result, at) VALUES (?, ?, ?, ?)",
+            arguments: [peer.rawValue, id, result, nowMs])
+    }
+
+    func purgeMessages(before cutoffMs: Int64) throws {
+        try db.execute(sql: "DELETE FROM messages WHERE at < ?", arguments: [cutoffMs])
+    }
+
+    func balance(_ account: Account) throws -> Credits {
+        Credits(
+            micro: try Int64.fetchOne(
+                db, sql: "SELECT balance FROM accounts WHERE name = ?", arguments: [account.description])
+                ?? 0)
+    }
+
+    func insertMovement(_ movement: Movement, nowMs: Int64) throws {
+        let debit = movement.from.description
+        let credit = movement.to.description
+        let amount = movement.amount.micro
+        guard amount > 0 else {
+            throw MarketError(.invalidAmount, "a ledger movement must be positive, not \(movement.amount)")
+        }
+        let from = try balance(movement.from).micro
+        let to = try balance(movement.to).micro
+        let (newFrom, overflowFrom) = from.subtractingReportingOverflow(amount)
+        let (newTo, overflowTo) = to.addingReportingOverflow(amount)
+        guard !overflowFrom, !overflowTo else {
+            throw MarketError(.invalidAmount, "moving \(movement.amount) overflows an account")
+        }
+        if newFrom < 0, !movement.from.mayGoNegative {
+            throw MarketError(
+                .insufficientFunds, "\(debit) holds \(Credits(micro: from)), less than \(movement.amount)")
+        }
+        try db.execute(
+            sql: "INSERT INTO ledger (at, debit, credit, amount, kind, task_id, memo) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            arguments: [nowMs, debit, credit, amount, movement.kind.rawValue, movement.taskID, movement.memo])
+        let upsert = """
+            INSERT INTO accounts (name, balance) VALUES (?, ?)
+            ON CONFLICT(name) DO UPDATE SET balance = excluded.balance
+            """
+        try db.execute(sql: upsert, arguments: [debit, newFrom])
+        try db.execute(sql: upsert, arguments: [credit, newTo])
+    }
+
+    func allMovements() throws -> [(id: Int64, from: String, to: String, amountMicro: Int64)] {
+        try Row.fetchAll(db, sql: "SELECT id, debit, credit, amount FROM ledger ORDER BY id").map {
+            (id: $0["id"], from: $0["debit"], to: $0["credit"], amountMicro: $0["amount"])
+        }
+    }
+
+    func allBalances() throws -> [String: Int64] {
+        var balances: [String: Int64] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT name, balance FROM accounts") {
+            balances[row["name"]] = row["balance"]
+        }
+        return balances
+    }
+
+    func movements(account: String, limit: Int) throws -> [Movement] {
+        try Row.fetchAll(
+            db,
+            sql: "SELECT * FROM ledger WHERE debit = ? OR credit = ? ORDER BY id DESC LIMIT ?",
+            arguments: [account, account, limit]
+        ).compactMap { row in
+            guard let from = Account(row["debit"]), let to = Account(row["credit"]),
+                let kind = MovementKind(rawValue: row["kind"])
+            else { return nil }
+            return Movement(
+                from: from, to: to, amount: Credits(micro: row["amount"]), kind: kind, taskID: row["task_id"],
+                memo: row["memo"])
+        }
+    }
+
+    func offer(of provider: PeerID) throws -> Offer? {
+        try Row.fetchOne(db, sql: "SELECT * FROM offers WHERE provider = ?", arguments: [provider.rawValue]).map(
+            Self.offer)
+    }
+
+    func offers(lock: Bool) throws -> [Offer] {
+        try Row.fetchAll(db, sql: "SELECT * FROM offers ORDER BY price, created").map(Self.offer)
+    }
+
+    static func offer(_ row: Row) -> Offer {
+        Offer(
+            provider: try! PeerID(validating: row["provider"]), price: Credits(micro: row["price"]),
+            slots: row["slots"], models: TaskCoding.models(row["models"] as String),
+            minRequesterReputation: row["min_requester_rep"], createdMs: row["created"])
+    }
+
+    func putOffer(_ offer: Offer) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO offers (provider, price, slots, models, min_requester_rep, created) VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT(provider) DO UPDATE SET price = excluded.price, slots = excluded.slots,
+                    models = excluded.models, min_requester_rep = excluded.min_requester_rep
+                """,
+            arguments: [
+                offer.provider.rawValue, offer.price.micro, offer.slots, TaskCoding.models(offer.models),
+                offer.minRequesterReputation, offer.createdMs,
+            ])
+    }
+
+    func deleteOffer(of provider: PeerID) throws -> Bool {
+        try db.execute(sql: "DELETE FROM offers WHERE provider = ?", arguments: [provider.rawValue])
+        return db.changesCount > 0
+    }
+
+    func busySlots(of provider: PeerID) throws -> Int {
+        try Int.fetchOne(
+            db, sql: "SELECT count(*) FROM tasks WHERE provider = ? AND state IN ('assigned', 'running')",
+            arguments: [provider.rawValue]) ?? 0
+    }
+
+    func task(_ id: String, lock: Bool) throws -> MarketTask? {
+        try String.fetchOne(db, sql: "SELECT data FROM tasks WHERE id = ?", arguments: [id]).map(TaskCoding.decode)
+    }
+
+    func insertTask(_ task: MarketTask) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO tasks (id, requester, provider, state, deadline, created, price, data)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                task.id, task.requester.rawValue, task.provider?.rawValue, task.state.rawValue, task.deadlineMs,
+                task.createdMs, task.price?.micro, try TaskCoding.encode(task),
+            ])
+    }
+
+    func updateTask(_ task: MarketTask) throws {
+        try db.execute(
+            sql: "UPDATE tasks SET provider = ?, state = ?, deadline = ?, price = ?, data = ? WHERE id = ?",
+            arguments: [
+                task.provider?.rawValue, task.state.rawValue, task.deadlineMs, task.price?.micro,
+                try TaskCoding.encode(task), task.id,
+            ])
+    }
+
+    func tasks(state: TaskState?, limit: Int) throws -> [MarketTask] {
+        let limit = min(limit, Int(Int32.max))
+        if let state {
+            return try String.fetchAll(
+                db, sql: "SELECT data FROM tasks WHERE state = ? ORDER BY created LIMIT ?",
+                arguments: [state.rawValue, limit]
+            ).map(TaskCoding.decode)
+        }
+        return try String.fetchAll(db, sql: "SELECT data FROM tasks ORDER BY created DESC LIMIT ?", arguments: [limit])
+            .map(TaskCoding.decode)
+    }
+
+    func tasks(of peer: PeerID, states: [TaskState]) throws -> [MarketTask] {
+        let marks = states.map { _ in "?" }.joined(separator: ",")
+        var arguments: StatementArguments = [peer.rawValue, peer.rawValue]
+        for state in states { _ = arguments.append(contentsOf: [state.rawValue]) }
+        return try String.fetchAll(
+            db,
+            sql:
+                "SELECT data FROM tasks WHERE (provider = ? OR requester = ?) AND state IN (\(marks)) ORDER BY created",
+            arguments: arguments
+        ).map(TaskCoding.decode)
+    }
+
+    func tasksDue(nowMs: Int64, limit: Int) throws -> [String] {
+        try String.fetchAll(
+            db, sql: "SELECT id FROM tasks WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
+            arguments: [nowMs, limit])
+    }
+
+    func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) throws {
+        try db.execute(sql: "UPDATE tasks SET \(kind.rawValue) = ? WHERE id = ?", arguments: [frame, taskID])
+    }
+
+    func frame(taskID: String, kind: TaskFrameKind) throws -> String? {
+        try String.fetchOne(db, sql: "SELECT \(kind.rawValue) FROM tasks WHERE id = ?", arguments: [taskID])
+    }
+
+    func taskCounts() throws -> [String: Int] {
+        var counts: [String: Int] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT state, count(*) AS n FROM tasks GROUP BY state") {
+            counts[row["state"]] = row["n"]
+        }
+        return counts
+    }
+
+    func settledVolume() throws -> Int64 {
+        try Int64.fetchOne(db, sql: "SELECT coalesce(sum(price), 0) FROM tasks WHERE state = 'settled'") ?? 0
+    }
+
+    func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) throws {
+        try db.execute(
+            sql: "INSERT INTO outcomes (peer, task_id, role, success, at) VALUES (?, ?, ?, ?, ?)",
+            arguments: [outcome.peer.rawValue, outcome.taskID, outcome.role, outcome.success, nowMs])
+    }
+
+    func outcomes(of peer: PeerID, limit: Int) throws -> [(outcome: ReputationOutcome, atMs: Int64)] {
+        try Row.fetchAll(
+            db, sql: "SELECT * FROM outcomes WHERE peer = ? ORDER BY id DESC LIMIT ?",
+            arguments: [peer.rawValue, limit]
+        ).map { row in
+            (
+                ReputationOutcome(peer: peer, success: row["success"], taskID: row["task_id"], role: row["role"]),
+                row["at"]
+            )
+        }
+    }
+
+    func savepoint<T>(_ body: () throws -> T) throws -> T {
+        var result: T?
+        try db.inSavepoint {
+            result = try body()
+            return .commit
+        }
+        return result!
+    }
+}
