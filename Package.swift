@@ -146,6 +146,7 @@ let package = Package(
             ],
             exclude: ["Fixtures"]
         ),
+        .testTarget(name: "MarketStoreTests", dependencies: ["MarketStore", "MarketCore", "TestSupport"]),
         .testTarget(
             name: "MarketServerTests",
             dependencies: [

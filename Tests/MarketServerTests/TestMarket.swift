@@ -27,10 +27,10 @@ struct TestMarket: Sendable {
 
     static func with<T: Sendable>(
         rules: MarketRules = MarketRules(), configure: (inout MarketServerConfiguration) -> Void = { _ in },
-        store makeStore: ((URL) throws -> any MarketStore)? = nil,
+        store makeStore: ((URL) throws -> any MarketStore)? = nil, directory: TemporaryDirectory? = nil,
         _ body: @escaping @Sendable (TestMarket) async throws -> T
     ) async throws -> T {
-        let directory = TemporaryDirectory("cmm-market")
+        let directory = directory ?? TemporaryDirectory("cmm-market")
         let store = try makeStore?(directory.url) ?? SQLiteMarketStore(path: directory.file("market.sqlite").path)
         var configuration = MarketServerConfiguration(host: "127.0.0.1", port: 0, rules: rules)
         configure(&configuration)
@@ -105,7 +105,30 @@ final class TestClock: Sendable {
 
 func micro(_ whole: Int64) -> Int64 { whole * Credits.scale }
 
+extension KeyRing {
+    /// A signed envelope with any type string and timestamp (for frames the market must refuse).
+    func forged(type: String, body: String, ts: Int64, id: String = UUID().uuidString) throws -> String {
+        var nonce = Data(count: 16)
+        for index in nonce.indices { nonce[index] = UInt8.random(in: 0...255) }
+        var envelope = Envelope(
+            type: type, id: id, from: peerID.rawValue, ts: ts, nonce: nonce.base64EncodedString(), body: body)
+        envelope.sig = try identity.sign(envelope.signingBytes).base64EncodedString()
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: try encoder.encode(envelope), as: UTF8.self)
+    }
+}
+
 extension MarketConnection {
+    /// Sends raw text and returns the error code of the market's answer.
+    func refusedRaw(_ text: String, ref: String? = nil) async throws -> String {
+        try await sendRaw(text)
+        let answer = try await next { envelope in
+            envelope.type == "error" && (ref == nil || envelope.refersTo(ref!))
+        }
+        return answer.errorBody?.code ?? "none"
+    }
+
     /// Sends and expects an `ack`; returns its body.
     @discardableResult
     func ok(_ type: MessageType, _ body: some Encodable, id: String = UUID().uuidString.lowercased()) async throws

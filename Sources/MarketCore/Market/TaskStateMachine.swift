@@ -17,6 +17,16 @@ public enum TaskEvent: Sendable, Equatable {
     /// The operator decides a dispute.
     case resolve(forProvider: Bool, memo: String)
 
+    /// The peer that asked, for events a party sends.
+    public var actor: PeerID? {
+        switch self {
+        case .cancel(let by), .approve(let by), .reject(let by, _), .deliver(let by, _), .accept(let by),
+            .dispute(let by, _), .fail(let by, _):
+            by
+        case .assign, .providerSilent, .deadlinePassed, .resolve: nil
+        }
+    }
+
     public var name: String {
         switch self {
         case .assign: "assign"
@@ -93,6 +103,10 @@ public struct TaskStateMachine: Sendable {
     public func apply(
         _ event: TaskEvent, to task: MarketTask, nowMs: Int64, provider standing: ProviderStanding? = nil
     ) throws(MarketError) -> TaskTransition {
+        // A stranger learns nothing about the task, not even its state.
+        if let actor = event.actor, !task.isParty(actor) {
+            throw MarketError(.notAParty, "\(actor) is not a party to task \(task.id)")
+        }
         var next = task
         next.updatedMs = nowMs
         var transition = TaskTransition(
