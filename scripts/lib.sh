@@ -66,3 +66,34 @@ stop_started_services() {
         for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     done
 }
+
+# Starts a throwaway PostgreSQL cluster on 127.0.0.1 and a free port, as the postgres user, and
+# exports CMM_TEST_POSTGRES_URL. It is stopped by PID on exit (stop_started_services).
+ensure_postgres() {
+    apt_install postgresql
+    local bin
+    bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+    [ -x "$bin/initdb" ] || die "PostgreSQL's initdb was not found under /usr/lib/postgresql"
+    PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cmm-postgres.XXXXXX")"
+    chown postgres "$PG_DIR"
+    local port
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    runuser -u postgres -- "$bin/initdb" -D "$PG_DIR/data" -A trust -U postgres >"$PG_DIR/initdb.log" 2>&1 \
+        || { cat "$PG_DIR/initdb.log" >&2; die "initdb failed"; }
+    log "starting PostgreSQL on 127.0.0.1:$port (throwaway cluster in $PG_DIR)"
+    setsid runuser -u postgres -- "$bin/postgres" -D "$PG_DIR/data" -k "$PG_DIR" -h 127.0.0.1 -p "$port" \
+        -c fsync=off -c synchronous_commit=off -c max_connections=300 >"$PG_DIR/postgres.log" 2>&1 &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    for _ in $(seq 1 60); do
+        if psql "postgres://postgres@127.0.0.1:$port/postgres" -qAtc 'SELECT 1' >/dev/null 2>&1; then
+            export CMM_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
+            log "PostgreSQL ready (pid $pid)"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    tail -20 "$PG_DIR/postgres.log" >&2 || true
+    die "PostgreSQL did not start (log: $PG_DIR/postgres.log)"
+}

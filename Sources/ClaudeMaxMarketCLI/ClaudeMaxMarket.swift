@@ -17,7 +17,7 @@ public struct ClaudeMaxMarket: AsyncParsableCommand {
             StatusCommand.self, AuditCommand.self, ComplianceCheckCommand.self, KeysCommand.self, EncryptCommand.self,
             DecryptCommand.self, DockerCommand.self, DockerBuildAlias.self, DockerPullAlias.self, HealthCommand.self,
             CleanCommand.self, ExecuteCommand.self, UsageCommand.self, LogsCommand.self,
-            LoginCommand.self,
+            LoginCommand.self, MarketCommand.self,
         ]
     )
 

@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import HummingbirdTLS
 import HummingbirdWebSocket
 import Logging
 import MarketCore
@@ -58,6 +59,19 @@ public final class MarketServer: Service, Sendable {
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await application.runService() }
             group.addTask { await self.sweepLoop() }
+            if let relay = self.store as? any MarketRelay {
+                group.addTask {
+                    do {
+                        try await cancelWhenGracefulShutdown {
+                            try await relay.listen { peer, text in self.hub.send(text, to: peer) }
+                        }
+                    } catch {
+                        if !Task.isShuttingDownGracefully {
+                            self.logger.error("relay listener stopped", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
+            }
             try await gracefulShutdown()
             // Tell every peer why its connection ends; the application then closes the sockets.
             self.hub.broadcastAll(
@@ -81,9 +95,18 @@ public final class MarketServer: Service, Sendable {
     /// One sweep now: timeouts, silent providers; with `purge`, expired nonces and message ids.
     public func sweepOnce(purge: Bool = false) async {
         do {
-            for (peer, text) in try await processor.sweep(purge: purge) { hub.send(text, to: peer) }
+            for (peer, text) in try await processor.sweep(purge: purge) { await deliver(text, to: peer) }
         } catch {
             logger.error("sweep failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// To the peer's connections here, or through the relay to another instance.
+    func deliver(_ text: String, to peer: PeerID) async {
+        if hub.send(text, to: peer) { return }
+        guard let relay = store as? any MarketRelay else { return }
+        do { try await relay.publish(text, to: peer) } catch {
+            logger.warning("relay failed", metadata: ["peer.id": "\(peer)", "error": "\(error)"])
         }
     }
 
@@ -251,7 +274,7 @@ public final class MarketServer: Service, Sendable {
                         peer = authenticated
                         hub.add(authenticated, .init(id: connectionID, send: send))
                     }
-                    for (target, text) in output.outgoing { hub.send(text, to: target) }
+                    for (target, text) in output.outgoing { await deliver(text, to: target) }
                     if output.close {
                         continuation.yield(.close("authentication failed"))
                         break

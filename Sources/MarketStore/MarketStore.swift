@@ -13,6 +13,14 @@ public protocol MarketStore: Sendable {
     func close() async throws
 }
 
+/// Passes frames between server instances that share one database: a frame for a peer that is
+/// connected to another instance is published, and every instance delivers what it hears to the
+/// peers connected to it.
+public protocol MarketRelay: Sendable {
+    func publish(_ text: String, to peer: PeerID) async throws
+    func listen(_ deliver: @escaping @Sendable (PeerID, String) -> Void) async throws
+}
+
 /// Where the market keeps its books: `sqlite:PATH` or `postgres://user@host:port/db`.
 public enum MarketDatabaseLocation: Sendable, Equatable, CustomStringConvertible {
     case sqlite(path: String)

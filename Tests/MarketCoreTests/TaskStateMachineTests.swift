@@ -14,12 +14,15 @@ import Testing
     }
 
     func assigned(price: Int64 = 6) throws -> MarketTask {
-        try machine.apply(.assign(provider: provider, price: Credits(micro: price * 1_000_000)), to: openTask(), nowMs: 1)
-            .task
+        try machine.apply(
+            .assign(provider: provider, price: Credits(micro: price * 1_000_000)), to: openTask(), nowMs: 1
+        )
+        .task
     }
 
     @Test func assignmentRefundsTheDifferenceAndCapsTheEscrow() throws {
-        let transition = try machine.apply(.assign(provider: provider, price: Credits(micro: 6_000_000)), to: openTask(), nowMs: 5)
+        let transition = try machine.apply(
+            .assign(provider: provider, price: Credits(micro: 6_000_000)), to: openTask(), nowMs: 5)
         #expect(transition.task.state == .assigned)
         #expect(transition.task.cap == Credits(micro: 6_000_000))
         #expect(
@@ -48,14 +51,18 @@ import Testing
         #expect(throws: MarketError.self) { try machine.apply(.approve(by: stranger), to: task, nowMs: 2) }
         #expect(throws: MarketError.self) { try machine.apply(.approve(by: requester), to: task, nowMs: 2) }
         let running = try machine.apply(.approve(by: provider), to: task, nowMs: 2).task
-        let delivered = try machine.apply(.deliver(by: provider, resultHash: String(repeating: "0", count: 64)), to: running, nowMs: 3).task
+        let delivered = try machine.apply(
+            .deliver(by: provider, resultHash: String(repeating: "0", count: 64)), to: running, nowMs: 3
+        ).task
         #expect(throws: MarketError.self) { try machine.apply(.accept(by: provider), to: delivered, nowMs: 4) }
         #expect(throws: MarketError.self) { try machine.apply(.accept(by: stranger), to: delivered, nowMs: 4) }
     }
 
     @Test func settlementPaysFeeHoldBackAndProvider() throws {
         let running = try machine.apply(.approve(by: provider), to: try assigned(price: 10), nowMs: 2).task
-        let delivered = try machine.apply(.deliver(by: provider, resultHash: String(repeating: "a", count: 64)), to: running, nowMs: 3).task
+        let delivered = try machine.apply(
+            .deliver(by: provider, resultHash: String(repeating: "a", count: 64)), to: running, nowMs: 3
+        ).task
         let standing = ProviderStanding(settledJobs: 0, heldBack: .zero)
         let settled = try machine.apply(.accept(by: requester), to: delivered, nowMs: 4, provider: standing)
         #expect(settled.task.state == .settled)
@@ -64,12 +71,15 @@ import Testing
         #expect(amounts.map(\.0) == [.fee, .holdback, .release])
         #expect(amounts.map(\.1) == [1_000_000, 1_800_000, 7_200_000])
         #expect(settled.movements.map(\.amount.micro).reduce(0, +) == 10_000_000)
-        #expect(settled.outcomes.contains(ReputationOutcome(peer: provider, success: true, taskID: "t", role: "provider")))
+        #expect(
+            settled.outcomes.contains(ReputationOutcome(peer: provider, success: true, taskID: "t", role: "provider")))
     }
 
     @Test func reachingTheThresholdReleasesWhatWasHeld() throws {
         let running = try machine.apply(.approve(by: provider), to: try assigned(price: 10), nowMs: 2).task
-        let delivered = try machine.apply(.deliver(by: provider, resultHash: String(repeating: "a", count: 64)), to: running, nowMs: 3).task
+        let delivered = try machine.apply(
+            .deliver(by: provider, resultHash: String(repeating: "a", count: 64)), to: running, nowMs: 3
+        ).task
         let standing = ProviderStanding(settledJobs: 2, heldBack: Credits(micro: 3_600_000))
         let settled = try machine.apply(.accept(by: requester), to: delivered, nowMs: 4, provider: standing)
         #expect(settled.movements.map(\.kind) == [.fee, .release, .holdbackRelease])
@@ -83,7 +93,8 @@ import Testing
         #expect(first.task.excluded == [provider])
         #expect(first.outcomes.isEmpty, "a rejection is the provider's right, not a failure")
         let other = PeerID(digestPrefix: [UInt8](repeating: 9, count: 20))
-        let again = try machine.apply(.assign(provider: other, price: Credits(micro: 6_000_000)), to: first.task, nowMs: 3)
+        let again = try machine.apply(
+            .assign(provider: other, price: Credits(micro: 6_000_000)), to: first.task, nowMs: 3)
         #expect(throws: MarketError.self) {
             try machine.apply(.assign(provider: provider, price: Credits(micro: 1)), to: first.task, nowMs: 3)
         }
@@ -97,10 +108,12 @@ import Testing
         var task = openTask()
         for round in 1...4 {
             let provider = PeerID(digestPrefix: [UInt8](repeating: UInt8(10 + round), count: 20))
-            task = try machine.apply(.assign(provider: provider, price: Credits(micro: 5_000_000)), to: task, nowMs: 1).task
+            task = try machine.apply(.assign(provider: provider, price: Credits(micro: 5_000_000)), to: task, nowMs: 1)
+                .task
             task = try machine.apply(.approve(by: provider), to: task, nowMs: 2).task
             let fault = try machine.apply(.deadlinePassed, to: task, nowMs: task.deadlineMs!)
-            #expect(fault.outcomes == [ReputationOutcome(peer: provider, success: false, taskID: "t", role: "provider")])
+            #expect(
+                fault.outcomes == [ReputationOutcome(peer: provider, success: false, taskID: "t", role: "provider")])
             task = fault.task
             #expect(task.state == (round <= 3 ? .open : .refunded))
         }
@@ -112,23 +125,32 @@ import Testing
         #expect(throws: MarketError.self) { try machine.apply(.deadlinePassed, to: task, nowMs: task.deadlineMs! - 1) }
         let expired = try machine.apply(.deadlinePassed, to: task, nowMs: task.deadlineMs!)
         #expect(expired.task.state == .refunded)
-        #expect(expired.movements == [
-            Movement(from: .escrow(taskID: "t"), to: .peer(requester), amount: Credits(micro: 10_000_000), kind: .refund, taskID: "t",
-                memo: "no provider took it before it expired")
-        ])
+        #expect(
+            expired.movements == [
+                Movement(
+                    from: .escrow(taskID: "t"), to: .peer(requester), amount: Credits(micro: 10_000_000), kind: .refund,
+                    taskID: "t",
+                    memo: "no provider took it before it expired")
+            ])
     }
 
     @Test func disputesWaitForTheOperatorOrTheWindow() throws {
         let running = try machine.apply(.approve(by: provider), to: try assigned(), nowMs: 2).task
-        let delivered = try machine.apply(.deliver(by: provider, resultHash: String(repeating: "a", count: 64)), to: running, nowMs: 3).task
-        #expect(throws: MarketError.self) { try machine.apply(.dispute(by: requester, reason: "  "), to: delivered, nowMs: 4) }
+        let delivered = try machine.apply(
+            .deliver(by: provider, resultHash: String(repeating: "a", count: 64)), to: running, nowMs: 3
+        ).task
+        #expect(throws: MarketError.self) {
+            try machine.apply(.dispute(by: requester, reason: "  "), to: delivered, nowMs: 4)
+        }
         let disputed = try machine.apply(.dispute(by: requester, reason: "wrong answer"), to: delivered, nowMs: 4)
         #expect(disputed.movements.isEmpty && disputed.outcomes.isEmpty)
         let standing = ProviderStanding(settledJobs: 5, heldBack: .zero)
         let forRequester = try machine.apply(.resolve(forProvider: false, memo: "bad"), to: disputed.task, nowMs: 5)
         #expect(forRequester.task.state == .refunded)
-        #expect(forRequester.outcomes == [ReputationOutcome(peer: provider, success: false, taskID: "t", role: "provider")])
-        let lapsed = try machine.apply(.deadlinePassed, to: disputed.task, nowMs: disputed.task.deadlineMs!, provider: standing)
+        #expect(
+            forRequester.outcomes == [ReputationOutcome(peer: provider, success: false, taskID: "t", role: "provider")])
+        let lapsed = try machine.apply(
+            .deadlinePassed, to: disputed.task, nowMs: disputed.task.deadlineMs!, provider: standing)
         #expect(lapsed.task.state == .settled)
     }
 
@@ -161,10 +183,13 @@ import Testing
     }
 
     @Test func matchingOrdersByPriceThenReputationThenAge() {
-        func candidate(_ byte: UInt8, price: Int64, reputation: Double, created: Int64, slots: Int = 1, busy: Int = 0) -> OfferCandidate {
+        func candidate(_ byte: UInt8, price: Int64, reputation: Double, created: Int64, slots: Int = 1, busy: Int = 0)
+            -> OfferCandidate
+        {
             OfferCandidate(
                 offer: Offer(
-                    provider: PeerID(digestPrefix: [UInt8](repeating: byte, count: 20)), price: Credits(micro: price), slots: slots,
+                    provider: PeerID(digestPrefix: [UInt8](repeating: byte, count: 20)), price: Credits(micro: price),
+                    slots: slots,
                     models: [], minRequesterReputation: 0, createdMs: created),
                 busySlots: busy, providerReputation: reputation)
         }
@@ -173,11 +198,15 @@ import Testing
         let cheapBetter = candidate(21, price: 4, reputation: 0.7, created: 10)
         let cheapBetterOlder = candidate(22, price: 4, reputation: 0.7, created: 1)
         let cheapestBusy = candidate(23, price: 1, reputation: 0.9, created: 1, busy: 1)
-        let best = Matching.best(among: [cheap, cheapBetter, cheapBetterOlder, cheapestBusy], for: task, requesterReputation: 0.5)
+        let best = Matching.best(
+            among: [cheap, cheapBetter, cheapBetterOlder, cheapestBusy], for: task, requesterReputation: 0.5)
         #expect(best == cheapBetterOlder)
-        #expect(Matching.whyNoMatch(among: [], for: task, requesterReputation: 0.5) == "no provider has a standing offer")
+        #expect(
+            Matching.whyNoMatch(among: [], for: task, requesterReputation: 0.5) == "no provider has a standing offer")
         let pricey = candidate(24, price: 50_000_000, reputation: 0.5, created: 1)
         #expect(Matching.whyNoMatch(among: [pricey], for: task, requesterReputation: 0.5).contains("below every offer"))
-        #expect(Matching.whyNoMatch(among: [cheapestBusy], for: task, requesterReputation: 0.5) == "all providers' slots are busy")
+        #expect(
+            Matching.whyNoMatch(among: [cheapestBusy], for: task, requesterReputation: 0.5)
+                == "all providers' slots are busy")
     }
 }

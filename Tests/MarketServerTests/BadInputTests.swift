@@ -22,25 +22,36 @@ import Testing
                 // Framing and envelope checks.
                 #expect(try await a.refusedRaw("{not json") == "malformed")
                 #expect(try await a.refusedRaw(String(repeating: "x", count: 1_200_000)) == "frame_too_large")
-                #expect(try await a.refusedRaw(try alice.forged(type: "task.steal", body: "{}", ts: now)) == "unknown_type")
                 #expect(
-                    try await a.refusedRaw(try alice.forged(type: "ping", body: "{}", ts: now - 6 * 60_000)) == "stale_timestamp")
+                    try await a.refusedRaw(try alice.forged(type: "task.steal", body: "{}", ts: now)) == "unknown_type")
                 #expect(
-                    try await a.refusedRaw(try alice.forged(type: "ping", body: "{}", ts: now + 6 * 60_000)) == "future_timestamp")
+                    try await a.refusedRaw(try alice.forged(type: "ping", body: "{}", ts: now - 6 * 60_000))
+                        == "stale_timestamp")
+                #expect(
+                    try await a.refusedRaw(try alice.forged(type: "ping", body: "{}", ts: now + 6 * 60_000))
+                        == "future_timestamp")
                 var tampered = try JSONDecoder().decode(
                     Envelope.self, from: Data(try alice.forged(type: "ping", body: "{}", ts: now).utf8))
                 tampered.body = "{\"x\":1}"
-                #expect(try await a.refusedRaw(String(decoding: try JSONEncoder().encode(tampered), as: UTF8.self)) == "bad_signature")
+                #expect(
+                    try await a.refusedRaw(String(decoding: try JSONEncoder().encode(tampered), as: UTF8.self))
+                        == "bad_signature")
                 #expect(try await a.refusedRaw(try bob.forged(type: "ping", body: "{}", ts: now)) == "wrong_sender")
                 // Bodies that do not fit their type, and amounts.
-                #expect(try await a.refusedRaw(try alice.forged(type: "task.post", body: "{\"x\":1}", ts: now)) == "invalid_body")
+                #expect(
+                    try await a.refusedRaw(try alice.forged(type: "task.post", body: "{\"x\":1}", ts: now))
+                        == "invalid_body")
                 #expect(try await a.refused(.taskPost, PostBody(taskId: "t0", maxPrice: 0)) == "invalid_amount")
                 #expect(try await a.refused(.taskPost, PostBody(taskId: "t0", maxPrice: -5)) == "invalid_amount")
                 let huge = "{\"taskId\":\"t0\",\"maxPrice\":99999999999999999999}"
-                #expect(try await a.refusedRaw(try alice.forged(type: "task.post", body: huge, ts: now)) == "invalid_body")
-                #expect(try await a.refused(.taskPost, PostBody(taskId: "t0", maxPrice: micro(11))) == "insufficient_funds")
-                #expect(try await a.refused(.taskPost, PostBody(taskId: "../etc", maxPrice: micro(1))) == "invalid_body")
-                #expect(try await a.refused(.offerAdvertise, AdvertiseBody(price: micro(1), slots: 0)) == "invalid_body")
+                #expect(
+                    try await a.refusedRaw(try alice.forged(type: "task.post", body: huge, ts: now)) == "invalid_body")
+                #expect(
+                    try await a.refused(.taskPost, PostBody(taskId: "t0", maxPrice: micro(11))) == "insufficient_funds")
+                #expect(
+                    try await a.refused(.taskPost, PostBody(taskId: "../etc", maxPrice: micro(1))) == "invalid_body")
+                #expect(
+                    try await a.refused(.offerAdvertise, AdvertiseBody(price: micro(1), slots: 0)) == "invalid_body")
                 #expect(try await a.refused(.challenge, ChallengeBody(nonce: "x")) == "not_allowed")
                 // Market rules.
                 #expect(try await a.refused(.bidPlace, BidBody(taskId: "nothing", price: micro(1))) == "unknown_task")
@@ -50,14 +61,22 @@ import Testing
                 #expect(try await a.refused(.bidPlace, BidBody(taskId: "mine", price: micro(1))) == "own_task")
                 try await market.connect(bob) { b in
                     try await b.ok(.offerAdvertise, AdvertiseBody(price: micro(9), slots: 1))
-                    #expect(try await b.refused(.bidPlace, BidBody(taskId: "mine", price: micro(5))) == "price_above_max")
+                    #expect(
+                        try await b.refused(.bidPlace, BidBody(taskId: "mine", price: micro(5))) == "price_above_max")
                     #expect(try await b.refused(.taskCancel, TaskRefBody(taskId: "mine")) == "not_a_party")
                     try await b.ok(.bidPlace, BidBody(taskId: "mine", price: micro(3)))
                     #expect(try await a.refused(.jobApproved, TaskRefBody(taskId: "mine")) == "not_a_party")
                     try await market.connect(carol) { (c: MarketConnection) async throws in
                         #expect(try await c.refused(.jobAccept, TaskRefBody(taskId: "mine")) == "not_a_party")
-                        #expect(try await c.refused(.payloadDeliver, SealedBody(taskId: "mine", sealed: "eA==")) == "not_a_party")
-                        #expect(try await c.refused(.jobResult, ResultBody(taskId: "mine", sealed: "eA==", resultHash: String(repeating: "a", count: 64))) == "not_a_party")
+                        #expect(
+                            try await c.refused(.payloadDeliver, SealedBody(taskId: "mine", sealed: "eA=="))
+                                == "not_a_party")
+                        #expect(
+                            try await c.refused(
+                                .jobResult,
+                                ResultBody(
+                                    taskId: "mine", sealed: "eA==", resultHash: String(repeating: "a", count: 64)))
+                                == "not_a_party")
                     }
                     #expect(try await a.refused(.jobAccept, TaskRefBody(taskId: "mine")) == "invalid_state")
                     #expect(try await b.refused(.bidPlace, BidBody(taskId: "mine", price: micro(3))) == "invalid_state")
@@ -79,7 +98,8 @@ import Testing
             let alice = TestMarket.newPeer()
             let mallory = TestMarket.newPeer()
             try await market.connect(alice, authenticate: false) { (connection: MarketConnection) async throws in
-                #expect(try await connection.refused(.taskPost, PostBody(taskId: "t", maxPrice: 1)) == "not_authenticated")
+                #expect(
+                    try await connection.refused(.taskPost, PostBody(taskId: "t", maxPrice: 1)) == "not_authenticated")
             }
             // Hello as alice, then an auth signed by another key that claims to be alice.
             try await market.connect(alice, authenticate: false) { connection in
@@ -92,14 +112,18 @@ import Testing
                     type: "auth", id: "a1", from: alice.peerID.rawValue, ts: market.clock.nowMs,
                     nonce: nonce.base64EncodedString(), body: "{\"challenge\":\"\(challenge.nonce)\"}")
                 auth.sig = try mallory.identity.sign(auth.signingBytes).base64EncodedString()
-                #expect(try await connection.refusedRaw(String(decoding: try JSONEncoder().encode(auth), as: UTF8.self)) == "auth_failed")
+                #expect(
+                    try await connection.refusedRaw(String(decoding: try JSONEncoder().encode(auth), as: UTF8.self))
+                        == "auth_failed")
             }
             // A key document that is not the sender's.
             try await market.connect(mallory, authenticate: false) { connection in
                 let document = String(decoding: try PublicKeyDocument(ring: alice).encoded(), as: UTF8.self)
                 #expect(try await connection.refused(.hello, HelloBody(keyDocument: document)) == "auth_failed")
             }
-            #expect(try await market.store.read { try $0.peer(alice.peerID) } == nil, "no failed handshake registered a peer")
+            #expect(
+                try await market.store.read { try $0.peer(alice.peerID) } == nil,
+                "no failed handshake registered a peer")
         }
     }
 
@@ -109,7 +133,9 @@ import Testing
         let captured = try await TestMarket.with(directory: directory) { market in
             try await market.mint(alice.peerID, 10)
             return try await market.connect(alice) { connection in
-                let frame = try alice.forged(type: "task.post", body: "{\"maxPrice\":1000000,\"taskId\":\"r1\"}", ts: market.clock.nowMs, id: "m1")
+                let frame = try alice.forged(
+                    type: "task.post", body: "{\"maxPrice\":1000000,\"taskId\":\"r1\"}", ts: market.clock.nowMs,
+                    id: "m1")
                 try await connection.sendRaw(frame)
                 try (try await connection.answer(to: "m1")).throwIfError()
                 #expect(try await connection.refusedRaw(frame, ref: "m1") == "replayed_nonce")
@@ -120,7 +146,8 @@ import Testing
             try await market.connect(alice) { connection in
                 #expect(try await connection.refusedRaw(captured, ref: "m1") == "replayed_nonce")
                 // The same message id with a fresh nonce is a resend: the stored answer, no second action.
-                let again = try await connection.request(.taskPost, PostBody(taskId: "r1", maxPrice: micro(1)), id: "m1")
+                let again = try await connection.request(
+                    .taskPost, PostBody(taskId: "r1", maxPrice: micro(1)), id: "m1")
                 #expect(again.type == "ack")
             }
             #expect(try await market.balance(.peer(alice.peerID)) == Credits(whole: 9))

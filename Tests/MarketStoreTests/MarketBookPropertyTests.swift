@@ -21,7 +21,7 @@ import Testing
 
     static let peers = (1...6).map { PeerID(digestPrefix: [UInt8](repeating: UInt8($0 * 7), count: 20)) }
 
-    @Test(arguments: StoreTarget.allCases, [1, 2, 3])
+    @Test(arguments: StoreTarget.enabled, [1, 2, 3])
     func randomOperationsKeepTheLedgerWhole(target: StoreTarget, seed: UInt64) async throws {
         let directory = TemporaryDirectory("cmm-store")
         let store = try await target.make(in: directory)
@@ -50,8 +50,9 @@ import Testing
             let price = Int64.random(in: -2...400, using: &random) * 1_000_000
             let hash = String(repeating: "c", count: 64)
             // Weighted toward the path to settlement, so that every state is reached.
-            let operation = [0, 0, 1, 2, 2, 3, 4, 4, 5, 5, 5, 5, 6, 7, 7, 7, 7, 8, 8, 8, 9, 10, 11, 12, 13].randomElement(
-                using: &random)!
+            let operation = [0, 0, 1, 2, 2, 3, 4, 4, 5, 5, 5, 5, 6, 7, 7, 7, 7, 8, 8, 8, 9, 10, 11, 12, 13]
+                .randomElement(
+                    using: &random)!
             nowMs += Int64.random(in: 0...900, using: &random)
             let at = nowMs
             // Mostly the party that may act, sometimes anyone: both paths get exercised.
@@ -68,13 +69,16 @@ import Testing
                     switch operation {
                     case 0:
                         _ = try book.advertise(
-                            AdvertiseBody(price: max(price, 1) / 4, slots: Int.random(in: 1...2)), from: actor, nowMs: at, in: tx)
+                            AdvertiseBody(price: max(price, 1) / 4, slots: Int.random(in: 1...2)), from: actor,
+                            nowMs: at, in: tx)
                     case 1: _ = try book.withdraw(actor, in: tx)
                     case 2, 3:
                         let body = PostBody(taskId: "t\(step)", maxPrice: price)
                         try body.validate(limits: WireLimits())
                         _ = try book.post(body, from: actor, nowMs: at, in: tx)
-                    case 4: _ = try book.bid(BidBody(taskId: task, price: max(price, 1) / 8), from: actor, nowMs: at, in: tx)
+                    case 4:
+                        _ = try book.bid(
+                            BidBody(taskId: task, price: max(price, 1) / 8), from: actor, nowMs: at, in: tx)
                     case 5: _ = try book.apply(.approve(by: actor), toTask: task, nowMs: at, in: tx)
                     case 6: _ = try book.apply(.reject(by: actor, reason: "no"), toTask: task, nowMs: at, in: tx)
                     case 7: _ = try book.apply(.deliver(by: actor, resultHash: hash), toTask: task, nowMs: at, in: tx)
@@ -82,14 +86,17 @@ import Testing
                     case 9: _ = try book.apply(.dispute(by: actor, reason: "bad"), toTask: task, nowMs: at, in: tx)
                     case 10: _ = try book.apply(.fail(by: actor, reason: "crash"), toTask: task, nowMs: at, in: tx)
                     case 11: _ = try book.apply(.cancel(by: actor), toTask: task, nowMs: at, in: tx)
-                    case 12: _ = try book.apply(.resolve(forProvider: Bool.random(), memo: "op"), toTask: task, nowMs: at, in: tx)
+                    case 12:
+                        _ = try book.apply(
+                            .resolve(forProvider: Bool.random(), memo: "op"), toTask: task, nowMs: at, in: tx)
                     default: _ = try book.sweep(nowMs: at, in: tx)
                     }
                 }
             } catch is MarketError {
                 refusals += 1
                 let after = try await store.read { (try $0.allBalances(), try $0.allMovements().count) }
-                #expect(after.0 == before.0 && after.1 == before.1, "a refused operation \(operation) changed the books")
+                #expect(
+                    after.0 == before.0 && after.1 == before.1, "a refused operation \(operation) changed the books")
             }
             if operation == 2 || operation == 3, try await store.read({ try $0.task("t\(step)", lock: false) }) != nil {
                 taskIDs.append("t\(step)")

@@ -1,0 +1,350 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import Logging
+import MarketCore
+import MarketServer
+import MarketStore
+import NIOCore
+import Participant
+import ServiceLifecycle
+
+/// `market …`: run a market server and look after its books.
+struct MarketCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "market",
+        abstract: "Run a market server, check its ledger, credit accounts, and ask a market how it is.",
+        subcommands: [
+            MarketServeCommand.self, MarketVerifyCommand.self, MarketMintCommand.self, MarketResolveCommand.self,
+            MarketStatusCommand.self,
+        ]
+    )
+}
+
+/// `--db`, shared by the commands that open the books directly.
+struct MarketDatabaseOptions: ParsableArguments {
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Where the books are: sqlite:PATH or postgres://USER@HOST:PORT/DATABASE.",
+            discussion: "Default: sqlite:<data directory>/market.sqlite.", valueName: "db"))
+    var db: String?
+
+    func location() throws -> MarketDatabaseLocation {
+        if let db {
+            do { return try MarketDatabaseLocation(parsing: db) } catch { throw CLIError(error.message, exitCode: 2) }
+        }
+        let paths = ParticipantPaths(environment: ProcessInfo.processInfo.environment)
+        return .sqlite(path: paths.dataDirectory.appending(path: "market.sqlite").path)
+    }
+
+    func open() async throws -> any MarketStore {
+        switch try location() {
+        case .sqlite(let path):
+            return try SQLiteMarketStore(path: path)
+        case .postgres(let url):
+            return try await PostgresMarketStore.connect(url: url, logger: Logger(label: "cmm.market.store"))
+        }
+    }
+}
+
+/// Durations on the command line: `500ms`, `90s`, `5m`, `24h`, `7d`.
+enum DurationArgument {
+    static func milliseconds(_ text: String, option: String) throws -> Int64 {
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            let number = text.dropLast(suffix.count)
+            if let value = Int64(number), value > 0, value <= Int64.max / scale / 1000 { return value * scale }
+        }
+        throw CLIError(
+            "\(option) '\(text)' is not a duration: use a positive whole number with ms, s, m, h or d (90s, 24h)",
+            exitCode: 2)
+    }
+}
+
+struct MarketServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the market server until SIGTERM or Ctrl-C.",
+        discussion: """
+            Serves the signed WebSocket protocol at /market (docs/PROTOCOL.md), the read views \
+            /v1/stats, /v1/offers, /v1/tasks and /v1/peers/ID (docs/openapi.yaml), /health and /metrics. \
+            On SIGTERM it stops accepting, tells connected peers why, and finishes writes in flight.
+            """
+    )
+
+    @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @Option(help: "Port to listen on (0 picks a free one and prints it).") var port = 8080
+    @OptionGroup var database: MarketDatabaseOptions
+    @Option(name: .customLong("tls-cert"), help: "PEM certificate chain: serve wss:// and https://.") var tlsCert:
+        String?
+    @Option(name: .customLong("tls-key"), help: "PEM private key for --tls-cert.") var tlsKey: String?
+    @Flag(name: .customLong("no-dashboard"), help: "Do not serve the dashboard page at /.") var noDashboard = false
+    @Option(name: .customLong("fee-bp"), help: "Market fee in basis points of the price (0…10000).") var feeBasisPoints:
+        Int64 = 0
+    @Option(help: "How long a requester has to accept a result before it is accepted.") var acceptanceWindow = "24h"
+    @Option(help: "How long an assigned provider has to approve.") var approvalTimeout = "10m"
+    @Option(help: "How long an open task waits for a provider, unless it says otherwise.") var openTimeout = "1h"
+    @Option(help: "A provider silent this long loses its offers and its running tasks.") var heartbeatTimeout = "90s"
+    @Option(help: "How long a disputed task waits for `market resolve`.") var disputeWindow = "7d"
+    @Option(help: "Added to a task's own timeout before a running task counts as failed.") var runGrace = "60s"
+    @Option(help: "How often timeouts are applied.") var sweepInterval = "1s"
+    @Option(help: "Settled jobs before a provider leaves the new tier.") var holdbackJobs = 3
+    @Option(name: .customLong("holdback-bp"), help: "Share of a new provider's earnings held back, basis points.")
+    var holdbackBasisPoints: Int64 = 2000
+    @Option(help: "Reputation half-life.") var reputationHalfLife = "30d"
+    @Option(help: "Frames a second per connection before rate_limited.") var frameRate: Double = 200
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port \(port) must be 0…65535") }
+        guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
+        guard (0...10_000).contains(feeBasisPoints) else {
+            throw ValidationError("--fee-bp \(feeBasisPoints) must be 0…10000")
+        }
+        guard (0...10_000).contains(holdbackBasisPoints) else {
+            throw ValidationError("--holdback-bp \(holdbackBasisPoints) must be 0…10000")
+        }
+        guard (0...1000).contains(holdbackJobs) else {
+            throw ValidationError("--holdback-jobs \(holdbackJobs) must be 0…1000")
+        }
+        guard frameRate > 0, frameRate <= 100_000 else {
+            throw ValidationError("--frame-rate \(frameRate) must be 1…100000")
+        }
+    }
+
+    func run() async throws {
+        let rules = MarketRules(
+            feeBasisPoints: feeBasisPoints,
+            acceptanceWindowMs: try DurationArgument.milliseconds(acceptanceWindow, option: "--acceptance-window"),
+            approvalTimeoutMs: try DurationArgument.milliseconds(approvalTimeout, option: "--approval-timeout"),
+            runGraceMs: try DurationArgument.milliseconds(runGrace, option: "--run-grace"),
+            openTimeoutMs: try DurationArgument.milliseconds(openTimeout, option: "--open-timeout"),
+            heartbeatTimeoutMs: try DurationArgument.milliseconds(heartbeatTimeout, option: "--heartbeat-timeout"),
+            disputeWindowMs: try DurationArgument.milliseconds(disputeWindow, option: "--dispute-window"),
+            holdbackJobs: holdbackJobs, holdbackBasisPoints: holdbackBasisPoints,
+            reputationHalfLifeMs: try DurationArgument.milliseconds(
+                reputationHalfLife, option: "--reputation-half-life"))
+        var configuration = MarketServerConfiguration(host: host, port: port, rules: rules)
+        configuration.sweepIntervalMs = try DurationArgument.milliseconds(sweepInterval, option: "--sweep-interval")
+        configuration.frameRate = frameRate
+        configuration.frameBurst = frameRate * 2
+        configuration.dashboard = !noDashboard
+        configuration.tlsCertificatePath = tlsCert
+        configuration.tlsKeyPath = tlsKey
+        var logger = Logger(label: "cmm.market")
+        logger.logLevel = .notice
+        let location = try database.location()
+        let store = try await database.open()
+        let scheme = tlsCert == nil ? "ws" : "wss"
+        let host = self.host
+        let server = try MarketServer(
+            configuration: configuration, store: store, logger: logger,
+            onRunning: { port in
+                Output.note("market listening on \(scheme)://\(host):\(port)/market (books: \(location))")
+            })
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            try? await store.close()
+            throw CLIError("the market stopped: \(error)")
+        }
+        try await store.close()
+        Output.note("market stopped")
+    }
+}
+
+struct MarketVerifyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check the books: the ledger balances, every row is sound, final tasks hold no escrow.",
+        discussion: "Exits 1 naming each discrepancy. Safe to run beside a running market (SQLite: WAL snapshot)."
+    )
+
+    @OptionGroup var database: MarketDatabaseOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let store = try await database.open()
+        let book = MarketBook(rules: MarketRules())
+        let audit = try await store.read { try book.audit(in: $0) }
+        try await store.close()
+        if json {
+            try Output.json(audit)
+        } else {
+            Output.line("minted        \(audit.minted)")
+            Output.line("in accounts   \(audit.accountsTotal)")
+            Output.line("in escrow     \(audit.inEscrow)")
+            Output.line("held back     \(audit.heldBack)")
+            Output.line("fees          \(audit.fees)")
+            Output.line("ledger rows   \(audit.movements)")
+            for problem in audit.discrepancies {
+                Output.line("DISCREPANCY   \(problem.kind) \(problem.subject): \(problem.detail)")
+            }
+            Output.line(
+                audit.balanced
+                    ? "the books balance" : "the books do NOT balance: \(audit.discrepancies.count) discrepancies")
+        }
+        if !audit.balanced { throw ExitCode(1) }
+    }
+}
+
+struct MarketMintCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mint",
+        abstract: "Credit a peer's account from the mint (an operator action, one ledger row with a memo)."
+    )
+
+    @Option(help: "The peer id to credit (32 characters of base32).") var to: String
+    @Option(help: "Whole credits, up to six decimals (e.g. 100 or 2.5).") var amount: String
+    @Option(help: "Why, kept on the ledger row.") var memo = "operator mint"
+    @OptionGroup var database: MarketDatabaseOptions
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        _ = try parsed()
+    }
+
+    func parsed() throws -> (PeerID, Credits) {
+        let peer: PeerID
+        do { peer = try PeerID(validating: to) } catch { throw ValidationError("--to: \(error)") }
+        let credits: Credits
+        do { credits = try Credits(parsing: amount) } catch { throw ValidationError("--amount: \(error)") }
+        guard credits.micro > 0 else { throw ValidationError("--amount '\(amount)' must be above zero") }
+        guard memo.count <= 200 else { throw ValidationError("--memo is longer than 200 characters") }
+        return (peer, credits)
+    }
+
+    struct Report: Codable {
+        var peer: String
+        var amount: String
+        var balance: String
+        var balanceMicro: Int64
+    }
+
+    func run() async throws {
+        let (peer, credits) = try parsed()
+        let store = try await database.open()
+        let book = MarketBook(rules: MarketRules())
+        let memo = self.memo
+        let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+        let balance: Credits
+        do {
+            balance = try await store.write {
+                try book.mint(to: peer, amount: credits, memo: memo, nowMs: nowMs, in: $0)
+            }
+        } catch let error as MarketError {
+            try await store.close()
+            throw CLIError(error.message)
+        }
+        try await store.close()
+        let report = Report(
+            peer: peer.rawValue, amount: credits.description, balance: balance.description, balanceMicro: balance.micro)
+        if json { try Output.json(report) } else { Output.line("minted \(credits) to \(peer); balance \(balance)") }
+    }
+}
+
+struct MarketResolveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resolve",
+        abstract:
+            "Decide a disputed task: pay the provider, or refund the requester (the provider's reputation records a failure)."
+    )
+
+    @Option(name: .customLong("task-id"), help: "The disputed task.") var taskID: String
+    @Option(name: .customLong("for"), help: "provider or requester.") var side: String
+    @Option(help: "Why, kept with the task.") var memo: String
+    @OptionGroup var database: MarketDatabaseOptions
+
+    func validate() throws {
+        guard side == "provider" || side == "requester" else {
+            throw ValidationError("--for '\(side)' must be provider or requester")
+        }
+        do { try WireField.taskID(taskID) } catch { throw ValidationError(error.message) }
+        guard !memo.isEmpty, memo.count <= 500 else { throw ValidationError("--memo must be 1–500 characters") }
+    }
+
+    func run() async throws {
+        let store = try await database.open()
+        let book = MarketBook(rules: MarketRules())
+        let (taskID, forProvider, memo) = (self.taskID, side == "provider", self.memo)
+        let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+        do {
+            let transitions = try await store.write {
+                try book.apply(.resolve(forProvider: forProvider, memo: memo), toTask: taskID, nowMs: nowMs, in: $0)
+            }
+            try await store.close()
+            Output.line("task \(taskID) is \(transitions.last?.task.state.rawValue ?? "unchanged")")
+        } catch let error as MarketError {
+            try await store.close()
+            throw CLIError(error.message)
+        }
+    }
+}
+
+struct MarketStatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "What the market at market.url reports: health, counts, books, version."
+    )
+
+    @Option(help: "The market's WebSocket URL (default: the market.url config key).") var url: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Report: Codable {
+        var url: String
+        var health: MarketViews.HealthView
+        var stats: MarketViews.StatsView
+    }
+
+    func run() async throws {
+        let context = CommandContext()
+        let marketURL = try url ?? context.config().text(.marketURL)
+        let base = try Self.httpBase(of: marketURL)
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        do {
+            let health = try await Self.get(MarketViews.HealthView.self, base + "/health", client: client)
+            let stats = try await Self.get(MarketViews.StatsView.self, base + "/v1/stats", client: client)
+            try await client.shutdown()
+            let report = Report(url: marketURL, health: health, stats: stats)
+            if json {
+                try Output.json(report)
+                return
+            }
+            Output.line("market       \(marketURL) (\(health.status), version \(health.version), \(health.backend))")
+            Output.line(
+                "uptime       \(health.uptimeSeconds) s, \(health.connections) connections, \(stats.peers) peers")
+            Output.line("offers       \(stats.offers) (\(stats.freeSlots) free slots)")
+            let tasks = stats.tasks.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            Output.line("tasks        \(tasks)")
+            Output.line(
+                "minted       \(Credits(micro: stats.minted)); in escrow \(Credits(micro: stats.inEscrow)); held back \(Credits(micro: stats.heldBack)); fees \(Credits(micro: stats.fees))"
+            )
+            Output.line(
+                "books        \(stats.ledgerBalanced ? "balanced" : "NOT balanced (\(stats.discrepancies) discrepancies)")"
+            )
+        } catch {
+            try? await client.shutdown()
+            if let error = error as? CLIError { throw error }
+            throw CLIError("the market at \(marketURL) did not answer: \(error)")
+        }
+    }
+
+    static func httpBase(of url: String) throws -> String {
+        guard var components = URLComponents(string: url), let scheme = components.scheme,
+            scheme == "ws" || scheme == "wss", components.host != nil
+        else { throw CLIError("'\(url)' is not a ws:// or wss:// URL", exitCode: 2) }
+        components.scheme = scheme == "wss" ? "https" : "http"
+        components.path = ""
+        return components.string ?? url
+    }
+
+    static func get<T: Decodable>(_ type: T.Type, _ url: String, client: HTTPClient) async throws -> T {
+        let response = try await client.execute(HTTPClientRequest(url: url), timeout: .seconds(10))
+        let body = try await response.body.collect(upTo: 4 << 20)
+        guard response.status == .ok else { throw CLIError("\(url) answered \(response.status.code)") }
+        return try JSONDecoder().decode(T.self, from: Data(buffer: body))
+    }
+}

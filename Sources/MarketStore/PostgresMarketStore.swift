@@ -1,0 +1,578 @@
+import Foundation
+import Logging
+import MarketCore
+import NIOCore
+import NIOPosix
+import PostgresNIO
+import Synchronization
+
+/// The market's books on PostgreSQL, for several `market serve` processes on one database.
+///
+/// A transaction runs the same synchronous `MarketTransaction` code as SQLite, on a thread of
+/// its own (`NIOThreadPool`, never the concurrency pool) that holds one connection from BEGIN
+/// to COMMIT. Rows that decide a race are locked (`SELECT … FOR UPDATE`), so exactly one of two
+/// instances wins a task; a deadlock or serialization failure is retried from the start.
+public final class PostgresMarketStore: MarketStore, MarketRelay {
+    public var backendName: String { "postgres" }
+    let connections: [PostgresConnection]
+    private let free: Mutex<[Int]>
+    private let available: DispatchSemaphore
+    let threads: NIOThreadPool
+    let logger: Logger
+    /// The connection that LISTENs for messages to peers connected here.
+    let listener: PostgresConnection
+
+    init(connections: [PostgresConnection], listener: PostgresConnection, logger: Logger) {
+        self.connections = connections
+        self.listener = listener
+        self.free = Mutex(Array(connections.indices))
+        self.available = DispatchSemaphore(value: connections.count)
+        self.threads = NIOThreadPool(numberOfThreads: connections.count)
+        self.threads.start()
+        self.logger = logger
+    }
+
+    /// Connects `size` connections (plus one listener) and creates the schema when missing.
+    public static func connect(url: String, size: Int = 8, logger: Logger) async throws -> PostgresMarketStore {
+        let configuration = try configuration(from: url)
+        var connections: [PostgresConnection] = []
+        do {
+            for index in 0...size {
+                connections.append(
+                    try await PostgresConnection.connect(configuration: configuration, id: index, logger: logger))
+            }
+        } catch {
+            for connection in connections { try? await connection.close() }
+            throw MarketError(
+                .unavailable,
+                "cannot connect to PostgreSQL at \(MarketDatabaseLocation.postgres(url: url)): \(String(reflecting: error))"
+            )
+        }
+        let store = PostgresMarketStore(
+            connections: Array(connections.dropFirst()), listener: connections[0], logger: logger)
+        try await store.migrate()
+        return store
+    }
+
+    static func configuration(from url: String) throws -> PostgresConnection.Configuration {
+        guard let components = URLComponents(string: url), let host = components.host else {
+            throw MarketError(
+                .invalidBody, "'\(MarketDatabaseLocation.postgres(url: url))' is not postgres://USER@HOST:PORT/DATABASE"
+            )
+        }
+        let database = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
+        return PostgresConnection.Configuration(
+            host: host, port: components.port ?? 5432, username: components.user ?? "postgres",
+            password: components.password, database: database.isEmpty ? nil : database, tls: .disable)
+    }
+
+    func migrate() async throws {
+        try await threads.runIfActive { [self] in
+            try withConnection { connection in
+                // One migrator at a time across instances.
+                _ = try connection.query("SELECT pg_advisory_lock(734205)", logger: logger).wait()
+                defer { _ = try? connection.query("SELECT pg_advisory_unlock(734205)", logger: logger).wait() }
+                for statement in MarketSchema.postgres {
+                    _ = try connection.query(PostgresQuery(unsafeSQL: statement), logger: logger).wait()
+                }
+            }
+        }
+    }
+
+    private func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
+        available.wait()
+        let index = free.withLock { $0.removeLast() }
+        defer {
+            free.withLock { $0.append(index) }
+            available.signal()
+        }
+        return try body(connections[index])
+    }
+
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
+        try await transaction(body)
+    }
+
+    public func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
+        try await transaction(body)
+    }
+
+    private func transaction<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws
+        -> T
+    {
+        try await threads.runIfActive { [self] in
+            try withConnection { connection in
+                var attempt = 0
+                while true {
+                    attempt += 1
+                    let tx = PostgresMarketTransaction(connection: connection, logger: logger)
+                    do {
+                        try tx.run("BEGIN")
+                        let result = try body(tx)
+                        try tx.run("COMMIT")
+                        return result
+                    } catch {
+                        _ = try? tx.run("ROLLBACK")
+                        if attempt < 8, let code = (error as? PSQLError)?.serverInfo?[.sqlState],
+                            code == "40P01" || code == "40001"
+                        {
+                            continue
+                        }
+                        throw error
+                    }
+                }
+            }
+        }
+    }
+
+    public func close() async throws {
+        for connection in connections { try? await connection.close() }
+        try? await listener.close()
+        try? await threads.shutdownGracefully()
+    }
+
+    // MARK: Messages between instances
+
+    /// Queues `text` for `peer` on whichever instance it is connected to; returns the relay id.
+    public func publish(_ text: String, to peer: PeerID) async throws {
+        try await write { tx in
+            try (tx as! PostgresMarketTransaction).relay(text, to: peer)
+        }
+    }
+
+    /// Calls `deliver` with every message another instance published, until cancelled.
+    public func listen(_ deliver: @escaping @Sendable (PeerID, String) -> Void) async throws {
+        try await listener.listen(on: "cmm_relay") { notifications in
+            for try await notification in notifications {
+                guard let id = Int64(notification.payload) else { continue }
+                let row = try await read { tx in try (tx as! PostgresMarketTransaction).relayed(id) }
+                if let row, let peer = try? PeerID(validating: row.peer) { deliver(peer, row.text) }
+            }
+        }
+    }
+}
+
+extension MarketSchema {
+    static let postgres: [String] = [
+        """
+        CREATE TABLE IF NOT EXISTS peers (
+            id TEXT PRIMARY KEY, key_document TEXT NOT NULL, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL,
+            audit_head TEXT, rep_s DOUBLE PRECISION NOT NULL DEFAULT 0, rep_f DOUBLE PRECISION NOT NULL DEFAULT 0,
+            rep_n INTEGER NOT NULL DEFAULT 0, rep_at BIGINT NOT NULL DEFAULT 0, settled_jobs INTEGER NOT NULL DEFAULT 0)
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS accounts (
+            name TEXT PRIMARY KEY, balance BIGINT NOT NULL, CHECK (balance >= 0 OR name = 'mint'))
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS ledger (
+            id BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, debit TEXT NOT NULL, credit TEXT NOT NULL,
+            amount BIGINT NOT NULL CHECK (amount > 0), kind TEXT NOT NULL, task_id TEXT, memo TEXT,
+            CHECK (debit <> credit))
+        """,
+        "CREATE INDEX IF NOT EXISTS ledger_debit ON ledger(debit)",
+        "CREATE INDEX IF NOT EXISTS ledger_credit ON ledger(credit)",
+        """
+        CREATE OR REPLACE FUNCTION ledger_append_only() RETURNS trigger AS $$
+        BEGIN RAISE EXCEPTION 'the ledger is append-only'; END $$ LANGUAGE plpgsql
+        """,
+        "DROP TRIGGER IF EXISTS ledger_no_change ON ledger",
+        "CREATE TRIGGER ledger_no_change BEFORE UPDATE OR DELETE ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_append_only()",
+        """
+        CREATE TABLE IF NOT EXISTS offers (
+            provider TEXT PRIMARY KEY, price BIGINT NOT NULL, slots INTEGER NOT NULL, models TEXT NOT NULL,
+            min_requester_rep DOUBLE PRECISION NOT NULL, created BIGINT NOT NULL)
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS tasks (
+            id TEXT PRIMARY KEY, requester TEXT NOT NULL, provider TEXT, state TEXT NOT NULL, deadline BIGINT,
+            created BIGINT NOT NULL, price BIGINT, data TEXT NOT NULL, payload TEXT, result TEXT)
+        """,
+        "CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, created)",
+        "CREATE INDEX IF NOT EXISTS tasks_provider ON tasks(provider, state)",
+        "CREATE INDEX IF NOT EXISTS tasks_requester ON tasks(requester, state)",
+        "CREATE INDEX IF NOT EXISTS tasks_deadline ON tasks(deadline) WHERE deadline IS NOT NULL",
+        """
+        CREATE TABLE IF NOT EXISTS outcomes (
+            id BIGSERIAL PRIMARY KEY, peer TEXT NOT NULL, task_id TEXT NOT NULL, role TEXT NOT NULL,
+            success BOOLEAN NOT NULL, at BIGINT NOT NULL)
+        """,
+        "CREATE INDEX IF NOT EXISTS outcomes_peer ON outcomes(peer, id)",
+        """
+        CREATE TABLE IF NOT EXISTS nonces (
+            peer TEXT NOT NULL, nonce TEXT NOT NULL, expires BIGINT NOT NULL, PRIMARY KEY (peer, nonce))
+        """,
+        "CREATE INDEX IF NOT EXISTS nonces_expires ON nonces(expires)",
+        """
+        CREATE TABLE IF NOT EXISTS messages (
+            peer TEXT NOT NULL, id TEXT NOT NULL, result TEXT NOT NULL, at BIGINT NOT NULL, PRIMARY KEY (peer, id))
+        """,
+        "CREATE INDEX IF NOT EXISTS messages_at ON messages(at)",
+        """
+        CREATE TABLE IF NOT EXISTS relay (
+            id BIGSERIAL PRIMARY KEY, peer TEXT NOT NULL, text TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())
+        """,
+    ]
+}
+
+/// `MarketTransaction` on one PostgreSQL connection inside BEGIN … COMMIT.
+struct PostgresMarketTransaction: MarketTransaction {
+    let connection: PostgresConnection
+    let logger: Logger
+
+    @discardableResult
+    func query(_ query: PostgresQuery) throws -> PostgresQueryResult {
+        do {
+            return try connection.query(query, logger: logger).wait()
+        } catch let error as PSQLError {
+            if error.serverInfo?[.sqlState] == "23514" {
+                throw MarketError(.insufficientFunds, "the movement would take an account below zero")
+            }
+            throw error
+        }
+    }
+
+    func run(_ sql: String) throws {
+        try query(PostgresQuery(unsafeSQL: sql))
+    }
+
+    func affected(_ result: PostgresQueryResult) -> Int { result.metadata.rows ?? 0 }
+
+    func relay(_ text: String, to peer: PeerID) throws {
+        let result = try query("INSERT INTO relay (peer, text) VALUES (\(peer.rawValue), \(text)) RETURNING id")
+        let id = try result.rows.first!.decode(Int64.self)
+        try run("NOTIFY cmm_relay, '\(id)'")
+        try query("DELETE FROM relay WHERE at < now() - interval '5 minutes'")
+    }
+
+    func relayed(_ id: Int64) throws -> (peer: String, text: String)? {
+        try query("SELECT peer, text FROM relay WHERE id = \(id)").rows.first.map {
+            try $0.decode((String, String).self)
+        }
+    }
+
+    // MARK: Peers
+
+    func peer(_ id: PeerID) throws -> PeerRecord? {
+        try query(
+            """
+            SELECT key_document, first_seen, last_seen, audit_head, rep_s, rep_f, rep_n, rep_at, settled_jobs
+            FROM peers WHERE id = \(id.rawValue)
+            """
+        ).rows.first.map { row in
+            let (document, first, last, head, s, f, n, at, settled) = try row.decode(
+                (String, Int64, Int64, String?, Double, Double, Int, Int64, Int).self)
+            return PeerRecord(
+                id: id, keyDocument: document, firstSeenMs: first, lastSeenMs: last, auditHead: head,
+                reputation: Reputation(successes: s, failures: f, samples: n, atMs: at), settledJobs: settled)
+        }
+    }
+
+    func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) throws {
+        try query(
+            """
+            INSERT INTO peers (id, key_document, first_seen, last_seen) VALUES (\(id.rawValue), \(keyDocument), \(nowMs), \(nowMs))
+            ON CONFLICT (id) DO UPDATE SET key_document = EXCLUDED.key_document, last_seen = EXCLUDED.last_seen
+            """)
+    }
+
+    func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) throws {
+        try query(
+            "UPDATE peers SET last_seen = \(nowMs), audit_head = coalesce(\(auditHead), audit_head) WHERE id = \(id.rawValue)"
+        )
+    }
+
+    func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) throws {
+        try query(
+            """
+            UPDATE peers SET rep_s = \(reputation.successes), rep_f = \(reputation.failures), rep_n = \(reputation.samples),
+            rep_at = \(reputation.atMs), settled_jobs = \(settledJobs) WHERE id = \(id.rawValue)
+            """)
+    }
+
+    func peerCount() throws -> Int {
+        try query("SELECT count(*)::INT FROM peers").rows.first!.decode(Int.self)
+    }
+
+    func silentProviders(lastSeenBefore cutoffMs: Int64) throws -> [PeerID] {
+        try query(
+            """
+            SELECT id FROM peers WHERE last_seen < \(cutoffMs) AND (
+                id IN (SELECT provider FROM offers)
+                OR id IN (SELECT provider FROM tasks WHERE state IN ('assigned', 'running')))
+            """
+        ).rows.compactMap { try? PeerID(validating: try $0.decode(String.self)) }
+    }
+
+    // MARK: Replay cache and idempotency
+
+    func insertNonce(peer: String, nonce: String, expiresMs: Int64) throws -> Bool {
+        affected(
+            try query(
+                "INSERT INTO nonces (peer, nonce, expires) VALUES (\(peer), \(nonce), \(expiresMs)) ON CONFLICT DO NOTHING"
+            ))
+            == 1
+    }
+
+    func nonceCount() throws -> Int {
+        try query("SELECT count(*)::INT FROM nonces").rows.first!.decode(Int.self)
+    }
+
+    func purgeNonces(expiredBefore nowMs: Int64) throws -> Int {
+        affected(try query("DELETE FROM nonces WHERE expires < \(nowMs)"))
+    }
+
+    func messageResult(peer: PeerID, id: String) throws -> String? {
+        try query("SELECT result FROM messages WHERE peer = \(peer.rawValue) AND id = \(id)").rows.first?.decode(
+            String.self)
+    }
+
+    func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) throws {
+        try query("INSERT INTO messages (peer, id, result, at) VALUES (\(peer.rawValue), \(id), \(result), \(nowMs))")
+    }
+
+    func purgeMessages(before cutoffMs: Int64) throws {
+        try query("DELETE FROM messages WHERE at < \(cutoffMs)")
+    }
+
+    // MARK: Ledger
+
+    func balance(_ account: Account) throws -> Credits {
+        Credits(
+            micro: try query("SELECT balance FROM accounts WHERE name = \(account.description)").rows.first?.decode(
+                Int64.self)
+                ?? 0)
+    }
+
+    func insertMovement(_ movement: Movement, nowMs: Int64) throws {
+        let amount = movement.amount.micro
+        guard amount > 0 else {
+            throw MarketError(.invalidAmount, "a ledger movement must be positive, not \(movement.amount)")
+        }
+        let debit = movement.from.description
+        let credit = movement.to.description
+        // Lock the debited row, then move by increments: concurrent movements on one account add up.
+        let from =
+            try query("SELECT balance FROM accounts WHERE name = \(debit) FOR UPDATE").rows.first?.decode(Int64.self)
+            ?? 0
+        let (remaining, overflow) = from.subtractingReportingOverflow(amount)
+        guard !overflow else { throw MarketError(.invalidAmount, "moving \(movement.amount) overflows \(debit)") }
+        if remaining < 0, !movement.from.mayGoNegative {
+            throw MarketError(
+                .insufficientFunds, "\(debit) holds \(Credits(micro: from)), less than \(movement.amount)")
+        }
+        try query(
+            """
+            INSERT INTO ledger (at, debit, credit, amount, kind, task_id, memo)
+            VALUES (\(nowMs), \(debit), \(credit), \(amount), \(movement.kind.rawValue), \(movement.taskID), \(movement.memo))
+            """)
+        // An UPDATE, not an upsert: PostgreSQL checks the proposed row (−amount) before ON CONFLICT.
+        if affected(try query("UPDATE accounts SET balance = balance - \(amount) WHERE name = \(debit)")) == 0 {
+            try query("INSERT INTO accounts (name, balance) VALUES (\(debit), \(-amount))")
+        }
+        do {
+            try query(
+                """
+                INSERT INTO accounts (name, balance) VALUES (\(credit), \(amount))
+                ON CONFLICT (name) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance
+                """)
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "22003" {
+            throw MarketError(.invalidAmount, "moving \(movement.amount) overflows \(credit)")
+        }
+    }
+
+    func allMovements() throws -> [(id: Int64, from: String, to: String, amountMicro: Int64)] {
+        try query("SELECT id, debit, credit, amount FROM ledger ORDER BY id").rows.map { row in
+            let (id, from, to, amount) = try row.decode((Int64, String, String, Int64).self)
+            return (id, from, to, amount)
+        }
+    }
+
+    func allBalances() throws -> [String: Int64] {
+        var balances: [String: Int64] = [:]
+        for row in try query("SELECT name, balance FROM accounts").rows {
+            let (name, balance) = try row.decode((String, Int64).self)
+            balances[name] = balance
+        }
+        return balances
+    }
+
+    func movements(account: String, limit: Int) throws -> [Movement] {
+        try query(
+            """
+            SELECT debit, credit, amount, kind, task_id, memo FROM ledger WHERE debit = \(account) OR credit = \(account)
+            ORDER BY id DESC LIMIT \(limit)
+            """
+        ).rows.compactMap { row in
+            let (debit, credit, amount, kind, task, memo) = try row.decode(
+                (String, String, Int64, String, String?, String?).self)
+            guard let from = Account(debit), let to = Account(credit), let kind = MovementKind(rawValue: kind) else {
+                return nil
+            }
+            return Movement(from: from, to: to, amount: Credits(micro: amount), kind: kind, taskID: task, memo: memo)
+        }
+    }
+
+    // MARK: Offers
+
+    func offer(of provider: PeerID) throws -> Offer? {
+        try query(
+            "SELECT provider, price, slots, models, min_requester_rep, created FROM offers WHERE provider = \(provider.rawValue)"
+        )
+        .rows.first.map(Self.offer)
+    }
+
+    func offers(lock: Bool) throws -> [Offer] {
+        let sql: PostgresQuery =
+            lock
+            ? "SELECT provider, price, slots, models, min_requester_rep, created FROM offers ORDER BY provider FOR UPDATE"
+            : "SELECT provider, price, slots, models, min_requester_rep, created FROM offers ORDER BY price, created"
+        return try query(sql).rows.map(Self.offer)
+    }
+
+    static func offer(_ row: PostgresRow) throws -> Offer {
+        let (provider, price, slots, models, minimum, created) = try row.decode(
+            (String, Int64, Int, String, Double, Int64).self)
+        return Offer(
+            provider: try PeerID(validating: provider), price: Credits(micro: price), slots: slots,
+            models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created)
+    }
+
+    func putOffer(_ offer: Offer) throws {
+        try query(
+            """
+            INSERT INTO offers (provider, price, slots, models, min_requester_rep, created)
+            VALUES (\(offer.provider.rawValue), \(offer.price.micro), \(offer.slots), \(TaskCoding.models(offer.models)),
+                    \(offer.minRequesterReputation), \(offer.createdMs))
+            ON CONFLICT (provider) DO UPDATE SET price = EXCLUDED.price, slots = EXCLUDED.slots, models = EXCLUDED.models,
+                min_requester_rep = EXCLUDED.min_requester_rep
+            """)
+    }
+
+    func deleteOffer(of provider: PeerID) throws -> Bool {
+        affected(try query("DELETE FROM offers WHERE provider = \(provider.rawValue)")) > 0
+    }
+
+    func busySlots(of provider: PeerID) throws -> Int {
+        try query(
+            "SELECT count(*)::INT FROM tasks WHERE provider = \(provider.rawValue) AND state IN ('assigned', 'running')"
+        ).rows.first!.decode(Int.self)
+    }
+
+    // MARK: Tasks
+
+    func task(_ id: String, lock: Bool) throws -> MarketTask? {
+        let sql: PostgresQuery =
+            lock ? "SELECT data FROM tasks WHERE id = \(id) FOR UPDATE" : "SELECT data FROM tasks WHERE id = \(id)"
+        return try query(sql).rows.first.map { try TaskCoding.decode(try $0.decode(String.self)) }
+    }
+
+    func insertTask(_ task: MarketTask) throws {
+        let data = try TaskCoding.encode(task)
+        do {
+            try query(
+                """
+                INSERT INTO tasks (id, requester, provider, state, deadline, created, price, data)
+                VALUES (\(task.id), \(task.requester.rawValue), \(task.provider?.rawValue), \(task.state.rawValue),
+                        \(task.deadlineMs), \(task.createdMs), \(task.price?.micro), \(data))
+                """)
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
+            throw MarketError(.duplicateTask, "task \(task.id) already exists: choose a new taskId")
+        }
+    }
+
+    func updateTask(_ task: MarketTask) throws {
+        try query(
+            """
+            UPDATE tasks SET provider = \(task.provider?.rawValue), state = \(task.state.rawValue), deadline = \(task.deadlineMs),
+            price = \(task.price?.micro), data = \(try TaskCoding.encode(task)) WHERE id = \(task.id)
+            """)
+    }
+
+    func tasks(state: TaskState?, limit: Int) throws -> [MarketTask] {
+        let limit = min(limit, Int(Int32.max))
+        let sql: PostgresQuery =
+            if let state {
+                "SELECT data FROM tasks WHERE state = \(state.rawValue) ORDER BY created LIMIT \(limit)"
+            } else {
+                "SELECT data FROM tasks ORDER BY created DESC LIMIT \(limit)"
+            }
+        return try query(sql).rows.map { try TaskCoding.decode(try $0.decode(String.self)) }
+    }
+
+    func tasks(of peer: PeerID, states: [TaskState]) throws -> [MarketTask] {
+        try query(
+            """
+            SELECT data FROM tasks WHERE (provider = \(peer.rawValue) OR requester = \(peer.rawValue))
+            AND state = ANY(\(states.map(\.rawValue))) ORDER BY created
+            """
+        ).rows.map { try TaskCoding.decode(try $0.decode(String.self)) }
+    }
+
+    func tasksDue(nowMs: Int64, limit: Int) throws -> [String] {
+        try query(
+            "SELECT id FROM tasks WHERE deadline IS NOT NULL AND deadline <= \(nowMs) ORDER BY deadline LIMIT \(limit)"
+        ).rows.map { try $0.decode(String.self) }
+    }
+
+    func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) throws {
+        switch kind {
+        case .payload: try query("UPDATE tasks SET payload = \(frame) WHERE id = \(taskID)")
+        case .result: try query("UPDATE tasks SET result = \(frame) WHERE id = \(taskID)")
+        }
+    }
+
+    func frame(taskID: String, kind: TaskFrameKind) throws -> String? {
+        let sql: PostgresQuery =
+            switch kind {
+            case .payload: "SELECT payload FROM tasks WHERE id = \(taskID)"
+            case .result: "SELECT result FROM tasks WHERE id = \(taskID)"
+            }
+        return try query(sql).rows.first?.decode(String?.self)
+    }
+
+    func taskCounts() throws -> [String: Int] {
+        var counts: [String: Int] = [:]
+        for row in try query("SELECT state, count(*)::INT FROM tasks GROUP BY state").rows {
+            let (state, count) = try row.decode((String, Int).self)
+            counts[state] = count
+        }
+        return counts
+    }
+
+    func settledVolume() throws -> Int64 {
+        try query("SELECT coalesce(sum(price), 0)::BIGINT FROM tasks WHERE state = 'settled'").rows.first!.decode(
+            Int64.self)
+    }
+
+    // MARK: Reputation history
+
+    func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) throws {
+        try query(
+            """
+            INSERT INTO outcomes (peer, task_id, role, success, at)
+            VALUES (\(outcome.peer.rawValue), \(outcome.taskID), \(outcome.role), \(outcome.success), \(nowMs))
+            """)
+    }
+
+    func outcomes(of peer: PeerID, limit: Int) throws -> [(outcome: ReputationOutcome, atMs: Int64)] {
+        try query(
+            "SELECT task_id, role, success, at FROM outcomes WHERE peer = \(peer.rawValue) ORDER BY id DESC LIMIT \(limit)"
+        ).rows.map { row in
+            let (task, role, success, at) = try row.decode((String, String, Bool, Int64).self)
+            return (ReputationOutcome(peer: peer, success: success, taskID: task, role: role), at)
+        }
+    }
+
+    func savepoint<T>(_ body: () throws -> T) throws -> T {
+        try run("SAVEPOINT step")
+        do {
+            let result = try body()
+            try run("RELEASE SAVEPOINT step")
+            return result
+        } catch {
+            try run("ROLLBACK TO SAVEPOINT step")
+            throw error
+        }
+    }
+}

@@ -1,0 +1,83 @@
+import Foundation
+import MarketClient
+import MarketCore
+import Synchronization
+import Testing
+
+/// Releases every waiter at once, after all of them have arrived.
+actor Gate {
+    private var arrived = 0
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+    private var isOpen = false
+
+    func wait() async {
+        arrived += 1
+        if isOpen { return }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    func count() -> Int { arrived }
+
+    func open() {
+        isOpen = true
+        for waiter in waiters { waiter.resume() }
+        waiters.removeAll()
+    }
+}
+
+/// A value shared by concurrent test tasks.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<T: Sendable>(_ body: (inout Value) -> T) -> T { mutex.withLock { body(&$0) } }
+}
+
+@Suite(.serialized) struct RaceTests {
+    /// 200 providers on 200 connections bid for one open task at the same moment: exactly one
+    /// wins, every other bid is refused, and the ledger balances.
+    @Test func twoHundredConcurrentBidsMakeOneAssignment() async throws {
+        try await TestMarket.with(configure: { $0.preAuthFrames = 8 }) { market in
+            let requester = TestMarket.newPeer()
+            try await market.mint(requester.peerID, 50)
+            try await market.connect(requester) { connection in
+                let ack = try await connection.ok(.taskPost, PostBody(taskId: "race", maxPrice: micro(20)))
+                #expect(ack.state == "open")
+            }
+            let gate = Gate()
+            let outcomes = Locked<[String: Int]>([:])
+            let winners = Locked<[String]>([])
+            let bidders = 200
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<bidders {
+                    group.addTask {
+                        let keys = TestMarket.newPeer()
+                        try await market.connect(keys) { connection in
+                            // Above the task's maximum: the offer alone never matches it.
+                            try await connection.ok(.offerAdvertise, AdvertiseBody(price: micro(50), slots: 1))
+                            await gate.wait()
+                            let answer = try await connection.request(
+                                .bidPlace, BidBody(taskId: "race", price: micro(10) + Int64(index)),
+                                timeout: .seconds(60))
+                            let outcome = answer.errorBody?.code ?? answer.type
+                            outcomes.withLock { $0[outcome, default: 0] += 1 }
+                            if answer.type == "ack" { winners.withLock { $0.append(keys.peerID.rawValue) } }
+                        }
+                    }
+                }
+                while await gate.count() < bidders { try await Task.sleep(for: .milliseconds(20)) }
+                await gate.open()
+                try await group.waitForAll()
+            }
+            #expect(outcomes.withLock { $0 } == ["ack": 1, "invalid_state": bidders - 1])
+            let task = try #require(try await market.task("race"))
+            #expect(task.state == .assigned)
+            #expect(winners.withLock { $0 } == [task.provider?.rawValue ?? "none"])
+            // The difference between the maximum and the winning bid went back at once.
+            let price = try #require(task.price)
+            #expect(try await market.balance(.escrow(taskID: "race")) == price)
+            #expect(try await market.balance(.peer(requester.peerID)) == Credits(micro: micro(50) - price.micro))
+            let audit = try await market.audit()
+            #expect(audit.balanced, "\(audit.discrepancies)")
+        }
+    }
+}
