@@ -158,6 +158,7 @@ let package = Package(
             name: "MarketServerTests",
             dependencies: [
                 "MarketServer", "MarketStore", "MarketClient", "MarketCrypto", "MarketCore", "TestSupport",
+                "claude-max-market",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]

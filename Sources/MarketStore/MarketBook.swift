@@ -53,12 +53,17 @@ public struct MarketBook: Sendable {
             provider: provider, price: Credits(micro: body.price), slots: body.slots, models: body.models ?? [],
             minRequesterReputation: body.minRequesterReputation ?? 0, createdMs: previous?.createdMs ?? nowMs)
         try tx.putOffer(offer)
-        // A new offer may fit tasks that are already waiting: oldest first, while slots last.
+        // A new offer may fit tasks that are already waiting: oldest first, while slots last. Tasks
+        // it cannot take are skipped before any lock is taken.
         var assignments: [TaskTransition] = []
-        for task in try tx.tasks(state: .open, limit: 200) {
-            guard try tx.busySlots(of: provider) < offer.slots else { break }
+        var busy = try tx.busySlots(of: provider)
+        for task in try tx.tasks(state: .open, limit: 200) where busy < offer.slots {
+            guard offer.price <= task.cap, task.requester != provider, !task.excluded.contains(provider),
+                offer.runs(model: task.model)
+            else { continue }
             if let transition = try matchOpenTask(task.id, nowMs: nowMs, only: provider, in: tx) {
                 assignments.append(transition)
+                busy += 1
             }
         }
         return (offer, assignments)
@@ -111,13 +116,11 @@ public struct MarketBook: Sendable {
         guard task.state == .open else {
             throw MarketError(.invalidState, "task \(task.id) is \(task.state.rawValue): it takes no more bids")
         }
-        guard var offer = try lockedOffers(in: tx).first(where: { $0.provider == provider }) else {
+        guard var candidate = try candidates(in: tx, nowMs: nowMs, provider: provider, lock: true).first else {
             throw MarketError(.noOffer, "\(provider) has no standing offer: send offer.advertise before bidding")
         }
-        offer.price = Credits(micro: body.price)
-        let candidate = OfferCandidate(
-            offer: offer, busySlots: try tx.busySlots(of: provider),
-            providerReputation: try reputationScore(of: provider, nowMs: nowMs, in: tx))
+        candidate.offer.price = Credits(micro: body.price)
+        let offer = candidate.offer
         if let refusal = Matching.ineligibility(
             of: candidate, for: task, requesterReputation: try reputationScore(of: task.requester, nowMs: nowMs, in: tx)
         ) {
@@ -170,8 +173,7 @@ public struct MarketBook: Sendable {
         throws -> TaskTransition?
     {
         guard let task = try tx.task(id, lock: true), task.state == .open else { return nil }
-        var pool = try candidates(in: tx, nowMs: nowMs, lock: true)
-        if let provider { pool = pool.filter { $0.offer.provider == provider } }
+        let pool = try candidates(in: tx, nowMs: nowMs, maxPrice: task.cap, provider: provider, lock: true)
         let requesterScore = try reputationScore(of: task.requester, nowMs: nowMs, in: tx)
         guard let best = Matching.best(among: pool, for: task, requesterReputation: requesterScore) else { return nil }
         let transition = try machine.apply(
@@ -180,17 +182,16 @@ public struct MarketBook: Sendable {
         return transition
     }
 
-    func candidates(in tx: some MarketTransaction, nowMs: Int64, lock: Bool = false) throws -> [OfferCandidate] {
-        try (lock ? lockedOffers(in: tx) : tx.offers(lock: false)).map { offer in
+    func candidates(
+        in tx: some MarketTransaction, nowMs: Int64, maxPrice: Credits? = nil, provider: PeerID? = nil,
+        lock: Bool = false
+    ) throws -> [OfferCandidate] {
+        try tx.offerCandidates(maxPrice: maxPrice, provider: provider, lock: lock).map {
             OfferCandidate(
-                offer: offer, busySlots: try tx.busySlots(of: offer.provider),
-                providerReputation: try reputationScore(of: offer.provider, nowMs: nowMs, in: tx))
+                offer: $0.offer, busySlots: $0.busySlots,
+                providerReputation: $0.reputation.score(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs))
         }
     }
-
-    /// Offers locked for the rest of the transaction, so that two instances on one database never
-    /// fill the same provider's last slot twice.
-    func lockedOffers(in tx: some MarketTransaction) throws -> [Offer] { try tx.offers(lock: true) }
 
     public func reputationScore(of peer: PeerID, nowMs: Int64, in tx: some MarketTransaction) throws -> Double {
         try tx.peer(peer)?.reputation.score(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs) ?? 0.5

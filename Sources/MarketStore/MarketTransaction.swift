@@ -91,6 +91,12 @@ public protocol MarketTransaction {
     func offer(of provider: PeerID) throws -> Offer?
     /// Every offer; with `lock`, the rows stay locked until the transaction ends.
     func offers(lock: Bool) throws -> [Offer]
+    /// Offers as matching needs them, in one query: each with its provider's busy slots and
+    /// reputation sums; only those priced at most `maxPrice` and (when given) of `provider`.
+    /// With `lock`, the offer rows stay locked until the transaction ends.
+    func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) throws -> [(
+        offer: Offer, busySlots: Int, reputation: Reputation
+    )]
     func putOffer(_ offer: Offer) throws
     func deleteOffer(of provider: PeerID) throws -> Bool
     func busySlots(of provider: PeerID) throws -> Int

@@ -438,6 +438,38 @@ struct PostgresMarketTransaction: MarketTransaction {
             models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created)
     }
 
+    func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) throws -> [(
+        offer: Offer, busySlots: Int, reputation: Reputation
+    )] {
+        let limit = maxPrice?.micro ?? Int64.max
+        let only = provider?.rawValue
+        let sql: PostgresQuery =
+            lock
+            ? """
+            SELECT o.provider, o.price, o.slots, o.models, o.min_requester_rep, o.created,
+                (SELECT count(*)::INT FROM tasks t WHERE t.provider = o.provider AND t.state IN ('assigned', 'running')),
+                p.rep_s, p.rep_f, p.rep_n, p.rep_at
+            FROM offers o LEFT JOIN peers p ON p.id = o.provider
+            WHERE o.price <= \(limit) AND (\(only)::TEXT IS NULL OR o.provider = \(only))
+            ORDER BY o.provider FOR UPDATE OF o
+            """
+            : """
+            SELECT o.provider, o.price, o.slots, o.models, o.min_requester_rep, o.created,
+                (SELECT count(*)::INT FROM tasks t WHERE t.provider = o.provider AND t.state IN ('assigned', 'running')),
+                p.rep_s, p.rep_f, p.rep_n, p.rep_at
+            FROM offers o LEFT JOIN peers p ON p.id = o.provider
+            WHERE o.price <= \(limit) AND (\(only)::TEXT IS NULL OR o.provider = \(only))
+            """
+        return try query(sql).rows.map { row in
+            let (provider, price, slots, models, minimum, created, busy, s, f, n, at) = try row.decode(
+                (String, Int64, Int, String, Double, Int64, Int, Double?, Double?, Int?, Int64?).self)
+            let offer = Offer(
+                provider: try PeerID(validating: provider), price: Credits(micro: price), slots: slots,
+                models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created)
+            return (offer, busy, Reputation(successes: s ?? 0, failures: f ?? 0, samples: n ?? 0, atMs: at ?? 0))
+        }
+    }
+
     func putOffer(_ offer: Offer) throws {
         try query(
             """

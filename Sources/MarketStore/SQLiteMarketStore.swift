@@ -339,6 +339,28 @@ struct SQLiteMarketTransaction: MarketTransaction {
             minRequesterReputation: row["min_requester_rep"], createdMs: row["created"])
     }
 
+    func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) throws -> [(
+        offer: Offer, busySlots: Int, reputation: Reputation
+    )] {
+        try Row.fetchAll(
+            db,
+            sql: """
+                SELECT o.*, p.rep_s, p.rep_f, p.rep_n, p.rep_at,
+                    (SELECT count(*) FROM tasks t WHERE t.provider = o.provider AND t.state IN ('assigned', 'running')) AS busy
+                FROM offers o LEFT JOIN peers p ON p.id = o.provider
+                WHERE o.price <= ? AND (? IS NULL OR o.provider = ?)
+                """,
+            arguments: [maxPrice?.micro ?? Int64.max, provider?.rawValue, provider?.rawValue]
+        ).map { row in
+            (
+                Self.offer(row), row["busy"],
+                Reputation(
+                    successes: row["rep_s"] ?? 0, failures: row["rep_f"] ?? 0, samples: row["rep_n"] ?? 0,
+                    atMs: row["rep_at"] ?? 0)
+            )
+        }
+    }
+
     func putOffer(_ offer: Offer) throws {
         try db.execute(
             sql: """

@@ -45,33 +45,47 @@ final class Locked<Value: Sendable>: Sendable {
             }
             let gate = Gate()
             let outcomes = Locked<[String: Int]>([:])
-            let winners = Locked<[String]>([])
+            let winner = Locked<String?>(nil)
             let bidders = 200
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for index in 0..<bidders {
                     group.addTask {
                         let keys = TestMarket.newPeer()
-                        try await market.connect(keys) { connection in
-                            // Above the task's maximum: the offer alone never matches it.
-                            try await connection.ok(.offerAdvertise, AdvertiseBody(price: micro(50), slots: 1))
-                            await gate.wait()
-                            let answer = try await connection.request(
-                                .bidPlace, BidBody(taskId: "race", price: micro(10) + Int64(index)),
-                                timeout: .seconds(60))
-                            let outcome = answer.errorBody?.code ?? answer.type
-                            outcomes.withLock { $0[outcome, default: 0] += 1 }
-                            if answer.type == "ack" { winners.withLock { $0.append(keys.peerID.rawValue) } }
+                        let ready = Locked(false)
+                        do {
+                            try await market.connect(keys) { connection in
+                                // Above the task's maximum: the offer alone never matches it.
+                                let advertised = try? await connection.ok(
+                                    .offerAdvertise, AdvertiseBody(price: micro(50), slots: 1))
+                                ready.withLock { $0 = true }
+                                await gate.wait()
+                                guard advertised != nil else {
+                                    outcomes.withLock { $0["advertise failed", default: 0] += 1 }
+                                    return
+                                }
+                                let answer = try await connection.request(
+                                    .bidPlace, BidBody(taskId: "race", price: micro(10) + Int64(index)),
+                                    timeout: .seconds(60))
+                                let outcome = answer.errorBody?.code ?? answer.type
+                                outcomes.withLock { $0[outcome, default: 0] += 1 }
+                                if answer.type == "ack" { winner.withLock { $0 = keys.peerID.rawValue } }
+                            }
+                        } catch {
+                            outcomes.withLock { $0["\(error)", default: 0] += 1 }
+                            if !ready.withLock({ $0 }) { await gate.wait() }
                         }
                     }
                 }
-                while await gate.count() < bidders { try await Task.sleep(for: .milliseconds(20)) }
+                // Every bidder is connected with a standing offer (a failed one ends the group with its error).
+                for _ in 0..<3000 where await gate.count() < bidders { try await Task.sleep(for: .milliseconds(20)) }
+                #expect(await gate.count() == bidders, "not every bidder got ready")
                 await gate.open()
                 try await group.waitForAll()
             }
             #expect(outcomes.withLock { $0 } == ["ack": 1, "invalid_state": bidders - 1])
             let task = try #require(try await market.task("race"))
             #expect(task.state == .assigned)
-            #expect(winners.withLock { $0 } == [task.provider?.rawValue ?? "none"])
+            #expect(winner.withLock { $0 } == task.provider?.rawValue)
             // The difference between the maximum and the winning bid went back at once.
             let price = try #require(task.price)
             #expect(try await market.balance(.escrow(taskID: "race")) == price)

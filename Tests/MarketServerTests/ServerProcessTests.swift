@@ -1,0 +1,94 @@
+import Foundation
+import MarketClient
+import MarketCore
+import MarketCrypto
+import TestSupport
+import Testing
+
+/// The market as an operator runs it: `market serve` processes, killed and restarted.
+@Suite(.serialized) struct ServerProcessTests {
+    static let shortWindows = [
+        "--acceptance-window", "2s", "--approval-timeout", "2s", "--open-timeout", "3s", "--heartbeat-timeout", "3s",
+        "--run-grace", "1s", "--sweep-interval", "200ms", "--holdback-jobs", "0", "--fee-bp", "300",
+    ]
+
+    /// One full lifecycle between a requester and whichever provider the market picks.
+    static func lifecycle(
+        _ id: String, requester: MarketConnection, providers: [MarketConnection]
+    ) async throws {
+        let posted = try await requester.ok(.taskPost, PostBody(taskId: id, maxPrice: micro(8), timeoutSeconds: 1))
+        guard posted.state == "assigned" else { return }
+        let assigned = try await requester.next(.taskAssigned, taskId: id).decodeBody(AssignedBody.self)
+        guard let provider = providers.first(where: { $0.peerID.rawValue == assigned.provider }) else { return }
+        try await requester.ok(.payloadDeliver, SealedBody(taskId: id, sealed: "cGF5bG9hZA=="))
+        try await provider.ok(.jobApproved, TaskRefBody(taskId: id))
+        try await provider.ok(
+            .jobResult, ResultBody(taskId: id, sealed: "cmVzdWx0", resultHash: String(repeating: "e", count: 64)))
+        try await requester.ok(.jobAccept, TaskRefBody(taskId: id))
+    }
+
+    @Test func killingTheServerAtRandomPointsLosesNoCredit() async throws {
+        let home = TemporaryDirectory("cmm-crash")
+        let db = "sqlite:" + home.file("market.sqlite").path
+        let requester = TestMarket.newPeer()
+        let providers = [TestMarket.newPeer(), TestMarket.newPeer()]
+        let mint = try CLIRunner.run(
+            ["market", "mint", "--to", requester.peerID.rawValue, "--amount", "1000", "--db", db], home: home.url)
+        #expect(mint.exitCode == 0, "\(mint.stderr)")
+        var server = try MarketProcess.start(db: db, home: home.url, extra: Self.shortWindows)
+        let counter = Locked(0)
+        var kills = 0
+        for round in 0..<10 {
+            let victim = server
+            let killer = Task {
+                try await Task.sleep(for: .milliseconds(Int.random(in: 50...700)))
+                kill(victim.pid, SIGKILL)
+            }
+            let url = server.url
+            do {
+                try await MarketConnection.with(url: url, keys: providers[0]) { first in
+                    try await MarketConnection.with(url: url, keys: providers[1]) { second in
+                        try await first.ok(.offerAdvertise, AdvertiseBody(price: micro(5), slots: 2))
+                        try await second.ok(.offerAdvertise, AdvertiseBody(price: micro(6), slots: 2))
+                        try await MarketConnection.with(url: url, keys: requester) { connection in
+                            for index in 0..<40 {
+                                let id = "r\(round)-\(index)"
+                                counter.withLock { $0 += 1 }
+                                try await Self.lifecycle(id, requester: connection, providers: [first, second])
+                            }
+                        }
+                    }
+                }
+            } catch {
+                // The connection died with the server: that is the point.
+            }
+            killer.cancel()
+            server.stop(SIGKILL)
+            kills += 1
+            server = try MarketProcess.start(db: db, home: home.url, extra: Self.shortWindows)
+        }
+        // Nobody acts any more: heartbeats stop, offers lapse, every timeout takes its path.
+        var open: [[String: Any]] = []
+        var finalStates: [String: Int] = [:]
+        for _ in 0..<120 {
+            try await Task.sleep(for: .milliseconds(500))
+            let tasks = try LoopbackHTTP.json(server.httpBase + "/v1/tasks?limit=1000") as! [[String: Any]]
+            open = tasks.filter { !["settled", "refunded", "cancelled"].contains($0["state"] as! String) }
+            if open.isEmpty && tasks.count > 0 {
+                finalStates = Dictionary(grouping: tasks, by: { $0["state"] as! String }).mapValues(\.count)
+                break
+            }
+        }
+        #expect(open.isEmpty, "tasks still not final: \(open)")
+        // Kills landed mid-lifecycle (refunds after timeouts) and lifecycles completed between them.
+        #expect(finalStates["settled", default: 0] > 0 && finalStates["refunded", default: 0] > 0, "\(finalStates)")
+        #expect(server.stop(SIGTERM) == 0, "a graceful stop exits 0: \(server.output)")
+        let verify = try CLIRunner.run(["market", "verify", "--db", db, "--json"], home: home.url)
+        #expect(verify.exitCode == 0, "\(verify.stdout)")
+        let audit = try verify.jsonObject()
+        #expect((audit["discrepancies"] as? [Any])?.isEmpty == true)
+        #expect(kills == 10 && counter.withLock { $0 } > 10, "lifecycles were cut by kills")
+        let settled = try CLIRunner.run(["market", "verify", "--db", db], home: home.url)
+        #expect(settled.stdout.contains("the books balance"))
+    }
+}

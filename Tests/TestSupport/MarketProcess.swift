@@ -1,0 +1,93 @@
+import Foundation
+
+/// A `claude-max-market market serve` process on a free loopback port, as an operator runs it.
+/// The test that starts one stops it (by its PID), also when the test fails.
+public final class MarketProcess: @unchecked Sendable {
+    public let process: Process
+    public let port: Int
+    private let log: LockedBox<Data>
+
+    public var url: String { "ws://127.0.0.1:\(port)/market" }
+    public var httpBase: String { "http://127.0.0.1:\(port)" }
+    public var pid: Int32 { process.processIdentifier }
+    public var output: String { String(decoding: log.value, as: UTF8.self) }
+
+    private init(process: Process, port: Int, log: LockedBox<Data>) {
+        self.process = process
+        self.port = port
+        self.log = log
+    }
+
+    /// Starts `market serve --port 0 --db DB EXTRA…` and waits for its "listening" line.
+    public static func start(db: String, home: URL, extra: [String] = [], timeout: TimeInterval = 30) throws
+        -> MarketProcess
+    {
+        let process = Process()
+        process.executableURL = CLIRunner.executable
+        process.arguments = ["market", "serve", "--port", "0", "--db", db] + extra
+        process.environment = CLIRunner.baseEnvironment(home: home)
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        let log = LockedBox(Data())
+        err.fileHandleForReading.readabilityHandler = { handle in
+            let chunk = handle.availableData
+            if !chunk.isEmpty { log.value = log.value + chunk }
+        }
+        try process.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let text = String(decoding: log.value, as: UTF8.self)
+            if let range = text.range(
+                of: #"listening on wss?://127\.0\.0\.1:(\d+)/market"#, options: .regularExpression)
+            {
+                let match = String(text[range])
+                let port = Int(match.split(separator: ":").last!.split(separator: "/").first!)!
+                return MarketProcess(process: process, port: port, log: log)
+            }
+            if !process.isRunning { break }
+            usleep(20_000)
+        }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        throw CLIRunnerError(description: "market serve did not start: \(String(decoding: log.value, as: UTF8.self))")
+    }
+
+    /// Sends `signal` and waits for the process to end; returns its exit status.
+    @discardableResult
+    public func stop(_ signal: Int32 = SIGTERM, timeout: TimeInterval = 30) -> Int32 {
+        if process.isRunning { kill(process.processIdentifier, signal) }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+}
+
+/// GET over loopback with curl (Foundation on Linux has no URL loading without FoundationNetworking).
+public enum LoopbackHTTP {
+    public static func get(_ url: String) throws -> (status: Int, body: Data) {
+        let result = try CLIRunner.runProcess(
+            URL(fileURLWithPath: "/usr/bin/env"), ["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", url],
+            environment: ProcessInfo.processInfo.environment)
+        guard result.exitCode == 0 else { throw CLIRunnerError(description: "curl \(url): \(result.stderr)") }
+        var lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+        let status = Int(lines.removeLast()) ?? 0
+        return (status, Data(lines.joined(separator: "\n").utf8))
+    }
+
+    public static func json(_ url: String) throws -> Any {
+        try JSONSerialization.jsonObject(with: try get(url).body, options: [.fragmentsAllowed])
+    }
+}
