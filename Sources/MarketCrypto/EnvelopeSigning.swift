@@ -13,6 +13,7 @@ public struct EnvelopeError: Error, Sendable, Equatable, CustomStringConvertible
         case futureTimestamp = "future_timestamp"
         case replayedNonce = "replayed_nonce"
         case wrongSender = "wrong_sender"
+        case replayCacheFull = "rate_limited"
     }
 
     public let code: Code
@@ -26,15 +27,26 @@ public struct EnvelopeError: Error, Sendable, Equatable, CustomStringConvertible
     public var description: String { message }
 }
 
+/// What a replay cache did with a nonce.
+public enum ReplayCacheResult: Sendable, Equatable {
+    case inserted
+    /// The peer already used this nonce and its frame could still be accepted.
+    case replayed
+    /// Every entry is still live: refuse the frame rather than forget one (forgetting a live
+    /// nonce would let its captured frame be replayed).
+    case full
+}
+
 /// Remembers nonces per peer for the freshness window. The server persists its own; this
 /// protocol is the seam.
 public protocol ReplayCache: Sendable {
-    /// Records the nonce; false when it was already seen for this peer.
-    func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> Bool
+    /// Records the nonce, which stays live while `nowMs <= expiresAtMs` (the last moment its
+    /// frame's timestamp can still be accepted).
+    func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> ReplayCacheResult
 }
 
-/// A bounded in-memory replay cache: entries expire with the timestamp window, and when full
-/// the oldest are dropped (safe, because an expired timestamp is refused on its own).
+/// A bounded in-memory replay cache. Entries are forgotten only once expired; when every entry
+/// is live and the cache is full, new nonces are refused (`.full`) instead of evicting any.
 public final class MemoryReplayCache: ReplayCache, @unchecked Sendable {
     private let lock = NSLock()
     private var entries: [String: Int64] = [:]
@@ -48,10 +60,12 @@ public final class MemoryReplayCache: ReplayCache, @unchecked Sendable {
 
     public var count: Int { lock.withLock { entries.count } }
 
-    public func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> Bool {
+    public func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> ReplayCacheResult {
         let key = peer + "\u{0}" + nonce
         return lock.withLock {
-            while head < order.count, order[head].expires <= nowMs || entries.count >= capacity {
+            // Entries expire in insertion order only roughly (timestamps vary), so an entry is
+            // dropped only when it has really expired; a later-expiring one blocks the scan.
+            while head < order.count, order[head].expires < nowMs {
                 if entries[order[head].key] == order[head].expires { entries[order[head].key] = nil }
                 head += 1
             }
@@ -59,10 +73,16 @@ public final class MemoryReplayCache: ReplayCache, @unchecked Sendable {
                 order.removeFirst(head)
                 head = 0
             }
-            if let expires = entries[key], expires > nowMs { return false }
+            if let expires = entries[key], expires >= nowMs { return .replayed }
+            if entries.count >= capacity {
+                entries = entries.filter { $0.value >= nowMs }
+                order = order[head...].filter { entries[$0.key] == $0.expires }
+                head = 0
+                if entries.count >= capacity { return .full }
+            }
             entries[key] = expiresAtMs
             order.append((key, expiresAtMs))
-            return true
+            return .inserted
         }
     }
 }
@@ -113,10 +133,14 @@ public struct EnvelopeVerifier: Sendable {
         throws(EnvelopeError)
     {
         try verifySignature(envelope, signingKey: signingKey, nowMs: nowMs)
-        guard
-            replayCache.insert(
-                peer: envelope.from, nonce: envelope.nonce, expiresAtMs: envelope.ts + windowMs, nowMs: nowMs)
-        else { throw EnvelopeError(.replayedNonce, "nonce already used by \(envelope.from): replay refused") }
+        switch replayCache.insert(
+            peer: envelope.from, nonce: envelope.nonce, expiresAtMs: envelope.ts + windowMs, nowMs: nowMs)
+        {
+        case .inserted: return
+        case .replayed: throw EnvelopeError(.replayedNonce, "nonce already used by \(envelope.from): replay refused")
+        case .full:
+            throw EnvelopeError(.replayCacheFull, "too many live nonces: the frame is refused, try again in a minute")
+        }
     }
 }
 

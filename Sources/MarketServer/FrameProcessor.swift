@@ -498,7 +498,7 @@ final class FrameProcessor: Sendable {
 
 /// The handshake frames are checked without the store: their freshness comes from the challenge.
 struct NoReplayCache: ReplayCache {
-    func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> Bool { true }
+    func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> ReplayCacheResult { .inserted }
 }
 
 extension WireField {

@@ -58,7 +58,8 @@ public final class MarketServer: Service, Sendable {
             logger: logger)
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { try await application.runService() }
-            group.addTask { await self.sweepLoop() }
+            // A sweep interval can be long: the loop's sleep ends at once on shutdown.
+            group.addTask { await cancelWhenGracefulShutdown { await self.sweepLoop() } }
             if let relay = self.store as? any MarketRelay {
                 group.addTask {
                     do {
@@ -96,6 +97,8 @@ public final class MarketServer: Service, Sendable {
     public func sweepOnce(purge: Bool = false) async {
         do {
             for (peer, text) in try await processor.sweep(purge: purge) { await deliver(text, to: peer) }
+        } catch is CancellationError {
+            // Shutting down.
         } catch {
             logger.error("sweep failed", metadata: ["error": "\(error)"])
         }
@@ -258,12 +261,14 @@ public final class MarketServer: Service, Sendable {
                     }
                     guard bucket.take(nowMs: now()) else {
                         metrics.error(MarketError.Code.rateLimited.rawValue)
+                        // Name the refused message when it parses, so that its sender can resend it.
+                        let ref = try? JSONDecoder().decode(Envelope.self, from: Data(text.utf8)).id
                         send(
                             ServerFrames.error(
                                 MarketError(
                                     .rateLimited, "more than \(Int(configuration.frameRate)) frames a second: slow down"
                                 ),
-                                ref: nil, nowMs: now()))
+                                ref: ref, nowMs: now()))
                         continue
                     }
                     let started = ContinuousClock.now

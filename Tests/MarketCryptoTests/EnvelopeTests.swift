@@ -12,13 +12,12 @@ import Testing
     func verifier() -> EnvelopeVerifier { EnvelopeVerifier(replayCache: MemoryReplayCache()) }
 
     func expectRefusal(
-        _ code: EnvelopeError.Code, _ envelope: Envelope, key: Curve25519.Signing.PublicKey? = nil, at: Int64? = nil
+        _ code: EnvelopeError.Code, _ envelope: Envelope, key: Curve25519.Signing.PublicKey? = nil, at: Int64? = nil,
+        verifier given: EnvelopeVerifier? = nil
     ) {
-        #expect(throws: EnvelopeError.self) {
-            try verifier().verify(envelope, signingKey: key ?? alice.publicKey, nowMs: at ?? now)
-        }
         do {
-            try verifier().verify(envelope, signingKey: key ?? alice.publicKey, nowMs: at ?? now)
+            try (given ?? verifier()).verify(envelope, signingKey: key ?? alice.publicKey, nowMs: at ?? now)
+            Issue.record("expected a refusal with \(code)")
         } catch {
             #expect(error.code == code)
         }
@@ -90,14 +89,40 @@ import Testing
         expectRefusal(.futureTimestamp, envelope, at: now - 5 * 60 * 1000 - 1)
     }
 
-    @Test func theReplayCacheIsBounded() {
+    @Test func aFullReplayCacheRefusesInsteadOfForgettingLiveNonces() {
         let cache = MemoryReplayCache(capacity: 100)
-        for index in 0..<1000 {
-            #expect(cache.insert(peer: "p", nonce: "n\(index)", expiresAtMs: now + 1000, nowMs: now))
+        for index in 0..<100 {
+            #expect(cache.insert(peer: "p", nonce: "n\(index)", expiresAtMs: now + 1000, nowMs: now) == .inserted)
         }
-        #expect(cache.count <= 100)
-        #expect(cache.insert(peer: "p", nonce: "n999", expiresAtMs: now + 1000, nowMs: now) == false)
-        // Expired entries go: the same nonce after its window is refused by the timestamp check instead.
-        #expect(cache.insert(peer: "p", nonce: "n999", expiresAtMs: now + 5000, nowMs: now + 2000))
+        // A flood of new nonces is refused; none of the live ones is evicted to make room.
+        for index in 100..<1000 {
+            #expect(cache.insert(peer: "q\(index)", nonce: "n", expiresAtMs: now + 1000, nowMs: now) == .full)
+        }
+        #expect(cache.count == 100)
+        #expect(cache.insert(peer: "p", nonce: "n0", expiresAtMs: now + 1000, nowMs: now + 500) == .replayed)
+        // Once they expire, there is room again.
+        #expect(cache.insert(peer: "q", nonce: "n", expiresAtMs: now + 5000, nowMs: now + 1001) == .inserted)
+        #expect(cache.count == 1)
+    }
+
+    @Test func aNonceStaysLiveUpToTheLastAcceptableMoment() throws {
+        let cache = MemoryReplayCache()
+        let verifier = EnvelopeVerifier(replayCache: cache)
+        let envelope = try alice.envelope(type: .ping, id: "m1", body: "{}", nowMs: now)
+        let lastMoment = now + EnvelopeVerifier.defaultWindowMs
+        try verifier.verify(envelope, signingKey: alice.publicKey, nowMs: now)
+        // At exactly ts + window the timestamp is still accepted, so the nonce must still be known.
+        expectRefusal(.replayedNonce, envelope, at: lastMoment, verifier: verifier)
+        // One millisecond later the timestamp itself is refused.
+        expectRefusal(.staleTimestamp, envelope, at: lastMoment + 1, verifier: verifier)
+    }
+
+    @Test func aFullCacheIsARefusalNotAnEviction() throws {
+        let verifier = EnvelopeVerifier(replayCache: MemoryReplayCache(capacity: 1))
+        try verifier.verify(
+            try alice.envelope(type: .ping, id: "m1", body: "{}", nowMs: now), signingKey: alice.publicKey, nowMs: now)
+        expectRefusal(
+            .replayCacheFull, try alice.envelope(type: .ping, id: "m2", body: "{}", nowMs: now), at: now,
+            verifier: verifier)
     }
 }

@@ -86,6 +86,7 @@ struct TestMarket: Sendable {
         return try await store.read { try book.audit(in: $0) }
     }
 
+    @discardableResult
     func connect<T: Sendable>(
         _ keys: KeyRing = TestMarket.newPeer(), authenticate: Bool = true,
         _ body: @escaping @Sendable (MarketConnection) async throws -> T

@@ -1,0 +1,251 @@
+import Foundation
+import MarketClient
+import MarketCore
+import MarketServer
+import MarketStore
+import TestSupport
+import Testing
+
+/// Timeouts with a clock the test moves, who receives what, limits, views and shutdown.
+@Suite(.serialized) struct TimeoutAndRelayTests {
+    static let rules = MarketRules(
+        acceptanceWindowMs: 60_000, approvalTimeoutMs: 30_000, runGraceMs: 5_000, openTimeoutMs: 120_000,
+        heartbeatTimeoutMs: 20_000, disputeWindowMs: 90_000, holdbackJobs: 2, holdbackBasisPoints: 5_000)
+
+    static func manualSweeps(_ configuration: inout MarketServerConfiguration) {
+        configuration.sweepIntervalMs = 3_600_000
+    }
+
+    @Test func aSilentProviderLosesItsOfferAndItsTaskIsRematchedThenRefunded() async throws {
+        try await TestMarket.with(rules: Self.rules, configure: Self.manualSweeps) { market in
+            let requester = TestMarket.newPeer()
+            let provider = TestMarket.newPeer()
+            try await market.mint(requester.peerID, 10)
+            try await market.connect(provider) { connection in
+                try await connection.ok(.offerAdvertise, AdvertiseBody(price: micro(4), slots: 1))
+            }
+            try await market.connect(requester) { connection in
+                #expect(
+                    try await connection.ok(.taskPost, PostBody(taskId: "s1", maxPrice: micro(5))).state == "assigned")
+                // The provider said nothing for longer than the heartbeat timeout.
+                market.clock.advance(seconds: 21)
+                await market.server.sweepOnce()
+                let settlement = try await connection.next(.settlement, taskId: "s1").decodeBody(SettlementBody.self)
+                #expect(settlement.state == "open", "back on the book for another provider")
+                #expect(settlement.reason == "the provider went silent")
+            }
+            let offers = try await market.store.read { try $0.offers(lock: false) }
+            #expect(offers.isEmpty)
+            let record = try #require(try await market.store.read { try $0.peer(provider.peerID) })
+            #expect(record.reputation.failures == 1 && record.reputation.samples == 1)
+            // No one else offers: the task expires and everything in escrow goes back.
+            market.clock.advance(seconds: 121)
+            await market.server.sweepOnce()
+            #expect(try await market.task("s1")?.state == .refunded)
+            #expect(try await market.balance(.peer(requester.peerID)) == Credits(whole: 10))
+            #expect(try await market.audit().balanced)
+        }
+    }
+
+    @Test func heartbeatsKeepAProviderAliveAndCarryItsAuditHead() async throws {
+        try await TestMarket.with(rules: Self.rules, configure: Self.manualSweeps) { market in
+            let provider = TestMarket.newPeer()
+            try await market.connect(provider) { connection in
+                try await connection.ok(.offerAdvertise, AdvertiseBody(price: micro(4), slots: 1))
+                for _ in 0..<3 {
+                    market.clock.advance(seconds: 15)
+                    try await connection.ok(.heartbeat, HeartbeatBody(auditHead: "head-signed-by-the-provider"))
+                    await market.server.sweepOnce()
+                }
+            }
+            #expect(try await market.store.read { try $0.offers(lock: false) }.count == 1)
+            #expect(
+                try await market.store.read { try $0.peer(provider.peerID)?.auditHead } == "head-signed-by-the-provider"
+            )
+        }
+    }
+
+    @Test func theAcceptanceWindowPaysAndANewProviderHasEarningsHeldBack() async throws {
+        try await TestMarket.with(rules: Self.rules, configure: Self.manualSweeps) { market in
+            let requester = TestMarket.newPeer()
+            let provider = TestMarket.newPeer()
+            try await market.mint(requester.peerID, 100)
+            try await market.connect(provider) { p in
+                try await p.ok(.offerAdvertise, AdvertiseBody(price: micro(10), slots: 2))
+                try await market.connect(requester) { r in
+                    for (index, id) in ["w1", "w2"].enumerated() {
+                        try await r.ok(.taskPost, PostBody(taskId: id, maxPrice: micro(10)))
+                        try await p.ok(.jobApproved, TaskRefBody(taskId: id))
+                        try await p.ok(
+                            .jobResult,
+                            ResultBody(taskId: id, sealed: "eA==", resultHash: String(repeating: "1", count: 64)))
+                        if index == 0 {
+                            // The requester never answers: the window passes and the provider is paid.
+                            market.clock.advance(seconds: 61)
+                            try await p.ok(.heartbeat, HeartbeatBody())
+                            await market.server.sweepOnce()
+                            #expect(try await market.task(id)?.state == .settled)
+                            // First settled job of a new provider: half held back.
+                            #expect(try await market.balance(.held(provider.peerID)) == Credits(whole: 5))
+                            #expect(try await market.balance(.peer(provider.peerID)) == Credits(whole: 5))
+                        } else {
+                            try await r.ok(.jobAccept, TaskRefBody(taskId: id))
+                        }
+                    }
+                }
+            }
+            // The second settled job reaches the threshold: what was held is released.
+            #expect(try await market.balance(.held(provider.peerID)) == .zero)
+            #expect(try await market.balance(.peer(provider.peerID)) == Credits(whole: 20))
+            #expect(try await market.audit().balanced)
+        }
+    }
+
+    @Test func aDisputeHoldsTheEscrowUntilTheWindowPasses() async throws {
+        try await TestMarket.with(rules: Self.rules, configure: Self.manualSweeps) { market in
+            let requester = TestMarket.newPeer()
+            let provider = TestMarket.newPeer()
+            try await market.mint(requester.peerID, 10)
+            try await market.connect(provider) { p in
+                try await p.ok(.offerAdvertise, AdvertiseBody(price: micro(6), slots: 1))
+                try await market.connect(requester) { r in
+                    try await r.ok(.taskPost, PostBody(taskId: "d1", maxPrice: micro(6)))
+                    try await p.ok(.jobApproved, TaskRefBody(taskId: "d1"))
+                    try await p.ok(
+                        .jobResult,
+                        ResultBody(taskId: "d1", sealed: "eA==", resultHash: String(repeating: "2", count: 64)))
+                    #expect(
+                        try await r.ok(.jobDispute, ReasonBody(taskId: "d1", reason: "the answer is empty")).state
+                            == "disputed")
+                    let relayed = try await p.next(.jobDispute, taskId: "d1")
+                    #expect(
+                        relayed.from == requester.peerID.rawValue, "the provider sees the requester's signed dispute")
+                }
+            }
+            market.clock.advance(seconds: 61)
+            await market.server.sweepOnce()
+            #expect(
+                try await market.task("d1")?.state == .disputed, "the acceptance window does not apply to a dispute")
+            #expect(try await market.balance(.escrow(taskID: "d1")) == Credits(whole: 6))
+            market.clock.advance(seconds: 30)
+            await market.server.sweepOnce()
+            #expect(try await market.task("d1")?.state == .settled)
+            #expect(try await market.audit().balanced)
+        }
+    }
+
+    @Test func aThirdPeerReceivesNothingOfAnotherTask() async throws {
+        try await TestMarket.with(configure: Self.manualSweeps) { market in
+            let requester = TestMarket.newPeer()
+            let provider = TestMarket.newPeer()
+            let stranger = TestMarket.newPeer()
+            try await market.mint(requester.peerID, 10)
+            try await market.connect(stranger) { s in
+                try await market.connect(provider) { p in
+                    try await p.ok(.offerAdvertise, AdvertiseBody(price: micro(2), slots: 1))
+                    try await market.connect(requester) { r in
+                        try await r.ok(.taskPost, PostBody(taskId: "x1", maxPrice: micro(3)))
+                        try await r.ok(.payloadDeliver, SealedBody(taskId: "x1", sealed: "c2VjcmV0"))
+                        try await p.ok(.jobApproved, TaskRefBody(taskId: "x1"))
+                        try await p.ok(.jobEvent, SealedBody(taskId: "x1", sealed: "ZXZlbnQ=", seq: 0))
+                        try await p.ok(
+                            .jobResult,
+                            ResultBody(taskId: "x1", sealed: "cmVzdWx0", resultHash: String(repeating: "3", count: 64)))
+                        try await r.ok(.jobAccept, TaskRefBody(taskId: "x1"))
+                        _ = try await p.next(.settlement, taskId: "x1")
+                    }
+                }
+                try await s.ok(.heartbeat, HeartbeatBody())
+                let seen = await s.pending()
+                #expect(seen.isEmpty, "the stranger got \(seen.map(\.type))")
+            }
+        }
+    }
+
+    @Test func aFloodIsRateLimitedAndAFullReplayCacheRefusesNewFrames() async throws {
+        try await TestMarket.with(configure: {
+            $0.frameRate = 5
+            $0.frameBurst = 5
+            $0.replayCapacity = 3
+        }) { market in
+            try await market.connect { connection in
+                // The handshake used two frames of the burst; a burst of pings then hits the limit.
+                var codes: [String] = []
+                for _ in 0..<8 {
+                    let answer: Envelope
+                    do { answer = try await connection.request(.ping, EmptyBody(), timeout: .seconds(3)) } catch {
+                        Issue.record(
+                            "no answer; pending: \(await connection.pending().map { $0.type + " " + $0.body })")
+                        throw error
+                    }
+                    codes.append(answer.errorBody?.code ?? answer.type)
+                }
+                #expect(codes.contains("rate_limited") && codes.contains("pong"))
+                try await Task.sleep(for: .milliseconds(1200))
+                // Three frames fill the replay cache; the fourth is refused, not an old nonce evicted.
+                var results: [String] = []
+                for _ in 0..<4 {
+                    let answer = try await connection.request(.heartbeat, HeartbeatBody())
+                    results.append(answer.errorBody?.code ?? answer.type)
+                }
+                #expect(results == ["ack", "ack", "ack", "rate_limited"])
+            }
+        }
+    }
+
+    @Test func theReadViewsShowPublicFieldsAndMetricsCount() async throws {
+        try await TestMarket.with(configure: Self.manualSweeps) { market in
+            let requester = TestMarket.newPeer()
+            let provider = TestMarket.newPeer()
+            try await market.mint(requester.peerID, 10)
+            try await market.connect(provider) { p in
+                try await p.ok(.offerAdvertise, AdvertiseBody(price: micro(2), slots: 3, models: ["claude-sonnet-4-5"]))
+            }
+            try await market.connect(requester) { r in
+                try await r.ok(.taskPost, PostBody(taskId: "v1", maxPrice: micro(3)))
+                try await r.ok(.payloadDeliver, SealedBody(taskId: "v1", sealed: "c2VjcmV0cGF5bG9hZA=="))
+            }
+            let health = try LoopbackHTTP.json(market.httpBase + "/health") as! [String: Any]
+            #expect(health["status"] as? String == "ok" && health["backend"] as? String == "sqlite")
+            let offers = try LoopbackHTTP.json(market.httpBase + "/v1/offers") as! [[String: Any]]
+            #expect(
+                offers.count == 1 && offers[0]["freeSlots"] as? Int == 2 && offers[0]["price"] as? Int64 == micro(2))
+            let tasks = try LoopbackHTTP.get(market.httpBase + "/v1/tasks?state=assigned")
+            #expect(tasks.status == 200)
+            #expect(
+                !String(decoding: tasks.body, as: UTF8.self).contains("c2VjcmV0cGF5bG9hZA=="), "no payload in a view")
+            #expect((try JSONSerialization.jsonObject(with: tasks.body) as! [[String: Any]]).count == 1)
+            #expect(try LoopbackHTTP.get(market.httpBase + "/v1/tasks?state=bogus").status == 400)
+            #expect(try LoopbackHTTP.get(market.httpBase + "/v1/tasks?limit=0").status == 400)
+            let peer = try LoopbackHTTP.json(market.httpBase + "/v1/peers/\(provider.peerID)") as! [String: Any]
+            #expect((peer["reputation"] as? [String: Any])?["samples"] as? Int == 0)
+            #expect((peer["reputation"] as? [String: Any])?["tier"] as? String == "new")
+            #expect(try LoopbackHTTP.get(market.httpBase + "/v1/peers/nobody").status == 400)
+            #expect(try LoopbackHTTP.get(market.httpBase + "/v1/peers/\(TestMarket.newPeer().peerID)").status == 404)
+            let stats = try LoopbackHTTP.json(market.httpBase + "/v1/stats") as! [String: Any]
+            #expect(stats["minted"] as? Int64 == micro(10) && stats["ledgerBalanced"] as? Bool == true)
+            #expect((stats["tasks"] as? [String: Int])?["assigned"] == 1)
+            let metrics = String(decoding: try LoopbackHTTP.get(market.httpBase + "/metrics").body, as: UTF8.self)
+            #expect(metrics.contains(#"cmm_frames_total{type="task.post"} 1"#))
+            #expect(metrics.contains("cmm_matches_total 1"))
+            #expect(metrics.contains("cmm_frame_seconds_bucket"))
+        }
+    }
+
+    @Test func aGracefulStopTellsConnectedPeersWhy() async throws {
+        let notice = Locked<String?>(nil)
+        try await TestMarket.with(configure: Self.manualSweeps) { market in
+            let listening = Task {
+                try await market.connect { connection in
+                    let frame = try await connection.next(.error, timeout: .seconds(20))
+                    notice.withLock { $0 = frame.errorBody?.code }
+                }
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            // The test harness triggers the graceful shutdown when this closure returns.
+            _ = listening
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(notice.withLock { $0 } == "unavailable")
+    }
+}
