@@ -303,7 +303,9 @@ struct MarketStatusCommand: AsyncParsableCommand {
         let context = CommandContext()
         let marketURL = try url ?? context.config().text(.marketURL)
         let base = try Self.httpBase(of: marketURL)
-        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let client = HTTPClient(
+            eventLoopGroupProvider: .singleton,
+            configuration: .init(timeout: .init(connect: .seconds(3), read: .seconds(10))))
         do {
             let health = try await Self.get(MarketViews.HealthView.self, base + "/health", client: client)
             let stats = try await Self.get(MarketViews.StatsView.self, base + "/v1/stats", client: client)
@@ -342,7 +344,7 @@ struct MarketStatusCommand: AsyncParsableCommand {
     }
 
     static func get<T: Decodable>(_ type: T.Type, _ url: String, client: HTTPClient) async throws -> T {
-        let response = try await client.execute(HTTPClientRequest(url: url), timeout: .seconds(10))
+        let response = try await client.execute(HTTPClientRequest(url: url), timeout: .seconds(5))
         let body = try await response.body.collect(upTo: 4 << 20)
         guard response.status == .ok else { throw CLIError("\(url) answered \(response.status.code)") }
         return try JSONDecoder().decode(T.self, from: Data(buffer: body))

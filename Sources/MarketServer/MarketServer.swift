@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTLS
 import HummingbirdWebSocket
 import Logging
@@ -47,12 +48,18 @@ public final class MarketServer: Service, Sendable {
 
     public func run() async throws {
         try await processor.loadNonceCount()
+        var server: HTTPServerBuilder = .http1WebSocketUpgrade(
+            webSocketRouter: makeRouter(),
+            configuration: .init(ws: .init(maxFrameSize: configuration.limits.maxFrameBytes * 4, autoPing: .disabled)))
+        if let certificate = configuration.tlsCertificatePath, let key = configuration.tlsKeyPath {
+            let tls = TLSConfiguration.makeServerConfiguration(
+                certificateChain: try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) },
+                privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+            server = try .tls(server, tlsConfiguration: tls)
+        }
         let application = Application(
             router: makeRouter(),
-            server: .http1WebSocketUpgrade(
-                webSocketRouter: makeRouter(),
-                configuration: .init(
-                    ws: .init(maxFrameSize: configuration.limits.maxFrameBytes * 4, autoPing: .disabled))),
+            server: server,
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
             onServerRunning: { [onRunning] channel in await onRunning(channel.localAddress?.port ?? 0) },
             logger: logger)
