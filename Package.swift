@@ -162,7 +162,8 @@ let package = Package(
                 "claude-max-market",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            exclude: ["Interop"]
         ),
         .testTarget(
             name: "CLITests",

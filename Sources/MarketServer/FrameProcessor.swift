@@ -206,16 +206,23 @@ final class FrameProcessor: Sendable {
                 .wrongSender, "'from' \(WireField.printable(envelope.from)) is not the authenticated peer \(peer)")
         }
         try verifySignature(envelope, key: key, nowMs: nowMs)
+        guard nonceCount.load(ordering: .relaxed) < configuration.replayCapacity else {
+            throw MarketError(.rateLimited, "the market's replay cache is full: try again in a minute")
+        }
+        let expires = envelope.ts + configuration.timestampWindowMs
         if type == .ping {
+            // Changes nothing, but its nonce is still spent: a replayed ping is refused like any frame.
+            guard
+                try await store.write({
+                    try $0.insertNonce(peer: peer.rawValue, nonce: envelope.nonce, expiresMs: expires)
+                })
+            else { throw MarketError(.replayedNonce, "nonce already used by \(peer): replay refused") }
+            nonceCount.add(1, ordering: .relaxed)
             return FrameOutput(replies: [
                 ServerFrames.frame(.pong, AckBody(ref: envelope.id, type: "ping"), nowMs: nowMs)
             ])
         }
         let action = try action(for: envelope, type: type, text: text)
-        guard nonceCount.load(ordering: .relaxed) < configuration.replayCapacity else {
-            throw MarketError(.rateLimited, "the market's replay cache is full: try again in a minute")
-        }
-        let expires = envelope.ts + configuration.timestampWindowMs
         let result = try await store.write { [book] tx -> StoreOutcome in
             guard try tx.insertNonce(peer: peer.rawValue, nonce: envelope.nonce, expiresMs: expires) else {
                 return .replayed
