@@ -129,6 +129,8 @@ let package = Package(
                 "MarketCrypto",
                 "DockerEngine",
                 "JobRunner",
+                "MarketClient",
+                "MarketStore",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Benchmarks"

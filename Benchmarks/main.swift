@@ -6,7 +6,7 @@ import MarketCore
 import MarketCrypto
 
 // Benchmarks: each line puts our number beside a baseline measured in the same run, as a ratio
-// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|all]`.
+// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|market|all]`.
 
 struct Row {
     var name: String
@@ -357,6 +357,9 @@ do {
             if which != "dispatch" { try await dockerBenchmarks(docker, runs: runs) }
             if which != "docker" { try await dispatchBenchmarks(docker, runs: runs) }
         }
+    }
+    if which == "market" || which == "all" {
+        try await marketBenchmarks()
     }
 } catch {
     print("benchmark failed: \(error)")

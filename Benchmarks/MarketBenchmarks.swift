@@ -1,0 +1,265 @@
+import Crypto
+import Foundation
+import MarketClient
+import MarketCore
+import MarketCrypto
+import MarketStore
+
+// The market group: a real `market serve` process (the release binary beside this one) on a
+// SQLite file, simulated peers on loopback. The server's CPU time comes from /proc, so the
+// clients' own work is not counted.
+
+/// A `market serve` child process.
+final class ServerProcess: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+    let directory: URL
+
+    init(extra: [String] = []) throws {
+        directory = FileManager.default.temporaryDirectory.appending(
+            path: "cmm-bench-market-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appending(
+            path: "claude-max-market")
+        process.executableURL = binary
+        process.arguments =
+            [
+                "market", "serve", "--port", "0", "--db", "sqlite:" + directory.appending(path: "m.sqlite").path,
+                "--frame-rate", "100000",
+            ] + extra
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CMM_") }
+        environment["CMM_HOME"] = directory.path
+        process.environment = environment
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        var text = ""
+        while !text.contains("/market") {
+            let chunk = err.fileHandleForReading.availableData
+            guard !chunk.isEmpty else { throw MarketClientError("market serve did not start (\(binary.path))") }
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        let range = text.range(of: #":(\d+)/market"#, options: .regularExpression)!
+        port = Int(text[range].dropFirst().dropLast("/market".count))!
+    }
+
+    var url: String { "ws://127.0.0.1:\(port)/market" }
+    var databasePath: String { directory.appending(path: "m.sqlite").path }
+
+    /// User + system CPU seconds of the server so far.
+    var cpuSeconds: Double {
+        let stat = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8)) ?? ""
+        let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    var rssMB: Double {
+        let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return (Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+func percentile(_ values: [Double], _ p: Double) -> Double {
+    let sorted = values.sorted()
+    return sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * p))]
+}
+
+func mint(_ peers: [PeerID], databasePath: String) throws {
+    let store = try SQLiteMarketStore(path: databasePath)
+    let book = MarketBook(rules: MarketRules())
+    try store.writeNow { tx in
+        for peer in peers {
+            _ = try book.mint(to: peer, amount: try Credits(whole: 1_000_000), memo: "bench", nowMs: 0, in: tx)
+        }
+    }
+    try store.pool.close()
+}
+
+func marketBenchmarks() async throws {
+    let sealing = try SealingKeySet.generate(at: Date())
+    let clock = ContinuousClock()
+
+    // Ed25519 verification alone, for the same frames a lifecycle makes the server check.
+    let signer = KeyRing.inMemory(sealing: sealing)
+    let samples = try (0..<2000).map { index in
+        try signer.identity.envelope(type: .jobAccept, id: "m\(index)", body: "{\"taskId\":\"t\(index)\"}", nowMs: 1)
+    }
+    let key = signer.identity.publicKey
+    let verifyTime = clock.measure {
+        for envelope in samples {
+            _ = key.isValidSignature(Data(base64Encoded: envelope.sig)!, for: envelope.signingBytes)
+        }
+    }
+    let verifySeconds = seconds(verifyTime) / Double(samples.count)
+    let framesPerLifecycle = 4.0
+
+    // Full signed lifecycles: post, approve, result, accept, by 8 requester/provider pairs at once.
+    let server = try ServerProcess()
+    defer { server.stop() }
+    let pairs = (0..<8).map { _ in (KeyRing.inMemory(sealing: sealing), KeyRing.inMemory(sealing: sealing)) }
+    try mint(pairs.map(\.0.peerID), databasePath: server.databasePath)
+    let perPair = Int(ProcessInfo.processInfo.environment["CMM_BENCH_LIFECYCLES"] ?? "250") ?? 250
+    let url = server.url
+    let cpuBefore = server.cpuSeconds
+    let start = ContinuousClock.now
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for (index, (requester, provider)) in pairs.enumerated() {
+            group.addTask {
+                try await MarketConnection.with(url: url, keys: provider) { p in
+                    try await MarketConnection.with(url: url, keys: requester) { r in
+                        try await p.request(
+                            .offerAdvertise, AdvertiseBody(price: 1_000_000, slots: 1, models: ["m\(index)"])
+                        ).throwIfError()
+                        for n in 0..<perPair {
+                            let id = "p\(index)-\(n)"
+                            try await r.request(
+                                .taskPost, PostBody(taskId: id, maxPrice: 2_000_000, model: "m\(index)")
+                            ).throwIfError()
+                            try await p.request(.jobApproved, TaskRefBody(taskId: id)).throwIfError()
+                            try await p.request(
+                                .jobResult,
+                                ResultBody(taskId: id, sealed: "eA==", resultHash: String(repeating: "a", count: 64))
+                            ).throwIfError()
+                            try await r.request(.jobAccept, TaskRefBody(taskId: id)).throwIfError()
+                        }
+                    }
+                }
+            }
+        }
+        try await group.waitForAll()
+    }
+    let wall = seconds(ContinuousClock.now - start)
+    let lifecycles = Double(pairs.count * perPair)
+    let cpuPerLifecycle = (server.cpuSeconds - cpuBefore) / lifecycles
+    print(
+        String(
+            format:
+                "  %.0f lifecycles in %.2f s: %.0f lifecycles/s; server CPU %.0f µs per lifecycle, Ed25519 verify %.0f µs per frame",
+            lifecycles, wall, lifecycles / wall, cpuPerLifecycle * 1e6, verifySeconds * 1e6))
+    report(
+        Row(
+            name: "market: server CPU / its signature checks", ours: cpuPerLifecycle * 1e6,
+            baseline: verifySeconds * framesPerLifecycle * 1e6, unit: "µs", target: 2, higherIsBetter: false))
+
+    // Matching latency: task.post sent → task.assigned received by a provider with a standing offer.
+    // Five providers with standing offers (64 slots each, one model each); 300 posts round-robin.
+    let requester = KeyRing.inMemory(sealing: sealing)
+    let providers = (0..<5).map { _ in KeyRing.inMemory(sealing: sealing) }
+    try mint([requester.peerID], databasePath: server.databasePath)
+    let latencies = try await MarketConnection.with(url: url, keys: requester) { r in
+        try await withConnections(url: url, keys: providers) { connections in
+            for (index, connection) in connections.enumerated() {
+                try await connection.request(
+                    .offerAdvertise, AdvertiseBody(price: 1_000_000, slots: 64, models: ["match\(index)"])
+                )
+                .throwIfError()
+            }
+            var values: [Double] = []
+            for n in 0..<300 {
+                let id = "match-\(n)"
+                let sent = ContinuousClock.now
+                try await r.send(.taskPost, PostBody(taskId: id, maxPrice: 1_000_000, model: "match\(n % 5)"))
+                _ = try await connections[n % 5].next(.taskAssigned, taskId: id)
+                values.append(seconds(ContinuousClock.now - sent) * 1000)
+                _ = try await r.next(.taskAssigned, taskId: id)
+            }
+            return values
+        }
+    }
+    report(
+        Row(
+            name: "market: matching latency p50 (vs 5 ms)", ours: percentile(latencies, 0.5), baseline: 5, unit: "ms",
+            target: 1, higherIsBetter: false))
+    report(
+        Row(
+            name: "market: matching latency p99 (vs 20 ms)", ours: percentile(latencies, 0.99), baseline: 20,
+            unit: "ms", target: 1, higherIsBetter: false))
+
+    // One event to 1,000 connected peers, and the server's memory with them idle.
+    let fanServer = try ServerProcess()
+    defer { fanServer.stop() }
+    let idleRSS = fanServer.rssMB
+    let peers = Int(ProcessInfo.processInfo.environment["CMM_BENCH_PEERS"] ?? "1000") ?? 1000
+    let poster = KeyRing.inMemory(sealing: sealing)
+    try mint([poster.peerID], databasePath: fanServer.databasePath)
+    let fanURL = fanServer.url
+    let ready = Counter()
+    let go = Counter()
+    let arrivals = LockedList()
+    let posted = LockedList()
+    var connectedRSS = 0.0
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for _ in 0..<peers {
+            group.addTask {
+                let keys = KeyRing.inMemory(sealing: sealing)
+                try await MarketConnection.with(url: fanURL, keys: keys) { connection in
+                    try await connection.request(.offerAdvertise, AdvertiseBody(price: 50_000_000, slots: 1))
+                        .throwIfError()
+                    ready.increment()
+                    _ = try await connection.next(.taskOpen, timeout: .seconds(120))
+                    arrivals.append(ContinuousClock.now)
+                    while go.value == 0 { try await Task.sleep(for: .milliseconds(50)) }
+                }
+            }
+        }
+        while ready.value < peers { try await Task.sleep(for: .milliseconds(50)) }
+        try await Task.sleep(for: .milliseconds(500))
+        connectedRSS = fanServer.rssMB
+        try await MarketConnection.with(url: fanURL, keys: poster) { r in
+            posted.append(ContinuousClock.now)
+            try await r.request(.taskPost, PostBody(taskId: "fan", maxPrice: 1_000_000)).throwIfError()
+            while arrivals.count < peers { try await Task.sleep(for: .milliseconds(5)) }
+        }
+        go.increment()
+        try await group.waitForAll()
+    }
+    let fan = arrivals.values.map { seconds($0 - posted.values[0]) * 1000 }
+    report(
+        Row(
+            name: "market: fan-out to \(peers) peers, p99 (vs 50 ms)", ours: percentile(fan, 0.99), baseline: 50,
+            unit: "ms", target: 1, higherIsBetter: false))
+    print(
+        String(
+            format: "  server RSS: %.1f MB idle, %.1f MB with %d authenticated connections", idleRSS, connectedRSS,
+            peers))
+    report(
+        Row(
+            name: "market: RSS with \(peers) idle peers (vs 150 MB)", ours: connectedRSS, baseline: 150, unit: "MB",
+            target: 1, higherIsBetter: false))
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored = 0
+    func increment() { lock.withLock { stored += 1 } }
+    var value: Int { lock.withLock { stored } }
+}
+
+final class LockedList: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: [ContinuousClock.Instant] = []
+    func append(_ value: ContinuousClock.Instant) { lock.withLock { stored.append(value) } }
+    var values: [ContinuousClock.Instant] { lock.withLock { stored } }
+    var count: Int { lock.withLock { stored.count } }
+}
+
+/// Opens one authenticated connection per key ring, nested, and runs `body` with all of them.
+func withConnections<T: Sendable>(
+    url: String, keys: [KeyRing], opened: [MarketConnection] = [],
+    _ body: @escaping @Sendable ([MarketConnection]) async throws -> T
+) async throws -> T {
+    guard let first = keys.first else { return try await body(opened) }
+    let rest = Array(keys.dropFirst())
+    return try await MarketConnection.with(url: url, keys: first) { connection in
+        try await withConnections(url: url, keys: rest, opened: opened + [connection], body)
+    }
+}
