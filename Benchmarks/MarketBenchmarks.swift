@@ -145,6 +145,19 @@ func marketBenchmarks() async throws {
             format:
                 "  %.0f lifecycles in %.2f s: %.0f lifecycles/s; server CPU %.0f µs per lifecycle, Ed25519 verify %.0f µs per frame",
             lifecycles, wall, lifecycles / wall, cpuPerLifecycle * 1e6, verifySeconds * 1e6))
+    // Informational: the smallest write a frame needs (its nonce) as one transaction, in-process.
+    let floorStore = try SQLiteMarketStore(path: server.directory.appending(path: "floor.sqlite").path)
+    let floorCount = 2000
+    let floorTime = try await clock.measure {
+        for index in 0..<floorCount {
+            _ = try await floorStore.write { try $0.insertNonce(peer: "p", nonce: "n\(index)", expiresMs: 1) }
+        }
+    }
+    try await floorStore.close()
+    print(
+        String(
+            format: "  one SQLite write transaction (a nonce row) through the store: %.0f µs",
+            seconds(floorTime) / Double(floorCount) * 1e6))
     report(
         Row(
             name: "market: server CPU / its signature checks", ours: cpuPerLifecycle * 1e6,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing (Docker engine), builds, and walks through the provider's side of the
-# main loop in a throwaway CMM_HOME: consent, limits, keys, end-to-end encryption, and one job run
-# in a hardened container, with usage and the audit check. The market server and the
-# requester/provider flows are not built yet: the script says so at the end.
+# main loop in a throwaway CMM_HOME: consent, limits, keys, end-to-end encryption, one job run in
+# a hardened container with usage and the audit check; then a local market server on SQLite with
+# credits minted, its status and a check of its books. The provider daemon and requester flows
+# are not built yet: the script says so at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -49,10 +50,29 @@ run audit --verify
 run compliance-check || true
 run clean
 
+# The market server: a local market on embedded SQLite, credits minted to this participant, its
+# status and a check of its books.
+MARKET_DB="sqlite:$DEMO_HOME/market.sqlite"
+printf '\n$ claude-max-market market serve --port 0 --db %s &\n' "$MARKET_DB"
+"$BIN" market serve --port 0 --db "$MARKET_DB" 2>"$DEMO_HOME/market.log" &
+MARKET_PID=$!
+trap 'kill "$MARKET_PID" 2>/dev/null; wait "$MARKET_PID" 2>/dev/null; stop_started_services; rm -rf "${DEMO_HOME:-}" "${DEMO_CONTEXT:-}"' EXIT
+for _ in $(seq 1 100); do grep -q "listening" "$DEMO_HOME/market.log" && break; sleep 0.1; done
+MARKET_URL="$(grep -o 'ws://[^ ]*' "$DEMO_HOME/market.log" | head -1)"
+[ -n "$MARKET_URL" ] || die "the market did not start: $(cat "$DEMO_HOME/market.log")"
+PEER_ID="$("$BIN" keys show --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["peerId"])')"
+run market mint --db "$MARKET_DB" --to "$PEER_ID" --amount 100 --memo "quickstart"
+run market status --url "$MARKET_URL"
+run market verify --db "$MARKET_DB"
+kill "$MARKET_PID"
+wait "$MARKET_PID" 2>/dev/null || true
+
 cat <<'TXT'
 
-Not built yet: the market server (order book, escrow, ledger, reputation over signed WebSocket
-messages), the provider daemon and the requester flow (post a job with a price held in escrow,
-matching, sealed payload delivery, settlement). This quickstart shows the provider's side that
-they stand on: consent, limits, keys and sealing, and a job run in a hardened container.
+Built and shown above: the provider's side (consent, limits, keys and sealing, a job run in a
+hardened container) and the market server (signed WebSocket protocol, escrow, first-accept
+matching, double-entry ledger, reputation; docs/PROTOCOL.md).
+Not built yet: the provider daemon and the requester commands that connect the two (posting a
+job from the command line, bidding, sealed delivery and settlement end to end), and the `demo`
+that runs the whole loop.
 TXT

@@ -15,6 +15,10 @@ if ! python3 -c "from cryptography.hazmat.primitives import hpke" 2>/dev/null; t
     log "installing Python cryptography (HPKE interop test)"
     python3 -m pip install -q "cryptography>=46"
 fi
+if ! python3 -c "import websockets, yaml, openapi_spec_validator, openapi_schema_validator" 2>/dev/null; then
+    log "installing Python websockets, PyYAML and the OpenAPI validators (protocol and read-view tests)"
+    python3 -m pip install -q websockets pyyaml openapi-spec-validator openapi-schema-validator
+fi
 export CMM_REQUIRE_DOCKER=1
 
 log "swift build --build-tests"

@@ -7,6 +7,7 @@ import Logging
 import MarketCore
 import MarketStore
 import NIOCore
+import NIOWebSocket
 import ServiceLifecycle
 import Synchronization
 
@@ -18,7 +19,8 @@ public final class MarketServer: Service, Sendable {
     let store: any MarketStore
     let logger: Logger
     let processor: FrameProcessor
-    let hub = PeerHub()
+    let hub: PeerHub
+    let connections = ConnectionRegistry()
     let metrics = MarketMetrics()
     let now: @Sendable () -> Int64
     let startedMs: Int64
@@ -40,6 +42,7 @@ public final class MarketServer: Service, Sendable {
         self.now = now
         self.startedMs = now()
         self.onRunning = onRunning
+        self.hub = PeerHub(frameRate: configuration.frameRate, frameBurst: configuration.frameBurst)
         self.processor = FrameProcessor(
             store: store, configuration: configuration, metrics: metrics, logger: logger, now: now)
     }
@@ -81,11 +84,13 @@ public final class MarketServer: Service, Sendable {
                 }
             }
             try await gracefulShutdown()
-            // Tell every peer why its connection ends; the application then closes the sockets.
+            // Tell every peer why its connection ends, then close every connection (a client that
+            // never hangs up must not keep the server from stopping).
             self.hub.broadcastAll(
                 ServerFrames.error(
                     MarketError(.unavailable, "the market is shutting down; reconnect later"), ref: nil,
                     nowMs: self.now()))
+            self.connections.closeAll(reason: "the market is shutting down")
         }
     }
 
@@ -207,7 +212,7 @@ public final class MarketServer: Service, Sendable {
 
     enum Outbound: Sendable {
         case text(String)
-        case close(String)
+        case close(WebSocketErrorCode, String)
     }
 
     /// One WebSocket connection: a reader that assembles and processes frames, a writer that
@@ -220,14 +225,16 @@ public final class MarketServer: Service, Sendable {
             if case .dropped = continuation.yield(.text(text)) { overflowed.store(true, ordering: .relaxed) }
         }
         var peer: PeerID?
+        connections.add(connectionID) { reason in continuation.yield(Outbound.close(.goingAway, reason)) }
+        defer { connections.remove(connectionID) }
         await withDiscardingTaskGroup { group in
             group.addTask {
                 for await item in stream {
                     do {
                         switch item {
                         case .text(let text): try await outbound.write(.text(text))
-                        case .close(let reason):
-                            try await outbound.close(.policyViolation, reason: reason)
+                        case .close(let code, let reason):
+                            try await outbound.close(code, reason: reason)
                             return
                         }
                     } catch { return }
@@ -262,11 +269,13 @@ public final class MarketServer: Service, Sendable {
                     if peer == nil {
                         preAuthFrames += 1
                         if preAuthFrames > configuration.preAuthFrames {
-                            continuation.yield(.close("too many frames before auth"))
+                            continuation.yield(.close(.policyViolation, "too many frames before auth"))
                             break
                         }
                     }
-                    guard bucket.take(nowMs: now()) else {
+                    // Before auth the connection's own budget; after, the peer's, shared by all its connections.
+                    let allowed = peer.map { hub.takeToken($0, nowMs: now()) } ?? bucket.take(nowMs: now())
+                    guard allowed else {
                         metrics.error(MarketError.Code.rateLimited.rawValue)
                         // Name the refused message when it parses, so that its sender can resend it.
                         let ref = try? JSONDecoder().decode(Envelope.self, from: Data(text.utf8)).id
@@ -288,11 +297,11 @@ public final class MarketServer: Service, Sendable {
                     }
                     for (target, text) in output.outgoing { await deliver(text, to: target) }
                     if output.close {
-                        continuation.yield(.close("authentication failed"))
+                        continuation.yield(.close(.policyViolation, "authentication failed"))
                         break
                     }
                     if overflowed.load(ordering: .relaxed) {
-                        continuation.yield(.close("the connection reads too slowly"))
+                        continuation.yield(.close(.policyViolation, "the connection reads too slowly"))
                         break
                     }
                 }

@@ -11,10 +11,28 @@ final class PeerHub: Sendable {
 
     private struct State {
         var byPeer: [PeerID: [Connection]] = [:]
+        var buckets: [PeerID: TokenBucket] = [:]
         var total = 0
     }
 
     private let state = Mutex(State())
+    let frameRate: Double
+    let frameBurst: Double
+
+    init(frameRate: Double, frameBurst: Double) {
+        self.frameRate = frameRate
+        self.frameBurst = frameBurst
+    }
+
+    /// Takes one frame from the peer's budget, shared by all of its connections.
+    func takeToken(_ peer: PeerID, nowMs: Int64) -> Bool {
+        state.withLock { state in
+            var bucket = state.buckets[peer] ?? TokenBucket(rate: frameRate, burst: frameBurst, nowMs: nowMs)
+            let allowed = bucket.take(nowMs: nowMs)
+            state.buckets[peer] = bucket
+            return allowed
+        }
+    }
 
     func add(_ peer: PeerID, _ connection: Connection) {
         state.withLock { state in
@@ -28,7 +46,10 @@ final class PeerHub: Sendable {
             let before = state.byPeer[peer]?.count ?? 0
             state.byPeer[peer]?.removeAll { $0.id == connectionID }
             state.total -= before - (state.byPeer[peer]?.count ?? 0)
-            if state.byPeer[peer]?.isEmpty == true { state.byPeer[peer] = nil }
+            if state.byPeer[peer]?.isEmpty == true {
+                state.byPeer[peer] = nil
+                state.buckets[peer] = nil
+            }
         }
     }
 
@@ -75,5 +96,22 @@ struct TokenBucket: Sendable {
         guard tokens >= 1 else { return false }
         tokens -= 1
         return true
+    }
+}
+
+/// Every open connection, authenticated or not, so that shutdown can close them all.
+final class ConnectionRegistry: Sendable {
+    private let closers = Mutex<[Int: @Sendable (String) -> Void]>([:])
+
+    func add(_ id: Int, close: @escaping @Sendable (String) -> Void) {
+        closers.withLock { $0[id] = close }
+    }
+
+    func remove(_ id: Int) {
+        _ = closers.withLock { $0.removeValue(forKey: id) }
+    }
+
+    func closeAll(reason: String) {
+        for close in closers.withLock({ Array($0.values) }) { close(reason) }
     }
 }

@@ -43,49 +43,14 @@ final class Locked<Value: Sendable>: Sendable {
                 let ack = try await connection.ok(.taskPost, PostBody(taskId: "race", maxPrice: micro(20)))
                 #expect(ack.state == "open")
             }
-            let gate = Gate()
-            let outcomes = Locked<[String: Int]>([:])
-            let winner = Locked<String?>(nil)
             let bidders = 200
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for index in 0..<bidders {
-                    group.addTask {
-                        let keys = TestMarket.newPeer()
-                        let ready = Locked(false)
-                        do {
-                            try await market.connect(keys) { connection in
-                                // Above the task's maximum: the offer alone never matches it.
-                                let advertised = try? await connection.ok(
-                                    .offerAdvertise, AdvertiseBody(price: micro(50), slots: 1))
-                                ready.withLock { $0 = true }
-                                await gate.wait()
-                                guard advertised != nil else {
-                                    outcomes.withLock { $0["advertise failed", default: 0] += 1 }
-                                    return
-                                }
-                                let answer = try await connection.request(
-                                    .bidPlace, BidBody(taskId: "race", price: micro(10) + Int64(index)),
-                                    timeout: .seconds(60))
-                                let outcome = answer.errorBody?.code ?? answer.type
-                                outcomes.withLock { $0[outcome, default: 0] += 1 }
-                                if answer.type == "ack" { winner.withLock { $0 = keys.peerID.rawValue } }
-                            }
-                        } catch {
-                            outcomes.withLock { $0["\(error)", default: 0] += 1 }
-                            if !ready.withLock({ $0 }) { await gate.wait() }
-                        }
-                    }
-                }
-                // Every bidder is connected with a standing offer (a failed one ends the group with its error).
-                for _ in 0..<3000 where await gate.count() < bidders { try await Task.sleep(for: .milliseconds(20)) }
-                #expect(await gate.count() == bidders, "not every bidder got ready")
-                await gate.open()
-                try await group.waitForAll()
+            let (outcomes, winner) = try await Self.bidRace(urls: [market.url], bidders: bidders) {
+                micro(10) + Int64($0)
             }
-            #expect(outcomes.withLock { $0 } == ["ack": 1, "invalid_state": bidders - 1])
+            #expect(outcomes == ["ack": 1, "invalid_state": bidders - 1])
             let task = try #require(try await market.task("race"))
             #expect(task.state == .assigned)
-            #expect(winner.withLock { $0 } == task.provider?.rawValue)
+            #expect(winner == task.provider?.rawValue)
             // The difference between the maximum and the winning bid went back at once.
             let price = try #require(task.price)
             #expect(try await market.balance(.escrow(taskID: "race")) == price)
@@ -93,5 +58,50 @@ final class Locked<Value: Sendable>: Sendable {
             let audit = try await market.audit()
             #expect(audit.balanced, "\(audit.discrepancies)")
         }
+    }
+
+    /// `bidders` providers, spread over `urls`, each with a standing offer above the task's
+    /// maximum, bid for task `race` at the same moment. Returns each answer's code and the winner.
+    static func bidRace(urls: [String], bidders: Int, price: @escaping @Sendable (Int) -> Int64) async throws -> (
+        outcomes: [String: Int], winner: String?
+    ) {
+        let gate = Gate()
+        let outcomes = Locked<[String: Int]>([:])
+        let winner = Locked<String?>(nil)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<bidders {
+                group.addTask {
+                    let keys = TestMarket.newPeer()
+                    let ready = Locked(false)
+                    do {
+                        try await MarketConnection.with(url: urls[index % urls.count], keys: keys) { connection in
+                            // Above the task's maximum: the offer alone never matches it.
+                            let advertised = try? await connection.ok(
+                                .offerAdvertise, AdvertiseBody(price: micro(50), slots: 1))
+                            ready.withLock { $0 = true }
+                            await gate.wait()
+                            guard advertised != nil else {
+                                outcomes.withLock { $0["advertise failed", default: 0] += 1 }
+                                return
+                            }
+                            let answer = try await connection.request(
+                                .bidPlace, BidBody(taskId: "race", price: price(index)), timeout: .seconds(60))
+                            let outcome = answer.errorBody?.code ?? answer.type
+                            outcomes.withLock { $0[outcome, default: 0] += 1 }
+                            if answer.type == "ack" { winner.withLock { $0 = keys.peerID.rawValue } }
+                        }
+                    } catch {
+                        outcomes.withLock { $0["\(error)", default: 0] += 1 }
+                        if !ready.withLock({ $0 }) { await gate.wait() }
+                    }
+                }
+            }
+            // Every bidder is connected with a standing offer (a failed one ends the group with its error).
+            for _ in 0..<3000 where await gate.count() < bidders { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(await gate.count() == bidders, "not every bidder got ready")
+            await gate.open()
+            try await group.waitForAll()
+        }
+        return (outcomes.withLock { $0 }, winner.withLock { $0 })
     }
 }

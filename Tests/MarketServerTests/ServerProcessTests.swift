@@ -27,6 +27,23 @@ import Testing
         try await requester.ok(.jobAccept, TaskRefBody(taskId: id))
     }
 
+    @Test func sigtermEndsTheServerPromptlyEvenWithAClientThatNeverHangsUp() async throws {
+        let home = TemporaryDirectory("cmm-stop")
+        let server = try MarketProcess.start(db: "sqlite:" + home.file("m.sqlite").path, home: home.url)
+        let notice = try await MarketConnection.with(url: server.url, keys: TestMarket.newPeer()) { connection in
+            let started = Date()
+            kill(server.pid, SIGTERM)
+            let frame = try await connection.next(.error, timeout: .seconds(10))
+            while server.process.isRunning && Date().timeIntervalSince(started) < 10 {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(!server.process.isRunning, "market serve still runs 10 s after SIGTERM with a client connected")
+            return frame.errorBody?.code
+        }
+        #expect(notice == "unavailable")
+        #expect(server.stop() == 0)
+    }
+
     @Test func killingTheServerAtRandomPointsLosesNoCredit() async throws {
         let home = TemporaryDirectory("cmm-crash")
         let db = "sqlite:" + home.file("market.sqlite").path

@@ -183,6 +183,28 @@ import Testing
         }
     }
 
+    @Test func aPeersBudgetIsSharedByAllItsConnections() async throws {
+        try await TestMarket.with(configure: {
+            $0.frameRate = 2
+            $0.frameBurst = 6
+        }) { market in
+            let keys = TestMarket.newPeer()
+            try await market.connect(keys) { first in
+                try await market.connect(keys) { second in
+                    var codes: [String] = []
+                    for index in 0..<8 {
+                        let connection = index % 2 == 0 ? first : second
+                        let answer = try await connection.request(.ping, EmptyBody(), timeout: .seconds(3))
+                        codes.append(answer.errorBody?.code ?? answer.type)
+                    }
+                    // Six frames of burst for the peer, not six per connection.
+                    #expect(codes.filter { $0 == "pong" }.count <= 7, "\(codes)")
+                    #expect(codes.suffix(2) == ["rate_limited", "rate_limited"], "\(codes)")
+                }
+            }
+        }
+    }
+
     @Test func aFullReplayCacheRefusesNewFramesInsteadOfForgetting() async throws {
         try await TestMarket.with(configure: { $0.replayCapacity = 3 }) { market in
             try await market.connect { connection in
