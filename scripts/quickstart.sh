@@ -56,7 +56,7 @@ MARKET_DB="sqlite:$DEMO_HOME/market.sqlite"
 printf '\n$ claude-max-market market serve --port 0 --db %s &\n' "$MARKET_DB"
 "$BIN" market serve --port 0 --db "$MARKET_DB" 2>"$DEMO_HOME/market.log" &
 MARKET_PID=$!
-trap 'kill "$MARKET_PID" 2>/dev/null; wait "$MARKET_PID" 2>/dev/null; stop_started_services; rm -rf "${DEMO_HOME:-}" "${DEMO_CONTEXT:-}"' EXIT
+trap 'kill "$MARKET_PID" 2>/dev/null || true; wait "$MARKET_PID" 2>/dev/null || true; stop_started_services; rm -rf "${DEMO_HOME:-}" "${DEMO_CONTEXT:-}"' EXIT
 for _ in $(seq 1 100); do grep -q "listening" "$DEMO_HOME/market.log" && break; sleep 0.1; done
 MARKET_URL="$(grep -o 'ws://[^ ]*' "$DEMO_HOME/market.log" | head -1)"
 [ -n "$MARKET_URL" ] || die "the market did not start: $(cat "$DEMO_HOME/market.log")"
