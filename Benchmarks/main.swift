@@ -360,6 +360,7 @@ do {
     }
     if which == "market" || which == "all" {
         try await marketBenchmarks()
+        try await echoBenchmarks()
     }
 } catch {
     print("benchmark failed: \(error)")

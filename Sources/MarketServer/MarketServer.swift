@@ -66,8 +66,21 @@ public final class MarketServer: Service, Sendable {
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
             onServerRunning: { [onRunning] channel in await onRunning(channel.localAddress?.port ?? 0) },
             logger: logger)
+        // The HTTP server runs in a group of its own, so that on shutdown the market first tells
+        // every peer why and closes their connections, and only then stops listening.
+        let listener = ServiceGroup(
+            configuration: .init(services: [.init(service: application)], gracefulShutdownSignals: [], logger: logger))
+        // Detached: the listener must not see this service's graceful shutdown (a task-local),
+        // only the trigger below. Cancelling this service still cancels it.
+        let listening = Task.detached { try await listener.run() }
         try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { try await application.runService() }
+            group.addTask {
+                try await withTaskCancellationHandler {
+                    try await listening.value
+                } onCancel: {
+                    listening.cancel()
+                }
+            }
             // A sweep interval can be long: the loop's sleep ends at once on shutdown.
             group.addTask { await cancelWhenGracefulShutdown { await self.sweepLoop() } }
             if let relay = self.store as? any MarketRelay {
@@ -91,6 +104,8 @@ public final class MarketServer: Service, Sendable {
                     MarketError(.unavailable, "the market is shutting down; reconnect later"), ref: nil,
                     nowMs: self.now()))
             self.connections.closeAll(reason: "the market is shutting down")
+            await self.connections.waitUntilEmpty(timeout: .seconds(5))
+            await listener.triggerGracefulShutdown()
         }
     }
 
@@ -290,11 +305,13 @@ public final class MarketServer: Service, Sendable {
                     let started = ContinuousClock.now
                     let output = await processor.process(text, session: &session)
                     metrics.frameDuration(nanoseconds: (ContinuousClock.now - started).nanosecondsClamped)
-                    for reply in output.replies { send(reply) }
+                    // Registered before the auth ack leaves: a peer that acts on the ack must already
+                    // receive what is sent to it.
                     if let authenticated = output.authenticated {
                         peer = authenticated
                         hub.add(authenticated, .init(id: connectionID, send: send))
                     }
+                    for reply in output.replies { send(reply) }
                     for (target, text) in output.outgoing { await deliver(text, to: target) }
                     if output.close {
                         continuation.yield(.close(.policyViolation, "authentication failed"))

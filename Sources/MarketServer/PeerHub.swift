@@ -114,4 +114,12 @@ final class ConnectionRegistry: Sendable {
     func closeAll(reason: String) {
         for close in closers.withLock({ Array($0.values) }) { close(reason) }
     }
+
+    /// Waits (up to `timeout`) until every connection has ended after `closeAll`.
+    func waitUntilEmpty(timeout: Duration) async {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline, !closers.withLock({ $0.isEmpty }) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
 }

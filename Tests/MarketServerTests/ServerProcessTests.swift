@@ -57,8 +57,14 @@ import Testing
         var kills = 0
         for round in 0..<10 {
             let victim = server
+            let startedBefore = counter.withLock { $0 }
             let killer = Task {
-                try await Task.sleep(for: .milliseconds(Int.random(in: 50...700)))
+                // Strike once this round has work in flight (a loaded machine may take a while to
+                // connect), at a random moment of it.
+                for _ in 0..<500 where counter.withLock({ $0 }) == startedBefore {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                try await Task.sleep(for: .milliseconds(Int.random(in: 0...400)))
                 kill(victim.pid, SIGKILL)
             }
             let url = server.url
