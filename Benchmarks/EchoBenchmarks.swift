@@ -50,7 +50,7 @@ final class LockedDoubles: @unchecked Sendable {
 }
 
 func echoBenchmarks() async throws {
-    let count = Int(ProcessInfo.processInfo.environment["CMM_BENCH_ECHO"] ?? "20000") ?? 20000
+    let count = Int(ProcessInfo.processInfo.environment["CMM_BENCH_ECHO"] ?? "5000") ?? 5000
     // Ours: an echo route on the same stack, in this process (as the market serves /market).
     let router = Router(context: BasicWebSocketRequestContext.self)
     router.ws("/echo") { inbound, outbound, _ in

@@ -6,7 +6,7 @@ import MarketCore
 import MarketCrypto
 
 // Benchmarks: each line puts our number beside a baseline measured in the same run, as a ratio
-// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|market|all]`.
+// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|market|echo|all]`.
 
 struct Row {
     var name: String
@@ -360,6 +360,8 @@ do {
     }
     if which == "market" || which == "all" {
         try await marketBenchmarks()
+    }
+    if which == "echo" || which == "all" {
         try await echoBenchmarks()
     }
 } catch {
