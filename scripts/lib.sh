@@ -88,7 +88,11 @@ ensure_postgres() {
     for _ in $(seq 1 60); do
         if psql "postgres://postgres@127.0.0.1:$port/postgres" -qAtc 'SELECT 1' >/dev/null 2>&1; then
             export CMM_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
-            log "PostgreSQL ready (pid $pid)"
+            # runuser may not pass SIGTERM on: stop the postmaster by its own PID too.
+            local postmaster
+            postmaster="$(head -1 "$PG_DIR/data/postmaster.pid" 2>/dev/null || true)"
+            [ -n "$postmaster" ] && STARTED_PIDS=("$postmaster" "${STARTED_PIDS[@]}")
+            log "PostgreSQL ready (pid $postmaster, under runuser $pid)"
             return 0
         fi
         kill -0 "$pid" 2>/dev/null || break
