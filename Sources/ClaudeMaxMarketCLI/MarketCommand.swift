@@ -38,12 +38,12 @@ struct MarketDatabaseOptions: ParsableArguments {
         return .sqlite(path: paths.dataDirectory.appending(path: "market.sqlite").path)
     }
 
-    func open() async throws -> any MarketStore {
-        switch try location() {
-        case .sqlite(let path):
-            return try SQLiteMarketStore(path: path)
-        case .postgres(let url):
-            return try await PostgresMarketStore.connect(url: url, logger: Logger(label: "cmm.market.store"))
+    /// The books, open for `body` and closed after it; a refusal of the rules becomes a CLI error.
+    func withStore<T>(_ body: (any MarketStore) async throws -> T) async throws -> T {
+        do {
+            return try await location().withStore(logger: Logger(label: "cmm.market.store"), body)
+        } catch let error as MarketError {
+            throw CLIError(error.message)
         }
     }
 }
@@ -134,24 +134,19 @@ struct MarketServeCommand: AsyncParsableCommand {
         var logger = Logger(label: "cmm.market")
         logger.logLevel = .notice
         let location = try database.location()
-        let store = try await database.open()
         let scheme = tlsCert == nil ? "ws" : "wss"
         let host = self.host
-        let server = try MarketServer(
-            configuration: configuration, store: store, logger: logger,
-            onRunning: { port in
-                Output.note("market listening on \(scheme)://\(host):\(port)/market (books: \(location))")
-            })
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        do {
-            try await group.run()
-        } catch {
-            try? await store.close()
-            throw CLIError("the market stopped: \(error)")
+        try await database.withStore { store in
+            let server = try MarketServer(
+                configuration: configuration, store: store, logger: logger,
+                onRunning: { port in
+                    Output.note("market listening on \(scheme)://\(host):\(port)/market (books: \(location))")
+                })
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            do { try await group.run() } catch { throw CLIError("the market stopped: \(error)") }
         }
-        try await store.close()
         Output.note("market stopped")
     }
 }
@@ -167,10 +162,8 @@ struct MarketVerifyCommand: AsyncParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
-        let store = try await database.open()
         let book = MarketBook(rules: MarketRules())
-        let audit = try await store.read { try book.audit(in: $0) }
-        try await store.close()
+        let audit = try await database.withStore { store in try await store.read { try book.audit(in: $0) } }
         if json {
             try Output.json(audit)
         } else {
@@ -226,20 +219,12 @@ struct MarketMintCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (peer, credits) = try parsed()
-        let store = try await database.open()
         let book = MarketBook(rules: MarketRules())
         let memo = self.memo
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
-        let balance: Credits
-        do {
-            balance = try await store.write {
-                try book.mint(to: peer, amount: credits, memo: memo, nowMs: nowMs, in: $0)
-            }
-        } catch let error as MarketError {
-            try await store.close()
-            throw CLIError(error.message)
+        let balance = try await database.withStore { store in
+            try await store.write { try book.mint(to: peer, amount: credits, memo: memo, nowMs: nowMs, in: $0) }
         }
-        try await store.close()
         let report = Report(
             peer: peer.rawValue, amount: credits.description, balance: balance.description, balanceMicro: balance.micro)
         if json { try Output.json(report) } else { Output.line("minted \(credits) to \(peer); balance \(balance)") }
@@ -267,20 +252,15 @@ struct MarketResolveCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let store = try await database.open()
         let book = MarketBook(rules: MarketRules())
         let (taskID, forProvider, memo) = (self.taskID, side == "provider", self.memo)
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
-        do {
-            let transitions = try await store.write {
+        let transitions = try await database.withStore { store in
+            try await store.write {
                 try book.apply(.resolve(forProvider: forProvider, memo: memo), toTask: taskID, nowMs: nowMs, in: $0)
             }
-            try await store.close()
-            Output.line("task \(taskID) is \(transitions.last?.task.state.rawValue ?? "unchanged")")
-        } catch let error as MarketError {
-            try await store.close()
-            throw CLIError(error.message)
         }
+        Output.line("task \(taskID) is \(transitions.last?.task.state.rawValue ?? "unchanged")")
     }
 }
 

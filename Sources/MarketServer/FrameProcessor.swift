@@ -472,7 +472,7 @@ final class FrameProcessor: Sendable {
             minReputation: task.minReputation,
             model: task.model, timeoutSeconds: task.timeoutSeconds, expiresMs: task.deadlineMs)
         let frame = ServerFrames.frame(.taskOpen, body, nowMs: nowMs)
-        for offer in try tx.offers(lock: false)
+        for offer in try tx.offers()
         where offer.provider != task.requester && !task.excluded.contains(offer.provider) {
             output.outgoing.append((offer.provider, frame))
         }
@@ -483,7 +483,6 @@ final class FrameProcessor: Sendable {
     /// Timeouts and silent providers; old nonces and message ids are forgotten now and then.
     func sweep(purge: Bool) async throws -> [(peer: PeerID, text: String)] {
         let nowMs = now()
-        let rules = configuration.rules
         let retention = configuration.messageRetentionMs
         let (outgoing, purged, settled) = try await store.write { [book] tx in
             let transitions = try book.sweep(nowMs: nowMs, in: tx)
@@ -494,7 +493,6 @@ final class FrameProcessor: Sendable {
                 purged = try tx.purgeNonces(expiredBefore: nowMs)
                 try tx.purgeMessages(before: nowMs - retention)
             }
-            _ = rules
             return (output.outgoing, purged, output.settled)
         }
         if purged > 0 { nonceCount.subtract(purged, ordering: .relaxed) }
@@ -506,12 +504,4 @@ final class FrameProcessor: Sendable {
 /// The handshake frames are checked without the store: their freshness comes from the challenge.
 struct NoReplayCache: ReplayCache {
     func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> ReplayCacheResult { .inserted }
-}
-
-extension WireField {
-    /// Up to 40 printable ASCII characters of a hostile string, for an error message.
-    public static func printable(_ text: String) -> String {
-        let kept = String(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value < 0x7F }.prefix(40))
-        return text.count > 40 ? kept + "…" : kept
-    }
 }

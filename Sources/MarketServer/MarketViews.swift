@@ -96,7 +96,7 @@ public enum MarketViews {
     }
 
     public static func offers(in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) throws -> [OfferView] {
-        try tx.offers(lock: false).map { offer in
+        try tx.offers().map { offer in
             let busy = try tx.busySlots(of: offer.provider)
             return OfferView(
                 provider: offer.provider.rawValue, price: offer.price.micro, priceText: offer.price.description,

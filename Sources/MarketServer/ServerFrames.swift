@@ -51,7 +51,3 @@ enum ServerFrames {
         }
     }
 }
-
-extension TaskState {
-    var label: String { rawValue }
-}

@@ -89,8 +89,8 @@ public protocol MarketTransaction {
 
     // Offers
     func offer(of provider: PeerID) throws -> Offer?
-    /// Every offer; with `lock`, the rows stay locked until the transaction ends.
-    func offers(lock: Bool) throws -> [Offer]
+    /// Every offer, cheapest first.
+    func offers() throws -> [Offer]
     /// Offers as matching needs them, in one query: each with its provider's busy slots and
     /// reputation sums; only those priced at most `maxPrice` and (when given) of `provider`.
     /// With `lock`, the offer rows stay locked until the transaction ends.

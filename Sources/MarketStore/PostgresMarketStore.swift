@@ -422,12 +422,11 @@ struct PostgresMarketTransaction: MarketTransaction {
         .rows.first.map(Self.offer)
     }
 
-    func offers(lock: Bool) throws -> [Offer] {
-        let sql: PostgresQuery =
-            lock
-            ? "SELECT provider, price, slots, models, min_requester_rep, created FROM offers ORDER BY provider FOR UPDATE"
-            : "SELECT provider, price, slots, models, min_requester_rep, created FROM offers ORDER BY price, created"
-        return try query(sql).rows.map(Self.offer)
+    func offers() throws -> [Offer] {
+        try query(
+            "SELECT provider, price, slots, models, min_requester_rep, created FROM offers ORDER BY price, created"
+        )
+        .rows.map(Self.offer)
     }
 
     static func offer(_ row: PostgresRow) throws -> Offer {

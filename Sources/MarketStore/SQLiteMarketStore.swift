@@ -328,7 +328,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
             Self.offer)
     }
 
-    func offers(lock: Bool) throws -> [Offer] {
+    func offers() throws -> [Offer] {
         try Row.fetchAll(db, sql: "SELECT * FROM offers ORDER BY price, created").map(Self.offer)
     }
 

@@ -1,7 +1,7 @@
 import Foundation
 import MarketClient
 import MarketCore
-import Synchronization
+import TestSupport
 import Testing
 
 /// Releases every waiter at once, after all of them have arrived.
@@ -23,13 +23,6 @@ actor Gate {
         for waiter in waiters { waiter.resume() }
         waiters.removeAll()
     }
-}
-
-/// A value shared by concurrent test tasks.
-final class Locked<Value: Sendable>: Sendable {
-    private let mutex: Mutex<Value>
-    init(_ value: Value) { mutex = Mutex(value) }
-    func withLock<T: Sendable>(_ body: (inout Value) -> T) -> T { mutex.withLock { body(&$0) } }
 }
 
 @Suite(.serialized) struct RaceTests {
@@ -66,13 +59,13 @@ final class Locked<Value: Sendable>: Sendable {
         outcomes: [String: Int], winner: String?
     ) {
         let gate = Gate()
-        let outcomes = Locked<[String: Int]>([:])
-        let winner = Locked<String?>(nil)
+        let outcomes = LockedBox<[String: Int]>([:])
+        let winner = LockedBox<String?>(nil)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<bidders {
                 group.addTask {
                     let keys = TestMarket.newPeer()
-                    let ready = Locked(false)
+                    let ready = LockedBox(false)
                     do {
                         try await MarketConnection.with(url: urls[index % urls.count], keys: keys) { connection in
                             // Above the task's maximum: the offer alone never matches it.

@@ -53,7 +53,7 @@ import Testing
             ["market", "mint", "--to", requester.peerID.rawValue, "--amount", "1000", "--db", db], home: home.url)
         #expect(mint.exitCode == 0, "\(mint.stderr)")
         var server = try MarketProcess.start(db: db, home: home.url, extra: Self.shortWindows)
-        let counter = Locked(0)
+        let counter = LockedBox(0)
         var kills = 0
         for round in 0..<10 {
             let victim = server

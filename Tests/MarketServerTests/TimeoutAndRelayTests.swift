@@ -34,7 +34,7 @@ import Testing
                 #expect(settlement.state == "open", "back on the book for another provider")
                 #expect(settlement.reason == "the provider went silent")
             }
-            let offers = try await market.store.read { try $0.offers(lock: false) }
+            let offers = try await market.store.read { try $0.offers() }
             #expect(offers.isEmpty)
             let record = try #require(try await market.store.read { try $0.peer(provider.peerID) })
             #expect(record.reputation.failures == 1 && record.reputation.samples == 1)
@@ -58,7 +58,7 @@ import Testing
                     await market.server.sweepOnce()
                 }
             }
-            #expect(try await market.store.read { try $0.offers(lock: false) }.count == 1)
+            #expect(try await market.store.read { try $0.offers() }.count == 1)
             #expect(
                 try await market.store.read { try $0.peer(provider.peerID)?.auditHead } == "head-signed-by-the-provider"
             )
@@ -258,7 +258,7 @@ import Testing
     }
 
     @Test func aGracefulStopTellsConnectedPeersWhy() async throws {
-        let notice = Locked<String?>(nil)
+        let notice = LockedBox<String?>(nil)
         try await TestMarket.with(configure: Self.manualSweeps) { market in
             let listening = Task {
                 try await market.connect { connection in

@@ -110,4 +110,12 @@ public final class LockedBox<Value>: @unchecked Sendable {
     }
 
     public var isSet: Bool { lock.withLock { assigned } }
+
+    /// Reads and changes the value in one step (a counter shared by concurrent tasks).
+    public func withLock<T>(_ body: (inout Value) -> T) -> T {
+        lock.withLock {
+            assigned = true
+            return body(&stored)
+        }
+    }
 }

@@ -34,7 +34,8 @@ public enum WireField {
     /// Task ids: 1–64 of `A–Z a–z 0–9 - _`.
     public static func taskID(_ text: String) throws(MarketError) {
         guard (1...64).contains(text.utf8.count), text.utf8.allSatisfy(isIDByte) else {
-            throw MarketError(.invalidBody, "taskId '\(clip(text))' must be 1–64 characters of A–Z, a–z, 0–9, '-', '_'")
+            throw MarketError(
+                .invalidBody, "taskId '\(printable(text))' must be 1–64 characters of A–Z, a–z, 0–9, '-', '_'")
         }
     }
 
@@ -44,7 +45,7 @@ public enum WireField {
             text.utf8.allSatisfy({ isIDByte($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: ":") })
         else {
             throw MarketError(
-                .invalidBody, "model '\(clip(text))' must be 1–64 characters of A–Z, a–z, 0–9, '.', ':', '-', '_'")
+                .invalidBody, "model '\(printable(text))' must be 1–64 characters of A–Z, a–z, 0–9, '.', ':', '-', '_'")
         }
     }
 
@@ -80,9 +81,10 @@ public enum WireField {
             || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_")
     }
 
-    static func clip(_ text: String) -> String {
-        let printable = String(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value < 0x7F }.prefix(40))
-        return text.count > 40 ? printable + "…" : printable
+    /// Up to 40 printable ASCII characters of a hostile string, for an error message.
+    public static func printable(_ text: String) -> String {
+        let kept = String(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value < 0x7F }.prefix(40))
+        return text.count > 40 ? kept + "…" : kept
     }
 }
 
