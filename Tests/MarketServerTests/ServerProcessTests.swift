@@ -2,6 +2,7 @@ import Foundation
 import MarketClient
 import MarketCore
 import MarketCrypto
+import MarketStore
 import TestSupport
 import Testing
 
@@ -113,5 +114,54 @@ import Testing
         #expect(kills == 10 && counter.withLock { $0 } > 10, "lifecycles were cut by kills")
         let settled = try CLIRunner.run(["market", "verify", "--db", db], home: home.url)
         #expect(settled.stdout.contains("the books balance"))
+    }
+}
+
+/// `market resolve` on a real dispute, as the operator runs it against the market's file.
+@Suite(.serialized) struct ResolveCommandTests {
+    @Test func theOperatorDecidesADisputeForTheRequester() async throws {
+        let directory = TemporaryDirectory("cmm-resolve")
+        let requester = TestMarket.newPeer()
+        let provider = TestMarket.newPeer()
+        try await TestMarket.with(directory: directory) { market in
+            try await market.mint(requester.peerID, 10)
+            try await market.connect(provider) { p in
+                try await p.ok(.offerAdvertise, AdvertiseBody(price: micro(4), slots: 1))
+                try await market.connect(requester) { r in
+                    try await r.ok(.taskPost, PostBody(taskId: "rz", maxPrice: micro(4)))
+                    try await p.ok(.jobApproved, TaskRefBody(taskId: "rz"))
+                    try await p.ok(
+                        .jobResult,
+                        ResultBody(taskId: "rz", sealed: "eA==", resultHash: String(repeating: "9", count: 64)))
+                    try await r.ok(.jobDispute, ReasonBody(taskId: "rz", reason: "no answer in it"))
+                }
+            }
+        }
+        let db = "sqlite:" + directory.file("market.sqlite").path
+        let bad = try CLIRunner.run(
+            ["market", "resolve", "--task-id", "rz", "--for", "nobody", "--memo", "x", "--db", db], home: directory.url)
+        #expect(bad.exitCode != 0 && bad.stderr.contains("must be provider or requester"))
+        let missing = try CLIRunner.run(
+            ["market", "resolve", "--task-id", "zz", "--for", "requester", "--memo", "x", "--db", db],
+            home: directory.url)
+        #expect(missing.exitCode == 1 && missing.stderr.contains("no task zz"), "\(missing.stderr)")
+        let resolved = try CLIRunner.run(
+            ["market", "resolve", "--task-id", "rz", "--for", "requester", "--memo", "empty result", "--db", db],
+            home: directory.url)
+        #expect(resolved.exitCode == 0 && resolved.stdout.contains("task rz is refunded"), "\(resolved.stderr)")
+        let again = try CLIRunner.run(
+            ["market", "resolve", "--task-id", "rz", "--for", "provider", "--memo", "twice", "--db", db],
+            home: directory.url)
+        #expect(
+            again.exitCode == 1 && again.stderr.contains("not allowed while task rz is refunded"), "\(again.stderr)")
+        let verify = try CLIRunner.run(["market", "verify", "--db", db, "--json"], home: directory.url)
+        #expect(verify.exitCode == 0)
+        let store = try SQLiteMarketStore(path: directory.file("market.sqlite").path)
+        let (balance, record) = try await store.read {
+            (try $0.balance(.peer(requester.peerID)), try $0.peer(provider.peerID))
+        }
+        try await store.close()
+        #expect(balance == (try Credits(whole: 10)), "everything in escrow went back")
+        #expect(record?.reputation.failures == 1, "a ruling for the requester counts against the provider")
     }
 }
