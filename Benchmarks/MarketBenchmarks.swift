@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Logging
 import MarketClient
 import MarketCore
 import MarketCrypto
@@ -15,7 +16,8 @@ final class ServerProcess: @unchecked Sendable {
     let port: Int
     let directory: URL
 
-    init(extra: [String] = []) throws {
+    /// A server on `database` (`postgres://…`), or on a fresh SQLite file when nil.
+    init(database: String? = nil, extra: [String] = []) throws {
         directory = FileManager.default.temporaryDirectory.appending(
             path: "cmm-bench-market-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -24,8 +26,8 @@ final class ServerProcess: @unchecked Sendable {
         process.executableURL = binary
         process.arguments =
             [
-                "market", "serve", "--port", "0", "--db", "sqlite:" + directory.appending(path: "m.sqlite").path,
-                "--frame-rate", "100000",
+                "market", "serve", "--port", "0", "--db",
+                database ?? "sqlite:" + directory.appending(path: "m.sqlite").path, "--frame-rate", "100000",
             ] + extra
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CMM_") }
         environment["CMM_HOME"] = directory.path
@@ -45,7 +47,7 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     var url: String { "ws://127.0.0.1:\(port)/market" }
-    var databasePath: String { directory.appending(path: "m.sqlite").path }
+    var sqlite: MarketDatabaseLocation { .sqlite(path: directory.appending(path: "m.sqlite").path) }
 
     /// User + system CPU seconds of the server so far.
     var cpuSeconds: Double {
@@ -73,15 +75,54 @@ func percentile(_ values: [Double], _ p: Double) -> Double {
     return sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * p))]
 }
 
-func mint(_ peers: [PeerID], databasePath: String) throws {
-    let store = try SQLiteMarketStore(path: databasePath)
-    let book = MarketBook(rules: MarketRules())
-    try store.writeNow { tx in
-        for peer in peers {
-            _ = try book.mint(to: peer, amount: try Credits(whole: 1_000_000), memo: "bench", nowMs: 0, in: tx)
+func mint(_ peers: [PeerID], _ location: MarketDatabaseLocation) async throws {
+    try await location.withStore(logger: Logger(label: "bench")) { store in
+        let book = MarketBook(rules: MarketRules())
+        try await store.write { tx in
+            for peer in peers {
+                _ = try book.mint(to: peer, amount: try Credits(whole: 1_000_000), memo: "bench", nowMs: 0, in: tx)
+            }
         }
     }
-    try store.pool.close()
+}
+
+/// Runs `perPair` signed lifecycles (post, approve, result, accept) for each requester/provider
+/// pair at once, the provider with a standing offer; returns the wall time in seconds.
+func runLifecycles(url: String, pairs: [(KeyRing, KeyRing)], perPair: Int, prefix: String) async throws -> Double {
+    let start = ContinuousClock.now
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for (index, (requester, provider)) in pairs.enumerated() {
+            group.addTask {
+                try await MarketConnection.with(url: url, keys: provider) { p in
+                    try await MarketConnection.with(url: url, keys: requester) { r in
+                        try await p.request(
+                            .offerAdvertise, AdvertiseBody(price: 1_000_000, slots: 1, models: ["m\(index)"])
+                        ).throwIfError()
+                        for n in 0..<perPair {
+                            try await lifecycle(
+                                requester: r, provider: p, taskID: "\(prefix)\(index)-\(n)", model: "m\(index)")
+                        }
+                    }
+                }
+            }
+        }
+        try await group.waitForAll()
+    }
+    return seconds(ContinuousClock.now - start)
+}
+
+/// One signed lifecycle; each frame's id is the task id with a suffix.
+func lifecycle(requester r: MarketConnection, provider p: MarketConnection, taskID id: String, model: String)
+    async throws
+{
+    try await r.request(.taskPost, PostBody(taskId: id, maxPrice: 2_000_000, model: model), id: id + "-m1")
+        .throwIfError()
+    try await p.request(.jobApproved, TaskRefBody(taskId: id), id: id + "-m2").throwIfError()
+    try await p.request(
+        .jobResult, ResultBody(taskId: id, sealed: "eA==", resultHash: String(repeating: "a", count: 64)),
+        id: id + "-m3"
+    ).throwIfError()
+    try await r.request(.jobAccept, TaskRefBody(taskId: id), id: id + "-m4").throwIfError()
 }
 
 func marketBenchmarks() async throws {
@@ -106,38 +147,11 @@ func marketBenchmarks() async throws {
     let server = try ServerProcess()
     defer { server.stop() }
     let pairs = (0..<8).map { _ in (KeyRing.inMemory(sealing: sealing), KeyRing.inMemory(sealing: sealing)) }
-    try mint(pairs.map(\.0.peerID), databasePath: server.databasePath)
+    try await mint(pairs.map(\.0.peerID), server.sqlite)
     let perPair = Int(ProcessInfo.processInfo.environment["CMM_BENCH_LIFECYCLES"] ?? "250") ?? 250
     let url = server.url
     let cpuBefore = server.cpuSeconds
-    let start = ContinuousClock.now
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        for (index, (requester, provider)) in pairs.enumerated() {
-            group.addTask {
-                try await MarketConnection.with(url: url, keys: provider) { p in
-                    try await MarketConnection.with(url: url, keys: requester) { r in
-                        try await p.request(
-                            .offerAdvertise, AdvertiseBody(price: 1_000_000, slots: 1, models: ["m\(index)"])
-                        ).throwIfError()
-                        for n in 0..<perPair {
-                            let id = "p\(index)-\(n)"
-                            try await r.request(
-                                .taskPost, PostBody(taskId: id, maxPrice: 2_000_000, model: "m\(index)")
-                            ).throwIfError()
-                            try await p.request(.jobApproved, TaskRefBody(taskId: id)).throwIfError()
-                            try await p.request(
-                                .jobResult,
-                                ResultBody(taskId: id, sealed: "eA==", resultHash: String(repeating: "a", count: 64))
-                            ).throwIfError()
-                            try await r.request(.jobAccept, TaskRefBody(taskId: id)).throwIfError()
-                        }
-                    }
-                }
-            }
-        }
-        try await group.waitForAll()
-    }
-    let wall = seconds(ContinuousClock.now - start)
+    let wall = try await runLifecycles(url: url, pairs: pairs, perPair: perPair, prefix: "p")
     let lifecycles = Double(pairs.count * perPair)
     let cpuPerLifecycle = (server.cpuSeconds - cpuBefore) / lifecycles
     print(
@@ -167,7 +181,7 @@ func marketBenchmarks() async throws {
     // Five providers with standing offers (64 slots each, one model each); 300 posts round-robin.
     let requester = KeyRing.inMemory(sealing: sealing)
     let providers = (0..<5).map { _ in KeyRing.inMemory(sealing: sealing) }
-    try mint([requester.peerID], databasePath: server.databasePath)
+    try await mint([requester.peerID], server.sqlite)
     let latencies = try await MarketConnection.with(url: url, keys: requester) { r in
         try await withConnections(url: url, keys: providers) { connections in
             for (index, connection) in connections.enumerated() {
@@ -203,7 +217,7 @@ func marketBenchmarks() async throws {
     let idleRSS = fanServer.rssMB
     let peers = Int(ProcessInfo.processInfo.environment["CMM_BENCH_PEERS"] ?? "1000") ?? 1000
     let poster = KeyRing.inMemory(sealing: sealing)
-    try mint([poster.peerID], databasePath: fanServer.databasePath)
+    try await mint([poster.peerID], fanServer.sqlite)
     let fanURL = fanServer.url
     let ready = Counter()
     let go = Counter()

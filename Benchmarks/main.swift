@@ -48,13 +48,13 @@ func median(_ values: [Double]) -> Double {
         ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
 
-func runProcess(_ arguments: [String], stdin: Data? = nil) throws -> (Int32, String) {
+func runProcess(_ arguments: [String], stdin: Data? = nil, withErrors: Bool = false) throws -> (Int32, String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = arguments
     let out = Pipe()
     process.standardOutput = out
-    process.standardError = FileHandle.nullDevice
+    process.standardError = withErrors ? out : FileHandle.nullDevice
     let input = Pipe()
     process.standardInput = input
     try process.run()
@@ -360,6 +360,9 @@ do {
     }
     if which == "market" || which == "all" {
         try await marketBenchmarks()
+    }
+    if which == "market" || which == "postgres" || which == "all" {
+        try await postgresBenchmarks()
     }
     if which == "echo" || which == "all" {
         try await echoBenchmarks()

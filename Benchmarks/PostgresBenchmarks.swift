@@ -1,0 +1,332 @@
+import Foundation
+import MarketClient
+import MarketCore
+import MarketCrypto
+import MarketStore
+
+// The market on PostgreSQL against pgbench running the same SQL. A throwaway cluster is started
+// here (as the `postgres` user when run as root). One lifecycle is captured from the server's own
+// statements (`log_statement=all` on a capture database, read back from the JSON log), turned
+// into a pgbench script, and replayed by one pgbench client per requester/provider pair: the
+// baseline is what PostgreSQL alone does with exactly the transactions a lifecycle makes.
+
+/// A throwaway PostgreSQL cluster, stopped by its postmaster's PID.
+final class PostgresCluster: @unchecked Sendable {
+    let directory: URL
+    let bin: String
+    let port: Int
+    private let process = Process()
+
+    static func binDirectory() -> String? {
+        let root = "/usr/lib/postgresql"
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        guard let newest = versions.max(by: { $0.compare($1, options: .numeric) == .orderedAscending }) else {
+            return nil
+        }
+        let bin = "\(root)/\(newest)/bin"
+        return FileManager.default.isExecutableFile(atPath: "\(bin)/initdb") ? bin : nil
+    }
+
+    init(bin: String) throws {
+        self.bin = bin
+        directory = FileManager.default.temporaryDirectory.appending(
+            path: "cmm-bench-pg-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let asRoot = getuid() == 0
+        if asRoot {
+            let (status, output) = try runProcess(["chown", "postgres", directory.path])
+            guard status == 0 else { throw BenchmarkError("chown postgres \(directory.path): \(output)") }
+        }
+        let prefix = asRoot ? ["runuser", "-u", "postgres", "--"] : []
+        let data = directory.appending(path: "data").path
+        let (status, output) = try runProcess(
+            prefix + ["\(bin)/initdb", "-D", data, "-A", "trust", "-U", "postgres"], withErrors: true)
+        guard status == 0 else { throw BenchmarkError("initdb failed: \(output)") }
+        port = try freePort()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        // The same settings as the test cluster; both sides of the comparison run on it.
+        process.arguments =
+            prefix + [
+                "\(bin)/postgres", "-D", data, "-k", directory.path, "-h", "127.0.0.1", "-p", "\(port)", "-c",
+                "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=100", "-c",
+                "logging_collector=on", "-c", "log_destination=jsonlog", "-c", "log_directory=log",
+            ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        for _ in 0..<120 {
+            if (try? psql("SELECT 1")) == "1" { return }
+            guard process.isRunning else { break }
+            usleep(250_000)
+        }
+        stop()
+        throw BenchmarkError("PostgreSQL did not start in \(directory.path)")
+    }
+
+    func url(_ database: String) -> String { "postgres://postgres@127.0.0.1:\(port)/\(database)" }
+
+    @discardableResult
+    func psql(_ sql: String, database: String = "postgres") throws -> String {
+        let (status, output) = try runProcess(["psql", url(database), "-qAtc", sql], withErrors: true)
+        guard status == 0 else { throw BenchmarkError("psql \(sql): \(output)") }
+        return output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Every line of the cluster's JSON logs, decoded.
+    func logRecords() throws -> [[String: Any]] {
+        let logs = directory.appending(path: "data/log")
+        let names = try FileManager.default.contentsOfDirectory(atPath: logs.path).filter { $0.hasSuffix(".json") }
+            .sorted()
+        return try names.flatMap { name in
+            try String(contentsOf: logs.appending(path: name), encoding: .utf8).split(separator: "\n").compactMap {
+                try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
+        }
+    }
+
+    func stop() {
+        let pidFile = directory.appending(path: "data/postmaster.pid").path
+        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+            let pid = Int32(text.split(separator: "\n").first ?? "")
+        {
+            kill(pid, SIGTERM)
+        }
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+/// Busy CPU seconds of the whole machine so far (all cores), from /proc/stat.
+func machineCPUSeconds() -> Double {
+    let stat = (try? String(contentsOfFile: "/proc/stat", encoding: .utf8)) ?? ""
+    let fields = stat.split(separator: "\n").first?.split(separator: " ").dropFirst().compactMap { Double($0) } ?? []
+    guard fields.count >= 8 else { return 0 }
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait is busy.
+    let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
+    return busy / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+/// User + system CPU seconds of this process so far.
+func ownCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+        + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+}
+
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+        }
+    }
+    guard bound else { throw BenchmarkError("no free port on 127.0.0.1") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// The statements of one lifecycle as PostgreSQL logged them, turned into a pgbench script.
+struct CapturedLifecycle {
+    /// Each transaction's statements with their parameters written in as literals.
+    var transactions: [[String]]
+
+    /// Reads the log records of `database` and keeps the transactions that touch `taskID`.
+    init(records: [[String: Any]], database: String, taskID: String) throws {
+        var open: [Int: [String]] = [:]
+        var found: [[String]] = []
+        for record in records where record["dbname"] as? String == database {
+            guard let pid = record["pid"] as? Int, let message = record["message"] as? String,
+                let colon = message.range(of: ": "),
+                message.hasPrefix("execute") || message.hasPrefix("statement")
+            else { continue }
+            var sql = String(message[colon.upperBound...])
+            if let detail = record["detail"] as? String, detail.hasPrefix("parameters: ") {
+                let values = try Self.parameters(String(detail.dropFirst("parameters: ".count)))
+                // Highest number first, so that $1 does not eat the start of $10.
+                for (number, literal) in values.sorted(by: { $0.key > $1.key }) {
+                    sql = sql.replacingOccurrences(of: "$\(number)", with: literal)
+                }
+            }
+            switch sql.uppercased() {
+            case "BEGIN": open[pid] = []
+            case "COMMIT":
+                if let statements = open.removeValue(forKey: pid), statements.contains(where: { $0.contains(taskID) }) {
+                    found.append(statements)
+                }
+            case "ROLLBACK": open[pid] = nil
+            default: open[pid]?.append(sql)
+            }
+        }
+        guard !found.isEmpty else { throw BenchmarkError("no transaction of task \(taskID) in the log") }
+        transactions = found
+    }
+
+    /// `$1 = 'a', $2 = NULL` → [1: "'a'", 2: "NULL"]; literals stay quoted as logged.
+    static func parameters(_ text: String) throws -> [Int: String] {
+        var values: [Int: String] = [:]
+        var rest = Substring(text)
+        while !rest.isEmpty {
+            guard rest.hasPrefix("$"), let equals = rest.range(of: " = "),
+                let number = Int(rest[rest.index(after: rest.startIndex)..<equals.lowerBound])
+            else { throw BenchmarkError("cannot read parameters: \(text)") }
+            rest = rest[equals.upperBound...]
+            var literal = ""
+            if rest.hasPrefix("NULL") {
+                literal = "NULL"
+                rest = rest.dropFirst(4)
+            } else if rest.hasPrefix("'") {
+                var index = rest.index(after: rest.startIndex)
+                while true {
+                    guard index < rest.endIndex else { throw BenchmarkError("unterminated literal: \(text)") }
+                    if rest[index] == "'" {
+                        let next = rest.index(after: index)
+                        if next < rest.endIndex, rest[next] == "'" {
+                            index = rest.index(after: next)
+                            continue
+                        }
+                        literal = String(rest[rest.startIndex...index])
+                        rest = rest[next...]
+                        break
+                    }
+                    index = rest.index(after: index)
+                }
+            } else {
+                throw BenchmarkError("cannot read parameters: \(text)")
+            }
+            values[number] = literal
+            if rest.hasPrefix(", ") { rest = rest.dropFirst(2) }
+        }
+        return values
+    }
+
+    var statementCount: Int { transactions.reduce(0) { $0 + $1.count } }
+
+    /// A pgbench script of the lifecycle for one pair. What must be new for every lifecycle (the
+    /// task id, message ids and nonces) gets the pgbench variable `cmmuid`, random per run of
+    /// the script; the captured pair's peer ids become this pair's.
+    func pgbenchScript(taskID: String, client: Int, peers: [(from: String, to: String)]) -> String {
+        var text = "\\set cmmuid random(1, 9000000000000000000)\n"
+        for statements in transactions {
+            text += "BEGIN;\n" + statements.map { $0 + ";\n" }.joined() + "COMMIT;\n"
+        }
+        // Nonces are 16 random bytes in base64.
+        let nonces = Set(
+            text.matches(of: /[A-Za-z0-9+\/]{22}==/).map { String($0.output) })
+        for (index, nonce) in nonces.sorted().enumerated() {
+            text = text.replacingOccurrences(of: nonce, with: "n\(index)c\(client)x:cmmuid")
+        }
+        text = text.replacingOccurrences(of: taskID, with: "cmmtask\(client)x:cmmuid")
+        for (from, to) in peers { text = text.replacingOccurrences(of: from, with: to) }
+        return text
+    }
+}
+
+func postgresBenchmarks() async throws {
+    guard let bin = PostgresCluster.binDirectory() else {
+        print("  skipped: PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)")
+        return
+    }
+    let cluster = try PostgresCluster(bin: bin)
+    defer { cluster.stop() }
+    let sealing = try SealingKeySet.generate(at: Date())
+    let pairs = (0..<8).map { _ in (KeyRing.inMemory(sealing: sealing), KeyRing.inMemory(sealing: sealing)) }
+
+    // 1. Capture: the first pair's lifecycle on a database whose sessions log every statement.
+    try cluster.psql("CREATE DATABASE capture")
+    try cluster.psql("ALTER DATABASE capture SET log_statement = 'all'")
+    let captureServer = try ServerProcess(database: cluster.url("capture"))
+    try await mint([pairs[0].0.peerID], .postgres(url: cluster.url("capture")))
+    let captureID = "cmmcapture"
+    try await MarketConnection.with(url: captureServer.url, keys: pairs[0].1) { p in
+        try await MarketConnection.with(url: captureServer.url, keys: pairs[0].0) { r in
+            try await p.request(.offerAdvertise, AdvertiseBody(price: 1_000_000, slots: 1, models: ["m0"]))
+                .throwIfError()
+            try await lifecycle(requester: r, provider: p, taskID: "cmmwarm", model: "m0")
+            try await lifecycle(requester: r, provider: p, taskID: captureID, model: "m0")
+        }
+    }
+    captureServer.stop()
+    try await Task.sleep(for: .milliseconds(500))  // the log collector writes asynchronously
+    let captured = try CapturedLifecycle(records: try cluster.logRecords(), database: "capture", taskID: captureID)
+    print(
+        "  captured one lifecycle: \(captured.transactions.count) transactions, \(captured.statementCount) statements")
+
+    // 2. Ours: the same lifecycles as the SQLite run, on PostgreSQL.
+    try cluster.psql("CREATE DATABASE bench")
+    let server = try ServerProcess(database: cluster.url("bench"))
+    defer { server.stop() }
+    try await mint(pairs.map(\.0.peerID), .postgres(url: cluster.url("bench")))
+    let perPair = Int(ProcessInfo.processInfo.environment["CMM_BENCH_LIFECYCLES"] ?? "250") ?? 250
+    _ = try await runLifecycles(url: server.url, pairs: pairs, perPair: 10, prefix: "warm")
+    let cpuBefore = (server: server.cpuSeconds, machine: machineCPUSeconds(), own: ownCPUSeconds())
+    let wall = try await runLifecycles(url: server.url, pairs: pairs, perPair: perPair, prefix: "pg")
+    let count = Double(pairs.count * perPair)
+    let serverCPU = (server.cpuSeconds - cpuBefore.server) / count
+    let clientCPU = (ownCPUSeconds() - cpuBefore.own) / count
+    let machineCPU = (machineCPUSeconds() - cpuBefore.machine) / count
+    let ours = Double(pairs.count * perPair) / wall
+
+    // 3. pgbench: one client per pair, each with its own peers, the same number of lifecycles.
+    let scripts = try pairs.enumerated().map { index, pair in
+        let script = captured.pgbenchScript(
+            taskID: captureID, client: index,
+            peers: [
+                (pairs[0].0.peerID.rawValue, pair.0.peerID.rawValue),
+                (pairs[0].1.peerID.rawValue, pair.1.peerID.rawValue),
+            ])
+        let file = server.directory.appending(path: "lifecycle-\(index).sql")
+        if index == 0, let keep = ProcessInfo.processInfo.environment["CMM_BENCH_KEEP_SCRIPT"] {
+            try script.write(toFile: keep, atomically: true, encoding: .utf8)
+        }
+        try script.write(to: file, atomically: true, encoding: .utf8)
+        return file.path
+    }
+    let pgbenchBefore = machineCPUSeconds()
+    let start = ContinuousClock.now
+    let runs = try await withThrowingTaskGroup(of: (Int32, String).self) { group in
+        for script in scripts {
+            group.addTask {
+                try runProcess(
+                    [
+                        "\(bin)/pgbench", "-n", "-M", "simple", "-c", "1", "-t", "\(perPair)", "-f", script,
+                        "--random-seed", "rand",
+                        cluster.url("bench"),
+                    ], withErrors: true)
+            }
+        }
+        return try await group.reduce(into: []) { $0.append($1) }
+    }
+    let pgbenchWall = seconds(ContinuousClock.now - start)
+    let pgbenchCPU = (machineCPUSeconds() - pgbenchBefore) / count
+    for (status, output) in runs where status != 0 || !output.contains("number of failed transactions: 0") {
+        throw BenchmarkError("pgbench failed (\(status)): \(output.suffix(600))")
+    }
+    let baseline = Double(pairs.count * perPair) / pgbenchWall
+    let verify = try runProcess(
+        [
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appending(
+                path: "claude-max-market"
+            )
+            .path, "market", "verify", "--db", cluster.url("bench"),
+        ], withErrors: true)
+    print(
+        String(
+            format: "  %d lifecycles: server %.0f/s (%.2f s), pgbench of the same SQL %.0f/s (%.2f s); verify: %@",
+            pairs.count * perPair, ours, wall, baseline, pgbenchWall,
+            verify.0 == 0 ? "balanced" : "FAILED \(verify.1)"))
+    print(
+        String(
+            format:
+                "  CPU per lifecycle: server run %.2f ms on the machine (server %.2f ms, its simulated peers %.2f ms, PostgreSQL and the rest %.2f ms); pgbench run %.2f ms",
+            machineCPU * 1e3, serverCPU * 1e3, clientCPU * 1e3, (machineCPU - serverCPU - clientCPU) * 1e3,
+            pgbenchCPU * 1e3))
+    report(
+        Row(
+            name: "market on PostgreSQL: lifecycles/s vs pgbench of its SQL", ours: ours, baseline: baseline,
+            unit: "/s", target: 0.7, higherIsBetter: true))
+}
