@@ -140,6 +140,7 @@ struct ExecuteCommand: AsyncParsableCommand {
         case .failed: throw ExitCode(1)
         case .timedOut: throw ExitCode(124)
         case .cancelled: throw ExitCode(130)
+        case .overBudget: throw ExitCode(4)
         }
     }
 
@@ -190,7 +191,25 @@ struct ExecuteCommand: AsyncParsableCommand {
         return .claude(
             ClaudeOptions(
                 model: config.text(.claudeModel), maxTurns: Int(config.integer(.claudeMaxTurns)),
-                allowedTools: config.list(.claudeAllowedTools), credential: credential))
+                allowedTools: config.list(.claudeAllowedTools), credential: credential,
+                gateway: try Self.gatewaySettings(config: config, environment: context.environment),
+                tokenBudget: Limits(config: config).maxTokensPerTask))
+    }
+
+    /// Where the gateway forwards. `CMM_TEST_GATEWAY_CA_FILE` (tests only) names a PEM file of
+    /// certificate authorities trusted instead of the system's, for a loopback test upstream.
+    static func gatewaySettings(config: ResolvedConfig, environment: [String: String]) throws -> GatewaySettings {
+        var settings = GatewaySettings(upstream: URL(string: config.text(.claudeAPIBaseURL))!)
+        if let file = environment["CMM_TEST_GATEWAY_CA_FILE"], !file.isEmpty {
+            guard let pem = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw CLIError("CMM_TEST_GATEWAY_CA_FILE: cannot read \(file)")
+            }
+            settings.trustRootsPEM = pem
+        }
+        if let seconds = environment["CMM_TEST_GATEWAY_TIMEOUT"].flatMap(Int.init), seconds > 0 {
+            settings.timeout = .seconds(seconds)
+        }
+        return settings
     }
 
     /// A missing runner image is pulled, or built from the embedded Dockerfile when the pull fails.
@@ -212,13 +231,15 @@ struct ExecuteCommand: AsyncParsableCommand {
     func record(_ report: JobReport, jobID: String, jobs: JobStore, database: StateDatabase, context: CommandContext)
         throws
     {
-        let total = report.result?.total ?? ModelUsage()
+        // In API-key mode the gateway's meter, never what the job printed.
+        let total = report.totalUsage
         let state: JobState =
             switch report.state {
             case .succeeded: .succeeded
             case .failed: .failed
             case .timedOut: .timedOut
             case .cancelled: .cancelled
+            case .overBudget: .overBudget
             }
         for notice in report.rateLimits {
             try jobs.recordRateLimit(
@@ -229,10 +250,33 @@ struct ExecuteCommand: AsyncParsableCommand {
                 actor: "runner", kind: "job.redacted", details: ["job": jobID, "count": String(report.redactions)],
                 at: context.now)
         }
-        for decision in report.egress {
+        // One summary per job, with a bounded sample: a job that knocks on a million doors
+        // does not write a million rows.
+        if !report.egress.isEmpty {
+            let allowed = Set(report.egress.filter(\.allowed).map { "\($0.host):\($0.port)" }).sorted()
+            let refused = Set(report.egress.filter { !$0.allowed }.map { "\($0.host):\($0.port)" }).sorted()
             try database.audit(
-                actor: "egress", kind: decision.allowed ? "egress.allowed" : "egress.refused",
-                details: ["job": jobID, "host": "\(decision.host):\(decision.port)", "reason": decision.reason],
+                actor: "egress", kind: "egress.summary",
+                details: [
+                    "job": jobID, "allowed": String(report.egressCounts.allowed),
+                    "refused": String(report.egressCounts.refused), "bytes": String(report.egressBytes),
+                    "allowedHosts": allowed.prefix(5).joined(separator: ","),
+                    "refusedSample": refused.prefix(5).joined(separator: ","),
+                ],
+                at: context.now)
+        }
+        if report.metered {
+            let refusals = Set(report.gateway.filter { !$0.forwarded }.map(\.reason)).sorted()
+            try database.audit(
+                actor: "gateway", kind: "gateway.summary",
+                details: [
+                    "job": jobID, "forwarded": String(report.gatewayCounts.forwarded),
+                    "refused": String(report.gatewayCounts.refused),
+                    "tokens": String(
+                        total.inputTokens + total.outputTokens + total.cacheReadInputTokens
+                            + total.cacheCreationInputTokens),
+                    "refusals": refusals.prefix(3).map { String($0.prefix(120)) }.joined(separator: " | "),
+                ],
                 at: context.now)
         }
         try jobs.finish(
@@ -368,7 +412,7 @@ final class JobOutputPrinter: @unchecked Sendable {
     }
 
     func summary(_ report: JobReport) {
-        let total = report.result?.total ?? ModelUsage()
+        let total = report.totalUsage
         let seconds = report.duration.inSeconds
         if json {
             struct Summary: Encodable {

@@ -75,7 +75,8 @@ struct HealthCommand: AsyncParsableCommand {
                 CheckResult(
                     id: "credentials.mode", status: exists ? .pass : .warn,
                     message: exists
-                        ? "subscription login kept in Docker volume \(volume)"
+                        ? "subscription login kept in Docker volume \(volume), mounted into every job container "
+                            + "(a job can read it; api-key mode keeps the credential out of jobs)"
                         : "credential mode subscription, but volume \(volume) does not exist",
                     remediation: exists ? "" : "run `claude-max-market login`"))
         }
@@ -140,7 +141,7 @@ struct HealthCommand: AsyncParsableCommand {
                 CheckResult(
                     id: "credentials.mode", status: present ? .pass : .warn,
                     message: present
-                        ? "credential mode api-key, key from \(source) (handed only to job containers)"
+                        ? "credential mode api-key, key from \(source) (held by the gateway; a job gets a per-job token)"
                         : "credential mode api-key, but no key in \(source)",
                     remediation: present ? "" : "export ANTHROPIC_API_KEY, or set claude.apiKeyFile to a 0600 file"))
         }

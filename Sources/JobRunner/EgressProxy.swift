@@ -1,22 +1,29 @@
 import Foundation
 import Logging
-import NIOConcurrencyHelpers
+import MarketCore
 import NIOCore
+import NIOHTTP1
 import NIOPosix
+import Synchronization
 
 /// What a job may reach: `host:port` pairs, and how many bytes it may move.
 public struct EgressPolicy: Sendable, Equatable {
+    /// Normalised entries (see `normalize`); what cannot be normalised is never allowed.
     public var allowlist: Set<String>
     public var byteBudget: Int64
 
     public init(allowlist: [String], byteBudget: Int64) {
-        self.allowlist = Set(allowlist.map { $0.lowercased() })
+        self.allowlist = Set(allowlist.compactMap(Self.normalize))
         self.byteBudget = byteBudget
     }
 
-    public func allows(host: String, port: Int) -> Bool {
-        allowlist.contains("\(host.lowercased()):\(port)")
-    }
+    /// True when the normalised `host:port` is on the list.
+    public func allows(_ target: EgressTarget) -> Bool { allowlist.contains(target.description) }
+
+    /// The one spelling of a `host:port` that the config stores and the proxy compares and
+    /// connects to: ASCII only, lower case, no trailing dot, IP addresses in their canonical
+    /// form (IPv6 in brackets), the port as a plain number. nil for anything else.
+    public static func normalize(_ text: String) -> String? { EgressTarget(parsing: text)?.description }
 }
 
 /// One decision of the proxy: which host was asked for and whether it was let through.
@@ -35,74 +42,81 @@ public struct EgressDecision: Sendable, Equatable, Codable {
     }
 }
 
-/// An allowlisting HTTP CONNECT proxy on a Unix socket: the only way out of a job container.
-/// The socket's directory is bind-mounted read-only into the container, whose entrypoint
-/// bridges `127.0.0.1:3128` to it. Anything not on the allowlist gets `403`.
+/// The provider-side endpoint of a job, on a Unix socket: the only way out of its container.
+/// The socket's directory is bind-mounted read-only into the container, whose entrypoint bridges
+/// `127.0.0.1:3128` to it. HTTP is parsed by SwiftNIO's codec; two things are served:
+/// - `CONNECT host:port` to the allowlist (anything else gets `403`), tunnelled byte for byte;
+/// - with a `ClaudeGateway`, the Claude API (`ANTHROPIC_BASE_URL` points here).
+/// Both share one byte budget; when it is spent, both sides of a tunnel close at once.
 public final class EgressProxy: Sendable {
     public let socketPath: String
     public let policy: EgressPolicy
+    public let gateway: ClaudeGateway?
     let logger: Logger
-    private let state = NIOLockedValueBox(State())
+    private let state = Mutex(State())
+    /// Decisions kept in full; past this only the counts grow.
+    static let keptDecisions = 64
 
     struct State {
         var bytes: Int64 = 0
         var decisions: [EgressDecision] = []
+        var allowed = 0
+        var refused = 0
     }
 
-    init(socketPath: String, policy: EgressPolicy, logger: Logger) {
+    init(socketPath: String, policy: EgressPolicy, gateway: ClaudeGateway?, logger: Logger) {
         self.socketPath = socketPath
         self.policy = policy
+        self.gateway = gateway
         self.logger = logger
     }
 
-    public var bytesTransferred: Int64 { state.withLockedValue { $0.bytes } }
-    public var decisions: [EgressDecision] { state.withLockedValue { $0.decisions } }
+    public var bytesTransferred: Int64 { state.withLock { $0.bytes } }
+    /// The first decisions (at most `keptDecisions`); `counts` has them all.
+    public var decisions: [EgressDecision] { state.withLock { $0.decisions } }
+    public var counts: (allowed: Int, refused: Int) { state.withLock { ($0.allowed, $0.refused) } }
 
     /// Serves on a socket at `directory/egress.sock` (directory created 0755 so that the
     /// container's user can reach it) while `body` runs; stops and removes the socket after.
     public static func withProxy<T: Sendable>(
-        directory: URL, policy: EgressPolicy, logger: Logger = Logger(label: "egress"),
+        directory: URL, policy: EgressPolicy, gateway: ClaudeGateway? = nil, logger: Logger = Logger(label: "egress"),
         isolation: isolated (any Actor)? = #isolation, _ body: (EgressProxy) async throws -> T
     ) async throws -> T {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         chmod(directory.path, 0o755)
         let proxy = EgressProxy(
-            socketPath: directory.appending(path: "egress.sock").path, policy: policy, logger: logger)
+            socketPath: directory.appending(path: "egress.sock").path, policy: policy, gateway: gateway,
+            logger: logger)
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .bind(unixDomainSocketPath: proxy.socketPath, cleanupExistingSocketFile: true) { child in
-                child.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
-                        wrappingChannelSynchronously: child, configuration: .init(isOutboundHalfClosureEnabled: true))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
+                    let encoder = HTTPResponseEncoder()
+                    try channel.pipeline.syncOperations.addHandler(decoder)
+                    try channel.pipeline.syncOperations.addHandler(encoder)
+                    try channel.pipeline.syncOperations.addHandler(
+                        EndpointHandler(proxy: proxy, decoder: decoder, encoder: encoder))
                 }
             }
+            .bind(unixDomainSocketPath: proxy.socketPath, cleanupExistingSocketFile: true).get()
         chmod(proxy.socketPath, 0o666)
         defer { unlink(proxy.socketPath) }
-        return try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                try await server.executeThenClose { inbound in
-                    try await withThrowingDiscardingTaskGroup { connections in
-                        for try await connection in inbound {
-                            connections.addTask { await proxy.handle(connection) }
-                        }
-                    }
-                }
-            }
-            do {
-                let result = try await body(proxy)
-                group.cancelAll()
-                try? await server.channel.close()
-                return result
-            } catch {
-                group.cancelAll()
-                try? await server.channel.close()
-                throw error
-            }
+        do {
+            let result = try await body(proxy)
+            try? await server.close()
+            return result
+        } catch {
+            try? await server.close()
+            throw error
         }
     }
 
-    private func record(_ decision: EgressDecision) {
-        state.withLockedValue { $0.decisions.append(decision) }
+    func record(_ decision: EgressDecision) {
+        state.withLock {
+            if decision.allowed { $0.allowed += 1 } else { $0.refused += 1 }
+            if $0.decisions.count < Self.keptDecisions { $0.decisions.append(decision) }
+        }
         logger.info(
             "egress \(decision.allowed ? "allowed" : "refused")",
             metadata: [
@@ -112,109 +126,318 @@ public final class EgressProxy: Sendable {
     }
 
     /// Counts bytes against the budget; false once it is spent.
-    private func spend(_ count: Int) -> Bool {
-        state.withLockedValue {
+    func spend(_ count: Int) -> Bool {
+        state.withLock {
             $0.bytes += Int64(count)
             return $0.bytes <= policy.byteBudget
         }
     }
+}
 
-    struct BudgetExceeded: Error {}
+/// One connection from the job: reads an HTTP request with NIO's decoder, then either turns into
+/// a tunnel (CONNECT) or hands the request to the gateway.
+final class EndpointHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
 
-    func handle(_ client: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
-        try? await client.executeThenClose { inbound, outbound in
-            var iterator = inbound.makeAsyncIterator()
-            var received = ByteBuffer()
-            var headEnd: Int?
-            while headEnd == nil {
-                guard var chunk = try await iterator.next() else { return }
-                received.writeBuffer(&chunk)
-                headEnd = received.readableBytesView.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound
-                if headEnd == nil && received.readableBytes > 8192 {
-                    try await outbound.write(
-                        ByteBuffer(string: "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n"))
-                    return
-                }
-            }
-            let head = received.readString(length: headEnd! - received.readerIndex) ?? ""
-            let requestLine = head.split(separator: "\r\n").first.map(String.init) ?? ""
-            let parts = requestLine.split(separator: " ")
-            guard parts.count == 3, parts[0] == "CONNECT", let target = Self.splitTarget(String(parts[1])) else {
-                record(
-                    EgressDecision(
-                        host: parts.count > 1 ? String(parts[1].prefix(200)) : "?", port: 0, allowed: false,
-                        reason: "not a CONNECT request"))
-                try await outbound.write(
-                    ByteBuffer(string: "HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\n\r\n"))
+    let proxy: EgressProxy
+    let decoder: ByteToMessageHandler<HTTPRequestDecoder>
+    let encoder: HTTPResponseEncoder
+
+    enum Phase {
+        case idle
+        case collecting(HTTPRequestHead, ByteBuffer)
+        case busy
+        case ignoring
+    }
+
+    private var phase = Phase.idle
+    /// Parts of the next request that arrived while an answer was still being written (a
+    /// client may send it once the answer's last byte arrived, before `.end` was written).
+    private var pending: [HTTPServerRequestPart] = []
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// The answer is complete: take up what the client already sent.
+    func becameIdle() {
+        phase = .idle
+        guard let context else { return }
+        while !pending.isEmpty {
+            if case .busy = phase { return }
+            handle(context, pending.removeFirst())
+        }
+    }
+
+    init(proxy: EgressProxy, decoder: ByteToMessageHandler<HTTPRequestDecoder>, encoder: HTTPResponseEncoder) {
+        self.proxy = proxy
+        self.decoder = decoder
+        self.encoder = encoder
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if case .busy = phase {
+            guard pending.count < 1024 else {
+                respond(context, .badRequest, "too many requests sent ahead", close: true)
                 return
             }
-            guard policy.allows(host: target.host, port: target.port) else {
-                record(
-                    EgressDecision(host: target.host, port: target.port, allowed: false, reason: "not on the allowlist")
-                )
-                try await outbound.write(
-                    ByteBuffer(string: "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+            pending.append(part)
+            return
+        }
+        handle(context, part)
+    }
+
+    private func handle(_ context: ChannelHandlerContext, _ part: HTTPServerRequestPart) {
+        switch part {
+        case .head(let head):
+            guard case .idle = phase else { return }
+            if head.method == .CONNECT {
+                phase = .busy
+                connect(context, head)
+            } else if proxy.gateway == nil {
+                phase = .ignoring
+                let target = WireField.printable(String(head.uri.prefix(200)))
+                proxy.record(EgressDecision(host: target, port: 0, allowed: false, reason: "not a CONNECT request"))
+                respond(context, .methodNotAllowed, "only CONNECT to allowed hosts", close: true)
+            } else {
+                phase = .collecting(head, context.channel.allocator.buffer(capacity: 0))
+            }
+        case .body(var chunk):
+            guard case .collecting(let head, var body) = phase else { return }
+            guard body.readableBytes + chunk.readableBytes <= proxy.gateway?.settings.maxRequestBytes ?? 0 else {
+                phase = .ignoring
+                respond(context, .payloadTooLarge, "the request body is over the gateway's limit", close: true)
                 return
             }
-            guard bytesTransferred < policy.byteBudget else {
-                record(
-                    EgressDecision(host: target.host, port: target.port, allowed: false, reason: "byte budget spent"))
-                try await outbound.write(
-                    ByteBuffer(string: "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
-                return
-            }
-            let upstream: NIOAsyncChannel<ByteBuffer, ByteBuffer>
-            do {
-                upstream = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                    .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-                    .connectTimeout(.seconds(10))
-                    .connect(host: target.host, port: target.port) { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
-                                wrappingChannelSynchronously: channel,
-                                configuration: .init(isOutboundHalfClosureEnabled: true))
-                        }
-                    }
-            } catch {
-                record(
-                    EgressDecision(
-                        host: target.host, port: target.port, allowed: true, reason: "allowed; upstream unreachable"))
-                try await outbound.write(ByteBuffer(string: "HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n"))
-                return
-            }
-            record(EgressDecision(host: target.host, port: target.port, allowed: true, reason: "on the allowlist"))
-            try await outbound.write(ByteBuffer(string: "HTTP/1.1 200 Connection Established\r\n\r\n"))
-            try await upstream.executeThenClose { upstreamInbound, upstreamOutbound in
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        for try await chunk in upstreamInbound {
-                            guard self.spend(chunk.readableBytes) else { throw BudgetExceeded() }
-                            try await outbound.write(chunk)
-                        }
-                        outbound.finish()
-                    }
-                    if received.readableBytes > 0 {
-                        guard spend(received.readableBytes) else { throw BudgetExceeded() }
-                        try await upstreamOutbound.write(received)
-                    }
-                    while let chunk = try await iterator.next() {
-                        guard spend(chunk.readableBytes) else { throw BudgetExceeded() }
-                        try await upstreamOutbound.write(chunk)
-                    }
-                    upstreamOutbound.finish()
-                    try await group.waitForAll()
+            body.writeBuffer(&chunk)
+            phase = .collecting(head, body)
+        case .end:
+            guard case .collecting(let head, let body) = phase, let gateway = proxy.gateway else { return }
+            phase = .busy
+            let channel = context.channel
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let keepAlive = head.isKeepAlive
+            // Ready for the next request before the last byte of this answer leaves: a client
+            // that sends it at once must find the connection idle.
+            let responder = ChannelResponder(channel: channel) { handler.value.becameIdle() }
+            Task {
+                do {
+                    try await gateway.serve(head, body: body, to: responder)
+                    if !keepAlive { try? await channel.close() }
+                } catch {
+                    channel.close(promise: nil)
                 }
             }
         }
     }
 
-    static func splitTarget(_ text: String) -> (host: String, port: Int)? {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-            (1...65535).contains(port)
-        else { return nil }
-        var host = String(text[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty, host.count <= 253 else { return nil }
-        return (host, port)
+    /// A request NIO's parser cannot read (control characters, a bad request line, …) is
+    /// refused with 400 and the connection closed; the job is never left waiting.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard error is HTTPParserError else {
+            context.close(promise: nil)
+            return
+        }
+        proxy.record(EgressDecision(host: "?", port: 0, allowed: false, reason: "malformed HTTP request"))
+        if case .busy = phase {
+            context.close(promise: nil)
+        } else {
+            phase = .ignoring
+            respond(context, .badRequest, "malformed HTTP request", close: true)
+        }
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ text: String, close: Bool) {
+        var headers = HTTPHeaders([("content-length", "\(text.utf8.count)"), ("content-type", "text/plain")])
+        if close { headers.add(name: "connection", value: "close") }
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if close {
+            let channel = context.channel
+            done.whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    private func connect(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
+        guard let target = EgressTarget(parsing: head.uri) else {
+            proxy.record(
+                EgressDecision(
+                    host: WireField.printable(String(head.uri.prefix(200))), port: 0, allowed: false,
+                    reason: "not a host:port that can be normalised"))
+            respond(context, .badRequest, "CONNECT needs host:port", close: true)
+            return
+        }
+        guard proxy.policy.allows(target) else {
+            proxy.record(
+                EgressDecision(host: target.host, port: target.port, allowed: false, reason: "not on the allowlist"))
+            respond(context, .forbidden, "not on the allowlist", close: true)
+            return
+        }
+        guard proxy.bytesTransferred < proxy.policy.byteBudget else {
+            proxy.record(
+                EgressDecision(host: target.host, port: target.port, allowed: false, reason: "byte budget spent"))
+            respond(context, .forbidden, "byte budget spent", close: true)
+            return
+        }
+        let proxy = self.proxy
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        ClientBootstrap(group: context.eventLoop)
+            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .connectTimeout(.seconds(10))
+            .connect(host: target.host, port: target.port)
+            .whenComplete { result in
+                let context = bound.value
+                switch result {
+                case .failure:
+                    proxy.record(
+                        EgressDecision(
+                            host: target.host, port: target.port, allowed: true, reason: "allowed; upstream unreachable"
+                        ))
+                    handler.value.respond(context, .badGateway, "upstream unreachable", close: true)
+                case .success(let upstream):
+                    proxy.record(
+                        EgressDecision(host: target.host, port: target.port, allowed: true, reason: "on the allowlist"))
+                    handler.value.glue(context, to: upstream)
+                }
+            }
+    }
+
+    /// Answers 200, then takes HTTP out of the pipeline: from here on bytes flow both ways,
+    /// counted against the budget. The 200 is written after the encoder is gone: a 2xx answer
+    /// to CONNECT carries no Content-Length or Transfer-Encoding (RFC 9110, 9.3.6), which the
+    /// encoder would add.
+    private func glue(_ context: ChannelHandlerContext, to upstream: Channel) {
+        let (local, remote) = GlueHandler.matchedPair(spend: proxy.spend)
+        let pipeline = context.pipeline
+        do {
+            try pipeline.syncOperations.addHandler(local)
+            try upstream.pipeline.syncOperations.addHandler(remote)
+        } catch {
+            context.close(promise: nil)
+            upstream.close(promise: nil)
+            return
+        }
+        pipeline.syncOperations.removeHandler(encoder, promise: nil)
+        context.writeAndFlush(
+            NIOAny(ByteBuffer(string: "HTTP/1.1 200 Connection Established\r\n\r\n")), promise: nil)
+        // Bytes the client sent right after its CONNECT go first, then the rest; this handler
+        // leaves before the decoder, which hands what it still holds to the next handler.
+        let early = pending.compactMap { part -> ByteBuffer? in
+            if case .body(let bytes) = part { return bytes }
+            return nil
+        }
+        pending = []
+        pipeline.syncOperations.removeHandler(self, promise: nil)
+        for bytes in early {
+            guard proxy.spend(bytes.readableBytes) else {
+                context.close(promise: nil)
+                upstream.close(promise: nil)
+                return
+            }
+            upstream.write(bytes, promise: nil)
+        }
+        pipeline.syncOperations.removeHandler(decoder, promise: nil)
+    }
+}
+
+/// Writes the gateway's answer to the job's connection, waiting on each write (back-pressure).
+struct ChannelResponder: GatewayResponder {
+    let channel: Channel
+    /// Runs on the channel's event loop just before the end of the answer is written.
+    let beforeEnd: @Sendable () -> Void
+
+    func head(_ status: HTTPResponseStatus, _ headers: HTTPHeaders) async throws {
+        try await channel.writeAndFlush(
+            HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
+    }
+
+    func body(_ buffer: ByteBuffer) async throws {
+        try await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(buffer)))
+    }
+
+    func end() async throws {
+        let channel = self.channel
+        let beforeEnd = self.beforeEnd
+        try await channel.eventLoop.flatSubmit {
+            beforeEnd()
+            return channel.writeAndFlush(HTTPServerResponsePart.end(nil))
+        }.get()
+    }
+}
+
+/// Joins two channels on one event loop: what one reads, the other writes, with back-pressure
+/// and half-closure passed on. Every byte is counted; once the budget is spent, both close at once.
+final class GlueHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var partner: GlueHandler?
+    private var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private let spend: @Sendable (Int) -> Bool
+
+    private init(spend: @escaping @Sendable (Int) -> Bool) { self.spend = spend }
+
+    static func matchedPair(spend: @escaping @Sendable (Int) -> Bool) -> (GlueHandler, GlueHandler) {
+        let first = GlueHandler(spend: spend)
+        let second = GlueHandler(spend: spend)
+        first.partner = second
+        second.partner = first
+        return (first, second)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        partner = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        guard spend(buffer.readableBytes) else {
+            context.close(promise: nil)
+            partner?.context?.close(promise: nil)
+            return
+        }
+        // Flushed at once: bytes the HTTP decoder hands on when it leaves come without a
+        // read-complete, and a tunnel carries few, large reads.
+        partner?.context?.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { partner?.context?.flush() }
+
+    func channelInactive(context: ChannelHandlerContext) { partner?.context?.close(promise: nil) }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            partner?.context?.close(mode: .output, promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        partner?.context?.close(promise: nil)
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let partner, partner.pendingRead {
+            partner.pendingRead = false
+            partner.context?.read()
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if partner?.context?.channel.isWritable ?? false {
+            context.read()
+        } else {
+            pendingRead = true
+        }
     }
 }

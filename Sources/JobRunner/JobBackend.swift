@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 
 /// How a job's prompt becomes a process in the container.
 public enum JobBackend: Sendable, Equatable {
@@ -30,17 +31,25 @@ public struct ClaudeOptions: Sendable, Equatable {
     public var maxTurns: Int
     public var allowedTools: [String]
     public var credential: ClaudeCredential
+    /// API-key mode: where the gateway forwards, and the tokens the job may use.
+    public var gateway = GatewaySettings()
+    public var tokenBudget: Int64 = 1000
 
     /// Tools that are off unless the provider names them: shell, file writes and the web.
     public static let riskyTools = [
         "Bash", "Edit", "Write", "MultiEdit", "NotebookEdit", "WebFetch", "WebSearch", "Task",
     ]
 
-    public init(model: String, maxTurns: Int, allowedTools: [String], credential: ClaudeCredential) {
+    public init(
+        model: String, maxTurns: Int, allowedTools: [String], credential: ClaudeCredential,
+        gateway: GatewaySettings = GatewaySettings(), tokenBudget: Int64 = 1000
+    ) {
         self.model = model
         self.maxTurns = maxTurns
         self.allowedTools = allowedTools
         self.credential = credential
+        self.gateway = gateway
+        self.tokenBudget = tokenBudget
     }
 
     /// `claude -p` headless, stream-json, `dontAsk` with an allowlist of tools; reading the
@@ -55,11 +64,25 @@ public struct ClaudeOptions: Sendable, Equatable {
         ]
     }
 
-    /// The container environment: the API key (if that is the mode) and the config dir.
-    public var environment: [String] {
+    /// The container environment. In API-key mode the job gets the gateway's address and its
+    /// per-job token, never the key; background work uses the approved model too.
+    public func environment(gatewayToken: String?) -> [String] {
         var environment = ["CLAUDE_CONFIG_DIR=\(SandboxPolicy.credentialDirectory)", "DISABLE_AUTOUPDATER=1"]
-        if case .apiKey(let key) = credential { environment.append("ANTHROPIC_API_KEY=\(key)") }
+        if let gatewayToken {
+            environment += [
+                "ANTHROPIC_BASE_URL=http://127.0.0.1:3128", "ANTHROPIC_API_KEY=\(gatewayToken)",
+                "ANTHROPIC_SMALL_FAST_MODEL=\(model)", "ANTHROPIC_DEFAULT_HAIKU_MODEL=\(model)",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1",
+            ]
+        }
         return environment
+    }
+
+    /// In API-key mode, a gateway holding the key for one job (or one warm-pool slot).
+    public func makeGateway(logger: Logger) throws -> ClaudeGateway? {
+        guard case .apiKey(let key) = credential else { return nil }
+        return try ClaudeGateway(
+            apiKey: key, models: [model], tokenBudget: tokenBudget, settings: gateway, logger: logger)
     }
 
     public var loginVolume: String? {
@@ -83,14 +106,20 @@ struct PreparedBackend: Sendable {
 }
 
 extension JobBackend {
-    var prepared: PreparedBackend {
+    func prepared(gateway: ClaudeGateway?) -> PreparedBackend {
         switch self {
         case .claude(let options):
             PreparedBackend(
-                command: options.command, environment: options.environment, loginVolume: options.loginVolume,
-                secrets: options.secrets)
+                command: options.command, environment: options.environment(gatewayToken: gateway?.token),
+                loginVolume: options.loginVolume, secrets: options.secrets)
         case .command(let command):
             PreparedBackend(command: command, environment: [], loginVolume: nil, secrets: [])
         }
+    }
+
+    /// The gateway this backend needs: a claude job in API-key mode.
+    func makeGateway(logger: Logger) throws -> ClaudeGateway? {
+        guard case .claude(let options) = self else { return nil }
+        return try options.makeGateway(logger: logger)
     }
 }

@@ -40,6 +40,8 @@ public enum JobEndState: String, Sendable, Codable {
     case succeeded, failed
     case timedOut = "timed-out"
     case cancelled
+    /// The gateway refused a request because the job had used its token budget.
+    case overBudget = "over_budget"
 }
 
 /// How a job ended.
@@ -47,7 +49,13 @@ public struct JobReport: Sendable {
     public var state: JobEndState
     public var exitCode: Int?
     public var result: ClaudeResult?
+    /// Tokens per model: metered by the gateway in API-key mode (`metered`), otherwise what the
+    /// job's own result line said.
     public var usage: [String: ModelUsage]
+    public var metered = false
+    public var gateway: [GatewayDecision] = []
+    public var gatewayCounts = (forwarded: 0, refused: 0)
+    public var egressCounts = (allowed: 0, refused: 0)
     public var rateLimits: [RateLimitNotice]
     /// Credentials removed from output before it left the runner.
     public var redactions: Int
@@ -81,20 +89,30 @@ public struct JobExecutor: Sendable {
         _ request: JobRequest, whenCreated: @Sendable (String) async throws -> Void = { _ in },
         onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
-        if let policy = request.egress {
-            return try await EgressProxy.withProxy(
-                directory: runDirectory.appending(path: "egress-\(request.id)"), policy: policy, logger: logger
-            ) { proxy in
-                var report = try await runContainer(
-                    request, egressDirectory: proxy.socketPath.deletingLastPathComponent, whenCreated: whenCreated,
-                    onOutput: onOutput)
-                report.egress = proxy.decisions
-                report.egressBytes = proxy.bytesTransferred
-                return report
-            }
+        let gateway = try request.backend.makeGateway(logger: logger)
+        guard request.egress != nil || gateway != nil else {
+            return try await runContainer(
+                request, endpoint: nil, gateway: nil, whenCreated: whenCreated, onOutput: onOutput)
         }
-        return try await runContainer(request, egressDirectory: nil, whenCreated: whenCreated, onOutput: onOutput)
+        do {
+            let report = try await EgressProxy.withProxy(
+                directory: runDirectory.appending(path: "egress-\(request.id)"),
+                policy: request.egress ?? EgressPolicy(allowlist: [], byteBudget: Self.gatewayOnlyByteBudget),
+                gateway: gateway, logger: logger
+            ) { proxy in
+                try await runContainer(
+                    request, endpoint: proxy, gateway: gateway, whenCreated: whenCreated, onOutput: onOutput)
+            }
+            await gateway?.shutdown()
+            return report
+        } catch {
+            await gateway?.shutdown()
+            throw error
+        }
     }
+
+    /// What a job with the gateway but no egress allowlist may move through it.
+    public static let gatewayOnlyByteBudget: Int64 = 256 << 20
 
     /// Runs a job on a container already started by a `WarmPool`: only the prompt is left to send.
     public func run(
@@ -102,19 +120,17 @@ public struct JobExecutor: Sendable {
     ) async throws -> JobReport {
         var report = try await drive(
             containerID: slot.containerID, request: request, startFirst: false, secrets: slot.secrets,
-            onOutput: onOutput)
-        if let proxy = slot.proxy {
-            report.egress = proxy.decisions
-            report.egressBytes = proxy.bytesTransferred
-        }
+            gateway: slot.proxy?.gateway, onOutput: onOutput)
+        if let proxy = slot.proxy { report.note(proxy) }
         return report
     }
 
     func runContainer(
-        _ request: JobRequest, egressDirectory: String?, whenCreated: @Sendable (String) async throws -> Void,
-        onOutput: @escaping @Sendable (JobOutput) -> Void
+        _ request: JobRequest, endpoint: EgressProxy?, gateway: ClaudeGateway?,
+        whenCreated: @Sendable (String) async throws -> Void, onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
-        let prepared = request.backend.prepared
+        let prepared = request.backend.prepared(gateway: gateway)
+        let egressDirectory = endpoint?.socketPath.deletingLastPathComponent
         let spec = SandboxPolicy.containerSpec(
             request.sandbox, command: prepared.command, environment: prepared.environment,
             labels: Labels.make(
@@ -129,14 +145,17 @@ public struct JobExecutor: Sendable {
             await Task { try? await client.removeContainer(id, force: true) }.value
             throw error
         }
-        return try await drive(
-            containerID: id, request: request, startFirst: true, secrets: prepared.secrets, onOutput: onOutput)
+        var report = try await drive(
+            containerID: id, request: request, startFirst: true, secrets: prepared.secrets, gateway: gateway,
+            onOutput: onOutput)
+        if let endpoint { report.note(endpoint) }
+        return report
     }
 
     /// Attaches (and starts, for a cold container), hands over the prompt, streams redacted
     /// output under the wall-clock limit, and always removes the container.
     func drive(
-        containerID id: String, request: JobRequest, startFirst: Bool, secrets: [String],
+        containerID id: String, request: JobRequest, startFirst: Bool, secrets: [String], gateway: ClaudeGateway?,
         onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
         let clock = ContinuousClock()
@@ -149,7 +168,7 @@ public struct JobExecutor: Sendable {
         var failure: String?
         let docker = self.docker
         do {
-            let outcome = try await withThrowingTaskGroup(of: Bool.self) { group in
+            let outcome = try await withThrowingTaskGroup(of: JobEndState?.self) { group in
                 group.addTask {
                     try await docker.withAttachedContainer(id, stdin: true) { attached in
                         if startFirst { try await docker.startContainer(id) }
@@ -165,20 +184,32 @@ public struct JobExecutor: Sendable {
                             }
                             for try await frame in attached.output { collector.add(frame) }
                             writers.cancelAll()
-                            return true
+                            return nil
                         }
                     }
                 }
                 group.addTask {
                     try await Task.sleep(for: request.sandbox.timeout)
-                    return false
+                    return .timedOut
+                }
+                if let gateway {
+                    group.addTask {
+                        // Once a request was refused for the budget, the job is over.
+                        if await gateway.waitUntilOverBudget() { return .overBudget }
+                        try await Task.sleep(for: .seconds(86_400 * 365))
+                        return nil
+                    }
                 }
                 let finished = try await group.next()!
                 group.cancelAll()
                 return finished
             }
             collector.flush()
-            if outcome {
+            if outcome == .overBudget, let gateway {
+                state = .overBudget
+                failure =
+                    "the job used \(gateway.tokensUsed) of its \(gateway.tokenBudget) tokens; the gateway refused its next request and the job was stopped"
+            } else if outcome == nil {
                 do {
                     exitCode = try await docker.waitContainer(id)
                 } catch let error as DockerError where error.code == .notFound {
@@ -204,10 +235,32 @@ public struct JobExecutor: Sendable {
         }
         // Unstructured on purpose: the removal must run even when this task was cancelled.
         await Task { try? await docker.removeContainer(id, force: true) }.value
-        return JobReport(
+        var report = JobReport(
             state: state, exitCode: exitCode, result: collector.parser.result,
             usage: collector.parser.result?.usage ?? [:], rateLimits: collector.parser.rateLimits,
             redactions: collector.redactions, egress: [], egressBytes: 0, error: failure, duration: clock.now - started)
+        if let gateway {
+            // The API's own numbers, not what the job printed.
+            report.usage = gateway.usage
+            report.metered = true
+            report.gateway = gateway.decisions
+            report.gatewayCounts = gateway.counts
+        }
+        return report
+    }
+}
+
+extension JobReport {
+    /// What the job used: the gateway's meter in API-key mode, otherwise the job's own result line.
+    public var totalUsage: ModelUsage {
+        metered ? usage.values.reduce(ModelUsage(), +) : result?.total ?? ModelUsage()
+    }
+
+    /// Takes the egress figures of the job's endpoint.
+    mutating func note(_ endpoint: EgressProxy) {
+        egress = endpoint.decisions
+        egressBytes = endpoint.bytesTransferred
+        egressCounts = endpoint.counts
     }
 }
 

@@ -10,7 +10,7 @@ public struct ModelUsage: Codable, Sendable, Equatable {
 
     public init() {}
 
-    static func + (lhs: ModelUsage, rhs: ModelUsage) -> ModelUsage {
+    public static func + (lhs: ModelUsage, rhs: ModelUsage) -> ModelUsage {
         var sum = lhs
         sum.inputTokens += rhs.inputTokens
         sum.outputTokens += rhs.outputTokens

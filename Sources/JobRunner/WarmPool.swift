@@ -104,7 +104,16 @@ public actor WarmPool: Service {
 
     private func makeSlot() async {
         let token = UUID()
-        let prepared = template.backend.prepared
+        let gateway: ClaudeGateway?
+        do {
+            gateway = try template.backend.makeGateway(logger: logger)
+        } catch {
+            starting -= 1
+            logger.error("warm pool: could not set up the API gateway", metadata: ["error": "\(error)"])
+            return
+        }
+        defer { if let gateway { Task { await gateway.shutdown() } } }
+        let prepared = template.backend.prepared(gateway: gateway)
         let labels = Labels.make(kind: "pool", job: poolID, owner: owner, version: ToolVersion.current)
         let docker = self.docker
         func start(egressDirectory: String?) async throws -> String {
@@ -123,11 +132,12 @@ public actor WarmPool: Service {
             return id
         }
         do {
-            if let policy = template.egress {
+            if template.egress != nil || gateway != nil {
                 try await EgressProxy.withProxy(
                     directory: runDirectory.appending(path: "egress-pool-\(token.uuidString.lowercased())"),
-                    policy: policy,
-                    logger: logger
+                    policy: template.egress
+                        ?? EgressPolicy(allowlist: [], byteBudget: JobExecutor.gatewayOnlyByteBudget),
+                    gateway: gateway, logger: logger
                 ) { proxy in
                     let id = try await start(egressDirectory: proxy.socketPath.deletingLastPathComponent)
                     await self.awaitRelease(

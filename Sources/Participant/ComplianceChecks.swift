@@ -161,11 +161,15 @@ public struct ComplianceChecks: Sendable {
                     + "individual use and forbid making an account available to others",
                 remediation: "use claude.credentialMode=api-key, or set market.allowSubscriptionLogin=false")
         }
+        let holder =
+            mode == "subscription"
+            ? "; in this mode every job container holds the login (api-key mode, recommended for market jobs, keeps it out)"
+            : "; jobs hold a per-job token, the key stays with the gateway"
         return CheckResult(
             id: "credentials.subscription-market", status: .pass,
-            message: allowed
+            message: (allowed
                 ? "credential mode \(mode); subscription logins would be allowed for market jobs"
-                : "credential mode \(mode); market jobs on a subscription login are off")
+                : "credential mode \(mode); market jobs on a subscription login are off") + holder)
     }
 }
 

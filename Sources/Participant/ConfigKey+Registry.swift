@@ -80,6 +80,9 @@ extension ConfigKey {
     public static let claudeAPIKeyFile = ConfigKey(
         "claude.apiKeyFile", .text(maxLength: 4096), default: .text("-"),
         "0600 file holding the API key ('-' = take ANTHROPIC_API_KEY from the environment)")
+    public static let claudeAPIBaseURL = ConfigKey(
+        "claude.apiBaseURL", .httpsBaseURL, default: .text("https://api.anthropic.com"),
+        "api-key mode: where the provider's gateway forwards a job's API requests (with the real key)")
     public static let claudeLoginVolume = ConfigKey(
         "claude.loginVolume", .text(maxLength: 128), default: .text("claude-max-market-login"),
         "Docker volume holding the subscription login made by `login`")
@@ -98,7 +101,8 @@ extension ConfigKey {
         dockerWarmPool, egressAllowlist, egressByteBudget, dailyTasks, weeklyTasks, monthlyTasks, dailyTokens,
         maxTokensPerTask, concurrentJobs, keyRotationDays, approvalMode, approvalMaxPromptBytes,
         approvalAllowedRequesters, approvalDeniedRequesters, marketURL, marketDefaultPrice, marketMaxBidPrice,
-        marketAllowSubscriptionLogin, claudeCredentialMode, claudeAPIKeyFile, claudeLoginVolume, claudeModel,
+        marketAllowSubscriptionLogin, claudeCredentialMode, claudeAPIKeyFile, claudeAPIBaseURL, claudeLoginVolume,
+        claudeModel,
         claudeMaxTurns, claudeAllowedTools,
     ]
 

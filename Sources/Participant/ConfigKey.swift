@@ -38,6 +38,8 @@ public struct ConfigKey: Sendable, Hashable {
         case text(maxLength: Int)
         /// A `ws://` or `wss://` URL.
         case webSocketURL
+        /// An `https://` URL without a path (`http://` only to loopback).
+        case httpsBaseURL
         /// Whole credits with up to six decimals, in a range of micro-credits.
         case credits(ClosedRange<Int64>)
         /// A comma-separated list of `host:port` pairs.
@@ -76,9 +78,11 @@ public struct ConfigKey: Sendable, Hashable {
         case .choice(let options): "one of: \(options.joined(separator: ", "))"
         case .text(let maxLength): "text of 1 to \(maxLength) characters without control characters"
         case .webSocketURL: "a ws:// or wss:// URL"
+        case .httpsBaseURL: "an https:// URL without a path (http:// only to 127.0.0.1 or localhost)"
         case .credits(let range):
             "an amount of credits from \(Credits(micro: range.lowerBound).amountString) to \(Credits(micro: range.upperBound).amountString)"
-        case .hostPortList: "a comma-separated list of host:port pairs (hosts only, no paths or wildcards)"
+        case .hostPortList:
+            "a comma-separated list of host:port pairs (ASCII host names or IP addresses, IPv6 in brackets; no paths or wildcards)"
         case .nameList: "a comma-separated list of names (letters, digits, - _ . :)"
         }
     }
@@ -111,13 +115,20 @@ public struct ConfigKey: Sendable, Hashable {
                 url.host?.isEmpty == false
             else { return nil }
             return .text(text)
+        case .httpsBaseURL:
+            guard let url = URL(string: text), let host = url.host, !host.isEmpty, url.path.isEmpty || url.path == "/",
+                url.query == nil, url.user == nil,
+                url.scheme == "https" || (url.scheme == "http" && ["127.0.0.1", "localhost"].contains(host))
+            else { return nil }
+            return .text(text.hasSuffix("/") ? String(text.dropLast()) : text)
         case .credits(let range):
             guard let credits = try? Credits(parsing: text), range.contains(credits.micro) else { return nil }
             return .text(credits.amountString)
         case .hostPortList:
-            let items = Self.splitList(text)
-            guard items.allSatisfy(HostPort.isValid) else { return nil }
-            return .list(items)
+            // Stored in the one spelling the egress proxy compares and connects to.
+            let items = Self.splitList(text).map { EgressTarget(parsing: $0)?.description }
+            guard items.allSatisfy({ $0 != nil }) else { return nil }
+            return .list(items.compactMap { $0 })
         case .nameList:
             let items = Self.splitList(text)
             let allowedCharacters = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_.:"))
@@ -154,19 +165,7 @@ public struct ConfigKey: Sendable, Hashable {
 
 /// `host:port` with a DNS name or IP literal and a port from 1 to 65535.
 public enum HostPort {
-    public static func isValid(_ text: String) -> Bool { split(text) != nil }
-
-    public static func split(_ text: String) -> (host: String, port: Int)? {
-        guard let colon = text.lastIndex(of: ":") else { return nil }
-        var host = String(text[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port), !host.isEmpty,
-            host.count <= 253
-        else { return nil }
-        let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-.:"))
-        guard host.unicodeScalars.allSatisfy({ allowed.contains($0) && $0.isASCII }) else { return nil }
-        return (host.lowercased(), port)
-    }
+    public static func isValid(_ text: String) -> Bool { EgressTarget(parsing: text) != nil }
 }
 
 /// Sizes such as `512m`: k, m, g are powers of 1024.

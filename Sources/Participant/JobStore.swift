@@ -5,6 +5,8 @@ import MarketCore
 /// The lifecycle state of a local job row.
 public enum JobState: String, Codable, Sendable, CaseIterable {
     case reserved, running, succeeded, failed, timedOut = "timed-out", cancelled, abandoned
+    /// The gateway refused a request for the token budget and the job was stopped.
+    case overBudget = "over_budget"
 
     /// States that hold a concurrency slot.
     public static let active: [JobState] = [.reserved, .running]

@@ -5,7 +5,7 @@ import MarketCrypto
 /// The notice `terms` prints and `terms --accept` records (by version and SHA-256 of the text,
 /// so a changed notice needs a new acceptance).
 public enum TermsNotice {
-    public static let version = "2026-11-25"
+    public static let version = "2026-11-26"
 
     public static let text = """
         claude-max-market — notice on terms, data and your responsibility (version \(version))
@@ -24,10 +24,15 @@ public enum TermsNotice {
            products built on Claude Code to use API keys under the Commercial Terms. The
            default credential mode here is an API key (claude.credentialMode=api-key).
 
-        4. Your credentials stay here. The tool never reads, copies or sends your Claude login or
-           key. An API key is handed only to the job container's environment; a subscription
-           login is made by Claude Code itself inside the runner container and kept in a local
-           Docker volume. Output that looks like a credential is removed before it leaves.
+        4. Your credentials stay here. The tool never reads, copies or sends your Claude login.
+           In API-key mode (the default, and the one recommended for market jobs) the key never
+           enters a job: the job holds a random per-job token, and your gateway swaps it for the
+           key on the way to the API, for the Messages API and the approved model only, and
+           meters the tokens the API reports. In subscription mode the job container mounts your
+           login (made by Claude Code itself and kept in a local Docker volume): a job that reads
+           it holds your login, and only tool rules and output redaction stand in the way. That
+           is why API-key mode is the one recommended for market jobs. Output that looks like a
+           credential is removed before it leaves.
 
         5. What leaves this machine: only ciphertext of job payloads and results (sealed to the
            other party's key; the market cannot read it) and signed metadata — your peer id,

@@ -38,8 +38,14 @@ struct ExecuteCommandTests {
         #expect(try run(["opt-in", "--claude-jobs", "--yes"]).exitCode == 0)
     }
 
+    /// On a subscription login there is no gateway: the usage recorded is what the job's result
+    /// line says (in API-key mode the gateway meters it; see GatewayCommandTests).
     @Test func aClaudeJobRunsRecordsUsageAndLogs() async throws {
         try await optIn()
+        let volume = "cmm-test-login-\(UUID().uuidString.prefix(8).lowercased())"
+        defer { _ = try? DockerTestEnvironment.curl("DELETE", "/volumes/\(volume)?force=1") }
+        #expect(try run(["config", "--set", "claude.credentialMode=subscription"]).exitCode == 0)
+        #expect(try run(["config", "--set", "claude.loginVolume=\(volume)"]).exitCode == 0)
         let result = try run(["execute", "--prompt", "fixture: tool-use", "--yes"])
         #expect(result.exitCode == 0, "\(result.stderr)")
         #expect(result.stdout.contains("There are 7 files in the folder."))

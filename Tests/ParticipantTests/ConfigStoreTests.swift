@@ -58,7 +58,10 @@ import Testing
         ("docker.memory", "1m"), ("approval.mode", "auto"), ("market.url", "http://example"),
         ("market.defaultPrice", "-5"), ("market.defaultPrice", "0.0000001"), ("market.allowSubscriptionLogin", "maybe"),
         ("egress.allowlist", "api.anthropic.com"), ("egress.allowlist", "http://x:443/path"),
-        ("docker.cpuShares", "1"), ("security.keyRotationDays", "366"),
+        ("egress.allowlist", "аpi.anthropic.com:443"), ("egress.allowlist", "[::g]:443"),
+        ("egress.allowlist", "host:0"), ("egress.allowlist", "10.0.0.999:80"),
+        ("claude.apiBaseURL", "http://example.com"),
+        ("claude.apiBaseURL", "https://example.com/v1"), ("docker.cpuShares", "1"), ("security.keyRotationDays", "366"),
     ])
     func badValuesAreRefusedAndNothingIsWritten(key: String, value: String) throws {
         _ = try store().set([("limits.weeklyTasks", "30")])
@@ -70,6 +73,13 @@ import Testing
             return text.contains(key) && text.contains(value) && text.contains("expected")
         }
         #expect(try Data(contentsOf: paths.configFile) == before)
+    }
+
+    /// The config stores the one spelling the egress proxy compares and connects to.
+    @Test func allowlistEntriesAreStoredNormalised() throws {
+        _ = try store().set([("egress.allowlist", "API.Example.COM.:0443, [0:0:0:0:0:0:0:1]:443, 127.0.0.1:80")])
+        let config = try store().resolve()
+        #expect(config.list(.egressAllowlist) == ["api.example.com:443", "[::1]:443", "127.0.0.1:80"])
     }
 
     @Test func unknownKeysAreRefusedWithAHint() throws {

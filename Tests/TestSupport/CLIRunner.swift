@@ -63,6 +63,19 @@ public enum CLIRunner {
         return try runProcess(executable, arguments, environment: environment, stdin: stdin)
     }
 
+    /// `run` on a thread of its own, for a test whose process serves the command while it runs
+    /// (a loopback upstream): waiting on the concurrency pool would starve that server.
+    public static func runAsync(
+        _ arguments: [String], home: URL, environment extra: [String: String] = [:], stdin: Data? = nil
+    ) async throws -> CLIResult {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread {
+                continuation.resume(
+                    with: Result { try run(arguments, home: home, environment: extra, stdin: stdin) })
+            }.start()
+        }
+    }
+
     public static func runProcess(
         _ executable: URL, _ arguments: [String], environment: [String: String], stdin: Data? = nil
     ) throws -> CLIResult {

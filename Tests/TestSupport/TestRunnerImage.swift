@@ -13,7 +13,7 @@ public enum TestRunnerImage {
         #!/bin/sh
         # Stand-in for Claude Code in tests. The prompt (stdin) says what to do:
         # "fixture: NAME", "leak the key", "egress: HOST:PORT", "direct: HOST:PORT", "sleep: N",
-        # "show login". `claude setup-token` pretends to sign in and keeps a token in CLAUDE_CONFIG_DIR.
+        # "show login", "call the api N". `claude setup-token` pretends to sign in and keeps a token in CLAUDE_CONFIG_DIR.
         if [ "${1:-}" = "setup-token" ]; then
             echo "Visit https://claude.ai/oauth/authorize to sign in, then paste the code here:"
             read -r code
@@ -42,6 +42,21 @@ public enum TestRunnerImage {
             target=$(echo "$prompt" | sed -n 's/.*direct: \([^ ]*\).*/\1/p')
             answer=$(echo ping | socat -t 3 -T 3 - "TCP:$target" 2>&1 | head -1 | tr -d '"\\')
             printf '{"type":"assistant","message":{"id":"msg_direct","content":[{"type":"text","text":"direct answer: %s"}]}}\n' "$answer";;
+        esac
+        # Calls the API through $ANTHROPIC_BASE_URL as Claude Code does, N times, after printing
+        # everything the job could know about its credential.
+        case "$prompt" in *"call the api"*)
+            n=$(echo "$prompt" | sed -n 's/.*call the api \([0-9]*\).*/\1/p')
+            echo "env: $(env | tr '\n' ' ')"
+            echo "environ: $(tr '\0' ' ' < /proc/self/environ)"
+            i=0
+            while [ "$i" -lt "${n:-1}" ]; do
+                wget -q -Y off -O - --header "x-api-key: $ANTHROPIC_API_KEY" --header "anthropic-version: 2023-06-01" \
+                    --header "content-type: application/json" \
+                    --post-data "{\"model\":\"$ANTHROPIC_SMALL_FAST_MODEL\",\"max_tokens\":50,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" \
+                    "$ANTHROPIC_BASE_URL/v1/messages" 2>&1 | grep -o 'hello from upstream\|error.*' | sed 's/^/api: /'
+                i=$((i + 1))
+            done;;
         esac
         case "$prompt" in *"show login"*)
             ls -a "$CLAUDE_CONFIG_DIR"; cat "$CLAUDE_CONFIG_DIR/.credentials.json"; echo;;

@@ -22,5 +22,7 @@ if [ -S "$SOCKET" ]; then
     done
     export HTTPS_PROXY=http://127.0.0.1:3128 https_proxy=http://127.0.0.1:3128
     export HTTP_PROXY=http://127.0.0.1:3128 http_proxy=http://127.0.0.1:3128
+    # The API gateway (ANTHROPIC_BASE_URL) is reached directly, not through the proxy.
+    export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 fi
 exec "$@"

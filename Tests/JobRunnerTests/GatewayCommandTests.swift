@@ -1,0 +1,63 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// `execute` in API-key mode as a provider runs it, against the loopback upstream: the usage it
+/// records is the gateway's, and the key is in no file of the participant's home.
+@Suite(.enabled(if: DockerTestEnvironment.shouldRun, "no Docker engine (scripts/test.sh starts one)"), .serialized)
+struct GatewayCommandTests {
+    let home = TemporaryDirectory("cmm-gateway-home")
+
+    func environment(_ upstream: TestUpstream) -> [String: String] {
+        [
+            "CMM_DOCKER_IMAGE": TestRunnerImage.name, "ANTHROPIC_API_KEY": GatewayTests.realKey,
+            "CMM_CLAUDE_APIBASEURL": upstream.url.absoluteString, "CMM_CLAUDE_MODEL": "claude-test",
+            "CMM_TEST_GATEWAY_CA_FILE": upstream.directory.url.appending(path: "ca.pem").path,
+            "CMM_TEST_GATEWAY_TIMEOUT": "20", "CMM_DOCKER_TIMEOUTSECONDS": "60",
+        ]
+    }
+
+    /// Every file under `directory` that contains `needle` (bytes, any file type).
+    static func files(under directory: URL, containing needle: String) -> [String] {
+        let walker = FileManager.default.enumerator(at: directory, includingPropertiesForKeys: nil)
+        var hits: [String] = []
+        while let url = walker?.nextObject() as? URL {
+            guard let data = try? Data(contentsOf: url), data.range(of: Data(needle.utf8)) != nil else { continue }
+            hits.append(url.path)
+        }
+        return hits
+    }
+
+    @Test func usageIsMeteredAndTheKeyIsInNoFile() async throws {
+        try await TestRunnerImage.ensureBuilt()
+        try await TestUpstream.with { upstream in
+            let environment = environment(upstream)
+            func run(_ arguments: [String]) async throws -> CLIResult {
+                try await CLIRunner.runAsync(arguments, home: home.url, environment: environment)
+            }
+            #expect(try await run(["terms", "--accept"]).exitCode == 0)
+            #expect(try await run(["opt-in", "--claude-jobs", "--yes"]).exitCode == 0)
+            let job = try await run(["execute", "--prompt", "call the api 2", "--yes", "--json"])
+            #expect(job.exitCode == 0, "\(job.stderr)")
+            #expect(!job.stdout.contains(GatewayTests.realKey) && !job.stderr.contains(GatewayTests.realKey))
+            let usage = try await run(["usage", "--format", "json", "--by", "model"]).jsonObject()
+            let total = try #require(usage["total"] as? [String: Any])
+            #expect(total["inputTokens"] as? Int == TestUpstream.usageStart.input * 2, "\(total)")
+            #expect(total["outputTokens"] as? Int == TestUpstream.finalOutput * 2)
+            let audit = try await run(["audit", "--format", "json"]).stdout
+            #expect(audit.contains("gateway.summary"))
+            #expect(try await run(["audit", "--verify"]).exitCode == 0)
+
+            // Over the per-job budget: the gateway refuses, the job ends as over_budget (exit 4).
+            #expect(try await run(["config", "--set", "limits.maxTokensPerTask=30"]).exitCode == 0)
+            let over = try await run(["execute", "--prompt", "call the api 5", "--yes"])
+            #expect(over.exitCode == 4, "\(over.stderr) \(over.stdout)")
+            #expect(over.stderr.contains("over_budget") && over.stderr.contains("tokens"), "\(over.stderr)")
+            #expect(upstream.received.count == 2 + 2)
+
+            _ = try await run(["config", "--export"])
+            #expect(Self.files(under: home.url, containing: GatewayTests.realKey).isEmpty)
+            #expect(Self.files(under: home.url, containing: "REALKEY").isEmpty)
+        }
+    }
+}
