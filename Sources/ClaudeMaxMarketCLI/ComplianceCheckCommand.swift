@@ -1,4 +1,5 @@
 import ArgumentParser
+import DockerEngine
 import Foundation
 import MarketCore
 import Participant
@@ -20,9 +21,12 @@ struct ComplianceCheckCommand: AsyncParsableCommand {
         let context = CommandContext()
         let config = try context.config()
         let database = try context.database()
-        let checks =
-            try ComplianceChecks(paths: context.paths, database: database, config: config).run()
-            + SandboxChecks.run(config)
+        var checks = try ComplianceChecks(paths: context.paths, database: database, config: config).run()
+        do {
+            checks += try await context.withDocker { docker in await SandboxChecks.run(config, docker: docker) }
+        } catch is DockerError {
+            checks += await SandboxChecks.run(config, docker: nil)
+        }
         let report = CheckReport(checks: checks)
         try CheckReportPrinter.print(report, json: json)
         if report.hasFailures { throw ExitCode.failure }

@@ -22,6 +22,7 @@ struct HealthCommand: AsyncParsableCommand {
                 try await Self.dockerChecks(docker, config: config, context: context)
             }
         } catch let error as DockerError {
+            checks.append(await SandboxChecks.hardening(config, docker: nil))
             checks.append(
                 CheckResult(
                     id: "docker.daemon", status: .fail, message: error.message,
@@ -55,6 +56,7 @@ struct HealthCommand: AsyncParsableCommand {
             CheckResult(id: "docker.storage", status: .pass, message: "storage driver \(info.Driver ?? "unknown")"),
         ]
         checks.append(diskCheck(info.DockerRootDir ?? "/var/lib/docker"))
+        checks.append(await SandboxChecks.hardening(config, docker: docker))
         let image = config.text(.dockerImage)
         if let inspect = try await docker.inspectImage(image) {
             let age = inspect.createdDate.map { Int(Date().timeIntervalSince($0) / 86_400) }
@@ -125,7 +127,7 @@ struct HealthCommand: AsyncParsableCommand {
     }
 
     static func configChecks(_ config: ResolvedConfig, environment: [String: String]) -> [CheckResult] {
-        var checks = SandboxChecks.run(config)
+        var checks = [SandboxChecks.egress(config)]
         if config.text(.claudeCredentialMode) == "api-key" {
             let file = config.text(.claudeAPIKeyFile)
             let present: Bool

@@ -32,13 +32,44 @@ public struct ContainerSpec: Encodable, Sendable, Equatable {
     }
 }
 
+public struct Ulimit: Codable, Sendable, Equatable {
+    public var Name: String
+    public var Soft: Int64
+    public var Hard: Int64
+
+    public init(Name: String, Soft: Int64, Hard: Int64) {
+        self.Name = Name
+        self.Soft = Soft
+        self.Hard = Hard
+    }
+}
+
+public struct DeviceMapping: Codable, Sendable, Equatable {
+    public var PathOnHost: String?
+    public var PathInContainer: String?
+    public var CgroupPermissions: String?
+
+    public init(PathOnHost: String?, PathInContainer: String?, CgroupPermissions: String?) {
+        self.PathOnHost = PathOnHost
+        self.PathInContainer = PathInContainer
+        self.CgroupPermissions = CgroupPermissions
+    }
+}
+
 public struct HostConfiguration: Codable, Sendable, Equatable {
     public var ReadonlyRootfs: Bool?
     public var NetworkMode: String?
     public var Memory: Int64?
     public var MemorySwap: Int64?
     public var CpuShares: Int64?
+    /// A hard CPU limit in billionths of a CPU (shares are only a weight).
+    public var NanoCpus: Int64?
     public var PidsLimit: Int64?
+    public var Ulimits: [Ulimit]?
+    public var Privileged: Bool?
+    public var Devices: [DeviceMapping]?
+    public var PidMode: String?
+    public var IpcMode: String?
     public var CapDrop: [String]?
     public var SecurityOpt: [String]?
     public var Tmpfs: [String: String]?

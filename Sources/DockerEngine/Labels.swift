@@ -9,7 +9,8 @@ public enum Labels {
     public static let kind = prefix + "kind"
     /// Kinds only containers carry. A container inherits its image's labels, so a container
     /// someone else made from our image has `managed` too, but an image kind: never ours.
-    public static let containerKinds: Set<String> = ["job", "pool", "login", "test"]
+    /// `check`: created (never started) by the sandbox check of `health` and `compliance-check`.
+    public static let containerKinds: Set<String> = ["job", "pool", "login", "test", "check"]
     public static let job = prefix + "job"
     public static let createdBy = prefix + "created-by"
     /// Which installation (state directory) made a container: `clean` removes only its own, so

@@ -10,9 +10,14 @@ public struct SandboxSettings: Sendable, Equatable {
     public var pidsLimit: Int64
     public var tmpfsBytes: Int64
     public var timeout: Duration
+    /// The hard CPU limit, in billionths of a CPU (`docker.cpus` × 10⁹).
+    public var nanoCPUs: Int64
+    /// Open files a job may hold (the `nofile` ulimit, soft and hard).
+    public var openFiles: Int64
 
     public init(
-        image: String, memoryBytes: Int64, cpuShares: Int64, pidsLimit: Int64, tmpfsBytes: Int64, timeout: Duration
+        image: String, memoryBytes: Int64, cpuShares: Int64, pidsLimit: Int64, tmpfsBytes: Int64, timeout: Duration,
+        nanoCPUs: Int64 = 1_000_000_000, openFiles: Int64 = 1024
     ) {
         self.image = image
         self.memoryBytes = memoryBytes
@@ -20,6 +25,8 @@ public struct SandboxSettings: Sendable, Equatable {
         self.pidsLimit = pidsLimit
         self.tmpfsBytes = tmpfsBytes
         self.timeout = timeout
+        self.nanoCPUs = nanoCPUs
+        self.openFiles = openFiles
     }
 }
 
@@ -44,7 +51,13 @@ public enum SandboxPolicy {
         host.Memory = settings.memoryBytes
         host.MemorySwap = settings.memoryBytes
         host.CpuShares = settings.cpuShares
+        host.NanoCpus = settings.nanoCPUs
         host.PidsLimit = settings.pidsLimit
+        host.Ulimits = [Ulimit(Name: "nofile", Soft: settings.openFiles, Hard: settings.openFiles)]
+        // Said outright rather than left to the engine's defaults.
+        host.Privileged = false
+        host.Devices = []
+        host.IpcMode = "private"
         host.CapDrop = ["ALL"]
         host.SecurityOpt = ["no-new-privileges"]
         // Owned by the job's user: the engine keeps the image directory's owner otherwise,
@@ -88,7 +101,18 @@ public enum SandboxPolicy {
             problems.append("memory limit differs")
         }
         if host.CpuShares != settings.cpuShares { problems.append("cpu shares differ") }
+        if host.NanoCpus != settings.nanoCPUs { problems.append("hard CPU limit differs (\(host.NanoCpus ?? 0) nano-CPUs)") }
         if host.PidsLimit != settings.pidsLimit { problems.append("pids limit differs") }
+        let nofile = host.Ulimits?.first { $0.Name == "nofile" }
+        if nofile?.Soft != settings.openFiles || nofile?.Hard != settings.openFiles {
+            problems.append("open-files limit differs")
+        }
+        if host.Privileged == true { problems.append("privileged") }
+        if !(host.Devices ?? []).isEmpty { problems.append("host devices mapped") }
+        if let mode = host.PidMode, !mode.isEmpty { problems.append("shares a PID namespace (\(mode))") }
+        if let mode = host.IpcMode, mode == "host" || mode == "shareable" || mode.hasPrefix("container:") {
+            problems.append("shares IPC (\(mode))")
+        }
         let tmpfs = host.Tmpfs?[workDirectory] ?? ""
         for option in ["noexec", "nosuid", "size=\(settings.tmpfsBytes)"] where !tmpfs.contains(option) {
             problems.append("work dir tmpfs lacks \(option)")

@@ -7,6 +7,8 @@ extension ConfigKey {
     public static let dockerCPUShares = ConfigKey(
         "docker.cpuShares", .integer(2...262_144), default: .integer(512),
         "Relative CPU weight of a job container")
+    public static let dockerCPUs = ConfigKey(
+        "docker.cpus", .decimal(0.1...64), default: .text("1"), "Hard CPU limit of a job container, in CPUs")
     public static let dockerPidsLimit = ConfigKey(
         "docker.pidsLimit", .integer(16...4096), default: .integer(128),
         "Maximum number of processes in a job container")
@@ -96,7 +98,7 @@ extension ConfigKey {
 
     /// Every key, in the order `config --list` shows them.
     public static let all: [ConfigKey] = [
-        dockerMemory, dockerCPUShares, dockerPidsLimit, dockerTimeoutSeconds, dockerImage, dockerBuildNetwork,
+        dockerMemory, dockerCPUShares, dockerCPUs, dockerPidsLimit, dockerTimeoutSeconds, dockerImage, dockerBuildNetwork,
         dockerTmpfsSize,
         dockerWarmPool, egressAllowlist, egressByteBudget, dailyTasks, weeklyTasks, monthlyTasks, dailyTokens,
         maxTokensPerTask, concurrentJobs, keyRotationDays, approvalMode, approvalMaxPromptBytes,

@@ -40,6 +40,8 @@ public struct ConfigKey: Sendable, Hashable {
         case webSocketURL
         /// An `https://` URL without a path (`http://` only to loopback).
         case httpsBaseURL
+        /// A number with up to two decimals, such as `1.5`.
+        case decimal(ClosedRange<Double>)
         /// Whole credits with up to six decimals, in a range of micro-credits.
         case credits(ClosedRange<Int64>)
         /// A comma-separated list of `host:port` pairs.
@@ -79,6 +81,7 @@ public struct ConfigKey: Sendable, Hashable {
         case .text(let maxLength): "text of 1 to \(maxLength) characters without control characters"
         case .webSocketURL: "a ws:// or wss:// URL"
         case .httpsBaseURL: "an https:// URL without a path (http:// only to 127.0.0.1 or localhost)"
+        case .decimal(let range): "a number from \(range.lowerBound) to \(range.upperBound), at most two decimals"
         case .credits(let range):
             "an amount of credits from \(Credits(micro: range.lowerBound).amountString) to \(Credits(micro: range.upperBound).amountString)"
         case .hostPortList:
@@ -115,6 +118,12 @@ public struct ConfigKey: Sendable, Hashable {
                 url.host?.isEmpty == false
             else { return nil }
             return .text(text)
+        case .decimal(let range):
+            let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+            guard (1...2).contains(parts.count), parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { ("0"..."9").contains($0) } }),
+                parts.count == 1 || parts[1].count <= 2, let value = Double(text), range.contains(value)
+            else { return nil }
+            return .text(text)
         case .httpsBaseURL:
             guard let url = URL(string: text), let host = url.host, !host.isEmpty, url.path.isEmpty || url.path == "/",
                 url.query == nil, url.user == nil,
@@ -145,7 +154,7 @@ public struct ConfigKey: Sendable, Hashable {
             return .boolean(value)
         case .number(let value):
             switch kind {
-            case .integer, .byteSize, .credits: return parse(value)
+            case .integer, .byteSize, .credits, .decimal: return parse(value)
             default: return nil
             }
         case .text(let value):

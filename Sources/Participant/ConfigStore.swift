@@ -42,6 +42,15 @@ public struct ResolvedConfig: Sendable {
         return value
     }
 
+    /// A decimal key in hundredths (`1.5` → 150), exact.
+    public func hundredths(_ key: ConfigKey) -> Int64 {
+        guard case .text(let text) = self[key] else { preconditionFailure("\(key.name) is not a decimal key") }
+        let parts = text.split(separator: ".")
+        let whole = Int64(parts[0]) ?? 0
+        let fraction = parts.count > 1 ? Int64(parts[1].padding(toLength: 2, withPad: "0", startingAt: 0)) ?? 0 : 0
+        return whole * 100 + fraction
+    }
+
     public func boolean(_ key: ConfigKey) -> Bool {
         guard case .boolean(let value) = self[key] else { preconditionFailure("\(key.name) is not a boolean key") }
         return value

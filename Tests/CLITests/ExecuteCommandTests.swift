@@ -87,6 +87,23 @@ struct ExecuteCommandTests {
         #expect(try run(["audit", "--kind", "job.redacted", "--format", "csv"]).stdout.contains("job.redacted"))
     }
 
+    /// `compliance-check` and `health` create a container from the policy and report the
+    /// engine's view of it, with the hard CPU and open-files limits.
+    @Test func theHardeningCheckInspectsARealContainer() async throws {
+        try await TestRunnerImage.ensureBuilt()
+        for command in ["compliance-check", "health"] {
+            let result = try run([command, "--json"])
+            let checks = try #require(result.jsonObject()["checks"] as? [[String: Any]])
+            let hardening = try #require(checks.first { $0["id"] as? String == "sandbox.hardening" })
+            #expect(hardening["status"] as? String == "pass", "\(command): \(hardening)")
+            let message = hardening["message"] as? String ?? ""
+            #expect(message.contains("as the engine reports it") && message.contains("1 CPUs (hard)"), "\(message)")
+        }
+        let labelled = try DockerTestEnvironment.curl(
+            "GET", "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22io.claude-max-market.kind%3Dcheck%22%5D%7D")
+        #expect(labelled.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[]", "the check's container is gone")
+    }
+
     @Test func logsFollowShowsLinesWhileAnotherProcessRunsTheJob() async throws {
         try await optIn()
         let follower = Process()

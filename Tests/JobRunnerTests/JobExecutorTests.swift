@@ -36,6 +36,40 @@ struct JobExecutorTests {
         }
     }
 
+    /// The engine's own view of a container is what the policy is checked against: one that is
+    /// privileged, shares the host's PID and IPC namespaces, maps a device, and lacks the hard
+    /// CPU and open-files limits fails on each of those counts.
+    @Test func violationsAreReadFromTheEnginesViewOfARealContainer() async throws {
+        try await withExecutor { _, docker in
+            let labels = Labels.make(kind: "test", version: ToolVersion.current)
+            let good = SandboxPolicy.containerSpec(
+                Self.settings, command: ["true"], environment: [], labels: labels, egressDirectory: nil,
+                loginVolume: nil)
+            var bad = good
+            bad.HostConfig.Privileged = true
+            bad.HostConfig.PidMode = "host"
+            bad.HostConfig.IpcMode = "host"
+            bad.HostConfig.Devices = [DeviceMapping(PathOnHost: "/dev/null", PathInContainer: "/dev/x", CgroupPermissions: "rwm")]
+            bad.HostConfig.NanoCpus = nil
+            bad.HostConfig.Ulimits = nil
+            for (spec, expected) in [(good, [String]()), (bad, ["privileged", "PID", "IPC", "devices", "CPU", "open-files"])] {
+                let id = try await docker.createContainer(spec)
+                let inspect = try await docker.inspectContainer(id)
+                try await docker.removeContainer(id, force: true)
+                let problems = SandboxPolicy.violations(of: inspect, settings: Self.settings)
+                if expected.isEmpty {
+                    #expect(problems == [])
+                    #expect(inspect.HostConfig.NanoCpus == Self.settings.nanoCPUs)
+                    #expect(inspect.HostConfig.Ulimits == [Ulimit(Name: "nofile", Soft: 1024, Hard: 1024)])
+                } else {
+                    for word in expected {
+                        #expect(problems.contains { $0.contains(word) }, "\(word) in \(problems)")
+                    }
+                }
+            }
+        }
+    }
+
     func claude(_ credential: ClaudeCredential = .none) -> JobBackend {
         .claude(
             ClaudeOptions(
