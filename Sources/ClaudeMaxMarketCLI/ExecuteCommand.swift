@@ -127,12 +127,14 @@ struct ExecuteCommand: AsyncParsableCommand {
                 }
             }
         } catch {
+            printer.finish()
             if reserved.isSet {
                 try jobs.finish(
                     jobID, outcome: JobOutcome(state: .failed, error: "\(error)"), actor: "runner", at: context.now)
             }
             throw error
         }
+        printer.finish()
         try record(report, jobID: jobID, jobs: jobs, database: database, context: context)
         printer.summary(report)
         switch report.state {
@@ -140,7 +142,7 @@ struct ExecuteCommand: AsyncParsableCommand {
         case .failed: throw ExitCode(1)
         case .timedOut: throw ExitCode(124)
         case .cancelled: throw ExitCode(130)
-        case .overBudget: throw ExitCode(4)
+        case .overBudget, .outputLimit: throw ExitCode(4)
         }
     }
 
@@ -240,6 +242,7 @@ struct ExecuteCommand: AsyncParsableCommand {
             case .timedOut: .timedOut
             case .cancelled: .cancelled
             case .overBudget: .overBudget
+            case .outputLimit: .outputLimit
             }
         for notice in report.rateLimits {
             try jobs.recordRateLimit(
@@ -350,12 +353,16 @@ final class ReservedFlag: @unchecked Sendable {
     var isSet: Bool { lock.withLock { value } }
 }
 
-/// Prints a job's output as it arrives and writes every line to the job's event log.
+/// Prints a job's output as it arrives and writes every line to the job's event log, in
+/// batches: one transaction per 256 lines or per 100 ms, whichever comes first.
 final class JobOutputPrinter: @unchecked Sendable {
     let json: Bool
     let jobID: String
     let jobs: JobStore
     private let lock = NSLock()
+    private var batch: [NewJobEvent] = []
+    private var flusher: Task<Void, Never>?
+    static let batchLines = 256
 
     /// People see claude's parsed events; a command backend's lines are shown as they are.
     let printsLines: Bool
@@ -374,16 +381,42 @@ final class JobOutputPrinter: @unchecked Sendable {
         var text: String?
     }
 
+    /// Writes what is waiting. Called by the timer, when a batch is full, and at the end.
+    func flush() {
+        let events = lock.withLock {
+            defer { batch.removeAll(keepingCapacity: true) }
+            return batch
+        }
+        try? jobs.appendEvents(events)
+    }
+
+    /// Stops the timer and writes the rest.
+    func finish() {
+        lock.withLock { flusher?.cancel() }
+        flush()
+    }
+
+    private func record(_ stream: String, _ kind: String, _ line: String) {
+        batch.append(NewJobEvent(jobID: jobID, stream: stream, kind: kind, line: line, at: Date()))
+        if flusher == nil {
+            flusher = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(100))
+                    self?.flush()
+                }
+            }
+        }
+    }
+
     func handle(_ output: JobOutput) {
-        lock.withLock {
+        let full = lock.withLock {
             switch output {
             case .started(let id):
-                try? jobs.appendEvent(
-                    jobID: jobID, stream: "system", kind: "started", line: "container \(id.prefix(12))", at: Date())
+                record("system", "started", "container \(id.prefix(12))")
                 emit(Line(job: jobID, type: "started", text: "container \(id.prefix(12))"), human: nil)
             case .line(let stream, let text):
                 let name = stream == .stderr ? "stderr" : "stdout"
-                try? jobs.appendEvent(jobID: jobID, stream: name, kind: "line", line: text, at: Date())
+                record(name, "line", text)
                 if !json && stream == .stderr {
                     Output.note(text)
                 } else {
@@ -398,7 +431,9 @@ final class JobOutputPrinter: @unchecked Sendable {
                 default: break
                 }
             }
+            return batch.count >= Self.batchLines
         }
+        if full { flush() }
     }
 
     private func emit(_ line: Line?, human: String?) {

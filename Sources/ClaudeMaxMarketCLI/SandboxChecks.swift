@@ -11,7 +11,7 @@ extension SandboxSettings {
             image: config.text(.dockerImage), memoryBytes: config.bytes(.dockerMemory),
             cpuShares: config.integer(.dockerCPUShares), pidsLimit: config.integer(.dockerPidsLimit),
             tmpfsBytes: config.bytes(.dockerTmpfsSize), timeout: .seconds(config.integer(.dockerTimeoutSeconds)),
-            nanoCPUs: config.hundredths(.dockerCPUs) * 10_000_000)
+            nanoCPUs: config.hundredths(.dockerCPUs) * 10_000_000, maxOutputBytes: config.bytes(.dockerMaxOutput))
     }
 }
 
@@ -66,7 +66,8 @@ enum SandboxChecks {
             }
             return CheckResult(
                 id: "sandbox.hardening", status: .fail,
-                message: "a job container created now is not as hardened as the policy: \(problems.joined(separator: ", "))",
+                message:
+                    "a job container created now is not as hardened as the policy: \(problems.joined(separator: ", "))",
                 remediation: "check the engine's configuration (userns, default runtimes); report it if it persists")
         } catch {
             return CheckResult(

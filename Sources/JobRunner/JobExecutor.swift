@@ -42,6 +42,8 @@ public enum JobEndState: String, Sendable, Codable {
     case cancelled
     /// The gateway refused a request because the job had used its token budget.
     case overBudget = "over_budget"
+    /// The job printed more than its output limit and was stopped.
+    case outputLimit = "output_limit"
 }
 
 /// How a job ended.
@@ -162,7 +164,7 @@ public struct JobExecutor: Sendable {
         let started = clock.now
         let collector = OutputCollector(
             redactor: SecretRedactor(knownSecrets: secrets), parsesClaude: request.backend.name == "claude",
-            onOutput: onOutput)
+            maxBytes: request.sandbox.maxOutputBytes, onOutput: onOutput)
         var state = JobEndState.failed
         var exitCode: Int?
         var failure: String?
@@ -182,7 +184,13 @@ public struct JobExecutor: Sendable {
                                 }
                                 stdin.finish()
                             }
-                            for try await frame in attached.output { collector.add(frame) }
+                            for try await frame in attached.output {
+                                // Past the limit nothing more is read, kept or written: the job is stopped.
+                                guard collector.add(frame) else {
+                                    writers.cancelAll()
+                                    return .outputLimit
+                                }
+                            }
                             writers.cancelAll()
                             return nil
                         }
@@ -205,7 +213,11 @@ public struct JobExecutor: Sendable {
                 return finished
             }
             collector.flush()
-            if outcome == .overBudget, let gateway {
+            if outcome == .outputLimit {
+                state = .outputLimit
+                failure =
+                    "the job printed more than \(request.sandbox.maxOutputBytes) bytes (docker.maxOutput) and was stopped; the rest of its output was dropped"
+            } else if outcome == .overBudget, let gateway {
                 state = .overBudget
                 failure =
                     "the job used \(gateway.tokensUsed) of its \(gateway.tokenBudget) tokens; the gateway refused its next request and the job was stopped"
@@ -264,31 +276,49 @@ extension JobReport {
     }
 }
 
-/// Splits frames into lines per stream, redacts them, parses claude's stdout.
+/// Splits frames into lines per stream, redacts them, parses claude's stdout. Memory stays
+/// flat whatever a job prints: a line longer than `maxLineBytes` is cut into pieces, and past
+/// `maxBytes` of output nothing more is taken.
 final class OutputCollector: @unchecked Sendable {
     private let lock = NSLock()
     private let redactor: SecretRedactor
     private let parsesClaude: Bool
     private let onOutput: @Sendable (JobOutput) -> Void
+    private let maxBytes: Int64
     private var partial: [ContainerStream: [UInt8]] = [:]
+    private var total: Int64 = 0
     private(set) var parser = StreamJSONParser()
     private(set) var redactions = 0
+    static let maxLineBytes = 64 << 10
 
-    init(redactor: SecretRedactor, parsesClaude: Bool, onOutput: @escaping @Sendable (JobOutput) -> Void) {
+    init(
+        redactor: SecretRedactor, parsesClaude: Bool, maxBytes: Int64 = .max,
+        onOutput: @escaping @Sendable (JobOutput) -> Void
+    ) {
         self.redactor = redactor
         self.parsesClaude = parsesClaude
+        self.maxBytes = maxBytes
         self.onOutput = onOutput
     }
 
-    func add(_ frame: OutputFrame) {
+    /// Takes a frame; false once the job's output has gone past its limit (the frame is dropped).
+    func add(_ frame: OutputFrame) -> Bool {
         lock.withLock {
+            total += Int64(frame.bytes.count)
+            guard total <= maxBytes else { return false }
             var buffer = partial[frame.stream, default: []]
             buffer.append(contentsOf: frame.bytes)
-            while let newline = buffer.firstIndex(of: 0x0a) {
-                emit(frame.stream, Array(buffer[..<newline]))
-                buffer.removeSubrange(...newline)
+            var start = buffer.startIndex
+            while let newline = buffer[start...].firstIndex(of: 0x0a) {
+                emit(frame.stream, Array(buffer[start..<newline]))
+                start = newline + 1
             }
-            partial[frame.stream] = buffer
+            while buffer.endIndex - start >= Self.maxLineBytes {
+                emit(frame.stream, Array(buffer[start..<start + Self.maxLineBytes]))
+                start += Self.maxLineBytes
+            }
+            partial[frame.stream] = Array(buffer[start...])
+            return true
         }
     }
 

@@ -14,10 +14,12 @@ public struct SandboxSettings: Sendable, Equatable {
     public var nanoCPUs: Int64
     /// Open files a job may hold (the `nofile` ulimit, soft and hard).
     public var openFiles: Int64
+    /// Bytes of output (stdout + stderr) a job may print before it is stopped.
+    public var maxOutputBytes: Int64
 
     public init(
         image: String, memoryBytes: Int64, cpuShares: Int64, pidsLimit: Int64, tmpfsBytes: Int64, timeout: Duration,
-        nanoCPUs: Int64 = 1_000_000_000, openFiles: Int64 = 1024
+        nanoCPUs: Int64 = 1_000_000_000, openFiles: Int64 = 1024, maxOutputBytes: Int64 = 16 << 20
     ) {
         self.image = image
         self.memoryBytes = memoryBytes
@@ -27,6 +29,7 @@ public struct SandboxSettings: Sendable, Equatable {
         self.timeout = timeout
         self.nanoCPUs = nanoCPUs
         self.openFiles = openFiles
+        self.maxOutputBytes = maxOutputBytes
     }
 }
 
@@ -101,7 +104,9 @@ public enum SandboxPolicy {
             problems.append("memory limit differs")
         }
         if host.CpuShares != settings.cpuShares { problems.append("cpu shares differ") }
-        if host.NanoCpus != settings.nanoCPUs { problems.append("hard CPU limit differs (\(host.NanoCpus ?? 0) nano-CPUs)") }
+        if host.NanoCpus != settings.nanoCPUs {
+            problems.append("hard CPU limit differs (\(host.NanoCpus ?? 0) nano-CPUs)")
+        }
         if host.PidsLimit != settings.pidsLimit { problems.append("pids limit differs") }
         let nofile = host.Ulimits?.first { $0.Name == "nofile" }
         if nofile?.Soft != settings.openFiles || nofile?.Hard != settings.openFiles {

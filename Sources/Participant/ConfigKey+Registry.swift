@@ -24,6 +24,9 @@ extension ConfigKey {
     public static let dockerTmpfsSize = ConfigKey(
         "docker.tmpfsSize", .byteSize((1 << 20)...(8 << 30)), default: .text("64m"),
         "Size of the job's tmpfs work directory")
+    public static let dockerMaxOutput = ConfigKey(
+        "docker.maxOutput", .byteSize((64 << 10)...(1 << 30)), default: .text("16m"),
+        "Output (stdout + stderr) a job may print; past it the job is stopped as output_limit")
     public static let dockerWarmPool = ConfigKey(
         "docker.warmPool", .integer(0...16), default: .integer(0),
         "Hardened containers kept started ahead of jobs (0 = off)")
@@ -98,8 +101,9 @@ extension ConfigKey {
 
     /// Every key, in the order `config --list` shows them.
     public static let all: [ConfigKey] = [
-        dockerMemory, dockerCPUShares, dockerCPUs, dockerPidsLimit, dockerTimeoutSeconds, dockerImage, dockerBuildNetwork,
-        dockerTmpfsSize,
+        dockerMemory, dockerCPUShares, dockerCPUs, dockerPidsLimit, dockerTimeoutSeconds, dockerImage,
+        dockerBuildNetwork,
+        dockerTmpfsSize, dockerMaxOutput,
         dockerWarmPool, egressAllowlist, egressByteBudget, dailyTasks, weeklyTasks, monthlyTasks, dailyTokens,
         maxTokensPerTask, concurrentJobs, keyRotationDays, approvalMode, approvalMaxPromptBytes,
         approvalAllowedRequesters, approvalDeniedRequesters, marketURL, marketDefaultPrice, marketMaxBidPrice,

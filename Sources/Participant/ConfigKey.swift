@@ -120,7 +120,8 @@ public struct ConfigKey: Sendable, Hashable {
             return .text(text)
         case .decimal(let range):
             let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-            guard (1...2).contains(parts.count), parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { ("0"..."9").contains($0) } }),
+            guard (1...2).contains(parts.count),
+                parts.allSatisfy({ !$0.isEmpty && $0.allSatisfy { ("0"..."9").contains($0) } }),
                 parts.count == 1 || parts[1].count <= 2, let value = Double(text), range.contains(value)
             else { return nil }
             return .text(text)

@@ -7,10 +7,29 @@ public enum JobState: String, Codable, Sendable, CaseIterable {
     case reserved, running, succeeded, failed, timedOut = "timed-out", cancelled, abandoned
     /// The gateway refused a request for the token budget and the job was stopped.
     case overBudget = "over_budget"
+    /// The job printed more than `docker.maxOutput` and was stopped.
+    case outputLimit = "output_limit"
 
     /// States that hold a concurrency slot.
     public static let active: [JobState] = [.reserved, .running]
     public var isFinal: Bool { !Self.active.contains(self) }
+}
+
+/// An event to append to a job's log.
+public struct NewJobEvent: Sendable {
+    public var jobID: String
+    public var stream: String
+    public var kind: String
+    public var line: String
+    public var at: Date
+
+    public init(jobID: String, stream: String, kind: String, line: String, at: Date) {
+        self.jobID = jobID
+        self.stream = stream
+        self.kind = kind
+        self.line = line
+        self.at = at
+    }
 }
 
 /// A job as recorded locally.
@@ -268,10 +287,20 @@ public struct JobStore: Sendable {
     }
 
     public func appendEvent(jobID: String, stream: String, kind: String, line: String, at now: Date) throws {
+        try appendEvents([NewJobEvent(jobID: jobID, stream: stream, kind: kind, line: line, at: now)])
+    }
+
+    /// Many events in one transaction: a job's output is written in batches, not a transaction
+    /// per line.
+    public func appendEvents(_ events: [NewJobEvent]) throws {
+        guard !events.isEmpty else { return }
         try database.pool.write { db in
-            try db.execute(
-                sql: "INSERT INTO job_events (job_id, at_ms, stream, kind, line) VALUES (?, ?, ?, ?, ?)",
-                arguments: [jobID, now.unixMilliseconds, stream, kind, line])
+            let statement = try db.cachedStatement(
+                sql: "INSERT INTO job_events (job_id, at_ms, stream, kind, line) VALUES (?, ?, ?, ?, ?)")
+            for event in events {
+                try statement.execute(
+                    arguments: [event.jobID, event.at.unixMilliseconds, event.stream, event.kind, event.line])
+            }
         }
     }
 

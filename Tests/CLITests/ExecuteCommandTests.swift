@@ -87,6 +87,27 @@ struct ExecuteCommandTests {
         #expect(try run(["audit", "--kind", "job.redacted", "--format", "csv"]).stdout.contains("job.redacted"))
     }
 
+    /// A job that floods its output ends as output_limit (exit 4) at `docker.maxOutput`; its
+    /// lines are kept in batches, and the home does not grow with the flood.
+    @Test func anOutputFloodIsStoppedAtTheLimit() async throws {
+        try await optIn()
+        #expect(try run(["config", "--set", "docker.maxOutput=1m"]).exitCode == 0)
+        let result = try run([
+            "execute", "--backend", "command", "--prompt", "", "--yes", "--", "sh", "-c",
+            "yes 123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -c 20000000",
+        ])
+        #expect(result.exitCode == 4, "\(result.stderr.suffix(500))")
+        #expect(result.stderr.contains("output_limit") && result.stderr.contains("docker.maxOutput"))
+        let lines = try run(["logs", "--tail", "100000"]).stdout.split(separator: "\n").count
+        #expect(lines > 5000 && lines < 11_000, "\(lines) lines logged")
+        let size =
+            FileManager.default.enumerator(at: home.url, includingPropertiesForKeys: [.fileSizeKey])?
+            .compactMap { ($0 as? URL).flatMap { try? $0.resourceValues(forKeys: [.fileSizeKey]).fileSize } }
+            .reduce(0, +) ?? 0
+        #expect(size < 16 << 20, "the home holds \(size) bytes")
+        #expect(try run(["audit", "--verify"]).exitCode == 0)
+    }
+
     /// `compliance-check` and `health` create a container from the policy and report the
     /// engine's view of it, with the hard CPU and open-files limits.
     @Test func theHardeningCheckInspectsARealContainer() async throws {
@@ -101,7 +122,8 @@ struct ExecuteCommandTests {
         }
         let labelled = try DockerTestEnvironment.curl(
             "GET", "/containers/json?all=1&filters=%7B%22label%22%3A%5B%22io.claude-max-market.kind%3Dcheck%22%5D%7D")
-        #expect(labelled.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[]", "the check's container is gone")
+        #expect(
+            labelled.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "[]", "the check's container is gone")
     }
 
     @Test func logsFollowShowsLinesWhileAnotherProcessRunsTheJob() async throws {

@@ -49,10 +49,14 @@ struct JobExecutorTests {
             bad.HostConfig.Privileged = true
             bad.HostConfig.PidMode = "host"
             bad.HostConfig.IpcMode = "host"
-            bad.HostConfig.Devices = [DeviceMapping(PathOnHost: "/dev/null", PathInContainer: "/dev/x", CgroupPermissions: "rwm")]
+            bad.HostConfig.Devices = [
+                DeviceMapping(PathOnHost: "/dev/null", PathInContainer: "/dev/x", CgroupPermissions: "rwm")
+            ]
             bad.HostConfig.NanoCpus = nil
             bad.HostConfig.Ulimits = nil
-            for (spec, expected) in [(good, [String]()), (bad, ["privileged", "PID", "IPC", "devices", "CPU", "open-files"])] {
+            for (spec, expected) in [
+                (good, [String]()), (bad, ["privileged", "PID", "IPC", "devices", "CPU", "open-files"]),
+            ] {
                 let id = try await docker.createContainer(spec)
                 let inspect = try await docker.inspectContainer(id)
                 try await docker.removeContainer(id, force: true)
@@ -67,6 +71,42 @@ struct JobExecutorTests {
                     }
                 }
             }
+        }
+    }
+
+    /// A job that floods its output is stopped at its limit, and a line without end is cut into
+    /// pieces: what the runner holds stays small whatever the job prints.
+    @Test func outputPastItsLimitStopsTheJob() async throws {
+        try await withExecutor { executor, _ in
+            var settings = Self.settings
+            settings.maxOutputBytes = 1 << 20
+            let collected = Collected()
+            let clock = ContinuousClock()
+            let start = clock.now
+            // 20 MB of 100-byte lines, far past the 1 MiB limit.
+            let flood = try await executor.run(
+                request(
+                    "",
+                    backend: .command([
+                        "sh", "-c",
+                        "yes 123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -c 20000000",
+                    ]),
+                    settings: settings)
+            ) { collected.add($0) }
+            #expect(flood.state == .outputLimit, "\(flood.state) \(flood.error ?? "")")
+            #expect(flood.error?.contains("docker.maxOutput") == true)
+            #expect(clock.now - start < .seconds(20))
+            let bytes = collected.lines.reduce(0) { $0 + $1.utf8.count + 1 }
+            #expect(bytes <= 1 << 20, "\(bytes) bytes kept")
+            // One line of 300 000 bytes without a newline arrives in pieces of at most 64 KiB.
+            let long = Collected()
+            let report = try await executor.run(
+                request(
+                    "", backend: .command(["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x"]), settings: settings)
+            ) { long.add($0) }
+            #expect(report.state == .succeeded)
+            #expect(long.lines.allSatisfy { $0.utf8.count <= 64 << 10 })
+            #expect(long.lines.reduce(0) { $0 + $1.utf8.count } == 300_000)
         }
     }
 
