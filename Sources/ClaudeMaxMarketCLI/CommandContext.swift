@@ -67,6 +67,13 @@ extension CommandContext {
                     "peerId": ring.peerID.rawValue, "automatic": String(automatic),
                     "previousCreated": previousCreated.ISO8601Format(),
                 ], at: now)
+        case .sealingRecovered:
+            try database.audit(
+                actor: "system", kind: "keys.sealing-recovered",
+                details: [
+                    "peerId": ring.peerID.rawValue,
+                    "reason": "identity found without its sealing key (an interrupted first run); a new sealing key was made",
+                ], at: now)
         case .identityRotated(let old, let new):
             try database.audit(
                 actor: actor, kind: "keys.identity-rotated", details: ["oldPeerId": old, "newPeerId": new], at: now)

@@ -30,6 +30,11 @@ public enum AtomicFile {
         }
         guard rename(temp.path, url.path) == 0 else { throw POSIXFileError(operation: "rename", path: url.path) }
         ok = true
+        // The rename itself is durable only once the directory is.
+        let directoryFD = open(directory.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard directoryFD >= 0 else { throw POSIXFileError(operation: "open", path: directory.path) }
+        defer { close(directoryFD) }
+        guard fsync(directoryFD) == 0 else { throw POSIXFileError(operation: "fsync", path: directory.path) }
     }
 }
 

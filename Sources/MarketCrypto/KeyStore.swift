@@ -101,6 +101,8 @@ public enum KeyEvent: Sendable, Equatable {
     case sealingRotated(automatic: Bool, previousCreated: Date)
     case identityRotated(oldPeerID: String, newPeerID: String)
     case retiredRemoved(count: Int)
+    /// The identity was there but its sealing key was missing: a new one was made.
+    case sealingRecovered
 }
 
 public struct KeyStoreError: Error, Sendable, CustomStringConvertible {
@@ -128,10 +130,17 @@ public struct KeyStore: Sendable {
         try withLock {
             var events: [KeyEvent] = []
             if !exists {
+                // The sealing key first: the identity file is what marks the keys as made, so a
+                // crash between the two writes leaves a home that simply makes them again.
                 let identity = PeerIdentity(signingKey: Curve25519.Signing.PrivateKey(), created: now)
-                try writeIdentity(IdentityFile(identity: identity, history: []))
                 try writeSealing(SealingFile(generations: [try SealingKeySet.generate(at: now)], removed: []))
+                try writeIdentity(IdentityFile(identity: identity, history: []))
                 events.append(.identityCreated(peerID: identity.peerID.rawValue))
+            } else if !FileManager.default.fileExists(atPath: sealingFile.path) {
+                // An identity without its sealing key (a crash of an older version between the
+                // two writes): payloads sealed to the lost key cannot be opened, but the home loads.
+                try writeSealing(SealingFile(generations: [try SealingKeySet.generate(at: now)], removed: []))
+                events.append(.sealingRecovered)
             }
             var sealing = try readSealing()
             let current = sealing.generations[0]

@@ -26,6 +26,26 @@ import Testing
         #expect(store.exposedFiles().count == 1)
     }
 
+    /// A crash between the two key files: with only the sealing key written, the next start makes
+    /// both again; with only the identity written (an older version's order), the home still
+    /// loads, with a new sealing key, and says so.
+    @Test func aCrashBetweenTheTwoKeyFilesLeavesAHomeThatLoads() throws {
+        let (first, _) = try store.loadOrCreate(now: start, rotationDays: 30)
+        let identity = store.directory.appending(path: "identity.json")
+        let sealing = store.directory.appending(path: "sealing.json")
+        try FileManager.default.removeItem(at: identity)
+        let (remade, events) = try store.loadOrCreate(now: start, rotationDays: 30)
+        #expect(events == [.identityCreated(peerID: remade.peerID.rawValue)])
+        #expect(remade.peerID != first.peerID)
+        try FileManager.default.removeItem(at: sealing)
+        let (recovered, recovery) = try store.loadOrCreate(now: start, rotationDays: 30)
+        #expect(recovery == [.sealingRecovered])
+        #expect(recovered.peerID == remade.peerID, "the identity is kept")
+        #expect(FileManager.default.fileExists(atPath: sealing.path))
+        let (again, none) = try store.loadOrCreate(now: start, rotationDays: 30)
+        #expect(none.isEmpty && again.peerID == remade.peerID)
+    }
+
     @Test func rotationKeepsOldCiphertextOpenUntilTheGracePeriodEnds() throws {
         let (ring, _) = try store.loadOrCreate(now: start, rotationDays: 30)
         let sealed = try Sealer.seal(Data("old secret".utf8), to: ring.current.publicKeys, purpose: .payload)
