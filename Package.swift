@@ -148,7 +148,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["MarketCore"], path: "Tests/TestSupport"),
         .testTarget(name: "MarketCoreTests", dependencies: ["MarketCore", "TestSupport"]),
         .testTarget(name: "MarketCryptoTests", dependencies: ["MarketCrypto", "TestSupport"], exclude: ["Interop"]),
-        .testTarget(name: "ParticipantTests", dependencies: ["Participant", "TestSupport"]),
+        .testTarget(name: "ParticipantTests", dependencies: ["Participant", "MarketCrypto", "TestSupport"]),
         .testTarget(
             name: "DockerEngineTests",
             dependencies: [

@@ -72,7 +72,8 @@ extension CommandContext {
                 actor: "system", kind: "keys.sealing-recovered",
                 details: [
                     "peerId": ring.peerID.rawValue,
-                    "reason": "identity found without its sealing key (an interrupted first run); a new sealing key was made",
+                    "reason":
+                        "identity found without its sealing key (an interrupted first run); a new sealing key was made",
                 ], at: now)
         case .identityRotated(let old, let new):
             try database.audit(

@@ -152,6 +152,13 @@ public struct KeyStore: Sendable {
         }
     }
 
+    /// The identity's signing key, read without the lock; nil when there is no identity yet.
+    /// The audit log signs its head with it.
+    public func identityKey() throws -> PeerIdentity? {
+        guard exists else { return nil }
+        return try readIdentity().identity
+    }
+
     /// Loads without creating; nil when there is no identity yet.
     public func load(now: Date, rotationDays: Int) throws -> KeyRing? {
         guard exists else { return nil }

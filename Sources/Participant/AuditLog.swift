@@ -53,10 +53,17 @@ public struct AuditVerification: Codable, Sendable, Equatable {
 /// that a state change and its audit entry commit together or not at all.
 public enum AuditLog {
     static let headKey = "audit.head"
+    static let headSignatureKey = "audit.head.sig"
 
+    /// What the identity signs: the head, `seq:hash`, under a fixed label.
+    static func headMessage(_ head: String) -> Data { Data("claude-max-market audit head\n\(head)".utf8) }
+
+    /// Appends one entry and moves the head; with a signer (the identity, once it exists) the new
+    /// head is signed, so that removing entries from the end and rewriting the head cannot go
+    /// unnoticed by someone without the key file.
     @discardableResult
     public static func append(
-        _ db: Database, actor: String, kind: String, details: [String: String], at: Date
+        _ db: Database, actor: String, kind: String, details: [String: String], at: Date, signer: PeerIdentity?
     ) throws -> AuditEntry {
         let redactor = SecretRedactor()
         let cleaned = details.mapValues { redactor.redact($0).text }
@@ -72,9 +79,18 @@ public enum AuditLog {
         try db.execute(
             sql: "INSERT INTO audit (seq, at_ms, actor, kind, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
             arguments: [seq, atMs, actor, kind, detailsJSON, prevHash, hash])
+        let head = "\(seq):\(hash)"
         try db.execute(
             sql: "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            arguments: [headKey, "\(seq):\(hash)"])
+            arguments: [headKey, head])
+        if let signer {
+            try db.execute(
+                sql:
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                arguments: [headSignatureKey, try signer.sign(headMessage(head)).base64EncodedString()])
+        } else {
+            try db.execute(sql: "DELETE FROM meta WHERE key = ?", arguments: [headSignatureKey])
+        }
         return AuditEntry(
             seq: seq, at: Date(unixMilliseconds: atMs), actor: actor, kind: kind, details: detailsJSON,
             prevHash: prevHash, hash: hash)
@@ -106,8 +122,12 @@ public enum AuditLog {
     }
 
     /// Recomputes the chain from the first entry. Edited, deleted, inserted or reordered rows
-    /// all break it; a removed tail is caught by the head pointer kept beside the chain.
-    public static func verify(_ db: Database) throws -> AuditVerification {
+    /// all break it; a removed tail is caught by the head pointer kept beside the chain, and once
+    /// the participant has an identity (`signer`), the head must carry its signature: a head
+    /// rewritten after entries were removed, or a log emptied with its head, does not.
+    public static func verify(_ db: Database, identity: Curve25519.Signing.PublicKey? = nil) throws
+        -> AuditVerification
+    {
         let rows = try Row.fetchAll(db, sql: "SELECT * FROM audit ORDER BY rowid")
         var expectedPrev = AuditEntry.genesisHash
         var expectedSeq: Int64 = 1
@@ -141,6 +161,20 @@ public enum AuditLog {
                 reason: "the chain ends at entry \(expectedSeq - 1) but the recorded head is \(head ?? "absent")"
                     + " (entries removed from the end)")
         }
+        if let identity {
+            let signature = try String.fetchOne(
+                db, sql: "SELECT value FROM meta WHERE key = ?", arguments: [headSignatureKey])
+            guard let head, let signature, let bytes = Data(base64Encoded: signature),
+                identity.isValidSignature(bytes, for: headMessage(head))
+            else {
+                return AuditVerification(
+                    intact: false, entries: rows.count, firstBrokenSeq: expectedSeq,
+                    reason: head == nil
+                        ? "the log is empty but this home has an identity, which signs every head (entries removed)"
+                        : "the head \(head ?? "") is not signed by this home's identity (entries removed and the head rewritten)"
+                )
+            }
+        }
         return AuditVerification(intact: true, entries: rows.count, firstBrokenSeq: nil, reason: nil)
     }
 }
@@ -149,7 +183,10 @@ extension StateDatabase {
     /// Appends one audit entry in its own transaction.
     @discardableResult
     public func audit(actor: String, kind: String, details: [String: String], at: Date) throws -> AuditEntry {
-        try immediateWrite { db in try AuditLog.append(db, actor: actor, kind: kind, details: details, at: at) }
+        let signer = try auditSigner()
+        return try immediateWrite { db in
+            try AuditLog.append(db, actor: actor, kind: kind, details: details, at: at, signer: signer)
+        }
     }
 
     public func auditEntries(filter: AuditLog.Filter = AuditLog.Filter()) throws -> [AuditEntry] {
@@ -157,6 +194,7 @@ extension StateDatabase {
     }
 
     public func verifyAudit() throws -> AuditVerification {
-        try pool.read { db in try AuditLog.verify(db) }
+        let identity = try auditSigner()?.publicKey
+        return try pool.read { db in try AuditLog.verify(db, identity: identity) }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import MarketCrypto
 
 /// What the participant has agreed to: terms acceptance and opt-in, derived from an
 /// append-only list of consent events.
@@ -61,20 +62,22 @@ public struct ConsentStore: Sendable {
     }
 
     public func acceptTerms(actor: String, at now: Date) throws {
-        try database.immediateWrite { db in
+        let signer = try database.auditSigner()
+        return try database.immediateWrite { db in
             try db.execute(
                 sql:
                     "INSERT INTO consent_events (kind, terms_version, terms_sha256, at_ms) VALUES ('terms.accepted', ?, ?, ?)",
                 arguments: [TermsNotice.version, TermsNotice.sha256, now.unixMilliseconds])
             try AuditLog.append(
                 db, actor: actor, kind: "terms.accepted",
-                details: ["version": TermsNotice.version, "sha256": TermsNotice.sha256], at: now)
+                details: ["version": TermsNotice.version, "sha256": TermsNotice.sha256], at: now, signer: signer)
         }
     }
 
     /// Records an opt-in. Refused unless the current terms were accepted.
     public func optIn(scope: String, actor: String, at now: Date) throws {
-        try database.immediateWrite { db in
+        let signer = try database.auditSigner()
+        return try database.immediateWrite { db in
             let state = try Self.current(db)
             guard state.termsAccepted else {
                 let detail =
@@ -89,20 +92,23 @@ public struct ConsentStore: Sendable {
             try db.execute(
                 sql: "INSERT INTO consent_events (kind, scope, at_ms) VALUES ('opt-in', ?, ?)",
                 arguments: [scope, now.unixMilliseconds])
-            try AuditLog.append(db, actor: actor, kind: "consent.opt-in", details: ["scope": scope], at: now)
+            try AuditLog.append(
+                db, actor: actor, kind: "consent.opt-in", details: ["scope": scope], at: now, signer: signer)
         }
     }
 
     /// Revokes the opt-in at once. Returns false when there was nothing to revoke (still audited).
     @discardableResult
     public func optOut(actor: String, at now: Date) throws -> Bool {
-        try database.immediateWrite { db in
+        let signer = try database.auditSigner()
+        return try database.immediateWrite { db in
             let wasOptedIn = try Self.current(db).optIn != nil
             try db.execute(
                 sql: "INSERT INTO consent_events (kind, at_ms) VALUES ('opt-out', ?)", arguments: [now.unixMilliseconds]
             )
             try AuditLog.append(
-                db, actor: actor, kind: "consent.opt-out", details: ["wasOptedIn": String(wasOptedIn)], at: now)
+                db, actor: actor, kind: "consent.opt-out", details: ["wasOptedIn": String(wasOptedIn)], at: now,
+                signer: signer)
             return wasOptedIn
         }
     }

@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import MarketCore
+import MarketCrypto
 
 /// The lifecycle state of a local job row.
 public enum JobState: String, Codable, Sendable, CaseIterable {
@@ -183,8 +184,9 @@ public struct JobStore: Sendable {
     public func reserve(
         _ reservation: JobReservation, limits: Limits, actor: String, at now: Date, ownerPID: Int32 = getpid()
     ) throws -> UsageSnapshot {
-        try database.immediateWrite { db in
-            try releaseAbandoned(db, at: now)
+        let signer = try database.auditSigner()
+        return try database.immediateWrite { db in
+            try releaseAbandoned(db, at: now, signer: signer)
             let usage = try usage(db, at: now)
             if let violation = limits.violation(adding: reservation.estimatedTokens, to: usage) {
                 throw violation
@@ -206,23 +208,26 @@ public struct JobStore: Sendable {
                     "job": reservation.id, "backend": reservation.backend,
                     "estimatedTokens": String(reservation.estimatedTokens),
                     "promptBytes": String(reservation.promptBytes),
-                ], at: now)
+                ], at: now, signer: signer)
             return usage
         }
     }
 
     public func markRunning(_ id: String, actor: String, at now: Date, details: [String: String] = [:]) throws {
-        try database.immediateWrite { db in
+        let signer = try database.auditSigner()
+        return try database.immediateWrite { db in
             try db.execute(
                 sql: "UPDATE jobs SET state = 'running', started_ms = ? WHERE id = ? AND state = 'reserved'",
                 arguments: [now.unixMilliseconds, id])
             try AuditLog.append(
-                db, actor: actor, kind: "job.started", details: details.merging(["job": id]) { $1 }, at: now)
+                db, actor: actor, kind: "job.started", details: details.merging(["job": id]) { $1 }, at: now,
+                signer: signer)
         }
     }
 
     public func finish(_ id: String, outcome: JobOutcome, actor: String, at now: Date) throws {
-        try database.immediateWrite { db in
+        let signer = try database.auditSigner()
+        return try database.immediateWrite { db in
             try db.execute(
                 sql: """
                     UPDATE jobs SET state = ?, finished_ms = ?, input_tokens = ?, output_tokens = ?,
@@ -241,19 +246,20 @@ public struct JobStore: Sendable {
             ]
             if let error = outcome.error { details["error"] = error }
             if let exitCode = outcome.exitCode { details["exitCode"] = String(exitCode) }
-            try AuditLog.append(db, actor: actor, kind: "job.finished", details: details, at: now)
+            try AuditLog.append(db, actor: actor, kind: "job.finished", details: details, at: now, signer: signer)
         }
     }
 
     /// Marks reserved or running jobs whose owner process is gone as abandoned.
-    func releaseAbandoned(_ db: Database, at now: Date) throws {
+    func releaseAbandoned(_ db: Database, at now: Date, signer: PeerIdentity?) throws {
         for (id, pid) in try jobsWithDeadOwners(db) {
             try db.execute(
                 sql:
                     "UPDATE jobs SET state = 'abandoned', finished_ms = ?, error = 'owner process exited' WHERE id = ?",
                 arguments: [now.unixMilliseconds, id])
             try AuditLog.append(
-                db, actor: "system", kind: "job.abandoned", details: ["job": id, "ownerPID": String(pid)], at: now)
+                db, actor: "system", kind: "job.abandoned", details: ["job": id, "ownerPID": String(pid)], at: now,
+                signer: signer)
         }
     }
 
@@ -263,8 +269,9 @@ public struct JobStore: Sendable {
     public func abandonedJobIDs(at now: Date, record: Bool = true) throws -> Set<String> {
         let abandoned = "SELECT id FROM jobs WHERE state = 'abandoned'"
         if record {
+            let signer = try database.auditSigner()
             return try database.immediateWrite { db in
-                try releaseAbandoned(db, at: now)
+                try releaseAbandoned(db, at: now, signer: signer)
                 return Set(try String.fetchAll(db, sql: abandoned))
             }
         }

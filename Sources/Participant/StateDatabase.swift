@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import MarketCrypto
 
 /// The participant's local SQLite database (WAL): consent, jobs, usage, audit log.
 ///
@@ -9,9 +10,12 @@ import GRDB
 public final class StateDatabase: Sendable {
     public let pool: DatabasePool
     public let url: URL
+    /// Where the identity key lives: every audit append signs the log's head with it.
+    public let keyStore: KeyStore?
 
-    public init(url: URL) throws {
+    public init(url: URL, keyStore: KeyStore? = nil) throws {
         self.url = url
+        self.keyStore = keyStore
         var configuration = Configuration()
         configuration.busyMode = .timeout(15)
         configuration.prepareDatabase { db in
@@ -31,8 +35,11 @@ public final class StateDatabase: Sendable {
 
     public convenience init(paths: ParticipantPaths) throws {
         try paths.prepare()
-        try self.init(url: paths.databaseFile)
+        try self.init(url: paths.databaseFile, keyStore: KeyStore(directory: paths.keysDirectory))
     }
+
+    /// The key that signs the audit head: the identity, once there is one.
+    public func auditSigner() throws -> PeerIdentity? { try keyStore?.identityKey() }
 
     /// Runs `body` in a `BEGIN IMMEDIATE` transaction: the write lock is held from the first
     /// read, so a check-then-insert cannot race another process.

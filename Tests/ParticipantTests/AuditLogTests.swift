@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import MarketCrypto
 import Participant
 import TestSupport
 import Testing
@@ -79,6 +80,43 @@ import Testing
         let result = try database.verifyAudit()
         #expect(!result.intact)
         #expect(result.reason?.contains("removed from the end") == true)
+    }
+
+    /// With an identity, every head is signed: removing entries from the end and rewriting the
+    /// head to match (what only the chain would have let through), or emptying the log with its
+    /// head, is caught; an untouched log still verifies.
+    @Test func aRewrittenOrRemovedHeadIsCaughtOnceThereIsAnIdentity() throws {
+        let keys = KeyStore(directory: directory.url.appending(path: "keys"))
+        _ = try keys.loadOrCreate(now: .utc("2026-11-25T09:00:00Z"), rotationDays: 30)
+        func signed() throws -> StateDatabase {
+            try? FileManager.default.removeItem(at: directory.file("state.sqlite"))
+            _ = try populated()
+            return try StateDatabase(url: directory.file("state.sqlite"), keyStore: keys)
+        }
+        // Entries written without the key (populated) leave the head unsigned: one more append
+        // with the key signs it, and the whole chain with it.
+        let database = try signed()
+        #expect(!(try database.verifyAudit().intact), "an unsigned head is not accepted once there is an identity")
+        try database.audit(actor: "user", kind: "config.set", details: ["k": "v"], at: .utc("2026-11-25T11:00:00Z"))
+        #expect(try database.verifyAudit().intact)
+
+        // Tail removed, head rewritten to the new end (valid chain, valid head pointer).
+        let tail = try signed()
+        try tail.audit(actor: "user", kind: "config.set", details: ["k": "v"], at: .utc("2026-11-25T11:00:00Z"))
+        let end = try #require(try tail.auditEntries().dropLast().last)
+        try tamper(tail, "DELETE FROM audit WHERE seq = 6")
+        try tamper(tail, "UPDATE meta SET value = ? WHERE key = 'audit.head'", ["\(end.seq):\(end.hash)"])
+        let truncated = try tail.verifyAudit()
+        #expect(!truncated.intact)
+        #expect(truncated.reason?.contains("not signed by this home's identity") == true, "\(truncated)")
+
+        // Everything removed, head and signature too.
+        let emptied = try signed()
+        try emptied.audit(actor: "user", kind: "config.set", details: ["k": "v"], at: .utc("2026-11-25T11:00:00Z"))
+        try tamper(emptied, "DELETE FROM audit; DELETE FROM meta WHERE key LIKE 'audit.head%'")
+        let empty = try emptied.verifyAudit()
+        #expect(!empty.intact)
+        #expect(empty.reason?.contains("the log is empty") == true)
     }
 
     @Test func reorderingEntriesIsDetected() throws {
