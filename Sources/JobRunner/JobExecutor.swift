@@ -26,6 +26,17 @@ public struct JobRequest: Sendable {
     }
 }
 
+extension JobRequest {
+    /// The strings of a job that end up in paths, container names and command lines, checked in
+    /// one place before anything is created: a job id, the image, and a claude job's model.
+    /// They may come from the network.
+    public func validate() throws(MarketError) {
+        try WireField.taskID(id)
+        try WireField.imageReference(sandbox.image)
+        if case .claude(let options) = backend { try WireField.model(options.model) }
+    }
+}
+
 /// Something a running job produced, already redacted.
 public enum JobOutput: Sendable, Equatable {
     /// A line of output (stdout or stderr), as it will be logged and sent.
@@ -91,6 +102,7 @@ public struct JobExecutor: Sendable {
         _ request: JobRequest, whenCreated: @Sendable (String) async throws -> Void = { _ in },
         onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
+        try request.validate()
         let gateway = try request.backend.makeGateway(logger: logger)
         guard request.egress != nil || gateway != nil else {
             return try await runContainer(
@@ -120,6 +132,7 @@ public struct JobExecutor: Sendable {
     public func run(
         _ request: JobRequest, on slot: WarmPool.Slot, onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
+        try request.validate()
         var report = try await drive(
             containerID: slot.containerID, request: request, startFirst: false, secrets: slot.secrets,
             gateway: slot.proxy?.gateway, onOutput: onOutput)

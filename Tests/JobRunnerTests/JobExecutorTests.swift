@@ -110,6 +110,38 @@ struct JobExecutorTests {
         }
     }
 
+    /// Job ids, images and models reach paths, container names and command lines: anything
+    /// outside their patterns is refused before a directory or a container exists.
+    @Test func stringsThatWouldReachPathsOrNamesAreValidatedFirst() async throws {
+        try await withExecutor { executor, docker in
+            let before = try await docker.listContainers(labels: [Labels.managed]).count
+            var badImage = Self.settings
+            badImage.image = "--privileged"
+            let cases: [(JobRequest, String)] = [
+                (
+                    JobRequest(
+                        id: "../../etc/x", prompt: Data(), backend: .command(["true"]), sandbox: Self.settings,
+                        egress: EgressPolicy(allowlist: [], byteBudget: 1)), "taskId"
+                ),
+                (request("", backend: .command(["true"]), settings: badImage), "image"),
+                (
+                    request(
+                        "",
+                        backend: .claude(
+                            ClaudeOptions(model: "m; rm -rf /", maxTurns: 1, allowedTools: [], credential: .none))),
+                    "model"
+                ),
+            ]
+            for (job, field) in cases {
+                await #expect {
+                    _ = try await executor.run(job) { _ in }
+                } throws: { "\($0)".contains(field) }
+            }
+            #expect(try await docker.listContainers(labels: [Labels.managed]).count == before)
+            #expect(!FileManager.default.fileExists(atPath: runDirectory.url.appending(path: "egress-../../etc/x").path))
+        }
+    }
+
     func claude(_ credential: ClaudeCredential = .none) -> JobBackend {
         .claude(
             ClaudeOptions(

@@ -49,6 +49,23 @@ public enum WireField {
         }
     }
 
+    /// Image references: 1–255 of `a–z 0–9 . _ - / : @` (and `A–Z` after `@sha256:` never
+    /// occurs), starting with a letter or digit, without `..`: what `docker` accepts, and
+    /// nothing that reads as an option or a path outside a name.
+    public static func imageReference(_ text: String) throws(MarketError) {
+        let allowed = text.utf8.allSatisfy { byte in
+            (0x30...0x39).contains(byte) || (0x61...0x7A).contains(byte) || ".-_/:@".utf8.contains(byte)
+        }
+        guard (1...255).contains(text.utf8.count), allowed, let first = text.utf8.first,
+            (0x30...0x39).contains(first) || (0x61...0x7A).contains(first), !text.contains("..")
+        else {
+            throw MarketError(
+                .invalidBody,
+                "image '\(printable(text))' must be 1–255 characters of a–z, 0–9, '.', '-', '_', '/', ':', '@', starting with a letter or digit"
+            )
+        }
+    }
+
     public static func price(_ micro: Int64, field: String) throws(MarketError) {
         guard micro > 0 else {
             throw MarketError(.invalidAmount, "\(field) \(micro) must be a positive number of micro-credits")
