@@ -5,6 +5,7 @@ import JobRunner
 import MarketCore
 import MarketCrypto
 import Participant
+import Synchronization
 
 struct ExecuteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -346,11 +347,10 @@ struct Approval: Sendable {
     }
 }
 
-final class ReservedFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    func set() { lock.withLock { value = true } }
-    var isSet: Bool { lock.withLock { value } }
+final class ReservedFlag: Sendable {
+    private let value = Atomic(false)
+    func set() { value.store(true, ordering: .sequentiallyConsistent) }
+    var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
 }
 
 /// Prints a job's output as it arrives and writes every line to the job's event log, in
@@ -487,13 +487,12 @@ final class JobOutputPrinter: @unchecked Sendable {
 /// Before the job starts (while the approval question is open, when reading the terminal cannot
 /// be interrupted) Ctrl-C removes the created container and exits at once.
 enum CancelOnInterrupt {
-    final class State: @unchecked Sendable {
-        private let lock = NSLock()
-        private var container: (id: String, docker: DockerClient)?
+    final class State: Sendable {
+        private let container = Mutex<(id: String, docker: DockerClient)?>(nil)
 
-        func pendingContainer(_ id: String, docker: DockerClient) { lock.withLock { container = (id, docker) } }
-        func started() { lock.withLock { container = nil } }
-        var pending: (id: String, docker: DockerClient)? { lock.withLock { container } }
+        func pendingContainer(_ id: String, docker: DockerClient) { container.withLock { $0 = (id, docker) } }
+        func started() { container.withLock { $0 = nil } }
+        var pending: (id: String, docker: DockerClient)? { container.withLock { $0 } }
     }
 
     static func run<T: Sendable>(_ body: @escaping @Sendable (State) async throws -> T) async throws -> T {
@@ -504,13 +503,12 @@ enum CancelOnInterrupt {
         source.setEventHandler {
             if let (id, docker) = state.pending {
                 Output.note("\ninterrupted before the job started: removing its container")
-                let done = DispatchSemaphore(value: 0)
+                // The removal, then the exit, without blocking a thread to wait for it.
                 Task.detached {
                     try? await docker.removeContainer(id, force: true)
-                    done.signal()
+                    exit(130)
                 }
-                done.wait()
-                exit(130)
+                return
             }
             Output.note("interrupted: stopping the container")
             task.cancel()

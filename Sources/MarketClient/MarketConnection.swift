@@ -4,6 +4,7 @@ import Logging
 import MarketCore
 import MarketCrypto
 import NIOCore
+import Synchronization
 
 /// Why a market connection failed.
 public struct MarketClientError: Error, Sendable, CustomStringConvertible {
@@ -209,14 +210,13 @@ actor Inbox {
 }
 
 /// Carries the body's result out of the connection's closure.
-final class ResultBox<T: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Result<T, any Error>?
+final class ResultBox<T: Sendable>: Sendable {
+    private let value = Mutex<Result<T, any Error>?>(nil)
 
-    func set(_ result: Result<T, any Error>) { lock.withLock { value = result } }
+    func set(_ result: Result<T, any Error>) { value.withLock { $0 = result } }
 
     func get() throws -> T {
-        guard let value = lock.withLock({ value }) else {
+        guard let value = value.withLock({ $0 }) else {
             throw MarketClientError("the connection closed before the exchange finished")
         }
         return try value.get()

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import MarketCore
+import Synchronization
 
 /// Why an envelope was refused. `code` is what goes in the protocol's `error` frame.
 public struct EnvelopeError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -47,41 +48,47 @@ public protocol ReplayCache: Sendable {
 
 /// A bounded in-memory replay cache. Entries are forgotten only once expired; when every entry
 /// is live and the cache is full, new nonces are refused (`.full`) instead of evicting any.
-public final class MemoryReplayCache: ReplayCache, @unchecked Sendable {
-    private let lock = NSLock()
-    private var entries: [String: Int64] = [:]
-    private var order: [(key: String, expires: Int64)] = []
-    private var head = 0
+public final class MemoryReplayCache: ReplayCache, Sendable {
+    private struct State {
+        var entries: [String: Int64] = [:]
+        var order: [(key: String, expires: Int64)] = []
+        var head = 0
+    }
+
+    private let state = Mutex(State())
     public let capacity: Int
 
     public init(capacity: Int = 100_000) {
         self.capacity = capacity
     }
 
-    public var count: Int { lock.withLock { entries.count } }
+    public var count: Int { state.withLock { $0.entries.count } }
 
     public func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> ReplayCacheResult {
         let key = peer + "\u{0}" + nonce
-        return lock.withLock {
+        let capacity = self.capacity
+        return state.withLock { state in
             // Entries expire in insertion order only roughly (timestamps vary), so an entry is
             // dropped only when it has really expired; a later-expiring one blocks the scan.
-            while head < order.count, order[head].expires < nowMs {
-                if entries[order[head].key] == order[head].expires { entries[order[head].key] = nil }
-                head += 1
+            while state.head < state.order.count, state.order[state.head].expires < nowMs {
+                let (oldKey, oldExpires) = state.order[state.head]
+                if state.entries[oldKey] == oldExpires { state.entries[oldKey] = nil }
+                state.head += 1
             }
-            if head > 4096, head * 2 > order.count {
-                order.removeFirst(head)
-                head = 0
+            if state.head > 4096, state.head * 2 > state.order.count {
+                state.order.removeFirst(state.head)
+                state.head = 0
             }
-            if let expires = entries[key], expires >= nowMs { return .replayed }
-            if entries.count >= capacity {
-                entries = entries.filter { $0.value >= nowMs }
-                order = order[head...].filter { entries[$0.key] == $0.expires }
-                head = 0
-                if entries.count >= capacity { return .full }
+            if let expires = state.entries[key], expires >= nowMs { return .replayed }
+            if state.entries.count >= capacity {
+                state.entries = state.entries.filter { $0.value >= nowMs }
+                let live = state.entries
+                state.order = state.order[state.head...].filter { live[$0.key] == $0.expires }
+                state.head = 0
+                if state.entries.count >= capacity { return .full }
             }
-            entries[key] = expiresAtMs
-            order.append((key, expiresAtMs))
+            state.entries[key] = expiresAtMs
+            state.order.append((key, expiresAtMs))
             return .inserted
         }
     }

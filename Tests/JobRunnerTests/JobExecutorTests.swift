@@ -138,7 +138,8 @@ struct JobExecutorTests {
                 } throws: { "\($0)".contains(field) }
             }
             #expect(try await docker.listContainers(labels: [Labels.managed]).count == before)
-            #expect(!FileManager.default.fileExists(atPath: runDirectory.url.appending(path: "egress-../../etc/x").path))
+            #expect(
+                !FileManager.default.fileExists(atPath: runDirectory.url.appending(path: "egress-../../etc/x").path))
         }
     }
 
@@ -160,18 +161,15 @@ struct JobExecutorTests {
     @Test func theLiveContainerIsHardened() async throws {
         try await withExecutor { executor, docker in
             let collected = Collected()
-            let inspected = LockedBox<ContainerInspect?>(nil)
+            // Inspected while the job sleeps, from a task of its own: the output callback never waits.
+            let inspection = LockedBox<Task<ContainerInspect?, Never>?>(nil)
             let report = try await executor.run(request("sleep: 2", backend: claude())) { output in
                 collected.add(output)
                 if case .started(let id) = output {
-                    let semaphore = DispatchSemaphore(value: 0)
-                    Task {
-                        inspected.value = try? await docker.inspectContainer(id)
-                        semaphore.signal()
-                    }
-                    semaphore.wait()
+                    inspection.value = Task { try? await docker.inspectContainer(id) }
                 }
             }
+            let inspected = LockedBox<ContainerInspect?>(await inspection.value?.value ?? nil)
             #expect(report.state == .succeeded)
             let inspect = try #require(inspected.value)
             #expect(inspect.State.Running)
