@@ -350,12 +350,16 @@ do {
         try cryptoBenchmarks()
         cryptoBreakdown()
     }
-    if which == "docker" || which == "dispatch" || which == "all" {
+    if which == "gateway" || which == "all" {
+        try await gatewayBenchmarks()
+    }
+    if which == "docker" || which == "dispatch" || which == "output" || which == "all" {
         let host = ProcessInfo.processInfo.environment["DOCKER_HOST"] ?? ""
         let socket = host.hasPrefix("unix://") ? String(host.dropFirst(7)) : "/var/run/docker.sock"
         try await DockerClient.withClient(configuration: .init(socketPath: socket)) { docker in
-            if which != "dispatch" { try await dockerBenchmarks(docker, runs: runs) }
-            if which != "docker" { try await dispatchBenchmarks(docker, runs: runs) }
+            if which == "docker" || which == "all" { try await dockerBenchmarks(docker, runs: runs) }
+            if which == "dispatch" || which == "all" { try await dispatchBenchmarks(docker, runs: runs) }
+            if which == "output" || which == "all" { try await outputBenchmark(docker, runs: runs) }
         }
     }
     if which == "market" || which == "all" {

@@ -128,14 +128,14 @@ struct ExecuteCommand: AsyncParsableCommand {
                 }
             }
         } catch {
-            printer.finish()
+            await printer.finish()
             if reserved.isSet {
                 try jobs.finish(
                     jobID, outcome: JobOutcome(state: .failed, error: "\(error)"), actor: "runner", at: context.now)
             }
             throw error
         }
-        printer.finish()
+        await printer.finish()
         try record(report, jobID: jobID, jobs: jobs, database: database, context: context)
         printer.summary(report)
         switch report.state {
@@ -354,16 +354,14 @@ final class ReservedFlag: Sendable {
 }
 
 /// Prints a job's output as it arrives and writes every line to the job's event log, in
-/// batches: one transaction per 256 lines or per 100 ms, whichever comes first.
+/// batches written off the output path (`JobEventWriter`), and at least every 100 ms.
 final class JobOutputPrinter: @unchecked Sendable {
     let json: Bool
     let jobID: String
     let jobs: JobStore
     private let lock = NSLock()
-    private var batch: [NewJobEvent] = []
+    private let writer: JobEventWriter
     private var flusher: Task<Void, Never>?
-    static let batchLines = 256
-
     /// People see claude's parsed events; a command backend's lines are shown as they are.
     let printsLines: Bool
 
@@ -372,6 +370,7 @@ final class JobOutputPrinter: @unchecked Sendable {
         self.json = json
         self.jobID = jobID
         self.jobs = jobs
+        self.writer = JobEventWriter(jobs: jobs)
     }
 
     struct Line: Encodable {
@@ -381,35 +380,27 @@ final class JobOutputPrinter: @unchecked Sendable {
         var text: String?
     }
 
-    /// Writes what is waiting. Called by the timer, when a batch is full, and at the end.
-    func flush() {
-        let events = lock.withLock {
-            defer { batch.removeAll(keepingCapacity: true) }
-            return batch
-        }
-        try? jobs.appendEvents(events)
-    }
-
     /// Stops the timer and writes the rest.
-    func finish() {
+    func finish() async {
         lock.withLock { flusher?.cancel() }
-        flush()
+        await writer.finish()
     }
 
     private func record(_ stream: String, _ kind: String, _ line: String) {
-        batch.append(NewJobEvent(jobID: jobID, stream: stream, kind: kind, line: line, at: Date()))
+        writer.append(NewJobEvent(jobID: jobID, stream: stream, kind: kind, line: line, at: Date()))
         if flusher == nil {
-            flusher = Task { [weak self] in
+            let writer = self.writer
+            flusher = Task {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(100))
-                    self?.flush()
+                    writer.flushSoon()
                 }
             }
         }
     }
 
     func handle(_ output: JobOutput) {
-        let full = lock.withLock {
+        lock.withLock {
             switch output {
             case .started(let id):
                 record("system", "started", "container \(id.prefix(12))")
@@ -431,9 +422,7 @@ final class JobOutputPrinter: @unchecked Sendable {
                 default: break
                 }
             }
-            return batch.count >= Self.batchLines
         }
-        if full { flush() }
     }
 
     private func emit(_ line: Line?, human: String?) {

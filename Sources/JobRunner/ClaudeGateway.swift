@@ -322,20 +322,31 @@ struct UsageMeter {
         self.eventStream = eventStream
     }
 
+    /// Usage events are short: a longer line is not one, and is skipped without being kept.
+    static let maxEventBytes = 64 << 10
+
     mutating func feed(_ buffer: ByteBuffer) -> (model: String, usage: ModelUsage)? {
         if !eventStream {
             if whole.count + buffer.readableBytes <= Self.maxWholeBytes { whole += buffer.readableBytesView }
             return nil
         }
-        for byte in buffer.readableBytesView {
-            if byte == UInt8(ascii: "\n") {
-                event(line)
-                line.removeAll(keepingCapacity: true)
-            } else if line.count < Self.maxWholeBytes {
-                line.append(byte)
-            }
+        var rest = buffer.readableBytesView[...]
+        while let newline = rest.firstIndex(of: UInt8(ascii: "\n")) {
+            keep(rest[..<newline])
+            event(line)
+            line.removeAll(keepingCapacity: true)
+            rest = rest[(newline + 1)...]
         }
+        keep(rest)
         return delta()
+    }
+
+    private mutating func keep(_ bytes: ByteBufferView.SubSequence) {
+        if line.count + bytes.count <= Self.maxEventBytes {
+            line += bytes
+        } else {
+            line = Array("-".utf8)  // too long to be a usage event: marked so that it never parses
+        }
     }
 
     mutating func finish() -> (model: String, usage: ModelUsage)? {

@@ -356,8 +356,14 @@ struct ChannelResponder: GatewayResponder {
             HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
     }
 
+    /// Waits only when the job reads slower than the answer arrives; otherwise writes on.
     func body(_ buffer: ByteBuffer) async throws {
-        try await channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(buffer)))
+        let part = HTTPServerResponsePart.body(.byteBuffer(buffer))
+        if channel.isWritable {
+            channel.writeAndFlush(part, promise: nil)
+        } else {
+            try await channel.writeAndFlush(part)
+        }
     }
 
     func end() async throws {

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import MarketCore
 import MarketCrypto
+import Synchronization
 
 /// The lifecycle state of a local job row.
 public enum JobState: String, Codable, Sendable, CaseIterable {
@@ -301,12 +302,32 @@ public struct JobStore: Sendable {
     /// per line.
     public func appendEvents(_ events: [NewJobEvent]) throws {
         guard !events.isEmpty else { return }
+        // Rows go in groups of 64 per statement: SQLite's cost is mostly per statement.
+        let group = 64
         try database.pool.write { db in
-            let statement = try db.cachedStatement(
+            let many = try db.cachedStatement(
+                sql: "INSERT INTO job_events (job_id, at_ms, stream, kind, line) VALUES "
+                    + Array(repeating: "(?, ?, ?, ?, ?)", count: group).joined(separator: ", "))
+            let one = try db.cachedStatement(
                 sql: "INSERT INTO job_events (job_id, at_ms, stream, kind, line) VALUES (?, ?, ?, ?, ?)")
-            for event in events {
-                try statement.execute(
-                    arguments: [event.jobID, event.at.unixMilliseconds, event.stream, event.kind, event.line])
+            var index = 0
+            while index < events.count {
+                let slice = events[index..<min(events.count, index + group)]
+                index += group
+                guard slice.count == group else {
+                    // The last, shorter group: one row at a time.
+                    for event in slice {
+                        try one.execute(
+                            arguments: [event.jobID, event.at.unixMilliseconds, event.stream, event.kind, event.line])
+                    }
+                    continue
+                }
+                var values: [(any DatabaseValueConvertible)?] = []
+                values.reserveCapacity(group * 5)
+                for event in slice {
+                    values += [event.jobID, event.at.unixMilliseconds, event.stream, event.kind, event.line]
+                }
+                try many.execute(arguments: StatementArguments(values))
             }
         }
     }
@@ -398,4 +419,53 @@ public struct RateLimitStatus: Codable, Sendable, Equatable {
     public var status: String
     public var at: Date
     public var resetsAt: Date?
+}
+
+/// Writes a job's log lines off the output path: lines are batched (`batchLines` per
+/// transaction) and written on a queue of their own, so that reading the job's output never
+/// waits on SQLite. Memory stays flat: past `maxPending` unwritten lines the caller writes a
+/// batch itself.
+public final class JobEventWriter: Sendable {
+    let jobs: JobStore
+    private let queue = DispatchQueue(label: "claude-max-market.job-events")
+    private let pending = Mutex<[NewJobEvent]>([])
+    public static let batchLines = 256
+    static let maxPending = 16_384
+
+    public init(jobs: JobStore) { self.jobs = jobs }
+
+    public func append(_ event: NewJobEvent) {
+        let count = pending.withLock {
+            $0.append(event)
+            return $0.count
+        }
+        if count >= Self.maxPending {
+            flush()
+        } else if count % Self.batchLines == 0 {
+            flushSoon()
+        }
+    }
+
+    /// Writes what is waiting, on the writer's queue.
+    public func flushSoon() { queue.async { self.flush() } }
+
+    /// Writes what is waiting now (from the timer, or at the end).
+    public func flush() {
+        let events = pending.withLock { pending in
+            let taken = pending
+            pending.removeAll(keepingCapacity: true)
+            return taken
+        }
+        try? jobs.appendEvents(events)
+    }
+
+    /// Writes everything and returns once it is written.
+    public func finish() async {
+        await withCheckedContinuation { continuation in
+            queue.async {
+                self.flush()
+                continuation.resume()
+            }
+        }
+    }
 }
