@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs and starts what the tests need (Docker engine, busybox-static, socat, a throwaway
+# Installs and starts what the tests need (Docker engine, busybox-static, socat, openssl, a throwaway
 # PostgreSQL cluster, Python's cryptography for the HPKE interop test), then runs `swift test`.
 # In CI (CI=true) a service that cannot be started fails the run; the tests that need it fail
 # rather than skip.
@@ -11,6 +11,8 @@ trap stop_started_services EXIT
 ensure_docker
 ensure_postgres
 export CMM_REQUIRE_POSTGRES=1
+# openssl makes the throwaway certificate authority of the API gateway's test upstream.
+apt_install openssl
 if ! python3 -c "from cryptography.hazmat.primitives import hpke" 2>/dev/null; then
     log "installing Python cryptography (HPKE interop test)"
     python3 -m pip install -q "cryptography>=46"
