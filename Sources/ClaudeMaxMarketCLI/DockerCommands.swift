@@ -4,6 +4,7 @@ import Foundation
 import JobRunner
 import MarketCore
 import Participant
+import Synchronization
 
 /// `docker build` / `docker pull`, also reachable as `docker:build` / `docker:pull`.
 struct DockerCommand: AsyncParsableCommand {
@@ -73,13 +74,14 @@ struct DockerBuildCommand: AsyncParsableCommand {
 }
 
 /// Build output: a bar from the engine's `Step i/n` lines on a terminal, the lines otherwise.
-final class BuildProgress: @unchecked Sendable {
-    private let lock = NSLock()
+final class BuildProgress: Sendable {
+    /// Serialises the lines: events may arrive from more than one task.
+    private let lock = Mutex(())
     private let terminal = Output.stderrIsTerminal
 
     func handle(_ event: BuildEvent) {
         guard case .output(let text) = event else { return }
-        lock.withLock {
+        lock.withLock { _ in
             let line = text.trimmingCharacters(in: .whitespacesAndNewlines)
             guard !line.isEmpty else { return }
             if terminal, let step = Self.step(line) {
@@ -153,13 +155,12 @@ struct DockerPullCommand: AsyncParsableCommand {
     }
 }
 
-final class PullProgressPrinter: @unchecked Sendable {
-    private let lock = NSLock()
+final class PullProgressPrinter: Sendable {
     private let terminal = Output.stderrIsTerminal
-    private var layers: [String: (current: Int64, total: Int64)] = [:]
+    private let state = Mutex<[String: (current: Int64, total: Int64)]>([:])
 
     func handle(_ progress: PullProgress) {
-        lock.withLock {
+        state.withLock { layers in
             let layer = progress.layer ?? ""
             if let total = progress.total, total > 0 { layers[layer] = (progress.current ?? 0, total) }
             if terminal {

@@ -15,7 +15,8 @@ struct ExecuteCommand: AsyncParsableCommand {
             The prompt goes to the container on stdin. Output streams live (JSON lines with --json) \
             and is redacted of credentials before it is shown or logged. Ctrl-C stops the container \
             and records the job as cancelled. Exit codes: 0 done, 1 job failed, 3 refused (consent, \
-            approval), 4 over a limit, 124 timed out, 130 cancelled.
+            approval), 4 over a limit (before the start, or stopped as over_budget or output_limit), 124 timed out, \
+            130 cancelled.
             """
     )
 

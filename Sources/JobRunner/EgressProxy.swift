@@ -215,13 +215,20 @@ final class EndpointHandler: ChannelInboundHandler, RemovableChannelHandler {
             phase = .collecting(head, body)
         case .end:
             guard case .collecting(let head, let body) = phase, let gateway = proxy.gateway else { return }
+            // The API's traffic counts against the job's byte budget, as a tunnel's does.
+            guard proxy.spend(body.readableBytes) else {
+                phase = .ignoring
+                proxy.record(EgressDecision(host: "gateway", port: 0, allowed: false, reason: "byte budget spent"))
+                respond(context, .forbidden, "byte budget spent (egress.byteBudget)", close: true)
+                return
+            }
             phase = .busy
             let channel = context.channel
             let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
             let keepAlive = head.isKeepAlive
             // Ready for the next request before the last byte of this answer leaves: a client
             // that sends it at once must find the connection idle.
-            let responder = ChannelResponder(channel: channel) { handler.value.becameIdle() }
+            let responder = ChannelResponder(channel: channel, spend: proxy.spend) { handler.value.becameIdle() }
             Task {
                 do {
                     try await gateway.serve(head, body: body, to: responder)
@@ -348,8 +355,12 @@ final class EndpointHandler: ChannelInboundHandler, RemovableChannelHandler {
 /// Writes the gateway's answer to the job's connection, waiting on each write (back-pressure).
 struct ChannelResponder: GatewayResponder {
     let channel: Channel
+    /// Counts the answer's bytes against the job's byte budget; false once it is spent.
+    let spend: @Sendable (Int) -> Bool
     /// Runs on the channel's event loop just before the end of the answer is written.
     let beforeEnd: @Sendable () -> Void
+
+    struct BudgetSpent: Error {}
 
     func head(_ status: HTTPResponseStatus, _ headers: HTTPHeaders) async throws {
         try await channel.writeAndFlush(
@@ -358,6 +369,8 @@ struct ChannelResponder: GatewayResponder {
 
     /// Waits only when the job reads slower than the answer arrives; otherwise writes on.
     func body(_ buffer: ByteBuffer) async throws {
+        // Past the budget the answer is cut off and the connection closed.
+        guard spend(buffer.readableBytes) else { throw BudgetSpent() }
         let part = HTTPServerResponsePart.body(.byteBuffer(buffer))
         if channel.isWritable {
             channel.writeAndFlush(part, promise: nil)
