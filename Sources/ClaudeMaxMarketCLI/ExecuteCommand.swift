@@ -114,7 +114,10 @@ struct ExecuteCommand: AsyncParsableCommand {
                         whenCreated: { containerID in
                             // The container was created while we ask: approval, then the limits.
                             interrupt.pendingContainer(containerID, docker: docker)
-                            try approval.decide(config: config, database: database, context: context)
+                            // The question waits on the terminal: on a thread of its own, not the pool's.
+                            try await Output.onOwnThread {
+                                try approval.decide(config: config, database: database, context: context)
+                            }
                             do {
                                 _ = try jobs.reserve(reservation, limits: limits, actor: context.actor, at: context.now)
                             } catch let error as LimitError {

@@ -54,6 +54,14 @@ enum Output {
     static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) == 1 }
 
     /// Asks a yes/no question on the terminal. Without a terminal, refuses instead of hanging.
+    /// Runs blocking work (a question on the terminal) on a thread of its own, so that a task
+    /// waiting for it does not hold a thread of the concurrency pool.
+    static func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try body() }) }.start()
+        }
+    }
+
     static func confirm(_ question: String, assumeYes: Bool) throws -> Bool {
         if assumeYes { return true }
         guard stdinIsTerminal else {

@@ -164,7 +164,9 @@ import Testing
 
     @Test func aFloodIsRateLimited() async throws {
         try await TestMarket.with(configure: {
-            $0.frameRate = 5
+            // One frame per 5 s after the burst: slow enough that a loaded machine's round trips
+            // do not refill the bucket during the flood.
+            $0.frameRate = 0.2
             $0.frameBurst = 5
         }) { market in
             try await market.connect { connection in
@@ -177,7 +179,7 @@ import Testing
                 #expect(
                     codes.prefix(3) == ["pong", "pong", "pong"]
                         && codes.suffix(3) == ["rate_limited", "rate_limited", "rate_limited"], "\(codes)")
-                try await Task.sleep(for: .milliseconds(1200))
+                try await Task.sleep(for: .milliseconds(5500))
                 #expect(try await connection.request(.ping, EmptyBody()).type == "pong", "the bucket refills")
             }
         }
