@@ -2,6 +2,8 @@
 # Everything started here is recorded and stopped by stop_started_services on exit.
 
 STARTED_PIDS=()
+# Throwaway directories (a PostgreSQL cluster's data) removed once their processes are stopped.
+STARTED_DIRS=()
 CI="${CI:-false}"
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -65,6 +67,7 @@ stop_started_services() {
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     done
+    for dir in "${STARTED_DIRS[@]}"; do rm -rf "$dir"; done
 }
 
 # Starts a throwaway PostgreSQL cluster on 127.0.0.1 and a free port, as the postgres user, and
@@ -75,6 +78,7 @@ ensure_postgres() {
     bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
     [ -x "$bin/initdb" ] || die "PostgreSQL's initdb was not found under /usr/lib/postgresql"
     PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/cmm-postgres.XXXXXX")"
+    STARTED_DIRS+=("$PG_DIR")
     chown postgres "$PG_DIR"
     local port
     port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
