@@ -280,9 +280,7 @@ struct ExecuteCommand: AsyncParsableCommand {
                 details: [
                     "job": jobID, "forwarded": String(report.gatewayCounts.forwarded),
                     "refused": String(report.gatewayCounts.refused),
-                    "tokens": String(
-                        total.inputTokens + total.outputTokens + total.cacheReadInputTokens
-                            + total.cacheCreationInputTokens),
+                    "tokens": String(total.allTokens),
                     "refusals": refusals.prefix(3).map { String($0.prefix(120)) }.joined(separator: " | "),
                 ],
                 at: context.now)

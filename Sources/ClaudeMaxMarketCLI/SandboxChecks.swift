@@ -84,7 +84,7 @@ enum SandboxChecks {
                 id: "egress.allowlist", status: .warn, message: "egress allowlist is empty: jobs can reach nothing",
                 remediation: "config --set egress.allowlist=api.anthropic.com:443")
         }
-        let notHosts = allowlist.filter { !HostPort.isValid($0) }
+        let notHosts = allowlist.filter { EgressTarget(parsing: $0) == nil }
         if !notHosts.isEmpty {
             return CheckResult(
                 id: "egress.allowlist", status: .fail, message: "not host:port: \(notHosts.joined(separator: ", "))",

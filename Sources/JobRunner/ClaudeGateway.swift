@@ -65,14 +65,10 @@ public final class ClaudeGateway: Sendable {
     private let overBudgetContinuation: AsyncStream<Void>.Continuation
 
     static let paths: Set<String> = ["/v1/messages", "/v1/messages/count_tokens"]
-    /// Decisions kept in full; past this only the counts grow.
-    static let keptDecisions = 64
 
     struct State {
         var usage: [String: ModelUsage] = [:]
-        var decisions: [GatewayDecision] = []
-        var forwarded = 0
-        var refused = 0
+        var decisions = DecisionRecord<GatewayDecision>()
         var overBudget = false
     }
 
@@ -115,8 +111,10 @@ public final class ClaudeGateway: Sendable {
     public var usage: [String: ModelUsage] { state.withLock { $0.usage } }
     public var tokensUsed: Int64 { state.withLock { Self.total($0.usage) } }
     public var isOverBudget: Bool { state.withLock { $0.overBudget } }
-    public var decisions: [GatewayDecision] { state.withLock { $0.decisions } }
-    public var counts: (forwarded: Int, refused: Int) { state.withLock { ($0.forwarded, $0.refused) } }
+    public var decisions: [GatewayDecision] { state.withLock { $0.decisions.first } }
+    public var counts: (forwarded: Int, refused: Int) {
+        state.withLock { ($0.decisions.passed, $0.decisions.refused) }
+    }
 
     /// Returns true once a request was refused for the budget; false when the gateway shut down.
     public func waitUntilOverBudget() async -> Bool {
@@ -125,17 +123,10 @@ public final class ClaudeGateway: Sendable {
     }
 
     /// Input (with cache reads and writes) and output tokens: what the budget counts.
-    static func total(_ usage: [String: ModelUsage]) -> Int64 {
-        usage.values.reduce(0) {
-            $0 + $1.inputTokens + $1.outputTokens + $1.cacheReadInputTokens + $1.cacheCreationInputTokens
-        }
-    }
+    static func total(_ usage: [String: ModelUsage]) -> Int64 { usage.values.reduce(0) { $0 + $1.allTokens } }
 
     private func record(_ decision: GatewayDecision) {
-        state.withLock {
-            if decision.forwarded { $0.forwarded += 1 } else { $0.refused += 1 }
-            if $0.decisions.count < Self.keptDecisions { $0.decisions.append(decision) }
-        }
+        state.withLock { $0.decisions.add(decision, passed: decision.forwarded) }
         logger.info(
             "gateway \(decision.forwarded ? "forwarded" : "refused")",
             metadata: [

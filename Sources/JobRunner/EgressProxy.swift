@@ -26,6 +26,21 @@ public struct EgressPolicy: Sendable, Equatable {
     public static func normalize(_ text: String) -> String? { EgressTarget(parsing: text)?.description }
 }
 
+/// The first decisions of a job in full, and counts of all of them: a job that knocks a million
+/// times keeps memory, logs and the audit flat.
+struct DecisionRecord<Decision: Sendable>: Sendable {
+    /// Decisions kept in full; past this only the counts grow.
+    static var kept: Int { 64 }
+    private(set) var first: [Decision] = []
+    private(set) var passed = 0
+    private(set) var refused = 0
+
+    mutating func add(_ decision: Decision, passed: Bool) {
+        if passed { self.passed += 1 } else { refused += 1 }
+        if first.count < Self.kept { first.append(decision) }
+    }
+}
+
 /// One decision of the proxy: which host was asked for and whether it was let through.
 /// Hosts only; the proxy never looks at or logs the payload.
 public struct EgressDecision: Sendable, Equatable, Codable {
@@ -54,14 +69,10 @@ public final class EgressProxy: Sendable {
     public let gateway: ClaudeGateway?
     let logger: Logger
     private let state = Mutex(State())
-    /// Decisions kept in full; past this only the counts grow.
-    static let keptDecisions = 64
 
     struct State {
         var bytes: Int64 = 0
-        var decisions: [EgressDecision] = []
-        var allowed = 0
-        var refused = 0
+        var decisions = DecisionRecord<EgressDecision>()
     }
 
     init(socketPath: String, policy: EgressPolicy, gateway: ClaudeGateway?, logger: Logger) {
@@ -72,9 +83,11 @@ public final class EgressProxy: Sendable {
     }
 
     public var bytesTransferred: Int64 { state.withLock { $0.bytes } }
-    /// The first decisions (at most `keptDecisions`); `counts` has them all.
-    public var decisions: [EgressDecision] { state.withLock { $0.decisions } }
-    public var counts: (allowed: Int, refused: Int) { state.withLock { ($0.allowed, $0.refused) } }
+    /// The first decisions (at most `DecisionRecord.kept`); `counts` has them all.
+    public var decisions: [EgressDecision] { state.withLock { $0.decisions.first } }
+    public var counts: (allowed: Int, refused: Int) {
+        state.withLock { ($0.decisions.passed, $0.decisions.refused) }
+    }
 
     /// Serves on a socket at `directory/egress.sock` (directory created 0755 so that the
     /// container's user can reach it) while `body` runs; stops and removes the socket after.
@@ -113,10 +126,7 @@ public final class EgressProxy: Sendable {
     }
 
     func record(_ decision: EgressDecision) {
-        state.withLock {
-            if decision.allowed { $0.allowed += 1 } else { $0.refused += 1 }
-            if $0.decisions.count < Self.keptDecisions { $0.decisions.append(decision) }
-        }
+        state.withLock { $0.decisions.add(decision, passed: decision.allowed) }
         logger.info(
             "egress \(decision.allowed ? "allowed" : "refused")",
             metadata: [

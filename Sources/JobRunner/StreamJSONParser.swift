@@ -10,6 +10,9 @@ public struct ModelUsage: Codable, Sendable, Equatable {
 
     public init() {}
 
+    /// Input (with cache reads and writes) and output tokens: what a token budget counts.
+    public var allTokens: Int64 { inputTokens + outputTokens + cacheReadInputTokens + cacheCreationInputTokens }
+
     public static func + (lhs: ModelUsage, rhs: ModelUsage) -> ModelUsage {
         var sum = lhs
         sum.inputTokens += rhs.inputTokens

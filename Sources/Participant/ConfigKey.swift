@@ -174,10 +174,6 @@ public struct ConfigKey: Sendable, Hashable {
 }
 
 /// `host:port` with a DNS name or IP literal and a port from 1 to 65535.
-public enum HostPort {
-    public static func isValid(_ text: String) -> Bool { EgressTarget(parsing: text) != nil }
-}
-
 /// Sizes such as `512m`: k, m, g are powers of 1024.
 public enum ByteSize {
     public static func parse(_ text: String) -> Int64? {
