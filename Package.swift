@@ -107,8 +107,22 @@ let package = Package(
             ]
         ),
         .target(
+            name: "MarketFlows",
+            dependencies: [
+                "MarketCore",
+                "MarketCrypto",
+                "DockerEngine",
+                "JobRunner",
+                "Participant",
+                "MarketClient",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "ClaudeMaxMarketCLI",
             dependencies: [
+                "MarketFlows",
                 "MarketCore",
                 "MarketCrypto",
                 "DockerEngine",

@@ -17,7 +17,9 @@ public struct ClaudeMaxMarket: AsyncParsableCommand {
             StatusCommand.self, AuditCommand.self, ComplianceCheckCommand.self, KeysCommand.self, EncryptCommand.self,
             DecryptCommand.self, DockerCommand.self, DockerBuildAlias.self, DockerPullAlias.self, HealthCommand.self,
             CleanCommand.self, ExecuteCommand.self, UsageCommand.self, LogsCommand.self,
-            LoginCommand.self, MarketCommand.self,
+            LoginCommand.self, MarketCommand.self, AdvertiseCommand.self, WithdrawCommand.self, BidCommand.self,
+            ProvideCommand.self, SubmitCommand.self, TasksCommand.self, ResultCommand.self, CancelCommand.self,
+            AcceptCommand.self, DisputeCommand.self, BalanceCommand.self, ReputationCommand.self,
         ]
     )
 

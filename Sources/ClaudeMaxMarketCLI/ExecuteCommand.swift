@@ -4,6 +4,7 @@ import Foundation
 import JobRunner
 import MarketCore
 import MarketCrypto
+import MarketFlows
 import Participant
 import Synchronization
 
@@ -48,8 +49,11 @@ struct ExecuteCommand: AsyncParsableCommand {
     static let maxPromptBytes = 16 << 20
 
     func validate() throws {
-        guard (prompt == nil) != (promptFile == nil) else {
-            throw ValidationError("give the prompt with exactly one of --prompt TEXT or --prompt-file FILE")
+        if prompt != nil && promptFile != nil {
+            throw ValidationError("give the prompt with one of --prompt TEXT or --prompt-file FILE, not both")
+        }
+        if backend == .claude && prompt == nil && promptFile == nil {
+            throw ValidationError("--backend claude needs a prompt: --prompt TEXT or --prompt-file FILE")
         }
         if backend == .command && command.isEmpty {
             throw ValidationError("--backend command needs the command after --, e.g. -- sh -c 'cat'")
@@ -70,77 +74,54 @@ struct ExecuteCommand: AsyncParsableCommand {
         let promptData = try readPrompt()
         let database = try context.database()
         let jobs = JobStore(database: database)
-
-        let consent = try ConsentStore(database: database).current()
-        guard consent.termsAccepted, consent.optIn != nil else {
-            throw CLIError(
-                consent.termsAccepted
-                    ? "not opted in: run `claude-max-market opt-in --claude-jobs` first"
-                    : "the terms are not accepted: read `claude-max-market terms`, then `terms --accept` and `opt-in --claude-jobs`",
-                exitCode: 3)
-        }
         let ring = try context.keyRing(database: database, config: config)
-        let jobBackend = try makeBackend(config: config, context: context)
-        let limits = Limits(config: config)
-        let estimatedTokens: Int64 = backend == .claude ? limits.maxTokensPerTask : 0
+        let jobBackend: JobBackend
+        do {
+            jobBackend =
+                backend == .claude
+                ? try ClaudeBackendFactory.make(config: config, environment: context.environment) : .command(command)
+        } catch let refusal as JobRefusal {
+            throw CLIError(refusal.reason, exitCode: 3)
+        }
         let jobID = UUID().uuidString.lowercased()
-        let sandbox = SandboxSettings(config: config)
-        let allowlist = config.list(.egressAllowlist)
-        let egress: EgressPolicy? =
-            allowlist.isEmpty ? nil : EgressPolicy(allowlist: allowlist, byteBudget: config.bytes(.egressByteBudget))
-        let request = JobRequest(id: jobID, prompt: promptData, backend: jobBackend, sandbox: sandbox, egress: egress)
+        let job = PipelineJob(
+            id: jobID, role: "local", prompt: promptData, backend: jobBackend, requester: ring.peerID.rawValue)
         let printer = JobOutputPrinter(json: json, jobID: jobID, jobs: jobs, printsLines: backend == .command)
-        let approval = Approval(
-            jobID: jobID, prompt: promptData, requester: ring.peerID.rawValue, estimatedTokens: estimatedTokens,
-            limits: limits,
-            backendDescription: backend == .command
-                ? "command " + command.joined(separator: " ") : "claude (\(config.text(.claudeModel)))",
-            assumeYes: yes)
-        let reservation = JobReservation(
-            id: jobID, role: "local", backend: backend.rawValue,
-            model: backend == .claude ? config.text(.claudeModel) : nil, requester: ring.peerID.rawValue,
-            image: sandbox.image, promptBytes: Int64(promptData.count), estimatedTokens: estimatedTokens)
-        let reserved = ReservedFlag()
+        let assumeYes = yes
+        let image = SandboxSettings(config: config).image
 
         let report: JobReport
         do {
             report = try await context.withDocker { docker in
-                try await ensureImage(docker, image: sandbox.image)
-                let executor = JobExecutor(
-                    docker: docker, runDirectory: context.paths.runDirectory, owner: context.paths.ownerID)
+                try await ensureImage(docker, image: image)
+                let pipeline = JobPipeline(
+                    database: database, config: config, paths: context.paths, docker: docker, actor: context.actor)
                 return try await CancelOnInterrupt.run { interrupt in
-                    try await executor.run(
-                        request,
-                        whenCreated: { containerID in
-                            // The container was created while we ask: approval, then the limits.
-                            interrupt.pendingContainer(containerID, docker: docker)
-                            // The question waits on the terminal: on a thread of its own, not the pool's.
-                            try await Output.onOwnThread {
-                                try approval.decide(config: config, database: database, context: context)
-                            }
-                            do {
-                                _ = try jobs.reserve(reservation, limits: limits, actor: context.actor, at: context.now)
-                            } catch let error as LimitError {
-                                throw CLIError(error.description, exitCode: 4)
-                            }
-                            reserved.set()
-                            try jobs.markRunning(
-                                jobID, actor: "runner", at: context.now, details: ["image": sandbox.image])
-                            interrupt.started()
-                        }
-                    ) { printer.handle($0) }
+                    var hooks = JobPipeline.Hooks()
+                    // The container is created while we ask: approval, then the limits.
+                    hooks.created = { interrupt.pendingContainer($0, docker: docker) }
+                    // The question waits on the terminal: on a thread of its own, not the pool's.
+                    hooks.ask = { question in
+                        try await Output.onOwnThread { try Output.confirm(question.text, assumeYes: assumeYes) }
+                    }
+                    hooks.approved = { interrupt.started() }
+                    hooks.output = { printer.handle($0) }
+                    return try await pipeline.run(job, hooks: hooks)
                 }
+            }
+        } catch let refusal as JobRefusal {
+            await printer.finish()
+            switch refusal.kind {
+            case .limits: throw CLIError(refusal.reason, exitCode: 4)
+            case .approval where !Output.stdinIsTerminal && !assumeYes:
+                throw CLIError("job refused: approval needs a terminal or --yes", exitCode: 3)
+            default: throw CLIError(refusal.reason, exitCode: 3)
             }
         } catch {
             await printer.finish()
-            if reserved.isSet {
-                try jobs.finish(
-                    jobID, outcome: JobOutcome(state: .failed, error: "\(error)"), actor: "runner", at: context.now)
-            }
             throw error
         }
         await printer.finish()
-        try record(report, jobID: jobID, jobs: jobs, database: database, context: context)
         printer.summary(report)
         switch report.state {
         case .succeeded: return
@@ -155,68 +136,22 @@ struct ExecuteCommand: AsyncParsableCommand {
         let data: Data
         if let prompt {
             data = Data(prompt.utf8)
-        } else if promptFile == "-" {
-            data = FileHandle.standardInput.readDataToEndOfFile()
-        } else {
-            guard let contents = FileManager.default.contents(atPath: promptFile!) else {
-                throw CLIError("cannot read prompt file \(promptFile!)")
+        } else if let promptFile {
+            if promptFile == "-" {
+                data = FileHandle.standardInput.readDataToEndOfFile()
+            } else {
+                guard let contents = FileManager.default.contents(atPath: promptFile) else {
+                    throw CLIError("cannot read prompt file \(promptFile)")
+                }
+                data = contents
             }
-            data = contents
+        } else {
+            data = Data()  // a command job without a prompt runs with empty input
         }
         guard data.count <= Self.maxPromptBytes else {
             throw CLIError("the prompt is \(data.count) bytes; at most \(Self.maxPromptBytes) are allowed")
         }
         return data
-    }
-
-    func makeBackend(config: ResolvedConfig, context: CommandContext) throws -> JobBackend {
-        guard backend == .claude else { return .command(command) }
-        let credential: ClaudeCredential
-        switch config.text(.claudeCredentialMode) {
-        case "subscription":
-            credential = .loginVolume(config.text(.claudeLoginVolume))
-        default:
-            let file = config.text(.claudeAPIKeyFile)
-            let key: String
-            if file == "-" {
-                key = context.environment["ANTHROPIC_API_KEY"] ?? ""
-            } else {
-                guard let mode = FilePermissions.mode(of: file), mode & 0o077 == 0 else {
-                    throw CLIError("API key file \(file) must exist with mode 0600")
-                }
-                key =
-                    (try? String(contentsOfFile: file, encoding: .utf8))?.trimmingCharacters(
-                        in: .whitespacesAndNewlines) ?? ""
-            }
-            guard !key.isEmpty else {
-                throw CLIError(
-                    "no API key: export ANTHROPIC_API_KEY or set claude.apiKeyFile (claude.credentialMode=api-key)",
-                    exitCode: 3)
-            }
-            credential = .apiKey(key)
-        }
-        return .claude(
-            ClaudeOptions(
-                model: config.text(.claudeModel), maxTurns: Int(config.integer(.claudeMaxTurns)),
-                allowedTools: config.list(.claudeAllowedTools), credential: credential,
-                gateway: try Self.gatewaySettings(config: config, environment: context.environment),
-                tokenBudget: Limits(config: config).maxTokensPerTask))
-    }
-
-    /// Where the gateway forwards. `CMM_TEST_GATEWAY_CA_FILE` (tests only) names a PEM file of
-    /// certificate authorities trusted instead of the system's, for a loopback test upstream.
-    static func gatewaySettings(config: ResolvedConfig, environment: [String: String]) throws -> GatewaySettings {
-        var settings = GatewaySettings(upstream: URL(string: config.text(.claudeAPIBaseURL))!)
-        if let file = environment["CMM_TEST_GATEWAY_CA_FILE"], !file.isEmpty {
-            guard let pem = try? String(contentsOfFile: file, encoding: .utf8) else {
-                throw CLIError("CMM_TEST_GATEWAY_CA_FILE: cannot read \(file)")
-            }
-            settings.trustRootsPEM = pem
-        }
-        if let seconds = environment["CMM_TEST_GATEWAY_TIMEOUT"].flatMap(Int.init), seconds > 0 {
-            settings.timeout = .seconds(seconds)
-        }
-        return settings
     }
 
     /// A missing runner image is pulled, or built from the embedded Dockerfile when the pull fails.
@@ -234,125 +169,6 @@ struct ExecuteCommand: AsyncParsableCommand {
         }
         try await DockerPullCommand.pull(options)
     }
-
-    func record(_ report: JobReport, jobID: String, jobs: JobStore, database: StateDatabase, context: CommandContext)
-        throws
-    {
-        // In API-key mode the gateway's meter, never what the job printed.
-        let total = report.totalUsage
-        let state: JobState =
-            switch report.state {
-            case .succeeded: .succeeded
-            case .failed: .failed
-            case .timedOut: .timedOut
-            case .cancelled: .cancelled
-            case .overBudget: .overBudget
-            case .outputLimit: .outputLimit
-            }
-        for notice in report.rateLimits {
-            try jobs.recordRateLimit(
-                jobID: jobID, window: notice.window, status: notice.status, resetsAt: notice.resetsAt, at: context.now)
-        }
-        if report.redactions > 0 {
-            try database.audit(
-                actor: "runner", kind: "job.redacted", details: ["job": jobID, "count": String(report.redactions)],
-                at: context.now)
-        }
-        // One summary per job, with a bounded sample: a job that knocks on a million doors
-        // does not write a million rows.
-        if !report.egress.isEmpty {
-            let allowed = Set(report.egress.filter(\.allowed).map { "\($0.host):\($0.port)" }).sorted()
-            let refused = Set(report.egress.filter { !$0.allowed }.map { "\($0.host):\($0.port)" }).sorted()
-            try database.audit(
-                actor: "egress", kind: "egress.summary",
-                details: [
-                    "job": jobID, "allowed": String(report.egressCounts.allowed),
-                    "refused": String(report.egressCounts.refused), "bytes": String(report.egressBytes),
-                    "allowedHosts": allowed.prefix(5).joined(separator: ","),
-                    "refusedSample": refused.prefix(5).joined(separator: ","),
-                ],
-                at: context.now)
-        }
-        if report.metered {
-            let refusals = Set(report.gateway.filter { !$0.forwarded }.map(\.reason)).sorted()
-            try database.audit(
-                actor: "gateway", kind: "gateway.summary",
-                details: [
-                    "job": jobID, "forwarded": String(report.gatewayCounts.forwarded),
-                    "refused": String(report.gatewayCounts.refused),
-                    "tokens": String(total.allTokens),
-                    "refusals": refusals.prefix(3).map { String($0.prefix(120)) }.joined(separator: " | "),
-                ],
-                at: context.now)
-        }
-        try jobs.finish(
-            jobID,
-            outcome: JobOutcome(
-                state: state, inputTokens: total.inputTokens, outputTokens: total.outputTokens,
-                cacheReadTokens: total.cacheReadInputTokens, cacheCreationTokens: total.cacheCreationInputTokens,
-                costUSD: total.costUSD, model: report.usage.max { $0.value.outputTokens < $1.value.outputTokens }?.key,
-                exitCode: report.exitCode.map(Int64.init),
-                error: report.error),
-            actor: "runner", at: context.now)
-    }
-}
-
-/// The approval of one job: manual mode asks on the terminal (or takes --yes); policy mode
-/// applies the approval.* rules. Every decision is audited.
-struct Approval: Sendable {
-    let jobID: String
-    let prompt: Data
-    let requester: String
-    let estimatedTokens: Int64
-    let limits: Limits
-    let backendDescription: String
-    let assumeYes: Bool
-
-    func decide(config: ResolvedConfig, database: StateDatabase, context: CommandContext) throws {
-        func refuse(_ reason: String) throws -> Never {
-            try database.audit(
-                actor: context.actor, kind: "job.refused", details: ["job": jobID, "reason": reason], at: context.now)
-            throw CLIError("job refused: \(reason)", exitCode: 3)
-        }
-        if config.text(.approvalMode) == "policy" {
-            let maxBytes = config.integer(.approvalMaxPromptBytes)
-            if Int64(prompt.count) > maxBytes {
-                try refuse("the prompt is \(prompt.count) bytes, policy allows \(maxBytes)")
-            }
-            if config.list(.approvalDeniedRequesters).contains(requester) {
-                try refuse("requester \(requester) is denied")
-            }
-            let allowed = config.list(.approvalAllowedRequesters)
-            if !allowed.isEmpty && !allowed.contains(requester) { try refuse("requester \(requester) is not allowed") }
-            if estimatedTokens > limits.maxTokensPerTask { try refuse("\(estimatedTokens) tokens exceed the policy") }
-            try database.audit(
-                actor: "policy", kind: "job.approved", details: ["job": jobID, "mode": "policy"], at: context.now)
-            return
-        }
-        let usage = try JobStore(database: database).usage(at: context.now)
-        let text = String(decoding: prompt, as: UTF8.self)
-        let shown = text.count > 2000 ? String(text.prefix(2000)) + "… (\(text.count - 2000) more characters)" : text
-        let question = """
-            Job \(jobID)
-              backend:  \(backendDescription)
-              image:    \(config.text(.dockerImage))
-              prompt:   \(prompt.count) bytes
-            \(shown.split(separator: "\n", omittingEmptySubsequences: false).map { "    │ \($0)" }.joined(separator: "\n"))
-              limits left today: \(max(0, limits.dailyTasks - usage.day.tasks)) jobs, \(max(0, limits.dailyTokens - usage.day.tokens)) tokens
-            Run it?
-            """
-        guard (try? Output.confirm(question, assumeYes: assumeYes)) == true else {
-            try refuse(Output.stdinIsTerminal ? "not approved" : "approval needs a terminal or --yes")
-        }
-        try database.audit(
-            actor: context.actor, kind: "job.approved", details: ["job": jobID, "mode": "manual"], at: context.now)
-    }
-}
-
-final class ReservedFlag: Sendable {
-    private let value = Atomic(false)
-    func set() { value.store(true, ordering: .sequentiallyConsistent) }
-    var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
 }
 
 /// Prints a job's output as it arrives and writes every line to the job's event log, in

@@ -3,6 +3,7 @@ import DockerEngine
 import Foundation
 import JobRunner
 import MarketCore
+import MarketFlows
 import Participant
 
 struct LoginCommand: AsyncParsableCommand {

@@ -2,18 +2,8 @@ import DockerEngine
 import Foundation
 import JobRunner
 import MarketCore
+import MarketFlows
 import Participant
-
-extension SandboxSettings {
-    /// The job container's limits from the participant's config.
-    init(config: ResolvedConfig) {
-        self.init(
-            image: config.text(.dockerImage), memoryBytes: config.bytes(.dockerMemory),
-            cpuShares: config.integer(.dockerCPUShares), pidsLimit: config.integer(.dockerPidsLimit),
-            tmpfsBytes: config.bytes(.dockerTmpfsSize), timeout: .seconds(config.integer(.dockerTimeoutSeconds)),
-            nanoCPUs: config.hundredths(.dockerCPUs) * 10_000_000, maxOutputBytes: config.bytes(.dockerMaxOutput))
-    }
-}
 
 /// Checks of the job sandbox as configured: shared by `health` and `compliance-check`.
 enum SandboxChecks {

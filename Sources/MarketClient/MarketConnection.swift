@@ -133,6 +133,16 @@ public final class MarketConnection: Sendable {
     /// Frames received and not yet taken.
     public func pending() async -> [Envelope] { await inbox.snapshot() }
 
+    /// The next frame of any kind, or nil when none came within `timeout`; throws once the
+    /// connection is closed.
+    public func poll(timeout: Duration) async throws -> Envelope? {
+        do {
+            return try await inbox.take(timeout: timeout) { _ in true }
+        } catch is InboxTimeout {
+            return nil
+        }
+    }
+
     static func encode(_ value: some Encodable) throws -> String {
         if let text = value as? String { return text }
         let encoder = JSONEncoder()
@@ -204,9 +214,14 @@ actor Inbox {
 
     private func expire(_ id: UUID, after timeout: Duration) {
         guard let index = waiters.firstIndex(where: { $0.id == id }) else { return }
-        waiters.remove(at: index).continuation.resume(
-            throwing: MarketClientError("no matching frame from the market within \(timeout)"))
+        waiters.remove(at: index).continuation.resume(throwing: InboxTimeout(timeout: timeout))
     }
+}
+
+/// No matching frame came in time.
+struct InboxTimeout: Error, CustomStringConvertible {
+    let timeout: Duration
+    var description: String { "no matching frame from the market within \(timeout)" }
 }
 
 /// Carries the body's result out of the connection's closure.

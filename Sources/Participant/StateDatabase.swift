@@ -124,6 +124,36 @@ public final class StateDatabase: Sendable {
                     );
                     """)
         }
+        migrator.registerMigration("v2-market") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE outbox (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        type TEXT NOT NULL,
+                        body TEXT NOT NULL,
+                        created_ms INTEGER NOT NULL,
+                        expires_ms INTEGER
+                    );
+                    CREATE TABLE market_tasks (
+                        task_id TEXT PRIMARY KEY NOT NULL,
+                        role TEXT NOT NULL,
+                        state TEXT NOT NULL,
+                        counterparty TEXT,
+                        max_price INTEGER NOT NULL,
+                        price INTEGER,
+                        model TEXT,
+                        timeout_seconds INTEGER NOT NULL DEFAULT 300,
+                        created_ms INTEGER NOT NULL,
+                        updated_ms INTEGER NOT NULL,
+                        prompt BLOB,
+                        job_id TEXT,
+                        result_frame TEXT,
+                        result_hash TEXT,
+                        result_verified INTEGER,
+                        note TEXT
+                    );
+                    """)
+        }
         return migrator
     }
 }

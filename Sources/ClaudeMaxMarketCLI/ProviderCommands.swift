@@ -1,0 +1,298 @@
+import ArgumentParser
+import DockerEngine
+import Foundation
+import JobRunner
+import Logging
+import MarketClient
+import MarketCore
+import MarketFlows
+import Participant
+import ServiceLifecycle
+
+/// `--slots`, `--price`, `--models`, `--min-requester-reputation`: the standing offer.
+struct OfferOptions: ParsableArguments {
+    @Option(help: "Jobs this provider runs at once for the market (1…64).") var slots: Int?
+    @Option(help: "Price asked per job, whole credits (default: market.defaultPrice).") var price: String?
+    @Option(help: ArgumentHelp("Models offered, comma-separated (default: any).", valueName: "M,…")) var models: String?
+    @Option(
+        name: .customLong("min-requester-reputation"),
+        help: "Only take jobs from requesters with at least this reputation (0…1).")
+    var minRequesterReputation: Double?
+
+    var given: Bool { slots != nil || price != nil || models != nil || minRequesterReputation != nil }
+
+    /// The offer: these options over the stored one, over the config's defaults.
+    func offer(config: ResolvedConfig, stored: AdvertiseBody?) throws -> AdvertiseBody {
+        var offer =
+            stored
+            ?? AdvertiseBody(
+                price: config.credits(.marketDefaultPrice).micro, slots: Int(config.integer(.concurrentJobs)))
+        if let slots { offer.slots = slots }
+        if let price { offer.price = try PriceArgument.micro(price, option: "--price") }
+        if let models {
+            let list = models.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+                !$0.isEmpty
+            }
+            offer.models = list.isEmpty ? nil : list
+        }
+        if let minRequesterReputation { offer.minRequesterReputation = minRequesterReputation }
+        do { try offer.validate(limits: WireLimits()) } catch { throw CLIError(error.message, exitCode: 2) }
+        return offer
+    }
+}
+
+/// Market jobs need accepted terms and an opt-in, like `execute`.
+func requireOptIn(_ database: StateDatabase) throws {
+    let consent = try ConsentStore(database: database).current()
+    guard consent.termsAccepted, consent.optIn != nil else {
+        throw CLIError(
+            consent.termsAccepted
+                ? "not opted in: run `claude-max-market opt-in --claude-jobs` first"
+                : "the terms are not accepted: read `claude-max-market terms`, then `terms --accept` and `opt-in --claude-jobs`",
+            exitCode: 3)
+    }
+}
+
+struct AdvertiseCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "advertise",
+        abstract: "Put up (or change) this provider's standing offer on the market.",
+        discussion: """
+            The offer is kept in this home: `provide` advertises it again on every connection and keeps \
+            it live with heartbeats. A market that is unreachable gets it on the next connection (exit 75).
+            """
+    )
+
+    @OptionGroup var offer: OfferOptions
+    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let link = try MarketLink(url: url)
+        try requireOptIn(link.database)
+        let store = OfferStore(database: link.database)
+        let body = try offer.offer(config: link.config, stored: try store.load())
+        try store.save(body)
+        try link.database.audit(
+            actor: "user", kind: "market.advertise",
+            details: ["price": String(body.price), "slots": String(body.slots)], at: Date())
+        let ack = try await link.sendOrQueue(.offerAdvertise, body, what: "the offer")
+        if json {
+            try Output.json(ack)
+        } else {
+            Output.line(
+                "offer live on \(link.url): \(body.slots) slot(s) at \(Credits(micro: body.price))"
+                    + (ack.note.map { " (\($0))" } ?? ""))
+            Output.line("run `claude-max-market provide` to take the jobs it wins")
+        }
+    }
+}
+
+struct WithdrawCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "withdraw", abstract: "Take this provider's offer off the market (running jobs continue).")
+
+    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let link = try MarketLink(url: url)
+        try OfferStore(database: link.database).clear()
+        try link.database.audit(actor: "user", kind: "market.withdraw", details: [:], at: Date())
+        let ack = try await link.sendOrQueue(.offerWithdraw, EmptyBody(), what: "the withdrawal")
+        if json { try Output.json(ack) } else { Output.line("offer \(ack.state ?? "withdrawn")") }
+    }
+}
+
+struct BidCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bid",
+        abstract: "Bid on an open task by hand (needs a standing offer; the first valid bid wins).")
+
+    @Option(name: .customLong("task-id"), help: "The open task.") var taskId: String
+    @Option(help: "Your price, whole credits, at most the task's maximum.") var price: String
+    @Option(help: "A queued bid older than this is never sent (e.g. 60s, 5m).") var expires = "5m"
+    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        do { try WireField.taskID(taskId) } catch { throw CLIError(error.message, exitCode: 2) }
+        let micro = try PriceArgument.micro(price, option: "--price")
+        let expiresMs = Date().unixMilliseconds + (try DurationArgument.milliseconds(expires, option: "--expires"))
+        let link = try MarketLink(url: url)
+        try requireOptIn(link.database)
+        let ack = try await link.sendOrQueue(
+            .bidPlace, BidBody(taskId: taskId, price: micro), expiresMs: expiresMs, what: "the bid")
+        if json {
+            try Output.json(ack)
+        } else {
+            Output.line("task \(taskId) \(ack.state ?? "bid sent"): `provide` runs it when the payload arrives")
+        }
+    }
+}
+
+struct ProvideCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "provide",
+        abstract: "The provider daemon: stay on the market, take jobs, run them in hardened containers.",
+        discussion: """
+            Keeps the standing offer live (see `advertise`), bids on open tasks that fit it, takes \
+            sealed payloads, asks for approval on this terminal (or applies approval.mode=policy), \
+            reserves limits, runs each job exactly as `execute` does (on the warm pool when \
+            docker.warmPool > 0), streams sealed events to the requester, and sends the signed result \
+            with the usage the gateway metered. `opt-out` (from any terminal) withdraws the offer and \
+            refuses new jobs at once. SIGTERM or Ctrl-C: the offer is withdrawn, running jobs get \
+            --drain to finish, and the rest are handed back to the market.
+            """
+    )
+
+    enum Backend: String, ExpressibleByArgument, CaseIterable {
+        case claude, command
+    }
+
+    @Option(help: "claude (Claude Code, headless) or command (any image + command).") var backend: Backend = .claude
+    @Option(help: ArgumentHelp("Image (default: docker.image).", valueName: "IMAGE")) var image: String?
+    @OptionGroup var offer: OfferOptions
+    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "On stop: how long running jobs may finish before they are handed back.") var drain = "30s"
+    @Flag(name: .customLong("no-bid"), help: "Do not bid on open tasks (only standing-offer matches).") var noBid =
+        false
+    @Flag(help: "Print one JSON line per event.") var json = false
+    @Argument(parsing: .postTerminator, help: "With --backend command: the command to run, after --.")
+    var command: [String] = []
+
+    func validate() throws {
+        if backend == .command && command.isEmpty {
+            throw ValidationError("--backend command needs the command after --, e.g. -- sh -c 'cat'")
+        }
+        if backend == .claude && !command.isEmpty {
+            throw ValidationError("a command after -- is only for --backend command")
+        }
+    }
+
+    func run() async throws {
+        var flags: [String: String] = [:]
+        if let image { flags[ConfigKey.dockerImage.name] = image }
+        let context = CommandContext(flags: flags)
+        let link = try MarketLink(url: url, context: context)
+        try requireOptIn(link.database)
+        let offerStore = OfferStore(database: link.database)
+        let stored = try offerStore.load()
+        let standing = try (offer.given || stored == nil) ? offer.offer(config: link.config, stored: stored) : stored!
+        try offerStore.save(standing)
+        let jobBackend: JobBackend
+        do {
+            jobBackend =
+                backend == .claude
+                ? try ClaudeBackendFactory.make(config: link.config, environment: context.environment)
+                : .command(command)
+        } catch let refusal as JobRefusal {
+            throw CLIError(refusal.reason, exitCode: 3)
+        }
+        let drainMs = try DurationArgument.milliseconds(drain, option: "--drain")
+        let json = self.json
+        let report: @Sendable (ProviderEvent) -> Void = { event in
+            if json {
+                struct Line: Encodable {
+                    var at: String
+                    var task: String?
+                    var message: String
+                }
+                try? Output.json(Line(at: Date().ISO8601Format(), task: event.taskId, message: event.message))
+            } else {
+                Output.line("[\(Date().ISO8601Format())] \(event.message)")
+            }
+        }
+        let config = link.config
+        let sandbox = SandboxSettings(config: config)
+        try await context.withDocker { docker in
+            guard try await docker.inspectImage(sandbox.image) != nil else {
+                throw CLIError(
+                    "image \(sandbox.image) is not present: `claude-max-market docker build` (or --image NAME)")
+            }
+            let pipeline = JobPipeline(
+                database: link.database, config: config, paths: context.paths, docker: docker, actor: "provider")
+            let poolSize = Int(config.integer(.dockerWarmPool))
+            let allowlist = config.list(.egressAllowlist)
+            let egress: EgressPolicy? =
+                allowlist.isEmpty
+                ? nil : EgressPolicy(allowlist: allowlist, byteBudget: config.bytes(.egressByteBudget))
+            let pool: WarmPool? =
+                poolSize > 0
+                ? WarmPool(
+                    docker: docker, template: .init(sandbox: sandbox, backend: jobBackend, egress: egress),
+                    size: poolSize, runDirectory: context.paths.runDirectory, owner: context.paths.ownerID)
+                : nil
+            let holder = DaemonHolder()
+            let session = link.makeSession { _ in await holder.daemon?.connected() }
+            var settings = ProviderDaemon.Settings()
+            settings.autoBid = !noBid
+            settings.drainTimeout = .milliseconds(drainMs)
+            let daemon = ProviderDaemon(
+                session: session, pipeline: pipeline, backend: jobBackend, pool: pool, offer: standing,
+                settings: settings,
+                ask: { question in
+                    guard Output.stdinIsTerminal else { return false }
+                    return try await Output.onOwnThread { try Output.confirm(question.text, assumeYes: false) }
+                }, report: report)
+            holder.daemon = daemon
+            report(
+                ProviderEvent(
+                    taskId: nil,
+                    message:
+                        "provider \(link.me) on \(link.url): \(standing.slots) slot(s) at \(Credits(micro: standing.price)), \(jobBackend.name) backend, approval \(config.text(.approvalMode)), warm pool \(poolSize)"
+                ))
+            if config.text(.approvalMode) == "manual" && !Output.stdinIsTerminal {
+                report(
+                    ProviderEvent(
+                        taskId: nil,
+                        message:
+                            "warning: approval.mode=manual without a terminal: every job will be refused (set approval.mode=policy)"
+                    ))
+            }
+            let poolTask = pool.map { pool in Task { try? await pool.run() } }
+            let sessionTask = Task { await session.run() }
+            let daemonTask = Task { await daemon.run() }
+            await StopSignal.wait()
+            report(ProviderEvent(taskId: nil, message: "stopping: offer withdrawn, running jobs get \(drain)"))
+            await daemon.stop()
+            let deadline = ContinuousClock.now + .seconds(3)
+            while await session.outboxCount > 0, await session.isConnected, ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            sessionTask.cancel()
+            await sessionTask.value
+            daemonTask.cancel()
+            await daemonTask.value
+            poolTask?.cancel()
+            await poolTask?.value
+            report(ProviderEvent(taskId: nil, message: "provider stopped"))
+        }
+    }
+}
+
+final class DaemonHolder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: ProviderDaemon?
+    var daemon: ProviderDaemon? {
+        get { lock.withLock { value } }
+        set { lock.withLock { value = newValue } }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+enum StopSignal {
+    static func wait() async {
+        let (stream, continuation) = AsyncStream.makeStream(of: Void.self)
+        var sources: [DispatchSourceSignal] = []
+        for number in [SIGTERM, SIGINT] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number)
+            source.setEventHandler { continuation.yield() }
+            source.resume()
+            sources.append(source)
+        }
+        for await _ in stream { break }
+        for source in sources { source.cancel() }
+    }
+}

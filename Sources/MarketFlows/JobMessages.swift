@@ -1,0 +1,186 @@
+import Crypto
+import Foundation
+import JobRunner
+import MarketClient
+import MarketCore
+import MarketCrypto
+import Synchronization
+
+/// What travels sealed between the parties of a market job (docs/PROTOCOL.md, "Sealed job
+/// content"). The market relays these as ciphertext and never sees them.
+public enum JobContent {
+    /// `payload.deliver`, requester → provider.
+    public struct Payload: Codable, Sendable, Equatable {
+        public var v = 1
+        public var taskId: String
+        /// The prompt, base64: bytes, not text, so any input survives.
+        public var prompt: String
+        public init(taskId: String, prompt: Data) {
+            self.taskId = taskId
+            self.prompt = prompt.base64EncodedString()
+        }
+        public var promptData: Data? { Data(base64Encoded: prompt) }
+    }
+
+    /// One item of a `job.event` batch.
+    public struct Item: Codable, Sendable, Equatable {
+        /// `started`, `line` (a command's output), `text` (Claude's words), `tool` (a tool used).
+        public var kind: String
+        public var stream: String?
+        public var text: String?
+        public init(kind: String, stream: String? = nil, text: String? = nil) {
+            self.kind = kind
+            self.stream = stream
+            self.text = text
+        }
+    }
+
+    /// `job.event`, provider → requester: output items in order.
+    public struct EventBatch: Codable, Sendable, Equatable {
+        public var taskId: String
+        public var items: [Item]
+    }
+
+    /// `job.result`, provider → requester; its SHA-256 is the message's `resultHash`.
+    public struct Result: Codable, Sendable, Equatable {
+        public var v = 1
+        public var taskId: String
+        /// `succeeded`, `failed`, `timed-out`, `over_budget`, `output_limit`.
+        public var state: String
+        public var exitCode: Int?
+        /// Claude's answer, or a command's standard output (at most `maxOutputBytes`).
+        public var output: String
+        public var truncated: Bool
+        public var error: String?
+        public var usage: JobUsage
+        /// Whether `usage` was metered by the provider's gateway (API key mode).
+        public var metered: Bool
+        public var seconds: Double
+        public var redactions: Int
+    }
+
+    /// Sealed fields may hold up to 900 000 bytes of base64: the output kept in a result stays
+    /// well below that.
+    public static let maxOutputBytes = 600_000
+
+    public static func encode(_ value: some Encodable) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return try encoder.encode(value)
+    }
+
+    public static func seal(_ value: some Encodable, to document: PublicKeyDocument, purpose: SealPurpose) throws
+        -> (sealed: String, plaintext: Data)
+    {
+        let plaintext = try encode(value)
+        let sealed = try Sealer.seal(plaintext, to: try document.publicKeys(), purpose: purpose)
+        return (sealed.base64EncodedString(), plaintext)
+    }
+
+    public static func sha256Hex(_ data: Data) -> String {
+        SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+/// Relayed frames are checked against the sender's own key document, never the market's word.
+public enum RelayedFrame {
+    /// How old a relayed frame may be: the market keeps payloads and results for a peer that
+    /// was away, so the usual ±5 minutes would refuse honest frames.
+    public static let windowMs: Int64 = 30 * 24 * 3600 * 1000
+
+    public static func verify(_ envelope: Envelope, from document: PublicKeyDocument, nowMs: Int64) throws {
+        guard envelope.from == document.peerId else {
+            throw MarketClientError(
+                "a relayed \(envelope.type) claims to be from \(envelope.from), not \(document.peerId)")
+        }
+        guard let raw = Data(base64Encoded: document.signingKey),
+            let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw)
+        else { throw MarketClientError("the key document of \(document.peerId) has no usable signing key") }
+        do {
+            try EnvelopeVerifier(replayCache: NoReplay(), windowMs: windowMs).verifySignature(
+                envelope, signingKey: key, nowMs: nowMs)
+        } catch {
+            throw MarketClientError("a relayed \(envelope.type) does not verify: \(error.message)")
+        }
+    }
+
+    /// A key document from `task.assigned`: signed by its own key, and for the peer it names.
+    public static func document(_ text: String, for peer: String) throws -> PublicKeyDocument {
+        let document = try PublicKeyDocument.verified(from: Data(text.utf8))
+        guard document.peerId == peer else {
+            throw MarketClientError("the key document offered for \(peer) belongs to \(document.peerId)")
+        }
+        return document
+    }
+
+    struct NoReplay: ReplayCache {
+        func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> ReplayCacheResult { .inserted }
+    }
+}
+
+/// Turns a job's output into sealed `job.event` frames, in order and in batches (at most 64 KiB
+/// of text each), without slowing the job: output is buffered and a single task sends.
+final class EventStreamer: Sendable {
+    final class Buffer: Sendable {
+        let state = Mutex<(items: [JobContent.Item], finished: Bool)>(([], false))
+    }
+    private let buffer = Buffer()
+    private let signal: AsyncStream<Void>.Continuation
+    private let sender: Task<Void, Never>
+
+    init(
+        taskId: String, requester: PublicKeyDocument, session: MarketSession,
+        onError: @escaping @Sendable (String) -> Void
+    ) {
+        let (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        signal = continuation
+        let buffer = self.buffer
+        sender = Task {
+            var seq = 0
+            var finished = false
+            for await _ in stream {
+                var items: [JobContent.Item] = []
+                buffer.state.withLock {
+                    items = $0.items
+                    $0.items = []
+                    finished = $0.finished
+                }
+                var batch: [JobContent.Item] = []
+                var bytes = 0
+                func send() async {
+                    guard !batch.isEmpty else { return }
+                    do {
+                        let (sealed, _) = try JobContent.seal(
+                            JobContent.EventBatch(taskId: taskId, items: batch), to: requester, purpose: .result)
+                        try await session.sendNow(.jobEvent, SealedBody(taskId: taskId, sealed: sealed, seq: seq))
+                    } catch {
+                        onError("event \(seq) of task \(taskId) was not sent: \(error)")
+                    }
+                    seq += 1
+                    batch = []
+                    bytes = 0
+                }
+                for item in items {
+                    let size = item.text?.utf8.count ?? 0
+                    if bytes + size > 64 << 10 { await send() }
+                    batch.append(item)
+                    bytes += size
+                }
+                await send()
+                if finished { break }
+            }
+        }
+    }
+
+    func add(_ item: JobContent.Item) {
+        buffer.state.withLock { $0.items.append(item) }
+        signal.yield()
+    }
+
+    /// Sends what is left and stops.
+    func finish() async {
+        buffer.state.withLock { $0.finished = true }
+        signal.yield()
+        await sender.value
+    }
+}

@@ -1,0 +1,378 @@
+import DockerEngine
+import Foundation
+import JobRunner
+import Logging
+import MarketCore
+import MarketCrypto
+import Participant
+import Synchronization
+
+/// Why a job did not run: the CLI turns each into its exit code, the provider daemon into a
+/// `job.rejected` with the reason.
+public struct JobRefusal: Error, Sendable, CustomStringConvertible {
+    public enum Kind: Sendable { case consent, approval, limits }
+    public let kind: Kind
+    public let reason: String
+    public init(_ kind: Kind, _ reason: String) {
+        self.kind = kind
+        self.reason = reason
+    }
+    public var description: String { reason }
+}
+
+/// One job, as the pipeline runs it: a local `execute` or a market job.
+public struct PipelineJob: Sendable {
+    public var id: String
+    /// `local` or `market`.
+    public var role: String
+    public var prompt: Data
+    public var backend: JobBackend
+    /// The peer the job is run for (this participant for a local job).
+    public var requester: String
+    /// For a market job: the task id and the price, shown in the approval question.
+    public var taskID: String?
+    public var price: Credits?
+
+    public init(
+        id: String, role: String, prompt: Data, backend: JobBackend, requester: String, taskID: String? = nil,
+        price: Credits? = nil
+    ) {
+        self.id = id
+        self.role = role
+        self.prompt = prompt
+        self.backend = backend
+        self.requester = requester
+        self.taskID = taskID
+        self.price = price
+    }
+
+    public var backendDescription: String {
+        switch backend {
+        case .command(let command): "command " + command.joined(separator: " ")
+        case .claude(let options): "claude (\(options.model))"
+        }
+    }
+
+    var model: String? {
+        if case .claude(let options) = backend { return options.model }
+        return nil
+    }
+}
+
+/// What the approval question shows, for a person to decide on.
+public struct ApprovalQuestion: Sendable {
+    public var text: String
+    public var jobID: String
+}
+
+/// The one path every job takes, local or from the market: consent → approval → limits
+/// reservation → sandboxed run (cold, or on a warm-pool container) → metered usage → audit.
+/// The CLI only parses and renders around it; the provider daemon calls the same `run`.
+public struct JobPipeline: Sendable {
+    public let database: StateDatabase
+    public let config: ResolvedConfig
+    public let paths: ParticipantPaths
+    public let docker: DockerClient
+    public let actor: String
+    let logger: Logger
+
+    public init(
+        database: StateDatabase, config: ResolvedConfig, paths: ParticipantPaths, docker: DockerClient,
+        actor: String = "user", logger: Logger = Logger(label: "cmm.pipeline")
+    ) {
+        self.database = database
+        self.config = config
+        self.paths = paths
+        self.docker = docker
+        self.actor = actor
+        self.logger = logger
+    }
+
+    /// Hooks around the run, for the caller's terminal or its market messages.
+    public struct Hooks: Sendable {
+        /// Manual approval: asked with the question; true runs the job. Without a person to
+        /// ask, refuse (return false).
+        public var ask: @Sendable (ApprovalQuestion) async throws -> Bool = { _ in false }
+        /// The container exists (cold run) before the approval is asked.
+        public var created: @Sendable (String) -> Void = { _ in }
+        /// Approved and reserved: the job is about to start.
+        public var approved: @Sendable () async throws -> Void = {}
+        public var output: @Sendable (JobOutput) -> Void = { _ in }
+        public init() {}
+    }
+
+    var limits: Limits { Limits(config: config) }
+    var now: Date { Date() }
+
+    /// Runs the job; a refusal (consent, approval, limits) throws `JobRefusal` with nothing run.
+    /// With a `pool` the job takes a started container when one is ready.
+    public func run(_ job: PipelineJob, pool: WarmPool? = nil, hooks: Hooks) async throws -> JobReport {
+        try checkConsent(job)
+        let jobs = JobStore(database: database)
+        let sandbox = SandboxSettings(config: config)
+        let allowlist = config.list(.egressAllowlist)
+        let egress: EgressPolicy? =
+            allowlist.isEmpty ? nil : EgressPolicy(allowlist: allowlist, byteBudget: config.bytes(.egressByteBudget))
+        let request = JobRequest(id: job.id, prompt: job.prompt, backend: job.backend, sandbox: sandbox, egress: egress)
+        let estimatedTokens: Int64 = job.model == nil ? 0 : limits.maxTokensPerTask
+        let reservation = JobReservation(
+            id: job.id, role: job.role, backend: job.backend.name, model: job.model, requester: job.requester,
+            image: sandbox.image, promptBytes: Int64(job.prompt.count), estimatedTokens: estimatedTokens)
+        let reserved = ReservedFlag()
+        let admit: @Sendable () async throws -> Void = {
+            try await decide(job, estimatedTokens: estimatedTokens, ask: hooks.ask)
+            do {
+                _ = try jobs.reserve(reservation, limits: limits, actor: actor, at: now)
+            } catch let error as LimitError {
+                throw JobRefusal(.limits, error.description)
+            }
+            reserved.set()
+            try await hooks.approved()
+            try jobs.markRunning(job.id, actor: "runner", at: now, details: ["image": sandbox.image])
+        }
+        let executor = JobExecutor(docker: docker, runDirectory: paths.runDirectory, owner: paths.ownerID)
+        let report: JobReport
+        do {
+            try request.validate()
+            if let pool, let slot = await pool.take() {
+                do {
+                    try await admit()
+                } catch {
+                    // The container was never given a job: it goes, and the pool makes another.
+                    let docker = self.docker
+                    await Task { try? await docker.removeContainer(slot.containerID, force: true) }.value
+                    await pool.release(slot)
+                    throw error
+                }
+                do {
+                    report = try await executor.run(request, on: slot, onOutput: hooks.output)
+                    await pool.release(slot)
+                } catch {
+                    await pool.release(slot)
+                    throw error
+                }
+            } else {
+                report = try await executor.run(
+                    request,
+                    whenCreated: { containerID in
+                        hooks.created(containerID)
+                        try await admit()
+                    }, onOutput: hooks.output)
+            }
+        } catch {
+            if reserved.isSet {
+                try? jobs.finish(
+                    job.id, outcome: JobOutcome(state: .failed, error: "\(error)"), actor: "runner", at: now)
+            }
+            throw error
+        }
+        try record(report, jobID: job.id)
+        return report
+    }
+
+    func checkConsent(_ job: PipelineJob) throws {
+        let consent = try ConsentStore(database: database).current()
+        guard consent.termsAccepted else {
+            throw JobRefusal(
+                .consent,
+                "the terms are not accepted: read `claude-max-market terms`, then `terms --accept` and `opt-in --claude-jobs`"
+            )
+        }
+        guard consent.optIn != nil else {
+            throw JobRefusal(.consent, "not opted in: run `claude-max-market opt-in --claude-jobs` first")
+        }
+        if job.role == "market", case .claude(let options) = job.backend, case .loginVolume = options.credential,
+            !config.boolean(.marketAllowSubscriptionLogin)
+        {
+            throw JobRefusal(
+                .consent,
+                "market jobs on a subscription login are off (market.allowSubscriptionLogin=false): read `terms` first")
+        }
+    }
+
+    /// Manual mode asks (through `ask`); policy mode applies the approval.* rules. Audited either way.
+    func decide(_ job: PipelineJob, estimatedTokens: Int64, ask: @Sendable (ApprovalQuestion) async throws -> Bool)
+        async throws
+    {
+        func refuse(_ reason: String) throws -> Never {
+            try database.audit(
+                actor: actor, kind: "job.refused", details: ["job": job.id, "reason": reason], at: now)
+            throw JobRefusal(.approval, "job refused: \(reason)")
+        }
+        if config.text(.approvalMode) == "policy" {
+            let maxBytes = config.integer(.approvalMaxPromptBytes)
+            if Int64(job.prompt.count) > maxBytes {
+                try refuse("the prompt is \(job.prompt.count) bytes, policy allows \(maxBytes)")
+            }
+            if config.list(.approvalDeniedRequesters).contains(job.requester) {
+                try refuse("requester \(job.requester) is denied")
+            }
+            let allowed = config.list(.approvalAllowedRequesters)
+            if !allowed.isEmpty && !allowed.contains(job.requester) {
+                try refuse("requester \(job.requester) is not allowed")
+            }
+            if estimatedTokens > limits.maxTokensPerTask { try refuse("\(estimatedTokens) tokens exceed the policy") }
+            try database.audit(
+                actor: "policy", kind: "job.approved", details: ["job": job.id, "mode": "policy"], at: now)
+            return
+        }
+        let usage = try JobStore(database: database).usage(at: now)
+        let text = String(decoding: job.prompt, as: UTF8.self)
+        let shown = text.count > 2000 ? String(text.prefix(2000)) + "… (\(text.count - 2000) more characters)" : text
+        var header = "Job \(job.id)"
+        if let task = job.taskID {
+            header += "\n  market task: \(task) from \(job.requester)"
+            if let price = job.price { header += " at \(price)" }
+        }
+        let question = """
+            \(header)
+              backend:  \(job.backendDescription)
+              image:    \(config.text(.dockerImage))
+              prompt:   \(job.prompt.count) bytes
+            \(shown.split(separator: "\n", omittingEmptySubsequences: false).map { "    │ \($0)" }.joined(separator: "\n"))
+              limits left today: \(max(0, limits.dailyTasks - usage.day.tasks)) jobs, \(max(0, limits.dailyTokens - usage.day.tokens)) tokens
+            Run it?
+            """
+        guard (try? await ask(ApprovalQuestion(text: question, jobID: job.id))) == true else {
+            try refuse("not approved")
+        }
+        try database.audit(actor: actor, kind: "job.approved", details: ["job": job.id, "mode": "manual"], at: now)
+    }
+
+    /// The job's record, audit summaries and usage: in API-key mode the gateway's meter, never
+    /// what the job printed.
+    func record(_ report: JobReport, jobID: String) throws {
+        let jobs = JobStore(database: database)
+        let total = report.totalUsage
+        let state: JobState =
+            switch report.state {
+            case .succeeded: .succeeded
+            case .failed: .failed
+            case .timedOut: .timedOut
+            case .cancelled: .cancelled
+            case .overBudget: .overBudget
+            case .outputLimit: .outputLimit
+            }
+        for notice in report.rateLimits {
+            try jobs.recordRateLimit(
+                jobID: jobID, window: notice.window, status: notice.status, resetsAt: notice.resetsAt, at: now)
+        }
+        if report.redactions > 0 {
+            try database.audit(
+                actor: "runner", kind: "job.redacted", details: ["job": jobID, "count": String(report.redactions)],
+                at: now)
+        }
+        // One summary per job, with a bounded sample: a job that knocks on a million doors
+        // does not write a million rows.
+        if !report.egress.isEmpty {
+            let allowed = Set(report.egress.filter(\.allowed).map { "\($0.host):\($0.port)" }).sorted()
+            let refused = Set(report.egress.filter { !$0.allowed }.map { "\($0.host):\($0.port)" }).sorted()
+            try database.audit(
+                actor: "egress", kind: "egress.summary",
+                details: [
+                    "job": jobID, "allowed": String(report.egressCounts.allowed),
+                    "refused": String(report.egressCounts.refused), "bytes": String(report.egressBytes),
+                    "allowedHosts": allowed.prefix(5).joined(separator: ","),
+                    "refusedSample": refused.prefix(5).joined(separator: ","),
+                ],
+                at: now)
+        }
+        if report.metered {
+            let refusals = Set(report.gateway.filter { !$0.forwarded }.map(\.reason)).sorted()
+            try database.audit(
+                actor: "gateway", kind: "gateway.summary",
+                details: [
+                    "job": jobID, "forwarded": String(report.gatewayCounts.forwarded),
+                    "refused": String(report.gatewayCounts.refused),
+                    "tokens": String(total.allTokens),
+                    "refusals": refusals.prefix(3).map { String($0.prefix(120)) }.joined(separator: " | "),
+                ],
+                at: now)
+        }
+        try jobs.finish(
+            jobID,
+            outcome: JobOutcome(
+                state: state, inputTokens: total.inputTokens, outputTokens: total.outputTokens,
+                cacheReadTokens: total.cacheReadInputTokens, cacheCreationTokens: total.cacheCreationInputTokens,
+                costUSD: total.costUSD, model: report.usage.max { $0.value.outputTokens < $1.value.outputTokens }?.key,
+                exitCode: report.exitCode.map(Int64.init),
+                error: report.error),
+            actor: "runner", at: now)
+    }
+}
+
+final class ReservedFlag: Sendable {
+    private let value = Atomic(false)
+    func set() { value.store(true, ordering: .sequentiallyConsistent) }
+    var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
+}
+
+extension SandboxSettings {
+    /// The job container's limits from the participant's config.
+    public init(config: ResolvedConfig) {
+        self.init(
+            image: config.text(.dockerImage), memoryBytes: config.bytes(.dockerMemory),
+            cpuShares: config.integer(.dockerCPUShares), pidsLimit: config.integer(.dockerPidsLimit),
+            tmpfsBytes: config.bytes(.dockerTmpfsSize), timeout: .seconds(config.integer(.dockerTimeoutSeconds)),
+            nanoCPUs: config.hundredths(.dockerCPUs) * 10_000_000, maxOutputBytes: config.bytes(.dockerMaxOutput))
+    }
+}
+
+/// The `claude` backend as configured: the credential mode, the gateway, the model and tools.
+public enum ClaudeBackendFactory {
+    public static func make(config: ResolvedConfig, environment: [String: String]) throws -> JobBackend {
+        let credential: ClaudeCredential
+        switch config.text(.claudeCredentialMode) {
+        case "subscription":
+            credential = .loginVolume(config.text(.claudeLoginVolume))
+        default:
+            guard let key = try apiKey(config: config, environment: environment) else {
+                throw JobRefusal(
+                    .consent,
+                    "no API key: export ANTHROPIC_API_KEY or set claude.apiKeyFile (claude.credentialMode=api-key)")
+            }
+            credential = .apiKey(key)
+        }
+        return .claude(
+            ClaudeOptions(
+                model: config.text(.claudeModel), maxTurns: Int(config.integer(.claudeMaxTurns)),
+                allowedTools: config.list(.claudeAllowedTools), credential: credential,
+                gateway: try gatewaySettings(config: config, environment: environment),
+                tokenBudget: Limits(config: config).maxTokensPerTask))
+    }
+
+    /// The API key from the 0600 file or the environment; nil when there is none.
+    public static func apiKey(config: ResolvedConfig, environment: [String: String]) throws -> String? {
+        let file = config.text(.claudeAPIKeyFile)
+        let key: String
+        if file == "-" {
+            key = environment["ANTHROPIC_API_KEY"] ?? ""
+        } else {
+            guard let mode = FilePermissions.mode(of: file), mode & 0o077 == 0 else {
+                throw JobRefusal(.consent, "API key file \(file) must exist with mode 0600")
+            }
+            key =
+                (try? String(contentsOfFile: file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+                ?? ""
+        }
+        return key.isEmpty ? nil : key
+    }
+
+    /// Where the gateway forwards. `CMM_TEST_GATEWAY_CA_FILE` (tests only) names a PEM file of
+    /// certificate authorities trusted instead of the system's, for a loopback test upstream.
+    public static func gatewaySettings(config: ResolvedConfig, environment: [String: String]) throws
+        -> GatewaySettings
+    {
+        var settings = GatewaySettings(upstream: URL(string: config.text(.claudeAPIBaseURL))!)
+        if let file = environment["CMM_TEST_GATEWAY_CA_FILE"], !file.isEmpty {
+            guard let pem = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw JobRefusal(.consent, "CMM_TEST_GATEWAY_CA_FILE: cannot read \(file)")
+            }
+            settings.trustRootsPEM = pem
+        }
+        if let seconds = environment["CMM_TEST_GATEWAY_TIMEOUT"].flatMap(Int.init), seconds > 0 {
+            settings.timeout = .seconds(seconds)
+        }
+        return settings
+    }
+}

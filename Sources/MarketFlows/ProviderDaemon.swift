@@ -1,0 +1,353 @@
+import DockerEngine
+import Foundation
+import JobRunner
+import Logging
+import MarketClient
+import MarketCore
+import MarketCrypto
+import Participant
+import Synchronization
+
+extension Outbox: OutboxStorage {}
+
+/// What the daemon reports as it works: one line each, for the terminal or a log.
+public struct ProviderEvent: Sendable {
+    public var taskId: String?
+    public var message: String
+    public init(taskId: String?, message: String) {
+        self.taskId = taskId
+        self.message = message
+    }
+}
+
+/// The provider daemon (`provide`): keeps the offer live, bids per policy, takes sealed
+/// payloads, asks for approval (or applies `approval.mode=policy`), runs each job through the
+/// same `JobPipeline` as `execute`, streams sealed events, and sends the signed result with the
+/// usage the gateway metered. Opting out withdraws the offer and refuses new jobs at once; a
+/// stop finishes running jobs for a while, then hands the rest back.
+public actor ProviderDaemon {
+    public struct Settings: Sendable {
+        public var autoBid = true
+        /// How long `stop()` lets running jobs finish before handing them back.
+        public var drainTimeout: Duration = .seconds(30)
+        public var consentPoll: Duration = .seconds(1)
+        public init() {}
+    }
+
+    struct Assignment: Sendable {
+        var requester: PublicKeyDocument
+        var price: Int64
+    }
+
+    let session: MarketSession
+    let pipeline: JobPipeline
+    let backend: JobBackend
+    let pool: WarmPool?
+    let settings: Settings
+    let ask: @Sendable (ApprovalQuestion) async throws -> Bool
+    let report: @Sendable (ProviderEvent) -> Void
+    let tasks: MarketTaskStore
+    var keys: KeyRing { session.keys }
+
+    private var offer: AdvertiseBody?
+    private var assignments: [String: Assignment] = [:]
+    private var taken: Set<String> = []
+    private var running: [String: Task<Void, Never>] = [:]
+    private var optedOut = false
+    private var stopping = false
+    public private(set) var finishedJobs = 0
+
+    public init(
+        session: MarketSession, pipeline: JobPipeline, backend: JobBackend, pool: WarmPool?,
+        offer: AdvertiseBody?, settings: Settings = Settings(),
+        ask: @escaping @Sendable (ApprovalQuestion) async throws -> Bool,
+        report: @escaping @Sendable (ProviderEvent) -> Void
+    ) {
+        self.session = session
+        self.pipeline = pipeline
+        self.backend = backend
+        self.pool = pool
+        self.offer = offer
+        self.settings = settings
+        self.ask = ask
+        self.report = report
+        self.tasks = MarketTaskStore(database: pipeline.database)
+    }
+
+    var nowMs: Int64 { Date().unixMilliseconds }
+    var database: StateDatabase { pipeline.database }
+
+    func note(_ message: String, task: String? = nil) { report(ProviderEvent(taskId: task, message: message)) }
+
+    func audit(_ kind: String, _ details: [String: String]) {
+        _ = try? database.audit(actor: "provider", kind: kind, details: details, at: Date())
+    }
+
+    // MARK: Running
+
+    /// Handles the market's frames until the session ends; watches consent meanwhile.
+    public func run() async {
+        optedOut = !((try? ConsentStore(database: database).current().optIn) != nil)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.watchConsent() }
+            for await frame in session.frames {
+                await handle(frame)
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Called on every (re)connection: the offer goes out again, unless opted out or stopping.
+    public func connected() async {
+        guard let offer, !optedOut, !stopping else { return }
+        do {
+            let ack = try await session.request(.offerAdvertise, offer, timeout: .seconds(15))
+            note("offer live: \(offer.slots) slot(s) at \(Credits(micro: offer.price)) (\(ack.note ?? "advertised"))")
+        } catch {
+            note("could not advertise: \(error)")
+        }
+    }
+
+    private func watchConsent() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: settings.consentPoll)
+            let opted = (try? ConsentStore(database: database).current().optIn) != nil
+            if !opted && !optedOut {
+                optedOut = true
+                note("opted out: withdrawing the offer and refusing new jobs")
+                audit("provider.opted-out", ["peerId": keys.peerID.rawValue])
+                _ = try? await session.request(.offerWithdraw, EmptyBody(), timeout: .seconds(10))
+            } else if opted && optedOut && !stopping {
+                optedOut = false
+                await connected()
+            }
+        }
+    }
+
+    /// SIGTERM: withdraw, let running jobs finish for `drainTimeout`, then hand back the rest
+    /// (`job.failed`, so the market re-opens them for another provider at once).
+    public func stop() async {
+        stopping = true
+        _ = try? await session.request(.offerWithdraw, EmptyBody(), timeout: .seconds(5))
+        let deadline = ContinuousClock.now + settings.drainTimeout
+        while !running.isEmpty && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        for (taskId, job) in running {
+            note("handing back task \(taskId): the provider is stopping", task: taskId)
+            job.cancel()
+        }
+        for job in running.values { await job.value }
+    }
+
+    public var runningCount: Int { running.count }
+
+    // MARK: Frames
+
+    func handle(_ frame: Envelope) async {
+        switch frame.messageType {
+        case .taskOpen:
+            guard let open = try? frame.decodeBody(OpenTaskBody.self) else { return }
+            await consider(open)
+        case .taskAssigned:
+            guard let assigned = try? frame.decodeBody(AssignedBody.self), assigned.provider == keys.peerID.rawValue
+            else { return }
+            do {
+                let document = try RelayedFrame.document(assigned.requesterKeyDocument, for: assigned.requester)
+                if assignments[assigned.taskId] == nil {
+                    note(
+                        "won task \(assigned.taskId) from \(assigned.requester) at \(Credits(micro: assigned.price))",
+                        task: assigned.taskId)
+                    try? tasks.insert(
+                        LocalMarketTask(
+                            taskId: assigned.taskId, role: "provider", state: "assigned",
+                            counterparty: assigned.requester, maxPrice: assigned.price, price: assigned.price,
+                            createdMs: nowMs, updatedMs: nowMs), prompt: nil)
+                }
+                assignments[assigned.taskId] = Assignment(requester: document, price: assigned.price)
+            } catch {
+                await reject(assigned.taskId, "the requester's key document does not verify: \(error)")
+            }
+        case .payloadDeliver:
+            await deliver(frame)
+        case .settlement:
+            guard let settlement = try? frame.decodeBody(SettlementBody.self) else { return }
+            try? tasks.update(settlement.taskId, state: settlement.state, at: nowMs)
+            let earned = settlement.movements.filter {
+                $0.to == "peer:\(keys.peerID.rawValue)" && $0.kind != "refund"
+            }.map(\.amount).reduce(0, +)
+            note(
+                "task \(settlement.taskId) \(settlement.state)"
+                    + (earned > 0 ? ": earned \(Credits(micro: earned))" : "")
+                    + (settlement.reason.map { " (\($0))" } ?? ""), task: settlement.taskId)
+            if ["settled", "refunded", "cancelled", "open"].contains(settlement.state) {
+                assignments[settlement.taskId] = nil
+            }
+        case .jobDispute:
+            guard let dispute = try? frame.decodeBody(ReasonBody.self) else { return }
+            try? tasks.update(dispute.taskId, state: "disputed", note: dispute.reason, at: nowMs)
+            note("task \(dispute.taskId) disputed: \(dispute.reason)", task: dispute.taskId)
+            audit("market.disputed", ["task": dispute.taskId, "reason": dispute.reason])
+        case .error:
+            if let error = frame.errorBody { note("market: \(error.code): \(error.message)") }
+        default:
+            break
+        }
+    }
+
+    /// Bids on an open task the offer fits, at the offer's price, while a slot is free.
+    func consider(_ open: OpenTaskBody) async {
+        guard settings.autoBid, let offer, !optedOut, !stopping, open.requester != keys.peerID.rawValue,
+            open.maxPrice >= offer.price, running.count < offer.slots
+        else { return }
+        if let model = open.model, let models = offer.models, !models.isEmpty, !models.contains(model) { return }
+        do {
+            let ack = try await session.request(
+                .bidPlace, BidBody(taskId: open.taskId, price: offer.price), expiresMs: open.expiresMs,
+                timeout: .seconds(15))
+            note("bid on task \(open.taskId): \(ack.state ?? "sent")", task: open.taskId)
+        } catch {
+            note("bid on task \(open.taskId) not taken: \(error)", task: open.taskId)
+        }
+    }
+
+    /// A sealed payload from the requester: checked, opened, and run.
+    func deliver(_ frame: Envelope) async {
+        guard let body = try? frame.decodeBody(SealedBody.self) else { return }
+        let taskId = body.taskId
+        guard !taken.contains(taskId) else { return }  // sent again after a reconnect
+        guard let assignment = assignments[taskId] else {
+            note("a payload for task \(taskId), which is not assigned to this provider, was ignored", task: taskId)
+            return
+        }
+        do {
+            try RelayedFrame.verify(frame, from: assignment.requester, nowMs: nowMs)
+        } catch {
+            note("refused a payload for task \(taskId): \(error)", task: taskId)
+            audit("market.payload-refused", ["task": taskId, "reason": "\(error)"])
+            return
+        }
+        taken.insert(taskId)
+        let prompt: Data
+        do {
+            guard let sealed = Data(base64Encoded: body.sealed) else { throw MarketClientError("not base64") }
+            let (plaintext, _) = try Sealer.open(sealed, keys: keys)
+            let payload = try JSONDecoder().decode(JobContent.Payload.self, from: plaintext)
+            guard payload.taskId == taskId, let data = payload.promptData else {
+                throw MarketClientError("the payload names task \(payload.taskId), not \(taskId)")
+            }
+            prompt = data
+        } catch {
+            await reject(taskId, "the payload could not be opened with this provider's keys: \(error)")
+            return
+        }
+        if optedOut || stopping {
+            await reject(taskId, optedOut ? "the provider has opted out" : "the provider is stopping")
+            return
+        }
+        let job = Task { await self.run(taskId: taskId, assignment: assignment, prompt: prompt) }
+        running[taskId] = job
+    }
+
+    func reject(_ taskId: String, _ reason: String) async {
+        note("rejected task \(taskId): \(reason)", task: taskId)
+        try? tasks.update(taskId, state: "rejected", note: reason, at: nowMs)
+        _ = try? await session.enqueue(.jobRejected, ReasonBody(taskId: taskId, reason: String(reason.prefix(1000))))
+    }
+
+    // MARK: One job
+
+    func run(taskId: String, assignment: Assignment, prompt: Data) async {
+        defer { running[taskId] = nil }
+        let jobID = UUID().uuidString.lowercased()
+        try? tasks.update(taskId, jobId: jobID, at: nowMs)
+        let job = PipelineJob(
+            id: jobID, role: "market", prompt: prompt, backend: backend, requester: assignment.requester.peerId,
+            taskID: taskId, price: Credits(micro: assignment.price))
+        let report = self.report
+        let streamer = EventStreamer(
+            taskId: taskId, requester: assignment.requester, session: session,
+            onError: { report(ProviderEvent(taskId: taskId, message: $0)) })
+        let isClaude = backend.name == "claude"
+        let session = self.session
+        let output = OutputKeeper(limit: JobContent.maxOutputBytes)
+        var hooks = JobPipeline.Hooks()
+        hooks.ask = ask
+        hooks.approved = {
+            _ = try await session.request(.jobApproved, TaskRefBody(taskId: taskId), timeout: .seconds(30))
+            report(ProviderEvent(taskId: taskId, message: "approved and started task \(taskId)"))
+        }
+        hooks.output = { event in
+            switch event {
+            case .started: streamer.add(JobContent.Item(kind: "started"))
+            case .line(let stream, let text):
+                if stream == .stdout && !isClaude { output.add(text) }
+                if !isClaude || stream == .stderr {
+                    streamer.add(
+                        JobContent.Item(kind: "line", stream: stream == .stderr ? "stderr" : "stdout", text: text))
+                }
+            case .event(.text(let text)): streamer.add(JobContent.Item(kind: "text", text: text))
+            case .event(.toolUse(let name)): streamer.add(JobContent.Item(kind: "tool", text: name))
+            default: break
+            }
+        }
+        do {
+            let result = try await pipeline.run(job, pool: pool, hooks: hooks)
+            await streamer.finish()
+            if result.state == .cancelled {
+                try? tasks.update(taskId, state: "handed-back", at: nowMs)
+                _ = try? await session.enqueue(
+                    .jobFailed, ReasonBody(taskId: taskId, reason: "the provider stopped before the job finished"))
+                return
+            }
+            let usage = result.totalUsage
+            let text = isClaude ? (result.result?.text ?? "") : output.text
+            let content = JobContent.Result(
+                taskId: taskId, state: result.state.rawValue, exitCode: result.exitCode,
+                output: String(text.utf8.prefix(JobContent.maxOutputBytes)) ?? "",
+                truncated: output.truncated || text.utf8.count > JobContent.maxOutputBytes, error: result.error,
+                usage: JobUsage(inputTokens: usage.inputTokens, outputTokens: usage.outputTokens),
+                metered: result.metered, seconds: result.duration.inSeconds, redactions: result.redactions)
+            let (sealed, plaintext) = try JobContent.seal(content, to: assignment.requester, purpose: .result)
+            let hash = JobContent.sha256Hex(plaintext)
+            try await session.enqueue(
+                .jobResult,
+                ResultBody(taskId: taskId, sealed: sealed, resultHash: hash, usage: content.usage))
+            try? tasks.update(taskId, state: "delivered", at: nowMs)
+            finishedJobs += 1
+            note(
+                "task \(taskId) \(result.state.rawValue) in \(String(format: "%.1f", result.duration.inSeconds)) s; result sent",
+                task: taskId)
+        } catch let refusal as JobRefusal {
+            await streamer.finish()
+            await reject(taskId, refusal.reason)
+        } catch {
+            await streamer.finish()
+            note("task \(taskId) failed on this provider: \(error)", task: taskId)
+            try? tasks.update(taskId, state: "failed", note: "\(error)", at: nowMs)
+            _ = try? await session.enqueue(
+                .jobFailed,
+                ReasonBody(taskId: taskId, reason: String("the provider could not run the job: \(error)".prefix(1000))))
+        }
+    }
+}
+
+/// A command's standard output for the result, up to a limit.
+final class OutputKeeper: Sendable {
+    private let state = Mutex<(text: String, truncated: Bool)>(("", false))
+    let limit: Int
+    init(limit: Int) { self.limit = limit }
+
+    func add(_ line: String) {
+        state.withLock {
+            if $0.text.utf8.count + line.utf8.count + 1 > limit {
+                $0.truncated = true
+            } else {
+                $0.text += line + "\n"
+            }
+        }
+    }
+
+    var text: String { state.withLock { $0.text } }
+    var truncated: Bool { state.withLock { $0.truncated } }
+}

@@ -1,0 +1,284 @@
+import Foundation
+import MarketClient
+import MarketCore
+import MarketCrypto
+import Participant
+
+/// What a requester needs to post a job.
+public struct SubmitOptions: Sendable {
+    public var prompt: Data
+    public var maxPrice: Int64
+    public var minReputation: Double?
+    public var model: String?
+    public var timeoutSeconds: Int64?
+    public var expiresInSeconds: Int64?
+
+    public init(
+        prompt: Data, maxPrice: Int64, minReputation: Double? = nil, model: String? = nil,
+        timeoutSeconds: Int64? = nil, expiresInSeconds: Int64? = nil
+    ) {
+        self.prompt = prompt
+        self.maxPrice = maxPrice
+        self.minReputation = minReputation
+        self.model = model
+        self.timeoutSeconds = timeoutSeconds
+        self.expiresInSeconds = expiresInSeconds
+    }
+}
+
+/// What happened to a task, as the requester follows it.
+public enum RequesterUpdate: Sendable {
+    case assigned(provider: String, price: Int64)
+    case approved(provider: String)
+    case items([JobContent.Item])
+    case rejected(provider: String, reason: String)
+    case failed(provider: String, reason: String)
+    case result(JobContent.Result, provider: String)
+    /// The result did not check out: it is disputed, not accepted.
+    case badResult(provider: String, problem: String)
+    case settlement(SettlementBody)
+}
+
+/// How a followed task ended.
+public struct RequesterOutcome: Sendable {
+    public var taskId: String
+    public var state: String
+    public var result: JobContent.Result?
+    public var provider: String?
+}
+
+/// The requester's side of a market job: posts it with the price in escrow, seals the prompt
+/// to whichever provider wins (checking that provider's signed key document), checks every
+/// event and the result against the provider's signature and the result hash, and accepts —
+/// or disputes a result that does not check out.
+public actor Requester {
+    let session: MarketSession
+    let tasks: MarketTaskStore
+    let database: StateDatabase
+    private var providers: [String: PublicKeyDocument] = [:]
+    private var nextSeq: [String: Int] = [:]
+    private var outcomes: [String: RequesterOutcome] = [:]
+
+    public init(session: MarketSession, database: StateDatabase) {
+        self.session = session
+        self.database = database
+        self.tasks = MarketTaskStore(database: database)
+    }
+
+    var nowMs: Int64 { Date().unixMilliseconds }
+    var me: String { session.keys.peerID.rawValue }
+
+    /// Posts the task (the prompt is kept locally, to seal again if the task moves to another
+    /// provider); returns the market's answer: `assigned` at once, or `open` with why not.
+    public func post(_ options: SubmitOptions, taskId: String = UUID().uuidString.lowercased()) async throws
+        -> AckBody
+    {
+        try tasks.insert(
+            LocalMarketTask(
+                taskId: taskId, role: "requester", state: "posting", maxPrice: options.maxPrice,
+                model: options.model, timeoutSeconds: options.timeoutSeconds ?? 300, createdMs: nowMs,
+                updatedMs: nowMs), prompt: options.prompt)
+        let body = PostBody(
+            taskId: taskId, maxPrice: options.maxPrice, minReputation: options.minReputation, model: options.model,
+            timeoutSeconds: options.timeoutSeconds, expiresInSeconds: options.expiresInSeconds)
+        do {
+            let ack = try await session.request(.taskPost, body, id: "post-\(taskId)", timeout: .seconds(30))
+            try tasks.update(taskId, state: ack.state ?? "open", note: ack.note, at: nowMs)
+            try database.audit(
+                actor: "requester", kind: "market.posted",
+                details: [
+                    "task": taskId, "maxPrice": String(options.maxPrice),
+                    "promptSha256": JobContent.sha256Hex(options.prompt),
+                ], at: Date())
+            return ack
+        } catch {
+            try? tasks.update(taskId, state: "refused", note: "\(error)", at: nowMs)
+            throw error
+        }
+    }
+
+    /// Follows the task until it is settled, refunded or cancelled (or `timeout` passes),
+    /// reporting each step. With `accept`, a result that checks out is accepted at once.
+    public func follow(
+        _ taskId: String, accept: Bool, timeout: Duration,
+        onUpdate: @escaping @Sendable (RequesterUpdate) -> Void
+    ) async throws -> RequesterOutcome {
+        outcomes[taskId] = RequesterOutcome(taskId: taskId, state: "open")
+        let frames = session.frames
+        return try await withThrowingTaskGroup(of: RequesterOutcome?.self) { group in
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            group.addTask {
+                for await frame in frames {
+                    if let done = try await self.handle(frame, taskId: taskId, accept: accept, onUpdate) {
+                        return done
+                    }
+                }
+                return nil
+            }
+            let first = try await group.next()!
+            group.cancelAll()
+            guard let first else {
+                throw MarketClientError(
+                    "task \(taskId) was not finished within \(timeout): `claude-max-market result --task-id \(taskId)` picks it up again"
+                )
+            }
+            return first
+        }
+    }
+
+    private func handle(
+        _ frame: Envelope, taskId: String, accept: Bool, _ onUpdate: @Sendable (RequesterUpdate) -> Void
+    ) async throws -> RequesterOutcome? {
+        var outcome = outcomes[taskId] ?? RequesterOutcome(taskId: taskId, state: "open")
+        defer { outcomes[taskId] = outcome }
+        guard frame.body.contains("\"taskId\":\"\(taskId)\"") else { return nil }
+        switch frame.messageType {
+        case .taskAssigned:
+            guard let assigned = try? frame.decodeBody(AssignedBody.self), assigned.requester == me else {
+                return nil
+            }
+            let document: PublicKeyDocument
+            do {
+                document = try RelayedFrame.document(assigned.providerKeyDocument, for: assigned.provider)
+            } catch {
+                // Nothing is sealed to a provider whose key does not check out; the approval
+                // timeout re-opens the task.
+                onUpdate(.badResult(provider: assigned.provider, problem: "its key document does not verify: \(error)"))
+                return nil
+            }
+            providers[taskId] = document
+            outcome.provider = assigned.provider
+            try tasks.update(
+                taskId, state: "assigned", counterparty: assigned.provider, price: assigned.price, at: nowMs)
+            onUpdate(.assigned(provider: assigned.provider, price: assigned.price))
+            guard let prompt = try tasks.prompt(taskId) else {
+                throw MarketClientError("the prompt of task \(taskId) is not in this home any more")
+            }
+            let (sealed, _) = try JobContent.seal(
+                JobContent.Payload(taskId: taskId, prompt: prompt), to: document, purpose: .payload)
+            // One id per provider: a reconnect does not deliver twice.
+            try await session.enqueue(
+                .payloadDeliver, SealedBody(taskId: taskId, sealed: sealed),
+                id: "payload-\(taskId)-\(assigned.provider.prefix(16))")
+        case .jobApproved:
+            guard let document = providers[taskId],
+                (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil
+            else { return nil }
+            try tasks.update(taskId, state: "running", at: nowMs)
+            onUpdate(.approved(provider: document.peerId))
+        case .jobEvent:
+            guard let document = providers[taskId],
+                (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil,
+                let body = try? frame.decodeBody(SealedBody.self), let seq = body.seq,
+                seq >= nextSeq[taskId, default: 0],
+                let sealed = Data(base64Encoded: body.sealed),
+                let (plaintext, _) = try? Sealer.open(sealed, keys: session.keys),
+                let batch = try? JSONDecoder().decode(JobContent.EventBatch.self, from: plaintext),
+                batch.taskId == taskId
+            else { return nil }
+            nextSeq[taskId] = seq + 1
+            onUpdate(.items(batch.items))
+        case .jobResult:
+            guard let document = providers[taskId] else { return nil }
+            let checked = checkResult(frame, document: document, taskId: taskId)
+            switch checked {
+            case .success(let (result, hash)):
+                try tasks.storeResult(taskId, frame: try Self.text(frame), hash: hash, verified: true, at: nowMs)
+                outcome.result = result
+                onUpdate(.result(result, provider: document.peerId))
+                if accept {
+                    try await session.enqueue(.jobAccept, TaskRefBody(taskId: taskId), id: "accept-\(taskId)")
+                }
+            case .failure(let problem):
+                try? tasks.storeResult(taskId, frame: try Self.text(frame), hash: "", verified: false, at: nowMs)
+                onUpdate(.badResult(provider: document.peerId, problem: problem.description))
+                try database.audit(
+                    actor: "requester", kind: "market.result-refused",
+                    details: ["task": taskId, "provider": document.peerId, "reason": problem.description], at: Date())
+                try await session.enqueue(
+                    .jobDispute,
+                    ReasonBody(
+                        taskId: taskId, reason: String("the result does not check out: \(problem)".prefix(1000))),
+                    id: "dispute-\(taskId)")
+            }
+        case .jobRejected, .jobFailed:
+            guard let document = providers[taskId],
+                (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil,
+                let body = try? frame.decodeBody(ReasonBody.self)
+            else { return nil }
+            onUpdate(
+                frame.messageType == .jobRejected
+                    ? .rejected(provider: document.peerId, reason: body.reason)
+                    : .failed(provider: document.peerId, reason: body.reason))
+            providers[taskId] = nil
+            nextSeq[taskId] = 0
+        case .settlement:
+            guard let settlement = try? frame.decodeBody(SettlementBody.self) else { return nil }
+            outcome.state = settlement.state
+            try tasks.update(taskId, state: settlement.state, note: settlement.reason, at: nowMs)
+            onUpdate(.settlement(settlement))
+            if ["settled", "refunded", "cancelled"].contains(settlement.state) {
+                try database.audit(
+                    actor: "requester", kind: "market.\(settlement.state)",
+                    details: ["task": taskId, "reason": settlement.reason ?? ""], at: Date())
+                return outcome
+            }
+            if settlement.state == "disputed" { return outcome }
+        default:
+            break
+        }
+        return nil
+    }
+
+    static func text(_ frame: Envelope) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(frame), as: UTF8.self)
+    }
+
+    struct Problem: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    /// Signature by the assigned provider, hash of the plaintext, and the task it names.
+    nonisolated func checkResult(_ frame: Envelope, document: PublicKeyDocument, taskId: String)
+        -> Result<(JobContent.Result, String), Problem>
+    {
+        do {
+            try RelayedFrame.verify(frame, from: document, nowMs: Date().unixMilliseconds)
+        } catch {
+            return .failure(Problem("\(error)"))
+        }
+        guard let body = try? frame.decodeBody(ResultBody.self), let sealed = Data(base64Encoded: body.sealed) else {
+            return .failure(Problem("the result frame is malformed"))
+        }
+        guard let (plaintext, _) = try? Sealer.open(sealed, keys: session.keys) else {
+            return .failure(Problem("the result is not sealed to this requester's keys"))
+        }
+        let hash = JobContent.sha256Hex(plaintext)
+        guard hash == body.resultHash else {
+            return .failure(Problem("the result's SHA-256 is \(hash), but the provider signed \(body.resultHash)"))
+        }
+        guard let result = try? JSONDecoder().decode(JobContent.Result.self, from: plaintext), result.taskId == taskId
+        else {
+            return .failure(Problem("the result is not a job result for task \(taskId)"))
+        }
+        return .success((result, hash))
+    }
+
+    /// Opens a stored result again (`result --task-id`).
+    public nonisolated static func openStored(_ frameText: String, keys: KeyRing) throws -> JobContent.Result {
+        let frame = try JSONDecoder().decode(Envelope.self, from: Data(frameText.utf8))
+        let body = try frame.decodeBody(ResultBody.self)
+        guard let sealed = Data(base64Encoded: body.sealed) else { throw MarketClientError("malformed result") }
+        let (plaintext, _) = try Sealer.open(sealed, keys: keys)
+        guard JobContent.sha256Hex(plaintext) == body.resultHash else {
+            throw MarketClientError("the stored result does not match its hash")
+        }
+        return try JSONDecoder().decode(JobContent.Result.self, from: plaintext)
+    }
+}
