@@ -1,5 +1,7 @@
 import ArgumentParser
+import AsyncHTTPClient
 import Foundation
+import MarketServer
 import Participant
 
 struct AuditCommand: AsyncParsableCommand {
@@ -33,11 +35,25 @@ struct AuditCommand: AsyncParsableCommand {
         let context = CommandContext()
         let database = try context.database()
         if verify {
-            let result = try database.verifyAudit()
+            var result = try database.verifyAudit()
+            let anchor = await Self.marketAnchor(context: context)
+            result.anchor = anchor.map(\.anchor)
+            if result.intact, let anchor {
+                let check = try database.auditExtends(anchor: anchor.anchor)
+                if !check.ok {
+                    result.intact = false
+                    result.reason = "\(check.reason ?? "") — witnessed by \(anchor.url)"
+                    result.firstBrokenSeq = Int64(anchor.anchor.split(separator: ":").first ?? "")
+                }
+            }
             if json || format == .json {
                 try Output.json(result)
             } else if result.intact {
-                Output.line("audit chain intact: \(result.entries) entries")
+                Output.line(
+                    "audit chain intact: \(result.entries) entries"
+                        + (anchor.map {
+                            "; it extends the head the market at \($0.url) witnessed (\($0.anchor.split(separator: ":").prefix(1).joined()))"
+                        } ?? ""))
             } else {
                 Output.line(
                     "audit chain BROKEN at entry \(result.firstBrokenSeq ?? 0): \(result.reason ?? "") "
@@ -80,5 +96,29 @@ struct AuditCommand: AsyncParsableCommand {
         } else {
             Output.stdout(data)
         }
+    }
+}
+
+extension AuditCommand {
+    /// The head of this home's log that the market last saw, when a market is configured and
+    /// answers within a second; nil otherwise (offline, the local checks stand alone).
+    static func marketAnchor(context: CommandContext) async -> (url: String, anchor: String)? {
+        guard let config = try? context.config(), let identity = try? context.keyStore.identityKey() else {
+            return nil
+        }
+        let url = config.text(.marketURL)
+        guard let base = try? MarketStatusCommand.httpBase(of: url) else { return nil }
+        let client = HTTPClient(
+            eventLoopGroupProvider: .singleton,
+            configuration: .init(timeout: .init(connect: .seconds(1), read: .seconds(2))))
+        defer { _ = client.shutdown() }
+        guard
+            let response = try? await client.execute(
+                HTTPClientRequest(url: base + "/v1/peers/\(identity.peerID.rawValue)"), timeout: .seconds(2)),
+            response.status == .ok, let body = try? await response.body.collect(upTo: 1 << 20),
+            let view = try? JSONDecoder().decode(MarketViews.PeerView.self, from: Data(buffer: body)),
+            let anchor = view.auditHead
+        else { return nil }
+        return (url, anchor)
     }
 }

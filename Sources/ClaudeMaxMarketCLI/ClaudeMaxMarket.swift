@@ -19,7 +19,7 @@ public struct ClaudeMaxMarket: AsyncParsableCommand {
             CleanCommand.self, ExecuteCommand.self, UsageCommand.self, LogsCommand.self,
             LoginCommand.self, MarketCommand.self, AdvertiseCommand.self, WithdrawCommand.self, BidCommand.self,
             ProvideCommand.self, SubmitCommand.self, TasksCommand.self, ResultCommand.self, CancelCommand.self,
-            AcceptCommand.self, DisputeCommand.self, BalanceCommand.self, ReputationCommand.self,
+            AcceptCommand.self, DisputeCommand.self, BalanceCommand.self, ReputationCommand.self, DemoCommand.self,
         ]
     )
 

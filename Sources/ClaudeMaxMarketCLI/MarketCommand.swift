@@ -273,7 +273,17 @@ struct MarketStatusCommand: AsyncParsableCommand {
     @Option(help: "The market's WebSocket URL (default: the market.url config key).") var url: String?
     @Flag(help: "Print JSON.") var json = false
 
+    struct Participant: Codable {
+        var peerId: String?
+        /// The market knows this peer (it has connected at least once).
+        var known: Bool
+        var balance: Int64?
+        /// Messages waiting in this home's outbox for the market's answer.
+        var outbox: Int
+    }
+
     struct Report: Codable {
+        var participant: Participant?
         var url: String
         var health: MarketViews.HealthView
         var stats: MarketViews.StatsView
@@ -290,7 +300,17 @@ struct MarketStatusCommand: AsyncParsableCommand {
             let health = try await Self.get(MarketViews.HealthView.self, base + "/health", client: client)
             let stats = try await Self.get(MarketViews.StatsView.self, base + "/v1/stats", client: client)
             try await client.shutdown()
-            let report = Report(url: marketURL, health: health, stats: stats)
+            var participant: Participant?
+            if let database = try? context.database() {
+                let peer = try? context.keyStore.identityKey()?.peerID.rawValue
+                let view = try? await peer.asyncMap {
+                    try await Self.get(MarketViews.PeerView.self, base + "/v1/peers/\($0)", client: client)
+                }
+                participant = Participant(
+                    peerId: peer, known: view != nil, balance: view?.balance,
+                    outbox: (try? Outbox(database: database).count()) ?? 0)
+            }
+            let report = Report(participant: participant, url: marketURL, health: health, stats: stats)
             if json {
                 try Output.json(report)
                 return
@@ -307,6 +327,14 @@ struct MarketStatusCommand: AsyncParsableCommand {
             Output.line(
                 "books        \(stats.ledgerBalanced ? "balanced" : "NOT balanced (\(stats.discrepancies) discrepancies)")"
             )
+            if let participant {
+                Output.line(
+                    "you          \(participant.peerId ?? "no identity yet"): "
+                        + (participant.known
+                            ? "known, balance \(Credits(micro: participant.balance ?? 0))"
+                            : "not seen by this market yet")
+                        + ", outbox \(participant.outbox)")
+            }
         } catch {
             try? await client.shutdown()
             if let error = error as? CLIError { throw error }
@@ -328,5 +356,12 @@ struct MarketStatusCommand: AsyncParsableCommand {
         let body = try await response.body.collect(upTo: 4 << 20)
         guard response.status == .ok else { throw CLIError("\(url) answered \(response.status.code)") }
         return try JSONDecoder().decode(T.self, from: Data(buffer: body))
+    }
+}
+
+extension Optional {
+    func asyncMap<T>(_ transform: (Wrapped) async throws -> T) async rethrows -> T? {
+        guard let self else { return nil }
+        return try await transform(self)
     }
 }

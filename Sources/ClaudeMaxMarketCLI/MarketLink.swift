@@ -98,9 +98,11 @@ struct MarketLink {
     /// Sends one message and prints what the market said; when the market is unreachable the
     /// message waits in the outbox (an expired one is never sent) and the command exits 75.
     func sendOrQueue(
-        _ type: MessageType, _ body: some Encodable & Sendable, expiresMs: Int64? = nil, what: String
+        _ type: MessageType, _ body: some Encodable & Sendable, expiresMs: Int64? = nil, what: String,
+        connectTimeout: Duration = .seconds(5)
     ) async throws -> AckBody {
-        let answer: AckBody? = try await withSession(requireConnection: false) { session in
+        let answer: AckBody? = try await withSession(requireConnection: false, connectTimeout: connectTimeout) {
+            session in
             if await session.isConnected {
                 do {
                     return try await session.request(type, body, expiresMs: expiresMs, timeout: .seconds(15))

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MarketCore
 import Participant
 
 struct OptInCommand: AsyncParsableCommand {
@@ -46,7 +47,7 @@ struct OptInCommand: AsyncParsableCommand {
 struct OptOutCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "opt-out",
-        abstract: "Stop offering capacity at once: new jobs are refused (open offers go too, once the market exists)."
+        abstract: "Stop offering capacity at once: new jobs are refused and the market offer is withdrawn."
     )
 
     @Flag(name: .long, help: "Do not ask for confirmation (for scripts).")
@@ -61,10 +62,32 @@ struct OptOutCommand: AsyncParsableCommand {
             throw CLIError("still opted in: not confirmed")
         }
         let wasOptedIn = try store.optOut(actor: context.actor, at: context.now)
+        // The offer goes too: a running `provide` sees the opt-out within a second and withdraws
+        // it itself; this also reaches the market when no daemon runs (or queues it).
+        let database = try context.database()
+        var offer = "none"
+        if try OfferStore(database: database).load() != nil {
+            try OfferStore(database: database).clear()
+            do {
+                let ack = try await MarketLink(context: context).sendOrQueue(
+                    .offerWithdraw, EmptyBody(), what: "the withdrawal of the offer", connectTimeout: .seconds(2))
+                offer = ack.state ?? "withdrawn"
+            } catch let error as CLIError {
+                offer = "queued"
+                Output.note(error.message)
+            }
+        }
         if json {
-            try Output.json(["optedIn": false, "wasOptedIn": wasOptedIn])
+            struct Report: Encodable {
+                var optedIn = false
+                var wasOptedIn: Bool
+                var offer: String
+            }
+            try Output.json(Report(wasOptedIn: wasOptedIn, offer: offer))
         } else {
-            Output.line(wasOptedIn ? "opted out: new jobs are refused" : "opted out (you were not opted in)")
+            Output.line(
+                (wasOptedIn ? "opted out: new jobs are refused" : "opted out (you were not opted in)")
+                    + (offer == "none" ? "" : "; market offer \(offer)"))
         }
     }
 }

@@ -1,7 +1,9 @@
 import ArgumentParser
+import AsyncHTTPClient
 import Foundation
 import MarketCore
 import MarketCrypto
+import MarketServer
 import Participant
 
 struct StatusCommand: AsyncParsableCommand {
@@ -15,8 +17,15 @@ struct StatusCommand: AsyncParsableCommand {
     struct Report: Codable {
         struct Market: Codable {
             var url: String
-            var connected: Bool
-            var note: String
+            /// The market answered and knows this peer.
+            var reachable: Bool
+            var outbox: Int
+            /// This home's standing offer, as `provide` keeps it live.
+            var offer: AdvertiseBody?
+            /// Whether the market lists that offer now (a running `provide` keeps it there).
+            var offerLive: Bool
+            var balance: Int64?
+            var note: String?
         }
 
         var optedIn: Bool
@@ -48,9 +57,7 @@ struct StatusCommand: AsyncParsableCommand {
                 .peerID.rawValue,
             limits: Limits(config: config),
             usage: try JobStore(database: database).usage(at: context.now),
-            market: .init(
-                url: config.text(.marketURL), connected: false,
-                note: "the market client is not built yet; this machine is not connected to any market")
+            market: await Self.market(context: context, config: config, database: database)
         )
         if json {
             try Output.json(report)
@@ -64,8 +71,53 @@ struct StatusCommand: AsyncParsableCommand {
                     : "not accepted (current version \(TermsNotice.version))"))
         Output.line("approval mode:  \(report.approvalMode)")
         Output.line("identity:       \(report.identity ?? "none yet (made on first use, e.g. `keys show`)")")
-        Output.line("market:         \(report.market.url) — not connected (market client not built yet)")
+        let market = report.market
+        Output.line(
+            "market:         \(market.url) — "
+                + (market.reachable ? "reachable" : "unreachable\(market.note.map { " (\($0))" } ?? "")")
+                + (market.balance.map { ", balance \(Credits(micro: $0))" } ?? "")
+                + ", outbox \(market.outbox)")
+        if let offer = market.offer {
+            Output.line(
+                "offer:          \(offer.slots) slot(s) at \(Credits(micro: offer.price)) — "
+                    + (market.offerLive ? "live" : "not live (run `provide`)"))
+        } else {
+            Output.line("offer:          none (`advertise --slots N --price P`)")
+        }
         Output.line("")
         Output.line(LimitsReport.table(limits: report.limits, usage: report.usage))
+    }
+}
+
+extension StatusCommand {
+    static func market(context: CommandContext, config: ResolvedConfig, database: StateDatabase) async
+        -> Report.Market
+    {
+        let url = config.text(.marketURL)
+        var market = Report.Market(
+            url: url, reachable: false, outbox: (try? Outbox(database: database).count()) ?? 0,
+            offer: try? OfferStore(database: database).load(), offerLive: false)
+        guard let identity = try? context.keyStore.identityKey(), let base = try? MarketStatusCommand.httpBase(of: url)
+        else {
+            market.note = "no identity yet"
+            return market
+        }
+        let client = HTTPClient(
+            eventLoopGroupProvider: .singleton,
+            configuration: .init(timeout: .init(connect: .seconds(1), read: .seconds(2))))
+        defer { _ = client.shutdown() }
+        do {
+            let peer = try await MarketStatusCommand.get(
+                MarketViews.PeerView.self, base + "/v1/peers/\(identity.peerID.rawValue)", client: client)
+            market.reachable = true
+            market.balance = peer.balance
+            let offers = try await MarketStatusCommand.get(
+                [MarketViews.OfferView].self, base + "/v1/offers", client: client)
+            market.offerLive = offers.contains { $0.provider == identity.peerID.rawValue }
+        } catch {
+            market.note = "\(error)".contains("404") ? "the market has not seen this peer yet" : "no answer"
+            market.reachable = "\(error)".contains("404")
+        }
+        return market
     }
 }

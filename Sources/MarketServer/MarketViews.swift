@@ -51,6 +51,9 @@ public enum MarketViews {
         public var inEscrow: Int64
         public var heldBack: Int64
         public var recentOutcomes: [OutcomeView]
+        /// The signed head of the peer's audit log (`seq:hash:signature`) as its last heartbeat
+        /// carried it: the market's witness that those entries existed.
+        public var auditHead: String?
     }
 
     public struct OutcomeView: Codable, Sendable, Equatable {
@@ -132,7 +135,7 @@ public enum MarketViews {
             recentOutcomes: try tx.outcomes(of: id, limit: 20).map {
                 OutcomeView(
                     taskId: $0.outcome.taskID, role: $0.outcome.role, success: $0.outcome.success, atMs: $0.atMs)
-            })
+            }, auditHead: record.auditHead)
     }
 
     public static func stats(

@@ -47,6 +47,8 @@ public struct AuditVerification: Codable, Sendable, Equatable {
     /// The first entry that does not verify (or the position where one is missing).
     public var firstBrokenSeq: Int64?
     public var reason: String?
+    /// The head a market witnessed (`seq:hash:signature`), when one was checked.
+    public var anchor: String?
 }
 
 /// Appends to and verifies the SHA-256 chain. Appends happen inside the caller's transaction so
