@@ -151,6 +151,7 @@ let package = Package(
                 "MarketClient",
                 "MarketStore",
                 "Participant",
+                "MarketFlows",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -199,6 +200,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["Interop"]
+        ),
+        .testTarget(
+            name: "MarketFlowTests",
+            dependencies: [
+                "TestSupport", "DockerEngine", "MarketClient", "MarketCrypto", "MarketCore", "claude-max-market",
+            ]
         ),
         .testTarget(
             name: "CLITests",

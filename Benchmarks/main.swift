@@ -6,7 +6,7 @@ import MarketCore
 import MarketCrypto
 
 // Benchmarks: each line puts our number beside a baseline measured in the same run, as a ratio
-// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|market|echo|all]`.
+// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|output|gateway|market|postgres|echo|e2e|all]`.
 
 struct Row {
     var name: String
@@ -370,6 +370,9 @@ do {
     }
     if which == "echo" || which == "all" {
         try await echoBenchmarks()
+    }
+    if which == "e2e" || which == "all" {
+        try await e2eBenchmarks(runs: runs)
     }
 } catch {
     print("benchmark failed: \(error)")

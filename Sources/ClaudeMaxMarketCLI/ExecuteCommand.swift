@@ -102,7 +102,10 @@ struct ExecuteCommand: AsyncParsableCommand {
                     hooks.created = { interrupt.pendingContainer($0, docker: docker) }
                     // The question waits on the terminal: on a thread of its own, not the pool's.
                     hooks.ask = { question in
-                        try await Output.onOwnThread { try Output.confirm(question.text, assumeYes: assumeYes) }
+                        guard assumeYes || Output.stdinIsTerminal else {
+                            throw JobRefusal(.approval, "approval needs a terminal or --yes")
+                        }
+                        return try await Output.onOwnThread { try Output.confirm(question.text, assumeYes: assumeYes) }
                     }
                     hooks.approved = { interrupt.started() }
                     hooks.output = { printer.handle($0) }
@@ -111,12 +114,7 @@ struct ExecuteCommand: AsyncParsableCommand {
             }
         } catch let refusal as JobRefusal {
             await printer.finish()
-            switch refusal.kind {
-            case .limits: throw CLIError(refusal.reason, exitCode: 4)
-            case .approval where !Output.stdinIsTerminal && !assumeYes:
-                throw CLIError("job refused: approval needs a terminal or --yes", exitCode: 3)
-            default: throw CLIError(refusal.reason, exitCode: 3)
-            }
+            throw CLIError(refusal.reason, exitCode: refusal.kind == .limits ? 4 : 3)
         } catch {
             await printer.finish()
             throw error

@@ -94,6 +94,11 @@ struct MarketServeCommand: AsyncParsableCommand {
     var holdbackBasisPoints: Int64 = 2000
     @Option(help: "Reputation half-life.") var reputationHalfLife = "30d"
     @Option(help: "Frames a second per connection before rate_limited.") var frameRate: Double = 200
+    @Option(
+        name: .customLong("frame-log"),
+        help: ArgumentHelp(
+            "Append every frame in and out to FILE (debugging; frames carry only ciphertext).", valueName: "FILE"))
+    var frameLog: String?
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port \(port) must be 0…65535") }
@@ -131,6 +136,7 @@ struct MarketServeCommand: AsyncParsableCommand {
         configuration.dashboard = !noDashboard
         configuration.tlsCertificatePath = tlsCert
         configuration.tlsKeyPath = tlsKey
+        configuration.frameLogPath = frameLog
         var logger = Logger(label: "cmm.market")
         logger.logLevel = .notice
         let location = try database.location()

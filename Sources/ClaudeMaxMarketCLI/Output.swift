@@ -14,6 +14,14 @@ enum Output {
         return try encoder.encode(value) + Data("\n".utf8)
     }
 
+    /// One compact JSON object on one line: a stream of events (`--json` on long commands).
+    static func jsonLine(_ value: some Encodable) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        if let data = try? encoder.encode(value) { stdout(data + Data("\n".utf8)) }
+    }
+
     static func line(_ text: String = "") {
         stdout(Data((text + "\n").utf8))
     }

@@ -176,6 +176,8 @@ struct ProvideCommand: AsyncParsableCommand {
         let context = CommandContext(flags: flags)
         let link = try MarketLink(url: url, context: context)
         try requireOptIn(link.database)
+        // Jobs of an earlier daemon that died (killed, crashed) hold no limits any more.
+        let released = try JobStore(database: link.database).abandonedJobIDs(at: Date())
         let offerStore = OfferStore(database: link.database)
         let stored = try offerStore.load()
         let standing = try (offer.given || stored == nil) ? offer.offer(config: link.config, stored: stored) : stored!
@@ -198,7 +200,7 @@ struct ProvideCommand: AsyncParsableCommand {
                     var task: String?
                     var message: String
                 }
-                try? Output.json(Line(at: Date().ISO8601Format(), task: event.taskId, message: event.message))
+                Output.jsonLine(Line(at: Date().ISO8601Format(), task: event.taskId, message: event.message))
             } else {
                 Output.line("[\(Date().ISO8601Format())] \(event.message)")
             }
@@ -224,16 +226,19 @@ struct ProvideCommand: AsyncParsableCommand {
                     size: poolSize, runDirectory: context.paths.runDirectory, owner: context.paths.ownerID)
                 : nil
             let holder = DaemonHolder()
+            let desk = ApprovalDesk()
             let session = link.makeSession { _ in await holder.daemon?.connected() }
             var settings = ProviderDaemon.Settings()
             settings.autoBid = !noBid
             settings.drainTimeout = .milliseconds(drainMs)
             let daemon = ProviderDaemon(
                 session: session, pipeline: pipeline, backend: jobBackend, pool: pool, offer: standing,
-                settings: settings,
+                settings: settings, knownSecrets: link.knownSecrets,
                 ask: { question in
-                    guard Output.stdinIsTerminal else { return false }
-                    return try await Output.onOwnThread { try Output.confirm(question.text, assumeYes: false) }
+                    guard Output.stdinIsTerminal else {
+                        throw JobRefusal(.approval, "approval needs a terminal (or approval.mode=policy)")
+                    }
+                    return try await desk.ask(question.text)
                 }, report: report)
             holder.daemon = daemon
             report(
@@ -242,6 +247,12 @@ struct ProvideCommand: AsyncParsableCommand {
                     message:
                         "provider \(link.me) on \(link.url): \(standing.slots) slot(s) at \(Credits(micro: standing.price)), \(jobBackend.name) backend, approval \(config.text(.approvalMode)), warm pool \(poolSize)"
                 ))
+            if !released.isEmpty {
+                report(
+                    ProviderEvent(
+                        taskId: nil,
+                        message: "released \(released.count) job(s) left running by a provider process that died"))
+            }
             if config.text(.approvalMode) == "manual" && !Output.stdinIsTerminal {
                 report(
                     ProviderEvent(
@@ -294,5 +305,20 @@ enum StopSignal {
         }
         for await _ in stream { break }
         for source in sources { source.cancel() }
+    }
+}
+
+/// One approval question on the terminal at a time, in the order the jobs arrived.
+actor ApprovalDesk {
+    private var last: Task<Bool, any Error>?
+
+    func ask(_ text: String) async throws -> Bool {
+        let previous = last
+        let next = Task {
+            _ = try? await previous?.value
+            return try await Output.onOwnThread { try Output.confirm(text, assumeYes: false) }
+        }
+        last = next
+        return try await next.value
     }
 }

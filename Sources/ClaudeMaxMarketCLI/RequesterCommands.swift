@@ -6,6 +6,7 @@ import MarketCrypto
 import MarketFlows
 import MarketServer
 import Participant
+import Synchronization
 
 struct SubmitCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -101,7 +102,16 @@ struct SubmitCommand: AsyncParsableCommand {
                 throw CLIError("the market refused the task: \(error)")
             }
             printer.posted(ack)
-            guard follow, let taskId = ack.taskId else { return nil }
+            guard let taskId = ack.taskId else { return nil }
+            guard follow else {
+                // The prompt goes to a provider that took the task at once; one that takes it
+                // later gets it from `result --task-id`, which seals it then.
+                guard ack.state == "assigned" else { return nil }
+                _ = try? await requester.follow(taskId, accept: false, timeout: .seconds(30), untilDelivered: true) {
+                    printer.update($0)
+                }
+                return nil
+            }
             do {
                 return try await requester.follow(taskId, accept: true, timeout: .milliseconds(waitMs)) {
                     printer.update($0)
@@ -110,7 +120,14 @@ struct SubmitCommand: AsyncParsableCommand {
                 throw CLIError("\(error)", exitCode: 124)
             }
         }
-        guard let outcome else { return }
+        guard let outcome else {
+            if !json {
+                Output.note(
+                    "follow it with `claude-max-market result --task-id <task>` (it seals the prompt to a provider that takes it later)"
+                )
+            }
+            return
+        }
         printer.finished(outcome)
         if outcome.state != "settled" { throw ExitCode(1) }
     }
@@ -119,6 +136,8 @@ struct SubmitCommand: AsyncParsableCommand {
 /// Renders a requester's progress for people (stderr notes, the output on stdout) or as JSON lines.
 struct RequesterPrinter: Sendable {
     let json: Bool
+    /// Whether any output was streamed: the result's output is printed only when none was.
+    let streamed = OnceFlag()
 
     struct Line: Encodable {
         var type: String
@@ -133,7 +152,7 @@ struct RequesterPrinter: Sendable {
         var estimate: BookEstimate?
     }
 
-    func emit(_ line: Line) { try? Output.json(line) }
+    func emit(_ line: Line) { Output.jsonLine(line) }
 
     func estimate(_ estimate: BookEstimate, maxPrice: Int64) {
         if json { return emit(Line(type: "estimate", estimate: estimate)) }
@@ -160,6 +179,7 @@ struct RequesterPrinter: Sendable {
             if json { return emit(Line(type: "approved", provider: provider)) }
             Output.note("approved by the provider; running")
         case .items(let items):
+            if items.contains(where: { $0.kind != "started" }) { streamed.set() }
             for item in items {
                 if json {
                     emit(Line(type: "event", stream: item.stream, text: item.text, note: item.kind))
@@ -176,6 +196,7 @@ struct RequesterPrinter: Sendable {
             Output.note("the provider \(provider) gave the job back: \(reason)")
         case .result(let result, let provider):
             if json { return emit(Line(type: "result", provider: provider, result: result)) }
+            if !streamed.isSet && !result.output.isEmpty { Output.stdout(Data(result.output.utf8)) }
             Output.note(
                 "result from \(provider): \(result.state), signature and hash verified"
                     + (result.metered
@@ -283,8 +304,9 @@ struct ResultCommand: AsyncParsableCommand {
             let requester = Requester(session: session, database: link.database)
             do {
                 return try await requester.follow(taskId, accept: accept, timeout: .milliseconds(waitMs)) {
+                    // With --json, stdout holds the one result object; progress is for people.
                     if case .result = $0 { return }
-                    printer.update($0)
+                    if !printer.json { printer.update($0) }
                 }
             } catch let error as MarketClientError {
                 throw CLIError("\(error)", exitCode: 124)
@@ -436,4 +458,10 @@ struct ReputationCommand: AsyncParsableCommand {
             )
         }
     }
+}
+
+final class OnceFlag: Sendable {
+    private let value = Atomic(false)
+    func set() { value.store(true, ordering: .relaxed) }
+    var isSet: Bool { value.load(ordering: .relaxed) }
 }

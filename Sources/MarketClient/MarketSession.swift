@@ -131,6 +131,9 @@ public actor MarketSession {
         attempt = 0
         connects += 1
         lastError = nil
+        // The first heartbeat goes before anything else: even a one-shot command anchors the
+        // audit head, and the market sees a provider alive at once.
+        try await connection.send(.heartbeat, HeartbeatBody(auditHead: hooks.auditHead()))
         for waiter in connectWaiters { waiter.resume() }
         connectWaiters = []
         reloadOutbox()
@@ -139,7 +142,7 @@ public actor MarketSession {
         let onConnect = hooks.onConnect
         Task { await onConnect(self) }
         let timer = ContinuousClock()
-        var lastHeartbeat = timer.now - settings.heartbeatInterval
+        var lastHeartbeat = timer.now
         var lastReload = timer.now
         while !Task.isCancelled {
             if timer.now - lastHeartbeat >= settings.heartbeatInterval {
@@ -241,7 +244,10 @@ public actor MarketSession {
         guard let connection, let index = unanswered.firstIndex(where: { $0.item.id == id }) else { return }
         let item = unanswered[index].item
         unanswered[index].sentAt = ContinuousClock.now
-        _ = try? await connection.send(item.type, item.body, id: id)
+        // Sent from a task of its own: a caller that is being cancelled (a job handed back on
+        // stop) must not cancel the write. A failed write is retried by the serve loop at once.
+        let sent = await Task { (try? await connection.send(item.type, item.body, id: id)) != nil }.value
+        if !sent, let index = unanswered.firstIndex(where: { $0.item.id == id }) { unanswered[index].sentAt = nil }
     }
 
     /// Sends now, without the outbox (job events: the market relays them only while the task

@@ -233,9 +233,15 @@ public struct JobPipeline: Sendable {
               limits left today: \(max(0, limits.dailyTasks - usage.day.tasks)) jobs, \(max(0, limits.dailyTokens - usage.day.tokens)) tokens
             Run it?
             """
-        guard (try? await ask(ApprovalQuestion(text: question, jobID: job.id))) == true else {
-            try refuse("not approved")
+        let approved: Bool
+        do {
+            approved = try await ask(ApprovalQuestion(text: question, jobID: job.id))
+        } catch let refusal as JobRefusal {
+            try refuse(refusal.reason)  // no one to ask (no terminal), said by the caller
+        } catch {
+            approved = false
         }
+        guard approved else { try refuse("not approved") }
         try database.audit(actor: actor, kind: "job.approved", details: ["job": job.id, "mode": "manual"], at: now)
     }
 

@@ -47,6 +47,9 @@ public actor ProviderDaemon {
     let ask: @Sendable (ApprovalQuestion) async throws -> Bool
     let report: @Sendable (ProviderEvent) -> Void
     let tasks: MarketTaskStore
+    /// The provider's own credentials (and anything shaped like one) never leave in an event
+    /// or a result, whatever the job printed.
+    let redactor: SecretRedactor
     var keys: KeyRing { session.keys }
 
     private var offer: AdvertiseBody?
@@ -59,7 +62,7 @@ public actor ProviderDaemon {
 
     public init(
         session: MarketSession, pipeline: JobPipeline, backend: JobBackend, pool: WarmPool?,
-        offer: AdvertiseBody?, settings: Settings = Settings(),
+        offer: AdvertiseBody?, settings: Settings = Settings(), knownSecrets: [String] = [],
         ask: @escaping @Sendable (ApprovalQuestion) async throws -> Bool,
         report: @escaping @Sendable (ProviderEvent) -> Void
     ) {
@@ -72,6 +75,7 @@ public actor ProviderDaemon {
         self.ask = ask
         self.report = report
         self.tasks = MarketTaskStore(database: pipeline.database)
+        self.redactor = SecretRedactor(knownSecrets: knownSecrets)
     }
 
     var nowMs: Int64 { Date().unixMilliseconds }
@@ -99,6 +103,8 @@ public actor ProviderDaemon {
 
     /// Called on every (re)connection: the offer goes out again, unless opted out or stopping.
     public func connected() async {
+        // The offer as last saved: an `advertise` from another terminal changes it.
+        if let saved = try? OfferStore(database: database).load() { offer = saved }
         guard let offer, !optedOut, !stopping else { return }
         do {
             let ack = try await session.request(.offerAdvertise, offer, timeout: .seconds(15))
@@ -271,6 +277,13 @@ public actor ProviderDaemon {
         let isClaude = backend.name == "claude"
         let session = self.session
         let output = OutputKeeper(limit: JobContent.maxOutputBytes)
+        let redactor = self.redactor
+        let redactions = Counter()
+        let clean: @Sendable (String) -> String = { text in
+            let (cleaned, count) = redactor.redact(text)
+            if count > 0 { redactions.add(count) }
+            return cleaned
+        }
         var hooks = JobPipeline.Hooks()
         hooks.ask = ask
         hooks.approved = {
@@ -281,13 +294,14 @@ public actor ProviderDaemon {
             switch event {
             case .started: streamer.add(JobContent.Item(kind: "started"))
             case .line(let stream, let text):
+                let text = clean(text)
                 if stream == .stdout && !isClaude { output.add(text) }
                 if !isClaude || stream == .stderr {
                     streamer.add(
                         JobContent.Item(kind: "line", stream: stream == .stderr ? "stderr" : "stdout", text: text))
                 }
-            case .event(.text(let text)): streamer.add(JobContent.Item(kind: "text", text: text))
-            case .event(.toolUse(let name)): streamer.add(JobContent.Item(kind: "tool", text: name))
+            case .event(.text(let text)): streamer.add(JobContent.Item(kind: "text", text: clean(text)))
+            case .event(.toolUse(let name)): streamer.add(JobContent.Item(kind: "tool", text: clean(name)))
             default: break
             }
         }
@@ -301,13 +315,18 @@ public actor ProviderDaemon {
                 return
             }
             let usage = result.totalUsage
-            let text = isClaude ? (result.result?.text ?? "") : output.text
+            let text = isClaude ? clean(result.result?.text ?? "") : output.text
             let content = JobContent.Result(
                 taskId: taskId, state: result.state.rawValue, exitCode: result.exitCode,
                 output: String(text.utf8.prefix(JobContent.maxOutputBytes)) ?? "",
-                truncated: output.truncated || text.utf8.count > JobContent.maxOutputBytes, error: result.error,
+                truncated: output.truncated || text.utf8.count > JobContent.maxOutputBytes,
+                error: result.error.map(clean),
                 usage: JobUsage(inputTokens: usage.inputTokens, outputTokens: usage.outputTokens),
-                metered: result.metered, seconds: result.duration.inSeconds, redactions: result.redactions)
+                metered: result.metered, seconds: result.duration.inSeconds,
+                redactions: result.redactions + redactions.value)
+            if redactions.value > 0 {
+                audit("market.redacted", ["task": taskId, "job": jobID, "count": String(redactions.value)])
+            }
             let (sealed, plaintext) = try JobContent.seal(content, to: assignment.requester, purpose: .result)
             let hash = JobContent.sha256Hex(plaintext)
             try await session.enqueue(
@@ -350,4 +369,10 @@ final class OutputKeeper: Sendable {
 
     var text: String { state.withLock { $0.text } }
     var truncated: Bool { state.withLock { $0.truncated } }
+}
+
+final class Counter: Sendable {
+    private let count = Atomic(0)
+    func add(_ value: Int) { count.add(value, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
 }

@@ -58,6 +58,7 @@ public actor Requester {
     private var providers: [String: PublicKeyDocument] = [:]
     private var nextSeq: [String: Int] = [:]
     private var outcomes: [String: RequesterOutcome] = [:]
+    private var stopAtPayload = false
 
     public init(session: MarketSession, database: StateDatabase) {
         self.session = session
@@ -100,10 +101,11 @@ public actor Requester {
     /// Follows the task until it is settled, refunded or cancelled (or `timeout` passes),
     /// reporting each step. With `accept`, a result that checks out is accepted at once.
     public func follow(
-        _ taskId: String, accept: Bool, timeout: Duration,
+        _ taskId: String, accept: Bool, timeout: Duration, untilDelivered: Bool = false,
         onUpdate: @escaping @Sendable (RequesterUpdate) -> Void
     ) async throws -> RequesterOutcome {
         outcomes[taskId] = RequesterOutcome(taskId: taskId, state: "open")
+        stopAtPayload = untilDelivered
         let frames = session.frames
         return try await withThrowingTaskGroup(of: RequesterOutcome?.self) { group in
             group.addTask {
@@ -163,6 +165,10 @@ public actor Requester {
             try await session.enqueue(
                 .payloadDeliver, SealedBody(taskId: taskId, sealed: sealed),
                 id: "payload-\(taskId)-\(assigned.provider.prefix(16))")
+            if stopAtPayload {
+                outcome.state = "assigned"
+                return outcome
+            }
         case .jobApproved:
             guard let document = providers[taskId],
                 (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil
@@ -203,6 +209,10 @@ public actor Requester {
                     ReasonBody(
                         taskId: taskId, reason: String("the result does not check out: \(problem)".prefix(1000))),
                     id: "dispute-\(taskId)")
+                // A dispute moves no money until the operator decides: nothing more to wait for.
+                try tasks.update(taskId, state: "disputed", note: problem.description, at: nowMs)
+                outcome.state = "disputed"
+                return outcome
             }
         case .jobRejected, .jobFailed:
             guard let document = providers[taskId],

@@ -25,6 +25,7 @@ public final class MarketServer: Service, Sendable {
     let now: @Sendable () -> Int64
     let startedMs: Int64
     private let nextConnectionID = Atomic<Int>(0)
+    let frameLog: FrameLog?
     private let onRunning: @Sendable (Int) async -> Void
 
     /// - Parameters:
@@ -42,6 +43,7 @@ public final class MarketServer: Service, Sendable {
         self.now = now
         self.startedMs = now()
         self.onRunning = onRunning
+        self.frameLog = try configuration.frameLogPath.map { try FrameLog(path: $0) }
         self.hub = PeerHub(frameRate: configuration.frameRate, frameBurst: configuration.frameBurst)
         self.processor = FrameProcessor(
             store: store, configuration: configuration, metrics: metrics, logger: logger, now: now)
@@ -247,7 +249,9 @@ public final class MarketServer: Service, Sendable {
                 for await item in stream {
                     do {
                         switch item {
-                        case .text(let text): try await outbound.write(.text(text))
+                        case .text(let text):
+                            self.frameLog?.write("out", text)
+                            try await outbound.write(.text(text))
                         case .close(let code, let reason):
                             try await outbound.close(code, reason: reason)
                             return
@@ -264,7 +268,9 @@ public final class MarketServer: Service, Sendable {
                     guard let message = assembler.add(frame) else { continue }
                     let text: String
                     switch message {
-                    case .text(let received): text = received
+                    case .text(let received):
+                        text = received
+                        frameLog?.write("in", text)
                     case .tooLarge(let size):
                         metrics.error(MarketError.Code.frameTooLarge.rawValue)
                         send(
@@ -379,5 +385,25 @@ extension Duration {
     var nanosecondsClamped: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
+
+/// The `--frame-log` capture: every frame in and out, one per line.
+final class FrameLog: Sendable {
+    private let handle: Mutex<FileHandle>
+
+    init(path: String) throws {
+        if !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
+            else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path]) }
+        }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        try handle.seekToEnd()
+        self.handle = Mutex(handle)
+    }
+
+    func write(_ direction: String, _ text: String) {
+        let line = Data((direction + "\t" + text.replacingOccurrences(of: "\n", with: "\\n") + "\n").utf8)
+        handle.withLock { try? $0.write(contentsOf: line) }
     }
 }

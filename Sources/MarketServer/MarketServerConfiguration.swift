@@ -23,6 +23,9 @@ public struct MarketServerConfiguration: Sendable {
     public var dashboard: Bool
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?
+    /// When set, every text frame in and out is appended here (one per line, `in`/`out` and the
+    /// frame): a debugging capture, and the proof that the market only ever sees ciphertext.
+    public var frameLogPath: String?
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, rules: MarketRules = MarketRules(),

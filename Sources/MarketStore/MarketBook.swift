@@ -160,7 +160,10 @@ public struct MarketBook: Sendable {
             }
         }
         for id in try tx.tasksDue(nowMs: nowMs, limit: limit) {
-            transitions += try apply(.deadlinePassed, toTask: id, nowMs: nowMs, in: tx)
+            let waitingForPayload =
+                try tx.task(id, lock: false)?.state == .assigned && tx.frame(taskID: id, kind: .payload) == nil
+            transitions += try apply(
+                waitingForPayload ? .payloadMissing : .deadlinePassed, toTask: id, nowMs: nowMs, in: tx)
         }
         return transitions
     }

@@ -120,6 +120,19 @@ import Testing
         #expect(task.faults == 4)
     }
 
+    @Test func aPayloadThatNeverCameRefundsWithoutBlamingTheProvider() throws {
+        let task = try assigned()
+        #expect(throws: MarketError.self) { try machine.apply(.payloadMissing, to: task, nowMs: task.deadlineMs! - 1) }
+        let missing = try machine.apply(.payloadMissing, to: task, nowMs: task.deadlineMs!)
+        #expect(missing.task.state == .refunded)
+        #expect(missing.outcomes.isEmpty)
+        #expect(missing.movements.map(\.kind) == [.refund])
+        #expect(missing.movements.first?.amount == Credits(micro: 6_000_000))
+        // Only an assigned task waits for a payload.
+        let running = try machine.apply(.approve(by: provider), to: task, nowMs: 2).task
+        #expect(throws: MarketError.self) { try machine.apply(.payloadMissing, to: running, nowMs: .max) }
+    }
+
     @Test func deadlinesOnlyFireWhenDue() throws {
         let task = openTask()
         #expect(throws: MarketError.self) { try machine.apply(.deadlinePassed, to: task, nowMs: task.deadlineMs! - 1) }

@@ -19,12 +19,12 @@ public final class MarketProcess: @unchecked Sendable {
     }
 
     /// Starts `market serve --port 0 --db DB EXTRA…` and waits for its "listening" line.
-    public static func start(db: String, home: URL, extra: [String] = [], timeout: TimeInterval = 30) throws
-        -> MarketProcess
-    {
+    public static func start(
+        db: String, home: URL, port: Int = 0, extra: [String] = [], timeout: TimeInterval = 30
+    ) throws -> MarketProcess {
         let process = Process()
         process.executableURL = CLIRunner.executable
-        process.arguments = ["market", "serve", "--port", "0", "--db", db] + extra
+        process.arguments = ["market", "serve", "--port", String(port), "--db", db] + extra
         process.environment = CLIRunner.baseEnvironment(home: home)
         let err = Pipe()
         process.standardError = err

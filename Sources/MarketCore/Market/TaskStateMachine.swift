@@ -14,6 +14,10 @@ public enum TaskEvent: Sendable, Equatable {
     case providerSilent
     /// The clock passed `deadlineMs`.
     case deadlinePassed
+    /// The approval deadline passed on an assigned task whose requester never delivered the
+    /// payload: nothing the provider could approve, so the requester is refunded and no one's
+    /// reputation moves.
+    case payloadMissing
     /// The operator decides a dispute.
     case resolve(forProvider: Bool, memo: String)
 
@@ -23,7 +27,7 @@ public enum TaskEvent: Sendable, Equatable {
         case .cancel(let by), .approve(let by), .reject(let by, _), .deliver(let by, _), .accept(let by),
             .dispute(let by, _), .fail(let by, _):
             by
-        case .assign, .providerSilent, .deadlinePassed, .resolve: nil
+        case .assign, .providerSilent, .deadlinePassed, .payloadMissing, .resolve: nil
         }
     }
 
@@ -39,6 +43,7 @@ public enum TaskEvent: Sendable, Equatable {
         case .fail: "job.failed"
         case .providerSilent: "provider silent"
         case .deadlinePassed: "deadline"
+        case .payloadMissing: "payload missing"
         case .resolve: "resolve"
         }
     }
@@ -198,6 +203,14 @@ public struct TaskStateMachine: Sendable {
             case .settled, .refunded, .cancelled:
                 throw MarketError(.invalidState, "task \(task.id) is already \(task.state.rawValue)")
             }
+
+        case (.payloadMissing, .assigned):
+            guard let deadline = task.deadlineMs, nowMs >= deadline else {
+                throw MarketError(.invalidState, "task \(task.id) has not reached its deadline")
+            }
+            try refund(
+                &transition, reason: "the requester never delivered the payload before the approval deadline",
+                state: .refunded)
 
         case (.resolve(let forProvider, let memo), .disputed):
             if forProvider {

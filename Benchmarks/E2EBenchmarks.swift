@@ -1,0 +1,132 @@
+import Foundation
+import MarketClient
+import MarketCore
+import MarketCrypto
+import MarketFlows
+import Participant
+
+// The e2e group: a market job on loopback, every part real — a `market serve` process, a
+// `provide` daemon process with a warm pool, the requester in this process — from posting the
+// task until the job's first output line reaches the requester, beside a plain `docker run` of
+// the same command with the same hardening flags, measured in the same run.
+
+func e2eBenchmarks(runs: Int) async throws {
+    let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appending(
+        path: "claude-max-market")
+    let server = try ServerProcess()
+    defer { server.stop() }
+    let home = server.directory.appending(path: "provider")
+    func cli(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CMM_") }
+        environment["CMM_HOME"] = home.path
+        process.environment = environment
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw MarketClientError("`claude-max-market \(arguments.joined(separator: " "))` failed")
+        }
+    }
+    try cli(["terms", "--accept"])
+    try cli(["opt-in", "--claude-jobs", "--yes"])
+    let settingsList = [
+        "market.url=\(server.url)", "approval.mode=policy", "docker.image=\(image)", "docker.warmPool=1",
+        "limits.dailyTasks=10000", "limits.weeklyTasks=70000", "limits.monthlyTasks=310000",
+        "docker.memory=\(settings.memoryBytes)", "docker.pidsLimit=\(settings.pidsLimit)",
+        "docker.tmpfsSize=\(settings.tmpfsBytes)", "docker.cpuShares=\(settings.cpuShares)",
+    ]
+    try cli(["config"] + settingsList.flatMap { ["--set", $0] })
+    try cli(["advertise", "--slots", "1", "--price", "1"])
+    let command = ["sh", "-c", "echo ready; cat > /dev/null"]
+    let log = server.directory.appending(path: "provide.log")
+    _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+    let daemon = Process()
+    daemon.executableURL = binary
+    daemon.arguments = ["provide", "--backend", "command", "--"] + command
+    var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CMM_") }
+    environment["CMM_HOME"] = home.path
+    daemon.environment = environment
+    let handle = try FileHandle(forWritingTo: log)
+    daemon.standardOutput = handle
+    daemon.standardError = handle
+    try daemon.run()
+    defer {
+        daemon.terminate()
+        daemon.waitUntilExit()
+    }
+    func daemonLog() -> String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+    for _ in 0..<600 where !daemonLog().contains("offer live") { try await Task.sleep(for: .milliseconds(50)) }
+    guard daemonLog().contains("offer live") else { throw MarketClientError("provide did not start: \(daemonLog())") }
+    try await Task.sleep(for: .seconds(2))  // the warm pool fills
+    let idleRSS = rssMB(of: daemon.processIdentifier)
+
+    let requesterKeys = KeyRing.inMemory(sealing: try SealingKeySet.generate(at: Date()))
+    try await mint([requesterKeys.peerID], server.sqlite)
+    let database = try StateDatabase(url: server.directory.appending(path: "requester.sqlite"))
+    let session = MarketSession(
+        keys: requesterKeys, settings: SessionSettings(url: server.url), outbox: Outbox(database: database))
+    let runner = Task { await session.run() }
+    defer { runner.cancel() }
+    try await session.waitUntilConnected(timeout: .seconds(10))
+    let requester = Requester(session: session, database: database)
+
+    var market: [Double] = []
+    for _ in 0..<runs {
+        let first = FirstLine()
+        let start = ContinuousClock.now
+        let ack = try await requester.post(SubmitOptions(prompt: Data("x\n".utf8), maxPrice: 2_000_000))
+        guard let taskId = ack.taskId, ack.state == "assigned" else {
+            throw MarketClientError("the task was not matched at once: \(ack)")
+        }
+        let outcome = try await requester.follow(taskId, accept: true, timeout: .seconds(60)) { update in
+            if case .items(let items) = update, items.contains(where: { $0.kind == "line" }) {
+                first.mark(ContinuousClock.now)
+            }
+        }
+        guard outcome.state == "settled", let at = first.at else {
+            throw MarketClientError("task \(taskId) ended \(outcome.state) without output")
+        }
+        market.append(seconds(at - start) * 1000)
+        try await Task.sleep(for: .milliseconds(1500))  // the pool starts the next container
+    }
+    var plain: [Double] = []
+    for _ in 0..<runs { plain.append(try dockerRunFirstLine(command: ["sh", "-c", "echo ready"])) }
+    report(
+        Row(
+            name: "market job, submit → first event (p50, warm)", ours: median(market), baseline: median(plain),
+            unit: "ms", target: 0.5, higherIsBetter: false))
+    print(
+        String(
+            format: "  market p90 %.1f ms, docker run p90 %.1f ms", percentile(market, 0.9), percentile(plain, 0.9)))
+    report(
+        Row(
+            name: "idle provider daemon RSS (budget 40 MB)", ours: idleRSS, baseline: 40, unit: "MB", target: 1.0,
+            higherIsBetter: false))
+}
+
+func rssMB(of pid: Int32) -> Double {
+    let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+    return (Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
+}
+
+/// `docker run --rm` with the same flags: time until the first line of output is read.
+func dockerRunFirstLine(command: [String]) throws -> Double {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["docker", "run", "-i", "--rm"] + hardenedRunFlags() + [image] + command
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardInput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    let start = ContinuousClock.now
+    try process.run()
+    _ = try out.fileHandleForReading.read(upToCount: 1)
+    let elapsed = seconds(ContinuousClock.now - start) * 1000
+    process.waitUntilExit()
+    return elapsed
+}
