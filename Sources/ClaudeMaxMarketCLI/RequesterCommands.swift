@@ -16,9 +16,11 @@ struct SubmitCommand: AsyncParsableCommand {
             Shows the estimated price and wait from the live book first (and why no provider could \
             take it, when none could). With --wait it seals the prompt to the provider that wins, \
             streams the job's decrypted events, checks the provider's signature and the result hash, \
-            prints the result and accepts it (a result that does not check out is disputed). Exit \
-            codes: 0 settled, 1 refunded or failed, 2 bad input, 69 market unreachable, 124 not \
-            finished within --wait-timeout (pick it up with `result --task-id`).
+            prints the result and accepts it when the job succeeded (a result that does not check \
+            out is disputed; a job that failed or timed out is left to `accept` or `dispute`). Exit \
+            codes: 0 settled, 1 refunded, disputed, refused or left for you to decide, 2 bad input, 69 \
+            market unreachable, 124 not finished within --wait-timeout (pick it up with `result \
+            --task-id`).
             """
     )
 
@@ -217,6 +219,12 @@ struct RequesterPrinter: Sendable {
 
     func finished(_ outcome: RequesterOutcome) {
         if json { return emit(Line(type: "finished", taskId: outcome.taskId, state: outcome.state)) }
+        if outcome.state == "delivered", let result = outcome.result {
+            Output.note(
+                "the job ended \(result.state), so it was not accepted: `claude-max-market accept --task-id \(outcome.taskId)` "
+                    + "or `dispute --task-id \(outcome.taskId) --reason …` (the acceptance window accepts it otherwise)"
+            )
+        }
     }
 }
 

@@ -89,12 +89,25 @@ public final class EgressProxy: Sendable {
         state.withLock { ($0.decisions.passed, $0.decisions.refused) }
     }
 
+    /// The longest socket path used as given (`sun_path` holds 108 bytes with its NUL).
+    static let maxSocketPathBytes = 100
+
     /// Serves on a socket at `directory/egress.sock` (directory created 0755 so that the
     /// container's user can reach it) while `body` runs; stops and removes the socket after.
     public static func withProxy<T: Sendable>(
         directory: URL, policy: EgressPolicy, gateway: ClaudeGateway? = nil, logger: Logger = Logger(label: "egress"),
         isolation: isolated (any Actor)? = #isolation, _ body: (EgressProxy) async throws -> T
     ) async throws -> T {
+        // A Unix socket path holds at most 107 bytes: a deep home (or temporary directory)
+        // gets its socket in a short private directory under /tmp instead, removed afterwards.
+        var directory = directory
+        var fallback: URL?
+        if directory.appending(path: "egress.sock").path.utf8.count > maxSocketPathBytes {
+            directory = URL(fileURLWithPath: "/tmp").appending(
+                path: "cmm-egress-\(UUID().uuidString.prefix(13).lowercased())")
+            fallback = directory
+        }
+        defer { if let fallback { try? FileManager.default.removeItem(at: fallback) } }
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         chmod(directory.path, 0o755)
         let proxy = EgressProxy(

@@ -135,7 +135,7 @@ public struct JobExecutor: Sendable {
         try request.validate()
         var report = try await drive(
             containerID: slot.containerID, request: request, startFirst: false, secrets: slot.secrets,
-            gateway: slot.proxy?.gateway, onOutput: onOutput)
+            gateway: slot.proxy?.gateway, preamble: slot.gated ? Data("\n".utf8) : Data(), onOutput: onOutput)
         if let proxy = slot.proxy { report.note(proxy) }
         return report
     }
@@ -171,7 +171,7 @@ public struct JobExecutor: Sendable {
     /// output under the wall-clock limit, and always removes the container.
     func drive(
         containerID id: String, request: JobRequest, startFirst: Bool, secrets: [String], gateway: ClaudeGateway?,
-        onOutput: @escaping @Sendable (JobOutput) -> Void
+        preamble: Data = Data(), onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
         let clock = ContinuousClock()
         let started = clock.now
@@ -191,6 +191,7 @@ public struct JobExecutor: Sendable {
                         let stdin = attached.stdin
                         return try await withThrowingTaskGroup(of: Void.self) { writers in
                             writers.addTask {
+                                if !preamble.isEmpty { try await stdin.write(preamble) }
                                 try await stdin.write(request.prompt)
                                 if let input = request.input {
                                     for await chunk in input { try await stdin.write(chunk) }

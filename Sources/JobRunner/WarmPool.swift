@@ -27,6 +27,16 @@ public actor WarmPool: Service {
         public let proxy: EgressProxy?
         let secrets: [String]
         let token: UUID
+        /// The command waits behind a gate (one line on stdin) so that nothing runs before
+        /// the job is handed over and its output is attached.
+        var gated = false
+    }
+
+    /// A command job started ahead would run (and print, unseen) before it is anyone's job:
+    /// it waits for one line on stdin first, then becomes the command. Claude Code reads its
+    /// prompt before doing anything, so it needs no gate. Needs `/bin/sh` in the image.
+    static func gate(_ command: [String]) -> [String] {
+        ["/bin/sh", "-c", "read -r _ && exec \"$@\"", "cmm-gate"] + command
     }
 
     let docker: DockerClient
@@ -114,11 +124,13 @@ public actor WarmPool: Service {
         }
         defer { if let gateway { Task { await gateway.shutdown() } } }
         let prepared = template.backend.prepared(gateway: gateway)
+        let gated = template.backend.name == "command"
+        let command = gated ? Self.gate(prepared.command) : prepared.command
         let labels = Labels.make(kind: "pool", job: poolID, owner: owner, version: ToolVersion.current)
         let docker = self.docker
         func start(egressDirectory: String?) async throws -> String {
             let spec = SandboxPolicy.containerSpec(
-                template.sandbox, command: prepared.command, environment: prepared.environment, labels: labels,
+                template.sandbox, command: command, environment: prepared.environment, labels: labels,
                 egressDirectory: egressDirectory, loginVolume: prepared.loginVolume)
             let id = try await docker.createContainer(spec)
             do {
@@ -141,11 +153,12 @@ public actor WarmPool: Service {
                 ) { proxy in
                     let id = try await start(egressDirectory: proxy.socketPath.deletingLastPathComponent)
                     await self.awaitRelease(
-                        Slot(containerID: id, proxy: proxy, secrets: prepared.secrets, token: token))
+                        Slot(containerID: id, proxy: proxy, secrets: prepared.secrets, token: token, gated: gated))
                 }
             } else {
                 let id = try await start(egressDirectory: nil)
-                await awaitRelease(Slot(containerID: id, proxy: nil, secrets: prepared.secrets, token: token))
+                await awaitRelease(
+                    Slot(containerID: id, proxy: nil, secrets: prepared.secrets, token: token, gated: gated))
             }
         } catch {
             starting -= 1

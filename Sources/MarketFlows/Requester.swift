@@ -195,8 +195,14 @@ public actor Requester {
                 try tasks.storeResult(taskId, frame: try Self.text(frame), hash: hash, verified: true, at: nowMs)
                 outcome.result = result
                 onUpdate(.result(result, provider: document.peerId))
-                if accept {
+                // Only a job that succeeded is accepted unasked; any other ending is the
+                // requester's call (`accept` or `dispute`), settled by the window otherwise.
+                if accept && result.state == "succeeded" {
                     try await session.enqueue(.jobAccept, TaskRefBody(taskId: taskId), id: "accept-\(taskId)")
+                } else {
+                    try tasks.update(taskId, state: "delivered", at: nowMs)
+                    outcome.state = "delivered"
+                    return outcome
                 }
             case .failure(let problem):
                 try? tasks.storeResult(taskId, frame: try Self.text(frame), hash: "", verified: false, at: nowMs)

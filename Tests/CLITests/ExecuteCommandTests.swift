@@ -172,6 +172,16 @@ struct ExecuteCommandTests {
         #expect(badTimeout.exitCode != 0 && badTimeout.stderr.contains("docker.timeoutSeconds"))
     }
 
+    /// A command job needs no prompt: it runs with empty input.
+    @Test func aCommandJobWithoutAPromptReadsNothing() async throws {
+        try await optIn()
+        let result = try run([
+            "execute", "--backend", "command", "--yes", "--", "sh", "-c", "echo \"read $(wc -c) bytes\"",
+        ])
+        #expect(result.exitCode == 0, "\(result.stderr)")
+        #expect(result.stdout == "read 0 bytes\n")
+    }
+
     /// A missing image for a command job is pulled, never replaced by a build of the runner's
     /// Dockerfile. The registry is a closed loopback port: the pull fails at once, nothing leaves.
     @Test func aMissingCommandImageIsPulledNotBuilt() async throws {

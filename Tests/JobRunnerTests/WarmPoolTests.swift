@@ -49,4 +49,37 @@ struct WarmPoolTests {
             #expect(left.isEmpty)
         }
     }
+
+    /// A deep home puts the egress socket past the 107 bytes a Unix socket path may have: the
+    /// pool still fills (the socket goes to a short private directory) and the slot works.
+    @Test func aDeepRunDirectoryStillGetsItsSockets() async throws {
+        try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
+            docker in
+            try await TestRunnerImage.ensureBuilt()
+            let deep = runDirectory.url.appending(path: String(repeating: "d", count: 80))
+            let backend = JobBackend.command(["sh", "-c", "echo \"got $(cat)\""])
+            let template = WarmPool.Template(
+                sandbox: JobExecutorTests.settings, backend: backend,
+                egress: EgressPolicy(allowlist: ["api.anthropic.com:443"], byteBudget: 1 << 20))
+            let pool = WarmPool(docker: docker, template: template, size: 1, runDirectory: deep)
+            let executor = JobExecutor(docker: docker, runDirectory: deep)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await pool.run() }
+                await pool.waitUntilFull()
+                let slot = try #require(await pool.take())
+                let socket = try #require(slot.proxy?.socketPath)
+                #expect(socket.hasPrefix("/tmp/cmm-egress-") && socket.utf8.count <= 100)
+                let lines = LockedBox<[String]>([])
+                let request = JobRequest(
+                    id: UUID().uuidString.lowercased(), prompt: Data("in".utf8), backend: backend,
+                    sandbox: JobExecutorTests.settings, egress: template.egress)
+                let report = try await executor.run(request, on: slot) { output in
+                    if case .line(_, let text) = output { lines.withLock { $0.append(text) } }
+                }
+                await pool.release(slot)
+                #expect(report.state == .succeeded && lines.value == ["got in"])
+                group.cancelAll()
+            }
+        }
+    }
 }

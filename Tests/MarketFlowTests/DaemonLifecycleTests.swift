@@ -82,6 +82,25 @@ struct DaemonLifecycleTests {
         #expect(try await flow.balance(requester)["available"] as? Int == 17_000_000)
     }
 
+    @Test func aJobThatFailsIsDeliveredButLeftToTheRequester() async throws {
+        let flow = try await Flow.start()
+        defer { flow.stopAll() }
+        let provider = try await flow.provider("wes")
+        _ = try await flow.provide(provider, command: ["sh", "-c", "echo oops; exit 3"])
+        let requester = try await flow.requester("xena")
+        let run = try await flow.cli(
+            requester, ["submit", "--prompt", "p", "--max-price", "5", "--wait", "--json"], expect: 1)
+        let lines = jsonLines(run.stdout)
+        let result = try #require(lines.first { $0["type"] as? String == "result" }?["result"] as? [String: Any])
+        #expect(result["state"] as? String == "failed" && result["exitCode"] as? Int == 3)
+        #expect(lines.last?["state"] as? String == "delivered")
+        let taskId = try #require(try await flow.tasks(state: "delivered").first?["taskId"] as? String)
+        // The requester decides: here it accepts, and the provider is paid.
+        let accepted = try await flow.cli(requester, ["accept", "--task-id", taskId, "--json"]).jsonObject()
+        #expect(accepted["state"] as? String == "settled")
+        #expect(try await flow.balance(requester)["available"] as? Int == 18_000_000)
+    }
+
     @Test func theMarketWitnessesTheAuditHeadSoAKeyHolderCannotCutTheLog() async throws {
         let flow = try await Flow.start()
         defer { flow.stopAll() }
