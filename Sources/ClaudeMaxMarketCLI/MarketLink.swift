@@ -46,10 +46,9 @@ struct MarketLink {
     }
 
     func makeSession(
-        settings: SessionSettings? = nil, onConnect: @escaping @Sendable (MarketSession) async -> Void = { _ in }
-    )
-        -> MarketSession
-    {
+        settings: SessionSettings? = nil, onConnect: @escaping @Sendable (MarketSession) async -> Void = { _ in },
+        onDisconnect: @escaping @Sendable (String) -> Void = { _ in }
+    ) -> MarketSession {
         var hooks = MarketSession.Hooks()
         let database = self.database
         hooks.auditHead = { try? database.signedAuditHead() }
@@ -59,6 +58,7 @@ struct MarketLink {
                 at: Date())
         }
         hooks.onConnect = onConnect
+        hooks.onDisconnect = onDisconnect
         var logger = Logger(label: "cmm.session")
         logger.logLevel = .critical
         return MarketSession(

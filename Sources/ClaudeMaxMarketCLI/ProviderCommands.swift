@@ -72,6 +72,12 @@ struct AdvertiseCommand: AsyncParsableCommand {
         try requireOptIn(link.database)
         let store = OfferStore(database: link.database)
         let body = try offer.offer(config: link.config, stored: try store.load())
+        let concurrent = link.config.integer(.concurrentJobs)
+        if Int64(body.slots) > concurrent {
+            Output.note(
+                "note: \(body.slots) slots but limits.concurrentJobs is \(concurrent): a job beyond \(concurrent) at once is refused (and the requester refunded)"
+            )
+        }
         try store.save(body)
         try link.database.audit(
             actor: "user", kind: "market.advertise",
@@ -227,13 +233,16 @@ struct ProvideCommand: AsyncParsableCommand {
                 : nil
             let holder = DaemonHolder()
             let desk = ApprovalDesk()
-            let session = link.makeSession { _ in await holder.daemon?.connected() }
+            let session = link.makeSession(
+                onConnect: { _ in await holder.daemon?.connected() },
+                onDisconnect: { report(ProviderEvent(taskId: nil, message: $0)) })
             var settings = ProviderDaemon.Settings()
             settings.autoBid = !noBid
             settings.drainTimeout = .milliseconds(drainMs)
             let daemon = ProviderDaemon(
                 session: session, pipeline: pipeline, backend: jobBackend, pool: pool, offer: standing,
                 settings: settings, knownSecrets: link.knownSecrets,
+                reloadConfig: { try? context.config() },
                 ask: { question in
                     guard Output.stdinIsTerminal else {
                         throw JobRefusal(.approval, "approval needs a terminal (or approval.mode=policy)")

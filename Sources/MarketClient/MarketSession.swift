@@ -49,6 +49,8 @@ public actor MarketSession {
         public var onConnect: @Sendable (MarketSession) async -> Void = { _ in }
         /// A message was refused before sending (a credential in it); the reason, for the audit log.
         public var onRefusal: @Sendable (_ type: String, _ reason: String) -> Void = { _, _ in }
+        /// The connection was lost, or the market could not be reached (once per outage).
+        public var onDisconnect: @Sendable (_ reason: String) -> Void = { _ in }
         public init() {}
     }
 
@@ -94,7 +96,9 @@ public actor MarketSession {
     /// Connects, serves, and reconnects until the task is cancelled.
     public func run() async {
         reloadOutbox()
+        var reported = false
         while !Task.isCancelled {
+            let before = connects
             do {
                 try await MarketConnection.with(url: settings.url, keys: keys, logger: logger, clock: clock) {
                     connection in
@@ -105,6 +109,14 @@ public actor MarketSession {
                 logger.debug("market connection ended", metadata: ["error": "\(error)"])
             }
             connection = nil
+            if Task.isCancelled { break }
+            if connects > before {
+                reported = true
+                hooks.onDisconnect("lost the connection to \(settings.url) (\(lastError ?? "closed")); reconnecting")
+            } else if !reported {
+                reported = true
+                hooks.onDisconnect("the market at \(settings.url) is unreachable (\(lastError ?? "?")); retrying")
+            }
             if Task.isCancelled { break }
             try? await Task.sleep(for: backoff())
         }

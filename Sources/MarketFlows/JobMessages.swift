@@ -138,6 +138,7 @@ final class EventStreamer: Sendable {
         sender = Task {
             var seq = 0
             var finished = false
+            var lastSent = ContinuousClock.now - .seconds(1)
             for await _ in stream {
                 var items: [JobContent.Item] = []
                 buffer.state.withLock {
@@ -149,6 +150,11 @@ final class EventStreamer: Sendable {
                 var bytes = 0
                 func send() async {
                     guard !batch.isEmpty else { return }
+                    // At most one frame per 10 ms (the market allows 200 a second per peer):
+                    // a chatty job gets fewer, larger batches instead of refused frames.
+                    let since = ContinuousClock.now - lastSent
+                    if since < .milliseconds(10) { try? await Task.sleep(for: .milliseconds(10) - since) }
+                    lastSent = ContinuousClock.now
                     do {
                         let (sealed, _) = try JobContent.seal(
                             JobContent.EventBatch(taskId: taskId, items: batch), to: requester, purpose: .result)

@@ -40,7 +40,16 @@ public actor ProviderDaemon {
     }
 
     let session: MarketSession
-    let pipeline: JobPipeline
+    /// The pipeline as started; each job (and each limits check) uses the config as it is then,
+    /// so `limits …` or `config --set approval.…` from another terminal apply to the next job.
+    let basePipeline: JobPipeline
+    let reloadConfig: @Sendable () -> ResolvedConfig?
+    var pipeline: JobPipeline {
+        guard let config = reloadConfig() else { return basePipeline }
+        return JobPipeline(
+            database: basePipeline.database, config: config, paths: basePipeline.paths, docker: basePipeline.docker,
+            actor: basePipeline.actor)
+    }
     let backend: JobBackend
     let pool: WarmPool?
     let settings: Settings
@@ -58,16 +67,20 @@ public actor ProviderDaemon {
     private var running: [String: Task<Void, Never>] = [:]
     private var optedOut = false
     private var stopping = false
+    /// Why the offer is off the market while the limits allow no other job, or nil.
+    private var pausedForLimits: String?
     public private(set) var finishedJobs = 0
 
     public init(
         session: MarketSession, pipeline: JobPipeline, backend: JobBackend, pool: WarmPool?,
         offer: AdvertiseBody?, settings: Settings = Settings(), knownSecrets: [String] = [],
+        reloadConfig: @escaping @Sendable () -> ResolvedConfig? = { nil },
         ask: @escaping @Sendable (ApprovalQuestion) async throws -> Bool,
         report: @escaping @Sendable (ProviderEvent) -> Void
     ) {
         self.session = session
-        self.pipeline = pipeline
+        self.basePipeline = pipeline
+        self.reloadConfig = reloadConfig
         self.backend = backend
         self.pool = pool
         self.offer = offer
@@ -79,7 +92,7 @@ public actor ProviderDaemon {
     }
 
     var nowMs: Int64 { Date().unixMilliseconds }
-    var database: StateDatabase { pipeline.database }
+    var database: StateDatabase { basePipeline.database }
 
     func note(_ message: String, task: String? = nil) { report(ProviderEvent(taskId: task, message: message)) }
 
@@ -106,6 +119,11 @@ public actor ProviderDaemon {
         // The offer as last saved: an `advertise` from another terminal changes it.
         if let saved = try? OfferStore(database: database).load() { offer = saved }
         guard let offer, !optedOut, !stopping else { return }
+        if let block = limitsBlock() {
+            pausedForLimits = block
+            note("offer held back: \(block)")
+            return
+        }
         do {
             let ack = try await session.request(.offerAdvertise, offer, timeout: .seconds(15))
             note("offer live: \(offer.slots) slot(s) at \(Credits(micro: offer.price)) (\(ack.note ?? "advertised"))")
@@ -114,9 +132,34 @@ public actor ProviderDaemon {
         }
     }
 
+    /// Why the limits allow no further job now (a day's, week's or month's jobs or tokens), or
+    /// nil. Jobs running at once are the market's business (the offer's slots), not a reason.
+    func limitsBlock() -> String? {
+        guard var usage = try? JobStore(database: database).usage(at: Date()) else { return nil }
+        usage.running = 0
+        let limits = Limits(config: reloadConfig() ?? basePipeline.config)
+        let tokens: Int64 = backend.name == "claude" ? limits.maxTokensPerTask : 0
+        return limits.violation(adding: tokens, to: usage)?.description
+    }
+
+    /// Withdraws the offer when the limits are reached and puts it back when they allow a job.
+    private func watchLimits() async {
+        guard !optedOut, !stopping, offer != nil else { return }
+        let block = limitsBlock()
+        if let block, pausedForLimits == nil {
+            pausedForLimits = block
+            note("limits reached (\(block)): offer withdrawn until they allow another job")
+            _ = try? await session.request(.offerWithdraw, EmptyBody(), timeout: .seconds(10))
+        } else if block == nil, pausedForLimits != nil {
+            pausedForLimits = nil
+            await connected()
+        }
+    }
+
     private func watchConsent() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: settings.consentPoll)
+            await watchLimits()
             let opted = (try? ConsentStore(database: database).current().optIn) != nil
             if !opted && !optedOut {
                 optedOut = true
@@ -203,8 +246,9 @@ public actor ProviderDaemon {
 
     /// Bids on an open task the offer fits, at the offer's price, while a slot is free.
     func consider(_ open: OpenTaskBody) async {
-        guard settings.autoBid, let offer, !optedOut, !stopping, open.requester != keys.peerID.rawValue,
-            open.maxPrice >= offer.price, running.count < offer.slots
+        guard settings.autoBid, let offer, !optedOut, !stopping, pausedForLimits == nil,
+            open.requester != keys.peerID.rawValue, open.maxPrice >= offer.price, running.count < offer.slots,
+            limitsBlock() == nil
         else { return }
         if let model = open.model, let models = offer.models, !models.isEmpty, !models.contains(model) { return }
         do {

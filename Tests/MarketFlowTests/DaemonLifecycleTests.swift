@@ -82,6 +82,24 @@ struct DaemonLifecycleTests {
         #expect(try await flow.balance(requester)["available"] as? Int == 17_000_000)
     }
 
+    @Test func theOfferLeavesTheMarketWhenTheLimitsAreReached() async throws {
+        let flow = try await Flow.start()
+        defer { flow.stopAll() }
+        let provider = try await flow.provider("yann", settings: ["limits.dailyTasks=1"])
+        let daemon = try await flow.provide(provider, command: ["cat"])
+        let requester = try await flow.requester("zoe")
+        try await flow.cli(requester, ["submit", "--prompt", "one", "--max-price", "5", "--wait"])
+        try await daemon.waitFor("offer withdrawn until they allow another job", timeout: 10)
+        #expect((try await flow.get("/v1/offers") as? [Any])?.isEmpty == true)
+        let second = try await flow.cli(requester, ["submit", "--prompt", "two", "--max-price", "5"])
+        #expect(second.stderr.contains("posted: open"))
+        #expect(daemon.count("won task") == 1)
+
+        // A higher limit (from another terminal) puts the offer back, and the open task is taken.
+        try await flow.cli(provider, ["config", "--set", "limits.dailyTasks=5"])
+        try await daemon.waitFor("won task", times: 2, timeout: 15)
+    }
+
     @Test func aJobThatFailsIsDeliveredButLeftToTheRequester() async throws {
         let flow = try await Flow.start()
         defer { flow.stopAll() }
