@@ -305,7 +305,6 @@ struct MarketStatusCommand: AsyncParsableCommand {
         do {
             let health = try await Self.get(MarketViews.HealthView.self, base + "/health", client: client)
             let stats = try await Self.get(MarketViews.StatsView.self, base + "/v1/stats", client: client)
-            try await client.shutdown()
             var participant: Participant?
             if let database = try? context.database() {
                 let peer = try? context.keyStore.identityKey()?.peerID.rawValue
@@ -316,6 +315,7 @@ struct MarketStatusCommand: AsyncParsableCommand {
                     peerId: peer, known: view != nil, balance: view?.balance,
                     outbox: (try? Outbox(database: database).count()) ?? 0)
             }
+            try await client.shutdown()
             let report = Report(participant: participant, url: marketURL, health: health, stats: stats)
             if json {
                 try Output.json(report)

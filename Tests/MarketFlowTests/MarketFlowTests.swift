@@ -53,6 +53,10 @@ struct MarketFlowTests {
         #expect(occurrences(of: prompt, in: marketBytes) == 0)
         #expect(occurrences(of: prompt.uppercased(), in: marketBytes) == 0)
 
+        let settled = try #require(
+            try await flow.cli(carol, ["tasks", "--state", "settled", "--json"]).json() as? [[String: Any]])
+        let carolID = try await flow.peerID(carol)
+        #expect(settled.count == 1 && settled.first?["requester"] as? String == carolID)
         // The money: 20 − 2 for carol; 2 to the winner, 20 % of it held back while it is new.
         #expect(try await flow.balance(carol)["available"] as? Int == 18_000_000)
         let winnerHome = winners.first === aliceDaemon ? alice : bob
@@ -168,7 +172,12 @@ struct MarketFlowTests {
         #expect(price == 3_000_000)
         try await flow.cli(requester, ["submit", "--prompt", "after", "--max-price", "5", "--wait"])
         let status = try await flow.cli(provider, ["status", "--json"]).jsonObject()
-        #expect((status["market"] as? [String: Any])?["outbox"] as? Int == 0)
+        let market = try #require(status["market"] as? [String: Any])
+        #expect(market["outbox"] as? Int == 0 && market["reachable"] as? Bool == true)
+        #expect(market["offerLive"] as? Bool == true)
+        let marketStatus = try await flow.cli(provider, ["market", "status", "--json"]).jsonObject()
+        let me = try #require(marketStatus["participant"] as? [String: Any])
+        #expect(me["known"] as? Bool == true && me["outbox"] as? Int == 0)
 
         // Two jobs, two settlements, each paid once: 2 + 3 out of 20.
         #expect(try await flow.tasks(state: "settled").count == 2)
