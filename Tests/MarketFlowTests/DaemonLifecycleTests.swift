@@ -100,6 +100,32 @@ struct DaemonLifecycleTests {
         try await daemon.waitFor("won task", times: 2, timeout: 15)
     }
 
+    @Test func cancelRefundsAnOpenTaskAndAnExpiredBidIsNeverSent() async throws {
+        let flow = try await Flow.start()
+        defer { flow.stopAll() }
+        let requester = try await flow.requester("ada")
+        try await flow.cli(requester, ["submit", "--prompt", "nobody takes this", "--max-price", "4"])
+        #expect(try await flow.balance(requester)["inEscrow"] as? Int == 4_000_000)
+        let taskId = try #require(try await flow.tasks(state: "open").first?["taskId"] as? String)
+        let cancelled = try await flow.cli(requester, ["cancel", "--task-id", taskId, "--json"]).jsonObject()
+        #expect(cancelled["state"] as? String == "cancelled")
+        let balance = try await flow.balance(requester)
+        #expect(balance["available"] as? Int == 20_000_000 && balance["inEscrow"] as? Int == 0)
+
+        // A bid queued while the market is down, expired by the time it is back: never sent.
+        let provider = try await flow.provider("bea")
+        try await flow.stopMarket()
+        let queued = try await flow.cli(
+            provider, ["bid", "--task-id", "some-task", "--price", "1", "--expires", "1s"], expect: 75)
+        #expect(queued.stderr.contains("unless it expires first"))
+        try await Task.sleep(for: .seconds(2))
+        try await flow.restartMarket()
+        try await flow.cli(provider, ["withdraw"])  // connects: the outbox is gone through
+        let status = try await flow.cli(provider, ["status", "--json"]).jsonObject()
+        #expect((status["market"] as? [String: Any])?["outbox"] as? Int == 0)
+        #expect(occurrences(of: "bid.place", in: try await flow.marketBytesAsync()) == 0)
+    }
+
     @Test func aJobThatFailsIsDeliveredButLeftToTheRequester() async throws {
         let flow = try await Flow.start()
         defer { flow.stopAll() }
