@@ -205,7 +205,8 @@ let package = Package(
             name: "MarketFlowTests",
             dependencies: [
                 "TestSupport", "DockerEngine", "MarketClient", "MarketCrypto", "MarketCore", "claude-max-market",
-            ]
+            ],
+            exclude: ["Browser"]
         ),
         .testTarget(
             name: "CLITests",

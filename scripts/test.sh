@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need (Docker engine, busybox-static, socat, openssl, a throwaway
-# PostgreSQL cluster, Python's cryptography for the HPKE interop test), then runs `swift test`.
+# PostgreSQL cluster, Python's cryptography for the HPKE interop test, Chromium with its driver and
+# Python selenium for the dashboard test), then runs `swift test`.
 # In CI (CI=true) a service that cannot be started fails the run; the tests that need it fail
 # rather than skip.
 set -euo pipefail
@@ -21,7 +22,13 @@ if ! python3 -c "import websockets, yaml, openapi_spec_validator, openapi_schema
     log "installing Python websockets, PyYAML and the OpenAPI validators (protocol and read-view tests)"
     python3 -m pip install -q websockets pyyaml openapi-spec-validator openapi-schema-validator
 fi
-export CMM_REQUIRE_DOCKER=1
+# The dashboard is checked in a real browser: headless Chromium driven by selenium.
+apt_install chromium chromium-driver
+if ! python3 -c "import selenium" 2>/dev/null; then
+    log "installing Python selenium (dashboard browser test)"
+    python3 -m pip install -q selenium
+fi
+export CMM_REQUIRE_DOCKER=1 CMM_REQUIRE_BROWSER=1
 
 log "swift build --build-tests"
 swift build --build-tests

@@ -24,7 +24,11 @@ struct DemoCommand: AsyncParsableCommand {
     )
 
     @Option(help: "Where the homes and the market's database go (default: a new temporary directory).") var dir: String?
-    @Flag(help: "Keep the directory afterwards (it is removed by default unless --dir was given).") var keep = false
+    @Flag(
+        help:
+            "Keep the directory, and leave the market and the provider running afterwards to look at the dashboard (it prints the address and the PIDs to stop)."
+    )
+    var keep = false
     @Option(help: "The prompt of the demo job.") var prompt =
         "Hello from the requester. Please shout this back to me."
 
@@ -42,7 +46,7 @@ struct DemoCommand: AsyncParsableCommand {
         let removeAfter = dir == nil && !keep
         let demo = Demo(root: root)
         defer {
-            demo.stopAll()
+            if !keep { demo.stopAll() }
             if removeAfter { try? FileManager.default.removeItem(at: root) }
         }
         let environment = ProcessInfo.processInfo.environment
@@ -101,11 +105,24 @@ struct DemoCommand: AsyncParsableCommand {
         try demo.cli(demo.home("market"), ["market", "verify", "--db", db])
         try demo.cli(provider, ["audit", "--verify"])
         try demo.cli(requester, ["audit", "--verify"])
-        demo.stopAll()
-        Output.line("")
-        Output.line("the provider daemon's log:")
-        Output.stdout((try? Data(contentsOf: root.appending(path: "provider.log"))) ?? Data())
+        if !keep {
+            demo.stopAll()
+            Output.line("")
+            Output.line("the provider daemon's log:")
+            Output.stdout((try? Data(contentsOf: root.appending(path: "provider.log"))) ?? Data())
+        }
         if !removeAfter { Output.line("\nthe homes and the market's database are in \(root.path)") }
+        if keep {
+            let page = url.replacingOccurrences(of: "ws://", with: "http://").replacingOccurrences(
+                of: "/market", with: "/")
+            let pids = demo.pids.map(String.init).joined(separator: " ")
+            Output.line(
+                "the market and the provider keep running: the dashboard is at \(page) — stop them with `kill \(pids)`")
+        } else {
+            let page = url.replacingOccurrences(of: "ws://", with: "http://").replacingOccurrences(
+                of: "/market", with: "/")
+            Output.line("\n(the market's dashboard was at \(page); `demo --keep` leaves it running)")
+        }
         guard submitted == 0 else { throw CLIError("the demo job did not settle (submit exited \(submitted))") }
         Output.line("\ndemo done: one job posted, run in a hardened container, settled and checked")
     }
@@ -264,6 +281,8 @@ final class Demo: @unchecked Sendable {
         }
         throw CLIError("the provider's offer did not go live: see \(root.appending(path: "provider.log").path)")
     }
+
+    var pids: [Int32] { children.filter(\.isRunning).map(\.processIdentifier) }
 
     /// SIGTERM to each child, newest first (the provider before the market), then wait.
     func stopAll() {

@@ -34,6 +34,9 @@ final class FrameProcessor: Sendable {
     let now: @Sendable () -> Int64
     /// Live nonces, counted here so that a full cache is noticed without a count query.
     let nonceCount: Atomic<Int>
+    /// Counts changes to the market (a message acted on, a sweep that moved a task): the
+    /// dashboard's live updates follow it.
+    let changes = Atomic<Int>(0)
 
     init(
         store: any MarketStore, configuration: MarketServerConfiguration, metrics: MarketMetrics, logger: Logger,
@@ -250,6 +253,7 @@ final class FrameProcessor: Sendable {
             throw error
         case .done(let replies, let outgoing, let matched, let settled):
             nonceCount.add(1, ordering: .relaxed)
+            if type != .heartbeat { changes.add(1, ordering: .relaxed) }
             for _ in 0..<matched { metrics.matched() }
             for state in settled { metrics.settled(state) }
             return FrameOutput(replies: replies, outgoing: outgoing)
@@ -496,6 +500,7 @@ final class FrameProcessor: Sendable {
             return (output.outgoing, purged, output.settled)
         }
         if purged > 0 { nonceCount.subtract(purged, ordering: .relaxed) }
+        if !outgoing.isEmpty || !settled.isEmpty { changes.add(1, ordering: .relaxed) }
         for state in settled { metrics.settled(state) }
         return outgoing
     }

@@ -26,6 +26,8 @@ public final class MarketServer: Service, Sendable {
     let startedMs: Int64
     private let nextConnectionID = Atomic<Int>(0)
     let frameLog: FrameLog?
+    /// Set when shutdown begins: the dashboard's event streams end.
+    let stopping = Atomic<Bool>(false)
     private let onRunning: @Sendable (Int) async -> Void
 
     /// - Parameters:
@@ -99,6 +101,7 @@ public final class MarketServer: Service, Sendable {
                 }
             }
             try await gracefulShutdown()
+            self.stopping.store(true, ordering: .relaxed)
             // Tell every peer why its connection ends, then close every connection (a client that
             // never hangs up must not keep the server from stopping).
             self.hub.broadcastAll(
@@ -161,6 +164,37 @@ public final class MarketServer: Service, Sendable {
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                 body: .init(byteBuffer: ByteBuffer(string: self.metrics.exposition())))
         }
+        router.get("/v1/flow") { _, _ -> Response in
+            let nowMs = self.now()
+            return Self.json(try await self.store.read { try MarketViews.flow(in: $0, nowMs: nowMs) })
+        }
+        router.get("/v1/providers") { _, _ -> Response in
+            let rules = self.configuration.rules
+            let nowMs = self.now()
+            return Self.json(
+                try await self.store.read { try MarketViews.providers(in: $0, rules: rules, nowMs: nowMs) })
+        }
+        if configuration.dashboard {
+            router.get("/") { request, _ -> Response in
+                let order =
+                    Dashboard.ProviderOrder(rawValue: request.uri.queryParameters.get("sort") ?? "") ?? .reputation
+                return Self.html(Dashboard.page(try await self.dashboardSnapshot(), order: order))
+            }
+            router.get("/dashboard/content") { request, _ -> Response in
+                let order =
+                    Dashboard.ProviderOrder(rawValue: request.uri.queryParameters.get("sort") ?? "") ?? .reputation
+                return Self.html(Dashboard.content(try await self.dashboardSnapshot(), order: order))
+            }
+        }
+        router.get("/v1/events") { _, _ -> Response in
+            Response(
+                status: .ok,
+                headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                body: ResponseBody { writer in
+                    try await self.streamChanges(to: &writer)
+                    try await writer.finish(nil)
+                })
+        }
         router.get("/v1/stats") { _, _ -> Response in
             Self.json(try await self.stats())
         }
@@ -200,15 +234,58 @@ public final class MarketServer: Service, Sendable {
         return router
     }
 
-    public func stats() async throws -> MarketViews.StatsView {
+    /// Everything the dashboard shows, in one read.
+    public func dashboardSnapshot() async throws -> DashboardSnapshot {
+        try await readWithServerFacts { tx, book, backend, connections, uptime, nowMs in
+            try DashboardSnapshot.read(
+                in: tx, book: book, backend: backend, connections: connections, uptimeSeconds: uptime, nowMs: nowMs)
+        }
+    }
+
+    /// A read of the store beside what only the server knows: its backend, live connections, uptime.
+    func readWithServerFacts<T: Sendable>(
+        _ body: @escaping @Sendable (any MarketTransaction, MarketBook, String, Int, Int64, Int64) throws -> T
+    ) async throws -> T {
         let book = processor.book
         let backend = store.backendName
         let connections = hub.authenticatedConnections
         let nowMs = now()
         let uptime = (nowMs - startedMs) / 1000
-        return try await store.read {
+        return try await store.read { try body($0, book, backend, connections, uptime, nowMs) }
+    }
+
+    /// Server-sent events: `update` whenever the market changed (checked four times a second),
+    /// a comment every 15 s to keep the connection open; ends when the server stops.
+    func streamChanges(to writer: inout any ResponseBodyWriter) async throws {
+        try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
+        var last = -1
+        var quiet = 0
+        while !Task.isCancelled && !stopping.load(ordering: .relaxed) {
+            let current = processor.changes.load(ordering: .relaxed) &* 1000 &+ hub.authenticatedConnections
+            if current != last {
+                last = current
+                quiet = 0
+                try await writer.write(ByteBuffer(string: "event: update\ndata: \(current)\n\n"))
+            } else if quiet >= 60 {
+                quiet = 0
+                try await writer.write(ByteBuffer(string: ": still here\n\n"))
+            }
+            try await Task.sleep(for: .milliseconds(250))
+            quiet += 1
+        }
+    }
+
+    static func html(_ text: String) -> Response {
+        Response(
+            status: .ok,
+            headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
+            body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    public func stats() async throws -> MarketViews.StatsView {
+        try await readWithServerFacts { tx, book, backend, connections, uptime, nowMs in
             try MarketViews.stats(
-                in: $0, book: book, backend: backend, connections: connections, uptimeSeconds: uptime, nowMs: nowMs)
+                in: tx, book: book, backend: backend, connections: connections, uptimeSeconds: uptime, nowMs: nowMs)
         }
     }
 

@@ -92,6 +92,8 @@ public struct MarketBook: Sendable {
                 .insufficientFunds, "maxPrice \(task.maxPrice) is more than the available balance \(available)")
         }
         try tx.insertTask(task)
+        try tx.insertTaskEvent(
+            TaskEventRecord(taskID: task.id, state: .open, atMs: nowMs, createdMs: nowMs, price: nil))
         try tx.insertMovement(
             Movement(
                 from: .peer(requester), to: .escrow(taskID: task.id), amount: task.maxPrice, kind: .escrowLock,
@@ -203,6 +205,12 @@ public struct MarketBook: Sendable {
     /// Writes one transition: the task, its ledger rows, the outcomes and the provider's count.
     func write(_ transition: TaskTransition, nowMs: Int64, in tx: some MarketTransaction) throws {
         try tx.updateTask(transition.task)
+        if transition.task.state != transition.before {
+            try tx.insertTaskEvent(
+                TaskEventRecord(
+                    taskID: transition.task.id, state: transition.task.state, atMs: nowMs,
+                    createdMs: transition.task.createdMs, price: transition.task.price?.micro))
+        }
         for movement in transition.movements { try tx.insertMovement(movement, nowMs: nowMs) }
         for outcome in transition.outcomes {
             try tx.insertOutcome(outcome, nowMs: nowMs)

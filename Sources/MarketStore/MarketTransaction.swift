@@ -119,9 +119,36 @@ public protocol MarketTransaction {
     func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) throws
     func outcomes(of peer: PeerID, limit: Int) throws -> [(outcome: ReputationOutcome, atMs: Int64)]
 
+    /// Every provider that has an outcome: its successes and failures as a provider.
+    func providerOutcomeCounts() throws -> [(peer: PeerID, successes: Int, failures: Int)]
+
+    // Flow history (the dashboard's charts)
+    /// One row per state a task entered, written with the change.
+    func insertTaskEvent(_ event: TaskEventRecord) throws
+    /// Events at or after `sinceMs`, oldest first.
+    func taskEvents(sinceMs: Int64) throws -> [TaskEventRecord]
+
     /// Runs `body` so that what it wrote is undone when it throws, while what was written
     /// before it (the nonce, say) stays in the transaction.
     func savepoint<T>(_ body: () throws -> T) throws -> T
+}
+
+/// A task entering a state, as the flow charts count it.
+public struct TaskEventRecord: Sendable, Equatable {
+    public var taskID: String
+    public var state: TaskState
+    public var atMs: Int64
+    /// When the task was posted (for the time from post to match).
+    public var createdMs: Int64
+    public var price: Int64?
+
+    public init(taskID: String, state: TaskState, atMs: Int64, createdMs: Int64, price: Int64?) {
+        self.taskID = taskID
+        self.state = state
+        self.atMs = atMs
+        self.createdMs = createdMs
+        self.price = price
+    }
 }
 
 /// The signed frames a task keeps, so that a party who reconnects still gets them.

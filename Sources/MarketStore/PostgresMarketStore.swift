@@ -199,6 +199,12 @@ extension MarketSchema {
         """,
         "CREATE INDEX IF NOT EXISTS outcomes_peer ON outcomes(peer, id)",
         """
+        CREATE TABLE IF NOT EXISTS task_events (
+            id BIGSERIAL PRIMARY KEY, task_id TEXT NOT NULL, state TEXT NOT NULL, at BIGINT NOT NULL,
+            created BIGINT NOT NULL, price BIGINT)
+        """,
+        "CREATE INDEX IF NOT EXISTS task_events_at ON task_events(at)",
+        """
         CREATE TABLE IF NOT EXISTS nonces (
             peer TEXT NOT NULL, nonce TEXT NOT NULL, expires BIGINT NOT NULL, PRIMARY KEY (peer, nonce))
         """,
@@ -592,6 +598,37 @@ struct PostgresMarketTransaction: MarketTransaction {
         ).rows.map { row in
             let (task, role, success, at) = try row.decode((String, String, Bool, Int64).self)
             return (ReputationOutcome(peer: peer, success: success, taskID: task, role: role), at)
+        }
+    }
+
+    func providerOutcomeCounts() throws -> [(peer: PeerID, successes: Int, failures: Int)] {
+        try query(
+            """
+            SELECT peer, SUM(CASE WHEN success THEN 1 ELSE 0 END)::BIGINT, SUM(CASE WHEN success THEN 0 ELSE 1 END)::BIGINT
+            FROM outcomes WHERE role = 'provider' GROUP BY peer
+            """
+        ).rows.compactMap { row in
+            let (peer, successes, failures) = try row.decode((String, Int64, Int64).self)
+            guard let id = try? PeerID(validating: peer) else { return nil }
+            return (id, Int(successes), Int(failures))
+        }
+    }
+
+    func insertTaskEvent(_ event: TaskEventRecord) throws {
+        try query(
+            """
+            INSERT INTO task_events (task_id, state, at, created, price)
+            VALUES (\(event.taskID), \(event.state.rawValue), \(event.atMs), \(event.createdMs), \(event.price))
+            """)
+    }
+
+    func taskEvents(sinceMs: Int64) throws -> [TaskEventRecord] {
+        try query(
+            "SELECT task_id, state, at, created, price FROM task_events WHERE at >= \(sinceMs) ORDER BY at, id"
+        ).rows.compactMap { row in
+            let (task, state, at, created, price) = try row.decode((String, String, Int64, Int64, Int64?).self)
+            guard let state = TaskState(rawValue: state) else { return nil }
+            return TaskEventRecord(taskID: task, state: state, atMs: at, createdMs: created, price: price)
         }
     }
 

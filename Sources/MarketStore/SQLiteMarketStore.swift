@@ -61,12 +61,27 @@ public final class SQLiteMarketStore: MarketStore {
         migrator.registerMigration("v1-market") { db in
             try db.execute(sql: MarketSchema.sqlite)
         }
+        migrator.registerMigration("v2-task-events") { db in
+            try db.execute(sql: MarketSchema.sqliteTaskEvents)
+        }
         return migrator
     }
 }
 
 /// The schema, shared in shape by both backends (types differ).
 enum MarketSchema {
+    static let sqliteTaskEvents = """
+        CREATE TABLE task_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            at INTEGER NOT NULL,
+            created INTEGER NOT NULL,
+            price INTEGER
+        );
+        CREATE INDEX task_events_at ON task_events(at);
+        """
+
     static let sqlite = """
         CREATE TABLE peers (
             id TEXT PRIMARY KEY NOT NULL,
@@ -475,6 +490,35 @@ struct SQLiteMarketTransaction: MarketTransaction {
                 ReputationOutcome(peer: peer, success: row["success"], taskID: row["task_id"], role: row["role"]),
                 row["at"]
             )
+        }
+    }
+
+    func providerOutcomeCounts() throws -> [(peer: PeerID, successes: Int, failures: Int)] {
+        try Row.fetchAll(
+            db,
+            sql: """
+                SELECT peer, SUM(CASE WHEN success THEN 1 ELSE 0 END) AS s, SUM(CASE WHEN success THEN 0 ELSE 1 END) AS f
+                FROM outcomes WHERE role = 'provider' GROUP BY peer
+                """
+        ).compactMap { row in
+            guard let peer = try? PeerID(validating: row["peer"]) else { return nil }
+            return (peer, row["s"], row["f"])
+        }
+    }
+
+    func insertTaskEvent(_ event: TaskEventRecord) throws {
+        try db.execute(
+            sql: "INSERT INTO task_events (task_id, state, at, created, price) VALUES (?, ?, ?, ?, ?)",
+            arguments: [event.taskID, event.state.rawValue, event.atMs, event.createdMs, event.price])
+    }
+
+    func taskEvents(sinceMs: Int64) throws -> [TaskEventRecord] {
+        try Row.fetchAll(
+            db, sql: "SELECT * FROM task_events WHERE at >= ? ORDER BY at, id", arguments: [sinceMs]
+        ).compactMap { row in
+            guard let state = TaskState(rawValue: row["state"]) else { return nil }
+            return TaskEventRecord(
+                taskID: row["task_id"], state: state, atMs: row["at"], createdMs: row["created"], price: row["price"])
         }
     }
 

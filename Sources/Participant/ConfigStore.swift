@@ -138,7 +138,8 @@ public struct ConfigStore: Sendable {
 
     /// `CMM_` variables that are not config keys.
     public static let otherVariables: Set<String> = [
-        "CMM_HOME", "CMM_REQUIRE_DOCKER", "CMM_BENCH_RUNS", "CMM_TEST_BINARY",
+        "CMM_HOME", "CMM_REQUIRE_DOCKER", "CMM_REQUIRE_BROWSER", "CMM_REQUIRE_POSTGRES", "CMM_BENCH_RUNS",
+        "CMM_TEST_BINARY",
         // Tests only: the certificate authority of a loopback stand-in for the Claude API, and a
         // shorter wait for it (see `execute`).
         "CMM_TEST_GATEWAY_CA_FILE", "CMM_TEST_GATEWAY_TIMEOUT",

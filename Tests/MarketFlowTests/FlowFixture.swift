@@ -31,7 +31,7 @@ final class Flow: @unchecked Sendable {
     static func start(marketArguments: [String] = [], port: Int = 0) async throws -> Flow {
         let directory = TemporaryDirectory("cmm-flow")
         let db = "sqlite:" + directory.file("market.sqlite").path
-        let market = try await offThread {
+        let market = try await offPool {
             try MarketProcess.start(
                 db: db, home: directory.file("operator"), port: port,
                 extra: ["--frame-log", directory.file("frames.log").path] + marketArguments)
@@ -48,7 +48,7 @@ final class Flow: @unchecked Sendable {
 
     func stopMarket() async throws {
         let market = self.market
-        _ = try await offThread { market.stop() }
+        _ = try await offPool { market.stop() }
     }
 
     /// Stops the market (SIGTERM) and starts it again on the same port and database.
@@ -57,7 +57,7 @@ final class Flow: @unchecked Sendable {
             market.port, db, directory.file("operator"), ["--frame-log", frameLog.path] + marketArguments
         )
         try await stopMarket()
-        let started = try await offThread { try MarketProcess.start(db: db, home: home, port: port, extra: extra) }
+        let started = try await offPool { try MarketProcess.start(db: db, home: home, port: port, extra: extra) }
         lock.withLock { market = started }
     }
 
@@ -118,7 +118,7 @@ final class Flow: @unchecked Sendable {
 
     func get(_ path: String) async throws -> Any {
         let url = market.httpBase + path
-        let body = try await offThread { try LoopbackHTTP.get(url).body }
+        let body = try await offPool { try LoopbackHTTP.get(url).body }
         return try JSONSerialization.jsonObject(with: body, options: [.fragmentsAllowed])
     }
 
@@ -148,7 +148,7 @@ final class Flow: @unchecked Sendable {
         return data
     }
 
-    func marketBytesAsync() async throws -> Data { try await offThread { try self.marketBytes() } }
+    func marketBytesAsync() async throws -> Data { try await offPool { try self.marketBytes() } }
 
     static func ensureImage() async throws {
         try await DockerClient.withClient(
@@ -176,12 +176,15 @@ final class Daemon: @unchecked Sendable {
     let process = Process()
     let log: URL
 
-    init(arguments: [String], home: URL, environment: [String: String] = [:], log: URL) throws {
+    init(
+        arguments: [String], home: URL, environment: [String: String] = [:], log: URL,
+        executable: URL = CLIRunner.executable, prefix: [String] = []
+    ) throws {
         self.log = log
         try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        process.executableURL = CLIRunner.executable
-        process.arguments = arguments
+        process.executableURL = executable
+        process.arguments = prefix + arguments
         process.environment = CLIRunner.baseEnvironment(home: home).merging(environment) { $1 }
         let handle = try FileHandle(forWritingTo: log)
         process.standardOutput = handle
@@ -221,7 +224,7 @@ final class Daemon: @unchecked Sendable {
 
     /// `stop`, waited for off the concurrency pool.
     func stopAsync(_ signal: Int32 = SIGTERM) async {
-        _ = try? await offThread { self.stop(signal) }
+        _ = try? await offPool { self.stop(signal) }
     }
 
     func stop(_ signal: Int32 = SIGTERM, timeout: TimeInterval = 40) {
@@ -256,10 +259,3 @@ func jsonLines(_ text: String) -> [[String: Any]] {
 }
 
 func requiresDocker() -> Bool { DockerTestEnvironment.shouldRun }
-
-/// Runs blocking work (a child process, a wait) on a thread of its own.
-func offThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
-}

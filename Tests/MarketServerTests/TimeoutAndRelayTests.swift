@@ -232,27 +232,31 @@ import Testing
                 try await r.ok(.taskPost, PostBody(taskId: "v1", maxPrice: micro(3)))
                 try await r.ok(.payloadDeliver, SealedBody(taskId: "v1", sealed: "c2VjcmV0cGF5bG9hZA=="))
             }
-            let health = try LoopbackHTTP.json(market.httpBase + "/health") as! [String: Any]
+            let health = try await LoopbackHTTP.fetchJSON(market.httpBase + "/health") as! [String: Any]
             #expect(health["status"] as? String == "ok" && health["backend"] as? String == "sqlite")
-            let offers = try LoopbackHTTP.json(market.httpBase + "/v1/offers") as! [[String: Any]]
+            let offers = try await LoopbackHTTP.fetchJSON(market.httpBase + "/v1/offers") as! [[String: Any]]
             #expect(
                 offers.count == 1 && offers[0]["freeSlots"] as? Int == 2 && offers[0]["price"] as? Int64 == micro(2))
-            let tasks = try LoopbackHTTP.get(market.httpBase + "/v1/tasks?state=assigned")
+            let tasks = try await LoopbackHTTP.fetch(market.httpBase + "/v1/tasks?state=assigned")
             #expect(tasks.status == 200)
             #expect(
                 !String(decoding: tasks.body, as: UTF8.self).contains("c2VjcmV0cGF5bG9hZA=="), "no payload in a view")
             #expect((try JSONSerialization.jsonObject(with: tasks.body) as! [[String: Any]]).count == 1)
-            #expect(try LoopbackHTTP.get(market.httpBase + "/v1/tasks?state=bogus").status == 400)
-            #expect(try LoopbackHTTP.get(market.httpBase + "/v1/tasks?limit=0").status == 400)
-            let peer = try LoopbackHTTP.json(market.httpBase + "/v1/peers/\(provider.peerID)") as! [String: Any]
+            #expect(try await LoopbackHTTP.fetch(market.httpBase + "/v1/tasks?state=bogus").status == 400)
+            #expect(try await LoopbackHTTP.fetch(market.httpBase + "/v1/tasks?limit=0").status == 400)
+            let peer =
+                try await LoopbackHTTP.fetchJSON(market.httpBase + "/v1/peers/\(provider.peerID)") as! [String: Any]
             #expect((peer["reputation"] as? [String: Any])?["samples"] as? Int == 0)
             #expect((peer["reputation"] as? [String: Any])?["tier"] as? String == "new")
-            #expect(try LoopbackHTTP.get(market.httpBase + "/v1/peers/nobody").status == 400)
-            #expect(try LoopbackHTTP.get(market.httpBase + "/v1/peers/\(TestMarket.newPeer().peerID)").status == 404)
-            let stats = try LoopbackHTTP.json(market.httpBase + "/v1/stats") as! [String: Any]
+            #expect(try await LoopbackHTTP.fetch(market.httpBase + "/v1/peers/nobody").status == 400)
+            #expect(
+                try await LoopbackHTTP.fetch(market.httpBase + "/v1/peers/\(TestMarket.newPeer().peerID)").status == 404
+            )
+            let stats = try await LoopbackHTTP.fetchJSON(market.httpBase + "/v1/stats") as! [String: Any]
             #expect(stats["minted"] as? Int64 == micro(10) && stats["ledgerBalanced"] as? Bool == true)
             #expect((stats["tasks"] as? [String: Int])?["assigned"] == 1)
-            let metrics = String(decoding: try LoopbackHTTP.get(market.httpBase + "/metrics").body, as: UTF8.self)
+            let metrics = String(
+                decoding: try await LoopbackHTTP.fetch(market.httpBase + "/metrics").body, as: UTF8.self)
             #expect(metrics.contains(#"cmm_frames_total{type="task.post"} 1"#))
             #expect(metrics.contains("cmm_matches_total 1"))
             #expect(metrics.contains("cmm_frame_seconds_bucket"))

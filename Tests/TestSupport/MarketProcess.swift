@@ -91,3 +91,25 @@ public enum LoopbackHTTP {
         try JSONSerialization.jsonObject(with: try get(url).body, options: [.fragmentsAllowed])
     }
 }
+
+/// Runs blocking work (a child process, a wait, a `curl`) on a thread of its own. A test whose
+/// process also serves a market in-process must not block the concurrency pool's few threads:
+/// the server's handlers need them, and every test runs beside others.
+public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}
+
+extension LoopbackHTTP {
+    /// `get`, off the concurrency pool.
+    public static func fetch(_ url: String) async throws -> (status: Int, body: Data) {
+        try await offPool { try get(url) }
+    }
+
+    /// `json`, off the concurrency pool.
+    public static func fetchJSON(_ url: String) async throws -> Any {
+        let body = try await fetch(url).body
+        return try JSONSerialization.jsonObject(with: body, options: [.fragmentsAllowed])
+    }
+}

@@ -28,6 +28,8 @@ checks = [
     ("/v1/peers/{id}", f"/v1/peers/{peer}", 200),
     ("/v1/peers/{id}", "/v1/peers/not-a-peer", 400),
     ("/v1/peers/{id}", "/v1/peers/" + "a" * 32, 404),
+    ("/v1/flow", "/v1/flow", 200),
+    ("/v1/providers", "/v1/providers", 200),
 ]
 failures = []
 for path, url, status in checks:

@@ -1,0 +1,95 @@
+import Foundation
+import MarketCore
+import MarketStore
+
+extension MarketViews {
+    /// One hour of the last day: tasks posted, matched, settled and refunded in it.
+    public struct HourView: Codable, Sendable, Equatable {
+        public var startMs: Int64
+        public var posted: Int
+        public var matched: Int
+        public var settled: Int
+        public var refunded: Int
+        /// The median price of the tasks settled in this hour, micro-credits.
+        public var medianSettledPrice: Int64?
+    }
+
+    /// `/v1/flow`: the last 24 hours by hour, and how fast tasks are taken.
+    public struct FlowView: Codable, Sendable, Equatable {
+        public var hours: [HourView]
+        /// The median time from `task.post` to assignment of the tasks matched in the window.
+        public var medianMatchMs: Int64?
+        public var matchedInWindow: Int
+    }
+
+    /// A provider with a track record, for the providers table.
+    public struct ProviderView: Codable, Sendable, Equatable {
+        public var provider: String
+        public var reputation: ReputationView
+        public var settledJobs: Int
+        public var successes: Int
+        public var failures: Int
+        public var failureRate: Double
+        public var hasOffer: Bool
+    }
+
+    public static func flow(in tx: some MarketTransaction, nowMs: Int64) throws -> FlowView {
+        let hourMs: Int64 = 3_600_000
+        let end = (nowMs / hourMs + 1) * hourMs
+        let start = end - 24 * hourMs
+        var hours = (0..<24).map {
+            HourView(
+                startMs: start + Int64($0) * hourMs, posted: 0, matched: 0, settled: 0, refunded: 0,
+                medianSettledPrice: nil)
+        }
+        var prices: [[Int64]] = Array(repeating: [], count: 24)
+        var matchTimes: [Int64] = []
+        for event in try tx.taskEvents(sinceMs: start) {
+            let index = Int((event.atMs - start) / hourMs)
+            guard hours.indices.contains(index) else { continue }
+            switch event.state {
+            case .open where event.atMs == event.createdMs: hours[index].posted += 1
+            case .assigned:
+                hours[index].matched += 1
+                matchTimes.append(event.atMs - event.createdMs)
+            case .settled:
+                hours[index].settled += 1
+                if let price = event.price { prices[index].append(price) }
+            case .refunded: hours[index].refunded += 1
+            default: break
+            }
+        }
+        for index in hours.indices where !prices[index].isEmpty {
+            hours[index].medianSettledPrice = median(prices[index])
+        }
+        return FlowView(
+            hours: hours, medianMatchMs: matchTimes.isEmpty ? nil : median(matchTimes),
+            matchedInWindow: matchTimes.count)
+    }
+
+    public static func providers(in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) throws
+        -> [ProviderView]
+    {
+        let offering = Set(try tx.offers().map(\.provider))
+        var counts: [PeerID: (successes: Int, failures: Int)] = [:]
+        for row in try tx.providerOutcomeCounts() { counts[row.peer] = (row.successes, row.failures) }
+        for provider in offering where counts[provider] == nil { counts[provider] = (0, 0) }
+        return try counts.map { provider, count in
+            let record = try tx.peer(provider)
+            let total = count.successes + count.failures
+            return ProviderView(
+                provider: provider.rawValue, reputation: reputation(record, rules: rules, nowMs: nowMs),
+                settledJobs: record?.settledJobs ?? 0, successes: count.successes, failures: count.failures,
+                failureRate: total == 0 ? 0 : Double(count.failures) / Double(total),
+                hasOffer: offering.contains(provider))
+        }.sorted {
+            ($0.reputation.score, $0.settledJobs, $0.provider) > ($1.reputation.score, $1.settledJobs, $1.provider)
+        }
+    }
+
+    static func median(_ values: [Int64]) -> Int64 {
+        let sorted = values.sorted()
+        return sorted.count % 2 == 1
+            ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    }
+}
