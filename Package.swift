@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "claude-max-market", targets: ["claude-max-market"]),
         .executable(name: "cmm-benchmarks", targets: ["Benchmarks"]),
+        .executable(name: "cmm-faults", targets: ["Faults"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -163,6 +164,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks"
+        ),
+        .executableTarget(
+            name: "Faults",
+            dependencies: ["MarketCore", "MarketCrypto", "MarketClient", "DockerEngine", "Participant"],
+            path: "Faults"
         ),
         .target(name: "TestSupport", dependencies: ["MarketCore"], path: "Tests/TestSupport"),
         .testTarget(name: "MarketCoreTests", dependencies: ["MarketCore", "TestSupport"]),

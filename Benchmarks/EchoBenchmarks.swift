@@ -90,7 +90,8 @@ func echoBenchmarks() async throws {
     python.standardError = FileHandle.nullDevice
     try python.run()
     defer {
-        python.terminate()
+        // SIGKILL: a SIGTERM ignored by whoever started this run would be ignored by Python too.
+        kill(python.processIdentifier, SIGKILL)
         python.waitUntilExit()
     }
     var line = ""

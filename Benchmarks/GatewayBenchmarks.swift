@@ -15,7 +15,7 @@ import Participant
 /// A loopback HTTPS stand-in for the Claude API: `model: "big"` streams `bigBytes`, anything
 /// else a short event stream with usage.
 struct BenchUpstream {
-    static let bigBytes = 64 << 20
+    static let bigBytes = scaled(64 << 20, quick: 4 << 20)
 
     static func with<T: Sendable>(_ body: @Sendable (URL, String) async throws -> T) async throws -> T {
         let directory = FileManager.default.temporaryDirectory.appending(path: "cmm-bench-tls-\(getpid())")
@@ -134,7 +134,7 @@ func gatewayBenchmarks() async throws {
             let viaGateway = "http+unix://\(socket)/v1/messages"
             let directURL = upstream.absoluteString + "/v1/messages"
             let headers = [("x-api-key", gateway.token), ("content-type", "application/json")]
-            let runs = 200
+            let runs = scaled(200, quick: 10)
             // Warm both paths (connections, TLS sessions) before measuring.
             for _ in 0..<10 {
                 _ = try await timedRequest(direct, url: directURL, headers: headers, model: "m")
@@ -186,7 +186,7 @@ func outputBenchmark(_ docker: DockerClient, runs: Int) async throws {
     defer { try? FileManager.default.removeItem(at: directory) }
     let executor = JobExecutor(docker: docker, runDirectory: directory)
     let line = String(repeating: "0123456789", count: 10).dropLast()
-    let script = "yes \(line) | head -c \(16 << 20)"
+    let script = "yes \(line) | head -c \(scaled(16 << 20, quick: 1 << 20))"
     var big = settings
     big.maxOutputBytes = 17 << 20
     var ours: [Double] = []

@@ -6,7 +6,7 @@ import MarketCore
 import MarketCrypto
 
 // Benchmarks: each line puts our number beside a baseline measured in the same run, as a ratio
-// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|output|gateway|market|postgres|echo|e2e|all]`.
+// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|output|gateway|market|postgres|echo|e2e|cli|all]`.
 
 struct Row {
     var name: String
@@ -29,6 +29,17 @@ final class Results: @unchecked Sendable {
 }
 
 let results = Results()
+
+/// `CMM_BENCH_QUICK=1` (`scripts/bench.sh --quick`): every figure with small sizes — to prove
+/// the harness, or for a first look; the full sizes are what docs/BENCHMARKS.md records.
+let quickBench = ProcessInfo.processInfo.environment["CMM_BENCH_QUICK"] == "1"
+func scaled(_ full: Int, quick: Int) -> Int { quickBench ? quick : full }
+
+/// Unbuffered: each figure shows as soon as it is measured, also through a pipe (`tee`).
+func print(_ items: Any..., separator: String = " ", terminator: String = "\n") {
+    let text = items.map { "\($0)" }.joined(separator: separator) + terminator
+    try? FileHandle.standardOutput.write(contentsOf: Data(text.utf8))
+}
 
 func report(_ row: Row) {
     results.append(row)
@@ -75,7 +86,7 @@ struct OneKey: SealingKeyLookup {
 func cryptoBenchmarks() throws {
     let keys = try SealingKeySet.generate(at: Date())
     let payload = Data((0..<1024).map { UInt8(truncatingIfNeeded: $0) })
-    let count = 5000
+    let count = scaled(5000, quick: 200)
     let clock = ContinuousClock()
     var sealed = Data()
     let sealTime = clock.measure {
@@ -112,7 +123,7 @@ func cryptoBenchmarks() throws {
             unit: "op/s", target: 2, higherIsBetter: true))
 
     // Bulk: 256 MiB streamed in 16 KiB chunks, against openssl's AES-256-GCM on 16 KiB blocks.
-    let bulk = Data(count: 256 << 20)
+    let bulk = Data(count: scaled(256 << 20, quick: 8 << 20))
     var sink = CountingSink()
     let bulkTime = clock.measure {
         var source = DataSource(bulk)
@@ -325,7 +336,7 @@ func cryptoBreakdown() {
     let clock = ContinuousClock()
     let agreement = Curve25519.KeyAgreement.PrivateKey()
     let peer = Curve25519.KeyAgreement.PrivateKey().publicKey
-    let n = 3000
+    let n = scaled(3000, quick: 100)
     let dh = clock.measure { for _ in 0..<n { _ = try! agreement.sharedSecretFromKeyAgreement(with: peer) } }
     let gen = clock.measure { for _ in 0..<n { _ = Curve25519.KeyAgreement.PrivateKey().publicKey } }
     print(
@@ -334,7 +345,7 @@ func cryptoBreakdown() {
             seconds(gen) / Double(n) * 1e6))
     let chunk = Data(count: 16 << 10)
     let key = SymmetricKey(size: .bits256)
-    let count = 20_000
+    let count = scaled(20_000, quick: 200)
     let aes = clock.measure { for _ in 0..<count { _ = try! AES.GCM.seal(chunk, using: key) } }
     print(
         String(
@@ -373,6 +384,9 @@ do {
     }
     if which == "e2e" || which == "all" {
         try await e2eBenchmarks(runs: runs)
+    }
+    if which == "cli" || which == "all" {
+        try cliBenchmarks(runs: runs)
     }
 } catch {
     print("benchmark failed: \(error)")

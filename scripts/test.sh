@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need (Docker engine, busybox-static, socat, openssl, a throwaway
 # PostgreSQL cluster, Python's cryptography for the HPKE interop test, Chromium with its driver and
-# Python selenium for the dashboard test), then runs `swift test`.
+# Python selenium for the dashboard test), then runs `swift test`, the quick fault suite and the
+# benchmark harness once (`scripts/bench.sh --quick --debug`: every figure produced, values aside).
 # In CI (CI=true) a service that cannot be started fails the run; the tests that need it fail
 # rather than skip.
 set -euo pipefail
@@ -34,3 +35,7 @@ log "swift build --build-tests"
 swift build --build-tests
 log "swift test"
 swift test --skip-build "$@"
+log "the quick fault suite"
+scripts/faults.sh --quick
+log "the benchmark harness, quick and on the debug build: every figure is produced (values in docs/BENCHMARKS.md)"
+scripts/bench.sh --quick --debug

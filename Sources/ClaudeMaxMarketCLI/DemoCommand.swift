@@ -145,20 +145,9 @@ struct DemoCommand: AsyncParsableCommand {
             guard let busybox else {
                 throw CLIError("the demo image needs a static busybox on the host: apt-get install busybox-static")
             }
-            var tar = TarArchive()
-            try tar.addFile(
-                "Dockerfile",
-                contents: Data(
-                    """
-                    FROM scratch
-                    COPY busybox /bin/busybox
-                    RUN ["/bin/busybox", "--install", "-s", "/bin"]
-                    USER 10001:10001
-                    """.utf8))
-            try tar.addFile("busybox", contents: try Data(contentsOf: URL(fileURLWithPath: busybox)), mode: 0o755)
             Output.note("building \(image) from \(busybox)")
             _ = try await docker.buildImage(
-                context: tar.finish(), tags: [image],
+                context: try TarArchive.busyboxContext(binary: URL(fileURLWithPath: busybox)), tags: [image],
                 labels: Labels.make(kind: "image", job: nil, owner: nil, version: ToolVersion.current))
         }
     }

@@ -182,7 +182,8 @@ struct ProvideCommand: AsyncParsableCommand {
         let context = CommandContext(flags: flags)
         let link = try MarketLink(url: url, context: context)
         try requireOptIn(link.database)
-        // Jobs of an earlier daemon that died (killed, crashed) hold no limits any more.
+        // Jobs of an earlier daemon that died (killed, crashed) hold no limits any more; every
+        // abandoned job's container goes below.
         let released = try JobStore(database: link.database).abandonedJobIDs(at: Date())
         let offerStore = OfferStore(database: link.database)
         let stored = try offerStore.load()
@@ -213,7 +214,15 @@ struct ProvideCommand: AsyncParsableCommand {
         }
         let config = link.config
         let sandbox = SandboxSettings(config: config)
+        let lock = try ProvideLock(directory: context.paths.runDirectory)
+        defer { lock.release() }
         try await context.withDocker { docker in
+            // What a daemon that died left running: the containers of its jobs and its warm pool.
+            let removed = await Self.removeLeftovers(docker, owner: context.paths.ownerID, jobs: released)
+            if removed > 0 {
+                report(
+                    ProviderEvent(taskId: nil, message: "removed \(removed) container(s) left by a provider that died"))
+            }
             guard try await docker.inspectImage(sandbox.image) != nil else {
                 throw CLIError(
                     "image \(sandbox.image) is not present: `claude-max-market docker build` (or --image NAME)")
@@ -256,12 +265,6 @@ struct ProvideCommand: AsyncParsableCommand {
                     message:
                         "provider \(link.me) on \(link.url): \(standing.slots) slot(s) at \(Credits(micro: standing.price)), \(jobBackend.name) backend, approval \(config.text(.approvalMode)), warm pool \(poolSize)"
                 ))
-            if !released.isEmpty {
-                report(
-                    ProviderEvent(
-                        taskId: nil,
-                        message: "released \(released.count) job(s) left running by a provider process that died"))
-            }
             if config.text(.approvalMode) == "manual" && !Output.stdinIsTerminal {
                 report(
                     ProviderEvent(
@@ -288,6 +291,52 @@ struct ProvideCommand: AsyncParsableCommand {
             await poolTask?.value
             report(ProviderEvent(taskId: nil, message: "provider stopped"))
         }
+    }
+}
+
+extension ProvideCommand {
+    /// Containers of this home whose daemon is gone: every warm-pool container (one daemon per
+    /// home, see `ProvideLock`) and those of jobs released as abandoned.
+    static func removeLeftovers(_ docker: DockerClient, owner: String, jobs: Set<String>) async -> Int {
+        guard let containers = try? await docker.listContainers(labels: ["\(Labels.owner)=\(owner)"], all: true)
+        else { return 0 }
+        var removed = 0
+        for container in containers where Labels.isManagedContainer(container.Labels) {
+            let kind = container.Labels?[Labels.kind]
+            guard kind == "pool" || jobs.contains(container.Labels?[Labels.job] ?? "") else { continue }
+            if (try? await docker.removeContainer(container.Id, force: true)) != nil { removed += 1 }
+        }
+        return removed
+    }
+}
+
+/// One `provide` per home: a second one would take the same jobs' slots and remove the first
+/// one's warm containers. An exclusive lock on a file in the run directory, released by the
+/// kernel when the process dies however it dies.
+struct ProvideLock {
+    let descriptor: Int32
+
+    init(directory: URL) throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let path = directory.appending(path: "provide.lock").path
+        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw CLIError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(
+                in: .whitespacesAndNewlines)
+            close(descriptor)
+            throw CLIError(
+                "another `provide` already runs in this home\(holder.map { " (pid \($0))" } ?? ""): one daemon per home",
+                exitCode: 3)
+        }
+        ftruncate(descriptor, 0)
+        let pid = Data("\(getpid())\n".utf8)
+        _ = pid.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+    }
+
+    func release() {
+        flock(descriptor, LOCK_UN)
+        close(descriptor)
     }
 }
 

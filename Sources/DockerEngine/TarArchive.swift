@@ -88,3 +88,17 @@ public struct TarError: Error, CustomStringConvertible {
     public let path: String
     public var description: String { "path too long for a tar archive: \(path)" }
 }
+
+extension TarArchive {
+    /// The build context of a `FROM scratch` image holding a static busybox and its applets:
+    /// the small local image of the demo, the fault suite and the tests (nothing to pull).
+    public static func busyboxContext(binary: URL, user: String? = "10001:10001") throws -> Data {
+        var tar = TarArchive()
+        let dockerfile =
+            ["FROM scratch", "COPY busybox /bin/busybox", #"RUN ["/bin/busybox", "--install", "-s", "/bin"]"#]
+            + (user.map { ["USER \($0)"] } ?? [])
+        try tar.addFile("Dockerfile", contents: Data((dockerfile.joined(separator: "\n") + "\n").utf8))
+        try tar.addFile("busybox", from: binary)
+        return tar.finish()
+    }
+}

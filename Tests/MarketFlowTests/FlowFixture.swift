@@ -155,17 +155,9 @@ final class Flow: @unchecked Sendable {
             configuration: DockerClient.Configuration(socketPath: DockerTestEnvironment.socketPath)
         ) { docker in
             if try await docker.inspectImage(image) != nil { return }
-            var tar = TarArchive()
-            let dockerfile = """
-                FROM scratch
-                COPY busybox /bin/busybox
-                RUN ["/bin/busybox", "--install", "-s", "/bin"]
-                USER 10001:10001
-                """
-            try tar.addFile("Dockerfile", contents: Data(dockerfile.utf8))
-            try tar.addFile("busybox", from: URL(fileURLWithPath: DockerTestEnvironment.busyboxPath))
             _ = try await docker.buildImage(
-                context: tar.finish(), tags: [image],
+                context: try TarArchive.busyboxContext(binary: URL(fileURLWithPath: DockerTestEnvironment.busyboxPath)),
+                tags: [image],
                 labels: Labels.make(kind: "test-image", version: ToolVersion.current))
         }
     }
