@@ -7,20 +7,7 @@ import Testing
 @Suite struct DecryptFuzzTests {
     let home = TemporaryDirectory("cmm-fuzz")
 
-    /// A small deterministic generator (SplitMix64): the same seed gives the same mutations.
-    struct Random {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(max(bound, 1))) }
-    }
-
-    static func mutate(_ data: Data, _ random: inout Random) -> Data {
+    static func mutate(_ data: Data, _ random: inout SeededRandom) -> Data {
         var bytes = [UInt8](data)
         switch random.below(6) {
         case 0:  // flip one bit
@@ -60,7 +47,7 @@ import Testing
         if armored { encrypt.append("--armor") }
         #expect(try await CLIRunner.runAsync(encrypt, home: home.url).exitCode == 0)
         let original = try Data(contentsOf: sealed)
-        var random = Random(state: armored ? 0xA5A5 : 0x5A5A)
+        var random = SeededRandom(state: armored ? 0xA5A5 : 0x5A5A)
         for round in 0..<40 {
             let mutant = home.file("mutant-\(round)")
             try Self.mutate(original, &random).write(to: mutant)
@@ -70,7 +57,8 @@ import Testing
             #expect(result.exitCode != 0, "round \(round) decrypted a mutated file")
             #expect(!result.stderr.isEmpty, "round \(round) failed without a message")
             #expect(result.stdoutData.isEmpty, "round \(round) wrote to stdout")
-            #expect(!FileManager.default.fileExists(atPath: output.path), "round \(round) left \(output.lastPathComponent)")
+            #expect(
+                !FileManager.default.fileExists(atPath: output.path), "round \(round) left \(output.lastPathComponent)")
             // And to stdout: nothing either.
             if round % 10 == 0 {
                 let piped = try await CLIRunner.runAsync(["decrypt", "--input", mutant.path], home: home.url)

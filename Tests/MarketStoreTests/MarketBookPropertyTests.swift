@@ -8,16 +8,6 @@ import Testing
 /// step the ledger balances, a refused operation changed nothing, and at the end every task is
 /// final with an empty escrow.
 @Suite struct MarketBookPropertyTests {
-    struct Generator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 
     static let peers = (1...6).map { PeerID(digestPrefix: [UInt8](repeating: UInt8($0 * 7), count: 20)) }
 
@@ -31,7 +21,7 @@ import Testing
             openTimeoutMs: 20_000, heartbeatTimeoutMs: 60_000_000, disputeWindowMs: 4_000, holdbackJobs: 2,
             holdbackBasisPoints: 3_000)
         let book = MarketBook(rules: rules)
-        var random = Generator(state: seed)
+        var random = SeededRandom(state: seed)
         var nowMs: Int64 = 1_000_000
         var taskIDs: [String] = []
         for peer in Self.peers {
