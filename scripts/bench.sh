@@ -22,7 +22,7 @@ for argument in "$@"; do
     case "$argument" in
         --quick) QUICK=1 ;;
         --debug) CONFIGURATION=debug ;;
-        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$argument' (allowed: --quick, --debug, --help)" ;;
     esac
 done

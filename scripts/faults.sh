@@ -9,7 +9,8 @@
 #
 # Scenarios: the market server SIGKILLed at random points of its lifecycles (SQLite) and started
 # again; a provider daemon SIGKILLed mid-job and started again; a client whose clock is ten
-# minutes off. Needs the Docker engine (started when missing, as `scripts/test.sh` does).
+# minutes off. The full run also sends 100 000 hostile frames to a live server (the frame
+# fuzzer). Needs the Docker engine (started when missing, as `scripts/test.sh` does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -29,3 +30,8 @@ log "swift build (the tool and the fault harness)"
 swift build --product claude-max-market >&2
 swift build --product cmm-faults >&2
 "$(swift build --show-bin-path)/cmm-faults" "${ARGUMENTS[@]}"
+if [ ${#ARGUMENTS[@]} -eq 0 ]; then
+    log "the frame fuzzer at full size: 100 000 hostile frames against a live server"
+    swift build --build-tests >&2
+    CMM_FUZZ_FRAMES=100000 swift test --skip-build --filter FrameFuzzTests
+fi
