@@ -32,11 +32,15 @@ struct DashboardBrowserTests {
         let screenshot = output.appending(path: "dashboard.png")
         try? FileManager.default.removeItem(at: screenshot)
         let script = Self.repository.appending(path: "Tests/MarketFlowTests/Browser/dashboard_check.py")
+        // In a session of its own: chromedriver and Chromium go with the script however it ends.
         let browser = try Daemon(
             arguments: [], home: flow.home("browser"), log: flow.directory.file("browser.log"),
-            executable: URL(fileURLWithPath: "/usr/bin/env"),
+            executable: URL(fileURLWithPath: "/usr/bin/setsid"),
             prefix: ["python3", script.path, flow.market.httpBase, screenshot.path])
-        defer { browser.stop(SIGKILL) }
+        defer {
+            kill(-browser.pid, SIGKILL)
+            browser.stop(SIGKILL)
+        }
         try await browser.waitFor("CHECKED", timeout: 90)
         try await flow.cli(requester, ["submit", "--prompt", "while watched", "--max-price", "5", "--wait"])
         try await browser.waitFor("UPDATED", timeout: 90)
