@@ -21,17 +21,13 @@ struct ExecuteCommand: AsyncParsableCommand {
             """
     )
 
-    enum Backend: String, ExpressibleByArgument, CaseIterable {
-        case claude, command
-    }
-
     @Option(name: .long, help: "The prompt text.") var prompt: String?
     @Option(
         name: .customLong("prompt-file"),
         help: ArgumentHelp("Read the prompt from FILE ('-' for stdin).", valueName: "FILE"))
     var promptFile: String?
     @Option(name: .long, help: "claude (Claude Code, headless) or command (any image + command).") var backend:
-        Backend = .claude
+        BackendChoice = .claude
     @Option(name: .long, help: ArgumentHelp("Image (default: docker.image).", valueName: "IMAGE")) var image: String?
     @Option(name: .long, help: ArgumentHelp("Model (default: claude.model).", valueName: "MODEL")) var model: String?
     @Option(
@@ -55,12 +51,7 @@ struct ExecuteCommand: AsyncParsableCommand {
         if backend == .claude && prompt == nil && promptFile == nil {
             throw ValidationError("--backend claude needs a prompt: --prompt TEXT or --prompt-file FILE")
         }
-        if backend == .command && command.isEmpty {
-            throw ValidationError("--backend command needs the command after --, e.g. -- sh -c 'cat'")
-        }
-        if backend == .claude && !command.isEmpty {
-            throw ValidationError("a command after -- is only for --backend command")
-        }
+        try backend.check(command: command)
     }
 
     func run() async throws {
@@ -75,14 +66,7 @@ struct ExecuteCommand: AsyncParsableCommand {
         let database = try context.database()
         let jobs = JobStore(database: database)
         let ring = try context.keyRing(database: database, config: config)
-        let jobBackend: JobBackend
-        do {
-            jobBackend =
-                backend == .claude
-                ? try ClaudeBackendFactory.make(config: config, environment: context.environment) : .command(command)
-        } catch let refusal as JobRefusal {
-            throw CLIError(refusal.reason, exitCode: 3)
-        }
+        let jobBackend = try backend.jobBackend(command: command, config: config, environment: context.environment)
         let jobID = UUID().uuidString.lowercased()
         let job = PipelineJob(
             id: jobID, role: "local", prompt: promptData, backend: jobBackend, requester: ring.peerID.rawValue)
@@ -131,21 +115,8 @@ struct ExecuteCommand: AsyncParsableCommand {
     }
 
     func readPrompt() throws -> Data {
-        let data: Data
-        if let prompt {
-            data = Data(prompt.utf8)
-        } else if let promptFile {
-            if promptFile == "-" {
-                data = FileHandle.standardInput.readDataToEndOfFile()
-            } else {
-                guard let contents = FileManager.default.contents(atPath: promptFile) else {
-                    throw CLIError("cannot read prompt file \(promptFile)")
-                }
-                data = contents
-            }
-        } else {
-            data = Data()  // a command job without a prompt runs with empty input
-        }
+        // A command job without a prompt runs with empty input.
+        let data = try PromptInput.read(text: prompt, file: promptFile) ?? Data()
         guard data.count <= Self.maxPromptBytes else {
             throw CLIError("the prompt is \(data.count) bytes; at most \(Self.maxPromptBytes) are allowed")
         }

@@ -152,11 +152,8 @@ struct ProvideCommand: AsyncParsableCommand {
             """
     )
 
-    enum Backend: String, ExpressibleByArgument, CaseIterable {
-        case claude, command
-    }
-
-    @Option(help: "claude (Claude Code, headless) or command (any image + command).") var backend: Backend = .claude
+    @Option(help: "claude (Claude Code, headless) or command (any image + command).") var backend: BackendChoice =
+        .claude
     @Option(help: ArgumentHelp("Image (default: docker.image).", valueName: "IMAGE")) var image: String?
     @OptionGroup var offer: OfferOptions
     @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
@@ -168,12 +165,7 @@ struct ProvideCommand: AsyncParsableCommand {
     var command: [String] = []
 
     func validate() throws {
-        if backend == .command && command.isEmpty {
-            throw ValidationError("--backend command needs the command after --, e.g. -- sh -c 'cat'")
-        }
-        if backend == .claude && !command.isEmpty {
-            throw ValidationError("a command after -- is only for --backend command")
-        }
+        try backend.check(command: command)
     }
 
     func run() async throws {
@@ -189,15 +181,8 @@ struct ProvideCommand: AsyncParsableCommand {
         let stored = try offerStore.load()
         let standing = try (offer.given || stored == nil) ? offer.offer(config: link.config, stored: stored) : stored!
         try offerStore.save(standing)
-        let jobBackend: JobBackend
-        do {
-            jobBackend =
-                backend == .claude
-                ? try ClaudeBackendFactory.make(config: link.config, environment: context.environment)
-                : .command(command)
-        } catch let refusal as JobRefusal {
-            throw CLIError(refusal.reason, exitCode: 3)
-        }
+        let jobBackend = try backend.jobBackend(
+            command: command, config: link.config, environment: context.environment)
         let drainMs = try DurationArgument.milliseconds(drain, option: "--drain")
         let json = self.json
         let report: @Sendable (ProviderEvent) -> Void = { event in

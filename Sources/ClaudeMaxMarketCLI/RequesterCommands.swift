@@ -57,17 +57,7 @@ struct SubmitCommand: AsyncParsableCommand {
     }
 
     func readPrompt() throws -> Data {
-        let data: Data
-        if let prompt {
-            data = Data(prompt.utf8)
-        } else if promptFile == "-" {
-            data = FileHandle.standardInput.readDataToEndOfFile()
-        } else {
-            guard let contents = FileManager.default.contents(atPath: promptFile!) else {
-                throw CLIError("cannot read prompt file \(promptFile!)")
-            }
-            data = contents
-        }
+        let data = try PromptInput.read(text: prompt, file: promptFile) ?? Data()
         // Sealed, base64, in one frame: at most 900 000 bytes of base64.
         guard data.count <= 600_000 else {
             throw CLIError("the prompt is \(data.count) bytes; a market job takes at most 600000", exitCode: 2)
