@@ -20,6 +20,11 @@ public final class MarketConnection: Sendable {
     let outbound: WebSocketOutboundWriter
     let inbox = Inbox()
     let clock: @Sendable () -> Int64
+    private let announcedHeartbeatTimeout = Mutex<Duration?>(nil)
+
+    /// How long the market lets a provider stay silent, as its challenge said (nil before the
+    /// handshake, or from a market that does not say).
+    public var heartbeatTimeout: Duration? { announcedHeartbeatTimeout.withLock { $0 } }
 
     init(keys: KeyRing, outbound: WebSocketOutboundWriter, clock: @escaping @Sendable () -> Int64) {
         self.keys = keys
@@ -72,8 +77,11 @@ public final class MarketConnection: Sendable {
             $0.type == MessageType.challenge.rawValue || $0.refersTo(hello.id)
         }
         try challenge.throwIfError()
-        let nonce = try JSONDecoder().decode(ChallengeBody.self, from: Data(challenge.body.utf8)).nonce
-        let answer = try await request(.auth, AuthBody(challenge: nonce), timeout: timeout)
+        let body = try JSONDecoder().decode(ChallengeBody.self, from: Data(challenge.body.utf8))
+        if let milliseconds = body.heartbeatTimeoutMs, milliseconds > 0 {
+            announcedHeartbeatTimeout.withLock { $0 = .milliseconds(milliseconds) }
+        }
+        let answer = try await request(.auth, AuthBody(challenge: body.nonce), timeout: timeout)
         try answer.throwIfError()
     }
 

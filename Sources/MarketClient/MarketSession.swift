@@ -13,8 +13,8 @@ public protocol OutboxStorage: Sendable {
 /// How a session connects and how patient it is.
 public struct SessionSettings: Sendable {
     public var url: String
-    /// A heartbeat (with the signed audit head) goes out this often; the market drops a
-    /// provider silent for 90 s.
+    /// A heartbeat (with the signed audit head) goes out this often, or more often when the
+    /// market says it drops providers sooner (a third of its timeout, at least every 250 ms).
     public var heartbeatInterval: Duration = .seconds(20)
     /// An unanswered message is sent again (same id: the market acts once) after this long.
     public var resendAfter: Duration = .seconds(5)
@@ -153,11 +153,12 @@ public actor MarketSession {
         try await flush(on: connection)
         let onConnect = hooks.onConnect
         Task { await onConnect(self) }
+        let heartbeatInterval = Self.heartbeatInterval(settings.heartbeatInterval, market: connection.heartbeatTimeout)
         let timer = ContinuousClock()
         var lastHeartbeat = timer.now
         var lastReload = timer.now
         while !Task.isCancelled {
-            if timer.now - lastHeartbeat >= settings.heartbeatInterval {
+            if timer.now - lastHeartbeat >= heartbeatInterval {
                 lastHeartbeat = timer.now
                 try await connection.send(.heartbeat, HeartbeatBody(auditHead: hooks.auditHead()))
             }
@@ -166,9 +167,17 @@ public actor MarketSession {
                 reloadOutbox()
             }
             try await flush(on: connection)
-            guard let frame = try await connection.poll(timeout: .milliseconds(500)) else { continue }
+            guard let frame = try await connection.poll(timeout: min(.milliseconds(500), heartbeatInterval)) else {
+                continue
+            }
             receive(frame)
         }
+    }
+
+    /// The configured interval, shortened to a third of the market's silence timeout.
+    static func heartbeatInterval(_ configured: Duration, market timeout: Duration?) -> Duration {
+        guard let timeout else { return configured }
+        return max(min(configured, timeout / 3), .milliseconds(250))
     }
 
     /// Sends what is unanswered and due; drops what expired.

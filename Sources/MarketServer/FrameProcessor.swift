@@ -130,7 +130,12 @@ final class FrameProcessor: Sendable {
         let challenge = Data(nonce).base64EncodedString()
         session = .awaitingAuth(
             peer: try PeerID(validating: envelope.from), key: key, keyDocument: body.keyDocument, challenge: challenge)
-        return FrameOutput(replies: [ServerFrames.frame(.challenge, ChallengeBody(nonce: challenge), nowMs: nowMs)])
+        return FrameOutput(replies: [
+            ServerFrames.frame(
+                .challenge,
+                ChallengeBody(nonce: challenge, heartbeatTimeoutMs: configuration.rules.heartbeatTimeoutMs),
+                nowMs: nowMs)
+        ])
     }
 
     private func auth(

@@ -65,6 +65,31 @@ import Testing
         }
     }
 
+    /// The market's challenge says how long it waits; a session heartbeats well within that,
+    /// even when its own interval is longer.
+    @Test func aSessionHeartbeatsWithinTheTimeoutTheMarketAnnounces() async throws {
+        var rules = Self.rules
+        rules.heartbeatTimeoutMs = 1_500
+        try await TestMarket.with(rules: rules, configure: { $0.sweepIntervalMs = 100 }) { market in
+            let provider = TestMarket.newPeer()
+            try await market.connect(provider) { connection in
+                #expect(connection.heartbeatTimeout == .milliseconds(1_500))
+            }
+            let session = MarketSession(
+                keys: provider, settings: SessionSettings(url: market.url), outbox: nil)
+            #expect(session.settings.heartbeatInterval == .seconds(20))
+            let runner = Task { await session.run() }
+            defer { runner.cancel() }
+            try await session.waitUntilConnected(timeout: .seconds(10))
+            try await session.request(.offerAdvertise, AdvertiseBody(price: micro(4), slots: 1))
+            try await Task.sleep(for: .seconds(4))
+            #expect(try await market.store.read { try $0.offers() }.count == 1, "the offer outlived the timeout")
+            runner.cancel()
+            try await Task.sleep(for: .seconds(2))
+            #expect(try await market.store.read { try $0.offers() }.isEmpty, "a silent provider still loses it")
+        }
+    }
+
     @Test func theAcceptanceWindowPaysAndANewProviderHasEarningsHeldBack() async throws {
         try await TestMarket.with(rules: Self.rules, configure: Self.manualSweeps) { market in
             let requester = TestMarket.newPeer()

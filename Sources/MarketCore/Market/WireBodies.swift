@@ -116,10 +116,15 @@ public struct HelloBody: WireBody, Equatable {
     }
 }
 
-/// `challenge` (server): a random nonce the `auth` must echo.
+/// `challenge` (server): a random nonce the `auth` must echo, and how long the market lets a
+/// provider stay silent, so that the client can heartbeat well within it.
 public struct ChallengeBody: WireBody, Equatable {
     public var nonce: String
-    public init(nonce: String) { self.nonce = nonce }
+    public var heartbeatTimeoutMs: Int64?
+    public init(nonce: String, heartbeatTimeoutMs: Int64? = nil) {
+        self.nonce = nonce
+        self.heartbeatTimeoutMs = heartbeatTimeoutMs
+    }
     public func validate(limits: WireLimits) throws(MarketError) {}
 }
 
