@@ -88,6 +88,7 @@ let package = Package(
                 "MarketCore",
                 "MarketCrypto",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -153,6 +154,7 @@ let package = Package(
                 "MarketStore",
                 "Participant",
                 "MarketFlows",
+                "TestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -167,7 +169,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "Faults",
-            dependencies: ["MarketCore", "MarketCrypto", "MarketClient", "DockerEngine", "Participant"],
+            dependencies: ["MarketCore", "MarketCrypto", "MarketClient", "DockerEngine", "Participant", "TestSupport"],
             path: "Faults"
         ),
         .target(name: "TestSupport", dependencies: ["MarketCore"], path: "Tests/TestSupport"),

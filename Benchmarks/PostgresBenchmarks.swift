@@ -3,6 +3,7 @@ import MarketClient
 import MarketCore
 import MarketCrypto
 import MarketStore
+import TestSupport
 
 // The market on PostgreSQL against pgbench running the same SQL. A throwaway cluster is started
 // here (as the `postgres` user when run as root). One lifecycle is captured from the server's own
@@ -114,21 +115,7 @@ func ownCPUSeconds() -> Double {
         + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
 }
 
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-        }
-    }
-    guard bound else { throw BenchmarkError("no free port on 127.0.0.1") }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
+func freePort() throws -> Int { try LoopbackSocket.freePort() }
 
 /// The statements of one lifecycle as PostgreSQL logged them, turned into a pgbench script.
 struct CapturedLifecycle {

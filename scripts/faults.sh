@@ -4,33 +4,43 @@
 # settled or refunded, no job container is left running, and no credit is lost. It ends with a
 # summary table (scenarios, faults, lifecycles, credits minted, accounted for, lost).
 #
-#   scripts/faults.sh            the full suite (more lifecycles and kills)
-#   scripts/faults.sh --quick    the bounded form `scripts/test.sh` runs (about a minute)
+#   scripts/faults.sh              the full suite (more lifecycles and kills)
+#   scripts/faults.sh --quick      the bounded form `scripts/test.sh` runs (about two minutes)
+#   scripts/faults.sh --only TEXT  only the scenarios whose name contains TEXT
 #
-# Scenarios: the market server SIGKILLed at random points of its lifecycles (SQLite) and started
-# again; a provider daemon SIGKILLed mid-job and started again; a client whose clock is ten
-# minutes off. The full run also sends 100 000 hostile frames to a live server (the frame
-# fuzzer). Needs the Docker engine (started when missing, as `scripts/test.sh` does).
+# Scenarios: the market server SIGKILLed at random points of its lifecycles (SQLite); two
+# servers on one PostgreSQL with one SIGKILLed again and again; PostgreSQL restarted under load;
+# a provider daemon SIGKILLed mid-job; the Docker engine (a private one) restarted mid-job; the
+# egress proxy's socket removed mid-job; the participant's disk full (a tmpfs home); a client
+# whose clock is ten minutes off. The full run also sends 100 000 hostile frames to a live server
+# (the frame fuzzer). Needs root, the Docker engine and PostgreSQL (installed and started when
+# missing, as `scripts/test.sh` does); in CI a scenario that cannot run is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 trap stop_started_services EXIT
 
 ARGUMENTS=()
-for argument in "$@"; do
-    case "$argument" in
-        --quick) ARGUMENTS+=(--quick) ;;
-        -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) die "unknown option '$argument' (allowed: --quick, --help)" ;;
+FULL=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) ARGUMENTS+=(--quick); FULL=0 ;;
+        --only)
+            [ $# -ge 2 ] || die "--only needs a part of a scenario's name"
+            ARGUMENTS+=(--only "$2"); FULL=0; shift ;;
+        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option '$1' (allowed: --quick, --only TEXT, --help)" ;;
     esac
+    shift
 done
 
 ensure_docker
+apt_install postgresql
 log "swift build (the tool and the fault harness)"
 swift build --product claude-max-market >&2
 swift build --product cmm-faults >&2
 "$(swift build --show-bin-path)/cmm-faults" "${ARGUMENTS[@]}"
-if [ ${#ARGUMENTS[@]} -eq 0 ]; then
+if [ "$FULL" = 1 ]; then
     log "the frame fuzzer at full size: 100 000 hostile frames against a live server"
     swift build --build-tests >&2
     CMM_FUZZ_FRAMES=100000 swift test --skip-build --filter FrameFuzzTests

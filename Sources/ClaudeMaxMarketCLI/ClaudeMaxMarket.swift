@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MarketCore
+import Participant
 
 /// The root command. Each subcommand lives in a file named after it.
 public struct ClaudeMaxMarket: AsyncParsableCommand {
@@ -46,6 +47,12 @@ extension ClaudeMaxMarket {
             Output.note("Error: \(describe(error))")
             Foundation.exit(1)
         } catch {
+            if let message = DiskFull.message(
+                for: error, paths: ParticipantPaths(environment: ProcessInfo.processInfo.environment))
+            {
+                Output.note("Error: \(message)")
+                Foundation.exit(1)
+            }
             exit(withError: error)
         }
     }

@@ -16,7 +16,7 @@ struct MarketCommand: AsyncParsableCommand {
         abstract: "Run a market server, check its ledger, credit accounts, and ask a market how it is.",
         subcommands: [
             MarketServeCommand.self, MarketVerifyCommand.self, MarketMintCommand.self, MarketResolveCommand.self,
-            MarketStatusCommand.self,
+            MarketStatusCommand.self, MarketSyncCommand.self,
         ]
     )
 }
@@ -369,5 +369,47 @@ extension Optional {
     func asyncMap<T>(_ transform: (Wrapped) async throws -> T) async rethrows -> T? {
         guard let self else { return nil }
         return try await transform(self)
+    }
+}
+
+struct MarketSyncCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "Sends this home's queued messages (the outbox) now and waits for the market's answers.",
+        discussion: """
+            Messages queued while the market was unreachable (exit code 75) go out on the next \
+            connection of any market command or of `provide`; this sends them now. A message past \
+            its expiry is dropped, never sent. Exits 0 when the outbox is empty, 69 when the market \
+            cannot be reached, 1 when messages are still waiting for an answer.
+            """
+    )
+
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Report: Codable {
+        var url: String
+        /// Messages in the outbox before: each was answered by the market, or dropped as expired.
+        var before: Int
+        var left: Int
+    }
+
+    func run() async throws {
+        let link = try MarketLink()
+        let before = try Outbox(database: link.database).count()
+        let left = try await link.withSession(connectTimeout: .seconds(10)) { session in
+            let deadline = ContinuousClock.now + .seconds(20)
+            while await session.outboxCount > 0, await session.isConnected, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            return await session.outboxCount
+        }
+        let report = Report(url: link.url, before: before, left: left)
+        if json {
+            try Output.json(report)
+        } else {
+            Output.line(
+                "outbox: \(before - left) of \(before) message(s) answered or expired, \(left) waiting (\(link.url))")
+        }
+        if left > 0 { throw ExitCode(1) }
     }
 }

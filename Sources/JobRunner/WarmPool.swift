@@ -91,12 +91,22 @@ public actor WarmPool: Service {
         }.value
     }
 
-    /// An idle slot, or nil when none is ready (the caller then runs the job cold).
-    public func take() -> Slot? {
-        guard !idle.isEmpty else { return nil }
-        let slot = idle.removeFirst()
-        wakeContinuation.yield()
-        return slot
+    /// An idle slot whose container still runs, or nil when none is ready (the caller then runs
+    /// the job cold). A slot whose container died while it waited (the engine restarted, someone
+    /// removed it) goes, and the pool makes another.
+    public func take() async -> Slot? {
+        while !idle.isEmpty {
+            let slot = idle.removeFirst()
+            wakeContinuation.yield()
+            let docker = self.docker
+            let running = await Task { try? await docker.inspectContainer(slot.containerID).State.Running }.value
+            if running == true { return slot }
+            logger.warning(
+                "warm pool: a waiting container is gone; discarding it", metadata: ["container": "\(slot.containerID)"])
+            await Task { try? await docker.removeContainer(slot.containerID, force: true) }.value
+            release(slot)
+        }
+        return nil
     }
 
     /// Ends a slot after its job: stops its egress proxy. The executor has removed the container.

@@ -37,35 +37,73 @@ public final class MarketConnection: Sendable {
     public static func with<T: Sendable>(
         url: String, keys: KeyRing, authenticate: Bool = true, logger: Logger = Logger(label: "cmm.client"),
         clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) },
-        _ body: @escaping @Sendable (MarketConnection) async throws -> T
+        openTimeout: Duration = .seconds(10), _ body: @escaping @Sendable (MarketConnection) async throws -> T
     ) async throws -> T {
         let result = ResultBox<T>()
-        let closeFrame = try await WebSocketClient.connect(
-            url: url, configuration: .init(maxFrameSize: 16 << 20), logger: logger
-        ) { inbound, outbound, _ in
-            let connection = MarketConnection(keys: keys, outbound: outbound, clock: clock)
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask {
+        let opened = Once()
+        try await Self.openingWithin(openTimeout, url: url, opened: opened) {
+            _ = try await WebSocketClient.connect(
+                url: url, configuration: .init(maxFrameSize: 16 << 20), logger: logger
+            ) { inbound, outbound, _ in
+                guard opened.claim() else { return }  // too late: the caller was told it failed
+                let connection = MarketConnection(keys: keys, outbound: outbound, clock: clock)
+                await withTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        do {
+                            for try await message in inbound.messages(maxSize: 32 << 20) {
+                                guard case .text(let text) = message else { continue }
+                                await connection.inbox.deliver(text)
+                            }
+                        } catch {}
+                        await connection.inbox.close()
+                    }
                     do {
-                        for try await message in inbound.messages(maxSize: 32 << 20) {
-                            guard case .text(let text) = message else { continue }
-                            await connection.inbox.deliver(text)
-                        }
-                    } catch {}
-                    await connection.inbox.close()
+                        if authenticate { try await connection.authenticate() }
+                        result.set(.success(try await body(connection)))
+                    } catch {
+                        result.set(.failure(error))
+                    }
+                    try? await outbound.close(.normalClosure, reason: nil)
+                    group.cancelAll()
                 }
-                do {
-                    if authenticate { try await connection.authenticate() }
-                    result.set(.success(try await body(connection)))
-                } catch {
-                    result.set(.failure(error))
-                }
-                try? await outbound.close(.normalClosure, reason: nil)
-                group.cancelAll()
             }
         }
-        _ = closeFrame
         return try result.get()
+    }
+
+    /// Runs `work` (the WebSocket connect), but gives up when the connection has not opened
+    /// (`opened` claimed) within `limit`: the upgrade has no timeout of its own, and a market
+    /// killed in the middle of one was seen to leave it waiting forever. The abandoned attempt is
+    /// cancelled and left to end on its own.
+    static func openingWithin(
+        _ limit: Duration, url: String, opened: Once, _ work: @escaping @Sendable () async throws -> Void
+    ) async throws {
+        let finished = Once()
+        let attempt = Mutex<Task<Void, Never>?>(nil)
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let task = Task {
+                    do {
+                        try await work()
+                        if finished.claim() { continuation.resume() }
+                    } catch {
+                        if finished.claim() { continuation.resume(throwing: error) }
+                    }
+                }
+                attempt.withLock { $0 = task }
+                Task {
+                    try? await Task.sleep(for: limit)
+                    // Claiming `opened` here means a late upgrade finds it taken and closes at once.
+                    if opened.claim(), finished.claim() {
+                        task.cancel()
+                        continuation.resume(
+                            throwing: MarketClientError("no WebSocket connection to \(url) within \(limit)"))
+                    }
+                }
+            }
+        } onCancel: {
+            attempt.withLock { $0?.cancel() }
+        }
     }
 
     // MARK: Handshake
@@ -230,6 +268,12 @@ actor Inbox {
 struct InboxTimeout: Error, CustomStringConvertible {
     let timeout: Duration
     var description: String { "no matching frame from the market within \(timeout)" }
+}
+
+/// True for the first caller only.
+final class Once: Sendable {
+    private let claimed = Atomic(false)
+    func claim() -> Bool { !claimed.exchange(true, ordering: .acquiringAndReleasing) }
 }
 
 /// Carries the body's result out of the connection's closure.

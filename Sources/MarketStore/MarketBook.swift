@@ -155,15 +155,22 @@ public struct MarketBook: Sendable {
     /// Timeouts and silent providers, as of `nowMs`: every due task takes its deadline path.
     public func sweep(nowMs: Int64, limit: Int = 500, in tx: some MarketTransaction) throws -> [TaskTransition] {
         var transitions: [TaskTransition] = []
+        // Each task is locked and looked at again before it moves: another instance on the same
+        // books may have swept it, or a message moved it, since the list was read.
         for provider in try tx.silentProviders(lastSeenBefore: nowMs - rules.heartbeatTimeoutMs) {
             _ = try tx.deleteOffer(of: provider)
             for task in try tx.tasks(of: provider, states: [.assigned, .running]) where task.provider == provider {
+                guard let current = try tx.task(task.id, lock: true), current.provider == provider,
+                    current.state.holdsSlot
+                else { continue }
                 transitions += try apply(.providerSilent, toTask: task.id, nowMs: nowMs, in: tx)
             }
         }
         for id in try tx.tasksDue(nowMs: nowMs, limit: limit) {
-            let waitingForPayload =
-                try tx.task(id, lock: false)?.state == .assigned && tx.frame(taskID: id, kind: .payload) == nil
+            guard let task = try tx.task(id, lock: true), !task.state.isFinal, let deadline = task.deadlineMs,
+                deadline <= nowMs
+            else { continue }
+            let waitingForPayload = try task.state == .assigned && tx.frame(taskID: id, kind: .payload) == nil
             transitions += try apply(
                 waitingForPayload ? .payloadMissing : .deadlinePassed, toTask: id, nowMs: nowMs, in: tx)
         }

@@ -14,17 +14,24 @@ import Synchronization
 /// instances wins a task; a deadlock or serialization failure is retried from the start.
 public final class PostgresMarketStore: MarketStore, MarketRelay {
     public var backendName: String { "postgres" }
-    let connections: [PostgresConnection]
+    /// One connection per worker thread; a connection found closed (PostgreSQL restarted, the
+    /// network dropped it) is replaced before its next transaction.
+    private let connections: Mutex<[PostgresConnection]>
     private let free: Mutex<[Int]>
     private let available: DispatchSemaphore
     let threads: NIOThreadPool
     let logger: Logger
-    /// The connection that LISTENs for messages to peers connected here.
-    let listener: PostgresConnection
+    let configuration: PostgresConnection.Configuration
+    /// The connection that LISTENs for messages to peers connected here (replaced likewise).
+    private let listener: Mutex<PostgresConnection>
 
-    init(connections: [PostgresConnection], listener: PostgresConnection, logger: Logger) {
-        self.connections = connections
-        self.listener = listener
+    init(
+        connections: [PostgresConnection], listener: PostgresConnection,
+        configuration: PostgresConnection.Configuration, logger: Logger
+    ) {
+        self.connections = Mutex(connections)
+        self.listener = Mutex(listener)
+        self.configuration = configuration
         self.free = Mutex(Array(connections.indices))
         self.available = DispatchSemaphore(value: connections.count)
         self.threads = NIOThreadPool(numberOfThreads: connections.count)
@@ -49,7 +56,8 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
             )
         }
         let store = PostgresMarketStore(
-            connections: Array(connections.dropFirst()), listener: connections[0], logger: logger)
+            connections: Array(connections.dropFirst()), listener: connections[0], configuration: configuration,
+            logger: logger)
         try await store.migrate()
         return store
     }
@@ -86,7 +94,23 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
             free.withLock { $0.append(index) }
             available.signal()
         }
-        return try body(connections[index])
+        var connection = connections.withLock { $0[index] }
+        if connection.isClosed {
+            // Not retried here: a transaction cut off mid-way is answered with an error, and the
+            // client sends the same message id again, which the market acts on once.
+            do {
+                connection = try PostgresMarketTransaction.wait(
+                    for: PostgresConnection.connect(
+                        on: MultiThreadedEventLoopGroup.singleton.any(), configuration: configuration, id: index + 1,
+                        logger: logger),
+                    timeout: .seconds(10))
+            } catch {
+                throw MarketError(.unavailable, "the market's database is unreachable; try again shortly")
+            }
+            logger.info("reconnected to PostgreSQL", metadata: ["connection": "\(index + 1)"])
+            connections.withLock { $0[index] = connection }
+        }
+        return try body(connection)
     }
 
     public func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
@@ -112,7 +136,12 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
                         try tx.run("COMMIT")
                         return result
                     } catch {
-                        _ = try? tx.run("ROLLBACK")
+                        // A connection cut off mid-transaction may never answer the ROLLBACK:
+                        // it gets a few seconds, then the connection is dropped (the next
+                        // transaction on this slot connects again).
+                        if connection.isClosed || (try? tx.with(timeout: .seconds(5)).run("ROLLBACK")) == nil {
+                            let _: EventLoopFuture<Void> = connection.close()
+                        }
                         if attempt < 8, let code = (error as? PSQLError)?.serverInfo?[.sqlState],
                             code == "40P01" || code == "40001"
                         {
@@ -126,8 +155,8 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
     }
 
     public func close() async throws {
-        for connection in connections { try? await connection.close() }
-        try? await listener.close()
+        for connection in connections.withLock({ $0 }) { try? await connection.close() }
+        try? await listener.withLock { $0 }.close()
         try? await threads.shutdownGracefully()
     }
 
@@ -140,14 +169,62 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
         }
     }
 
-    /// Calls `deliver` with every message another instance published, until cancelled.
+    /// Calls `deliver` with every message another instance published, until cancelled. When
+    /// the listening connection is lost it connects again, and delivers what was published
+    /// meanwhile (the relay table keeps five minutes of messages).
     public func listen(_ deliver: @escaping @Sendable (PeerID, String) -> Void) async throws {
-        try await listener.listen(on: "cmm_relay") { notifications in
-            for try await notification in notifications {
-                guard let id = Int64(notification.payload) else { continue }
-                let row = try await read { tx in try (tx as! PostgresMarketTransaction).relayed(id) }
-                if let row, let peer = try? PeerID(validating: row.peer) { deliver(peer, row.text) }
+        let relay = RelayCursor(after: try await read { try ($0 as! PostgresMarketTransaction).lastRelayID() })
+        var backoff = Duration.milliseconds(100)
+        while !Task.isCancelled {
+            do {
+                try await listener.withLock { $0 }.listen(on: "cmm_relay") { notifications in
+                    backoff = .milliseconds(100)
+                    // Listening again: what came while no one listened goes first.
+                    let missed = try await read { try ($0 as! PostgresMarketTransaction).relayed(after: relay.last) }
+                    for row in missed where relay.first(row.id) { Self.deliver(row.peer, row.text, deliver) }
+                    for try await notification in notifications {
+                        guard let id = Int64(notification.payload), relay.first(id) else { continue }
+                        let row = try await read { tx in try (tx as! PostgresMarketTransaction).relayed(id) }
+                        if let row { Self.deliver(row.peer, row.text, deliver) }
+                    }
+                }
+            } catch {
+                if Task.isCancelled { throw error }
+                logger.warning("relay listener lost its connection; reconnecting", metadata: ["error": "\(error)"])
             }
+            try await Task.sleep(for: backoff)
+            backoff = min(backoff * 2, .seconds(5))
+            if let fresh = try? await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger) {
+                let old = listener.withLock { current in
+                    defer { current = fresh }
+                    return current
+                }
+                try? await old.close()
+            }
+        }
+    }
+
+    private static func deliver(_ peer: String, _ text: String, _ deliver: (PeerID, String) -> Void) {
+        if let peer = try? PeerID(validating: peer) { deliver(peer, text) }
+    }
+}
+
+/// Which relay messages this instance has delivered: each once, also when a notification and
+/// the catch-up after a reconnect both name it.
+final class RelayCursor: Sendable {
+    private let state: Mutex<(last: Int64, seen: Set<Int64>)>
+
+    init(after last: Int64) { state = Mutex((last, [])) }
+
+    var last: Int64 { state.withLock { $0.last } }
+
+    /// True the first time `id` is seen.
+    func first(_ id: Int64) -> Bool {
+        state.withLock { state in
+            guard id > state.last - 10_000, state.seen.insert(id).inserted else { return false }
+            state.last = max(state.last, id)
+            if state.seen.count > 20_000 { state.seen = state.seen.filter { $0 > state.last - 10_000 } }
+            return true
         }
     }
 }
@@ -221,15 +298,30 @@ extension MarketSchema {
     ]
 }
 
+/// True for the first caller only.
+final class Once: Sendable {
+    private let claimed = Atomic(false)
+    func claim() -> Bool { !claimed.exchange(true, ordering: .acquiringAndReleasing) }
+}
+
 /// `MarketTransaction` on one PostgreSQL connection inside BEGIN … COMMIT.
 struct PostgresMarketTransaction: MarketTransaction {
     let connection: PostgresConnection
     let logger: Logger
+    /// How long one statement may take before the database counts as unreachable: a
+    /// connection PostgreSQL dropped mid-statement must not hold a worker thread forever.
+    var timeout: TimeAmount = .seconds(20)
+
+    func with(timeout: TimeAmount) -> PostgresMarketTransaction {
+        var copy = self
+        copy.timeout = timeout
+        return copy
+    }
 
     @discardableResult
     func query(_ query: PostgresQuery) throws -> PostgresQueryResult {
         do {
-            return try connection.query(query, logger: logger).wait()
+            return try Self.wait(for: connection.query(query, logger: logger), timeout: timeout)
         } catch let error as PSQLError {
             if error.serverInfo?[.sqlState] == "23514" {
                 throw MarketError(.insufficientFunds, "the movement would take an account below zero")
@@ -242,6 +334,23 @@ struct PostgresMarketTransaction: MarketTransaction {
         try query(PostgresQuery(unsafeSQL: sql))
     }
 
+    /// `future.wait()`, failing with `unavailable` after `timeout`.
+    static func wait<T: Sendable>(for future: EventLoopFuture<T>, timeout: TimeAmount) throws -> T {
+        let promise = future.eventLoop.makePromise(of: T.self)
+        let once = Once()
+        @Sendable func complete(_ result: Result<T, any Error>) {
+            if once.claim() { promise.completeWith(result) }
+        }
+        let timer = future.eventLoop.scheduleTask(in: timeout) {
+            complete(.failure(MarketError(.unavailable, "the market's database did not answer; try again shortly")))
+        }
+        future.whenComplete { result in
+            timer.cancel()
+            complete(result)
+        }
+        return try promise.futureResult.wait()
+    }
+
     func affected(_ result: PostgresQueryResult) -> Int { result.metadata.rows ?? 0 }
 
     func relay(_ text: String, to peer: PeerID) throws {
@@ -249,6 +358,19 @@ struct PostgresMarketTransaction: MarketTransaction {
         let id = try result.rows.first!.decode(Int64.self)
         try run("NOTIFY cmm_relay, '\(id)'")
         try query("DELETE FROM relay WHERE at < now() - interval '5 minutes'")
+    }
+
+    /// The newest relay message's id (0 when there is none).
+    func lastRelayID() throws -> Int64 {
+        try query("SELECT COALESCE(MAX(id), 0) FROM relay").rows.first!.decode(Int64.self)
+    }
+
+    /// Relay messages published after `id`, oldest first.
+    func relayed(after id: Int64) throws -> [(id: Int64, peer: String, text: String)] {
+        try query("SELECT id, peer, text FROM relay WHERE id > \(id) ORDER BY id LIMIT 10000").rows.map {
+            let (id, peer, text) = try $0.decode((Int64, String, String).self)
+            return (id, peer, text)
+        }
     }
 
     func relayed(_ id: Int64) throws -> (peer: String, text: String)? {

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import GRDBSQLite
 import MarketCrypto
 
 /// The participant's local SQLite database (WAL): consent, jobs, usage, audit log.
@@ -19,6 +20,11 @@ public final class StateDatabase: Sendable {
         var configuration = Configuration()
         configuration.busyMode = .timeout(15)
         configuration.prepareDatabase { db in
+            // The WAL and its index stay when the last connection closes, so that a home on a
+            // full disk can still be opened and read (`status`, `audit --verify`): creating
+            // them again would need space. Writes then fail with SQLITE_FULL and change nothing.
+            var persist: Int32 = 1
+            _ = sqlite3_file_control(db.sqliteConnection, nil, SQLITE_FCNTL_PERSIST_WAL, &persist)
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
             try db.execute(sql: "PRAGMA foreign_keys = ON")
         }

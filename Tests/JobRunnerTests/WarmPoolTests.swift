@@ -50,6 +50,33 @@ struct WarmPoolTests {
         }
     }
 
+    /// A waiting container that died (the engine restarted, someone removed it) is never handed
+    /// out: `take` discards it, and the pool makes another.
+    @Test func aDeadWaitingContainerIsDiscardedNotHandedOut() async throws {
+        try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
+            docker in
+            try await TestRunnerImage.ensureBuilt()
+            let template = WarmPool.Template(
+                sandbox: JobExecutorTests.settings, backend: .command(["sh", "-c", "cat"]), egress: nil)
+            let pool = WarmPool(docker: docker, template: template, size: 1, runDirectory: runDirectory.url)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await pool.run() }
+                await pool.waitUntilFull()
+                let first = try await docker.listContainers(labels: ["\(Labels.job)=\(pool.poolID)"], all: false)
+                try #require(first.count == 1)
+                try await docker.killContainer(first[0].Id)
+                #expect(await pool.take() == nil, "a dead container was handed out")
+                await pool.waitUntilFull()
+                let slot = try #require(await pool.take())
+                #expect(slot.containerID != first[0].Id)
+                #expect(try await docker.inspectContainer(slot.containerID).State.Running)
+                try await docker.removeContainer(slot.containerID, force: true)
+                await pool.release(slot)
+                group.cancelAll()
+            }
+        }
+    }
+
     /// A deep home puts the egress socket past the 107 bytes a Unix socket path may have: the
     /// pool still fills (the socket goes to a short private directory) and the slot works.
     @Test func aDeepRunDirectoryStillGetsItsSockets() async throws {

@@ -93,6 +93,21 @@ import Testing
         }
     }
 
+    /// A listener that takes the TCP connection but never answers the WebSocket upgrade (a
+    /// market killed mid-upgrade looks like this): the client gives up after its open timeout,
+    /// with a message, instead of waiting forever.
+    @Test func aMarketThatNeverAnswersTheUpgradeIsGivenUpOn() async throws {
+        let listener = try LoopbackSocket(listening: true)
+        let port = listener.port
+        let started = ContinuousClock.now
+        await #expect {
+            try await MarketConnection.with(
+                url: "ws://127.0.0.1:\(port)/market", keys: TestMarket.newPeer(), openTimeout: .seconds(1)
+            ) { _ in }
+        } throws: { "\($0)".contains("no WebSocket connection") }
+        #expect(ContinuousClock.now - started < .seconds(5))
+    }
+
     @Test func theHandshakeRefusesWrongKeysAndFramesBeforeAuth() async throws {
         try await TestMarket.with { market in
             let alice = TestMarket.newPeer()
