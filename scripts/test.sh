@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need (Docker engine, busybox-static, socat, openssl, a throwaway
 # PostgreSQL cluster, Python's cryptography for the HPKE interop test, Chromium with its driver and
-# Python selenium for the dashboard test), then runs `swift test`, the quick fault suite and the
+# Python selenium for the dashboard test, schemathesis for the read views), then runs `swift test`, the quick fault suite and the
 # benchmark harness once (`scripts/bench.sh --quick --debug`: every figure produced, values aside).
 # In CI (CI=true) a service that cannot be started fails the run; the tests that need it fail
 # rather than skip.
@@ -29,7 +29,12 @@ if ! python3 -c "import selenium" 2>/dev/null; then
     log "installing Python selenium (dashboard browser test)"
     python3 -m pip install -q selenium
 fi
-export CMM_REQUIRE_DOCKER=1 CMM_REQUIRE_BROWSER=1
+# The read views are checked against docs/openapi.yaml by schemathesis.
+if ! python3 -c "import schemathesis" 2>/dev/null; then
+    log "installing Python schemathesis (read views against their OpenAPI contract)"
+    python3 -m pip install -q schemathesis
+fi
+export CMM_REQUIRE_DOCKER=1 CMM_REQUIRE_BROWSER=1 CMM_REQUIRE_SCHEMATHESIS=1
 
 log "swift build --build-tests"
 swift build --build-tests

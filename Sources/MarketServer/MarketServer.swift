@@ -149,6 +149,7 @@ public final class MarketServer: Service, Sendable {
 
     func makeRouter() -> Router<BasicWebSocketRequestContext> {
         let router = Router(context: BasicWebSocketRequestContext.self)
+        router.add(middleware: ReadOnlyViews(paths: Self.readPaths, dashboard: configuration.dashboard))
         router.ws("/market") { inbound, outbound, _ in
             await self.serveConnection(inbound: inbound, outbound: outbound)
         }
