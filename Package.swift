@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "claude-max-market", targets: ["claude-max-market"]),
         .executable(name: "cmm-benchmarks", targets: ["Benchmarks"]),
         .executable(name: "cmm-faults", targets: ["Faults"]),
+        .executable(name: "cmm-fuzz", targets: ["Fuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -171,6 +172,11 @@ let package = Package(
             name: "Faults",
             dependencies: ["MarketCore", "MarketCrypto", "MarketClient", "DockerEngine", "Participant", "TestSupport"],
             path: "Faults"
+        ),
+        .executableTarget(
+            name: "Fuzz",
+            dependencies: ["MarketCore", "MarketCrypto", .product(name: "Crypto", package: "swift-crypto")],
+            path: "Fuzz"
         ),
         .target(name: "TestSupport", dependencies: ["MarketCore"], path: "Tests/TestSupport"),
         .testTarget(name: "MarketCoreTests", dependencies: ["MarketCore", "TestSupport"]),

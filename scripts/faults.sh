@@ -13,8 +13,9 @@
 # a provider daemon SIGKILLed mid-job; the Docker engine (a private one) restarted mid-job; the
 # egress proxy's socket removed mid-job; the participant's disk full (a tmpfs home); a client
 # whose clock is ten minutes off. The full run also sends 100 000 hostile frames to a live server
-# (the frame fuzzer). Needs root, the Docker engine and PostgreSQL (installed and started when
-# missing, as `scripts/test.sh` does); in CI a scenario that cannot run is a failure.
+# (the frame fuzzer) and runs the coverage-guided fuzzer for five minutes (scripts/fuzz.sh).
+# Needs root, the Docker engine and PostgreSQL (installed and started when missing, as
+# `scripts/test.sh` does); in CI a scenario that cannot run is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
         --only)
             [ $# -ge 2 ] || die "--only needs a part of a scenario's name"
             ARGUMENTS+=(--only "$2"); FULL=0; shift ;;
-        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (allowed: --quick, --only TEXT, --help)" ;;
     esac
     shift
@@ -44,4 +45,6 @@ if [ "$FULL" = 1 ]; then
     log "the frame fuzzer at full size: 100 000 hostile frames against a live server"
     swift build --build-tests >&2
     CMM_FUZZ_FRAMES=100000 swift test --skip-build --filter FrameFuzzTests
+    log "the coverage-guided fuzzer (libFuzzer) on the envelope, sealed-file and armor parsers, 5 minutes"
+    scripts/fuzz.sh --seconds 300
 fi
