@@ -208,6 +208,8 @@ struct ProvideCommand: AsyncParsableCommand {
                 report(
                     ProviderEvent(taskId: nil, message: "removed \(removed) container(s) left by a provider that died"))
             }
+            // ... and the egress socket directories it could not remove.
+            _ = EgressProxy.removeStale(runDirectory: context.paths.runDirectory)
             guard try await docker.inspectImage(sandbox.image) != nil else {
                 throw CLIError(
                     "image \(sandbox.image) is not present: `claude-max-market docker build` (or --image NAME)")

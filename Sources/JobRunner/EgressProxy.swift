@@ -92,6 +92,57 @@ public final class EgressProxy: Sendable {
     /// The longest socket path used as given (`sun_path` holds 108 bytes with its NUL).
     static let maxSocketPathBytes = 100
 
+    /// The start of the short /tmp directory names standing in for `runDirectory`'s: named after
+    /// it (FNV-1a of its path), so that what a dead process left can be found again.
+    public static func fallbackPrefix(runDirectory: URL) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in runDirectory.standardizedFileURL.path.utf8 {
+            hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
+        }
+        return "cmm-egress-\(String(hash, radix: 16))-"
+    }
+
+    /// Removes the socket directories a process that died left behind (it had no chance to):
+    /// `egress-*` under `runDirectory`, and the short ones under /tmp named after it. A directory
+    /// whose socket still answers belongs to a live job and stays. Returns how many went.
+    public static func removeStale(runDirectory: URL) -> Int {
+        let manager = FileManager.default
+        let prefix = fallbackPrefix(runDirectory: runDirectory)
+        var candidates: [URL] = []
+        for name in (try? manager.contentsOfDirectory(atPath: runDirectory.path)) ?? [] where name.hasPrefix("egress-")
+        {
+            candidates.append(runDirectory.appending(path: name))
+        }
+        for name in (try? manager.contentsOfDirectory(atPath: "/tmp")) ?? [] where name.hasPrefix(prefix) {
+            candidates.append(URL(fileURLWithPath: "/tmp").appending(path: name))
+        }
+        var removed = 0
+        for directory in candidates where !answers(directory.appending(path: "egress.sock").path) {
+            if (try? manager.removeItem(at: directory)) != nil { removed += 1 }
+        }
+        return removed
+    }
+
+    /// Whether something accepts connections on the Unix socket at `path`.
+    static func answers(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            buffer.copyBytes(from: bytes)
+            buffer[bytes.count] = 0
+        }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+    }
+
     /// Serves on a socket at `directory/egress.sock` (directory created 0755 so that the
     /// container's user can reach it) while `body` runs; stops and removes the socket after.
     public static func withProxy<T: Sendable>(
@@ -104,7 +155,8 @@ public final class EgressProxy: Sendable {
         var fallback: URL?
         if directory.appending(path: "egress.sock").path.utf8.count > maxSocketPathBytes {
             directory = URL(fileURLWithPath: "/tmp").appending(
-                path: "cmm-egress-\(UUID().uuidString.prefix(13).lowercased())")
+                path: "\(fallbackPrefix(runDirectory: directory.deletingLastPathComponent()))"
+                    + "\(UUID().uuidString.prefix(8).lowercased())")
             fallback = directory
         }
         defer { if let fallback { try? FileManager.default.removeItem(at: fallback) } }

@@ -56,6 +56,42 @@ import Testing
         return (text.withLock { $0 }, ContinuousClock.now - start)
     }
 
+    /// What a killed process left (socket directories it could not remove) goes when the next
+    /// daemon starts; a directory whose socket still answers stays.
+    @Test func staleSocketDirectoriesGoAndLiveOnesStay() async throws {
+        // Deep enough that the live proxy's socket goes to a short directory under /tmp.
+        let run = runDirectory.url.appending(path: String(repeating: "r", count: 90))
+        try FileManager.default.createDirectory(at: run, withIntermediateDirectories: true)
+        let deadInHome = run.appending(path: "egress-dead")
+        let deadInTmp = URL(fileURLWithPath: "/tmp").appending(
+            path: EgressProxy.fallbackPrefix(runDirectory: run) + "dead0001")
+        // In the home, a leftover file where a socket was; under /tmp, a socket file nothing
+        // listens on any more, as a SIGKILLed proxy leaves it.
+        try FileManager.default.createDirectory(at: deadInHome, withIntermediateDirectories: true)
+        try Data().write(to: deadInHome.appending(path: "egress.sock"))
+        try FileManager.default.createDirectory(at: deadInTmp, withIntermediateDirectories: true)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let path = Array(deadInTmp.appending(path: "egress.sock").path.utf8)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path + [0]) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+        close(fd)
+        try #require(bound)
+        let policy = EgressPolicy(allowlist: [], byteBudget: 1 << 20)
+        try await EgressProxy.withProxy(directory: run.appending(path: "egress-live"), policy: policy) { proxy in
+            #expect(proxy.socketPath.hasPrefix("/tmp/" + EgressProxy.fallbackPrefix(runDirectory: run)))
+            #expect(EgressProxy.removeStale(runDirectory: run) == 2)
+            #expect(FileManager.default.fileExists(atPath: proxy.socketPath), "a live socket was removed")
+        }
+        #expect(!FileManager.default.fileExists(atPath: deadInHome.path))
+        #expect(!FileManager.default.fileExists(atPath: deadInTmp.path))
+    }
+
     @Test func refusedConnectsAreCountedButKeptBounded() async throws {
         let policy = EgressPolicy(allowlist: ["api.anthropic.com:443"], byteBudget: 1 << 20)
         try await EgressProxy.withProxy(directory: runDirectory.url.appending(path: "bounded"), policy: policy) {
