@@ -730,10 +730,14 @@ func engineRestarted() async throws -> ScenarioResult {
     let deadline = Date().addingTimeInterval(60)
     while submit.process.isRunning && Date() < deadline { usleep(100_000) }
     submit.stop(SIGKILL)
-    // The job was killed with the engine: it ends failed (delivered, left to the requester,
-    // here to the acceptance window) or, had the provider reported it, refunded.
-    let ended = submit.output.contains("\"state\":\"failed\"") || submit.output.contains("\"state\":\"refunded\"")
-    if !ended { result.problems.append("the killed job did not end: \(submit.output.suffix(400))") }
+    // The job was killed with the engine: the provider's side failed, not the job, so the
+    // provider reports it (job.failed) and the requester is refunded.
+    if !submit.output.contains("\"state\":\"refunded\"") {
+        result.problems.append("the requester was not refunded: \(submit.output.suffix(400))")
+    }
+    if !daemon.output.contains("killed from outside the job") {
+        result.problems.append("the daemon did not say why the job failed: \(daemon.output.suffix(400))")
+    }
     if !daemon.process.isRunning { result.problems.append("the provider daemon exited: \(daemon.output.suffix(400))") }
 
     // The engine is back: the next job runs (a fresh container, the pool refilled).

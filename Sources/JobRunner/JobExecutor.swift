@@ -76,6 +76,11 @@ public struct JobReport: Sendable {
     public var egressBytes: Int64
     public var error: String?
     public var duration: Duration
+    /// The container was SIGKILLed from outside the job, not for memory and not by this tool
+    /// (the Docker engine stopped, or someone on this machine killed it): the provider's side
+    /// failed, not the job. A job cannot do this to itself: its command is PID 1 of its own
+    /// namespace, which ignores a SIGKILL sent from inside.
+    public var stoppedFromOutside = false
 }
 
 /// Runs jobs in hardened containers: create, attach, start, hand over the prompt on stdin,
@@ -180,6 +185,7 @@ public struct JobExecutor: Sendable {
             maxBytes: request.sandbox.maxOutputBytes, onOutput: onOutput)
         var state = JobEndState.failed
         var exitCode: Int?
+        var stoppedFromOutside = false
         var failure: String?
         let docker = self.docker
         do {
@@ -244,6 +250,11 @@ public struct JobExecutor: Sendable {
                 }
                 state = collector.succeeded(exitCode: exitCode!) ? .succeeded : .failed
                 if state == .failed { failure = collector.failureReason(exitCode: exitCode!) }
+                if exitCode == 137, (try? await docker.inspectContainer(id).State.OOMKilled) != true {
+                    stoppedFromOutside = true
+                    failure =
+                        "the job's container was killed from outside the job (SIGKILL, not for memory): the Docker engine stopped, or it was killed on the provider's machine"
+                }
             } else {
                 state = .timedOut
                 failure = "the job ran past its \(request.sandbox.timeout) wall-clock limit and was killed"
@@ -265,6 +276,7 @@ public struct JobExecutor: Sendable {
             state: state, exitCode: exitCode, result: collector.parser.result,
             usage: collector.parser.result?.usage ?? [:], rateLimits: collector.parser.rateLimits,
             redactions: collector.redactions, egress: [], egressBytes: 0, error: failure, duration: clock.now - started)
+        report.stoppedFromOutside = stoppedFromOutside
         if let gateway {
             // The API's own numbers, not what the job printed.
             report.usage = gateway.usage

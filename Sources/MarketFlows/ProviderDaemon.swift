@@ -358,6 +358,15 @@ public actor ProviderDaemon {
                     .jobFailed, ReasonBody(taskId: taskId, reason: "the provider stopped before the job finished"))
                 return
             }
+            if result.stoppedFromOutside {
+                // The provider's side failed, not the job: no result to judge, the task goes back.
+                let reason = result.error ?? "the job's container was killed from outside the job"
+                note("task \(taskId) failed on this provider: \(reason)", task: taskId)
+                try? tasks.update(taskId, state: "failed", note: reason, at: nowMs)
+                _ = try? await session.enqueue(
+                    .jobFailed, ReasonBody(taskId: taskId, reason: String(reason.prefix(1000))))
+                return
+            }
             let usage = result.totalUsage
             let text = isClaude ? clean(result.result?.text ?? "") : output.text
             let content = JobContent.Result(

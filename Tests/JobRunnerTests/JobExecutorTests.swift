@@ -272,6 +272,28 @@ struct JobExecutorTests {
         }
     }
 
+    /// A container SIGKILLed from outside (the engine stopping, `docker kill` on the provider's
+    /// machine) is the provider's failure, told apart from the job's own: a job that kills
+    /// itself ends with its own exit code and is not flagged.
+    @Test func aKillFromOutsideIsToldApartFromTheJobsOwnFailure() async throws {
+        try await withExecutor { executor, docker in
+            let created = LockedBox<String?>(nil)
+            let job = request("", backend: .command(["sh", "-c", "echo started; sleep 30"]))
+            let report = try await executor.run(job, whenCreated: { created.value = $0 }) { output in
+                guard case .line(_, let text) = output, text == "started", let id = created.value else { return }
+                Task { try? await docker.killContainer(id) }
+            }
+            #expect(report.state == .failed && report.exitCode == 137)
+            #expect(report.stoppedFromOutside, "\(report.error ?? "")")
+            #expect(report.error?.contains("killed from outside the job") == true)
+
+            let own = try await executor.run(
+                request("", backend: .command(["sh", "-c", "sleep 1 & kill -9 $!; wait; exit 3"]))
+            ) { _ in }
+            #expect(own.state == .failed && own.exitCode == 3 && !own.stoppedFromOutside)
+        }
+    }
+
     @Test func theWallClockLimitKillsAndRemoves() async throws {
         try await withExecutor { executor, docker in
             var settings = Self.settings
