@@ -65,6 +65,10 @@ struct WarmPoolTests {
                 let first = try await docker.listContainers(labels: ["\(Labels.job)=\(pool.poolID)"], all: false)
                 try #require(first.count == 1)
                 try await docker.killContainer(first[0].Id)
+                // The engine answers the kill before the container's state says so.
+                for _ in 0..<100 where try await docker.inspectContainer(first[0].Id).State.Running {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
                 #expect(await pool.take() == nil, "a dead container was handed out")
                 await pool.waitUntilFull()
                 let slot = try #require(await pool.take())
