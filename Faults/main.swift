@@ -44,16 +44,9 @@ let inCI = ProcessInfo.processInfo.environment["CI"] == "true"
 /// Runs a program to the end; its exit code and output (standard output and error together).
 @discardableResult
 func run(_ program: String, _ arguments: [String]) throws -> (code: Int32, err: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = [program] + arguments
-    let err = Pipe()
-    process.standardOutput = err
-    process.standardError = err
-    try process.run()
-    let data = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    let result = try CLIRunner.runProcess(
+        URL(fileURLWithPath: "/usr/bin/env"), [program] + arguments, environment: ProcessInfo.processInfo.environment)
+    return (result.exitCode, result.stdout + result.stderr)
 }
 
 let quick = CommandLine.arguments.contains("--quick")
@@ -446,7 +439,7 @@ final class PostgresCluster: @unchecked Sendable {
         guard let version = versions.sorted(by: { $0.compare($1, options: .numeric) == .orderedAscending }).last
         else { throw ScenarioSkipped(description: "PostgreSQL is not installed (scripts/faults.sh installs it)") }
         bin = "/usr/lib/postgresql/\(version)/bin"
-        port = Int.random(in: 20_000...40_000)
+        port = try LoopbackSocket.freePort()
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         guard try run("chown", ["postgres", directory.path]).code == 0 else {
             throw ScenarioSkipped(description: "cannot hand a directory to the postgres user (run as root)")
@@ -763,7 +756,7 @@ func egressSocketRemoved() async throws -> ScenarioResult {
         ["docker:build", "--tag", TestRunnerImage.name, "--file", dockerfile.path],
         home: root.appending(path: "builder"))
     // Something on loopback for the job to reach through the proxy: it answers "pong".
-    let port = Int.random(in: 41_000...48_000)
+    let port = try LoopbackSocket.freePort()
     let echo = Process()
     echo.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     echo.arguments = ["socat", "TCP-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork", "SYSTEM:echo pong"]

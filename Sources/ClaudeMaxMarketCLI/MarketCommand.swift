@@ -397,11 +397,7 @@ struct MarketSyncCommand: AsyncParsableCommand {
         let link = try MarketLink()
         let before = try Outbox(database: link.database).count()
         let left = try await link.withSession(connectTimeout: .seconds(10)) { session in
-            let deadline = ContinuousClock.now + .seconds(20)
-            while await session.outboxCount > 0, await session.isConnected, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(20))
-            }
-            return await session.outboxCount
+            await session.drainOutbox(timeout: .seconds(20))
         }
         let report = Report(url: link.url, before: before, left: left)
         if json {

@@ -81,10 +81,7 @@ struct MarketLink {
                 throw CLIError("\(error)", exitCode: MarketExit.unreachable)
             } catch {}
             let result = try await body(session)
-            let deadline = ContinuousClock.now + .seconds(3)
-            while await session.isConnected, await session.outboxCount > 0, ContinuousClock.now < deadline {
-                try? await Task.sleep(for: .milliseconds(20))
-            }
+            await session.drainOutbox(timeout: .seconds(3))
             runner.cancel()
             await runner.value
             return result

@@ -266,10 +266,7 @@ struct ProvideCommand: AsyncParsableCommand {
             await StopSignal.wait()
             report(ProviderEvent(taskId: nil, message: "stopping: offer withdrawn, running jobs get \(drain)"))
             await daemon.stop()
-            let deadline = ContinuousClock.now + .seconds(3)
-            while await session.outboxCount > 0, await session.isConnected, ContinuousClock.now < deadline {
-                try? await Task.sleep(for: .milliseconds(20))
-            }
+            await session.drainOutbox(timeout: .seconds(3))
             sessionTask.cancel()
             await sessionTask.value
             daemonTask.cancel()

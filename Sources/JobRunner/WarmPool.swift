@@ -98,11 +98,10 @@ public actor WarmPool: Service {
         while !idle.isEmpty {
             let slot = idle.removeFirst()
             wakeContinuation.yield()
-            let docker = self.docker
-            let running = await Task { try? await docker.inspectContainer(slot.containerID).State.Running }.value
-            if running == true { return slot }
+            if (try? await docker.inspectContainer(slot.containerID))?.State.Running == true { return slot }
             logger.warning(
                 "warm pool: a waiting container is gone; discarding it", metadata: ["container": "\(slot.containerID)"])
+            let docker = self.docker
             await Task { try? await docker.removeContainer(slot.containerID, force: true) }.value
             release(slot)
         }

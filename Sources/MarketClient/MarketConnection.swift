@@ -270,12 +270,6 @@ struct InboxTimeout: Error, CustomStringConvertible {
     var description: String { "no matching frame from the market within \(timeout)" }
 }
 
-/// True for the first caller only.
-final class Once: Sendable {
-    private let claimed = Atomic(false)
-    func claim() -> Bool { !claimed.exchange(true, ordering: .acquiringAndReleasing) }
-}
-
 /// Carries the body's result out of the connection's closure.
 final class ResultBox<T: Sendable>: Sendable {
     private let value = Mutex<Result<T, any Error>?>(nil)

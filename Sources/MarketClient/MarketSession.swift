@@ -91,6 +91,17 @@ public actor MarketSession {
     public var isConnected: Bool { connection != nil }
     public var outboxCount: Int { unanswered.count }
 
+    /// Gives unanswered messages up to `timeout` to be answered while connected; returns how
+    /// many are still waiting (they stay in the outbox for the next connection).
+    @discardableResult
+    public func drainOutbox(timeout: Duration) async -> Int {
+        let deadline = ContinuousClock.now + timeout
+        while !unanswered.isEmpty, connection != nil, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return unanswered.count
+    }
+
     // MARK: Running
 
     /// Connects, serves, and reconnects until the task is cancelled.

@@ -298,12 +298,6 @@ extension MarketSchema {
     ]
 }
 
-/// True for the first caller only.
-final class Once: Sendable {
-    private let claimed = Atomic(false)
-    func claim() -> Bool { !claimed.exchange(true, ordering: .acquiringAndReleasing) }
-}
-
 /// `MarketTransaction` on one PostgreSQL connection inside BEGIN … COMMIT.
 struct PostgresMarketTransaction: MarketTransaction {
     let connection: PostgresConnection
