@@ -18,6 +18,7 @@ import urllib.request
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 only_screenshot = sys.argv[1] == "--screenshot"
@@ -45,6 +46,13 @@ def stats():
 
 
 def text(driver, element_id):
+    # The live updates replace the content: an element found a moment ago may be gone, so it is
+    # looked up again (the page, not the check, decides when its content changes).
+    for _ in range(20):
+        try:
+            return driver.find_element(By.ID, element_id).text.strip()
+        except StaleElementReferenceException:
+            time.sleep(0.05)
     return driver.find_element(By.ID, element_id).text.strip()
 
 
