@@ -218,7 +218,8 @@ let package = Package(
         .testTarget(
             name: "MarketFlowTests",
             dependencies: [
-                "TestSupport", "DockerEngine", "MarketClient", "MarketCrypto", "MarketCore", "claude-max-market",
+                "TestSupport", "DockerEngine", "MarketClient", "MarketCrypto", "MarketCore", "MarketFlows",
+                "Participant", "JobRunner", "claude-max-market",
             ],
             exclude: ["Browser"]
         ),

@@ -1,13 +1,9 @@
 import ArgumentParser
-import DockerEngine
 import Foundation
 import JobRunner
-import Logging
-import MarketClient
 import MarketCore
 import MarketFlows
 import Participant
-import ServiceLifecycle
 
 /// `--slots`, `--price`, `--models`, `--min-requester-reputation`: the standing offer.
 struct OfferOptions: ParsableArguments {
@@ -174,18 +170,46 @@ struct ProvideCommand: AsyncParsableCommand {
         let context = CommandContext(flags: flags)
         let link = try MarketLink(url: url, context: context)
         try requireOptIn(link.database)
-        // Jobs of an earlier daemon that died (killed, crashed) hold no limits any more; every
-        // abandoned job's container goes below.
-        let released = try JobStore(database: link.database).abandonedJobIDs(at: Date())
         let offerStore = OfferStore(database: link.database)
         let stored = try offerStore.load()
         let standing = try (offer.given || stored == nil) ? offer.offer(config: link.config, stored: stored) : stored!
         try offerStore.save(standing)
-        let jobBackend = try backend.jobBackend(
-            command: command, config: link.config, environment: context.environment)
-        let drainMs = try DurationArgument.milliseconds(drain, option: "--drain")
-        let json = self.json
-        let report: @Sendable (ProviderEvent) -> Void = { event in
+        var service = ProviderService(
+            database: link.database, config: link.config, paths: context.paths,
+            backend: try backend.jobBackend(command: command, config: link.config, environment: context.environment),
+            offer: standing)
+        service.settings.autoBid = !noBid
+        service.settings.drainTimeout = .milliseconds(try DurationArgument.milliseconds(drain, option: "--drain"))
+        service.knownSecrets = link.knownSecrets
+        service.reloadConfig = { try? context.config() }
+        let desk = ApprovalDesk()
+        service.ask = { question in
+            guard Output.stdinIsTerminal else {
+                throw JobRefusal(.approval, "approval needs a terminal (or approval.mode=policy)")
+            }
+            return try await desk.ask(question.text)
+        }
+        service.report = Self.printer(json: json)
+        if link.config.text(.approvalMode) == "manual" && !Output.stdinIsTerminal {
+            Output.note(
+                "warning: approval.mode=manual without a terminal: every job will be refused (set approval.mode=policy)"
+            )
+        }
+        do {
+            try await context.withDocker { docker in
+                try await service.run(
+                    docker: docker, makeSession: { link.makeSession(onConnect: $0, onDisconnect: $1) },
+                    until: { await StopSignal.wait() })
+            }
+        } catch let error as ProviderServiceError {
+            if case .alreadyRunning = error { throw CLIError(error.description, exitCode: 3) }
+            throw CLIError(error.description)
+        }
+    }
+
+    /// One line per event: a timestamp and the message, or a JSON object with `--json`.
+    static func printer(json: Bool) -> @Sendable (ProviderEvent) -> Void {
+        { event in
             if json {
                 struct Line: Encodable {
                     var at: String
@@ -197,139 +221,6 @@ struct ProvideCommand: AsyncParsableCommand {
                 Output.line("[\(Date().ISO8601Format())] \(event.message)")
             }
         }
-        let config = link.config
-        let sandbox = SandboxSettings(config: config)
-        let lock = try ProvideLock(directory: context.paths.runDirectory)
-        defer { lock.release() }
-        try await context.withDocker { docker in
-            // What a daemon that died left running: the containers of its jobs and its warm pool.
-            let removed = await Self.removeLeftovers(docker, owner: context.paths.ownerID, jobs: released)
-            if removed > 0 {
-                report(
-                    ProviderEvent(taskId: nil, message: "removed \(removed) container(s) left by a provider that died"))
-            }
-            // ... and the egress socket directories it could not remove.
-            _ = EgressProxy.removeStale(runDirectory: context.paths.runDirectory)
-            guard try await docker.inspectImage(sandbox.image) != nil else {
-                throw CLIError(
-                    "image \(sandbox.image) is not present: `claude-max-market docker build` (or --image NAME)")
-            }
-            let pipeline = JobPipeline(
-                database: link.database, config: config, paths: context.paths, docker: docker, actor: "provider")
-            let poolSize = Int(config.integer(.dockerWarmPool))
-            let allowlist = config.list(.egressAllowlist)
-            let egress: EgressPolicy? =
-                allowlist.isEmpty
-                ? nil : EgressPolicy(allowlist: allowlist, byteBudget: config.bytes(.egressByteBudget))
-            let pool: WarmPool? =
-                poolSize > 0
-                ? WarmPool(
-                    docker: docker, template: .init(sandbox: sandbox, backend: jobBackend, egress: egress),
-                    size: poolSize, runDirectory: context.paths.runDirectory, owner: context.paths.ownerID)
-                : nil
-            let holder = DaemonHolder()
-            let desk = ApprovalDesk()
-            let session = link.makeSession(
-                onConnect: { _ in await holder.daemon?.connected() },
-                onDisconnect: { report(ProviderEvent(taskId: nil, message: $0)) })
-            var settings = ProviderDaemon.Settings()
-            settings.autoBid = !noBid
-            settings.drainTimeout = .milliseconds(drainMs)
-            let daemon = ProviderDaemon(
-                session: session, pipeline: pipeline, backend: jobBackend, pool: pool, offer: standing,
-                settings: settings, knownSecrets: link.knownSecrets,
-                reloadConfig: { try? context.config() },
-                ask: { question in
-                    guard Output.stdinIsTerminal else {
-                        throw JobRefusal(.approval, "approval needs a terminal (or approval.mode=policy)")
-                    }
-                    return try await desk.ask(question.text)
-                }, report: report)
-            holder.daemon = daemon
-            report(
-                ProviderEvent(
-                    taskId: nil,
-                    message:
-                        "provider \(link.me) on \(link.url): \(standing.slots) slot(s) at \(Credits(micro: standing.price)), \(jobBackend.name) backend, approval \(config.text(.approvalMode)), warm pool \(poolSize)"
-                ))
-            if config.text(.approvalMode) == "manual" && !Output.stdinIsTerminal {
-                report(
-                    ProviderEvent(
-                        taskId: nil,
-                        message:
-                            "warning: approval.mode=manual without a terminal: every job will be refused (set approval.mode=policy)"
-                    ))
-            }
-            let poolTask = pool.map { pool in Task { try? await pool.run() } }
-            let sessionTask = Task { await session.run() }
-            let daemonTask = Task { await daemon.run() }
-            await StopSignal.wait()
-            report(ProviderEvent(taskId: nil, message: "stopping: offer withdrawn, running jobs get \(drain)"))
-            await daemon.stop()
-            await session.drainOutbox(timeout: .seconds(3))
-            sessionTask.cancel()
-            await sessionTask.value
-            daemonTask.cancel()
-            await daemonTask.value
-            poolTask?.cancel()
-            await poolTask?.value
-            report(ProviderEvent(taskId: nil, message: "provider stopped"))
-        }
-    }
-}
-
-extension ProvideCommand {
-    /// Containers of this home whose daemon is gone: every warm-pool container (one daemon per
-    /// home, see `ProvideLock`) and those of jobs released as abandoned.
-    static func removeLeftovers(_ docker: DockerClient, owner: String, jobs: Set<String>) async -> Int {
-        guard let containers = try? await docker.listContainers(labels: ["\(Labels.owner)=\(owner)"], all: true)
-        else { return 0 }
-        var removed = 0
-        for container in containers where Labels.isManagedContainer(container.Labels) {
-            let kind = container.Labels?[Labels.kind]
-            guard kind == "pool" || jobs.contains(container.Labels?[Labels.job] ?? "") else { continue }
-            if (try? await docker.removeContainer(container.Id, force: true)) != nil { removed += 1 }
-        }
-        return removed
-    }
-}
-
-/// One `provide` per home: a second one would take the same jobs' slots and remove the first
-/// one's warm containers. An exclusive lock on a file in the run directory, released by the
-/// kernel when the process dies however it dies.
-struct ProvideLock {
-    let descriptor: Int32
-
-    init(directory: URL) throws {
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let path = directory.appending(path: "provide.lock").path
-        descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw CLIError("cannot open \(path): \(String(cString: strerror(errno)))") }
-        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
-            let holder = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(
-                in: .whitespacesAndNewlines)
-            close(descriptor)
-            throw CLIError(
-                "another `provide` already runs in this home\(holder.map { " (pid \($0))" } ?? ""): one daemon per home",
-                exitCode: 3)
-        }
-        ftruncate(descriptor, 0)
-        let pid = Data("\(getpid())\n".utf8)
-        _ = pid.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-    }
-
-    func release() {
-        flock(descriptor, LOCK_UN)
-        close(descriptor)
-    }
-}
-
-final class DaemonHolder: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: ProviderDaemon?
-    var daemon: ProviderDaemon? {
-        get { lock.withLock { value } }
-        set { lock.withLock { value = newValue } }
     }
 }
 

@@ -41,7 +41,7 @@ public actor WarmPool: Service {
 
     let docker: DockerClient
     let template: Template
-    public let size: Int
+    public nonisolated let size: Int
     let runDirectory: URL
     let owner: String?
     let logger: Logger

@@ -41,8 +41,12 @@ final class Flow: @unchecked Sendable {
 
     deinit { stopAll() }
 
+    /// Daemons get SIGTERM first, so that they remove their containers; what is still running
+    /// 5 s later is killed.
     func stopAll() {
-        for daemon in lock.withLock({ daemons }) { daemon.stop(SIGKILL) }
+        let running = lock.withLock { daemons }.filter { $0.process.isRunning }
+        for daemon in running { kill(daemon.pid, SIGTERM) }
+        for daemon in running { daemon.stop(SIGTERM, timeout: 5) }
         market.stop()
     }
 
