@@ -76,11 +76,13 @@ public struct JobReport: Sendable {
     public var egressBytes: Int64
     public var error: String?
     public var duration: Duration
-    /// The container was SIGKILLed from outside the job, not for memory and not by this tool
-    /// (the Docker engine stopped, or someone on this machine killed it): the provider's side
-    /// failed, not the job. A job cannot do this to itself: its command is PID 1 of its own
-    /// namespace, which ignores a SIGKILL sent from inside.
-    public var stoppedFromOutside = false
+    /// The provider's side failed, not the job; `error` says how:
+    /// - the container was SIGKILLed from outside the job, not for memory and not by this tool
+    ///   (the Docker engine stopped, or someone on this machine killed it). A job cannot do this
+    ///   to itself: its command is PID 1 of its own namespace, which ignores a SIGKILL sent from
+    ///   inside;
+    /// - the engine failed the run (attach, start, the exit code unreadable).
+    public var providerFault = false
 }
 
 /// Runs jobs in hardened containers: create, attach, start, hand over the prompt on stdin,
@@ -185,14 +187,21 @@ public struct JobExecutor: Sendable {
             maxBytes: request.sandbox.maxOutputBytes, onOutput: onOutput)
         var state = JobEndState.failed
         var exitCode: Int?
-        var stoppedFromOutside = false
+        var providerFault = false
         var failure: String?
         let docker = self.docker
         do {
             let outcome = try await withThrowingTaskGroup(of: JobEndState?.self) { group in
                 group.addTask {
                     try await docker.withAttachedContainer(id, stdin: true) { attached in
-                        if startFirst { try await docker.startContainer(id) }
+                        if startFirst {
+                            try await docker.startContainer(id)
+                        } else if try await docker.inspectContainer(id).State.Running != true {
+                            // A warm container that died after it was handed out: attached to,
+                            // it would wait for a start that never comes. Once attached, a death
+                            // ends the attachment, so this check leaves no gap.
+                            throw WarmContainerGone()
+                        }
                         onOutput(.started(containerID: id))
                         let stdin = attached.stdin
                         return try await withThrowingTaskGroup(of: Void.self) { writers in
@@ -251,7 +260,7 @@ public struct JobExecutor: Sendable {
                 state = collector.succeeded(exitCode: exitCode!) ? .succeeded : .failed
                 if state == .failed { failure = collector.failureReason(exitCode: exitCode!) }
                 if exitCode == 137, (try? await docker.inspectContainer(id).State.OOMKilled) != true {
-                    stoppedFromOutside = true
+                    providerFault = true
                     failure =
                         "the job's container was killed from outside the job (SIGKILL, not for memory): the Docker engine stopped, or it was killed on the provider's machine"
                 }
@@ -262,11 +271,17 @@ public struct JobExecutor: Sendable {
         } catch is CancellationError {
             state = .cancelled
             failure = "cancelled"
+        } catch let gone as WarmContainerGone {
+            // Nothing ran: the caller can run the job cold instead.
+            await Task { try? await docker.removeContainer(id, force: true) }.value
+            throw gone
         } catch {
             if Task.isCancelled {
                 state = .cancelled
                 failure = "cancelled"
             } else {
+                // Nothing the job did ends here: the engine (or the warm container) failed it.
+                providerFault = true
                 failure = "\(error)"
             }
         }
@@ -276,7 +291,7 @@ public struct JobExecutor: Sendable {
             state: state, exitCode: exitCode, result: collector.parser.result,
             usage: collector.parser.result?.usage ?? [:], rateLimits: collector.parser.rateLimits,
             redactions: collector.redactions, egress: [], egressBytes: 0, error: failure, duration: clock.now - started)
-        report.stoppedFromOutside = stoppedFromOutside
+        report.providerFault = providerFault
         if let gateway {
             // The API's own numbers, not what the job printed.
             report.usage = gateway.usage
@@ -285,6 +300,15 @@ public struct JobExecutor: Sendable {
             report.gatewayCounts = gateway.counts
         }
         return report
+    }
+}
+
+/// A warm container was no longer running when its job was to be handed over (the Docker
+/// engine restarted, or it was killed on the provider's machine). Nothing of the job ran, and
+/// the container is removed; run the job cold instead.
+public struct WarmContainerGone: Error, CustomStringConvertible {
+    public var description: String {
+        "the warm container had stopped before the job was handed to it (the Docker engine restarted, or it was killed on the provider's machine)"
     }
 }
 

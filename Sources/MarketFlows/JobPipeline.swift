@@ -147,6 +147,12 @@ public struct JobPipeline: Sendable {
                 do {
                     report = try await executor.run(request, on: slot, onOutput: hooks.output)
                     await pool.release(slot)
+                } catch is WarmContainerGone {
+                    // It died while the job was being approved: nothing ran, the job runs cold.
+                    await pool.release(slot)
+                    logger.warning("warm container gone before the hand-over; running the job cold")
+                    report = try await executor.run(
+                        request, whenCreated: { hooks.created($0) }, onOutput: hooks.output)
                 } catch {
                     await pool.release(slot)
                     throw error

@@ -358,7 +358,7 @@ public actor ProviderDaemon {
                     .jobFailed, ReasonBody(taskId: taskId, reason: "the provider stopped before the job finished"))
                 return
             }
-            if result.stoppedFromOutside {
+            if result.providerFault {
                 // The provider's side failed, not the job: no result to judge, the task goes back.
                 let reason = result.error ?? "the job's container was killed from outside the job"
                 note("task \(taskId) failed on this provider: \(reason)", task: taskId)

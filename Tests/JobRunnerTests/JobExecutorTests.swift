@@ -284,13 +284,13 @@ struct JobExecutorTests {
                 Task { try? await docker.killContainer(id) }
             }
             #expect(report.state == .failed && report.exitCode == 137)
-            #expect(report.stoppedFromOutside, "\(report.error ?? "")")
+            #expect(report.providerFault, "\(report.error ?? "")")
             #expect(report.error?.contains("killed from outside the job") == true)
 
             let own = try await executor.run(
                 request("", backend: .command(["sh", "-c", "sleep 1 & kill -9 $!; wait; exit 3"]))
             ) { _ in }
-            #expect(own.state == .failed && own.exitCode == 3 && !own.stoppedFromOutside)
+            #expect(own.state == .failed && own.exitCode == 3 && !own.providerFault)
         }
     }
 

@@ -87,6 +87,41 @@ struct WarmPoolTests {
         }
     }
 
+    /// A slot whose container dies after `take` (while its job waits for approval, say): the
+    /// hand-over fails at once with `WarmContainerGone`, nothing ran, the container is gone,
+    /// instead of the job waiting out its wall-clock limit on a dead container.
+    @Test func aSlotThatDiesAfterTakeIsRefusedAtOnce() async throws {
+        try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
+            docker in
+            try await TestRunnerImage.ensureBuilt()
+            let template = WarmPool.Template(
+                sandbox: JobExecutorTests.settings, backend: .command(["sh", "-c", "cat"]), egress: nil)
+            let pool = WarmPool(docker: docker, template: template, size: 1, runDirectory: runDirectory.url)
+            let executor = JobExecutor(docker: docker, runDirectory: runDirectory.url)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await pool.run() }
+                await pool.waitUntilFull()
+                let slot = try #require(await pool.take())
+                try await docker.killContainer(slot.containerID)
+                var sandbox = JobExecutorTests.settings
+                sandbox.timeout = .seconds(60)
+                let request = JobRequest(
+                    id: UUID().uuidString.lowercased(), prompt: Data("hello".utf8), backend: template.backend,
+                    sandbox: sandbox, egress: nil)
+                let started = ContinuousClock.now
+                let output = Collected()
+                await #expect(throws: WarmContainerGone.self) {
+                    try await executor.run(request, on: slot) { output.add($0) }
+                }
+                await pool.release(slot)
+                #expect(ContinuousClock.now - started < .seconds(20))
+                #expect(output.all.isEmpty, "nothing of the job ran")
+                await #expect(throws: DockerError.self) { try await docker.inspectContainer(slot.containerID) }
+                group.cancelAll()
+            }
+        }
+    }
+
     /// A deep home puts the egress socket past the 107 bytes a Unix socket path may have: the
     /// pool still fills (the socket goes to a short private directory) and the slot works.
     @Test func aDeepRunDirectoryStillGetsItsSockets() async throws {
