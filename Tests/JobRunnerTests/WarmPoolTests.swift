@@ -88,8 +88,8 @@ struct WarmPoolTests {
     }
 
     /// A slot whose container dies after `take` (while its job waits for approval, say): the
-    /// hand-over fails at once with `WarmContainerGone`, nothing ran, the container is gone,
-    /// instead of the job waiting out its wall-clock limit on a dead container.
+    /// hand-over fails at once with `WarmContainerGone` (waiting out the wall-clock limit on a
+    /// dead container would end in a timed-out report instead), nothing ran, the container is gone.
     @Test func aSlotThatDiesAfterTakeIsRefusedAtOnce() async throws {
         try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
             docker in
@@ -103,18 +103,20 @@ struct WarmPoolTests {
                 await pool.waitUntilFull()
                 let slot = try #require(await pool.take())
                 try await docker.killContainer(slot.containerID)
+                // The engine answers the kill before the container's state says so.
+                for _ in 0..<600 where try await docker.inspectContainer(slot.containerID).State.Running {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
                 var sandbox = JobExecutorTests.settings
                 sandbox.timeout = .seconds(60)
                 let request = JobRequest(
                     id: UUID().uuidString.lowercased(), prompt: Data("hello".utf8), backend: template.backend,
                     sandbox: sandbox, egress: nil)
-                let started = ContinuousClock.now
                 let output = Collected()
                 await #expect(throws: WarmContainerGone.self) {
                     try await executor.run(request, on: slot) { output.add($0) }
                 }
                 await pool.release(slot)
-                #expect(ContinuousClock.now - started < .seconds(20))
                 #expect(output.all.isEmpty, "nothing of the job ran")
                 await #expect(throws: DockerError.self) { try await docker.inspectContainer(slot.containerID) }
                 group.cancelAll()

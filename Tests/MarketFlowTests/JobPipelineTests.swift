@@ -12,7 +12,8 @@ struct JobPipelineTests {
     init() async throws { try await Flow.ensureImage() }
 
     /// The warm container handed to a job dies while a person approves the job: the job runs
-    /// cold instead, and succeeds; it neither fails nor waits out its wall-clock limit.
+    /// cold instead, and succeeds; it neither fails nor waits out its wall-clock limit (which
+    /// would end it as timed out).
     @Test func aWarmContainerThatDiesDuringApprovalLeavesTheJobToAColdRun() async throws {
         let directory = TemporaryDirectory("cmm-pipeline")
         let home = directory.file("home")
@@ -42,7 +43,7 @@ struct JobPipelineTests {
                 // The person takes their time; meanwhile the engine kills the waiting container.
                 for container in try await docker.listContainers(labels: ["\(Labels.job)=\(pool.poolID)"], all: false) {
                     try await docker.killContainer(container.Id)
-                    for _ in 0..<100 where try await docker.inspectContainer(container.Id).State.Running {
+                    for _ in 0..<600 where try await docker.inspectContainer(container.Id).State.Running {
                         try await Task.sleep(for: .milliseconds(50))
                     }
                     killed.withLock { $0.append(container.Id) }
@@ -54,7 +55,6 @@ struct JobPipelineTests {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await pool.run() }
                 await pool.waitUntilFull()
-                let started = ContinuousClock.now
                 let report = try await pipeline.run(
                     PipelineJob(
                         id: UUID().uuidString.lowercased(), role: "local", prompt: Data("cold".utf8), backend: backend,
@@ -63,7 +63,6 @@ struct JobPipelineTests {
                 #expect(!killed.value.isEmpty)
                 #expect(report.state == .succeeded, "\(report.error ?? "")")
                 #expect(lines.value == ["ran: cold"])
-                #expect(ContinuousClock.now - started < .seconds(20))
                 group.cancelAll()
             }
         }

@@ -51,35 +51,40 @@ struct ProviderServiceTests {
             }
             let mine = try await leftover(owner: paths.ownerID)
             let theirs = try await leftover(owner: "another-home")
-            defer { Task { try? await docker.removeContainer(theirs, force: true) } }
+            do {
 
-            let running = Task { try await daemon.run(docker: docker, makeSession: makeSession, until: stop.wait) }
-            try await events.waitFor("offer live", timeout: 30)
-            #expect(events.contains("removed 1 container(s) left by a provider that died"))
-            await #expect(throws: DockerError.self) { try await docker.inspectContainer(mine) }
-            #expect(try await docker.inspectContainer(theirs).Id == theirs)
-            #expect((try await flow.get("/v1/offers") as? [Any])?.count == 1)
+                let running = Task { try await daemon.run(docker: docker, makeSession: makeSession, until: stop.wait) }
+                try await events.waitFor("offer live", timeout: 30)
+                #expect(events.contains("removed 1 container(s) left by a provider that died"))
+                await #expect(throws: DockerError.self) { try await docker.inspectContainer(mine) }
+                #expect(try await docker.inspectContainer(theirs).Id == theirs)
+                #expect((try await flow.get("/v1/offers") as? [Any])?.count == 1)
 
-            // A second daemon in the same home is refused, in-process and as `provide`.
-            await #expect(throws: ProviderServiceError.alreadyRunning(pid: String(getpid()))) {
-                try await daemon.run(docker: docker, makeSession: makeSession, until: {})
+                // A second daemon in the same home is refused, in-process and as `provide`.
+                await #expect(throws: ProviderServiceError.alreadyRunning(pid: String(getpid()))) {
+                    try await daemon.run(docker: docker, makeSession: makeSession, until: {})
+                }
+                let second = try await flow.cli(home, ["provide", "--backend", "command", "--", "cat"], expect: 3)
+                #expect(second.stderr.contains("another `provide` already runs in this home (pid \(getpid()))"))
+
+                stop.open()
+                try await running.value
+                #expect(events.last == "provider stopped")
+                #expect((try await flow.get("/v1/offers") as? [Any])?.isEmpty == true)
+
+                // The lock went with it; a missing image is named before anything starts.
+                var missing = daemon
+                missing.config = try ConfigStore(
+                    paths: paths, environment: environment, flags: ["docker.image": "cmm-test/absent:1"]
+                ).resolve()
+                await #expect(throws: ProviderServiceError.imageMissing("cmm-test/absent:1")) {
+                    try await missing.run(docker: docker, makeSession: makeSession, until: {})
+                }
+            } catch {
+                try? await docker.removeContainer(theirs, force: true)
+                throw error
             }
-            let second = try await flow.cli(home, ["provide", "--backend", "command", "--", "cat"], expect: 3)
-            #expect(second.stderr.contains("another `provide` already runs in this home (pid \(getpid()))"))
-
-            stop.open()
-            try await running.value
-            #expect(events.last == "provider stopped")
-            #expect((try await flow.get("/v1/offers") as? [Any])?.isEmpty == true)
-
-            // The lock went with it; a missing image is named before anything starts.
-            var missing = daemon
-            missing.config = try ConfigStore(
-                paths: paths, environment: environment, flags: ["docker.image": "cmm-test/absent:1"]
-            ).resolve()
-            await #expect(throws: ProviderServiceError.imageMissing("cmm-test/absent:1")) {
-                try await missing.run(docker: docker, makeSession: makeSession, until: {})
-            }
+            try await docker.removeContainer(theirs, force: true)
         }
     }
 }
