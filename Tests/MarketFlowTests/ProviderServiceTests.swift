@@ -52,7 +52,6 @@ struct ProviderServiceTests {
             let mine = try await leftover(owner: paths.ownerID)
             let theirs = try await leftover(owner: "another-home")
             do {
-
                 let running = Task { try await daemon.run(docker: docker, makeSession: makeSession, until: stop.wait) }
                 try await events.waitFor("offer live", timeout: 30)
                 #expect(events.contains("removed 1 container(s) left by a provider that died"))
