@@ -111,7 +111,9 @@ import Testing
         #expect(verify.exitCode == 0, "\(verify.stdout)")
         let audit = try verify.jsonObject()
         #expect((audit["discrepancies"] as? [Any])?.isEmpty == true)
-        #expect(kills == 10 && counter.withLock { $0 } > 10, "lifecycles were cut by kills")
+        // Every round had work in flight when its kill came (on a loaded machine one lifecycle
+        // may outlast the random delay, so a round may start only one).
+        #expect(kills == 10 && counter.withLock { $0 } >= 10, "lifecycles were cut by kills")
         let settled = try CLIRunner.run(["market", "verify", "--db", db], home: home.url)
         #expect(settled.stdout.contains("the books balance"))
     }
