@@ -82,7 +82,9 @@ public struct ProviderService: Sendable {
         let sessionTask = Task { await session.run() }
         let daemonTask = Task { await daemon.run() }
         await until()
-        note("stopping: offer withdrawn, running jobs get \(settings.drainTimeout)")
+        note(
+            "stopping: offer withdrawn, running jobs get \(String(format: "%g", settings.drainTimeout.inSeconds)) s to finish"
+        )
         await daemon.stop()
         await session.drainOutbox(timeout: .seconds(3))
         sessionTask.cancel()
