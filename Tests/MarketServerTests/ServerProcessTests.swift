@@ -45,6 +45,26 @@ import Testing
         #expect(server.stop() == 0)
     }
 
+    /// `--no-dashboard` as an operator types it: no page, the read views stay.
+    @Test func noDashboardServesTheViewsButNoPage() async throws {
+        let home = TemporaryDirectory("cmm-no-dashboard")
+        let db = "sqlite:" + home.file("market.sqlite").path
+        // Processes and plain HTTP, waited for off the concurrency pool.
+        let (withPage, without) = try await offPool {
+            let plain = try MarketProcess.start(db: db, home: home.url)
+            let page = try LoopbackHTTP.get(plain.httpBase + "/")
+            let plainExit = plain.stop()
+            let server = try MarketProcess.start(db: db, home: home.url, extra: ["--no-dashboard"])
+            let statuses = [
+                try LoopbackHTTP.get(server.httpBase + "/").status,
+                try LoopbackHTTP.get(server.httpBase + "/v1/stats").status, Int(plainExit), Int(server.stop()),
+            ]
+            return (page, statuses)
+        }
+        #expect(withPage.status == 200 && String(decoding: withPage.body, as: UTF8.self).contains("<html"))
+        #expect(without == [404, 200, 0, 0], "/ and /v1/stats without the dashboard, and both exits")
+    }
+
     @Test func killingTheServerAtRandomPointsLosesNoCredit() async throws {
         let home = TemporaryDirectory("cmm-crash")
         let db = "sqlite:" + home.file("market.sqlite").path
