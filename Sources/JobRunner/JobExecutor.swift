@@ -189,6 +189,7 @@ public struct JobExecutor: Sendable {
         var exitCode: Int?
         var providerFault = false
         var failure: String?
+        var gone: WarmContainerGone?
         let docker = self.docker
         do {
             let outcome = try await withThrowingTaskGroup(of: JobEndState?.self) { group in
@@ -271,10 +272,9 @@ public struct JobExecutor: Sendable {
         } catch is CancellationError {
             state = .cancelled
             failure = "cancelled"
-        } catch let gone as WarmContainerGone {
-            // Nothing ran: the caller can run the job cold instead.
-            await Task { try? await docker.removeContainer(id, force: true) }.value
-            throw gone
+        } catch let error as WarmContainerGone {
+            // Nothing ran: the container goes below, and the caller can run the job cold instead.
+            gone = error
         } catch {
             if Task.isCancelled {
                 state = .cancelled
@@ -287,6 +287,7 @@ public struct JobExecutor: Sendable {
         }
         // Unstructured on purpose: the removal must run even when this task was cancelled.
         await Task { try? await docker.removeContainer(id, force: true) }.value
+        if let gone { throw gone }
         var report = JobReport(
             state: state, exitCode: exitCode, result: collector.parser.result,
             usage: collector.parser.result?.usage ?? [:], rateLimits: collector.parser.rateLimits,

@@ -360,11 +360,8 @@ public actor ProviderDaemon {
             }
             if result.providerFault {
                 // The provider's side failed, not the job: no result to judge, the task goes back.
-                let reason = result.error ?? "the job's container was killed from outside the job"
-                note("task \(taskId) failed on this provider: \(reason)", task: taskId)
-                try? tasks.update(taskId, state: "failed", note: reason, at: nowMs)
-                _ = try? await session.enqueue(
-                    .jobFailed, ReasonBody(taskId: taskId, reason: String(reason.prefix(1000))))
+                await failOnProvider(
+                    taskId, result.error ?? "the job's container was killed from outside the job", sent: nil)
                 return
             }
             let usage = result.totalUsage
@@ -395,12 +392,17 @@ public actor ProviderDaemon {
             await reject(taskId, refusal.reason)
         } catch {
             await streamer.finish()
-            note("task \(taskId) failed on this provider: \(error)", task: taskId)
-            try? tasks.update(taskId, state: "failed", note: "\(error)", at: nowMs)
-            _ = try? await session.enqueue(
-                .jobFailed,
-                ReasonBody(taskId: taskId, reason: String("the provider could not run the job: \(error)".prefix(1000))))
+            await failOnProvider(taskId, "\(error)", sent: "the provider could not run the job: \(error)")
         }
+    }
+
+    /// The provider's side failed: said here, recorded, and `job.failed` to the market (which
+    /// re-opens the task for another provider) with `sent`, or the reason itself.
+    private func failOnProvider(_ taskId: String, _ reason: String, sent: String?) async {
+        note("task \(taskId) failed on this provider: \(reason)", task: taskId)
+        try? tasks.update(taskId, state: "failed", note: reason, at: nowMs)
+        _ = try? await session.enqueue(
+            .jobFailed, ReasonBody(taskId: taskId, reason: String((sent ?? reason).prefix(1000))))
     }
 }
 

@@ -64,11 +64,7 @@ struct WarmPoolTests {
                 await pool.waitUntilFull()
                 let first = try await docker.listContainers(labels: ["\(Labels.job)=\(pool.poolID)"], all: false)
                 try #require(first.count == 1)
-                try await docker.killContainer(first[0].Id)
-                // The engine answers the kill before the container's state says so.
-                for _ in 0..<100 where try await docker.inspectContainer(first[0].Id).State.Running {
-                    try await Task.sleep(for: .milliseconds(50))
-                }
+                try await docker.killAndWait(first[0].Id)
                 // Never the dead one: `take` discards it and hands out nothing, or the replacement
                 // if the pool made it while the dead one was being removed (a slow machine).
                 var taken = await pool.take()
@@ -102,11 +98,7 @@ struct WarmPoolTests {
                 group.addTask { try await pool.run() }
                 await pool.waitUntilFull()
                 let slot = try #require(await pool.take())
-                try await docker.killContainer(slot.containerID)
-                // The engine answers the kill before the container's state says so.
-                for _ in 0..<600 where try await docker.inspectContainer(slot.containerID).State.Running {
-                    try await Task.sleep(for: .milliseconds(50))
-                }
+                try await docker.killAndWait(slot.containerID)
                 var sandbox = JobExecutorTests.settings
                 sandbox.timeout = .seconds(60)
                 let request = JobRequest(
@@ -154,6 +146,17 @@ struct WarmPoolTests {
                 #expect(report.state == .succeeded && lines.value == ["got in"])
                 group.cancelAll()
             }
+        }
+    }
+}
+
+extension DockerClient {
+    /// Kills a container and waits (up to 30 s) until the engine reports it stopped: the engine
+    /// answers the kill before the container's state says so.
+    func killAndWait(_ id: String) async throws {
+        try await killContainer(id)
+        for _ in 0..<600 where try await inspectContainer(id).State.Running {
+            try await Task.sleep(for: .milliseconds(50))
         }
     }
 }
