@@ -1,6 +1,6 @@
 import ArgumentParser
-import AsyncHTTPClient
 import Foundation
+import MarketClient
 import MarketServer
 import Participant
 
@@ -107,16 +107,11 @@ extension AuditCommand {
             return nil
         }
         let url = config.text(.marketURL)
-        guard let base = try? MarketStatusCommand.httpBase(of: url) else { return nil }
-        let client = HTTPClient(
-            eventLoopGroupProvider: .singleton,
-            configuration: .init(timeout: .init(connect: .seconds(1), read: .seconds(2))))
-        defer { _ = client.shutdown() }
+        let path = "/v1/peers/\(identity.peerID.rawValue)"
         guard
-            let response = try? await client.execute(
-                HTTPClientRequest(url: base + "/v1/peers/\(identity.peerID.rawValue)"), timeout: .seconds(2)),
-            response.status == .ok, let body = try? await response.body.collect(upTo: 1 << 20),
-            let view = try? JSONDecoder().decode(MarketViews.PeerView.self, from: Data(buffer: body)),
+            let view = try? await MarketViewsClient.with(
+                url: url, connectTimeout: .seconds(1), timeout: .seconds(2),
+                { try await $0.get(MarketViews.PeerView.self, path) }),
             let anchor = view.auditHead
         else { return nil }
         return (url, anchor)

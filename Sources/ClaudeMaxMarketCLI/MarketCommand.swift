@@ -1,7 +1,7 @@
 import ArgumentParser
-import AsyncHTTPClient
 import Foundation
 import Logging
+import MarketClient
 import MarketCore
 import MarketServer
 import MarketStore
@@ -298,24 +298,28 @@ struct MarketStatusCommand: AsyncParsableCommand {
     func run() async throws {
         let context = CommandContext()
         let marketURL = try url ?? context.config().text(.marketURL)
-        let base = try Self.httpBase(of: marketURL)
-        let client = HTTPClient(
-            eventLoopGroupProvider: .singleton,
-            configuration: .init(timeout: .init(connect: .seconds(3), read: .seconds(10))))
         do {
-            let health = try await Self.get(MarketViews.HealthView.self, base + "/health", client: client)
-            let stats = try await Self.get(MarketViews.StatsView.self, base + "/v1/stats", client: client)
-            var participant: Participant?
-            if let database = try? context.database() {
-                let peer = try? context.keyStore.identityKey()?.peerID.rawValue
+            _ = try MarketViewsClient.httpBase(of: marketURL)
+        } catch {
+            throw CLIError(error.description, exitCode: 2)
+        }
+        do {
+            let database = try? context.database()
+            let peer = try? context.keyStore.identityKey()?.peerID.rawValue
+            let (health, stats, view) = try await MarketViewsClient.with(url: marketURL, timeout: .seconds(5)) {
+                views in
+                let health = try await views.require(MarketViews.HealthView.self, "/health")
+                let stats = try await views.require(MarketViews.StatsView.self, "/v1/stats")
                 let view = try? await peer.asyncMap {
-                    try await Self.get(MarketViews.PeerView.self, base + "/v1/peers/\($0)", client: client)
+                    try await views.get(MarketViews.PeerView.self, "/v1/peers/\($0)")
                 }
-                participant = Participant(
-                    peerId: peer, known: view != nil, balance: view?.balance,
-                    outbox: (try? Outbox(database: database).count()) ?? 0)
+                return (health, stats, view ?? nil)
             }
-            try await client.shutdown()
+            let participant = database.map {
+                Participant(
+                    peerId: peer, known: view != nil, balance: view?.balance,
+                    outbox: (try? Outbox(database: $0).count()) ?? 0)
+            }
             let report = Report(participant: participant, url: marketURL, health: health, stats: stats)
             if json {
                 try Output.json(report)
@@ -341,27 +345,12 @@ struct MarketStatusCommand: AsyncParsableCommand {
                             : "not seen by this market yet")
                         + ", outbox \(participant.outbox)")
             }
+        } catch let error as MarketViewsError {
+            throw CLIError(error.description)
         } catch {
-            try? await client.shutdown()
             if let error = error as? CLIError { throw error }
             throw CLIError("the market at \(marketURL) did not answer: \(error)")
         }
-    }
-
-    static func httpBase(of url: String) throws -> String {
-        guard var components = URLComponents(string: url), let scheme = components.scheme,
-            scheme == "ws" || scheme == "wss", components.host != nil
-        else { throw CLIError("'\(url)' is not a ws:// or wss:// URL", exitCode: 2) }
-        components.scheme = scheme == "wss" ? "https" : "http"
-        components.path = ""
-        return components.string ?? url
-    }
-
-    static func get<T: Decodable>(_ type: T.Type, _ url: String, client: HTTPClient) async throws -> T {
-        let response = try await client.execute(HTTPClientRequest(url: url), timeout: .seconds(5))
-        let body = try await response.body.collect(upTo: 4 << 20)
-        guard response.status == .ok else { throw CLIError("\(url) answered \(response.status.code)") }
-        return try JSONDecoder().decode(T.self, from: Data(buffer: body))
     }
 }
 

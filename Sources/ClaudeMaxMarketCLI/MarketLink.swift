@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import Foundation
 import Logging
 import MarketClient
@@ -123,21 +122,12 @@ struct MarketLink {
     // MARK: Read views
 
     func get<T: Decodable & Sendable>(_ type: T.Type, _ path: String) async throws -> T? {
-        let base = try MarketStatusCommand.httpBase(of: url)
-        let client = HTTPClient(
-            eventLoopGroupProvider: .singleton,
-            configuration: .init(timeout: .init(connect: .seconds(3), read: .seconds(10))))
         do {
-            let response = try await client.execute(HTTPClientRequest(url: base + path), timeout: .seconds(10))
-            let body = try await response.body.collect(upTo: 8 << 20)
-            try await client.shutdown()
-            if response.status == .notFound { return nil }
-            guard response.status == .ok else { throw CLIError("\(base + path) answered \(response.status.code)") }
-            return try JSONDecoder().decode(T.self, from: Data(buffer: body))
-        } catch let error as CLIError {
-            throw error
+            return try await MarketViewsClient.with(url: url) { try await $0.get(type, path) }
+        } catch let error as MarketViewsError {
+            if case .notWebSocketURL = error { throw CLIError(error.description, exitCode: 2) }
+            throw CLIError(error.description)
         } catch {
-            try? await client.shutdown()
             throw CLIError("the market at \(url) is unreachable (\(error))", exitCode: MarketExit.unreachable)
         }
     }

@@ -1,6 +1,6 @@
 import ArgumentParser
-import AsyncHTTPClient
 import Foundation
+import MarketClient
 import MarketCore
 import MarketCrypto
 import MarketServer
@@ -97,23 +97,22 @@ extension StatusCommand {
         var market = Report.Market(
             url: url, reachable: false, outbox: (try? Outbox(database: database).count()) ?? 0,
             offer: try? OfferStore(database: database).load(), offerLive: false)
-        guard let identity = try? context.keyStore.identityKey(), let base = try? MarketStatusCommand.httpBase(of: url)
+        guard let identity = try? context.keyStore.identityKey(), (try? MarketViewsClient.httpBase(of: url)) != nil
         else {
             market.note = "no identity yet"
             return market
         }
-        let client = HTTPClient(
-            eventLoopGroupProvider: .singleton,
-            configuration: .init(timeout: .init(connect: .seconds(1), read: .seconds(2))))
-        defer { _ = client.shutdown() }
+        let me = identity.peerID.rawValue
         do {
-            let peer = try await MarketStatusCommand.get(
-                MarketViews.PeerView.self, base + "/v1/peers/\(identity.peerID.rawValue)", client: client)
+            let (peer, offers) = try await MarketViewsClient.with(
+                url: url, connectTimeout: .seconds(1), timeout: .seconds(2)
+            ) { views in
+                let peer = try await views.require(MarketViews.PeerView.self, "/v1/peers/\(me)")
+                return (peer, try await views.require([MarketViews.OfferView].self, "/v1/offers"))
+            }
             market.reachable = true
             market.balance = peer.balance
-            let offers = try await MarketStatusCommand.get(
-                [MarketViews.OfferView].self, base + "/v1/offers", client: client)
-            market.offerLive = offers.contains { $0.provider == identity.peerID.rawValue }
+            market.offerLive = offers.contains { $0.provider == me }
         } catch {
             market.note = "\(error)".contains("404") ? "the market has not seen this peer yet" : "no answer"
             market.reachable = "\(error)".contains("404")
