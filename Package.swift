@@ -27,6 +27,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "MarketCore"),
+        .target(name: "Workspace", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "MarketCrypto",
             dependencies: [
@@ -101,6 +102,7 @@ let package = Package(
             dependencies: [
                 "MarketCore",
                 "DockerEngine",
+                "Workspace",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -115,6 +117,7 @@ let package = Package(
             name: "MarketFlows",
             dependencies: [
                 "MarketCore",
+                "Workspace",
                 "MarketCrypto",
                 "DockerEngine",
                 "JobRunner",
@@ -128,6 +131,7 @@ let package = Package(
             name: "ClaudeMaxMarketCLI",
             dependencies: [
                 "MarketFlows",
+                "Workspace",
                 "MarketCore",
                 "MarketCrypto",
                 "DockerEngine",
@@ -180,8 +184,16 @@ let package = Package(
             dependencies: ["MarketCore", "MarketCrypto", .product(name: "Crypto", package: "swift-crypto")],
             path: "Fuzz"
         ),
-        .target(name: "TestSupport", dependencies: ["MarketCore"], path: "Tests/TestSupport"),
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                "MarketCore", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Tests/TestSupport"
+        ),
         .testTarget(name: "MarketCoreTests", dependencies: ["MarketCore", "TestSupport"]),
+        .testTarget(name: "WorkspaceTests", dependencies: ["Workspace", "TestSupport"]),
         .testTarget(name: "MarketCryptoTests", dependencies: ["MarketCrypto", "TestSupport"], exclude: ["Interop"]),
         .testTarget(name: "ParticipantTests", dependencies: ["Participant", "MarketCrypto", "TestSupport"]),
         .testTarget(
@@ -193,7 +205,7 @@ let package = Package(
         .testTarget(
             name: "JobRunnerTests",
             dependencies: [
-                "JobRunner", "DockerEngine", "TestSupport", "MarketCore", "claude-max-market",
+                "JobRunner", "DockerEngine", "TestSupport", "MarketCore", "Workspace", "claude-max-market",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -221,13 +233,13 @@ let package = Package(
             name: "MarketFlowTests",
             dependencies: [
                 "TestSupport", "DockerEngine", "MarketClient", "MarketCrypto", "MarketCore", "MarketFlows",
-                "Participant", "JobRunner", "claude-max-market",
+                "Participant", "JobRunner", "Workspace", "claude-max-market",
             ],
             exclude: ["Browser"]
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["TestSupport", "DockerEngine", "Participant", "claude-max-market"]
+            dependencies: ["TestSupport", "DockerEngine", "Participant", "Workspace", "claude-max-market"]
         ),
     ],
     swiftLanguageModes: [.v6]

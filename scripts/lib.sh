@@ -105,3 +105,34 @@ ensure_postgres() {
     tail -20 "$PG_DIR/postgres.log" >&2 || true
     die "PostgreSQL did not start (log: $PG_DIR/postgres.log)"
 }
+
+# The real Claude Code CLI for the tests: the native binary bundled in PyPI's pinned
+# claude-agent-sdk wheel, checked by SHA-256 and unpacked into the cache (never committed).
+# Exports CMM_TEST_CLAUDE_BINARY.
+CLAUDE_WHEEL_SPEC="claude-agent-sdk==0.2.189"
+CLAUDE_WHEEL_FILE="claude_agent_sdk-0.2.189-py3-none-manylinux_2_17_x86_64.whl"
+CLAUDE_WHEEL_SHA256="b26a6a30a4e2cb025a6f5c95e1ce4469b38fcc51015c392f627bea7c948d67ad"
+ensure_claude_cli() {
+    local cache="${XDG_CACHE_HOME:-$HOME/.cache}/claude-max-market/claude-agent-sdk-0.2.189"
+    local binary="$cache/claude"
+    if [ ! -x "$binary" ]; then
+        mkdir -p "$cache"
+        if [ ! -f "$cache/$CLAUDE_WHEEL_FILE" ]; then
+            log "downloading the pinned $CLAUDE_WHEEL_SPEC wheel (the real Claude Code CLI, ~178 MB)"
+            python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_17_x86_64 \
+                -d "$cache" "$CLAUDE_WHEEL_SPEC" || die "could not download $CLAUDE_WHEEL_SPEC from PyPI"
+        fi
+        echo "$CLAUDE_WHEEL_SHA256  $cache/$CLAUDE_WHEEL_FILE" | sha256sum -c --quiet - \
+            || { rm -f "$cache/$CLAUDE_WHEEL_FILE"; die "$CLAUDE_WHEEL_FILE does not have the pinned SHA-256"; }
+        python3 - "$cache/$CLAUDE_WHEEL_FILE" "$binary" <<'PY'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel, open(sys.argv[2] + ".part", "wb") as out:
+    out.write(wheel.read("claude_agent_sdk/_bundled/claude"))
+os.chmod(sys.argv[2] + ".part", 0o755)
+os.replace(sys.argv[2] + ".part", sys.argv[2])
+PY
+    fi
+    "$binary" --version >/dev/null 2>&1 || die "the Claude Code binary at $binary does not run"
+    export CMM_TEST_CLAUDE_BINARY="$binary"
+    log "Claude Code $("$binary" --version 2>/dev/null) for the tests ($binary)"
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need (Docker engine, busybox-static, socat, openssl, a throwaway
 # PostgreSQL cluster, Python's cryptography for the HPKE interop test, Chromium with its driver and
-# Python selenium for the dashboard test, schemathesis for the read views), then runs `swift test`, the quick fault suite and the
+# Python selenium for the dashboard test, schemathesis for the read views, the real Claude Code CLI from
+# the pinned claude-agent-sdk wheel), then runs `swift test`, the quick fault suite and the
 # benchmark harness once (`scripts/bench.sh --quick --debug`: every figure produced, values aside).
 # In CI (CI=true) a service that cannot be started fails the run; the tests that need it fail
 # rather than skip.
@@ -34,7 +35,9 @@ if ! python3 -c "import schemathesis" 2>/dev/null; then
     log "installing Python schemathesis (read views against their OpenAPI contract)"
     python3 -m pip install -q schemathesis
 fi
-export CMM_REQUIRE_DOCKER=1 CMM_REQUIRE_BROWSER=1 CMM_REQUIRE_SCHEMATHESIS=1
+# The claude backend is tested with the real Claude Code CLI from the pinned wheel.
+ensure_claude_cli
+export CMM_REQUIRE_DOCKER=1 CMM_REQUIRE_BROWSER=1 CMM_REQUIRE_SCHEMATHESIS=1 CMM_REQUIRE_CLAUDE=1
 
 log "swift build --build-tests"
 swift build --build-tests

@@ -25,13 +25,37 @@ struct DockerBuildOptions: ParsableArguments {
             "Build from this Dockerfile (its directory is the context) instead of the built-in runner image.",
             valueName: "DOCKERFILE"))
     var file: String?
+    @Option(
+        name: .customLong("claude-binary"),
+        help: ArgumentHelp(
+            "Assemble the runner from this native Claude Code binary and this machine's files (busybox-static, socat, CA certificates): no registry, no network.",
+            valueName: "PATH"))
+    var claudeBinary: String?
+    @Option(
+        name: .customLong("claude-wheel"),
+        help: ArgumentHelp(
+            "Like --claude-binary, with the binary bundled in PyPI's claude-agent-sdk wheel (\(NativeRunnerImage.pinnedWheel.name), checked by SHA-256).",
+            valueName: "WHEEL"))
+    var claudeWheel: String?
+
+    func validate() throws {
+        if [file, claudeBinary, claudeWheel].compactMap({ $0 }).count > 1 {
+            throw ValidationError("give one of --file, --claude-binary and --claude-wheel")
+        }
+    }
 }
 
 struct DockerBuildCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "build",
         abstract: "Build the runner image: the unmodified Claude Code CLI, socat and a non-root user.",
-        discussion: "Needs network access for apt and npm. Shows a progress bar on a terminal, plain lines otherwise."
+        discussion: """
+            With --claude-binary PATH (the native `claude` you have installed) or --claude-wheel WHEEL \
+            (pip download --no-deps claude-agent-sdk==0.2.189), the image is assembled FROM scratch from \
+            this machine's files, with no registry and no network: one command gives a working runner. \
+            Without them it builds the built-in Dockerfile (Node and the CLI from npm), which needs the \
+            network for apt and npm. Shows a progress bar on a terminal, plain lines otherwise.
+            """
     )
 
     @OptionGroup var options: DockerBuildOptions
@@ -47,7 +71,16 @@ struct DockerBuildCommand: AsyncParsableCommand {
         let tags = RunnerImage.tags(for: image)
         let archive: Data
         var dockerfileName = "Dockerfile"
-        if let file = options.file {
+        if let wheel = options.claudeWheel {
+            let directory = FileManager.default.temporaryDirectory.appending(
+                path: "cmm-wheel-\(UUID().uuidString.prefix(8))")
+            defer { try? FileManager.default.removeItem(at: directory) }
+            Output.note("checking and unpacking \(wheel)")
+            let binary = try NativeRunnerImage.binary(fromWheel: URL(fileURLWithPath: wheel), into: directory)
+            archive = try NativeRunnerImage(claudeBinary: binary).context()
+        } else if let binary = options.claudeBinary {
+            archive = try NativeRunnerImage(claudeBinary: URL(fileURLWithPath: binary)).context()
+        } else if let file = options.file {
             let url = URL(fileURLWithPath: file)
             guard FileManager.default.fileExists(atPath: url.path) else {
                 throw CLIError("Dockerfile \(file) does not exist")

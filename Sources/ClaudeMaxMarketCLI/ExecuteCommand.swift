@@ -39,6 +39,7 @@ struct ExecuteCommand: AsyncParsableCommand {
     var timeout: String?
     @Flag(name: .long, help: "Approve without asking (for scripts).") var yes = false
     @Flag(name: .long, help: "Stream JSON lines (one event per line) on stdout.") var json = false
+    @OptionGroup var workspace: WorkspaceArguments
     @Argument(parsing: .postTerminator, help: "With --backend command: the command to run, after --.")
     var command: [String] = []
 
@@ -52,6 +53,7 @@ struct ExecuteCommand: AsyncParsableCommand {
             throw ValidationError("--backend claude needs a prompt: --prompt TEXT or --prompt-file FILE")
         }
         try backend.check(command: command)
+        try workspace.validate()
     }
 
     func run() async throws {
@@ -68,8 +70,15 @@ struct ExecuteCommand: AsyncParsableCommand {
         let ring = try context.keyRing(database: database, config: config)
         let jobBackend = try backend.jobBackend(command: command, config: config, environment: context.environment)
         let jobID = UUID().uuidString.lowercased()
-        let job = PipelineJob(
-            id: jobID, role: "local", prompt: promptData, backend: jobBackend, requester: ring.peerID.rawValue)
+        let packed = try workspace.pack(config: config)
+        if let packed, let directory = workspace.directory, !json {
+            WorkspaceReport.packed(packed, directory: directory)
+        }
+        var pipelineJob = PipelineJob(
+            id: jobID, role: "local", prompt: promptData, backend: jobBackend, requester: ring.peerID.rawValue,
+            workspace: packed?.tree)
+        pipelineJob.workspaceLeftOut = packed?.leftOutSummary ?? []
+        let job = pipelineJob
         let printer = JobOutputPrinter(json: json, jobID: jobID, jobs: jobs, printsLines: backend == .command)
         let assumeYes = yes
         let image = SandboxSettings(config: config).image
@@ -105,6 +114,14 @@ struct ExecuteCommand: AsyncParsableCommand {
         }
         await printer.finish()
         printer.summary(report)
+        if let outcome = report.workspace {
+            printer.workspace(outcome)
+            if let patch = outcome.patch {
+                try WorkspaceReport.handle(patch: patch, arguments: workspace, base: packed?.tree, json: json)
+            } else if let error = outcome.error {
+                Output.note("no patch: \(error)")
+            }
+        }
         switch report.state {
         case .succeeded: return
         case .failed: throw ExitCode(1)
@@ -137,125 +154,6 @@ struct ExecuteCommand: AsyncParsableCommand {
             options.noFallback = true
         }
         try await DockerPullCommand.pull(options)
-    }
-}
-
-/// Prints a job's output as it arrives and writes every line to the job's event log, in
-/// batches written off the output path (`JobEventWriter`), and at least every 100 ms.
-final class JobOutputPrinter: @unchecked Sendable {
-    let json: Bool
-    let jobID: String
-    let jobs: JobStore
-    private let lock = NSLock()
-    private let writer: JobEventWriter
-    private var flusher: Task<Void, Never>?
-    /// People see claude's parsed events; a command backend's lines are shown as they are.
-    let printsLines: Bool
-
-    init(json: Bool, jobID: String, jobs: JobStore, printsLines: Bool) {
-        self.printsLines = printsLines
-        self.json = json
-        self.jobID = jobID
-        self.jobs = jobs
-        self.writer = JobEventWriter(jobs: jobs)
-    }
-
-    struct Line: Encodable {
-        var job: String
-        var type: String
-        var stream: String?
-        var text: String?
-    }
-
-    /// Stops the timer and writes the rest.
-    func finish() async {
-        lock.withLock { flusher?.cancel() }
-        await writer.finish()
-    }
-
-    private func record(_ stream: String, _ kind: String, _ line: String) {
-        writer.append(NewJobEvent(jobID: jobID, stream: stream, kind: kind, line: line, at: Date()))
-        if flusher == nil {
-            let writer = self.writer
-            flusher = Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(100))
-                    writer.flushSoon()
-                }
-            }
-        }
-    }
-
-    func handle(_ output: JobOutput) {
-        lock.withLock {
-            switch output {
-            case .started(let id):
-                record("system", "started", "container \(id.prefix(12))")
-                emit(Line(job: jobID, type: "started", text: "container \(id.prefix(12))"), human: nil)
-            case .line(let stream, let text):
-                let name = stream == .stderr ? "stderr" : "stdout"
-                record(name, "line", text)
-                if !json && stream == .stderr {
-                    Output.note(text)
-                } else {
-                    emit(Line(job: jobID, type: "line", stream: name, text: text), human: printsLines ? text : nil)
-                }
-            case .event(let event):
-                switch event {
-                case .text(let text): emit(nil, human: text)
-                case .toolUse(let name): emit(nil, human: "[tool: \(name)]")
-                case .rateLimit(let notice): emit(nil, human: "[rate limit \(notice.window): \(notice.status)]")
-                case .notJSON(let line): emit(nil, human: "[not JSON] \(line)")
-                default: break
-                }
-            }
-        }
-    }
-
-    private func emit(_ line: Line?, human: String?) {
-        if json, let line {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-            if let data = try? encoder.encode(line) { Output.stdout(data + Data("\n".utf8)) }
-        } else if !json, let human {
-            Output.line(human)
-        }
-    }
-
-    func summary(_ report: JobReport) {
-        let total = report.totalUsage
-        let seconds = report.duration.inSeconds
-        if json {
-            struct Summary: Encodable {
-                var job: String
-                var type = "result"
-                var state: String
-                var exitCode: Int?
-                var inputTokens: Int64
-                var outputTokens: Int64
-                var costUSD: Double
-                var seconds: Double
-                var redactions: Int
-                var error: String?
-            }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            if let data = try? encoder.encode(
-                Summary(
-                    job: jobID, state: report.state.rawValue, exitCode: report.exitCode, inputTokens: total.inputTokens,
-                    outputTokens: total.outputTokens, costUSD: total.costUSD, seconds: seconds,
-                    redactions: report.redactions, error: report.error))
-            {
-                Output.stdout(data + Data("\n".utf8))
-            }
-            return
-        }
-        Output.note(
-            String(
-                format: "job %@ %@ in %.1f s — %lld in / %lld out tokens%@%@", jobID, report.state.rawValue, seconds,
-                total.inputTokens, total.outputTokens,
-                report.redactions > 0 ? ", \(report.redactions) secrets redacted" : "",
-                report.error.map { " — \($0)" } ?? ""))
     }
 }
 

@@ -21,6 +21,13 @@ public struct TarArchive: Sendable {
         data.append(Data(count: padding))
     }
 
+    /// Adds a symbolic link (the target is stored as it is, up to 100 bytes).
+    public mutating func addSymlink(_ path: String, target: String) throws {
+        guard target.utf8.count <= 100 else { throw TarError(path: target) }
+        try appendHeader(
+            path: path, size: 0, mode: 0o777, type: "2", modified: Date(timeIntervalSince1970: 0), link: target)
+    }
+
     public mutating func addDirectory(_ path: String, mode: Int = 0o755) throws {
         try appendHeader(
             path: path.hasSuffix("/") ? path : path + "/", size: 0, mode: mode, type: "5",
@@ -43,7 +50,9 @@ public struct TarArchive: Sendable {
         return data
     }
 
-    private mutating func appendHeader(path: String, size: Int, mode: Int, type: Character, modified: Date) throws {
+    private mutating func appendHeader(
+        path: String, size: Int, mode: Int, type: Character, modified: Date, link: String = ""
+    ) throws {
         precondition(!finished, "the archive is finished")
         var name = Array(path.utf8)
         var prefix: [UInt8] = []
@@ -73,6 +82,7 @@ public struct TarArchive: Sendable {
         put(octal(Int(modified.timeIntervalSince1970), width: 12), at: 136)
         put(Array(repeating: UInt8(ascii: " "), count: 8), at: 148)
         header[156] = UInt8(ascii: type.asciiValue.map { Unicode.Scalar($0) } ?? "0")
+        put(Array(link.utf8), at: 157)
         put(Array("ustar\u{0}00".utf8), at: 257)
         put(prefix, at: 345)
         let checksum = header.reduce(0) { $0 + Int($1) }

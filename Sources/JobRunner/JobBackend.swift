@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Workspace
 
 /// How a job's prompt becomes a process in the container.
 public enum JobBackend: Sendable, Equatable {
@@ -34,6 +35,12 @@ public struct ClaudeOptions: Sendable, Equatable {
     /// API-key mode: where the gateway forwards, and the tokens the job may use.
     public var gateway = GatewaySettings()
     public var tokenBudget: Int64 = 1000
+    /// A workspace job: the tools it may use on the workspace (`claude.workspaceTools`), the
+    /// file-changing ones only under /work. nil for a job without a workspace.
+    public var workspaceTools: [String]?
+    /// A workspace job whose workspace has a CLAUDE.md: the requester's own instructions, given
+    /// to the model as project settings would (which are otherwise not read).
+    public var workspaceInstructions = false
 
     /// Tools that are off unless the provider names them: shell, file writes and the web.
     public static let riskyTools = [
@@ -52,22 +59,44 @@ public struct ClaudeOptions: Sendable, Equatable {
         self.tokenBudget = tokenBudget
     }
 
-    /// `claude -p` headless, stream-json, `dontAsk` with an allowlist of tools; reading the
-    /// credential directory is denied by rule, and shell / write / web tools are denied unless allowed.
+    /// What a workspace job may use unless the provider says otherwise (`claude.workspaceTools`).
+    public static let defaultWorkspaceTools = ["Read", "Grep", "Glob", "Edit", "Write", "MultiEdit"]
+
+    /// Tools that change files: in a workspace job they are allowed under /work only.
+    public static let fileChangingTools = ["Edit", "Write", "MultiEdit", "NotebookEdit"]
+
+    /// `claude -p` headless, stream-json, `dontAsk` with an allowlist of tools; reading or
+    /// changing the credential directory is denied by rule, and shell / write / web tools are
+    /// denied unless allowed. Settings, hooks and MCP servers come only from the provider's own
+    /// user settings: a workspace's `.claude/settings*.json` and `.mcp.json` are the requester's.
     public var command: [String] {
-        let credentialRules = ["Read", "Grep", "Glob"].map { "\($0)(/\(SandboxPolicy.credentialDirectory)/**)" }
-        let denied = Self.riskyTools.filter { !allowedTools.contains($0) } + credentialRules
+        let credentialRules = ["Read", "Grep", "Glob", "Edit"].map {
+            "\($0)(/\(SandboxPolicy.credentialDirectory)/**)"
+        }
+        var allowed = allowedTools
+        for tool in workspaceTools ?? [] where !allowed.contains(tool) {
+            allowed.append(
+                Self.fileChangingTools.contains(tool) ? "\(tool)(/\(SandboxPolicy.workDirectory)/**)" : tool)
+        }
+        let denied =
+            Self.riskyTools.filter { !allowedTools.contains($0) && !(workspaceTools ?? []).contains($0) }
+            + credentialRules
         return [
             "claude", "-p", "--output-format", "stream-json", "--verbose", "--max-turns", String(maxTurns), "--model",
-            model, "--permission-mode", "dontAsk", "--allowedTools", allowedTools.joined(separator: ","),
-            "--disallowedTools", denied.joined(separator: ","),
-        ]
+            model, "--permission-mode", "dontAsk", "--allowedTools", allowed.joined(separator: ","),
+            "--disallowedTools", denied.joined(separator: ","), "--setting-sources", "user", "--strict-mcp-config",
+        ] + (workspaceInstructions ? ["--append-system-prompt-file", "\(SandboxPolicy.workDirectory)/CLAUDE.md"] : [])
     }
 
     /// The container environment. In API-key mode the job gets the gateway's address and its
     /// per-job token, never the key; background work uses the approved model too.
     public func environment(gatewayToken: String?) -> [String] {
         var environment = ["CLAUDE_CONFIG_DIR=\(SandboxPolicy.credentialDirectory)", "DISABLE_AUTOUPDATER=1"]
+        if workspaceTools != nil {
+            // The workspace's dot files are the requester's: HOME is elsewhere, and the entrypoint
+            // unpacks the workspace before the command and hands the work directory back after it.
+            environment += ["HOME=/tmp", "CMM_WORKSPACE=1"]
+        }
         if let gatewayToken {
             environment += [
                 "ANTHROPIC_BASE_URL=http://127.0.0.1:3128", "ANTHROPIC_API_KEY=\(gatewayToken)",
@@ -106,14 +135,23 @@ struct PreparedBackend: Sendable {
 }
 
 extension JobBackend {
-    func prepared(gateway: ClaudeGateway?) -> PreparedBackend {
+    func prepared(gateway: ClaudeGateway?, workspace: WorkspaceTree? = nil) -> PreparedBackend {
         switch self {
-        case .claude(let options):
-            PreparedBackend(
+        case .claude(var options):
+            // The tools follow the request: a job without a workspace never gets the workspace's.
+            if workspace == nil { options.workspaceTools = nil }
+            if workspace != nil && options.workspaceTools == nil {
+                options.workspaceTools = ClaudeOptions.defaultWorkspaceTools
+            }
+            if case .file = workspace?["CLAUDE.md"]?.kind { options.workspaceInstructions = true }
+            return PreparedBackend(
                 command: options.command, environment: options.environment(gatewayToken: gateway?.token),
                 loginVolume: options.loginVolume, secrets: options.secrets)
         case .command(let command):
-            PreparedBackend(command: command, environment: [], loginVolume: nil, secrets: [])
+            return PreparedBackend(
+                command: command, environment: workspace != nil ? ["HOME=/tmp", "CMM_WORKSPACE=1"] : [],
+                loginVolume: nil,
+                secrets: [])
         }
     }
 

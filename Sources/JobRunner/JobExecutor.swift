@@ -2,6 +2,7 @@ import DockerEngine
 import Foundation
 import Logging
 import MarketCore
+import Workspace
 
 /// One job to run.
 public struct JobRequest: Sendable {
@@ -16,6 +17,9 @@ public struct JobRequest: Sendable {
     /// A login volume to mount whatever the backend (only `login` sets it, to let Claude Code
     /// write the provider's own sign-in; a `command` job never gets one).
     public var loginVolume: String?
+    /// A workspace job: the tree unpacked in /work before the command starts, and the change
+    /// the job made to it read back afterwards.
+    public var workspace: JobWorkspace?
 
     public init(id: String, prompt: Data, backend: JobBackend, sandbox: SandboxSettings, egress: EgressPolicy?) {
         self.id = id
@@ -35,6 +39,32 @@ extension JobRequest {
         try WireField.imageReference(sandbox.image)
         if case .claude(let options) = backend { try WireField.model(options.model) }
     }
+}
+
+/// The workspace of a job, checked before it gets here (`WorkspaceTree` holds only what a tree
+/// may hold).
+public struct JobWorkspace: Sendable {
+    public var tree: WorkspaceTree
+    /// The largest patch the job may hand back (`limits.maxPatchBytes`).
+    public var maxPatchBytes: Int64
+
+    public init(tree: WorkspaceTree, maxPatchBytes: Int64 = 16 << 20) {
+        self.tree = tree
+        self.maxPatchBytes = maxPatchBytes
+    }
+
+    /// The entrypoint's line before the work directory comes back on stdout as a tar archive.
+    public static let trailerMarker = "cmm-entrypoint: the work directory follows as a tar archive (v1)"
+}
+
+/// What came of a workspace job's work directory.
+public struct WorkspaceOutcome: Sendable {
+    /// The change against the tree the job received (empty when it changed nothing); nil when
+    /// it could not be read back (`error` says why).
+    public var patch: WorkspacePatch?
+    /// What the job left that a patch cannot carry (links pointing outside, FIFOs).
+    public var skipped: [WorkspaceTree.Skipped] = []
+    public var error: String?
 }
 
 /// Something a running job produced, already redacted.
@@ -83,6 +113,8 @@ public struct JobReport: Sendable {
     ///   inside;
     /// - the engine failed the run (attach, start, the exit code unreadable).
     public var providerFault = false
+    /// A workspace job's change, read back from its work directory.
+    public var workspace: WorkspaceOutcome?
 }
 
 /// Runs jobs in hardened containers: create, attach, start, hand over the prompt on stdin,
@@ -151,7 +183,7 @@ public struct JobExecutor: Sendable {
         _ request: JobRequest, endpoint: EgressProxy?, gateway: ClaudeGateway?,
         whenCreated: @Sendable (String) async throws -> Void, onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
-        let prepared = request.backend.prepared(gateway: gateway)
+        let prepared = request.backend.prepared(gateway: gateway, workspace: request.workspace?.tree)
         let egressDirectory = endpoint?.socketPath.deletingLastPathComponent
         let spec = SandboxPolicy.containerSpec(
             request.sandbox, command: prepared.command, environment: prepared.environment,
@@ -184,7 +216,11 @@ public struct JobExecutor: Sendable {
         let started = clock.now
         let collector = OutputCollector(
             redactor: SecretRedactor(knownSecrets: secrets), parsesClaude: request.backend.name == "claude",
-            maxBytes: request.sandbox.maxOutputBytes, onOutput: onOutput)
+            maxBytes: request.sandbox.maxOutputBytes,
+            trailer: request.workspace.map { _ in
+                (JobWorkspace.trailerMarker, request.sandbox.workTmpfsBytes * 2 + (1 << 20))
+            }, onOutput: onOutput)
+        let input = request.workspace.map { $0.tree.jobInput(prompt: request.prompt) } ?? request.prompt
         var state = JobEndState.failed
         var exitCode: Int?
         var providerFault = false
@@ -208,7 +244,7 @@ public struct JobExecutor: Sendable {
                         return try await withThrowingTaskGroup(of: Void.self) { writers in
                             writers.addTask {
                                 if !preamble.isEmpty { try await stdin.write(preamble) }
-                                try await stdin.write(request.prompt)
+                                try await stdin.write(input)
                                 if let input = request.input {
                                     for await chunk in input { try await stdin.write(chunk) }
                                 }
@@ -293,6 +329,9 @@ public struct JobExecutor: Sendable {
             usage: collector.parser.result?.usage ?? [:], rateLimits: collector.parser.rateLimits,
             redactions: collector.redactions, egress: [], egressBytes: 0, error: failure, duration: clock.now - started)
         report.providerFault = providerFault
+        if let workspace = request.workspace, state != .cancelled, state != .timedOut {
+            report.workspace = collector.workspaceOutcome(workspace, sandbox: request.sandbox)
+        }
         if let gateway {
             // The API's own numbers, not what the job printed.
             report.usage = gateway.usage
@@ -338,14 +377,21 @@ final class OutputCollector: @unchecked Sendable {
     private let maxBytes: Int64
     private var partial: [ContainerStream: [UInt8]] = [:]
     private var total: Int64 = 0
+    /// A workspace job's work directory, after the marker line on stdout (bounded).
+    private let trailerMarker: [UInt8]?
+    private let maxTrailerBytes: Int64
+    private var trailer: Data?
+    private var trailerOverflow = false
     private(set) var parser = StreamJSONParser()
     private(set) var redactions = 0
     static let maxLineBytes = 64 << 10
 
     init(
         redactor: SecretRedactor, parsesClaude: Bool, maxBytes: Int64 = .max,
-        onOutput: @escaping @Sendable (JobOutput) -> Void
+        trailer: (marker: String, maxBytes: Int64)? = nil, onOutput: @escaping @Sendable (JobOutput) -> Void
     ) {
+        self.trailerMarker = trailer.map { Array($0.marker.utf8) }
+        self.maxTrailerBytes = trailer?.maxBytes ?? 0
         self.redactor = redactor
         self.parsesClaude = parsesClaude
         self.maxBytes = maxBytes
@@ -355,12 +401,24 @@ final class OutputCollector: @unchecked Sendable {
     /// Takes a frame; false once the job's output has gone past its limit (the frame is dropped).
     func add(_ frame: OutputFrame) -> Bool {
         lock.withLock {
+            if frame.stream == .stdout, trailer != nil {
+                appendTrailer(frame.bytes[...])
+                return true
+            }
             total += Int64(frame.bytes.count)
             guard total <= maxBytes else { return false }
             var buffer = partial[frame.stream, default: []]
             buffer.append(contentsOf: frame.bytes)
             var start = buffer.startIndex
             while let newline = buffer[start...].firstIndex(of: 0x0a) {
+                if frame.stream == .stdout, let trailerMarker, buffer[start..<newline].elementsEqual(trailerMarker) {
+                    // The command has ended; what follows is its work directory, not output.
+                    trailer = Data()
+                    total -= Int64(buffer.endIndex - newline - 1)
+                    appendTrailer(buffer[(newline + 1)...])
+                    partial[frame.stream] = []
+                    return true
+                }
                 emit(frame.stream, Array(buffer[start..<newline]))
                 start = newline + 1
             }
@@ -370,6 +428,47 @@ final class OutputCollector: @unchecked Sendable {
             }
             partial[frame.stream] = Array(buffer[start...])
             return true
+        }
+    }
+
+    private func appendTrailer(_ bytes: ArraySlice<UInt8>) {
+        guard !trailerOverflow else { return }
+        if Int64(trailer!.count + bytes.count) > maxTrailerBytes {
+            trailerOverflow = true
+            trailer = Data()
+        } else {
+            trailer!.append(contentsOf: bytes)
+        }
+    }
+
+    /// Reads the work directory back (as hostile input: the job wrote it) and makes the patch.
+    func workspaceOutcome(_ workspace: JobWorkspace, sandbox: SandboxSettings) -> WorkspaceOutcome {
+        lock.withLock {
+            guard let trailer else {
+                return WorkspaceOutcome(error: "the job's work directory did not come back (the container ended early)")
+            }
+            if trailerOverflow {
+                return WorkspaceOutcome(
+                    error: "the job's work directory came back larger than \(maxTrailerBytes) bytes; no patch was made")
+            }
+            do {
+                let (tree, skipped) = try WorkspaceTree.read(
+                    tar: trailer,
+                    limits: WorkspaceLimits(
+                        maxBytes: sandbox.workTmpfsBytes, maxFiles: workspace.tree.fileCount + 100_000),
+                    lenient: true)
+                let patch = WorkspacePatch.make(base: workspace.tree, result: tree)
+                guard Int64(patch.data.count) <= workspace.maxPatchBytes else {
+                    return WorkspaceOutcome(
+                        skipped: skipped,
+                        error:
+                            "the patch is \(patch.data.count) bytes; limits.maxPatchBytes allows \(workspace.maxPatchBytes)"
+                    )
+                }
+                return WorkspaceOutcome(patch: patch, skipped: skipped)
+            } catch {
+                return WorkspaceOutcome(error: "the job's work directory could not be read back: \(error)")
+            }
         }
     }
 

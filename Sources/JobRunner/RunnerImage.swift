@@ -53,6 +53,26 @@ public enum RunnerImage {
             # The API gateway (ANTHROPIC_BASE_URL) is reached directly, not through the proxy.
             export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
         fi
+        if [ "${CMM_WORKSPACE:-}" = 1 ]; then
+            # A workspace job. Its stdin is one tar archive, checked by the provider before it was
+            # sent: the prompt (tmp/cmm-input/prompt) and the workspace (work/...). After the command
+            # the work directory goes back on stdout, after a marker line, for the provider to diff.
+            if ! tar -x -f - -C /; then
+                echo "cmm-entrypoint: the job's input archive could not be unpacked" >&2
+                exit 65
+            fi
+            set +e
+            "$@" </tmp/cmm-input/prompt
+            status=$?
+            printf '\n%s\n' 'cmm-entrypoint: the work directory follows as a tar archive (v1)'
+            cd /work && tar -c -f - .
+            if [ "$status" -gt 128 ]; then
+                # Only the engine can SIGKILL this shell (PID 1): a command killed by a signal is the job's own doing.
+                echo "cmm-entrypoint: the job's command was killed by signal $((status - 128))" >&2
+                exit 1
+            fi
+            exit "$status"
+        fi
         exec "$@"
 
         """#

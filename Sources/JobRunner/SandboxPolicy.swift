@@ -16,6 +16,11 @@ public struct SandboxSettings: Sendable, Equatable {
     public var openFiles: Int64
     /// Bytes of output (stdout + stderr) a job may print before it is stopped.
     public var maxOutputBytes: Int64
+    /// A workspace job's /work tmpfs holds its workspace on top of `tmpfsBytes`.
+    public var workspaceBytes: Int64 = 0
+
+    /// The size of the /work tmpfs.
+    public var workTmpfsBytes: Int64 { tmpfsBytes + workspaceBytes }
 
     public init(
         image: String, memoryBytes: Int64, cpuShares: Int64, pidsLimit: Int64, tmpfsBytes: Int64, timeout: Duration,
@@ -66,8 +71,10 @@ public enum SandboxPolicy {
         // Owned by the job's user: the engine keeps the image directory's owner otherwise,
         // and a `mode` option alone does not make it writable.
         let owner = user.split(separator: ":")
-        let tmpfs = "rw,noexec,nosuid,nodev,size=\(settings.tmpfsBytes),uid=\(owner[0]),gid=\(owner[1]),mode=0700"
-        host.Tmpfs = [workDirectory: tmpfs, "/tmp": tmpfs]
+        func tmpfs(_ size: Int64) -> String {
+            "rw,noexec,nosuid,nodev,size=\(size),uid=\(owner[0]),gid=\(owner[1]),mode=0700"
+        }
+        host.Tmpfs = [workDirectory: tmpfs(settings.workTmpfsBytes), "/tmp": tmpfs(settings.tmpfsBytes)]
         var binds: [String] = []
         if let egressDirectory { binds.append("\(egressDirectory):\(egressMount):ro") }
         if let loginVolume { binds.append("\(loginVolume):\(credentialDirectory):rw") }
@@ -85,7 +92,8 @@ public enum SandboxPolicy {
             hostConfig: hostConfiguration(settings, egressDirectory: egressDirectory, loginVolume: loginVolume))
         spec.User = user
         spec.WorkingDir = workDirectory
-        spec.Env = ["HOME=\(workDirectory)"] + environment
+        // A workspace job says HOME itself (outside the workspace, whose dot files are the requester's).
+        spec.Env = (environment.contains { $0.hasPrefix("HOME=") } ? [] : ["HOME=\(workDirectory)"]) + environment
         spec.openStdin()
         return spec
     }
@@ -119,7 +127,7 @@ public enum SandboxPolicy {
             problems.append("shares IPC (\(mode))")
         }
         let tmpfs = host.Tmpfs?[workDirectory] ?? ""
-        for option in ["noexec", "nosuid", "size=\(settings.tmpfsBytes)"] where !tmpfs.contains(option) {
+        for option in ["noexec", "nosuid", "size=\(settings.workTmpfsBytes)"] where !tmpfs.contains(option) {
             problems.append("work dir tmpfs lacks \(option)")
         }
         for bind in host.Binds ?? []

@@ -6,6 +6,7 @@ import MarketCore
 import MarketCrypto
 import Participant
 import Synchronization
+import Workspace
 
 /// Why a job did not run: the CLI turns each into its exit code, the provider daemon into a
 /// `job.rejected` with the reason.
@@ -32,11 +33,16 @@ public struct PipelineJob: Sendable {
     /// For a market job: the task id and the price, shown in the approval question.
     public var taskID: String?
     public var price: Credits?
+    /// A workspace job's tree (already read as hostile input where it came from the network),
+    /// and what the requester's packing left out, for the approval question.
+    public var workspace: WorkspaceTree?
+    public var workspaceLeftOut: [String] = []
 
     public init(
         id: String, role: String, prompt: Data, backend: JobBackend, requester: String, taskID: String? = nil,
-        price: Credits? = nil
+        price: Credits? = nil, workspace: WorkspaceTree? = nil
     ) {
+        self.workspace = workspace
         self.id = id
         self.role = role
         self.prompt = prompt
@@ -113,7 +119,16 @@ public struct JobPipeline: Sendable {
         let allowlist = config.list(.egressAllowlist)
         let egress: EgressPolicy? =
             allowlist.isEmpty ? nil : EgressPolicy(allowlist: allowlist, byteBudget: config.bytes(.egressByteBudget))
-        let request = JobRequest(id: job.id, prompt: job.prompt, backend: job.backend, sandbox: sandbox, egress: egress)
+        var request = JobRequest(id: job.id, prompt: job.prompt, backend: job.backend, sandbox: sandbox, egress: egress)
+        if let tree = job.workspace {
+            try checkWorkspace(tree)
+            request.workspace = JobWorkspace(tree: tree, maxPatchBytes: config.bytes(.maxPatchBytes))
+            request.sandbox.workspaceBytes = tree.unpackedBytes
+            if case .claude(var options) = job.backend {
+                options.workspaceTools = config.list(.claudeWorkspaceTools)
+                request.backend = .claude(options)
+            }
+        }
         let estimatedTokens: Int64 = job.model == nil ? 0 : limits.maxTokensPerTask
         let reservation = JobReservation(
             id: job.id, role: job.role, backend: job.backend.name, model: job.model, requester: job.requester,
@@ -134,7 +149,8 @@ public struct JobPipeline: Sendable {
         let report: JobReport
         do {
             try request.validate()
-            if let pool, let slot = await pool.take() {
+            // A warm container waits for a prompt alone: a workspace job starts cold.
+            if let pool, job.workspace == nil, let slot = await pool.take() {
                 do {
                     try await admit()
                 } catch {
@@ -174,6 +190,18 @@ public struct JobPipeline: Sendable {
         }
         try record(report, jobID: job.id)
         return report
+    }
+
+    /// The provider's own limits on a workspace, whatever the requester's were.
+    func checkWorkspace(_ tree: WorkspaceTree) throws {
+        do {
+            try tree.check(
+                WorkspaceLimits(
+                    maxBytes: config.bytes(.maxWorkspaceBytes), maxFiles: Int(config.integer(.maxWorkspaceFiles))),
+                maxBytesKey: ConfigKey.maxWorkspaceBytes.name, maxFilesKey: ConfigKey.maxWorkspaceFiles.name)
+        } catch {
+            throw JobRefusal(.limits, "\(error)")
+        }
     }
 
     func checkConsent(_ job: PipelineJob) throws {
@@ -230,11 +258,20 @@ public struct JobPipeline: Sendable {
             header += "\n  market task: \(task) from \(job.requester)"
             if let price = job.price { header += " at \(price)" }
         }
+        var workspaceLines = ""
+        if let tree = job.workspace {
+            let names = tree.topLevelNames
+            workspaceLines =
+                "\n  workspace: \(tree.fileCount) files, \(tree.byteCount) bytes: "
+                + names.prefix(8).joined(separator: " ") + (names.count > 8 ? " … (\(names.count - 8) more)" : "")
+                + "\n  tools:    \(config.list(.claudeWorkspaceTools).joined(separator: ", ")) (changes only in /work)"
+            for line in job.workspaceLeftOut.prefix(5) { workspaceLines += "\n  left out by the requester: \(line)" }
+        }
         let question = """
             \(header)
               backend:  \(job.backendDescription)
               image:    \(config.text(.dockerImage))
-              prompt:   \(job.prompt.count) bytes
+              prompt:   \(job.prompt.count) bytes\(workspaceLines)
             \(shown.split(separator: "\n", omittingEmptySubsequences: false).map { "    │ \($0)" }.joined(separator: "\n"))
               limits left today: \(max(0, limits.dailyTasks - usage.day.tasks)) jobs, \(max(0, limits.dailyTokens - usage.day.tokens)) tokens
             Run it?

@@ -51,6 +51,15 @@ extension ConfigKey {
     public static let maxTokensPerTask = ConfigKey(
         "limits.maxTokensPerTask", .integer(1...100_000_000), default: .integer(1000),
         "Input + output tokens one job may be expected to use")
+    public static let maxWorkspaceBytes = ConfigKey(
+        "limits.maxWorkspaceBytes", .byteSize((1 << 10)...(4 << 30)), default: .text("64m"),
+        "Largest workspace (--dir) a job sends or, as a provider, takes: bytes of files and links")
+    public static let maxWorkspaceFiles = ConfigKey(
+        "limits.maxWorkspaceFiles", .integer(1...1_000_000), default: .integer(20_000),
+        "Most files and links in a workspace a job sends or, as a provider, takes")
+    public static let maxPatchBytes = ConfigKey(
+        "limits.maxPatchBytes", .byteSize((1 << 10)...(1 << 30)), default: .text("16m"),
+        "Largest patch a workspace job hands back")
     public static let concurrentJobs = ConfigKey(
         "limits.concurrentJobs", .integer(1...64), default: .integer(1), "Jobs running at once")
     public static let keyRotationDays = ConfigKey(
@@ -99,17 +108,22 @@ extension ConfigKey {
         "claude.allowedTools", .nameList, default: .list(["Read", "Grep", "Glob"]),
         "Tools a claude job may use (shell tools are off unless named here)")
 
+    public static let claudeWorkspaceTools = ConfigKey(
+        "claude.workspaceTools", .nameList, default: .list(["Read", "Grep", "Glob", "Edit", "Write", "MultiEdit"]),
+        "Tools a workspace job may use; the ones that change files only under /work")
+
     /// Every key, in the order `config --list` shows them.
     public static let all: [ConfigKey] = [
         dockerMemory, dockerCPUShares, dockerCPUs, dockerPidsLimit, dockerTimeoutSeconds, dockerImage,
         dockerBuildNetwork,
         dockerTmpfsSize, dockerMaxOutput,
         dockerWarmPool, egressAllowlist, egressByteBudget, dailyTasks, weeklyTasks, monthlyTasks, dailyTokens,
-        maxTokensPerTask, concurrentJobs, keyRotationDays, approvalMode, approvalMaxPromptBytes,
+        maxTokensPerTask, maxWorkspaceBytes, maxWorkspaceFiles, maxPatchBytes, concurrentJobs, keyRotationDays,
+        approvalMode, approvalMaxPromptBytes,
         approvalAllowedRequesters, approvalDeniedRequesters, marketURL, marketDefaultPrice, marketMaxBidPrice,
         marketAllowSubscriptionLogin, claudeCredentialMode, claudeAPIKeyFile, claudeAPIBaseURL, claudeLoginVolume,
         claudeModel,
-        claudeMaxTurns, claudeAllowedTools,
+        claudeMaxTurns, claudeAllowedTools, claudeWorkspaceTools,
     ]
 
     public static func named(_ name: String) -> ConfigKey? { all.first { $0.name == name } }

@@ -1,0 +1,108 @@
+import ArgumentParser
+import Foundation
+import JobRunner
+import Participant
+import Workspace
+
+/// `--dir` and what goes with it, shared by `execute` and `submit`.
+struct WorkspaceArguments: ParsableArguments {
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Send this directory with the job as its workspace (/work); the change comes back as a patch.",
+            valueName: "DIR"))
+    var dir: String?
+    @Flag(name: .customLong("include-ignored"), help: "In a git work tree, also send the files git ignores.")
+    var includeIgnored = false
+    @Flag(name: .long, help: "Apply the job's patch to DIR (refused, changing nothing, if DIR changed under it).")
+    var apply = false
+    @Option(
+        name: .customLong("patch-out"),
+        help: ArgumentHelp("Write the job's patch (a git diff; `git apply` reads it) to FILE.", valueName: "FILE"))
+    var patchOut: String?
+
+    func validate() throws {
+        if dir == nil && (apply || includeIgnored) {
+            throw ValidationError("--apply and --include-ignored need --dir DIR")
+        }
+    }
+
+    var directory: URL? { dir.map { URL(fileURLWithPath: $0).standardizedFileURL } }
+
+    /// Packs DIR within the requester's limits, before anything runs or is posted.
+    func pack(config: ResolvedConfig) throws -> WorkspacePacker.Packed? {
+        guard let directory else { return nil }
+        var options = WorkspacePacker.Options(
+            includeIgnored: includeIgnored,
+            limits: WorkspaceLimits(
+                maxBytes: config.bytes(.maxWorkspaceBytes), maxFiles: Int(config.integer(.maxWorkspaceFiles))))
+        options.maxBytesKey = ConfigKey.maxWorkspaceBytes.name
+        options.maxFilesKey = ConfigKey.maxWorkspaceFiles.name
+        do {
+            return try WorkspacePacker(options: options).pack(directory)
+        } catch {
+            throw CLIError("--dir \(directory.path): \(error)")
+        }
+    }
+}
+
+/// What is said about a workspace and done with its patch, the same for `execute` and `submit`.
+enum WorkspaceReport {
+    static func packed(_ packed: WorkspacePacker.Packed, directory: URL) {
+        Output.note(
+            "workspace \(directory.path): \(packed.tree.fileCount) files, \(packed.tree.byteCount) bytes"
+                + (packed.usedGit ? " (git decides what is ignored; --include-ignored sends everything)" : ""))
+        for line in packed.leftOutSummary { Output.note("  left out: \(line)") }
+    }
+
+    /// Prints the diffstat, writes `--patch-out`, applies with `--apply`. Throws when applying
+    /// was refused (nothing was changed) or the patch could not be read.
+    static func handle(
+        patch: WorkspacePatch, arguments: WorkspaceArguments, base: WorkspaceTree?, json: Bool
+    ) throws {
+        if !json {
+            Output.note(
+                patch.isEmpty ? "the job changed nothing in the workspace" : "the job's change:\n" + patch.diffstat)
+        }
+        if let file = arguments.patchOut {
+            do {
+                try patch.data.write(to: URL(fileURLWithPath: file))
+            } catch {
+                throw CLIError("--patch-out \(file): \(error.localizedDescription)")
+            }
+            Output.note("patch written to \(file) (\(patch.data.count) bytes; `git apply \(file)` applies it)")
+        }
+        guard arguments.apply, let directory = arguments.directory, !patch.isEmpty else { return }
+        try apply(patch, to: directory, includeIgnored: arguments.includeIgnored, base: base)
+    }
+
+    /// Applies, after saying whether DIR is still the tree that was sent: when other files
+    /// changed the patch still applies (each file it touches is checked); when one it touches
+    /// changed, nothing is applied.
+    static func apply(_ patch: WorkspacePatch, to directory: URL, includeIgnored: Bool, base: WorkspaceTree?) throws {
+        let now = try? WorkspacePacker(
+            options: .init(includeIgnored: includeIgnored, limits: .init(maxBytes: .max, maxFiles: .max))
+        )
+        .pack(directory).tree
+        if let now, now.baseHash != patch.baseHash {
+            var changed: [String] = []
+            if let base {
+                let before = Dictionary(uniqueKeysWithValues: base.files.map { ($0.path, $0) })
+                let after = Dictionary(uniqueKeysWithValues: now.files.map { ($0.path, $0) })
+                changed = Set(before.keys).union(after.keys).filter { before[$0] != after[$0] }.sorted()
+            }
+            Output.note(
+                "\(directory.path) changed since the job was sent"
+                    + (changed.isEmpty
+                        ? "" : " (\(changed.prefix(5).joined(separator: ", "))\(changed.count > 5 ? ", …" : ""))")
+                    + "; applying only if none of the files the patch touches changed")
+        }
+        do {
+            let applied = try patch.apply(to: directory)
+            Output.note(
+                "applied to \(directory.path): \(applied.written.count) written, \(applied.deleted.count) deleted")
+        } catch {
+            throw CLIError("the patch was not applied to \(directory.path), nothing was changed: \(error)", exitCode: 1)
+        }
+    }
+}

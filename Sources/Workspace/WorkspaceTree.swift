@@ -1,0 +1,215 @@
+import Crypto
+import Foundation
+
+/// One entry of a workspace: a directory, a regular file or a symbolic link, at a relative
+/// path ("src/main.swift"), with its permission bits. Nothing else is ever represented: no
+/// devices, sockets, FIFOs, hard links, owners or times.
+public struct WorkspaceEntry: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        case directory
+        case file(Data)
+        /// A link kept as a link; its target is relative and stays inside the tree.
+        case symlink(String)
+    }
+
+    public var path: String
+    public var kind: Kind
+    /// Permission bits only (0o777 at most: no setuid, setgid or sticky bit).
+    public var mode: UInt16
+
+    public init(path: String, kind: Kind, mode: UInt16? = nil) {
+        self.path = path
+        self.kind = kind
+        switch kind {
+        case .directory: self.mode = mode ?? 0o755
+        case .file: self.mode = mode ?? 0o644
+        case .symlink: self.mode = 0o777
+        }
+    }
+
+    public var isExecutable: Bool { mode & 0o100 != 0 }
+
+    public var byteCount: Int64 {
+        switch kind {
+        case .file(let data): Int64(data.count)
+        case .symlink(let target): Int64(target.utf8.count)
+        case .directory: 0
+        }
+    }
+}
+
+/// Limits a workspace must fit in: checked while packing, and again on the provider while
+/// reading an archive from the network, before anything is written.
+public struct WorkspaceLimits: Sendable, Equatable {
+    public var maxBytes: Int64
+    public var maxFiles: Int
+
+    public init(maxBytes: Int64 = 64 << 20, maxFiles: Int = 20_000) {
+        self.maxBytes = maxBytes
+        self.maxFiles = maxFiles
+    }
+
+    /// The longest path and path component accepted (Linux's PATH_MAX and NAME_MAX).
+    public static let maxPathBytes = 4096
+    public static let maxNameBytes = 255
+}
+
+/// A workspace: entries sorted by path, every path checked (relative, no `.` or `..`, no
+/// control characters, nothing below a file or a link), every link's target inside the tree.
+/// Made by `WorkspacePacker` from a directory, or read from a tar archive by `init(tar:limits:)`.
+public struct WorkspaceTree: Sendable, Equatable {
+    public private(set) var entries: [WorkspaceEntry]
+
+    /// Checks and sorts the entries; throws naming the first bad one.
+    public init(entries: [WorkspaceEntry]) throws(WorkspaceError) {
+        var byPath: [String: WorkspaceEntry.Kind] = [:]
+        for entry in entries {
+            try Self.check(path: entry.path)
+            guard byPath[entry.path] == nil else { throw WorkspaceError(.badEntry, "\(entry.path) appears twice") }
+            guard entry.mode & ~0o777 == 0 else {
+                throw WorkspaceError(
+                    .badEntry,
+                    "\(entry.path) has mode \(String(entry.mode, radix: 8)): setuid, setgid and sticky bits are not allowed"
+                )
+            }
+            byPath[entry.path] = entry.kind
+        }
+        for entry in entries {
+            var parent = entry.path
+            while let slash = parent.lastIndex(of: "/") {
+                parent = String(parent[..<slash])
+                if let kind = byPath[parent], kind != .directory {
+                    throw WorkspaceError(.badEntry, "\(entry.path) lies below \(parent), which is not a directory")
+                }
+            }
+            if case .symlink(let target) = entry.kind {
+                try Self.check(link: entry.path, target: target)
+            }
+        }
+        self.entries = entries.sorted { $0.path.utf8.lexicographicallyPrecedes($1.path.utf8) }
+    }
+
+    public static let empty = try! WorkspaceTree(entries: [])
+
+    /// Regular files and links: what a patch is made of (directories are implied by them).
+    public var files: [WorkspaceEntry] { entries.filter { $0.kind != .directory } }
+
+    public var fileCount: Int { entries.count { $0.kind != .directory } }
+    public var byteCount: Int64 { entries.reduce(0) { $0 + $1.byteCount } }
+
+    /// The names at the top of the tree, for a person to recognise it.
+    public var topLevelNames: [String] {
+        entries.filter { !$0.path.contains("/") }.map { $0.kind == .directory ? $0.path + "/" : $0.path }
+    }
+
+    public subscript(path: String) -> WorkspaceEntry? {
+        entries.first { $0.path == path }
+    }
+
+    /// Throws when the tree is over `limits`, naming the limit.
+    public func check(_ limits: WorkspaceLimits, maxBytesKey: String, maxFilesKey: String) throws(WorkspaceError) {
+        if fileCount > limits.maxFiles {
+            throw WorkspaceError(
+                .tooLarge, "the workspace has \(fileCount) files; \(maxFilesKey) allows \(limits.maxFiles)")
+        }
+        if byteCount > limits.maxBytes {
+            throw WorkspaceError(
+                .tooLarge, "the workspace holds \(byteCount) bytes; \(maxBytesKey) allows \(limits.maxBytes)")
+        }
+    }
+
+    /// SHA-256 of the canonical archive: the base a patch is made against.
+    public var baseHash: String {
+        "sha256:" + SHA256.hash(data: tar()).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// A relative path: no empty, `.` or `..` component, no leading slash, no control
+    /// characters, within Linux's length limits.
+    public static func check(path: String) throws(WorkspaceError) {
+        guard !path.isEmpty, !path.hasPrefix("/") else {
+            throw WorkspaceError(.badPath, "\(path.debugDescription) is not a relative path")
+        }
+        guard path.utf8.count <= WorkspaceLimits.maxPathBytes else {
+            throw WorkspaceError(.badPath, "\(path.prefix(80))… is longer than \(WorkspaceLimits.maxPathBytes) bytes")
+        }
+        guard !path.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            throw WorkspaceError(.badPath, "\(path.debugDescription) contains a control character")
+        }
+        for component in path.split(separator: "/", omittingEmptySubsequences: false) {
+            guard !component.isEmpty, component != ".", component != ".." else {
+                throw WorkspaceError(.badPath, "\(path.debugDescription) has an empty, . or .. component")
+            }
+            guard component.utf8.count <= WorkspaceLimits.maxNameBytes else {
+                throw WorkspaceError(.badPath, "\(path.debugDescription) has a name longer than 255 bytes")
+            }
+        }
+    }
+
+    /// A link's target must be relative and, read from the link's own directory, stay inside.
+    public static func check(link path: String, target: String) throws(WorkspaceError) {
+        guard let resolved = resolve(link: path, target: target) else {
+            throw WorkspaceError(.badEntry, "the link \(path) -> \(target) points outside the workspace")
+        }
+        _ = resolved
+    }
+
+    /// Where a link's target lands, relative to the root (lexically, as a tree of directories);
+    /// nil when it is absolute, empty, has a control character or climbs out of the root.
+    public static func resolve(link path: String, target: String) -> String? {
+        guard !target.isEmpty, !target.hasPrefix("/"), target.utf8.count <= WorkspaceLimits.maxPathBytes,
+            !target.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f })
+        else { return nil }
+        var components = path.split(separator: "/").dropLast().map(String.init)
+        for component in target.split(separator: "/") {
+            switch component {
+            case ".": continue
+            case "..":
+                guard !components.isEmpty else { return nil }
+                components.removeLast()
+            default: components.append(String(component))
+            }
+        }
+        return components.joined(separator: "/")
+    }
+}
+
+/// What was wrong with a workspace, an archive or a patch.
+public struct WorkspaceError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        /// A path that is absolute, climbs out, or is otherwise not allowed.
+        case badPath = "bad_path"
+        /// An entry that is not allowed (a duplicate, a setuid bit, a link that escapes, a device).
+        case badEntry = "bad_entry"
+        /// The archive's bytes are not a well-formed tar archive.
+        case badArchive = "bad_archive"
+        /// Over a limit.
+        case tooLarge = "too_large"
+        /// A patch that cannot be read or applied.
+        case badPatch = "bad_patch"
+        /// Applying would change something it must not, or the directory changed since it was sent.
+        case conflict
+        /// Reading or writing the directory failed.
+        case io
+    }
+
+    public let code: Code
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+/// SHA-256 of a file, read in pieces (a wheel or a binary of hundreds of MB).
+public enum FileDigest {
+    public static func sha256(of url: URL) throws -> String {
+        let handle = try FileHandle(forReadingFrom: url)
+        defer { try? handle.close() }
+        var hasher = SHA256()
+        while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty { hasher.update(data: chunk) }
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+}
