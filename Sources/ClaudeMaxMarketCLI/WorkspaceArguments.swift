@@ -48,6 +48,24 @@ struct WorkspaceArguments: ParsableArguments {
 
 /// What is said about a workspace and done with its patch, the same for `execute` and `submit`.
 enum WorkspaceReport {
+    /// Said plainly, the first time this home sends a workspace.
+    static func noticeOnce(paths: ParticipantPaths, json: Bool) {
+        let marker = paths.dataDirectory.appending(path: "workspace-notice-shown")
+        guard !FileManager.default.fileExists(atPath: marker.path) else { return }
+        let text =
+            "note: the provider's machine reads your workspace as it reads your prompt: sealing protects it on the way, not there. Send only what you would show that provider."
+        if json {
+            struct Notice: Encodable {
+                var type = "notice"
+                var note: String
+            }
+            Output.jsonLine(Notice(note: text))
+        } else {
+            Output.note(text)
+        }
+        FileManager.default.createFile(atPath: marker.path, contents: Data())
+    }
+
     static func packed(_ packed: WorkspacePacker.Packed, directory: URL) {
         Output.note(
             "workspace \(directory.path): \(packed.tree.fileCount) files, \(packed.tree.byteCount) bytes"

@@ -17,6 +17,9 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     case jobAccept = "job.accept"
     case jobDispute = "job.dispute"
     case jobFailed = "job.failed"
+    /// One piece of a sealed blob too large for one frame: a workspace (requester → provider)
+    /// or a patch (provider → requester).
+    case blobChunk = "blob.chunk"
     case settlement
     case heartbeat
     case taskOpen = "task.open"

@@ -5,6 +5,7 @@ import MarketClient
 import MarketCore
 import MarketCrypto
 import Synchronization
+import Workspace
 
 /// What travels sealed between the parties of a market job (docs/PROTOCOL.md, "Sealed job
 /// content"). The market relays these as ciphertext and never sees them.
@@ -15,11 +16,55 @@ public enum JobContent {
         public var taskId: String
         /// The prompt, base64: bytes, not text, so any input survives.
         public var prompt: String
-        public init(taskId: String, prompt: Data) {
+        /// A workspace job: the workspace archive travels as a sealed blob in `blob.chunk`s.
+        public var workspace: WorkspaceInfo?
+        public init(taskId: String, prompt: Data, workspace: WorkspaceInfo? = nil) {
             self.taskId = taskId
             self.prompt = prompt.base64EncodedString()
+            self.workspace = workspace
         }
         public var promptData: Data? { Data(base64Encoded: prompt) }
+    }
+
+    /// What a payload says of its workspace: the sealed blob, and for the approval question
+    /// the tree's size and what the requester's packing left out.
+    public struct WorkspaceInfo: Codable, Sendable, Equatable {
+        public var blob: BlobInfo
+        public var files: Int
+        public var bytes: Int64
+        public var leftOut: [String]
+        public init(blob: BlobInfo, files: Int, bytes: Int64, leftOut: [String]) {
+            self.blob = blob
+            self.files = files
+            self.bytes = bytes
+            self.leftOut = leftOut
+        }
+    }
+
+    /// A blob sent in `blob.chunk`s: its plaintext's size and SHA-256, and how many pieces.
+    public struct BlobInfo: Codable, Sendable, Equatable {
+        public var bytes: Int64
+        public var sha256: String
+        public var chunks: Int
+    }
+
+    /// What a result says of a workspace job's change: the patch (nil blob: nothing changed)
+    /// with its base and files, or why there is none.
+    public struct PatchInfo: Codable, Sendable, Equatable {
+        public var blob: BlobInfo?
+        public var baseHash: String
+        public var files: [WorkspacePatch.FileChange]
+        public var skipped: [String]
+        public var error: String?
+        public init(
+            blob: BlobInfo?, baseHash: String, files: [WorkspacePatch.FileChange], skipped: [String], error: String?
+        ) {
+            self.blob = blob
+            self.baseHash = baseHash
+            self.files = files
+            self.skipped = skipped
+            self.error = error
+        }
     }
 
     /// One item of a `job.event` batch.
@@ -57,6 +102,8 @@ public enum JobContent {
         public var metered: Bool
         public var seconds: Double
         public var redactions: Int
+        /// A workspace job's change.
+        public var patch: PatchInfo?
     }
 
     /// Sealed fields may hold up to 900 000 bytes of base64: the output kept in a result stays
@@ -79,6 +126,64 @@ public enum JobContent {
 
     public static func sha256Hex(_ data: Data) -> String {
         SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+/// A workspace or a patch: sealed whole to the other party, its base64 cut into pieces that
+/// fit a frame (`blob.chunk`), put back together on the other side, where it opens only if
+/// every piece is there, in order, unchanged.
+public enum SealedBlob {
+    /// Base64 characters per piece: under the market's 900 000 for a sealed field.
+    public static let chunkCharacters = 640_000
+
+    public static func seal(_ data: Data, to document: PublicKeyDocument, purpose: SealPurpose) throws
+        -> (info: JobContent.BlobInfo, chunks: [String])
+    {
+        let text = try Sealer.seal(data, to: try document.publicKeys(), purpose: purpose).base64EncodedString()
+        var chunks: [String] = []
+        var start = text.startIndex
+        while start < text.endIndex {
+            let end = text.index(start, offsetBy: chunkCharacters, limitedBy: text.endIndex) ?? text.endIndex
+            chunks.append(String(text[start..<end]))
+            start = end
+        }
+        return (
+            JobContent.BlobInfo(bytes: Int64(data.count), sha256: JobContent.sha256Hex(data), chunks: chunks.count),
+            chunks
+        )
+    }
+
+    /// Pieces as they arrive (any order, resends replace), for one blob.
+    public struct Assembler: Sendable {
+        private var pieces: [Int: String] = [:]
+        private var count: Int?
+        public init() {}
+
+        /// Takes a piece; false when it contradicts the others (a different count).
+        public mutating func add(_ body: BlobChunkBody) -> Bool {
+            if let count, count != body.count { return false }
+            count = body.count
+            pieces[body.index] = body.sealed
+            return true
+        }
+
+        public func isComplete(_ info: JobContent.BlobInfo) -> Bool {
+            count == info.chunks && pieces.count == info.chunks
+        }
+
+        /// Opens the blob with `keys` and checks it is what `info` says.
+        public func open(_ info: JobContent.BlobInfo, keys: KeyRing) throws -> Data {
+            guard isComplete(info) else {
+                throw MarketClientError("\(pieces.count) of \(info.chunks) pieces have arrived")
+            }
+            let text = (0..<info.chunks).map { pieces[$0]! }.joined()
+            guard let sealed = Data(base64Encoded: text) else { throw MarketClientError("the pieces are not base64") }
+            let (plaintext, _) = try Sealer.open(sealed, keys: keys)
+            guard Int64(plaintext.count) == info.bytes, JobContent.sha256Hex(plaintext) == info.sha256 else {
+                throw MarketClientError("the blob does not match the size and SHA-256 it was announced with")
+            }
+            return plaintext
+        }
     }
 }
 

@@ -7,6 +7,7 @@ import MarketCore
 import MarketCrypto
 import Participant
 import Synchronization
+import Workspace
 
 extension Outbox: OutboxStorage {}
 
@@ -65,6 +66,9 @@ public actor ProviderDaemon {
     private var assignments: [String: Assignment] = [:]
     private var taken: Set<String> = []
     private var running: [String: Task<Void, Never>] = [:]
+    /// Workspace pieces as they arrive, and payloads that wait for the rest of theirs.
+    private var workspacePieces: [String: SealedBlob.Assembler] = [:]
+    private var waitingForWorkspace: [String: (payload: JobContent.Payload, info: JobContent.WorkspaceInfo)] = [:]
     private var optedOut = false
     private var stopping = false
     /// Why the offer is off the market while the limits allow no other job, or nil.
@@ -118,6 +122,11 @@ public actor ProviderDaemon {
     public func connected() async {
         // The offer as last saved: an `advertise` from another terminal changes it.
         if let saved = try? OfferStore(database: database).load() { offer = saved }
+        // The workspaces this provider takes, from its config as it is now: the book matches
+        // only tasks that fit them.
+        let config = reloadConfig() ?? basePipeline.config
+        offer?.maxWorkspaceBytes = config.bytes(.maxWorkspaceBytes)
+        offer?.maxWorkspaceFiles = config.integer(.maxWorkspaceFiles)
         guard let offer, !optedOut, !stopping else { return }
         if let block = limitsBlock() {
             pausedForLimits = block
@@ -219,6 +228,8 @@ public actor ProviderDaemon {
             }
         case .payloadDeliver:
             await deliver(frame)
+        case .blobChunk:
+            await workspacePiece(frame)
         case .settlement:
             guard let settlement = try? frame.decodeBody(SettlementBody.self) else { return }
             try? tasks.update(settlement.taskId, state: settlement.state, at: nowMs)
@@ -231,6 +242,8 @@ public actor ProviderDaemon {
                     + (settlement.reason.map { " (\($0))" } ?? ""), task: settlement.taskId)
             if ["settled", "refunded", "cancelled", "open"].contains(settlement.state) {
                 assignments[settlement.taskId] = nil
+                workspacePieces[settlement.taskId] = nil
+                waitingForWorkspace[settlement.taskId] = nil
             }
         case .jobDispute:
             guard let dispute = try? frame.decodeBody(ReasonBody.self) else { return }
@@ -250,6 +263,11 @@ public actor ProviderDaemon {
             open.requester != keys.peerID.rawValue, open.maxPrice >= offer.price, running.count < offer.slots,
             limitsBlock() == nil
         else { return }
+        if let bytes = open.workspaceBytes {
+            guard let maxBytes = offer.maxWorkspaceBytes, let maxFiles = offer.maxWorkspaceFiles, bytes <= maxBytes,
+                open.workspaceFiles ?? 0 <= maxFiles
+            else { return }
+        }
         if let model = open.model, let models = offer.models, !models.isEmpty, !models.contains(model) { return }
         do {
             let ack = try await session.request(
@@ -278,15 +296,14 @@ public actor ProviderDaemon {
             return
         }
         taken.insert(taskId)
-        let prompt: Data
+        let payload: JobContent.Payload
         do {
             guard let sealed = Data(base64Encoded: body.sealed) else { throw MarketClientError("not base64") }
             let (plaintext, _) = try Sealer.open(sealed, keys: keys)
-            let payload = try JSONDecoder().decode(JobContent.Payload.self, from: plaintext)
-            guard payload.taskId == taskId, let data = payload.promptData else {
+            payload = try JSONDecoder().decode(JobContent.Payload.self, from: plaintext)
+            guard payload.taskId == taskId, payload.promptData != nil else {
                 throw MarketClientError("the payload names task \(payload.taskId), not \(taskId)")
             }
-            prompt = data
         } catch {
             await reject(taskId, "the payload could not be opened with this provider's keys: \(error)")
             return
@@ -295,8 +312,71 @@ public actor ProviderDaemon {
             await reject(taskId, optedOut ? "the provider has opted out" : "the provider is stopping")
             return
         }
-        let job = Task { await self.run(taskId: taskId, assignment: assignment, prompt: prompt) }
+        if let info = payload.workspace {
+            waitingForWorkspace[taskId] = (payload, info)
+            note(
+                "task \(taskId): waiting for its workspace (\(info.files) files, \(info.bytes) bytes, \(info.blob.chunks) pieces)",
+                task: taskId)
+            await startIfWorkspaceComplete(taskId)
+            return
+        }
+        start(taskId, assignment: assignment, prompt: payload.promptData!, workspace: nil, leftOut: [])
+    }
+
+    private func start(
+        _ taskId: String, assignment: Assignment, prompt: Data, workspace: WorkspaceTree?, leftOut: [String]
+    ) {
+        let job = Task {
+            await self.run(
+                taskId: taskId, assignment: assignment, prompt: prompt, workspace: workspace, leftOut: leftOut)
+        }
         running[taskId] = job
+    }
+
+    /// A piece of a requester's workspace: checked against the requester's key, kept until the
+    /// whole workspace is there.
+    func workspacePiece(_ frame: Envelope) async {
+        guard let body = try? frame.decodeBody(BlobChunkBody.self), body.blob == .workspace,
+            let assignment = assignments[body.taskId], running[body.taskId] == nil
+        else { return }
+        do {
+            try RelayedFrame.verify(frame, from: assignment.requester, nowMs: nowMs)
+        } catch {
+            note("refused a workspace piece for task \(body.taskId): \(error)", task: body.taskId)
+            return
+        }
+        var pieces = workspacePieces[body.taskId] ?? SealedBlob.Assembler()
+        guard pieces.add(body) else {
+            await reject(body.taskId, "the workspace's pieces disagree on how many there are")
+            return
+        }
+        workspacePieces[body.taskId] = pieces
+        await startIfWorkspaceComplete(body.taskId)
+    }
+
+    /// Once payload and every piece are in: the workspace is opened and read as hostile input,
+    /// within this provider's own limits; anything wrong with it rejects the job (the
+    /// requester's fault), with nothing written anywhere.
+    private func startIfWorkspaceComplete(_ taskId: String) async {
+        guard let (payload, info) = waitingForWorkspace[taskId], let assignment = assignments[taskId],
+            let pieces = workspacePieces[taskId], pieces.isComplete(info.blob)
+        else { return }
+        waitingForWorkspace[taskId] = nil
+        workspacePieces[taskId] = nil
+        let config = reloadConfig() ?? basePipeline.config
+        let limits = WorkspaceLimits(
+            maxBytes: config.bytes(.maxWorkspaceBytes), maxFiles: Int(config.integer(.maxWorkspaceFiles)))
+        let tree: WorkspaceTree
+        do {
+            let archive = try pieces.open(info.blob, keys: keys)
+            tree = try WorkspaceTree.read(tar: archive, limits: limits).tree
+        } catch {
+            await reject(taskId, "the workspace was refused: \(error)")
+            return
+        }
+        start(
+            taskId, assignment: assignment, prompt: payload.promptData!, workspace: tree,
+            leftOut: Array(info.leftOut.prefix(20)))
     }
 
     func reject(_ taskId: String, _ reason: String) async {
@@ -307,13 +387,14 @@ public actor ProviderDaemon {
 
     // MARK: One job
 
-    func run(taskId: String, assignment: Assignment, prompt: Data) async {
+    func run(taskId: String, assignment: Assignment, prompt: Data, workspace: WorkspaceTree?, leftOut: [String]) async {
         defer { running[taskId] = nil }
         let jobID = UUID().uuidString.lowercased()
         try? tasks.update(taskId, jobId: jobID, at: nowMs)
-        let job = PipelineJob(
+        var job = PipelineJob(
             id: jobID, role: "market", prompt: prompt, backend: backend, requester: assignment.requester.peerId,
-            taskID: taskId, price: Credits(micro: assignment.price))
+            taskID: taskId, price: Credits(micro: assignment.price), workspace: workspace)
+        job.workspaceLeftOut = leftOut
         let report = self.report
         let streamer = EventStreamer(
             taskId: taskId, requester: assignment.requester, session: session,
@@ -366,7 +447,11 @@ public actor ProviderDaemon {
             }
             let usage = result.totalUsage
             let text = isClaude ? clean(result.result?.text ?? "") : output.text
-            let content = JobContent.Result(
+            var patchInfo: JobContent.PatchInfo?
+            if let outcome = result.workspace, let workspace {
+                patchInfo = try await sendPatch(outcome, base: workspace, taskId: taskId, to: assignment.requester)
+            }
+            var content = JobContent.Result(
                 taskId: taskId, state: result.state.rawValue, exitCode: result.exitCode,
                 output: String(text.utf8.prefix(JobContent.maxOutputBytes)) ?? "",
                 truncated: output.truncated || text.utf8.count > JobContent.maxOutputBytes,
@@ -374,6 +459,7 @@ public actor ProviderDaemon {
                 usage: JobUsage(inputTokens: usage.inputTokens, outputTokens: usage.outputTokens),
                 metered: result.metered, seconds: result.duration.inSeconds,
                 redactions: result.redactions + redactions.value)
+            content.patch = patchInfo
             if redactions.value > 0 {
                 audit("market.redacted", ["task": taskId, "job": jobID, "count": String(redactions.value)])
             }
@@ -394,6 +480,30 @@ public actor ProviderDaemon {
             await streamer.finish()
             await failOnProvider(taskId, "\(error)", sent: "the provider could not run the job: \(error)")
         }
+    }
+
+    /// A workspace job's patch goes sealed to the requester, in pieces, before the result that
+    /// names it. The patch is what the job left in /work: the requester's to judge.
+    private func sendPatch(
+        _ outcome: WorkspaceOutcome, base: WorkspaceTree, taskId: String, to requester: PublicKeyDocument
+    ) async throws -> JobContent.PatchInfo {
+        let skipped = outcome.skipped.map { "\($0.path): \($0.reason)" }
+        guard let patch = outcome.patch else {
+            return JobContent.PatchInfo(
+                blob: nil, baseHash: base.baseHash, files: [], skipped: skipped, error: outcome.error)
+        }
+        guard !patch.isEmpty else {
+            return JobContent.PatchInfo(blob: nil, baseHash: patch.baseHash, files: [], skipped: skipped, error: nil)
+        }
+        let (info, chunks) = try SealedBlob.seal(patch.data, to: requester, purpose: .result)
+        for (index, chunk) in chunks.enumerated() {
+            try await session.enqueue(
+                .blobChunk,
+                BlobChunkBody(taskId: taskId, blob: .patch, index: index, count: chunks.count, sealed: chunk),
+                id: "patch-\(taskId)-\(index)")
+        }
+        return JobContent.PatchInfo(
+            blob: info, baseHash: patch.baseHash, files: patch.files, skipped: skipped, error: nil)
     }
 
     /// The provider's side failed: said here, recorded, and `job.failed` to the market (which

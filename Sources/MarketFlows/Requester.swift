@@ -3,6 +3,7 @@ import MarketClient
 import MarketCore
 import MarketCrypto
 import Participant
+import Workspace
 
 /// What a requester needs to post a job.
 public struct SubmitOptions: Sendable {
@@ -12,11 +13,17 @@ public struct SubmitOptions: Sendable {
     public var model: String?
     public var timeoutSeconds: Int64?
     public var expiresInSeconds: Int64?
+    /// A workspace job: the packed tree and what packing left out (said to the provider).
+    public var workspace: WorkspaceTree?
+    public var workspaceLeftOut: [String] = []
+    /// Where the workspace came from, for `result --apply` later.
+    public var workspaceDirectory: String?
 
     public init(
         prompt: Data, maxPrice: Int64, minReputation: Double? = nil, model: String? = nil,
-        timeoutSeconds: Int64? = nil, expiresInSeconds: Int64? = nil
+        timeoutSeconds: Int64? = nil, expiresInSeconds: Int64? = nil, workspace: WorkspaceTree? = nil
     ) {
+        self.workspace = workspace
         self.prompt = prompt
         self.maxPrice = maxPrice
         self.minReputation = minReputation
@@ -34,6 +41,8 @@ public enum RequesterUpdate: Sendable {
     case rejected(provider: String, reason: String)
     case failed(provider: String, reason: String)
     case result(JobContent.Result, provider: String)
+    /// A workspace job's patch, opened and checked against the result that names it.
+    case patch(WorkspacePatch)
     /// The result did not check out: it is disputed, not accepted.
     case badResult(provider: String, problem: String)
     case settlement(SettlementBody)
@@ -45,6 +54,7 @@ public struct RequesterOutcome: Sendable {
     public var state: String
     public var result: JobContent.Result?
     public var provider: String?
+    public var patch: WorkspacePatch?
 }
 
 /// The requester's side of a market job: posts it with the price in escrow, seals the prompt
@@ -59,11 +69,17 @@ public actor Requester {
     private var nextSeq: [String: Int] = [:]
     private var outcomes: [String: RequesterOutcome] = [:]
     private var stopAtPayload = false
+    /// A workspace job's files here: the archive sent (`TASK.tar`) and the patch back (`TASK.diff`).
+    let workspaces: WorkspaceFiles?
+    private var patchPieces: [String: SealedBlob.Assembler] = [:]
+    /// A result that checked out and waits for the pieces of its patch.
+    private var waitingForPatch: [String: (result: JobContent.Result, provider: String)] = [:]
 
-    public init(session: MarketSession, database: StateDatabase) {
+    public init(session: MarketSession, database: StateDatabase, workspaces: WorkspaceFiles? = nil) {
         self.session = session
         self.database = database
         self.tasks = MarketTaskStore(database: database)
+        self.workspaces = workspaces
     }
 
     var nowMs: Int64 { Date().unixMilliseconds }
@@ -79,9 +95,17 @@ public actor Requester {
                 taskId: taskId, role: "requester", state: "posting", maxPrice: options.maxPrice,
                 model: options.model, timeoutSeconds: options.timeoutSeconds ?? 300, createdMs: nowMs,
                 updatedMs: nowMs), prompt: options.prompt)
+        var sizes: (bytes: Int64, files: Int64, archiveBytes: Int64)?
+        if let tree = options.workspace {
+            guard let workspaces else { throw MarketClientError("no place to keep the workspace of task \(taskId)") }
+            let archive = tree.tar()
+            try workspaces.save(
+                archive, leftOut: options.workspaceLeftOut, directory: options.workspaceDirectory, for: taskId)
+            sizes = (tree.byteCount, Int64(tree.fileCount), Int64(archive.count))
+        }
         let body = PostBody(
             taskId: taskId, maxPrice: options.maxPrice, minReputation: options.minReputation, model: options.model,
-            timeoutSeconds: options.timeoutSeconds, expiresInSeconds: options.expiresInSeconds)
+            timeoutSeconds: options.timeoutSeconds, expiresInSeconds: options.expiresInSeconds, workspace: sizes)
         do {
             let ack = try await session.request(.taskPost, body, id: "post-\(taskId)", timeout: .seconds(30))
             try tasks.update(taskId, state: ack.state ?? "open", note: ack.note, at: nowMs)
@@ -159,8 +183,25 @@ public actor Requester {
             guard let prompt = try tasks.prompt(taskId) else {
                 throw MarketClientError("the prompt of task \(taskId) is not in this home any more")
             }
+            var workspace: JobContent.WorkspaceInfo?
+            if let workspaces, let (archive, leftOut) = try workspaces.load(taskId) {
+                // Sealed to this provider; pieces of one blob for one provider share their ids.
+                let tree = try WorkspaceTree.read(tar: archive, limits: WorkspaceLimits(maxBytes: .max, maxFiles: .max))
+                    .tree
+                let (info, chunks) = try SealedBlob.seal(archive, to: document, purpose: .payload)
+                for (index, chunk) in chunks.enumerated() {
+                    try await session.enqueue(
+                        .blobChunk,
+                        BlobChunkBody(
+                            taskId: taskId, blob: .workspace, index: index, count: chunks.count, sealed: chunk),
+                        id: "workspace-\(taskId)-\(assigned.provider.prefix(16))-\(index)")
+                }
+                workspace = JobContent.WorkspaceInfo(
+                    blob: info, files: tree.fileCount, bytes: tree.byteCount, leftOut: leftOut)
+            }
             let (sealed, _) = try JobContent.seal(
-                JobContent.Payload(taskId: taskId, prompt: prompt), to: document, purpose: .payload)
+                JobContent.Payload(taskId: taskId, prompt: prompt, workspace: workspace), to: document,
+                purpose: .payload)
             // One id per provider: a reconnect does not deliver twice.
             try await session.enqueue(
                 .payloadDeliver, SealedBody(taskId: taskId, sealed: sealed),
@@ -195,14 +236,15 @@ public actor Requester {
                 try tasks.storeResult(taskId, frame: try Self.text(frame), hash: hash, verified: true, at: nowMs)
                 outcome.result = result
                 onUpdate(.result(result, provider: document.peerId))
-                // Only a job that succeeded is accepted unasked; any other ending is the
-                // requester's call (`accept` or `dispute`), settled by the window otherwise.
-                if accept && result.state == "succeeded" {
-                    try await session.enqueue(.jobAccept, TaskRefBody(taskId: taskId), id: "accept-\(taskId)")
-                } else {
-                    try tasks.update(taskId, state: "delivered", at: nowMs)
-                    outcome.state = "delivered"
-                    return outcome
+                if result.patch?.blob != nil {
+                    waitingForPatch[taskId] = (result, document.peerId)
+                    outcomes[taskId] = outcome
+                    let done = try await finishPatch(taskId, accept: accept, onUpdate)
+                    outcome = outcomes[taskId] ?? outcome
+                    return done
+                }
+                if let done = try await settleResult(result, taskId: taskId, accept: accept, outcome: &outcome) {
+                    return done
                 }
             case .failure(let problem):
                 try? tasks.storeResult(taskId, frame: try Self.text(frame), hash: "", verified: false, at: nowMs)
@@ -219,6 +261,20 @@ public actor Requester {
                 try tasks.update(taskId, state: "disputed", note: problem.description, at: nowMs)
                 outcome.state = "disputed"
                 return outcome
+            }
+        case .blobChunk:
+            guard let document = providers[taskId],
+                (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil,
+                let body = try? frame.decodeBody(BlobChunkBody.self), body.blob == .patch
+            else { return nil }
+            var pieces = patchPieces[taskId] ?? SealedBlob.Assembler()
+            _ = pieces.add(body)
+            patchPieces[taskId] = pieces
+            if waitingForPatch[taskId] != nil {
+                outcomes[taskId] = outcome
+                let done = try await finishPatch(taskId, accept: accept, onUpdate)
+                outcome = outcomes[taskId] ?? outcome
+                if let done { return done }
             }
         case .jobRejected, .jobFailed:
             guard let document = providers[taskId],
@@ -247,6 +303,54 @@ public actor Requester {
             break
         }
         return nil
+    }
+
+    /// Accepts a result that checked out (if asked, and it succeeded), or leaves it delivered.
+    private func settleResult(
+        _ result: JobContent.Result, taskId: String, accept: Bool, outcome: inout RequesterOutcome
+    ) async throws -> RequesterOutcome? {
+        // Only a job that succeeded is accepted unasked; any other ending is the requester's call
+        // (`accept` or `dispute`), settled by the window otherwise.
+        if accept && result.state == "succeeded" {
+            try await session.enqueue(.jobAccept, TaskRefBody(taskId: taskId), id: "accept-\(taskId)")
+            return nil
+        }
+        try tasks.update(taskId, state: "delivered", at: nowMs)
+        outcome.state = "delivered"
+        return outcome
+    }
+
+    /// Once every piece of the patch a result names is in: opened, checked against the result's
+    /// SHA-256, read, kept here, and only then is the result accepted. A patch that does not
+    /// check out is disputed like a result that does not.
+    private func finishPatch(_ taskId: String, accept: Bool, _ onUpdate: @Sendable (RequesterUpdate) -> Void)
+        async throws -> RequesterOutcome?
+    {
+        guard let (result, provider) = waitingForPatch[taskId], let info = result.patch?.blob,
+            let pieces = patchPieces[taskId], pieces.isComplete(info)
+        else { return nil }
+        waitingForPatch[taskId] = nil
+        patchPieces[taskId] = nil
+        var outcome = outcomes[taskId] ?? RequesterOutcome(taskId: taskId, state: "delivered")
+        do {
+            let data = try pieces.open(info, keys: session.keys)
+            let patch = try WorkspacePatch(parsing: data)
+            try workspaces?.savePatch(data, for: taskId)
+            outcome.patch = patch
+            onUpdate(.patch(patch))
+        } catch {
+            let problem = "the patch does not check out: \(error)"
+            onUpdate(.badResult(provider: provider, problem: problem))
+            try await session.enqueue(
+                .jobDispute, ReasonBody(taskId: taskId, reason: String(problem.prefix(1000))), id: "dispute-\(taskId)")
+            try tasks.update(taskId, state: "disputed", note: problem, at: nowMs)
+            outcome.state = "disputed"
+            outcomes[taskId] = outcome
+            return outcome
+        }
+        let done = try await settleResult(result, taskId: taskId, accept: accept, outcome: &outcome)
+        outcomes[taskId] = outcome
+        return done
     }
 
     static func text(_ frame: Envelope) throws -> String {

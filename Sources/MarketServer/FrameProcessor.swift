@@ -174,10 +174,12 @@ final class FrameProcessor: Sendable {
                 let payload = try tx.frame(taskID: task.id, kind: .payload)
             {
                 frames.append(payload)
+                if task.workspaceBytes != nil { frames += try tx.blobChunks(taskID: task.id, blob: "workspace") }
             }
             if task.requester == peer, task.state == .delivered,
                 let result = try tx.frame(taskID: task.id, kind: .result)
             {
+                frames += try tx.blobChunks(taskID: task.id, blob: "patch")
                 frames.append(result)
             }
         }
@@ -384,6 +386,47 @@ final class FrameProcessor: Sendable {
                 if let provider = task.provider { output.outgoing.append((provider, text)) }
                 return output
             }
+        case .blobChunk:
+            let chunk = try body(BlobChunkBody.self)
+            let maxPerPeer = configuration.maxStoredBlobBytesPerPeer
+            return { _, tx, peer, _, _ in
+                let workspace = chunk.blob == .workspace
+                let task = try Self.partyTask(
+                    chunk.taskId, peer: peer, requester: workspace,
+                    states: workspace ? [.assigned, .running] : [.running],
+                    in: tx)
+                let bound: Int64
+                if workspace {
+                    guard let archive = task.workspaceArchiveBytes else {
+                        throw MarketError(.invalidState, "task \(task.id) was posted without a workspace")
+                    }
+                    bound = Self.sealedBound(archive)
+                } else {
+                    bound = Self.sealedBound(WireLimits.maxPatchBytes)
+                }
+                let bytes = Int64(chunk.sealed.utf8.count)
+                let stored = try tx.blobBytes(taskID: task.id, blob: chunk.blob.rawValue, except: chunk.index)
+                guard stored + bytes <= bound else {
+                    throw MarketError(
+                        .workspaceTooLarge,
+                        "the \(chunk.blob.rawValue) of task \(task.id) would hold \(stored + bytes) bytes of sealed base64; at most \(bound) are kept"
+                    )
+                }
+                guard try tx.blobBytes(sender: peer) + bytes <= maxPerPeer else {
+                    throw MarketError(
+                        .workspaceTooLarge,
+                        "the market keeps at most \(maxPerPeer) bytes of workspaces and patches per peer")
+                }
+                try tx.putBlobChunk(
+                    StoredBlobChunk(
+                        taskID: task.id, blob: chunk.blob.rawValue, index: chunk.index, count: chunk.count,
+                        sender: peer,
+                        bytes: bytes, frame: text))
+                var output = ActionOutput(
+                    ack: AckBody(ref: ref, type: type.rawValue, taskId: task.id, state: task.state.rawValue))
+                if let other = workspace ? task.provider : task.requester { output.outgoing.append((other, text)) }
+                return output
+            }
         case .jobEvent:
             let sealed = try body(SealedBody.self)
             return { _, tx, peer, _, _ in
@@ -416,6 +459,12 @@ final class FrameProcessor: Sendable {
         }
     }
 
+    /// The most sealed base64 a blob of `plaintext` bytes can take: sealing adds a header and a
+    /// tag per 16 KiB chunk (docs/FORMATS.md), base64 a third.
+    static func sealedBound(_ plaintext: Int64) -> Int64 {
+        (plaintext + plaintext / 1024 + 65_536) / 3 * 4 + 8
+    }
+
     /// The task, checked: it exists, the peer is the named party, and it is in one of `states`.
     static func partyTask(
         _ id: String, peer: PeerID, requester: Bool, states: [TaskState], in tx: some MarketTransaction
@@ -440,6 +489,14 @@ final class FrameProcessor: Sendable {
     ) throws {
         for transition in transitions {
             let task = transition.task
+            // Pieces sealed to one provider are of no use to the next, and none outlive the task.
+            if task.workspaceBytes != nil {
+                if task.state.isFinal || task.state == .open {
+                    try tx.deleteBlobChunks(taskID: task.id, blob: nil)
+                } else if task.state == .delivered || task.state == .disputed {
+                    try tx.deleteBlobChunks(taskID: task.id, blob: "workspace")
+                }
+            }
             if task.state == .assigned, transition.before == .open,
                 let frame = try assignedFrame(task, in: tx, nowMs: nowMs)
             {
@@ -479,7 +536,8 @@ final class FrameProcessor: Sendable {
         let body = OpenTaskBody(
             taskId: task.id, requester: task.requester.rawValue, maxPrice: task.cap.micro,
             minReputation: task.minReputation,
-            model: task.model, timeoutSeconds: task.timeoutSeconds, expiresMs: task.deadlineMs)
+            model: task.model, timeoutSeconds: task.timeoutSeconds, expiresMs: task.deadlineMs,
+            workspaceBytes: task.workspaceBytes, workspaceFiles: task.workspaceFiles)
         let frame = ServerFrames.frame(.taskOpen, body, nowMs: nowMs)
         for offer in try tx.offers()
         where offer.provider != task.requester && !task.excluded.contains(offer.provider) {

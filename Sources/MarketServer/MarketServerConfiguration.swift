@@ -26,6 +26,8 @@ public struct MarketServerConfiguration: Sendable {
     /// When set, every text frame in and out is appended here (one per line, `in`/`out` and the
     /// frame): a debugging capture, and the proof that the market only ever sees ciphertext.
     public var frameLogPath: String?
+    /// Sealed workspaces and patches kept for one peer at a time (bytes of base64).
+    public var maxStoredBlobBytesPerPeer: Int64 = 1 << 30
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, rules: MarketRules = MarketRules(),

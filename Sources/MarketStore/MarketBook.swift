@@ -51,7 +51,8 @@ public struct MarketBook: Sendable {
         let previous = try tx.offer(of: provider)
         let offer = Offer(
             provider: provider, price: Credits(micro: body.price), slots: body.slots, models: body.models ?? [],
-            minRequesterReputation: body.minRequesterReputation ?? 0, createdMs: previous?.createdMs ?? nowMs)
+            minRequesterReputation: body.minRequesterReputation ?? 0, createdMs: previous?.createdMs ?? nowMs,
+            maxWorkspaceBytes: body.maxWorkspaceBytes, maxWorkspaceFiles: body.maxWorkspaceFiles)
         try tx.putOffer(offer)
         // A new offer may fit tasks that are already waiting: oldest first, while slots last. Tasks
         // it cannot take are skipped before any lock is taken.
@@ -59,7 +60,7 @@ public struct MarketBook: Sendable {
         var busy = try tx.busySlots(of: provider)
         for task in try tx.tasks(state: .open, limit: 200) where busy < offer.slots {
             guard offer.price <= task.cap, task.requester != provider, !task.excluded.contains(provider),
-                offer.runs(model: task.model)
+                offer.runs(model: task.model), offer.takes(task)
             else { continue }
             if let transition = try matchOpenTask(task.id, nowMs: nowMs, only: provider, in: tx) {
                 assignments.append(transition)
@@ -82,10 +83,13 @@ public struct MarketBook: Sendable {
             throw MarketError(.duplicateTask, "task \(body.taskId) already exists: choose a new taskId")
         }
         let expiresMs = body.expiresInSeconds.map { $0 * 1000 } ?? rules.openTimeoutMs
-        let task = MarketTask(
+        var task = MarketTask(
             id: body.taskId, requester: requester, maxPrice: Credits(micro: body.maxPrice),
             minReputation: body.minReputation ?? 0, model: body.model,
             timeoutSeconds: body.timeoutSeconds ?? 300, createdMs: nowMs, deadlineMs: nowMs + expiresMs)
+        task.workspaceBytes = body.workspaceBytes
+        task.workspaceFiles = body.workspaceFiles
+        task.workspaceArchiveBytes = body.workspaceArchiveBytes
         let available = try tx.balance(.peer(requester))
         guard available >= task.maxPrice else {
             throw MarketError(

@@ -112,6 +112,16 @@ public protocol MarketTransaction {
     func tasksDue(nowMs: Int64, limit: Int) throws -> [String]
     func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) throws
     func frame(taskID: String, kind: TaskFrameKind) throws -> String?
+    /// Pieces of a sealed workspace or patch, kept (ciphertext, as signed) until the task leaves
+    /// the states that need them; idempotent by (task, blob, index).
+    func putBlobChunk(_ chunk: StoredBlobChunk) throws
+    func blobChunks(taskID: String, blob: String) throws -> [String]
+    /// Bytes stored for one blob of a task, not counting piece `index` (which a resend replaces).
+    func blobBytes(taskID: String, blob: String, except index: Int) throws -> Int64
+    /// Bytes stored for everything one peer sent.
+    func blobBytes(sender: PeerID) throws -> Int64
+    /// Removes one blob of a task, or (nil) all of them.
+    func deleteBlobChunks(taskID: String, blob: String?) throws
     func taskCounts() throws -> [String: Int]
     func settledVolume() throws -> Int64
 
@@ -152,6 +162,26 @@ public struct TaskEventRecord: Sendable, Equatable {
 }
 
 /// The signed frames a task keeps, so that a party who reconnects still gets them.
+public struct StoredBlobChunk: Sendable {
+    public var taskID: String
+    public var blob: String
+    public var index: Int
+    public var count: Int
+    public var sender: PeerID
+    public var bytes: Int64
+    public var frame: String
+
+    public init(taskID: String, blob: String, index: Int, count: Int, sender: PeerID, bytes: Int64, frame: String) {
+        self.taskID = taskID
+        self.blob = blob
+        self.index = index
+        self.count = count
+        self.sender = sender
+        self.bytes = bytes
+        self.frame = frame
+    }
+}
+
 public enum TaskFrameKind: String, Sendable {
     case payload, result
 }

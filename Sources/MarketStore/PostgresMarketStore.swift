@@ -291,6 +291,14 @@ extension MarketSchema {
             peer TEXT NOT NULL, id TEXT NOT NULL, result TEXT NOT NULL, at BIGINT NOT NULL, PRIMARY KEY (peer, id))
         """,
         "CREATE INDEX IF NOT EXISTS messages_at ON messages(at)",
+        "ALTER TABLE offers ADD COLUMN IF NOT EXISTS max_ws_bytes BIGINT",
+        "ALTER TABLE offers ADD COLUMN IF NOT EXISTS max_ws_files BIGINT",
+        """
+        CREATE TABLE IF NOT EXISTS blob_chunks (
+            task_id TEXT NOT NULL, blob TEXT NOT NULL, idx INTEGER NOT NULL, count INTEGER NOT NULL,
+            sender TEXT NOT NULL, bytes BIGINT NOT NULL, frame TEXT NOT NULL, PRIMARY KEY (task_id, blob, idx))
+        """,
+        "CREATE INDEX IF NOT EXISTS blob_chunks_sender ON blob_chunks(sender)",
         """
         CREATE TABLE IF NOT EXISTS relay (
             id BIGSERIAL PRIMARY KEY, peer TEXT NOT NULL, text TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())
@@ -539,24 +547,25 @@ struct PostgresMarketTransaction: MarketTransaction {
 
     func offer(of provider: PeerID) throws -> Offer? {
         try query(
-            "SELECT provider, price, slots, models, min_requester_rep, created FROM offers WHERE provider = \(provider.rawValue)"
+            "SELECT provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files FROM offers WHERE provider = \(provider.rawValue)"
         )
         .rows.first.map(Self.offer)
     }
 
     func offers() throws -> [Offer] {
         try query(
-            "SELECT provider, price, slots, models, min_requester_rep, created FROM offers ORDER BY price, created"
+            "SELECT provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files FROM offers ORDER BY price, created"
         )
         .rows.map(Self.offer)
     }
 
     static func offer(_ row: PostgresRow) throws -> Offer {
-        let (provider, price, slots, models, minimum, created) = try row.decode(
-            (String, Int64, Int, String, Double, Int64).self)
+        let (provider, price, slots, models, minimum, created, maxBytes, maxFiles) = try row.decode(
+            (String, Int64, Int, String, Double, Int64, Int64?, Int64?).self)
         return Offer(
             provider: try PeerID(validating: provider), price: Credits(micro: price), slots: slots,
-            models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created)
+            models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created,
+            maxWorkspaceBytes: maxBytes, maxWorkspaceFiles: maxFiles)
     }
 
     func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) throws -> [(
@@ -569,7 +578,7 @@ struct PostgresMarketTransaction: MarketTransaction {
             ? """
             SELECT o.provider, o.price, o.slots, o.models, o.min_requester_rep, o.created,
                 (SELECT count(*)::INT FROM tasks t WHERE t.provider = o.provider AND t.state IN ('assigned', 'running')),
-                p.rep_s, p.rep_f, p.rep_n, p.rep_at
+                p.rep_s, p.rep_f, p.rep_n, p.rep_at, o.max_ws_bytes, o.max_ws_files
             FROM offers o LEFT JOIN peers p ON p.id = o.provider
             WHERE o.price <= \(limit) AND (\(only)::TEXT IS NULL OR o.provider = \(only))
             ORDER BY o.provider FOR UPDATE OF o
@@ -577,16 +586,19 @@ struct PostgresMarketTransaction: MarketTransaction {
             : """
             SELECT o.provider, o.price, o.slots, o.models, o.min_requester_rep, o.created,
                 (SELECT count(*)::INT FROM tasks t WHERE t.provider = o.provider AND t.state IN ('assigned', 'running')),
-                p.rep_s, p.rep_f, p.rep_n, p.rep_at
+                p.rep_s, p.rep_f, p.rep_n, p.rep_at, o.max_ws_bytes, o.max_ws_files
             FROM offers o LEFT JOIN peers p ON p.id = o.provider
             WHERE o.price <= \(limit) AND (\(only)::TEXT IS NULL OR o.provider = \(only))
             """
         return try query(sql).rows.map { row in
-            let (provider, price, slots, models, minimum, created, busy, s, f, n, at) = try row.decode(
-                (String, Int64, Int, String, Double, Int64, Int, Double?, Double?, Int?, Int64?).self)
+            let (provider, price, slots, models, minimum, created, busy, s, f, n, at, maxBytes, maxFiles) =
+                try row.decode(
+                    (String, Int64, Int, String, Double, Int64, Int, Double?, Double?, Int?, Int64?, Int64?, Int64?)
+                        .self)
             let offer = Offer(
                 provider: try PeerID(validating: provider), price: Credits(micro: price), slots: slots,
-                models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created)
+                models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created,
+                maxWorkspaceBytes: maxBytes, maxWorkspaceFiles: maxFiles)
             return (offer, busy, Reputation(successes: s ?? 0, failures: f ?? 0, samples: n ?? 0, atMs: at ?? 0))
         }
     }
@@ -594,11 +606,12 @@ struct PostgresMarketTransaction: MarketTransaction {
     func putOffer(_ offer: Offer) throws {
         try query(
             """
-            INSERT INTO offers (provider, price, slots, models, min_requester_rep, created)
+            INSERT INTO offers (provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files)
             VALUES (\(offer.provider.rawValue), \(offer.price.micro), \(offer.slots), \(TaskCoding.models(offer.models)),
-                    \(offer.minRequesterReputation), \(offer.createdMs))
+                    \(offer.minRequesterReputation), \(offer.createdMs), \(offer.maxWorkspaceBytes), \(offer.maxWorkspaceFiles))
             ON CONFLICT (provider) DO UPDATE SET price = EXCLUDED.price, slots = EXCLUDED.slots, models = EXCLUDED.models,
-                min_requester_rep = EXCLUDED.min_requester_rep
+                min_requester_rep = EXCLUDED.min_requester_rep, max_ws_bytes = EXCLUDED.max_ws_bytes,
+                max_ws_files = EXCLUDED.max_ws_files
             """)
     }
 
@@ -682,6 +695,38 @@ struct PostgresMarketTransaction: MarketTransaction {
             case .result: "SELECT result FROM tasks WHERE id = \(taskID)"
             }
         return try query(sql).rows.first?.decode(String?.self)
+    }
+
+    func putBlobChunk(_ chunk: StoredBlobChunk) throws {
+        try query(
+            """
+            INSERT INTO blob_chunks (task_id, blob, idx, count, sender, bytes, frame)
+            VALUES (\(chunk.taskID), \(chunk.blob), \(chunk.index), \(chunk.count), \(chunk.sender.rawValue), \(chunk.bytes),
+                    \(chunk.frame))
+            ON CONFLICT (task_id, blob, idx) DO UPDATE SET count = EXCLUDED.count, sender = EXCLUDED.sender,
+                bytes = EXCLUDED.bytes, frame = EXCLUDED.frame
+            """)
+    }
+
+    func blobChunks(taskID: String, blob: String) throws -> [String] {
+        try query("SELECT frame FROM blob_chunks WHERE task_id = \(taskID) AND blob = \(blob) ORDER BY idx").rows.map {
+            try $0.decode(String.self)
+        }
+    }
+
+    func blobBytes(taskID: String, blob: String, except index: Int) throws -> Int64 {
+        try query(
+            "SELECT coalesce(sum(bytes), 0)::BIGINT FROM blob_chunks WHERE task_id = \(taskID) AND blob = \(blob) AND idx <> \(index)"
+        ).rows.first?.decode(Int64.self) ?? 0
+    }
+
+    func blobBytes(sender: PeerID) throws -> Int64 {
+        try query("SELECT coalesce(sum(bytes), 0)::BIGINT FROM blob_chunks WHERE sender = \(sender.rawValue)").rows
+            .first?.decode(Int64.self) ?? 0
+    }
+
+    func deleteBlobChunks(taskID: String, blob: String?) throws {
+        try query("DELETE FROM blob_chunks WHERE task_id = \(taskID) AND (\(blob)::TEXT IS NULL OR blob = \(blob))")
     }
 
     func taskCounts() throws -> [String: Int] {

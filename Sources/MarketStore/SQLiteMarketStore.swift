@@ -64,12 +64,31 @@ public final class SQLiteMarketStore: MarketStore {
         migrator.registerMigration("v2-task-events") { db in
             try db.execute(sql: MarketSchema.sqliteTaskEvents)
         }
+        migrator.registerMigration("v3-workspaces") { db in
+            try db.execute(sql: MarketSchema.sqliteWorkspaces)
+        }
         return migrator
     }
 }
 
 /// The schema, shared in shape by both backends (types differ).
 enum MarketSchema {
+    static let sqliteWorkspaces = """
+        ALTER TABLE offers ADD COLUMN max_ws_bytes INTEGER;
+        ALTER TABLE offers ADD COLUMN max_ws_files INTEGER;
+        CREATE TABLE blob_chunks (
+            task_id TEXT NOT NULL,
+            blob TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            sender TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            frame TEXT NOT NULL,
+            PRIMARY KEY (task_id, blob, idx)
+        ) WITHOUT ROWID;
+        CREATE INDEX blob_chunks_sender ON blob_chunks(sender);
+        """
+
     static let sqliteTaskEvents = """
         CREATE TABLE task_events (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -351,7 +370,8 @@ struct SQLiteMarketTransaction: MarketTransaction {
         Offer(
             provider: try! PeerID(validating: row["provider"]), price: Credits(micro: row["price"]),
             slots: row["slots"], models: TaskCoding.models(row["models"] as String),
-            minRequesterReputation: row["min_requester_rep"], createdMs: row["created"])
+            minRequesterReputation: row["min_requester_rep"], createdMs: row["created"],
+            maxWorkspaceBytes: row["max_ws_bytes"], maxWorkspaceFiles: row["max_ws_files"])
     }
 
     func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) throws -> [(
@@ -379,13 +399,15 @@ struct SQLiteMarketTransaction: MarketTransaction {
     func putOffer(_ offer: Offer) throws {
         try db.execute(
             sql: """
-                INSERT INTO offers (provider, price, slots, models, min_requester_rep, created) VALUES (?, ?, ?, ?, ?, ?)
+                INSERT INTO offers (provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(provider) DO UPDATE SET price = excluded.price, slots = excluded.slots,
-                    models = excluded.models, min_requester_rep = excluded.min_requester_rep
+                    models = excluded.models, min_requester_rep = excluded.min_requester_rep,
+                    max_ws_bytes = excluded.max_ws_bytes, max_ws_files = excluded.max_ws_files
                 """,
             arguments: [
                 offer.provider.rawValue, offer.price.micro, offer.slots, TaskCoding.models(offer.models),
-                offer.minRequesterReputation, offer.createdMs,
+                offer.minRequesterReputation, offer.createdMs, offer.maxWorkspaceBytes, offer.maxWorkspaceFiles,
             ])
     }
 
@@ -461,6 +483,42 @@ struct SQLiteMarketTransaction: MarketTransaction {
 
     func frame(taskID: String, kind: TaskFrameKind) throws -> String? {
         try String.fetchOne(db, sql: "SELECT \(kind.rawValue) FROM tasks WHERE id = ?", arguments: [taskID])
+    }
+
+    func putBlobChunk(_ chunk: StoredBlobChunk) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO blob_chunks (task_id, blob, idx, count, sender, bytes, frame) VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(task_id, blob, idx) DO UPDATE SET count = excluded.count, sender = excluded.sender,
+                    bytes = excluded.bytes, frame = excluded.frame
+                """,
+            arguments: [
+                chunk.taskID, chunk.blob, chunk.index, chunk.count, chunk.sender.rawValue, chunk.bytes, chunk.frame,
+            ])
+    }
+
+    func blobChunks(taskID: String, blob: String) throws -> [String] {
+        try String.fetchAll(
+            db, sql: "SELECT frame FROM blob_chunks WHERE task_id = ? AND blob = ? ORDER BY idx",
+            arguments: [taskID, blob])
+    }
+
+    func blobBytes(taskID: String, blob: String, except index: Int) throws -> Int64 {
+        try Int64.fetchOne(
+            db, sql: "SELECT coalesce(sum(bytes), 0) FROM blob_chunks WHERE task_id = ? AND blob = ? AND idx <> ?",
+            arguments: [taskID, blob, index]) ?? 0
+    }
+
+    func blobBytes(sender: PeerID) throws -> Int64 {
+        try Int64.fetchOne(
+            db, sql: "SELECT coalesce(sum(bytes), 0) FROM blob_chunks WHERE sender = ?", arguments: [sender.rawValue])
+            ?? 0
+    }
+
+    func deleteBlobChunks(taskID: String, blob: String?) throws {
+        try db.execute(
+            sql: "DELETE FROM blob_chunks WHERE task_id = ? AND (? IS NULL OR blob = ?)",
+            arguments: [taskID, blob, blob])
     }
 
     func taskCounts() throws -> [String: Int] {

@@ -37,6 +37,7 @@ public struct MarketError: Error, Sendable, Equatable, CustomStringConvertible {
         public static let reputationTooLow = Code(rawValue: "reputation_too_low")
         public static let modelNotOffered = Code(rawValue: "model_not_offered")
         public static let excludedProvider = Code(rawValue: "excluded_provider")
+        public static let workspaceTooLarge = Code(rawValue: "workspace_too_large")
         public static let internalError = Code(rawValue: "internal_error")
         public static let unavailable = Code(rawValue: "unavailable")
     }

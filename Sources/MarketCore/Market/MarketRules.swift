@@ -144,11 +144,17 @@ public struct Offer: Codable, Sendable, Equatable {
     public var models: [String]
     public var minRequesterReputation: Double
     public var createdMs: Int64
+    /// The largest workspace the provider takes; nil: none (a provider that does not say so
+    /// may not know what a workspace is).
+    public var maxWorkspaceBytes: Int64?
+    public var maxWorkspaceFiles: Int64?
 
     public init(
         provider: PeerID, price: Credits, slots: Int, models: [String], minRequesterReputation: Double,
-        createdMs: Int64
+        createdMs: Int64, maxWorkspaceBytes: Int64? = nil, maxWorkspaceFiles: Int64? = nil
     ) {
+        self.maxWorkspaceBytes = maxWorkspaceBytes
+        self.maxWorkspaceFiles = maxWorkspaceFiles
         self.provider = provider
         self.price = price
         self.slots = slots
@@ -160,6 +166,13 @@ public struct Offer: Codable, Sendable, Equatable {
     public func runs(model: String?) -> Bool {
         guard let model, !models.isEmpty else { return true }
         return models.contains(model)
+    }
+
+    /// Whether the task's workspace (if any) fits this offer's limits.
+    public func takes(_ task: MarketTask) -> Bool {
+        guard let bytes = task.workspaceBytes else { return true }
+        guard let maxBytes = maxWorkspaceBytes, let maxFiles = maxWorkspaceFiles else { return false }
+        return bytes <= maxBytes && (task.workspaceFiles ?? 0) <= maxFiles
     }
 }
 
@@ -210,6 +223,14 @@ public enum Matching {
             return MarketError(
                 .modelNotOffered, "model \(task.model ?? "") is not among \(offer.models.joined(separator: ", "))")
         }
+        if !offer.takes(task) {
+            return MarketError(
+                .workspaceTooLarge,
+                offer.maxWorkspaceBytes == nil
+                    ? "\(offer.provider) takes no workspace jobs"
+                    : "the workspace (\(task.workspaceBytes ?? 0) bytes, \(task.workspaceFiles ?? 0) files) is over \(offer.provider)'s limits (\(offer.maxWorkspaceBytes ?? 0) bytes, \(offer.maxWorkspaceFiles ?? 0) files)"
+            )
+        }
         if candidate.freeSlots <= 0 {
             return MarketError(.noFreeSlot, "all \(offer.slots) slots of \(offer.provider) are busy")
         }
@@ -246,6 +267,7 @@ public enum Matching {
         if codes.contains(.noFreeSlot) && codes.count == 1 { return "all providers' slots are busy" }
         if codes.contains(.reputationTooLow) { return "the reputation minimum excludes the providers that fit" }
         if codes.contains(.modelNotOffered) { return "no provider offers model \(task.model ?? "")" }
+        if codes.contains(.workspaceTooLarge) { return "no provider takes a workspace of this size" }
         return reasons.first.map(\.message) ?? "no offer fits"
     }
 

@@ -52,6 +52,10 @@ public struct MarketTask: Codable, Sendable, Equatable {
     public var reason: String?
     /// The requester's dispute, if any.
     public var dispute: String?
+    /// A workspace job's sizes, as posted (nil: a prompt alone).
+    public var workspaceBytes: Int64?
+    public var workspaceFiles: Int64?
+    public var workspaceArchiveBytes: Int64?
 
     public init(
         id: String, requester: PeerID, maxPrice: Credits, minReputation: Double, model: String?,

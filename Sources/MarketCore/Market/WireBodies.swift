@@ -17,6 +17,12 @@ public struct WireLimits: Sendable, Equatable {
     public var maxTaskTimeoutSeconds: Int64
     public var maxReasonCharacters: Int
 
+    /// The largest sealed blob (a workspace or a patch) the market relays for one task, as
+    /// plaintext bytes; its chunks together may hold that much sealed, in base64.
+    public static let maxBlobBytes: Int64 = 1 << 30
+    /// The largest patch the market relays for one task (plaintext bytes).
+    public static let maxPatchBytes: Int64 = 64 << 20
+
     public init(
         maxFrameBytes: Int = 1 << 20, maxSealedBytes: Int = 900_000, maxSlots: Int = 64,
         maxTaskTimeoutSeconds: Int64 = 24 * 3600, maxReasonCharacters: Int = 1000
@@ -85,6 +91,16 @@ public enum WireField {
         }
     }
 
+    /// Workspace sizes: bytes 0…`WireLimits.maxBlobBytes`, files 0…1 000 000.
+    public static func workspace(bytes: Int64?, files: Int64?, field: String) throws(MarketError) {
+        if let bytes, !(0...WireLimits.maxBlobBytes).contains(bytes) {
+            throw MarketError(.invalidBody, "\(field)Bytes \(bytes) must be 0…\(WireLimits.maxBlobBytes)")
+        }
+        if let files, !(0...1_000_000).contains(files) {
+            throw MarketError(.invalidBody, "\(field)Files \(files) must be 0…1000000")
+        }
+    }
+
     public static func sealed(_ text: String, limits: WireLimits) throws(MarketError) {
         guard !text.isEmpty, text.utf8.count <= limits.maxSealedBytes else {
             throw MarketError(
@@ -141,12 +157,21 @@ public struct AdvertiseBody: WireBody, Equatable {
     public var slots: Int
     public var models: [String]?
     public var minRequesterReputation: Double?
+    /// The largest workspace the provider takes (bytes of files and links, and their number);
+    /// absent: no workspace jobs.
+    public var maxWorkspaceBytes: Int64?
+    public var maxWorkspaceFiles: Int64?
 
-    public init(price: Int64, slots: Int, models: [String]? = nil, minRequesterReputation: Double? = nil) {
+    public init(
+        price: Int64, slots: Int, models: [String]? = nil, minRequesterReputation: Double? = nil,
+        maxWorkspaceBytes: Int64? = nil, maxWorkspaceFiles: Int64? = nil
+    ) {
         self.price = price
         self.slots = slots
         self.models = models
         self.minRequesterReputation = minRequesterReputation
+        self.maxWorkspaceBytes = maxWorkspaceBytes
+        self.maxWorkspaceFiles = maxWorkspaceFiles
     }
 
     public func validate(limits: WireLimits) throws(MarketError) {
@@ -157,6 +182,7 @@ public struct AdvertiseBody: WireBody, Equatable {
         guard (models?.count ?? 0) <= 32 else { throw MarketError(.invalidBody, "at most 32 models") }
         for model in models ?? [] { try WireField.model(model) }
         try WireField.reputation(minRequesterReputation, field: "minRequesterReputation")
+        try WireField.workspace(bytes: maxWorkspaceBytes, files: maxWorkspaceFiles, field: "maxWorkspace")
     }
 }
 
@@ -181,11 +207,20 @@ public struct PostBody: WireBody, Equatable {
     public var timeoutSeconds: Int64?
     /// How long the task may stay open; the market's default when absent.
     public var expiresInSeconds: Int64?
+    /// A workspace job: the workspace's bytes of files and links and their number (matched
+    /// against offers), and the bytes of its archive (bounding what the market stores).
+    public var workspaceBytes: Int64?
+    public var workspaceFiles: Int64?
+    public var workspaceArchiveBytes: Int64?
 
     public init(
         taskId: String, maxPrice: Int64, minReputation: Double? = nil, model: String? = nil,
-        timeoutSeconds: Int64? = nil, expiresInSeconds: Int64? = nil
+        timeoutSeconds: Int64? = nil, expiresInSeconds: Int64? = nil,
+        workspace: (bytes: Int64, files: Int64, archiveBytes: Int64)? = nil
     ) {
+        self.workspaceBytes = workspace?.bytes
+        self.workspaceFiles = workspace?.files
+        self.workspaceArchiveBytes = workspace?.archiveBytes
         self.taskId = taskId
         self.maxPrice = maxPrice
         self.minReputation = minReputation
@@ -205,6 +240,17 @@ public struct PostBody: WireBody, Equatable {
         }
         if let expiresInSeconds, !(1...7 * 24 * 3600).contains(expiresInSeconds) {
             throw MarketError(.invalidBody, "expiresInSeconds \(expiresInSeconds) must be 1…604800")
+        }
+        try WireField.workspace(bytes: workspaceBytes, files: workspaceFiles, field: "workspace")
+        let given = [workspaceBytes, workspaceFiles, workspaceArchiveBytes].compactMap { $0 }.count
+        guard given == 0 || given == 3 else {
+            throw MarketError(
+                .invalidBody, "workspaceBytes, workspaceFiles and workspaceArchiveBytes go together (all or none)")
+        }
+        if let workspaceArchiveBytes, !(1...WireLimits.maxBlobBytes).contains(workspaceArchiveBytes) {
+            throw MarketError(
+                .workspaceTooLarge,
+                "workspaceArchiveBytes \(workspaceArchiveBytes) must be 1…\(WireLimits.maxBlobBytes)")
         }
     }
 }
@@ -253,6 +299,44 @@ public struct SealedBody: WireBody, Equatable {
         try WireField.taskID(taskId)
         try WireField.sealed(sealed, limits: limits)
         if let seq, seq < 0 { throw MarketError(.invalidBody, "seq \(seq) must be ≥ 0") }
+    }
+}
+
+/// `blob.chunk`: piece `index` of `count` of a sealed blob, base64 of its sealed bytes cut in
+/// order. The blob is sealed whole (docs/FORMATS.md) to the other party; its SHA-256 and size
+/// are in the sealed payload (a workspace) or result (a patch), so a piece missing, cut or
+/// swapped fails to open, and a resend of a piece is the same piece (idempotent by index).
+public struct BlobChunkBody: WireBody, Equatable {
+    public enum Blob: String, Codable, Sendable {
+        /// requester → provider, while the task is assigned or running.
+        case workspace
+        /// provider → requester, while the task is running, before the result.
+        case patch
+    }
+    public var taskId: String
+    public var blob: Blob
+    public var index: Int
+    public var count: Int
+    public var sealed: String
+
+    public init(taskId: String, blob: Blob, index: Int, count: Int, sealed: String) {
+        self.taskId = taskId
+        self.blob = blob
+        self.index = index
+        self.count = count
+        self.sealed = sealed
+    }
+
+    /// Most chunks of one blob: 1 GiB in pieces of about 650 KB of base64.
+    public static let maxChunks = 2048
+
+    public func validate(limits: WireLimits) throws(MarketError) {
+        try WireField.taskID(taskId)
+        guard (1...Self.maxChunks).contains(count), (0..<count).contains(index) else {
+            throw MarketError(
+                .invalidBody, "index \(index) of count \(count): count must be 1…\(Self.maxChunks), index 0…count-1")
+        }
+        try WireField.sealed(sealed, limits: limits)
     }
 }
 
@@ -323,11 +407,16 @@ public struct OpenTaskBody: Codable, Sendable, Equatable {
     public var model: String?
     public var timeoutSeconds: Int64
     public var expiresMs: Int64?
+    /// A workspace job's sizes: a provider bids only when its own limits take them.
+    public var workspaceBytes: Int64?
+    public var workspaceFiles: Int64?
 
     public init(
         taskId: String, requester: String, maxPrice: Int64, minReputation: Double, model: String?,
-        timeoutSeconds: Int64, expiresMs: Int64?
+        timeoutSeconds: Int64, expiresMs: Int64?, workspaceBytes: Int64? = nil, workspaceFiles: Int64? = nil
     ) {
+        self.workspaceBytes = workspaceBytes
+        self.workspaceFiles = workspaceFiles
         self.taskId = taskId
         self.requester = requester
         self.maxPrice = maxPrice

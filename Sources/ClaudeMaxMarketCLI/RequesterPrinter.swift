@@ -1,0 +1,108 @@
+import ArgumentParser
+import Foundation
+import MarketClient
+import MarketCore
+import MarketCrypto
+import MarketFlows
+import MarketServer
+import Participant
+import Synchronization
+import Workspace
+
+/// Renders a requester's progress for people (stderr notes, the output on stdout) or as JSON lines.
+struct RequesterPrinter: Sendable {
+    let json: Bool
+    /// Whether any output was streamed: the result's output is printed only when none was.
+    let streamed = OnceFlag()
+
+    struct Line: Encodable {
+        var type: String
+        var taskId: String?
+        var state: String?
+        var provider: String?
+        var price: Int64?
+        var stream: String?
+        var text: String?
+        var note: String?
+        var result: JobContent.Result?
+        var estimate: BookEstimate?
+    }
+
+    func emit(_ line: Line) { Output.jsonLine(line) }
+
+    func estimate(_ estimate: BookEstimate, maxPrice: Int64) {
+        if json { return emit(Line(type: "estimate", estimate: estimate)) }
+        if let price = estimate.price {
+            Output.note(
+                "estimate: \(Credits(micro: price)) (of at most \(Credits(micro: maxPrice))), \(estimate.freeSlots) free slot(s): it should start at once"
+            )
+        } else {
+            Output.note("no provider can take it now: \(estimate.why ?? "?"); it waits in the book")
+        }
+    }
+
+    func posted(_ ack: AckBody) {
+        if json { return emit(Line(type: "posted", taskId: ack.taskId, state: ack.state, note: ack.note)) }
+        Output.note("task \(ack.taskId ?? "?") posted: \(ack.state ?? "?")" + (ack.note.map { " (\($0))" } ?? ""))
+    }
+
+    func update(_ update: RequesterUpdate) {
+        switch update {
+        case .assigned(let provider, let price):
+            if json { return emit(Line(type: "assigned", provider: provider, price: price)) }
+            Output.note("assigned to \(provider) at \(Credits(micro: price)); payload sealed to its key")
+        case .approved(let provider):
+            if json { return emit(Line(type: "approved", provider: provider)) }
+            Output.note("approved by the provider; running")
+        case .items(let items):
+            if items.contains(where: { $0.kind != "started" }) { streamed.set() }
+            for item in items {
+                if json {
+                    emit(Line(type: "event", stream: item.stream, text: item.text, note: item.kind))
+                } else if item.kind == "line" && item.stream == "stderr" {
+                    Output.note(item.text ?? "")
+                } else if item.kind == "line" || item.kind == "text" {
+                    Output.line(item.text ?? "")
+                } else if item.kind == "tool" {
+                    Output.line("[tool: \(item.text ?? "")]")
+                }
+            }
+        case .rejected(let provider, let reason), .failed(let provider, let reason):
+            if json { return emit(Line(type: "provider-fault", provider: provider, note: reason)) }
+            Output.note("the provider \(provider) gave the job back: \(reason)")
+        case .result(let result, let provider):
+            if json { return emit(Line(type: "result", provider: provider, result: result)) }
+            if !streamed.isSet && !result.output.isEmpty { Output.stdout(Data(result.output.utf8)) }
+            Output.note(
+                "result from \(provider): \(result.state), signature and hash verified"
+                    + (result.metered
+                        ? ", \(result.usage.inputTokens) in / \(result.usage.outputTokens) out tokens (metered)" : ""))
+        case .patch(let patch):
+            if json {
+                return emit(Line(type: "patch", note: patch.isEmpty ? "no changes" : "\(patch.files.count) files"))
+            }
+            Output.note("patch received and checked (\(patch.data.count) bytes, base \(patch.baseHash.prefix(19))…)")
+        case .badResult(let provider, let problem):
+            if json { return emit(Line(type: "bad-result", provider: provider, note: problem)) }
+            Output.note("REFUSED the result from \(provider): \(problem); disputing")
+        case .settlement(let settlement):
+            if json {
+                return emit(
+                    Line(
+                        type: "settlement", taskId: settlement.taskId, state: settlement.state, note: settlement.reason)
+                )
+            }
+            Output.note("task \(settlement.taskId) \(settlement.state)" + (settlement.reason.map { ": \($0)" } ?? ""))
+        }
+    }
+
+    func finished(_ outcome: RequesterOutcome) {
+        if json { return emit(Line(type: "finished", taskId: outcome.taskId, state: outcome.state)) }
+        if outcome.state == "delivered", let result = outcome.result {
+            Output.note(
+                "the job ended \(result.state), so it was not accepted: `claude-max-market accept --task-id \(outcome.taskId)` "
+                    + "or `dispute --task-id \(outcome.taskId) --reason …` (the acceptance window accepts it otherwise)"
+            )
+        }
+    }
+}

@@ -1,0 +1,117 @@
+import ArgumentParser
+import Foundation
+import MarketClient
+import MarketCore
+import MarketCrypto
+import MarketFlows
+import MarketServer
+import Participant
+import Synchronization
+import Workspace
+
+struct ResultCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "result",
+        abstract: "Show a task's result (decrypted here and checked), or follow the task until there is one.",
+        discussion: """
+            A result already received is opened from this home. Otherwise this connects, takes what \
+            the market kept for you (the assignment, the result), seals the prompt again for a new \
+            provider if the task moved, and accepts a result that checks out (--no-accept leaves \
+            the decision to `accept` or `dispute`).
+            """
+    )
+
+    @Option(name: .customLong("task-id"), help: "The task.") var taskId: String
+    @Flag(name: .customLong("no-accept"), help: "Do not accept the result.") var noAccept = false
+    @Option(name: .customLong("wait-timeout"), help: "Give up following after this long.") var waitTimeout = "10m"
+    @Flag(help: "A workspace job: apply its patch to the directory it was sent from (or --dir).") var apply = false
+    @Option(help: ArgumentHelp("With --apply: apply here instead.", valueName: "DIR")) var dir: String?
+    @Option(
+        name: .customLong("patch-out"),
+        help: ArgumentHelp("A workspace job: write its patch (a git diff) to FILE.", valueName: "FILE"))
+    var patchOut: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func validate() throws {
+        if dir != nil && !apply { throw ValidationError("--dir goes with --apply") }
+    }
+
+    func run() async throws {
+        do { try WireField.taskID(taskId) } catch { throw CLIError(error.message, exitCode: 2) }
+        let link = try MarketLink(url: url)
+        let store = MarketTaskStore(database: link.database)
+        guard let local = try store.task(taskId) else {
+            throw CLIError("task \(taskId) was not posted or run from this home", exitCode: 2)
+        }
+        let files = WorkspaceFiles(directory: link.context.paths.workspacesDirectory)
+        if let frame = try store.resultFrame(taskId), local.resultVerified == true {
+            let result = try Requester.openStored(frame, keys: link.ring)
+            try show(result, state: local.state)
+            return try handlePatch(result, files: files)
+        }
+        let waitMs = try DurationArgument.milliseconds(waitTimeout, option: "--wait-timeout")
+        let printer = RequesterPrinter(json: json)
+        let accept = !noAccept
+        let outcome = try await link.withSession { session in
+            let requester = Requester(session: session, database: link.database, workspaces: files)
+            do {
+                return try await requester.follow(taskId, accept: accept, timeout: .milliseconds(waitMs)) {
+                    // With --json, stdout holds the one result object; progress is for people.
+                    if case .result = $0 { return }
+                    if !printer.json { printer.update($0) }
+                }
+            } catch let error as MarketClientError {
+                throw CLIError("\(error)", exitCode: 124)
+            }
+        }
+        if let result = outcome.result {
+            try show(result, state: outcome.state)
+            try handlePatch(result, files: files)
+        } else {
+            throw CLIError("task \(taskId) ended \(outcome.state) without a result")
+        }
+    }
+
+    /// A workspace job's patch, as kept here when it arrived: written and applied as asked.
+    func handlePatch(_ result: JobContent.Result, files: WorkspaceFiles) throws {
+        guard apply || patchOut != nil else { return }
+        guard let info = result.patch else {
+            throw CLIError("task \(taskId) was not a workspace job: there is no patch", exitCode: 2)
+        }
+        if info.blob == nil {
+            if let error = info.error { throw CLIError("task \(taskId) has no patch: \(error)") }
+            return Output.note("the job changed nothing in the workspace")
+        }
+        guard let data = try files.patch(taskId) else {
+            throw CLIError("the patch of task \(taskId) has not arrived in this home")
+        }
+        let patch = try WorkspacePatch(parsing: data)
+        let recorded = apply ? try files.directory(taskId) : nil
+        guard let target = dir ?? recorded ?? (apply ? nil : "") else {
+            throw CLIError(
+                "task \(taskId): the directory it was sent from is not known here; give --dir DIR", exitCode: 2)
+        }
+        let base = try files.load(taskId).flatMap {
+            try? WorkspaceTree.read(tar: $0.archive, limits: WorkspaceLimits(maxBytes: .max, maxFiles: .max)).tree
+        }
+        var arguments = try WorkspaceArguments.parse(apply ? ["--dir", target, "--apply"] : [])
+        arguments.patchOut = patchOut
+        try WorkspaceReport.handle(patch: patch, arguments: arguments, base: base, json: json)
+    }
+
+    func show(_ result: JobContent.Result, state: String) throws {
+        if json {
+            struct Shown: Encodable {
+                var taskId: String
+                var taskState: String
+                var result: JobContent.Result
+            }
+            return try Output.json(Shown(taskId: taskId, taskState: state, result: result))
+        }
+        Output.stdout(Data(result.output.utf8))
+        Output.note(
+            "task \(taskId) \(state); job \(result.state)\(result.exitCode.map { " (exit \($0))" } ?? "")"
+                + (result.truncated ? "; output truncated" : "") + (result.error.map { " — \($0)" } ?? ""))
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+import MarketCore
+
+/// A requester's workspace jobs on disk: the archive that was sent (`TASK.tar`, with what
+/// packing left out beside it), to seal again if the task moves to another provider and to tell
+/// what changed before a patch is applied; and the patch that came back (`TASK.diff`), for
+/// `result --apply` later. Files 0600 in a 0700 directory.
+public struct WorkspaceFiles: Sendable {
+    public let directory: URL
+
+    public init(directory: URL) {
+        self.directory = directory
+    }
+
+    func url(_ taskId: String, _ suffix: String) throws -> URL {
+        try WireField.taskID(taskId)
+        return directory.appending(path: taskId + suffix)
+    }
+
+    func write(_ data: Data, to url: URL) throws {
+        try FileManager.default.createDirectory(
+            at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let previous = umask(0o077)
+        defer { umask(previous) }
+        try data.write(to: url, options: .atomic)
+    }
+
+    public func save(_ archive: Data, leftOut: [String], directory: String? = nil, for taskId: String) throws {
+        try write(archive, to: try url(taskId, ".tar"))
+        try write(try JSONEncoder().encode(leftOut), to: try url(taskId, ".left-out.json"))
+        if let directory { try write(Data(directory.utf8), to: try url(taskId, ".dir")) }
+    }
+
+    /// The directory a task's workspace was packed from.
+    public func directory(_ taskId: String) throws -> String? {
+        (try? Data(contentsOf: try url(taskId, ".dir"))).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The archive sent for a task, or nil when it had no workspace.
+    public func load(_ taskId: String) throws -> (archive: Data, leftOut: [String])? {
+        let archive = try url(taskId, ".tar")
+        guard FileManager.default.fileExists(atPath: archive.path) else { return nil }
+        let leftOut =
+            (try? Data(contentsOf: try url(taskId, ".left-out.json")))
+            .flatMap { try? JSONDecoder().decode([String].self, from: $0) } ?? []
+        return (try Data(contentsOf: archive), leftOut)
+    }
+
+    public func savePatch(_ patch: Data, for taskId: String) throws {
+        try write(patch, to: try url(taskId, ".diff"))
+    }
+
+    public func patch(_ taskId: String) throws -> Data? {
+        let file = try url(taskId, ".diff")
+        return FileManager.default.fileExists(atPath: file.path) ? try Data(contentsOf: file) : nil
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Workspace jobs through the market, every part real: `submit --dir` packs a git work tree,
+/// the workspace travels sealed in pieces, the provider runs the job on it in a hardened
+/// container, and the patch comes back and is applied in the requester's directory.
+@Suite(.enabled(if: DockerTestEnvironment.shouldRun, "no Docker engine (scripts/test.sh starts one)"), .serialized)
+struct WorkspaceFlowTests {
+    init() async throws { try await TestRunnerImage.ensureBuilt() }
+
+    static func git(_ directory: URL, _ arguments: String...) throws {
+        let result = try CLIRunner.runProcess(
+            URL(fileURLWithPath: "/usr/bin/git"), ["-C", directory.path] + arguments,
+            environment: ["GIT_CONFIG_NOSYSTEM": "1", "HOME": directory.path, "PATH": "/usr/bin:/bin"])
+        guard result.exitCode == 0 else { throw CLIRunnerError(description: "git \(arguments): \(result.stderr)") }
+    }
+
+    static func write(_ directory: URL, _ files: [String: String]) throws {
+        for (path, text) in files {
+            let url = directory.appending(path: path)
+            try FileManager.default.createDirectory(
+                at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try Data(text.utf8).write(to: url)
+        }
+    }
+
+    @Test func aDirectoryGoesInAPatchComesOutAndIsApplied() async throws {
+        let flow = try await Flow.start()
+        defer { flow.stopAll() }
+        let provider = try await flow.provider("wendy", settings: ["docker.image=\(TestRunnerImage.name)"])
+        // The job: what it sees of /work goes to stderr; then it edits, adds and removes files.
+        let job = [
+            "sh", "-c",
+            "ls -a /work >&2; test ! -e /work/secret.env || echo LEAKED >&2; echo 'changed by the job' >> /work/notes.txt; printf 'new\\n' > /work/src/added.txt; rm /work/remove-me.txt; echo done",
+        ]
+        let daemon = try await flow.provide(provider, command: job)
+        let requester = try await flow.requester("walt")
+        let marker = "workspacemarker" + UUID().uuidString.prefix(8).lowercased()
+        let dir = flow.directory.file("walt-project")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try Self.git(dir, "init", "-q")
+        try Self.write(
+            dir,
+            [
+                ".gitignore": "secret.env\n", "notes.txt": "\(marker)\n", "remove-me.txt": "bye\n",
+                "src/keep.txt": "keep\n", "secret.env": "TOKEN=do-not-send\n",
+            ])
+
+        let submitted = try await flow.cli(
+            requester,
+            ["submit", "--prompt", "edit the notes", "--max-price", "5", "--dir", dir.path, "--wait", "--apply"])
+        #expect(submitted.stderr.contains("left out: 1 files git ignores: secret.env"), "\(submitted.stderr)")
+        #expect(submitted.stderr.contains("reads your workspace as it reads your prompt"))
+        #expect(submitted.stderr.contains("applied to"), "\(submitted.stderr)")
+        #expect(
+            try String(contentsOf: dir.appending(path: "notes.txt"), encoding: .utf8)
+                == "\(marker)\nchanged by the job\n")
+        #expect(try String(contentsOf: dir.appending(path: "src/added.txt"), encoding: .utf8) == "new\n")
+        #expect(!FileManager.default.fileExists(atPath: dir.appending(path: "remove-me.txt").path))
+        #expect(try String(contentsOf: dir.appending(path: "secret.env"), encoding: .utf8) == "TOKEN=do-not-send\n")
+        #expect(daemon.count("waiting for its workspace") == 1)
+        #expect(!daemon.output.contains("LEAKED"))
+
+        // The market saw ciphertext only, and kept none of it once the task was settled.
+        let bytes = try await flow.marketBytesAsync()
+        #expect(occurrences(of: "blob.chunk", in: bytes) > 0, "the workspace travelled in pieces")
+        #expect(occurrences(of: marker, in: bytes) == 0)
+        try await flow.stopMarket()
+        let left = try CLIRunner.runProcess(
+            URL(fileURLWithPath: "/usr/bin/env"),
+            [
+                "python3", "-c",
+                "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM blob_chunks').fetchone()[0])",
+                flow.directory.file("market.sqlite").path,
+            ],
+            environment: ProcessInfo.processInfo.environment)
+        #expect(left.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(left.stderr)")
+
+        // The patch is kept: `result --patch-out` writes it again, and `git apply` agrees it is already in.
+        let patchFile = flow.directory.file("walt.diff")
+        try await flow.restartMarket()
+        try await flow.cli(
+            requester, ["result", "--task-id", try taskID(submitted.stderr), "--patch-out", patchFile.path])
+        let patch = try String(contentsOf: patchFile, encoding: .utf8)
+        #expect(patch.contains("diff --git a/notes.txt b/notes.txt") && patch.contains("+changed by the job"))
+        #expect(patch.contains("deleted file mode 100644"))
+        try Self.git(dir, "apply", "--reverse", "--check", patchFile.path)
+    }
+
+    func taskID(_ stderr: String) throws -> String {
+        let line = try #require(stderr.split(separator: "\n").first { $0.contains("task ") && $0.contains(" posted") })
+        return String(line.split(separator: " ")[1])
+    }
+
+    @Test func aWorkspaceOverTheProvidersLimitIsNotMatchedAndOneOverTheRequestersIsNotPosted() async throws {
+        let flow = try await Flow.start()
+        defer { flow.stopAll() }
+        let provider = try await flow.provider(
+            "tiny", settings: ["docker.image=\(TestRunnerImage.name)", "limits.maxWorkspaceBytes=2k"])
+        _ = try await flow.provide(provider, command: ["true"])
+        let requester = try await flow.requester("big")
+        let dir = flow.directory.file("big-project")
+        try Self.write(dir, ["a.bin": String(repeating: "x", count: 5000)])
+        let before = try await flow.balance(requester)
+        let submitted = try await flow.cli(
+            requester, ["submit", "--prompt", "p", "--max-price", "5", "--dir", dir.path], expect: 0)
+        #expect(submitted.stderr.contains("no provider takes a workspace of this size"), "\(submitted.stderr)")
+        let open = try await flow.tasks(state: "open")
+        #expect(open.count == 1)
+        // Over the requester's own limit: refused before anything is posted or escrowed.
+        try await flow.cli(requester, ["config", "--set", "limits.maxWorkspaceBytes=1k"])
+        let refused = try await flow.cli(
+            requester, ["submit", "--prompt", "p", "--max-price", "5", "--dir", dir.path], expect: 1)
+        #expect(refused.stderr.contains("limits.maxWorkspaceBytes"), "\(refused.stderr)")
+        #expect(try await flow.tasks(state: "open").count == 1)
+        let after = try await flow.balance(requester)
+        #expect(
+            (before["available"] as! Int) - (after["available"] as! Int) == 5_000_000, "only the first was escrowed")
+    }
+}
