@@ -63,7 +63,7 @@ enum WorkspaceReport {
         } else {
             Output.note(text)
         }
-        FileManager.default.createFile(atPath: marker.path, contents: Data())
+        _ = FileManager.default.createFile(atPath: marker.path, contents: Data())
     }
 
     static func packed(_ packed: WorkspacePacker.Packed, directory: URL) {

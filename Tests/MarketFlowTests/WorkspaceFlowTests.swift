@@ -119,3 +119,50 @@ struct WorkspaceFlowTests {
             (before["available"] as! Int) - (after["available"] as! Int) == 5_000_000, "only the first was escrowed")
     }
 }
+
+/// The market path with the real Claude Code CLI: `provide --backend claude` runs it in the
+/// runner image made from the pinned wheel's binary, through the gateway, against a loopback
+/// stand-in of the Messages API that scripts a Read, an Edit and a Write; `submit --dir --wait
+/// --apply` gets the change back into the requester's directory.
+@Suite(
+    .enabled(if: ClaudeCLITestEnvironment.shouldRun, "no Docker engine or no Claude Code binary (scripts/test.sh fetches it)"),
+    .serialized)
+struct ClaudeWorkspaceFlowTests {
+    @Test func provideWithTheRealCLIEditsTheRequestersWorkspace() async throws {
+        try await ClaudeCLITestEnvironment.ensureImage()
+        let script: [MessagesAPIStandIn.Turn] = [
+            .toolUse("Read", #"{"file_path":"/work/greet.py"}"#),
+            .toolUse("Edit", #"{"file_path":"/work/greet.py","old_string":"Helo","new_string":"Hello"}"#),
+            .toolUse("Write", #"{"file_path":"/work/CHANGES.md","content":"- fixed the greeting\n"}"#),
+            .text("Fixed the typo and noted it in CHANGES.md."),
+        ]
+        try await MessagesAPIStandIn.with(scripts: ["typo": script]) { standIn in
+            let flow = try await Flow.start()
+            defer { flow.stopAll() }
+            let provider = try await flow.provider(
+                "claudia",
+                settings: [
+                    "docker.image=\(ClaudeCLITestEnvironment.image)", "claude.apiBaseURL=\(standIn.url)",
+                    "limits.maxTokensPerTask=1000000", "limits.dailyTokens=100000000", "docker.memory=1g",
+                    "docker.pidsLimit=256",
+                ])
+            let daemon = try Daemon(
+                arguments: ["provide", "--backend", "claude"], home: provider,
+                environment: ["ANTHROPIC_API_KEY": "sk-ant-api03-" + String(repeating: "FlowKey", count: 10)],
+                log: provider.appending(path: "provide.log"))
+            defer { daemon.stop() }
+            try await daemon.waitFor("offer live", timeout: 30)
+            let requester = try await flow.requester("rita")
+            let dir = flow.directory.file("rita-project")
+            try WorkspaceFlowTests.write(dir, ["greet.py": "print('Helo, world')\n"])
+            let submitted = try await flow.cli(
+                requester,
+                ["submit", "--prompt", "script: typo — fix the greeting", "--max-price", "5", "--dir", dir.path, "--wait", "--apply"])
+            #expect(submitted.stdout.contains("Fixed the typo"), "\(submitted.stdout) \(submitted.stderr)")
+            #expect(try String(contentsOf: dir.appending(path: "greet.py"), encoding: .utf8) == "print('Hello, world')\n")
+            #expect(try String(contentsOf: dir.appending(path: "CHANGES.md"), encoding: .utf8) == "- fixed the greeting\n")
+            #expect(standIn.conversation.count >= 4)
+            try await flow.cli(flow.home("operator"), ["market", "verify", "--db", flow.db])
+        }
+    }
+}
