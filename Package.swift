@@ -162,6 +162,7 @@ let package = Package(
                 "Participant",
                 "MarketFlows",
                 "TestSupport",
+                "Workspace",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),

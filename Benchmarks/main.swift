@@ -6,7 +6,7 @@ import MarketCore
 import MarketCrypto
 
 // Benchmarks: each line puts our number beside a baseline measured in the same run, as a ratio
-// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|output|gateway|market|postgres|echo|e2e|cli|all]`.
+// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|output|workspace|claude|gateway|market|postgres|echo|e2e|cli|all]`.
 
 struct Row {
     var name: String
@@ -401,13 +401,15 @@ do {
     if which == "gateway" || which == "all" {
         try await gatewayBenchmarks()
     }
-    if which == "docker" || which == "dispatch" || which == "output" || which == "all" {
+    if ["docker", "dispatch", "output", "workspace", "claude", "all"].contains(which) {
         let host = ProcessInfo.processInfo.environment["DOCKER_HOST"] ?? ""
         let socket = host.hasPrefix("unix://") ? String(host.dropFirst(7)) : "/var/run/docker.sock"
         try await DockerClient.withClient(configuration: .init(socketPath: socket)) { docker in
             if which == "docker" || which == "all" { try await dockerBenchmarks(docker, runs: runs) }
             if which == "dispatch" || which == "all" { try await dispatchBenchmarks(docker, runs: runs) }
             if which == "output" || which == "all" { try await outputBenchmark(docker, runs: runs) }
+            if which == "workspace" || which == "all" { try await workspaceBenchmarks(docker) }
+            if which == "claude" || which == "all" { try await claudeBenchmarks(docker, runs: runs) }
         }
     }
     if which == "market" || which == "all" {

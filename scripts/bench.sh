@@ -57,7 +57,7 @@ status=0
 expected=(
     "HPKE seal" "HPKE open" "sealed stream" "gateway: added time to first byte" "gateway: streamed throughput"
     "create+start+wait+remove" "dispatch → first byte, cold" "dispatch → first byte, warm pool"
-    "output: 16 MiB of lines" "market: server CPU" "market: matching latency p50" "market: fan-out"
+    "output: 16 MiB of lines" "workspace " "claude job via execute" "market: server CPU" "market: matching latency p50" "market: fan-out"
     "market: RSS with" "market on PostgreSQL" "ws echo, one at a time" "ws echo, pipelined"
     "market job, submit → first event" "idle provider daemon RSS" "CLI cold start"
 )

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DockerEngine
 import Foundation
+import JobRunner
 import MarketCore
 import Participant
 
@@ -32,7 +33,7 @@ struct DemoCommand: AsyncParsableCommand {
     @Option(help: "The prompt of the demo job.") var prompt =
         "Hello from the requester. Please shout this back to me."
 
-    static let demoImage = "claude-max-market/demo:latest"
+    static let demoImage = "claude-max-market/demo:v2"
 
     func run() async throws {
         let root: URL
@@ -70,7 +71,7 @@ struct DemoCommand: AsyncParsableCommand {
             [
                 "config", "--set", "market.url=\(url)", "--set", "approval.mode=policy", "--set",
                 "docker.image=\(image)", "--set", "docker.warmPool=1",
-            ], quiet: true)
+            ] + (useClaude ? [] : ["--set", "egress.allowlist="]), quiet: true)
         try demo.cli(provider, ["advertise", "--slots", "1", "--price", "2"])
         let providerID = try demo.peerID(provider)
 
@@ -86,8 +87,7 @@ struct DemoCommand: AsyncParsableCommand {
             provide += ["--backend", "claude"]
         } else {
             provide += [
-                "--backend", "command", "--", "sh", "-c",
-                #"echo "[local demo job: the command backend, not Claude] uid $(id -u), network: $(ls /sys/class/net | tr '\n' ' ')"; tr a-z A-Z"#,
+                "--backend", "command", "--", "sh", "-c", Self.demoJob,
             ]
         }
         try demo.startProvider(provider, provide)
@@ -97,6 +97,20 @@ struct DemoCommand: AsyncParsableCommand {
         let submitted = try demo.cli(
             requester, ["submit", "--prompt", prompt, "--max-price", "5", "--wait", "--wait-timeout", "5m"],
             check: false)
+
+        demo.step("a workspace job: the requester sends a directory, the patch comes back and is applied")
+        let project = root.appending(path: "requester-project")
+        try FileManager.default.createDirectory(at: project, withIntermediateDirectories: true)
+        try Data("hello from the requester's workspace\n".utf8).write(to: project.appending(path: "hello.txt"))
+        let workspaceSubmitted = try demo.cli(
+            requester,
+            [
+                "submit", "--prompt", "Upper-case hello.txt", "--max-price", "5", "--dir", project.path, "--wait",
+                "--apply", "--wait-timeout", "5m",
+            ], check: false)
+        Output.line(
+            "hello.txt is now: "
+                + ((try? String(contentsOf: project.appending(path: "hello.txt"), encoding: .utf8)) ?? "?"))
 
         demo.step("balances, reputation and the books")
         try demo.cli(requester, ["balance"])
@@ -124,8 +138,25 @@ struct DemoCommand: AsyncParsableCommand {
             Output.line("\n(the market's dashboard was at \(page); `demo --keep` leaves it running)")
         }
         guard submitted == 0 else { throw CLIError("the demo job did not settle (submit exited \(submitted))") }
-        Output.line("\ndemo done: one job posted, run in a hardened container, settled and checked")
+        guard workspaceSubmitted == 0 else {
+            throw CLIError("the demo's workspace job did not settle (submit exited \(workspaceSubmitted))")
+        }
+        Output.line(
+            "\ndemo done: two jobs posted, run in hardened containers, settled and checked; the second one's patch applied"
+        )
     }
+
+    /// The demo's command: with a workspace it upper-cases its `.txt` files (so a patch comes
+    /// back); without one it upper-cases the prompt.
+    static let demoJob = #"""
+        if [ -n "$(ls -A /work 2>/dev/null)" ]; then
+            for f in /work/*.txt; do tr a-z A-Z < "$f" > "$f.new" && mv "$f.new" "$f"; done
+            echo "[local demo job: the command backend, not Claude] upper-cased the workspace's .txt files"
+        else
+            echo "[local demo job: the command backend, not Claude] uid $(id -u), network: $(ls /sys/class/net | tr '\n' ' ')"
+            tr a-z A-Z
+        fi
+        """#
 
     /// The runner image for a claude job must be there already; the demo image is built here
     /// from the host's static busybox (Debian's busybox-static) when it is missing.
@@ -147,9 +178,26 @@ struct DemoCommand: AsyncParsableCommand {
             }
             Output.note("building \(image) from \(busybox)")
             _ = try await docker.buildImage(
-                context: try TarArchive.busyboxContext(binary: URL(fileURLWithPath: busybox)), tags: [image],
+                context: try Self.demoContext(busybox: URL(fileURLWithPath: busybox)), tags: [image],
                 labels: Labels.make(kind: "image", job: nil, owner: nil, version: ToolVersion.current))
         }
+    }
+}
+
+extension DemoCommand {
+    /// The demo image: the host's static busybox and the runner's entrypoint (which unpacks a
+    /// workspace and hands the work directory back), a non-root user; no registry.
+    static func demoContext(busybox: URL) throws -> Data {
+        var tar = TarArchive()
+        let dockerfile = [
+            "FROM scratch", "COPY busybox /bin/busybox", #"RUN ["/bin/busybox", "--install", "-s", "/bin"]"#,
+            "COPY cmm-entrypoint /usr/local/bin/cmm-entrypoint", "USER 10001:10001",
+            #"ENTRYPOINT ["/usr/local/bin/cmm-entrypoint"]"#,
+        ]
+        try tar.addFile("Dockerfile", contents: Data((dockerfile.joined(separator: "\n") + "\n").utf8))
+        try tar.addFile("busybox", from: busybox)
+        try tar.addFile("cmm-entrypoint", contents: Data(RunnerImage.entrypoint.utf8), mode: 0o755)
+        return tar.finish()
     }
 }
 

@@ -71,15 +71,24 @@ struct DockerBuildCommand: AsyncParsableCommand {
         let tags = RunnerImage.tags(for: image)
         let archive: Data
         var dockerfileName = "Dockerfile"
+        var labels = Labels.make(kind: "runner-image", version: ToolVersion.current)
         if let wheel = options.claudeWheel {
             let directory = FileManager.default.temporaryDirectory.appending(
                 path: "cmm-wheel-\(UUID().uuidString.prefix(8))")
             defer { try? FileManager.default.removeItem(at: directory) }
             Output.note("checking and unpacking \(wheel)")
             let binary = try NativeRunnerImage.binary(fromWheel: URL(fileURLWithPath: wheel), into: directory)
-            archive = try NativeRunnerImage(claudeBinary: binary).context()
+            let native = try NativeRunnerImage(claudeBinary: binary)
+            labels[NativeRunnerImage.claudeVersionLabel] = native.claudeVersion()
+            archive = try native.context()
         } else if let binary = options.claudeBinary {
-            archive = try NativeRunnerImage(claudeBinary: URL(fileURLWithPath: binary)).context()
+            let native = try NativeRunnerImage(claudeBinary: URL(fileURLWithPath: binary))
+            guard let version = native.claudeVersion() else {
+                throw CLIError("\(binary) does not answer `--version`: is it the native Claude Code binary?")
+            }
+            Output.note("assembling the runner from \(binary) (Claude Code \(version)) and this machine's files")
+            labels[NativeRunnerImage.claudeVersionLabel] = version
+            archive = try native.context()
         } else if let file = options.file {
             let url = URL(fileURLWithPath: file)
             guard FileManager.default.fileExists(atPath: url.path) else {
@@ -93,7 +102,7 @@ struct DockerBuildCommand: AsyncParsableCommand {
         let progress = BuildProgress()
         let id = try await context.withDocker { docker in
             try await docker.buildImage(
-                context: archive, tags: tags, labels: Labels.make(kind: "runner-image", version: ToolVersion.current),
+                context: archive, tags: tags, labels: labels,
                 dockerfile: dockerfileName, noCache: options.noCache,
                 networkMode: config.text(.dockerBuildNetwork) == "default" ? nil : config.text(.dockerBuildNetwork)
             ) { event in progress.handle(event) }

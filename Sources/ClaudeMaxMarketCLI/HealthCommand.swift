@@ -1,6 +1,7 @@
 import ArgumentParser
 import DockerEngine
 import Foundation
+import JobRunner
 import MarketCore
 import Participant
 
@@ -60,10 +61,13 @@ struct HealthCommand: AsyncParsableCommand {
         let image = config.text(.dockerImage)
         if let inspect = try await docker.inspectImage(image) {
             let age = inspect.createdDate.map { Int(Date().timeIntervalSince($0) / 86_400) }
+            let claude = inspect.Config?.Labels?[NativeRunnerImage.claudeVersionLabel]
             checks.append(
                 CheckResult(
                     id: "runner.image", status: .pass,
-                    message: "runner image \(image) present" + (age.map { ", built \($0) days ago" } ?? "")))
+                    message: "runner image \(image) present" + (age.map { ", built \($0) days ago" } ?? "")
+                        + ", Claude Code \(claude ?? "version unknown (built from npm; `docker:build --claude-binary` records it)")"
+                ))
         } else {
             checks.append(
                 CheckResult(

@@ -411,8 +411,14 @@ final class OutputCollector: @unchecked Sendable {
             buffer.append(contentsOf: frame.bytes)
             var start = buffer.startIndex
             while let newline = buffer[start...].firstIndex(of: 0x0a) {
-                if frame.stream == .stdout, let trailerMarker, buffer[start..<newline].elementsEqual(trailerMarker) {
-                    // The command has ended; what follows is its work directory, not output.
+                if frame.stream == .stdout, let trailerMarker,
+                    buffer[start..<newline].reversed().starts(with: trailerMarker.reversed())
+                {
+                    // The command has ended; what follows is its work directory, not output. A
+                    // last line without its newline ends just before the marker.
+                    if newline - start > trailerMarker.count {
+                        emit(frame.stream, Array(buffer[start..<(newline - trailerMarker.count)]))
+                    }
                     trailer = Data()
                     total -= Int64(buffer.endIndex - newline - 1)
                     appendTrailer(buffer[(newline + 1)...])

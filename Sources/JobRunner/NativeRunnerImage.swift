@@ -14,6 +14,17 @@ public struct NativeRunnerImage: Sendable {
     public var socat: URL
     public var caCertificates: URL?
 
+    /// The image label holding the binary's `claude --version`, for `health`.
+    public static let claudeVersionLabel = "io.claude-max-market.claude-version"
+
+    /// What the binary says of its version (`2.1.332 (Claude Code)`), run here with no network
+    /// need; nil when it does not answer.
+    public func claudeVersion() -> String? {
+        guard let output = try? Self.run(claudeBinary, ["--version"]) else { return nil }
+        let line = output.split(separator: "\n").first.map(String.init)?.trimmingCharacters(in: .whitespaces)
+        return line?.isEmpty == false ? line : nil
+    }
+
     /// The pinned wheel `scripts/test.sh` fetches, and its SHA-256.
     public static let pinnedWheel = (
         name: "claude-agent-sdk==0.2.189",

@@ -64,7 +64,7 @@ public enum RunnerImage {
             set +e
             "$@" </tmp/cmm-input/prompt
             status=$?
-            printf '\n%s\n' 'cmm-entrypoint: the work directory follows as a tar archive (v1)'
+            printf '%s\n' 'cmm-entrypoint: the work directory follows as a tar archive (v1)'
             cd /work && tar -c -f - .
             if [ "$status" -gt 128 ]; then
                 # Only the engine can SIGKILL this shell (PID 1): a command killed by a signal is the job's own doing.

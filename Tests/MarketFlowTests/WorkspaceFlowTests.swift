@@ -125,7 +125,9 @@ struct WorkspaceFlowTests {
 /// stand-in of the Messages API that scripts a Read, an Edit and a Write; `submit --dir --wait
 /// --apply` gets the change back into the requester's directory.
 @Suite(
-    .enabled(if: ClaudeCLITestEnvironment.shouldRun, "no Docker engine or no Claude Code binary (scripts/test.sh fetches it)"),
+    .enabled(
+        if: ClaudeCLITestEnvironment.shouldRun, "no Docker engine or no Claude Code binary (scripts/test.sh fetches it)"
+    ),
     .serialized)
 struct ClaudeWorkspaceFlowTests {
     @Test func provideWithTheRealCLIEditsTheRequestersWorkspace() async throws {
@@ -157,10 +159,15 @@ struct ClaudeWorkspaceFlowTests {
             try WorkspaceFlowTests.write(dir, ["greet.py": "print('Helo, world')\n"])
             let submitted = try await flow.cli(
                 requester,
-                ["submit", "--prompt", "script: typo — fix the greeting", "--max-price", "5", "--dir", dir.path, "--wait", "--apply"])
+                [
+                    "submit", "--prompt", "script: typo — fix the greeting", "--max-price", "5", "--dir", dir.path,
+                    "--wait", "--apply",
+                ])
             #expect(submitted.stdout.contains("Fixed the typo"), "\(submitted.stdout) \(submitted.stderr)")
-            #expect(try String(contentsOf: dir.appending(path: "greet.py"), encoding: .utf8) == "print('Hello, world')\n")
-            #expect(try String(contentsOf: dir.appending(path: "CHANGES.md"), encoding: .utf8) == "- fixed the greeting\n")
+            #expect(
+                try String(contentsOf: dir.appending(path: "greet.py"), encoding: .utf8) == "print('Hello, world')\n")
+            #expect(
+                try String(contentsOf: dir.appending(path: "CHANGES.md"), encoding: .utf8) == "- fixed the greeting\n")
             #expect(standIn.conversation.count >= 4)
             try await flow.cli(flow.home("operator"), ["market", "verify", "--db", flow.db])
         }
