@@ -32,6 +32,10 @@ struct OfferOptions: ParsableArguments {
             offer.models = list.isEmpty ? nil : list
         }
         if let minRequesterReputation { offer.minRequesterReputation = minRequesterReputation }
+        // The workspaces this provider takes, from its config (`provide` sends them again as
+        // the config is on every connection).
+        offer.maxWorkspaceBytes = config.bytes(.maxWorkspaceBytes)
+        offer.maxWorkspaceFiles = config.integer(.maxWorkspaceFiles)
         do { try offer.validate(limits: WireLimits()) } catch { throw CLIError(error.message, exitCode: 2) }
         return offer
     }

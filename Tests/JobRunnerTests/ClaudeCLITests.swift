@@ -63,6 +63,17 @@ struct ClaudeCLITests {
         }
     }
 
+    @Test func healthReportsTheRunnersClaudeCodeVersion() async throws {
+        try await ClaudeCLITestEnvironment.ensureImage()
+        let home = TemporaryDirectory("cmm-claude-health")
+        let health = try CLIRunner.run(
+            ["health", "--json"], home: home.url, environment: ["CMM_DOCKER_IMAGE": ClaudeCLITestEnvironment.image])
+        let version = try CLIRunner.runProcess(
+            URL(fileURLWithPath: ClaudeCLITestEnvironment.binaryPath), ["--version"], environment: [:]
+        ).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!version.isEmpty && health.stdout.contains("Claude Code \(version)"), "\(health.stdout)")
+    }
+
     static func workspace(_ files: [String: String]) throws -> WorkspaceTree {
         let dir = TemporaryDirectory("cmm-claude-ws")
         for (path, text) in files {

@@ -81,14 +81,14 @@ struct WorkspaceFlowTests {
         let patchFile = flow.directory.file("walt.diff")
         try await flow.restartMarket()
         try await flow.cli(
-            requester, ["result", "--task-id", try taskID(submitted.stderr), "--patch-out", patchFile.path])
+            requester, ["result", "--task-id", try Self.taskID(submitted.stderr), "--patch-out", patchFile.path])
         let patch = try String(contentsOf: patchFile, encoding: .utf8)
         #expect(patch.contains("diff --git a/notes.txt b/notes.txt") && patch.contains("+changed by the job"))
         #expect(patch.contains("deleted file mode 100644"))
         try Self.git(dir, "apply", "--reverse", "--check", patchFile.path)
     }
 
-    func taskID(_ stderr: String) throws -> String {
+    static func taskID(_ stderr: String) throws -> String {
         let line = try #require(stderr.split(separator: "\n").first { $0.contains("task ") && $0.contains(" posted") })
         return String(line.split(separator: " ")[1])
     }
@@ -171,5 +171,41 @@ struct ClaudeWorkspaceFlowTests {
             #expect(standIn.conversation.count >= 4)
             try await flow.cli(flow.home("operator"), ["market", "verify", "--db", flow.db])
         }
+    }
+}
+
+/// Resuming on either side: the pieces wait at the market for a provider that connects later,
+/// and the patch waits there for a requester that comes back for it.
+@Suite(.enabled(if: DockerTestEnvironment.shouldRun, "no Docker engine (scripts/test.sh starts one)"), .serialized)
+struct WorkspaceResumeTests {
+    init() async throws { try await TestRunnerImage.ensureBuilt() }
+
+    @Test func piecesWaitForTheProviderAndThePatchForTheRequester() async throws {
+        let flow = try await Flow.start()
+        defer { flow.stopAll() }
+        let provider = try await flow.provider("late", settings: ["docker.image=\(TestRunnerImage.name)"])
+        let requester = try await flow.requester("away")
+        let dir = flow.directory.file("away-project")
+        // Several pieces: 2 MiB of text that does not compress away (sealing does not compress anyway).
+        var generator = SystemRandomNumberGenerator()
+        let big = String(
+            (0..<(2 << 20)).map { _ in Character(Unicode.Scalar(UInt8.random(in: 0x61...0x7a, using: &generator))) })
+        try WorkspaceFlowTests.write(dir, ["big.txt": big, "todo.txt": "one\n"])
+        // The offer stands, its daemon is not running: the task is assigned, and the payload and
+        // the pieces go to the market, which keeps them.
+        let posted = try await flow.cli(requester, ["submit", "--prompt", "p", "--max-price", "5", "--dir", dir.path])
+        let taskId = try WorkspaceFlowTests.taskID(posted.stderr)
+        #expect(try await flow.tasks(state: "assigned").count == 1, "\(posted.stderr)")
+        let daemon = try await flow.provide(provider, command: ["sh", "-c", "echo two >> /work/todo.txt; echo ok"])
+        try await daemon.waitFor("result sent", timeout: 60)
+        #expect(daemon.output.contains("pieces)"), "\(daemon.output)")
+        // The requester was away for the result: `result --apply` takes the patch the market kept.
+        let result = try await flow.cli(requester, ["result", "--task-id", taskId, "--apply"])
+        #expect(result.stderr.contains("applied to"), "\(result.stderr)")
+        #expect(try String(contentsOf: dir.appending(path: "todo.txt"), encoding: .utf8) == "one\ntwo\n")
+        // Applying again is refused and changes nothing: the file is no longer what was sent.
+        let again = try await flow.cli(requester, ["result", "--task-id", taskId, "--apply"], expect: 1)
+        #expect(again.stderr.contains("todo.txt (changed since the job was sent)"), "\(again.stderr)")
+        #expect(try String(contentsOf: dir.appending(path: "todo.txt"), encoding: .utf8) == "one\ntwo\n")
     }
 }
