@@ -79,7 +79,7 @@ struct DockerBuildCommand: AsyncParsableCommand {
             Output.note("checking and unpacking \(wheel)")
             let binary = try NativeRunnerImage.binary(fromWheel: URL(fileURLWithPath: wheel), into: directory)
             let native = try NativeRunnerImage(claudeBinary: binary)
-            labels[NativeRunnerImage.claudeVersionLabel] = native.claudeVersion()
+            labels.merge(native.labels()) { $1 }
             archive = try native.context()
         } else if let binary = options.claudeBinary {
             let native = try NativeRunnerImage(claudeBinary: URL(fileURLWithPath: binary))
@@ -87,7 +87,7 @@ struct DockerBuildCommand: AsyncParsableCommand {
                 throw CLIError("\(binary) does not answer `--version`: is it the native Claude Code binary?")
             }
             Output.note("assembling the runner from \(binary) (Claude Code \(version)) and this machine's files")
-            labels[NativeRunnerImage.claudeVersionLabel] = version
+            labels.merge(native.labels()) { $1 }
             archive = try native.context()
         } else if let file = options.file {
             let url = URL(fileURLWithPath: file)

@@ -92,11 +92,7 @@ public struct ClaudeOptions: Sendable, Equatable {
     /// per-job token, never the key; background work uses the approved model too.
     public func environment(gatewayToken: String?) -> [String] {
         var environment = ["CLAUDE_CONFIG_DIR=\(SandboxPolicy.credentialDirectory)", "DISABLE_AUTOUPDATER=1"]
-        if workspaceTools != nil {
-            // The workspace's dot files are the requester's: HOME is elsewhere, and the entrypoint
-            // unpacks the workspace before the command and hands the work directory back after it.
-            environment += ["HOME=/tmp", "CMM_WORKSPACE=1"]
-        }
+        if workspaceTools != nil { environment += SandboxPolicy.workspaceEnvironment }
         if let gatewayToken {
             environment += [
                 "ANTHROPIC_BASE_URL=http://127.0.0.1:3128", "ANTHROPIC_API_KEY=\(gatewayToken)",
@@ -149,9 +145,8 @@ extension JobBackend {
                 loginVolume: options.loginVolume, secrets: options.secrets)
         case .command(let command):
             return PreparedBackend(
-                command: command, environment: workspace != nil ? ["HOME=/tmp", "CMM_WORKSPACE=1"] : [],
-                loginVolume: nil,
-                secrets: [])
+                command: command, environment: workspace != nil ? SandboxPolicy.workspaceEnvironment : [],
+                loginVolume: nil, secrets: [])
         }
     }
 

@@ -16,6 +16,15 @@ public struct NativeRunnerImage: Sendable {
 
     /// The image label holding the binary's `claude --version`, for `health`.
     public static let claudeVersionLabel = "io.claude-max-market.claude-version"
+    /// The image label holding the SHA-256 of the entrypoint it was built with.
+    public static let entrypointLabel = "io.claude-max-market.entrypoint-sha256"
+
+    /// The labels a native runner records: the binary's version and the entrypoint's hash.
+    public func labels() -> [String: String] {
+        var labels = [Self.entrypointLabel: FileDigest.sha256(Data(RunnerImage.entrypoint.utf8))]
+        if let version = claudeVersion() { labels[Self.claudeVersionLabel] = version }
+        return labels
+    }
 
     /// What the binary says of its version (`2.1.332 (Claude Code)`), run here with no network
     /// need; nil when it does not answer.

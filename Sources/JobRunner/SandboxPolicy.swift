@@ -47,6 +47,9 @@ public enum SandboxPolicy {
     public static let workDirectory = "/work"
     /// Where the provider's egress proxy socket directory is mounted (read-only).
     public static let egressMount = "/run/cmm-egress"
+    /// What a workspace job's container is told: HOME away from the workspace (its dot files are
+    /// the requester's), and that stdin is an archive to unpack before the command.
+    public static let workspaceEnvironment = ["HOME=/tmp", "CMM_WORKSPACE=1"]
     /// Where a subscription login volume is mounted: outside the work dir.
     public static let credentialDirectory = "/claude-config"
 

@@ -246,8 +246,14 @@ public struct JobPipeline: Sendable {
                 try refuse("requester \(job.requester) is not allowed")
             }
             if estimatedTokens > limits.maxTokensPerTask { try refuse("\(estimatedTokens) tokens exceed the policy") }
-            try database.audit(
-                actor: "policy", kind: "job.approved", details: ["job": job.id, "mode": "policy"], at: now)
+            var details = ["job": job.id, "mode": "policy"]
+            if let tree = job.workspace {
+                // What a person would have been shown: the workspace's size and top-level names.
+                details["workspace"] =
+                    "\(tree.fileCount) files, \(tree.byteCount) bytes: "
+                    + tree.topLevelNames.prefix(8).joined(separator: " ")
+            }
+            try database.audit(actor: "policy", kind: "job.approved", details: details, at: now)
             return
         }
         let usage = try JobStore(database: database).usage(at: now)

@@ -177,8 +177,7 @@ public struct WorkspacePacker: Sendable {
 enum GitFiles {
     /// nil when `directory` is not inside a git work tree; throws when it is but git is missing.
     static func list(in directory: String) throws(WorkspaceError) -> Set<String>? {
-        guard let top = ancestorWithGit(directory) else { return nil }
-        _ = top
+        guard ancestorWithGit(directory) != nil else { return nil }
         guard let git = executable("git") else {
             throw WorkspaceError(
                 .io,

@@ -147,10 +147,9 @@ public struct WorkspaceTree: Sendable, Equatable {
 
     /// A link's target must be relative and, read from the link's own directory, stay inside.
     public static func check(link path: String, target: String) throws(WorkspaceError) {
-        guard let resolved = resolve(link: path, target: target) else {
+        guard resolve(link: path, target: target) != nil else {
             throw WorkspaceError(.badEntry, "the link \(path) -> \(target) points outside the workspace")
         }
-        _ = resolved
     }
 
     /// Where a link's target lands, relative to the root (lexically, as a tree of directories);
@@ -205,6 +204,10 @@ public struct WorkspaceError: Error, Sendable, Equatable, CustomStringConvertibl
 
 /// SHA-256 of a file, read in pieces (a wheel or a binary of hundreds of MB).
 public enum FileDigest {
+    public static func sha256(_ data: Data) -> String {
+        SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+    }
+
     public static func sha256(of url: URL) throws -> String {
         let handle = try FileHandle(forReadingFrom: url)
         defer { try? handle.close() }

@@ -67,3 +67,20 @@ struct ExecuteWorkspaceTests {
         #expect(!jobs.stdout.contains("started"), "nothing ran: \(jobs.stdout)")
     }
 }
+
+/// `docker:build` from a native binary or the pinned wheel refuses what it cannot check, before
+/// anything is built.
+struct NativeRunnerBuildTests {
+    @Test func aWrongWheelOrBinaryIsRefusedWithWhatWasWrong() throws {
+        let home = TemporaryDirectory("cmm-native-build")
+        let wheel = home.file("claude_agent_sdk-0.2.189-py3-none-manylinux_2_17_x86_64.whl")
+        try Data("not the wheel".utf8).write(to: wheel)
+        let badWheel = try CLIRunner.run(["docker:build", "--claude-wheel", wheel.path], home: home.url)
+        #expect(badWheel.exitCode != 0 && badWheel.stderr.contains("SHA-256"), "\(badWheel.stderr)")
+        let noBinary = try CLIRunner.run(["docker:build", "--claude-binary", "/nonexistent/claude"], home: home.url)
+        #expect(noBinary.exitCode != 0 && noBinary.stderr.contains("not an executable file"), "\(noBinary.stderr)")
+        let both = try CLIRunner.run(
+            ["docker:build", "--claude-binary", "/bin/true", "--claude-wheel", wheel.path], home: home.url)
+        #expect(both.exitCode != 0 && both.stderr.contains("give one of"), "\(both.stderr)")
+    }
+}

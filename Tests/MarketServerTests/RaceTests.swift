@@ -67,7 +67,11 @@ actor Gate {
                     let keys = TestMarket.newPeer()
                     let ready = LockedBox(false)
                     do {
-                        try await MarketConnection.with(url: urls[index % urls.count], keys: keys) { connection in
+                        // 200 handshakes at once on a loaded 2-core machine (other suites run
+                        // real CLIs beside this one): the open is given time, the race is not.
+                        try await MarketConnection.with(
+                            url: urls[index % urls.count], keys: keys, openTimeout: .seconds(90)
+                        ) { connection in
                             // Above the task's maximum: the offer alone never matches it.
                             let advertised = try? await connection.ok(
                                 .offerAdvertise, AdvertiseBody(price: micro(50), slots: 1))
@@ -90,7 +94,7 @@ actor Gate {
                 }
             }
             // Every bidder is connected with a standing offer (a failed one ends the group with its error).
-            for _ in 0..<3000 where await gate.count() < bidders { try await Task.sleep(for: .milliseconds(20)) }
+            for _ in 0..<6000 where await gate.count() < bidders { try await Task.sleep(for: .milliseconds(20)) }
             #expect(await gate.count() == bidders, "not every bidder got ready")
             await gate.open()
             try await group.waitForAll()

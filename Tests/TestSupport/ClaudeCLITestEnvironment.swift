@@ -37,6 +37,11 @@ public enum ClaudeCLITestEnvironment {
                 throw CLIRunnerError(
                     description: "the real Claude Code CLI is missing at \(binaryPath): scripts/test.sh fetches it")
             }
+            // A 400 MB context: built again only when the binary or the entrypoint changed.
+            if try isCurrent() {
+                built = true
+                return
+            }
             let home = TemporaryDirectory("cmm-claude-image-home")
             let result = try CLIRunner.run(
                 ["docker:build", "--tag", image, "--claude-binary", binaryPath], home: home.url)
@@ -44,6 +49,22 @@ public enum ClaudeCLITestEnvironment {
                 throw CLIRunnerError(description: "the real-CLI runner image did not build: \(result.stderr)")
             }
             built = true
+        }
+
+        /// The image there was made from this binary (its version) and this entrypoint (its hash).
+        func isCurrent() throws -> Bool {
+            let inspect = try DockerTestEnvironment.curl("GET", "/images/\(image)/json")
+            guard let object = try? JSONSerialization.jsonObject(with: inspect.stdoutData) as? [String: Any],
+                let labels = (object["Config"] as? [String: Any])?["Labels"] as? [String: String]
+            else { return false }
+            let version = try CLIRunner.runProcess(URL(fileURLWithPath: binaryPath), ["--version"], environment: [:])
+                .stdout.split(separator: "\n").first.map { $0.trimmingCharacters(in: .whitespaces) }
+            let entrypoint = TestRunnerImage.repository.appending(path: "docker/runner/entrypoint.sh")
+            let digest = try CLIRunner.runProcess(
+                URL(fileURLWithPath: "/usr/bin/sha256sum"), [entrypoint.path], environment: [:]
+            ).stdout.split(separator: " ").first.map(String.init)
+            return labels["io.claude-max-market.claude-version"] == version
+                && labels["io.claude-max-market.entrypoint-sha256"] == digest
         }
     }
 }
