@@ -182,7 +182,9 @@ let package = Package(
         ),
         .executableTarget(
             name: "Fuzz",
-            dependencies: ["MarketCore", "MarketCrypto", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "MarketCore", "MarketCrypto", "Workspace", .product(name: "Crypto", package: "swift-crypto"),
+            ],
             path: "Fuzz"
         ),
         .target(

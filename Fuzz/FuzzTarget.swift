@@ -2,10 +2,12 @@ import Crypto
 import Foundation
 import MarketCore
 import MarketCrypto
+import Workspace
 
 // A coverage-guided fuzzer (libFuzzer) for the parsers that meet hostile bytes first: the
 // envelope (JSON, the signed frame), its bodies, the sealed file header, sealed files and
-// armor. Built by `scripts/fuzz.sh` with `-sanitize=fuzzer`; the first input byte picks the
+// armor, a workspace archive (strict, as a provider reads a requester's; lenient, as it reads
+// what a job left) and a workspace patch (as a requester reads a result's). Built by `scripts/fuzz.sh` with `-sanitize=fuzzer`; the first input byte picks the
 // parser. Every input must end in a value or a thrown error — never a crash, a trap or a hang.
 
 /// One sealing key set and identity for every input (RSA key generation is slow).
@@ -26,17 +28,25 @@ struct FuzzReplayCache: ReplayCache {
 func fuzzOne(_ input: Data) {
     guard let selector = input.first else { return }
     let bytes = input.dropFirst()
-    switch selector % 5 {
+    switch selector % 8 {
     case 0: envelope(Data(bytes))
     case 1:
         var source = DataSource(Data(bytes))
         _ = try? SealedHeader.read(from: &source)
     case 2: _ = try? Sealer.open(Data(bytes), keys: ring)
     case 3: _ = try? Sealer.open(validHeader + bytes, keys: ring)
-    default:
+    case 5: _ = try? WorkspaceTree.read(tar: Data(bytes), limits: WorkspaceLimits(maxBytes: 1 << 20, maxFiles: 1000))
+    case 6:
+        _ = try? WorkspaceTree.read(
+            tar: Data(bytes), limits: WorkspaceLimits(maxBytes: 1 << 20, maxFiles: 1000), lenient: true)
+    case 7:
+        guard let patch = try? WorkspacePatch(parsing: Data(bytes), maxFiles: 1000) else { return }
+        _ = patch.diffstat
+    case 4:
         guard var reader = try? ArmorReader(source: DataSource(Data(bytes)), prefix: Data()) else { return }
         var total = 0
         while let chunk = try? reader.read(upTo: 4096), !chunk.isEmpty { total += chunk.count }
+    default: return
     }
 }
 
@@ -61,6 +71,7 @@ func envelope(_ bytes: Data) {
     check(ResultBody.self)
     check(HeartbeatBody.self)
     check(TaskRefBody.self)
+    check(BlobChunkBody.self)
 }
 
 #if CMM_LIBFUZZER

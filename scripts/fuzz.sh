@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (libFuzzer, through `swift build -Xswiftc -sanitize=fuzzer`) of the
 # parsers that meet hostile bytes first: the signed envelope and its bodies, the sealed file
-# header, sealed files (also past a header whose key opens) and armor. Any crash, trap, leak of
+# header, sealed files (also past a header whose key opens), armor, workspace archives (strict
+# and lenient) and workspace patches. Any crash, trap, leak of
 # time (5 s per input) or memory (2 GB) fails the run, and the input that caused it is kept.
 #
 #   scripts/fuzz.sh                  60 seconds
@@ -46,6 +47,14 @@ printf '\000%s' "$envelope" > "$WORK/corpus/envelope"
 { printf '\002'; cat "$WORK/sealed"; } > "$WORK/corpus/sealed"
 { printf '\003'; tail -c +80 "$WORK/sealed"; } > "$WORK/corpus/chunks"
 { printf '\004'; cat "$WORK/armored"; } > "$WORK/corpus/armored"
+mkdir -p "$WORK/tree/src" && printf 'x\n' > "$WORK/tree/src/a.txt" && ln -s src/a.txt "$WORK/tree/link"
+{ printf '\005'; tar -c --format=ustar -C "$WORK/tree" .; } > "$WORK/corpus/workspace"
+{ printf '\006'; tar -c --format=gnu -C "$WORK/tree" .; } > "$WORK/corpus/workdir"
+{
+    printf '\007# claude-max-market workspace patch; base sha256:00\ndiff --git a/a.txt b/a.txt\n'
+    printf 'index %s..%s 100644\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1,2 @@\n x\n+y\n' \
+        587be6b4c3f93f93c489c0111bba5596147a26cb 0000000000000000000000000000000000000000
+} > "$WORK/corpus/patch"
 
 log "fuzzing for $SECONDS_TO_RUN s"
 if "$FUZZER" -max_total_time="$SECONDS_TO_RUN" -max_len=8192 -timeout=5 -rss_limit_mb=2048 -print_final_stats=1 \

@@ -47,8 +47,13 @@ struct ResultCommand: AsyncParsableCommand {
         let files = WorkspaceFiles(directory: link.context.paths.workspacesDirectory)
         if let frame = try store.resultFrame(taskId), local.resultVerified == true {
             let result = try Requester.openStored(frame, keys: link.ring)
-            try show(result, state: local.state)
-            return try handlePatch(result, files: files)
+            // A result whose patch had not all arrived is followed again: the market keeps the
+            // pieces while the task is delivered.
+            let patchHere = try files.patch(taskId) != nil
+            if result.patch?.blob == nil || patchHere {
+                try show(result, state: local.state)
+                return try handlePatch(result, files: files)
+            }
         }
         let waitMs = try DurationArgument.milliseconds(waitTimeout, option: "--wait-timeout")
         let printer = RequesterPrinter(json: json)

@@ -32,6 +32,10 @@ public actor ProviderDaemon {
         /// How long `stop()` lets running jobs finish before handing them back.
         public var drainTimeout: Duration = .seconds(30)
         public var consentPoll: Duration = .seconds(1)
+        /// How long a payload waits for the rest of its workspace before the job is handed back
+        /// (`job.rejected`, no fault of the provider's): a requester that never sends every piece
+        /// must not run the provider into the approval timeout, which would count as its failure.
+        public var workspaceWait: Duration = .seconds(120)
         public init() {}
     }
 
@@ -318,6 +322,13 @@ public actor ProviderDaemon {
                 "task \(taskId): waiting for its workspace (\(info.files) files, \(info.bytes) bytes, \(info.blob.chunks) pieces)",
                 task: taskId)
             await startIfWorkspaceComplete(taskId)
+            if waitingForWorkspace[taskId] != nil {
+                let wait = settings.workspaceWait
+                Task {
+                    try? await Task.sleep(for: wait)
+                    await self.giveUpOnWorkspace(taskId, after: wait)
+                }
+            }
             return
         }
         start(taskId, assignment: assignment, prompt: payload.promptData!, workspace: nil, leftOut: [])
@@ -331,6 +342,12 @@ public actor ProviderDaemon {
                 taskId: taskId, assignment: assignment, prompt: prompt, workspace: workspace, leftOut: leftOut)
         }
         running[taskId] = job
+    }
+
+    private func giveUpOnWorkspace(_ taskId: String, after wait: Duration) async {
+        guard waitingForWorkspace.removeValue(forKey: taskId) != nil else { return }
+        workspacePieces[taskId] = nil
+        await reject(taskId, "the workspace did not arrive whole within \(Int(wait.inSeconds)) s of its payload")
     }
 
     /// A piece of a requester's workspace: checked against the requester's key, kept until the

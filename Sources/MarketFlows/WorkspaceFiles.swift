@@ -20,9 +20,9 @@ public struct WorkspaceFiles: Sendable {
     func write(_ data: Data, to url: URL) throws {
         try FileManager.default.createDirectory(
             at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let previous = umask(0o077)
-        defer { umask(previous) }
+        // No umask: it is the whole process's. The directory is 0700 while the file is tightened.
         try data.write(to: url, options: .atomic)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)
     }
 
     public func save(_ archive: Data, leftOut: [String], directory: String? = nil, for taskId: String) throws {

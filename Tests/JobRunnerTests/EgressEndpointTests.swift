@@ -161,8 +161,8 @@ import Testing
                     proxy.socketPath, "CONNECT 127.0.0.1:\(port) HTTP/1.1\r\n\r\n", limit: .seconds(60))
                 #expect(text.hasPrefix("HTTP/1.1 200"))
                 // Without the fix the job's side stays open until its own limit (60 s here); a
-                // loaded machine takes a few seconds.
-                #expect(after < .seconds(15), "the job's side closed \(after) after it began")
+                // loaded machine takes a few seconds (seen: more than 10 beside the real-CLI suites).
+                #expect(after < .seconds(45), "the job's side closed \(after) after it began")
                 #expect(proxy.bytesTransferred >= 20_000)
             }
             for _ in 0..<100 where closed.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(20)) }
