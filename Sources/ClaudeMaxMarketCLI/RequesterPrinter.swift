@@ -99,8 +99,11 @@ struct RequesterPrinter: Sendable {
     func finished(_ outcome: RequesterOutcome) {
         if json { return emit(Line(type: "finished", taskId: outcome.taskId, state: outcome.state)) }
         if outcome.state == "delivered", let result = outcome.result {
+            let why =
+                result.state == "succeeded" && result.patch?.error != nil
+                ? "the job succeeded but its patch could not be made" : "the job ended \(result.state)"
             Output.note(
-                "the job ended \(result.state), so it was not accepted: `claude-max-market accept --task-id \(outcome.taskId)` "
+                "\(why), so it was not accepted: `claude-max-market accept --task-id \(outcome.taskId)` "
                     + "or `dispute --task-id \(outcome.taskId) --reason …` (the acceptance window accepts it otherwise)"
             )
         }

@@ -311,7 +311,8 @@ public actor Requester {
     ) async throws -> RequesterOutcome? {
         // Only a job that succeeded is accepted unasked; any other ending is the requester's call
         // (`accept` or `dispute`), settled by the window otherwise.
-        if accept && result.state == "succeeded" {
+        // A workspace job whose patch could not be made did not give what was asked for either.
+        if accept && result.state == "succeeded" && result.patch?.error == nil {
             try await session.enqueue(.jobAccept, TaskRefBody(taskId: taskId), id: "accept-\(taskId)")
             return nil
         }
