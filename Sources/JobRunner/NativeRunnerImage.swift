@@ -133,19 +133,11 @@ public struct NativeRunnerImage: Sendable {
     }
 
     static func run(_ executable: URL, _ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw RunnerImageError("\(executable.lastPathComponent) \(arguments.joined(separator: " ")) failed")
+        do {
+            return String(decoding: try ChildProcess.output(executable, arguments), as: UTF8.self)
+        } catch {
+            throw RunnerImageError(error.description)
         }
-        return String(decoding: data, as: UTF8.self)
     }
 
     /// The binary of the pinned wheel, after checking the wheel's SHA-256: unpacked with

@@ -210,22 +210,10 @@ enum GitFiles {
     }
 
     static func run(_ executable: String, _ arguments: [String]) throws(WorkspaceError) -> Data {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
         do {
-            try process.run()
+            return try ChildProcess.output(URL(fileURLWithPath: executable), arguments)
         } catch {
-            throw WorkspaceError(.io, "could not run git: \(error.localizedDescription)")
+            throw WorkspaceError(.io, "\(error)")
         }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw WorkspaceError(.io, "git \(arguments.dropFirst(2).joined(separator: " ")) failed")
-        }
-        return data
     }
 }
