@@ -65,13 +65,15 @@ public struct ClaudeOptions: Sendable, Equatable {
     /// Tools that change files: in a workspace job they are allowed under /work only.
     public static let fileChangingTools = ["Edit", "Write", "MultiEdit", "NotebookEdit"]
 
-    /// `claude -p` headless, stream-json, `dontAsk` with an allowlist of tools; reading or
-    /// changing the credential directory is denied by rule, and shell / write / web tools are
-    /// denied unless allowed. Settings, hooks and MCP servers come only from the provider's own
-    /// user settings: a workspace's `.claude/settings*.json` and `.mcp.json` are the requester's.
-    public var command: [String] {
-        let credentialRules = ["Read", "Grep", "Glob", "Edit"].map {
-            "\($0)(/\(SandboxPolicy.credentialDirectory)/**)"
+    /// `claude -p` headless, stream-json in and out, `dontAsk` with an allowlist of tools;
+    /// reading or changing the credential directory or the CLI's own state is denied by rule, and
+    /// shell / write / web tools are denied unless allowed. Settings, hooks and MCP servers come
+    /// only from the provider's own user settings: a workspace's `.claude/settings*.json` and
+    /// `.mcp.json` are the requester's. The prompt arrives as one stream-json user message, so a
+    /// CLI started ahead (a warm slot) and a cold one run with the same flags.
+    public func command(conversation: ClaudeConversation) -> [String] {
+        let credentialRules = ["Read", "Grep", "Glob", "Edit"].flatMap {
+            ["\($0)(/\(SandboxPolicy.credentialDirectory)/**)", "\($0)(/\(ClaudeConversation.stateDirectory)/**)"]
         }
         var allowed = allowedTools
         for tool in workspaceTools ?? [] where !allowed.contains(tool) {
@@ -82,17 +84,40 @@ public struct ClaudeOptions: Sendable, Equatable {
             Self.riskyTools.filter { !allowedTools.contains($0) && !(workspaceTools ?? []).contains($0) }
             + credentialRules
         return [
-            "claude", "-p", "--output-format", "stream-json", "--verbose", "--max-turns", String(maxTurns), "--model",
-            model, "--permission-mode", "dontAsk", "--allowedTools", allowed.joined(separator: ","),
-            "--disallowedTools", denied.joined(separator: ","), "--setting-sources", "user", "--strict-mcp-config",
-        ] + (workspaceInstructions ? ["--append-system-prompt-file", "\(SandboxPolicy.workDirectory)/CLAUDE.md"] : [])
+            "claude", "-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose",
+            "--max-turns", String(maxTurns), "--model", model, "--permission-mode", "dontAsk", "--allowedTools",
+            allowed.joined(separator: ","), "--disallowedTools", denied.joined(separator: ","), "--setting-sources",
+            "user", "--strict-mcp-config",
+        ] + conversation.flags
+            + (workspaceInstructions
+                ? ["--append-system-prompt-file", "\(SandboxPolicy.workDirectory)/CLAUDE.md"] : [])
     }
 
-    /// The container environment. In API-key mode the job gets the gateway's address and its
-    /// per-job token, never the key; background work uses the approved model too.
-    public func environment(gatewayToken: String?) -> [String] {
-        var environment = ["CLAUDE_CONFIG_DIR=\(SandboxPolicy.credentialDirectory)", "DISABLE_AUTOUPDATER=1"]
-        if workspaceTools != nil { environment += SandboxPolicy.workspaceEnvironment }
+    /// The prompt as the one stream-json user message the CLI reads.
+    public static func userMessage(_ prompt: Data, sessionID: String) -> Data {
+        let message: [String: Any] = [
+            "type": "user", "message": ["role": "user", "content": String(decoding: prompt, as: UTF8.self)],
+            "parent_tool_use_id": NSNull(), "session_id": sessionID,
+        ]
+        var line =
+            (try? JSONSerialization.data(withJSONObject: message, options: [.sortedKeys, .withoutEscapingSlashes]))
+            ?? Data()
+        line.append(0x0a)
+        return line
+    }
+
+    /// The container environment. The CLI's state goes to a job-private directory on /tmp (the
+    /// entrypoint copies the provider's user settings, and a subscription login, into it from the
+    /// read-only /claude-config); stdin is an archive (the prompt, a workspace, a transcript);
+    /// what the job leaves (`returning`, paths below `/`) comes back after it. In API-key mode
+    /// the job gets the gateway's address and its per-job token, never the key; background work
+    /// uses the approved model too.
+    public func environment(gatewayToken: String?, returning: [String]) -> [String] {
+        var environment = [
+            "CLAUDE_CONFIG_DIR=\(ClaudeConversation.stateDirectory)", "CMM_CLAUDE_STATE=1", "DISABLE_AUTOUPDATER=1",
+            "CMM_RETURN=\(returning.joined(separator: " "))",
+        ]
+        environment += SandboxPolicy.workspaceEnvironment
         if let gatewayToken {
             environment += [
                 "ANTHROPIC_BASE_URL=http://127.0.0.1:3128", "ANTHROPIC_API_KEY=\(gatewayToken)",
@@ -131,7 +156,10 @@ struct PreparedBackend: Sendable {
 }
 
 extension JobBackend {
-    func prepared(gateway: ClaudeGateway?, workspace: WorkspaceTree? = nil) -> PreparedBackend {
+    func prepared(
+        gateway: ClaudeGateway?, workspace: WorkspaceTree? = nil,
+        conversation: ClaudeConversation = ClaudeConversation()
+    ) -> PreparedBackend {
         switch self {
         case .claude(var options):
             // The tools follow the request: a job without a workspace never gets the workspace's.
@@ -140,12 +168,15 @@ extension JobBackend {
                 options.workspaceTools = ClaudeOptions.defaultWorkspaceTools
             }
             if case .file = workspace?["CLAUDE.md"]?.kind { options.workspaceInstructions = true }
+            let returning = (workspace == nil ? [] : ["work"]) + [conversation.transcriptPath]
             return PreparedBackend(
-                command: options.command, environment: options.environment(gatewayToken: gateway?.token),
+                command: options.command(conversation: conversation),
+                environment: options.environment(gatewayToken: gateway?.token, returning: returning),
                 loginVolume: options.loginVolume, secrets: options.secrets)
         case .command(let command):
             return PreparedBackend(
-                command: command, environment: workspace != nil ? SandboxPolicy.workspaceEnvironment : [],
+                command: command,
+                environment: workspace != nil ? SandboxPolicy.workspaceEnvironment + ["CMM_RETURN=work"] : [],
                 loginVolume: nil, secrets: [])
         }
     }

@@ -20,6 +20,11 @@ public struct JobRequest: Sendable {
     /// A workspace job: the tree unpacked in /work before the command starts, and the change
     /// the job made to it read back afterwards.
     public var workspace: JobWorkspace?
+    /// A claude job's conversation: nil for a new one with a fresh session id; one with a
+    /// transcript (already checked) continues it.
+    public var conversation: ClaudeConversation?
+    /// The largest transcript a claude job may hand back (`limits.maxTranscriptBytes`).
+    public var maxTranscriptBytes = ClaudeTranscript.defaultMaxBytes
 
     public init(id: String, prompt: Data, backend: JobBackend, sandbox: SandboxSettings, egress: EgressPolicy?) {
         self.id = id
@@ -53,8 +58,35 @@ public struct JobWorkspace: Sendable {
         self.maxPatchBytes = maxPatchBytes
     }
 
-    /// The entrypoint's line before the work directory comes back on stdout as a tar archive.
-    public static let trailerMarker = "cmm-entrypoint: the work directory follows as a tar archive (v1)"
+}
+
+extension JobRequest {
+    /// The entrypoint's line before what the job leaves (its work directory, a claude job's
+    /// transcript) comes back on stdout as a tar archive.
+    public static let trailerMarker = "cmm-entrypoint: what the job leaves follows as a tar archive (v2)"
+
+    /// A claude job with its conversation settled: a new one gets its session id here.
+    func settled() -> JobRequest {
+        var request = self
+        if case .claude = backend, request.conversation == nil { request.conversation = ClaudeConversation() }
+        if let transcript = request.conversation?.transcript {
+            request.sandbox.transcriptBytes = Int64(transcript.data.count)
+        }
+        return request
+    }
+
+    /// Whether stdin is an archive and what the job leaves comes back after the marker.
+    var archived: Bool { workspace != nil || conversation != nil }
+
+    /// What goes to the container's stdin.
+    var stdinData: Data {
+        guard archived else { return prompt }
+        let tree = workspace?.tree ?? .empty
+        guard let conversation else { return tree.jobInput(prompt: prompt) }
+        let message = ClaudeOptions.userMessage(prompt, sessionID: conversation.sessionID)
+        let files = conversation.transcript.map { [(conversation.transcriptPath, $0.data)] } ?? []
+        return tree.jobInput(prompt: message, files: files)
+    }
 }
 
 /// What came of a workspace job's work directory.
@@ -115,6 +147,10 @@ public struct JobReport: Sendable {
     public var providerFault = false
     /// A workspace job's change, read back from its work directory.
     public var workspace: WorkspaceOutcome?
+    /// A claude job's session id, and the transcript it left (checked), or why there is none.
+    public var sessionID: String?
+    public var transcript: ClaudeTranscript?
+    public var transcriptError: String?
 }
 
 /// Runs jobs in hardened containers: create, attach, start, hand over the prompt on stdin,
@@ -142,6 +178,7 @@ public struct JobExecutor: Sendable {
         onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
         try request.validate()
+        let request = request.settled()
         let gateway = try request.backend.makeGateway(logger: logger)
         guard request.egress != nil || gateway != nil else {
             return try await runContainer(
@@ -172,6 +209,9 @@ public struct JobExecutor: Sendable {
         _ request: JobRequest, on slot: WarmPool.Slot, onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
         try request.validate()
+        var request = request
+        request.conversation = slot.conversation
+        request = request.settled()
         var report = try await drive(
             containerID: slot.containerID, request: request, startFirst: false, secrets: slot.secrets,
             gateway: slot.proxy?.gateway, preamble: slot.gated ? Data("\n".utf8) : Data(), onOutput: onOutput)
@@ -183,14 +223,16 @@ public struct JobExecutor: Sendable {
         _ request: JobRequest, endpoint: EgressProxy?, gateway: ClaudeGateway?,
         whenCreated: @Sendable (String) async throws -> Void, onOutput: @escaping @Sendable (JobOutput) -> Void
     ) async throws -> JobReport {
-        let prepared = request.backend.prepared(gateway: gateway, workspace: request.workspace?.tree)
+        let prepared = request.backend.prepared(
+            gateway: gateway, workspace: request.workspace?.tree, conversation: request.conversation ?? .init())
         let egressDirectory = endpoint?.socketPath.deletingLastPathComponent
         let spec = SandboxPolicy.containerSpec(
             request.sandbox, command: prepared.command, environment: prepared.environment,
             labels: Labels.make(
                 kind: request.loginVolume == nil ? "job" : "login", job: request.id, owner: owner,
                 version: ToolVersion.current),
-            egressDirectory: egressDirectory, loginVolume: request.loginVolume ?? prepared.loginVolume)
+            egressDirectory: egressDirectory, loginVolume: request.loginVolume ?? prepared.loginVolume,
+            loginWritable: request.loginVolume != nil)
         let id = try await docker.createContainer(spec, name: "cmm-job-\(request.id.prefix(36))")
         do {
             try await whenCreated(id)
@@ -217,10 +259,13 @@ public struct JobExecutor: Sendable {
         let collector = OutputCollector(
             redactor: SecretRedactor(knownSecrets: secrets), parsesClaude: request.backend.name == "claude",
             maxBytes: request.sandbox.maxOutputBytes,
-            trailer: request.workspace.map { _ in
-                (JobWorkspace.trailerMarker, request.sandbox.workTmpfsBytes * 2 + (1 << 20))
-            }, onOutput: onOutput)
-        let input = request.workspace.map { $0.tree.jobInput(prompt: request.prompt) } ?? request.prompt
+            trailer: request.archived
+                ? (
+                    JobRequest.trailerMarker,
+                    (request.sandbox.workTmpfsBytes + request.sandbox.tmpTmpfsBytes) * 2 + (1 << 20)
+                )
+                : nil, onOutput: onOutput)
+        let input = request.stdinData
         var state = JobEndState.failed
         var exitCode: Int?
         var providerFault = false
@@ -329,9 +374,10 @@ public struct JobExecutor: Sendable {
             usage: collector.parser.result?.usage ?? [:], rateLimits: collector.parser.rateLimits,
             redactions: collector.redactions, egress: [], egressBytes: 0, error: failure, duration: clock.now - started)
         report.providerFault = providerFault
-        if let workspace = request.workspace, state != .cancelled, state != .timedOut {
-            report.workspace = collector.workspaceOutcome(workspace, sandbox: request.sandbox)
+        if request.archived, state != .cancelled, state != .timedOut {
+            collector.readLeftBehind(request, into: &report, redactor: SecretRedactor(knownSecrets: secrets))
         }
+        report.sessionID = request.conversation?.sessionID
         if let gateway {
             // The API's own numbers, not what the job printed.
             report.usage = gateway.usage
@@ -447,35 +493,67 @@ final class OutputCollector: @unchecked Sendable {
         }
     }
 
-    /// Reads the work directory back (as hostile input: the job wrote it) and makes the patch.
-    func workspaceOutcome(_ workspace: JobWorkspace, sandbox: SandboxSettings) -> WorkspaceOutcome {
+    /// Reads back what the job left (as hostile input: the job wrote it): a workspace job's
+    /// work directory becomes its patch, a claude job's transcript is checked.
+    func readLeftBehind(_ request: JobRequest, into report: inout JobReport, redactor: SecretRedactor) {
         lock.withLock {
-            guard let trailer else {
-                return WorkspaceOutcome(error: "the job's work directory did not come back (the container ended early)")
+            func fail(_ reason: String) {
+                if request.workspace != nil { report.workspace = WorkspaceOutcome(error: reason) }
+                if request.conversation != nil { report.transcriptError = reason }
             }
+            guard let trailer else { return fail("what the job left did not come back (the container ended early)") }
             if trailerOverflow {
-                return WorkspaceOutcome(
-                    error: "the job's work directory came back larger than \(maxTrailerBytes) bytes; no patch was made")
+                return fail("what the job left came back larger than \(maxTrailerBytes) bytes and was dropped")
             }
+            let left: WorkspaceTree
+            let skipped: [WorkspaceTree.Skipped]
             do {
-                let (tree, skipped) = try WorkspaceTree.read(
+                (left, skipped) = try WorkspaceTree.read(
                     tar: trailer,
                     limits: WorkspaceLimits(
-                        maxBytes: sandbox.workTmpfsBytes, maxFiles: workspace.tree.fileCount + 100_000),
+                        maxBytes: request.sandbox.workTmpfsBytes + request.sandbox.tmpTmpfsBytes,
+                        maxFiles: (request.workspace?.tree.fileCount ?? 0) + 100_000),
                     lenient: true)
-                let patch = WorkspacePatch.make(base: workspace.tree, result: tree)
-                guard Int64(patch.data.count) <= workspace.maxPatchBytes else {
-                    return WorkspaceOutcome(
-                        skipped: skipped,
-                        error:
-                            "the patch is \(patch.data.count) bytes; limits.maxPatchBytes allows \(workspace.maxPatchBytes)"
-                    )
-                }
-                return WorkspaceOutcome(patch: patch, skipped: skipped)
             } catch {
-                return WorkspaceOutcome(error: "the job's work directory could not be read back: \(error)")
+                return fail("what the job left could not be read back: \(error)")
+            }
+            if let workspace = request.workspace {
+                let (tree, outside) = left.subtree(under: "work")
+                let inWork = skipped.compactMap { item -> WorkspaceTree.Skipped? in
+                    guard item.path.hasPrefix("work/") else { return nil }
+                    return WorkspaceTree.Skipped(path: String(item.path.dropFirst(5)), reason: item.reason)
+                }
+                report.workspace = Self.outcome(workspace, tree: tree, skipped: inWork + outside)
+            }
+            if let conversation = request.conversation {
+                guard case .file(let data) = left[conversation.transcriptPath]?.kind else {
+                    report.transcriptError = "the job left no transcript of session \(conversation.sessionID)"
+                    return
+                }
+                let (clean, count) = redactor.redact(String(decoding: data, as: UTF8.self))
+                redactions += count
+                do {
+                    report.transcript = try ClaudeTranscript(
+                        checking: Data(clean.utf8), sessionID: conversation.sessionID,
+                        maxBytes: request.maxTranscriptBytes)
+                } catch {
+                    report.transcriptError = "the job's transcript was not kept: \(error)"
+                }
             }
         }
+    }
+
+    /// The patch of a workspace job's work directory against the tree it received.
+    static func outcome(_ workspace: JobWorkspace, tree: WorkspaceTree, skipped: [WorkspaceTree.Skipped])
+        -> WorkspaceOutcome
+    {
+        let patch = WorkspacePatch.make(base: workspace.tree, result: tree)
+        guard Int64(patch.data.count) <= workspace.maxPatchBytes else {
+            return WorkspaceOutcome(
+                skipped: skipped,
+                error: "the patch is \(patch.data.count) bytes; limits.maxPatchBytes allows \(workspace.maxPatchBytes)")
+        }
+        return WorkspaceOutcome(patch: patch, skipped: skipped)
     }
 
     func flush() {

@@ -19,8 +19,14 @@ public struct SandboxSettings: Sendable, Equatable {
     /// A workspace job's /work tmpfs holds its workspace on top of `tmpfsBytes`.
     public var workspaceBytes: Int64 = 0
 
+    /// A claude job that continues a conversation: its /tmp tmpfs holds the transcript on top of
+    /// `tmpfsBytes` (twice: the CLI appends to it).
+    public var transcriptBytes: Int64 = 0
+
     /// The size of the /work tmpfs.
     public var workTmpfsBytes: Int64 { tmpfsBytes + workspaceBytes }
+    /// The size of the /tmp tmpfs.
+    public var tmpTmpfsBytes: Int64 { tmpfsBytes + 2 * transcriptBytes }
 
     public init(
         image: String, memoryBytes: Int64, cpuShares: Int64, pidsLimit: Int64, tmpfsBytes: Int64, timeout: Duration,
@@ -53,9 +59,12 @@ public enum SandboxPolicy {
     /// Where a subscription login volume is mounted: outside the work dir.
     public static let credentialDirectory = "/claude-config"
 
-    public static func hostConfiguration(_ settings: SandboxSettings, egressDirectory: String?, loginVolume: String?)
-        -> HostConfiguration
-    {
+    /// A claude job gets a subscription login volume read-only: the CLI works on a copy in its
+    /// job-private state directory, so nothing of a job is ever written to the volume. Only
+    /// `login` (the provider's own sign-in) mounts it writable.
+    public static func hostConfiguration(
+        _ settings: SandboxSettings, egressDirectory: String?, loginVolume: String?, loginWritable: Bool = false
+    ) -> HostConfiguration {
         var host = HostConfiguration()
         host.ReadonlyRootfs = true
         host.NetworkMode = "none"
@@ -77,10 +86,10 @@ public enum SandboxPolicy {
         func tmpfs(_ size: Int64) -> String {
             "rw,noexec,nosuid,nodev,size=\(size),uid=\(owner[0]),gid=\(owner[1]),mode=0700"
         }
-        host.Tmpfs = [workDirectory: tmpfs(settings.workTmpfsBytes), "/tmp": tmpfs(settings.tmpfsBytes)]
+        host.Tmpfs = [workDirectory: tmpfs(settings.workTmpfsBytes), "/tmp": tmpfs(settings.tmpTmpfsBytes)]
         var binds: [String] = []
         if let egressDirectory { binds.append("\(egressDirectory):\(egressMount):ro") }
-        if let loginVolume { binds.append("\(loginVolume):\(credentialDirectory):rw") }
+        if let loginVolume { binds.append("\(loginVolume):\(credentialDirectory):\(loginWritable ? "rw" : "ro")") }
         host.Binds = binds.isEmpty ? nil : binds
         return host
     }
@@ -88,11 +97,12 @@ public enum SandboxPolicy {
     /// A container spec for one job (or a warm-pool slot) whose input arrives on stdin.
     public static func containerSpec(
         _ settings: SandboxSettings, command: [String], environment: [String], labels: [String: String],
-        egressDirectory: String?, loginVolume: String?
+        egressDirectory: String?, loginVolume: String?, loginWritable: Bool = false
     ) -> ContainerSpec {
         var spec = ContainerSpec(
             image: settings.image, command: command, labels: labels,
-            hostConfig: hostConfiguration(settings, egressDirectory: egressDirectory, loginVolume: loginVolume))
+            hostConfig: hostConfiguration(
+                settings, egressDirectory: egressDirectory, loginVolume: loginVolume, loginWritable: loginWritable))
         spec.User = user
         spec.WorkingDir = workDirectory
         // A workspace job says HOME itself (outside the workspace, whose dot files are the requester's).

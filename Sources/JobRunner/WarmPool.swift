@@ -30,11 +30,15 @@ public actor WarmPool: Service {
         /// The command waits behind a gate (one line on stdin) so that nothing runs before
         /// the job is handed over and its output is attached.
         var gated = false
+        /// A claude slot: the CLI already runs under this new session and waits for its first
+        /// message; the job's archive (the prompt) is all that is left to send.
+        public let conversation: ClaudeConversation?
     }
 
     /// A command job started ahead would run (and print, unseen) before it is anyone's job:
-    /// it waits for one line on stdin first, then becomes the command. Claude Code reads its
-    /// prompt before doing anything, so it needs no gate. Needs `/bin/sh` in the image.
+    /// it waits for one line on stdin first, then becomes the command. Claude Code starts, reads
+    /// its settings and waits for its first stream-json message before it does anything a job
+    /// could see, so it needs no gate (the entrypoint's warm mode). Needs `/bin/sh` in the image.
     static func gate(_ command: [String]) -> [String] {
         ["/bin/sh", "-c", "read -r _ && exec \"$@\"", "cmm-gate"] + command
     }
@@ -132,14 +136,16 @@ public actor WarmPool: Service {
             return
         }
         defer { if let gateway { Task { await gateway.shutdown() } } }
-        let prepared = template.backend.prepared(gateway: gateway)
-        let gated = template.backend.name == "command"
+        let conversation = template.backend.name == "claude" ? ClaudeConversation() : nil
+        let prepared = template.backend.prepared(gateway: gateway, conversation: conversation ?? .init())
+        let gated = conversation == nil
         let command = gated ? Self.gate(prepared.command) : prepared.command
+        let environment = prepared.environment + (gated ? [] : ["CMM_WARM=1"])
         let labels = Labels.make(kind: "pool", job: poolID, owner: owner, version: ToolVersion.current)
         let docker = self.docker
         func start(egressDirectory: String?) async throws -> String {
             let spec = SandboxPolicy.containerSpec(
-                template.sandbox, command: command, environment: prepared.environment, labels: labels,
+                template.sandbox, command: command, environment: environment, labels: labels,
                 egressDirectory: egressDirectory, loginVolume: prepared.loginVolume)
             let id = try await docker.createContainer(spec)
             do {
@@ -162,12 +168,16 @@ public actor WarmPool: Service {
                 ) { proxy in
                     let id = try await start(egressDirectory: proxy.socketPath.deletingLastPathComponent)
                     await self.awaitRelease(
-                        Slot(containerID: id, proxy: proxy, secrets: prepared.secrets, token: token, gated: gated))
+                        Slot(
+                            containerID: id, proxy: proxy, secrets: prepared.secrets, token: token, gated: gated,
+                            conversation: conversation))
                 }
             } else {
                 let id = try await start(egressDirectory: nil)
                 await awaitRelease(
-                    Slot(containerID: id, proxy: nil, secrets: prepared.secrets, token: token, gated: gated))
+                    Slot(
+                        containerID: id, proxy: nil, secrets: prepared.secrets, token: token, gated: gated,
+                        conversation: conversation))
             }
         } catch {
             starting -= 1

@@ -16,6 +16,11 @@ extension WorkspaceTree {
     public struct Skipped: Sendable, Equatable {
         public var path: String
         public var reason: String
+
+        public init(path: String, reason: String) {
+            self.path = path
+            self.reason = reason
+        }
     }
 
     /// Reads an archive from someone else, who may be hostile.
@@ -300,10 +305,25 @@ extension WorkspaceTree {
 
     /// A workspace job's standard input: one archive that the runner's entrypoint unpacks at
     /// `/` — the prompt under `/tmp/cmm-input/` and the tree under `/work/`.
-    public func jobInput(prompt: Data) -> Data {
+    /// `files` (paths below `/`, made by the provider: a claude job's transcript) go beside
+    /// them, each with its directories, private to the job's user.
+    public func jobInput(prompt: Data, files: [(path: String, contents: Data)] = []) -> Data {
         var writer = TarWriter()
         writer.appendDirectory(path: "tmp/cmm-input")
         writer.appendFile(path: Self.promptPath, contents: prompt)
+        var directories: Set<String> = ["tmp", "tmp/cmm-input"]
+        for file in files {
+            var parents: [String] = []
+            var parent = file.path
+            while let slash = parent.lastIndex(of: "/") {
+                parent = String(parent[..<slash])
+                parents.append(parent)
+            }
+            for directory in parents.reversed() where directories.insert(directory).inserted {
+                writer.append(WorkspaceEntry(path: directory, kind: .directory, mode: 0o700), prefix: "")
+            }
+            writer.append(WorkspaceEntry(path: file.path, kind: .file(file.contents), mode: 0o600), prefix: "")
+        }
         for entry in entries { writer.append(entry, prefix: "work/") }
         return writer.finish()
     }

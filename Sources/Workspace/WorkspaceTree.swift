@@ -216,3 +216,24 @@ public enum FileDigest {
         return hasher.finalize().map { String(format: "%02x", $0) }.joined()
     }
 }
+
+extension WorkspaceTree {
+    /// The entries below `directory`, with that prefix taken off: a job's work directory out of
+    /// everything it left. A link that pointed inside the whole tree but leads out of the
+    /// directory is left out and listed, like any other link that escapes.
+    public func subtree(under directory: String) -> (tree: WorkspaceTree, skipped: [Skipped]) {
+        let prefix = directory + "/"
+        var kept: [WorkspaceEntry] = []
+        var skipped: [Skipped] = []
+        for var entry in entries where entry.path.hasPrefix(prefix) {
+            entry.path.removeFirst(prefix.count)
+            if case .symlink(let target) = entry.kind, Self.resolve(link: entry.path, target: target) == nil {
+                skipped.append(Skipped(path: entry.path, reason: "a link pointing outside (\(target))"))
+                continue
+            }
+            kept.append(entry)
+        }
+        // Every path was checked as part of the whole tree and keeps its shape below it.
+        return ((try? WorkspaceTree(entries: kept)) ?? .empty, skipped)
+    }
+}

@@ -23,6 +23,10 @@ public enum TestRunnerImage {
             exit 0
         fi
         prompt=$(cat)
+        # Claude jobs send the prompt as one stream-json user message (keys sorted); take its text.
+        case "$prompt" in '{"message":{"content":"'*)
+            prompt=$(printf '%s' "$prompt" | sed -n 's/^{"message":{"content":"\(.*\)","role":"user"}.*/\1/p');;
+        esac
         printf '{"type":"system","subtype":"fake_args","uid":"%s","args":"%s"}\n' "$(id -u)" "$*"
         case "$prompt" in *"sleep: "*)
             sleep "$(echo "$prompt" | sed -n 's/.*sleep: \([0-9]*\).*/\1/p')";;

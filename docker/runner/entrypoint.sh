@@ -26,18 +26,52 @@ if [ -S "$SOCKET" ]; then
     export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 fi
 if [ "${CMM_WORKSPACE:-}" = 1 ]; then
-    # A workspace job. Its stdin is one tar archive, checked by the provider before it was
-    # sent: the prompt (tmp/cmm-input/prompt) and the workspace (work/...). After the command
-    # the work directory goes back on stdout, after a marker line, for the provider to diff.
-    if ! tar -x -f - -C /; then
-        echo "cmm-entrypoint: the job's input archive could not be unpacked" >&2
-        exit 65
+    # Stdin is one tar archive, made and checked by the provider: the prompt
+    # (tmp/cmm-input/prompt), a workspace (work/...), a claude job's transcript. After the
+    # command, what the job leaves (CMM_RETURN: paths below /) goes back on stdout, after a
+    # marker line, for the provider to read as hostile input.
+    if [ "${CMM_CLAUDE_STATE:-}" = 1 ]; then
+        # The CLI's state is the job's own, on the /tmp tmpfs: the provider's user settings (and
+        # a subscription login) are copies; /claude-config is read-only and never changes.
+        mkdir -p "$CLAUDE_CONFIG_DIR"
+        for name in settings.json .credentials.json .claude.json; do
+            if [ -f "/claude-config/$name" ]; then cp "/claude-config/$name" "$CLAUDE_CONFIG_DIR/$name"; fi
+        done
     fi
+    # The command's stdout is a pipe of its own: a CLI that makes its stdout non-blocking (as
+    # Node and Bun do) would otherwise fail the archive written after it with EAGAIN.
+    run() {
+        { "$@"; echo "$?" >/tmp/cmm-status; } | cat
+    }
+    unpack() {
+        if ! tar -x -f - -C /; then
+            echo "cmm-entrypoint: the job's input archive could not be unpacked" >&2
+            exit 65
+        fi
+    }
     set +e
-    "$@" </tmp/cmm-input/prompt
-    status=$?
-    printf '%s\n' 'cmm-entrypoint: the work directory follows as a tar archive (v1)'
-    cd /work && tar -c -f - .
+    if [ "${CMM_WARM:-}" = 1 ]; then
+        # A warm slot: the command starts now and waits on a pipe; the archive comes when the
+        # slot gets its job, and the prompt goes to the command once the archive is unpacked.
+        mkfifo /tmp/cmm-prompt
+        cat /tmp/cmm-prompt | run "$@" &
+        command=$!
+        unpack
+        cat /tmp/cmm-input/prompt >/tmp/cmm-prompt
+        wait "$command"
+    else
+        unpack
+        run "$@" </tmp/cmm-input/prompt
+    fi
+    status=$(cat /tmp/cmm-status 2>/dev/null || echo 1)
+    case "$status" in '' | *[!0-9]*) status=1 ;; esac
+    printf '%s\n' 'cmm-entrypoint: what the job leaves follows as a tar archive (v2)'
+    cd /
+    set --
+    for path in ${CMM_RETURN:-work}; do
+        if [ -e "$path" ] || [ -L "$path" ]; then set -- "$@" "$path"; fi
+    done
+    if [ "$#" -gt 0 ]; then tar -c -f - "$@"; fi
     if [ "$status" -gt 128 ]; then
         # Only the engine can SIGKILL this shell (PID 1): a command killed by a signal is the job's own doing.
         echo "cmm-entrypoint: the job's command was killed by signal $((status - 128))" >&2

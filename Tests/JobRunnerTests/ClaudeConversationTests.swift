@@ -1,0 +1,144 @@
+import DockerEngine
+import Foundation
+import JobRunner
+import MarketCore
+import TestSupport
+import Testing
+
+/// Conversations with the real Claude Code CLI: every job runs under a session of its own, its
+/// transcript comes back in the report and nowhere else, and a later job in another container
+/// continues it from that transcript alone.
+@Suite(
+    .enabled(
+        if: ClaudeCLITestEnvironment.shouldRun, "no Docker engine or no Claude Code binary (scripts/test.sh fetches it)"
+    ),
+    .serialized)
+struct ClaudeConversationTests {
+    let runDirectory = TemporaryDirectory("cmm-conversation-run")
+
+    func run(
+        _ prompt: String, credential: ClaudeCredential, upstream: URL?, conversation: ClaudeConversation? = nil,
+        egress: EgressPolicy? = nil
+    ) async throws -> (JobReport, Collected) {
+        try await ClaudeCLITestEnvironment.ensureImage()
+        return try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
+            docker in
+            let options = ClaudeOptions(
+                model: "claude-sonnet-4-6", maxTurns: 4, allowedTools: ["Read", "Grep", "Glob"], credential: credential,
+                gateway: GatewaySettings(
+                    upstream: upstream ?? URL(string: "http://127.0.0.1:9")!, timeout: .seconds(30)),
+                tokenBudget: 1_000_000)
+            var job = JobRequest(
+                id: UUID().uuidString.lowercased(), prompt: Data(prompt.utf8), backend: .claude(options),
+                sandbox: ClaudeCLITests.settings, egress: egress)
+            job.conversation = conversation
+            let collected = Collected()
+            let report = try await JobExecutor(docker: docker, runDirectory: runDirectory.url).run(job) {
+                collected.add($0)
+            }
+            return (report, collected)
+        }
+    }
+
+    @Test func aConversationContinuesInAnotherContainerFromItsTranscriptAlone() async throws {
+        let script: [MessagesAPIStandIn.Turn] = [.text("Noted: the code word is PAPAYA."), .text("It was PAPAYA.")]
+        try await MessagesAPIStandIn.with(scripts: ["chat": script]) { standIn in
+            let (first, firstOutput) = try await run(
+                "script: chat — remember the code word PAPAYA", credential: .apiKey(ClaudeCLITests.key),
+                upstream: URL(string: standIn.url))
+            #expect(first.state == .succeeded, "\(first.error ?? "") \(firstOutput.lines.suffix(5))")
+            #expect(first.result?.text == "Noted: the code word is PAPAYA.")
+            let transcript = try #require(first.transcript, "\(first.transcriptError ?? "")")
+            #expect(transcript.sessionID == first.sessionID)
+            #expect(transcript.turns.map(\.role) == ["user", "assistant"], "\(transcript.turns)")
+            #expect(!String(decoding: transcript.data, as: UTF8.self).contains(ClaudeCLITests.key))
+
+            let (second, secondOutput) = try await run(
+                "What was the code word?", credential: .apiKey(ClaudeCLITests.key), upstream: URL(string: standIn.url),
+                conversation: ClaudeConversation(continuing: transcript))
+            #expect(second.state == .succeeded, "\(second.error ?? "") \(secondOutput.lines.suffix(5))")
+            #expect(second.result?.text == "It was PAPAYA.")
+            #expect(second.sessionID == first.sessionID)
+            // The second container's request carried the first turn, question and answer.
+            let last = try #require(standIn.conversation.last)
+            let messages = last.body["messages"] as? [any Sendable] ?? []
+            let text = "\(messages)"
+            #expect(text.contains("remember the code word PAPAYA") && text.contains("Noted: the code word is PAPAYA."))
+            #expect(text.contains("What was the code word?"))
+            let continued = try #require(second.transcript, "\(second.transcriptError ?? "")")
+            #expect(continued.turns.map(\.role) == ["user", "assistant", "user", "assistant"], "\(continued.turns)")
+        }
+    }
+
+    /// A login volume stand-in (credentials and user settings as `login` leaves them): the job
+    /// runs on copies, and the volume is byte for byte what it was, with nothing of the job in it.
+    @Test func aSubscriptionJobLeavesNothingInTheLoginVolume() async throws {
+        try await ClaudeCLITestEnvironment.ensureImage()
+        let volume = "cmm-test-login-\(UUID().uuidString.lowercased().prefix(8))"
+        try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
+            docker in
+            try await docker.createVolume(volume, labels: Labels.make(kind: "login-volume", version: "test"))
+        }
+        defer { _ = try? DockerTestEnvironment.curl("DELETE", "/volumes/\(volume)?force=true") }
+        let mountpoint = try #require(
+            try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
+                try await $0.inspectVolume(volume)?.Mountpoint
+            })
+        let credentials = #"""
+            {"claudeAiOauth":{"accessToken":"sk-ant-oat01-StandInStandIn","refreshToken":"sk-ant-ort01-StandIn","expiresAt":4102444800000,"scopes":["user:inference"],"subscriptionType":"max"}}
+            """#
+        // No network here: the user settings point the CLI at a closed port, with no retries.
+        let settings = #"{"env":{"ANTHROPIC_BASE_URL":"http://127.0.0.1:9","CLAUDE_CODE_MAX_RETRIES":"0"}}"#
+        for (name, text) in [".credentials.json": credentials, "settings.json": settings] {
+            let url = URL(fileURLWithPath: mountpoint).appending(path: name)
+            try Data(text.utf8).write(to: url)
+            chown(url.path, 10001, 10001)
+        }
+        func snapshot() throws -> [String: Data] {
+            var files: [String: Data] = [:]
+            let root = URL(fileURLWithPath: mountpoint)
+            for case let url as URL in FileManager.default.enumerator(at: root, includingPropertiesForKeys: nil)! {
+                files[String(url.path.dropFirst(root.path.count))] = try? Data(contentsOf: url)
+            }
+            return files
+        }
+        let before = try snapshot()
+        let (report, output) = try await run(
+            "a question for the subscription", credential: .loginVolume(volume), upstream: nil)
+        let after = try snapshot()
+        #expect(after == before, "the volume changed: \(after.keys.sorted())")
+        // The CLI did run, with its state in the job's own directory: the transcript came back.
+        let transcript = try #require(report.transcript, "\(report.transcriptError ?? "") \(output.lines.suffix(5))")
+        #expect(transcript.turns.first?.text.contains("a question for the subscription") == true)
+        #expect(!String(decoding: transcript.data, as: UTF8.self).contains("sk-ant-oat01-StandInStandIn"))
+    }
+
+    @Test func aTranscriptIsCheckedBeforeItIsUsed() throws {
+        let session = UUID().uuidString.lowercased()
+        let good = Data(
+            """
+            {"type":"user","sessionId":"\(session)","message":{"role":"user","content":"hi"}}
+            {"type":"assistant","sessionId":"\(session)","message":{"role":"assistant","content":[{"type":"text","text":"hello"}]}}
+
+            """.utf8)
+        let transcript = try ClaudeTranscript(checking: good, sessionID: session, maxBytes: 1 << 20)
+        #expect(transcript.turns.map(\.text) == ["hi", "hello"])
+        func refusal(_ data: Data, _ id: String = session, max: Int64 = 1 << 20) -> String {
+            do {
+                _ = try ClaudeTranscript(checking: data, sessionID: id, maxBytes: max)
+                return "accepted"
+            } catch {
+                return error.description
+            }
+        }
+        #expect(refusal(good, max: 10).contains("limits.maxTranscriptBytes allows 10"))
+        #expect(refusal(good, "not-a-uuid").contains("not a lowercase UUID"))
+        #expect(refusal(good, session.uppercased()).contains("not a lowercase UUID"))
+        #expect(refusal(Data("{\"type\":\"user\"}\nnot json\n".utf8)).contains("line 2"))
+        #expect(refusal(Data("[1,2]\n".utf8)).contains("line 1 of the transcript is not a JSON object"))
+        let other = UUID().uuidString.lowercased()
+        #expect(refusal(Data("{\"type\":\"user\",\"sessionId\":\"\(other)\"}\n".utf8)).contains("another session"))
+        #expect(refusal(Data("{\"type\":\"summary\"}\n".utf8)).contains("no user turn"))
+        #expect(refusal(Data([0xff, 0xfe, 0x0a])).contains("not UTF-8"))
+    }
+}
