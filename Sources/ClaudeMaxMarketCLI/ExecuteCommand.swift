@@ -7,6 +7,7 @@ import MarketCrypto
 import MarketFlows
 import Participant
 import Synchronization
+import Workspace
 
 struct ExecuteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,7 +16,9 @@ struct ExecuteCommand: AsyncParsableCommand {
         discussion: """
             The prompt goes to the container on stdin. Output streams live (JSON lines with --json) \
             and is redacted of credentials before it is shown or logged. Ctrl-C stops the container \
-            and records the job as cancelled. Exit codes: 0 done, 1 job failed, 3 refused (consent, \
+            and records the job as cancelled. A claude job's conversation is kept in this home; \
+            --follow-up JOB_ID continues it in a new container (with --dir, the directory as it is \
+            now). Exit codes: 0 done, 1 job failed, 3 refused (consent, \
             approval), 4 over a limit (before the start, or stopped as over_budget or output_limit), 124 timed out, \
             130 cancelled.
             """
@@ -40,6 +43,10 @@ struct ExecuteCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Approve without asking (for scripts).") var yes = false
     @Flag(name: .long, help: "Stream JSON lines (one event per line) on stdout.") var json = false
     @OptionGroup var workspace: WorkspaceArguments
+    @Option(
+        name: .customLong("follow-up"),
+        help: ArgumentHelp("Continue the conversation of an earlier claude job of this home.", valueName: "JOB_ID"))
+    var followUp: String?
     @Argument(parsing: .postTerminator, help: "With --backend command: the command to run, after --.")
     var command: [String] = []
 
@@ -54,6 +61,10 @@ struct ExecuteCommand: AsyncParsableCommand {
         }
         try backend.check(command: command)
         try workspace.validate()
+        if let followUp {
+            guard backend == .claude else { throw ValidationError("--follow-up needs --backend claude") }
+            do { try WireField.taskID(followUp) } catch { throw ValidationError("--follow-up: \(error.message)") }
+        }
     }
 
     func run() async throws {
@@ -78,6 +89,15 @@ struct ExecuteCommand: AsyncParsableCommand {
             id: jobID, role: "local", prompt: promptData, backend: jobBackend, requester: ring.peerID.rawValue,
             workspace: packed?.tree)
         pipelineJob.workspaceLeftOut = packed?.leftOutSummary ?? []
+        if let followUp {
+            let earlier = try FollowUp.load(
+                followUp, paths: context.paths, withWorkspace: false, limits: WorkspaceLimits())
+            pipelineJob.conversation = earlier.transcript
+            if !json {
+                Output.note(
+                    "continues the conversation of job \(followUp) (\(earlier.transcript.turns.count) turns)")
+            }
+        }
         let job = pipelineJob
         let printer = JobOutputPrinter(json: json, jobID: jobID, jobs: jobs, printsLines: backend == .command)
         let assumeYes = yes
@@ -113,6 +133,10 @@ struct ExecuteCommand: AsyncParsableCommand {
             throw error
         }
         await printer.finish()
+        if let transcript = report.transcript {
+            try ConversationFiles(directory: context.paths.conversationsDirectory).save(
+                transcript, for: jobID, parent: followUp)
+        }
         printer.summary(report)
         if let outcome = report.workspace {
             printer.workspace(outcome)

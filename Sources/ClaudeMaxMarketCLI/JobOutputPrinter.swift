@@ -101,6 +101,8 @@ final class JobOutputPrinter: @unchecked Sendable {
                 var seconds: Double
                 var redactions: Int
                 var error: String?
+                var sessionId: String?
+                var transcriptTurns: Int?
             }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
@@ -108,7 +110,8 @@ final class JobOutputPrinter: @unchecked Sendable {
                 Summary(
                     job: jobID, state: report.state.rawValue, exitCode: report.exitCode, inputTokens: total.inputTokens,
                     outputTokens: total.outputTokens, costUSD: total.costUSD, seconds: seconds,
-                    redactions: report.redactions, error: report.error))
+                    redactions: report.redactions, error: report.error, sessionId: report.sessionID,
+                    transcriptTurns: report.transcript?.turns.count))
             {
                 Output.stdout(data + Data("\n".utf8))
             }
@@ -120,6 +123,11 @@ final class JobOutputPrinter: @unchecked Sendable {
                 total.inputTokens, total.outputTokens,
                 report.redactions > 0 ? ", \(report.redactions) secrets redacted" : "",
                 report.error.map { " — \($0)" } ?? ""))
+        if let transcript = report.transcript {
+            Output.note(
+                "conversation kept (\(transcript.turns.count) turns): continue it with `execute --follow-up \(jobID) --prompt …`"
+            )
+        }
     }
 
     /// A workspace job's patch, as one JSON line (with --json).

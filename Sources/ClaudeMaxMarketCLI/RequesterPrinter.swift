@@ -82,6 +82,14 @@ struct RequesterPrinter: Sendable {
                 return emit(Line(type: "patch", note: patch.isEmpty ? "no changes" : "\(patch.files.count) files"))
             }
             Output.note("patch received and checked (\(patch.data.count) bytes, base \(patch.baseHash.prefix(19))…)")
+        case .transcript(let transcript):
+            if json { return emit(Line(type: "transcript", note: transcript.sessionID)) }
+            Output.note(
+                "conversation kept (\(transcript.turns.count) turns): continue it with `submit --follow-up TASK_ID --prompt …`"
+            )
+        case .noTranscript(let reason):
+            if json { return emit(Line(type: "no-transcript", note: reason)) }
+            Output.note("no conversation to continue: \(reason)")
         case .badResult(let provider, let problem):
             if json { return emit(Line(type: "bad-result", provider: provider, note: problem)) }
             Output.note("REFUSED the result from \(provider): \(problem); disputing")

@@ -17,7 +17,9 @@ struct ResultCommand: AsyncParsableCommand {
             A result already received is opened from this home. Otherwise this connects, takes what \
             the market kept for you (the assignment, the result), seals the prompt again for a new \
             provider if the task moved, and accepts a result that checks out (--no-accept leaves \
-            the decision to `accept` or `dispute`).
+            the decision to `accept` or `dispute`). A claude job's conversation is kept here: \
+            --transcript shows it, every turn from its first task on, with the chain of tasks that \
+            made it (`submit --follow-up` adds to it).
             """
     )
 
@@ -30,6 +32,7 @@ struct ResultCommand: AsyncParsableCommand {
         name: .customLong("patch-out"),
         help: ArgumentHelp("A workspace job: write its patch (a git diff) to FILE.", valueName: "FILE"))
     var patchOut: String?
+    @Flag(help: "Show the whole conversation (every turn, and the tasks it went through).") var transcript = false
     @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
     @Flag(help: "Print JSON.") var json = false
 
@@ -50,8 +53,10 @@ struct ResultCommand: AsyncParsableCommand {
             // A result whose patch had not all arrived is followed again: the market keeps the
             // pieces while the task is delivered.
             let patchHere = try files.patch(taskId) != nil
-            if result.patch?.blob == nil || patchHere {
-                try show(result, state: local.state)
+            let conversations = ConversationFiles(directory: link.context.paths.conversationsDirectory)
+            let transcriptHere = (try? conversations.transcript(taskId)) != nil
+            if (result.patch?.blob == nil || patchHere) && (result.transcript?.blob == nil || transcriptHere) {
+                try show(result, state: local.state, conversations: conversations)
                 return try handlePatch(result, files: files)
             }
         }
@@ -59,7 +64,9 @@ struct ResultCommand: AsyncParsableCommand {
         let printer = RequesterPrinter(json: json)
         let accept = !noAccept
         let outcome = try await link.withSession { session in
-            let requester = Requester(session: session, database: link.database, workspaces: files)
+            let requester = Requester(
+                session: session, database: link.database, workspaces: files,
+                conversations: ConversationFiles(directory: link.context.paths.conversationsDirectory))
             do {
                 return try await requester.follow(taskId, accept: accept, timeout: .milliseconds(waitMs)) {
                     // With --json, stdout holds the one result object; progress is for people.
@@ -71,7 +78,9 @@ struct ResultCommand: AsyncParsableCommand {
             }
         }
         if let result = outcome.result {
-            try show(result, state: outcome.state)
+            try show(
+                result, state: outcome.state,
+                conversations: ConversationFiles(directory: link.context.paths.conversationsDirectory))
             try handlePatch(result, files: files)
         } else {
             throw CLIError("task \(taskId) ended \(outcome.state) without a result")
@@ -105,16 +114,49 @@ struct ResultCommand: AsyncParsableCommand {
         try WorkspaceReport.handle(patch: patch, arguments: arguments, base: base, json: json)
     }
 
-    func show(_ result: JobContent.Result, state: String) throws {
+    func show(_ result: JobContent.Result, state: String, conversations: ConversationFiles) throws {
+        let chain = try conversations.chain(taskId)
+        let kept = transcript ? try conversations.transcript(taskId) : nil
+        if transcript && kept == nil {
+            throw CLIError(
+                "task \(taskId) left no conversation here"
+                    + (result.transcript?.error.map { ": \($0)" } ?? " (it was not a claude job)"), exitCode: 2)
+        }
         if json {
+            struct Turn: Encodable {
+                var role: String
+                var text: String
+            }
             struct Shown: Encodable {
                 var taskId: String
                 var taskState: String
                 var result: JobContent.Result
+                var conversation: [String]
+                var transcript: [Turn]?
             }
-            return try Output.json(Shown(taskId: taskId, taskState: state, result: result))
+            return try Output.json(
+                Shown(
+                    taskId: taskId, taskState: state, result: result, conversation: chain,
+                    transcript: kept?.turns.map { Turn(role: $0.role, text: $0.text) }))
         }
-        Output.stdout(Data(result.output.utf8))
+        if let kept {
+            for turn in kept.turns {
+                // Written by a job: no escape sequence of its reaches the terminal.
+                let text = String(
+                    String.UnicodeScalarView(
+                        turn.text.unicodeScalars.filter {
+                            $0 == "\n" || $0 == "\t" || !($0.properties.generalCategory == .control)
+                        }))
+                let label = turn.role == "user" ? "you" : "claude"
+                Output.line(
+                    "\(label): "
+                        + text.split(separator: "\n", omittingEmptySubsequences: false)
+                        .joined(separator: "\n" + String(repeating: " ", count: label.count + 2)))
+            }
+        } else {
+            Output.stdout(Data(result.output.utf8))
+        }
+        if chain.count > 1 { Output.note("conversation: " + chain.joined(separator: " → ")) }
         Output.note(
             "task \(taskId) \(state); job \(result.state)\(result.exitCode.map { " (exit \($0))" } ?? "")"
                 + (result.truncated ? "; output truncated" : "") + (result.error.map { " — \($0)" } ?? ""))

@@ -17,7 +17,10 @@ struct SubmitCommand: AsyncParsableCommand {
             Shows the estimated price and wait from the live book first (and why no provider could \
             take it, when none could). With --dir DIR the directory goes with the job as its workspace \
             (sealed to the provider, in pieces); its change comes back as a patch: --wait prints the \
-            diffstat, --apply applies it to DIR, --patch-out writes it. With --wait it seals the prompt to the provider that wins, \
+            diffstat, --apply applies it to DIR, --patch-out writes it. A claude job's conversation comes \
+            back with its result and stays in this home: --follow-up TASK_ID continues it on whichever \
+            provider wins (the transcript goes sealed to it; a workspace job's workspace goes as the \
+            earlier task left it, patch applied, unless --dir sends a directory as it is now). With --wait it seals the prompt to the provider that wins, \
             streams the job's decrypted events, checks the provider's signature and the result hash, \
             prints the result and accepts it when the job succeeded (a result that does not check \
             out is disputed; a job that failed or timed out is left to `accept` or `dispute`). Exit \
@@ -42,6 +45,10 @@ struct SubmitCommand: AsyncParsableCommand {
     @Option(name: .customLong("wait-timeout"), help: "With --wait: give up following after this long.")
     var waitTimeout = "30m"
     @OptionGroup var workspace: WorkspaceArguments
+    @Option(
+        name: .customLong("follow-up"),
+        help: ArgumentHelp("Continue the conversation of an earlier task of this home.", valueName: "TASK_ID"))
+    var followUp: String?
     @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
     @Flag(help: "Print JSON lines.") var json = false
 
@@ -59,6 +66,9 @@ struct SubmitCommand: AsyncParsableCommand {
             do { try WireField.model(model) } catch { throw ValidationError(error.message) }
         }
         try workspace.validate()
+        if let followUp {
+            do { try WireField.taskID(followUp) } catch { throw ValidationError("--follow-up: \(error.message)") }
+        }
         if workspace.apply && !wait {
             throw ValidationError("--apply needs --wait (or apply later: `result --task-id ID --apply`)")
         }
@@ -80,7 +90,20 @@ struct SubmitCommand: AsyncParsableCommand {
         let link = try MarketLink(url: url)
         let printer = RequesterPrinter(json: json)
         // Packed and checked against the limits before anything is posted or escrowed.
-        let packed = try workspace.pack(config: link.config)
+        let followUp = try self.followUp.map {
+            try FollowUp.load(
+                $0, paths: link.context.paths, withWorkspace: workspace.directory == nil,
+                limits: WorkspaceLimits(
+                    maxBytes: link.config.bytes(.maxWorkspaceBytes),
+                    maxFiles: Int(link.config.integer(.maxWorkspaceFiles))))
+        }
+        if let followUp, !json {
+            Output.note(
+                "continues the conversation of task \(followUp.parent) (\(followUp.transcript.turns.count) turns)"
+                    + (followUp.workspace.map { ", its workspace as that task left it (\($0.tree.fileCount) files)" }
+                        ?? ""))
+        }
+        let packed = try workspace.pack(config: link.config) ?? followUp?.workspace
         if let packed, let directory = workspace.directory {
             if !json { WorkspaceReport.packed(packed, directory: directory) }
             WorkspaceReport.noticeOnce(paths: link.context.paths, json: json)
@@ -103,11 +126,21 @@ struct SubmitCommand: AsyncParsableCommand {
             workspace: packed?.tree)
         submitOptions.workspaceLeftOut = packed?.leftOutSummary ?? []
         if let directory = workspace.directory { submitOptions.workspaceDirectory = directory.path }
+        if let followUp {
+            submitOptions.conversation = (followUp.transcript, followUp.parent)
+            if workspace.directory == nil, followUp.workspace != nil {
+                submitOptions.workspaceDirectory = try WorkspaceFiles(
+                    directory: link.context.paths.workspacesDirectory
+                ).directory(followUp.parent)
+            }
+        }
         let options = submitOptions
         let follow = wait
         let files = WorkspaceFiles(directory: link.context.paths.workspacesDirectory)
+        let conversations = ConversationFiles(directory: link.context.paths.conversationsDirectory)
         let outcome: RequesterOutcome? = try await link.withSession { session in
-            let requester = Requester(session: session, database: link.database, workspaces: files)
+            let requester = Requester(
+                session: session, database: link.database, workspaces: files, conversations: conversations)
             let ack: AckBody
             do { ack = try await requester.post(options) } catch let error as MarketClientError {
                 throw CLIError("the market refused the task: \(error)")

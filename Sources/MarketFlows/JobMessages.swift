@@ -18,10 +18,15 @@ public enum JobContent {
         public var prompt: String
         /// A workspace job: the workspace archive travels as a sealed blob in `blob.chunk`s.
         public var workspace: WorkspaceInfo?
-        public init(taskId: String, prompt: Data, workspace: WorkspaceInfo? = nil) {
+        /// A follow-up: the earlier conversation's transcript travels as a sealed blob too.
+        public var conversation: ConversationInfo?
+        public init(
+            taskId: String, prompt: Data, workspace: WorkspaceInfo? = nil, conversation: ConversationInfo? = nil
+        ) {
             self.taskId = taskId
             self.prompt = prompt.base64EncodedString()
             self.workspace = workspace
+            self.conversation = conversation
         }
         public var promptData: Data? { Data(base64Encoded: prompt) }
     }
@@ -38,6 +43,32 @@ public enum JobContent {
             self.files = files
             self.bytes = bytes
             self.leftOut = leftOut
+        }
+    }
+
+    /// A conversation's transcript: the sealed blob and the session it belongs to (checked
+    /// against every line before it is used). `turns` is for the approval question.
+    public struct ConversationInfo: Codable, Sendable, Equatable {
+        public var blob: BlobInfo
+        public var sessionId: String
+        public var turns: Int
+        public init(blob: BlobInfo, sessionId: String, turns: Int) {
+            self.blob = blob
+            self.sessionId = sessionId
+            self.turns = turns
+        }
+    }
+
+    /// What a result says of a claude job's conversation: its session, and the transcript
+    /// (sent before the result, in `blob.chunk`s), or why there is none.
+    public struct TranscriptInfo: Codable, Sendable, Equatable {
+        public var sessionId: String
+        public var blob: BlobInfo?
+        public var error: String?
+        public init(sessionId: String, blob: BlobInfo?, error: String?) {
+            self.sessionId = sessionId
+            self.blob = blob
+            self.error = error
         }
     }
 
@@ -104,6 +135,8 @@ public enum JobContent {
         public var redactions: Int
         /// A workspace job's change.
         public var patch: PatchInfo?
+        /// A claude job's conversation, for a follow-up on any provider.
+        public var transcript: TranscriptInfo?
     }
 
     /// Sealed fields may hold up to 900 000 bytes of base64: the output kept in a result stays

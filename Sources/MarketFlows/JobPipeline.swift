@@ -37,6 +37,8 @@ public struct PipelineJob: Sendable {
     /// and what the requester's packing left out, for the approval question.
     public var workspace: WorkspaceTree?
     public var workspaceLeftOut: [String] = []
+    /// A claude job that continues a conversation: its transcript, already checked.
+    public var conversation: ClaudeTranscript?
 
     public init(
         id: String, role: String, prompt: Data, backend: JobBackend, requester: String, taskID: String? = nil,
@@ -129,6 +131,13 @@ public struct JobPipeline: Sendable {
                 request.backend = .claude(options)
             }
         }
+        request.maxTranscriptBytes = config.bytes(.maxTranscriptBytes)
+        if let transcript = job.conversation {
+            guard case .claude = job.backend else {
+                throw JobRefusal(.approval, "only a claude job can continue a conversation")
+            }
+            request.conversation = ClaudeConversation(continuing: transcript)
+        }
         let estimatedTokens: Int64 = job.model == nil ? 0 : limits.maxTokensPerTask
         let reservation = JobReservation(
             id: job.id, role: job.role, backend: job.backend.name, model: job.model, requester: job.requester,
@@ -149,8 +158,9 @@ public struct JobPipeline: Sendable {
         let report: JobReport
         do {
             try request.validate()
-            // A warm container waits for a prompt alone: a workspace job starts cold.
-            if let pool, job.workspace == nil, let slot = await pool.take() {
+            // A warm container waits for a prompt alone, under a new session: a workspace job
+            // and a follow-up start cold.
+            if let pool, job.workspace == nil, job.conversation == nil, let slot = await pool.take() {
                 do {
                     try await admit()
                 } catch {
@@ -272,6 +282,10 @@ public struct JobPipeline: Sendable {
                 + names.prefix(8).joined(separator: " ") + (names.count > 8 ? " … (\(names.count - 8) more)" : "")
                 + "\n  tools:    \(config.list(.claudeWorkspaceTools).joined(separator: ", ")) (changes only in /work)"
             for line in job.workspaceLeftOut.prefix(5) { workspaceLines += "\n  left out by the requester: \(line)" }
+        }
+        if let transcript = job.conversation {
+            workspaceLines +=
+                "\n  continues: conversation \(transcript.sessionID) (\(transcript.turns.count) turns, \(transcript.data.count) bytes)"
         }
         let question = """
             \(header)

@@ -70,9 +70,10 @@ public actor ProviderDaemon {
     private var assignments: [String: Assignment] = [:]
     private var taken: Set<String> = []
     private var running: [String: Task<Void, Never>] = [:]
-    /// Workspace pieces as they arrive, and payloads that wait for the rest of theirs.
-    private var workspacePieces: [String: SealedBlob.Assembler] = [:]
-    private var waitingForWorkspace: [String: (payload: JobContent.Payload, info: JobContent.WorkspaceInfo)] = [:]
+    /// Pieces of a requester's blobs (workspace, conversation) as they arrive, and payloads
+    /// that wait for the rest of theirs.
+    private var inputPieces: [String: [BlobChunkBody.Blob: SealedBlob.Assembler]] = [:]
+    private var waitingForInputs: [String: JobContent.Payload] = [:]
     private var optedOut = false
     private var stopping = false
     /// Why the offer is off the market while the limits allow no other job, or nil.
@@ -233,7 +234,7 @@ public actor ProviderDaemon {
         case .payloadDeliver:
             await deliver(frame)
         case .blobChunk:
-            await workspacePiece(frame)
+            await inputPiece(frame)
         case .settlement:
             guard let settlement = try? frame.decodeBody(SettlementBody.self) else { return }
             try? tasks.update(settlement.taskId, state: settlement.state, at: nowMs)
@@ -246,8 +247,8 @@ public actor ProviderDaemon {
                     + (settlement.reason.map { " (\($0))" } ?? ""), task: settlement.taskId)
             if ["settled", "refunded", "cancelled", "open"].contains(settlement.state) {
                 assignments[settlement.taskId] = nil
-                workspacePieces[settlement.taskId] = nil
-                waitingForWorkspace[settlement.taskId] = nil
+                inputPieces[settlement.taskId] = nil
+                waitingForInputs[settlement.taskId] = nil
             }
         case .jobDispute:
             guard let dispute = try? frame.decodeBody(ReasonBody.self) else { return }
@@ -316,84 +317,111 @@ public actor ProviderDaemon {
             await reject(taskId, optedOut ? "the provider has opted out" : "the provider is stopping")
             return
         }
-        if let info = payload.workspace {
-            waitingForWorkspace[taskId] = (payload, info)
-            note(
-                "task \(taskId): waiting for its workspace (\(info.files) files, \(info.bytes) bytes, \(info.blob.chunks) pieces)",
-                task: taskId)
-            await startIfWorkspaceComplete(taskId)
-            if waitingForWorkspace[taskId] != nil {
+        if payload.conversation != nil && backend.name != "claude" {
+            await reject(taskId, "this provider runs a command, not Claude Code: it cannot continue a conversation")
+            return
+        }
+        if payload.workspace != nil || payload.conversation != nil {
+            waitingForInputs[taskId] = payload
+            var parts: [String] = []
+            if let info = payload.workspace {
+                parts.append("its workspace (\(info.files) files, \(info.bytes) bytes, \(info.blob.chunks) pieces)")
+            }
+            if let info = payload.conversation {
+                parts.append("its conversation (\(info.turns) turns, \(info.blob.bytes) bytes)")
+            }
+            note("task \(taskId): waiting for " + parts.joined(separator: " and "), task: taskId)
+            await startIfInputsComplete(taskId)
+            if waitingForInputs[taskId] != nil {
                 let wait = settings.workspaceWait
                 Task {
                     try? await Task.sleep(for: wait)
-                    await self.giveUpOnWorkspace(taskId, after: wait)
+                    await self.giveUpOnInputs(taskId, after: wait)
                 }
             }
             return
         }
-        start(taskId, assignment: assignment, prompt: payload.promptData!, workspace: nil, leftOut: [])
+        start(taskId, assignment: assignment, payload: payload, workspace: nil, conversation: nil)
     }
 
     private func start(
-        _ taskId: String, assignment: Assignment, prompt: Data, workspace: WorkspaceTree?, leftOut: [String]
+        _ taskId: String, assignment: Assignment, payload: JobContent.Payload, workspace: WorkspaceTree?,
+        conversation: ClaudeTranscript?
     ) {
+        let leftOut = Array((payload.workspace?.leftOut ?? []).prefix(20))
         let job = Task {
             await self.run(
-                taskId: taskId, assignment: assignment, prompt: prompt, workspace: workspace, leftOut: leftOut)
+                taskId: taskId, assignment: assignment, prompt: payload.promptData!, workspace: workspace,
+                leftOut: leftOut, conversation: conversation)
         }
         running[taskId] = job
     }
 
-    private func giveUpOnWorkspace(_ taskId: String, after wait: Duration) async {
-        guard waitingForWorkspace.removeValue(forKey: taskId) != nil else { return }
-        workspacePieces[taskId] = nil
-        await reject(taskId, "the workspace did not arrive whole within \(Int(wait.inSeconds)) s of its payload")
+    private func giveUpOnInputs(_ taskId: String, after wait: Duration) async {
+        guard let payload = waitingForInputs.removeValue(forKey: taskId) else { return }
+        inputPieces[taskId] = nil
+        let what = payload.workspace != nil ? "workspace" : "conversation"
+        await reject(taskId, "the \(what) did not arrive whole within \(Int(wait.inSeconds)) s of its payload")
     }
 
-    /// A piece of a requester's workspace: checked against the requester's key, kept until the
-    /// whole workspace is there.
-    func workspacePiece(_ frame: Envelope) async {
-        guard let body = try? frame.decodeBody(BlobChunkBody.self), body.blob == .workspace,
+    /// A piece of a requester's workspace or conversation: checked against the requester's key,
+    /// kept until the whole blob is there.
+    func inputPiece(_ frame: Envelope) async {
+        guard let body = try? frame.decodeBody(BlobChunkBody.self), body.blob.fromRequester,
             let assignment = assignments[body.taskId], running[body.taskId] == nil
         else { return }
         do {
             try RelayedFrame.verify(frame, from: assignment.requester, nowMs: nowMs)
         } catch {
-            note("refused a workspace piece for task \(body.taskId): \(error)", task: body.taskId)
+            note("refused a \(body.blob.rawValue) piece for task \(body.taskId): \(error)", task: body.taskId)
             return
         }
-        var pieces = workspacePieces[body.taskId] ?? SealedBlob.Assembler()
+        var pieces = inputPieces[body.taskId]?[body.blob] ?? SealedBlob.Assembler()
         guard pieces.add(body) else {
-            await reject(body.taskId, "the workspace's pieces disagree on how many there are")
+            await reject(body.taskId, "the \(body.blob.rawValue)'s pieces disagree on how many there are")
             return
         }
-        workspacePieces[body.taskId] = pieces
-        await startIfWorkspaceComplete(body.taskId)
+        inputPieces[body.taskId, default: [:]][body.blob] = pieces
+        await startIfInputsComplete(body.taskId)
     }
 
-    /// Once payload and every piece are in: the workspace is opened and read as hostile input,
-    /// within this provider's own limits; anything wrong with it rejects the job (the
-    /// requester's fault), with nothing written anywhere.
-    private func startIfWorkspaceComplete(_ taskId: String) async {
-        guard let (payload, info) = waitingForWorkspace[taskId], let assignment = assignments[taskId],
-            let pieces = workspacePieces[taskId], pieces.isComplete(info.blob)
-        else { return }
-        waitingForWorkspace[taskId] = nil
-        workspacePieces[taskId] = nil
+    /// Once payload and every piece are in: the workspace and the conversation are opened and
+    /// read as hostile input, within this provider's own limits; anything wrong with them
+    /// rejects the job (the requester's fault), with nothing written anywhere.
+    private func startIfInputsComplete(_ taskId: String) async {
+        guard let payload = waitingForInputs[taskId], let assignment = assignments[taskId] else { return }
+        let pieces = inputPieces[taskId] ?? [:]
+        let needed: [(BlobChunkBody.Blob, JobContent.BlobInfo)] =
+            [payload.workspace.map { (.workspace, $0.blob) }, payload.conversation.map { (.conversation, $0.blob) }]
+            .compactMap { $0 }
+        guard needed.allSatisfy({ pieces[$0.0]?.isComplete($0.1) == true }) else { return }
+        waitingForInputs[taskId] = nil
+        inputPieces[taskId] = nil
         let config = reloadConfig() ?? basePipeline.config
-        let limits = WorkspaceLimits(
-            maxBytes: config.bytes(.maxWorkspaceBytes), maxFiles: Int(config.integer(.maxWorkspaceFiles)))
-        let tree: WorkspaceTree
-        do {
-            let archive = try pieces.open(info.blob, keys: keys)
-            tree = try WorkspaceTree.read(tar: archive, limits: limits).tree
-        } catch {
-            await reject(taskId, "the workspace was refused: \(error)")
-            return
+        var tree: WorkspaceTree?
+        var conversation: ClaudeTranscript?
+        if let info = payload.workspace {
+            let limits = WorkspaceLimits(
+                maxBytes: config.bytes(.maxWorkspaceBytes), maxFiles: Int(config.integer(.maxWorkspaceFiles)))
+            do {
+                let archive = try pieces[.workspace]!.open(info.blob, keys: keys)
+                tree = try WorkspaceTree.read(tar: archive, limits: limits).tree
+            } catch {
+                await reject(taskId, "the workspace was refused: \(error)")
+                return
+            }
         }
-        start(
-            taskId, assignment: assignment, prompt: payload.promptData!, workspace: tree,
-            leftOut: Array(info.leftOut.prefix(20)))
+        if let info = payload.conversation {
+            do {
+                let data = try pieces[.conversation]!.open(info.blob, keys: keys)
+                conversation = try ClaudeTranscript(
+                    checking: data, sessionID: info.sessionId, maxBytes: config.bytes(.maxTranscriptBytes))
+            } catch {
+                await reject(taskId, "the conversation was refused: \(error)")
+                return
+            }
+        }
+        start(taskId, assignment: assignment, payload: payload, workspace: tree, conversation: conversation)
     }
 
     func reject(_ taskId: String, _ reason: String) async {
@@ -404,7 +432,10 @@ public actor ProviderDaemon {
 
     // MARK: One job
 
-    func run(taskId: String, assignment: Assignment, prompt: Data, workspace: WorkspaceTree?, leftOut: [String]) async {
+    func run(
+        taskId: String, assignment: Assignment, prompt: Data, workspace: WorkspaceTree?, leftOut: [String],
+        conversation: ClaudeTranscript?
+    ) async {
         defer { running[taskId] = nil }
         let jobID = UUID().uuidString.lowercased()
         try? tasks.update(taskId, jobId: jobID, at: nowMs)
@@ -412,6 +443,7 @@ public actor ProviderDaemon {
             id: jobID, role: "market", prompt: prompt, backend: backend, requester: assignment.requester.peerId,
             taskID: taskId, price: Credits(micro: assignment.price), workspace: workspace)
         job.workspaceLeftOut = leftOut
+        job.conversation = conversation
         let report = self.report
         let streamer = EventStreamer(
             taskId: taskId, requester: assignment.requester, session: session,
@@ -477,6 +509,10 @@ public actor ProviderDaemon {
                 metered: result.metered, seconds: result.duration.inSeconds,
                 redactions: result.redactions + redactions.value)
             content.patch = patchInfo
+            if let sessionID = result.sessionID {
+                content.transcript = try await sendTranscript(
+                    result, sessionID: sessionID, taskId: taskId, to: assignment.requester)
+            }
             if redactions.value > 0 {
                 audit("market.redacted", ["task": taskId, "job": jobID, "count": String(redactions.value)])
             }
@@ -521,6 +557,24 @@ public actor ProviderDaemon {
         }
         return JobContent.PatchInfo(
             blob: info, baseHash: patch.baseHash, files: patch.files, skipped: skipped, error: nil)
+    }
+
+    /// A claude job's transcript goes sealed to the requester, in pieces, before the result that
+    /// names it; nothing of it is kept here (the job's container, which held it, is gone).
+    private func sendTranscript(
+        _ report: JobReport, sessionID: String, taskId: String, to requester: PublicKeyDocument
+    ) async throws -> JobContent.TranscriptInfo {
+        guard let transcript = report.transcript else {
+            return JobContent.TranscriptInfo(sessionId: sessionID, blob: nil, error: report.transcriptError)
+        }
+        let (info, chunks) = try SealedBlob.seal(transcript.data, to: requester, purpose: .result)
+        for (index, chunk) in chunks.enumerated() {
+            try await session.enqueue(
+                .blobChunk,
+                BlobChunkBody(taskId: taskId, blob: .transcript, index: index, count: chunks.count, sealed: chunk),
+                id: "transcript-\(taskId)-\(index)")
+        }
+        return JobContent.TranscriptInfo(sessionId: sessionID, blob: info, error: nil)
     }
 
     /// The provider's side failed: said here, recorded, and `job.failed` to the market (which

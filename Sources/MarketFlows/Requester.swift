@@ -1,4 +1,5 @@
 import Foundation
+import JobRunner
 import MarketClient
 import MarketCore
 import MarketCrypto
@@ -18,6 +19,8 @@ public struct SubmitOptions: Sendable {
     public var workspaceLeftOut: [String] = []
     /// Where the workspace came from, for `result --apply` later.
     public var workspaceDirectory: String?
+    /// A follow-up: the conversation it continues (checked) and the task that left it.
+    public var conversation: (transcript: ClaudeTranscript, parent: String)?
 
     public init(
         prompt: Data, maxPrice: Int64, minReputation: Double? = nil, model: String? = nil,
@@ -43,6 +46,10 @@ public enum RequesterUpdate: Sendable {
     case result(JobContent.Result, provider: String)
     /// A workspace job's patch, opened and checked against the result that names it.
     case patch(WorkspacePatch)
+    /// A claude job's conversation as it stands now, kept for a follow-up.
+    case transcript(ClaudeTranscript)
+    /// The result names no usable transcript (the job left none, or not a valid one).
+    case noTranscript(String)
     /// The result did not check out: it is disputed, not accepted.
     case badResult(provider: String, problem: String)
     case settlement(SettlementBody)
@@ -55,6 +62,7 @@ public struct RequesterOutcome: Sendable {
     public var result: JobContent.Result?
     public var provider: String?
     public var patch: WorkspacePatch?
+    public var transcript: ClaudeTranscript?
 }
 
 /// The requester's side of a market job: posts it with the price in escrow, seals the prompt
@@ -71,15 +79,21 @@ public actor Requester {
     private var stopAtPayload = false
     /// A workspace job's files here: the archive sent (`TASK.tar`) and the patch back (`TASK.diff`).
     let workspaces: WorkspaceFiles?
-    private var patchPieces: [String: SealedBlob.Assembler] = [:]
-    /// A result that checked out and waits for the pieces of its patch.
-    private var waitingForPatch: [String: (result: JobContent.Result, provider: String)] = [:]
+    /// Conversations here: a follow-up's transcript sent, and every claude job's transcript back.
+    let conversations: ConversationFiles?
+    private var resultPieces: [String: [BlobChunkBody.Blob: SealedBlob.Assembler]] = [:]
+    /// A result that checked out and waits for the pieces of its patch and transcript.
+    private var waitingForBlobs: [String: (result: JobContent.Result, provider: String)] = [:]
 
-    public init(session: MarketSession, database: StateDatabase, workspaces: WorkspaceFiles? = nil) {
+    public init(
+        session: MarketSession, database: StateDatabase, workspaces: WorkspaceFiles? = nil,
+        conversations: ConversationFiles? = nil
+    ) {
         self.session = session
         self.database = database
         self.tasks = MarketTaskStore(database: database)
         self.workspaces = workspaces
+        self.conversations = conversations
     }
 
     var nowMs: Int64 { Date().unixMilliseconds }
@@ -103,9 +117,16 @@ public actor Requester {
                 archive, leftOut: options.workspaceLeftOut, directory: options.workspaceDirectory, for: taskId)
             sizes = (tree.byteCount, Int64(tree.fileCount), Int64(archive.count))
         }
+        if let (transcript, parent) = options.conversation {
+            guard let conversations else {
+                throw MarketClientError("no place to keep the conversation of task \(taskId)")
+            }
+            try conversations.saveSent(transcript, parent: parent, for: taskId)
+        }
         let body = PostBody(
             taskId: taskId, maxPrice: options.maxPrice, minReputation: options.minReputation, model: options.model,
-            timeoutSeconds: options.timeoutSeconds, expiresInSeconds: options.expiresInSeconds, workspace: sizes)
+            timeoutSeconds: options.timeoutSeconds, expiresInSeconds: options.expiresInSeconds, workspace: sizes,
+            conversationBytes: options.conversation.map { Int64($0.transcript.data.count) })
         do {
             let ack = try await session.request(.taskPost, body, id: "post-\(taskId)", timeout: .seconds(30))
             try tasks.update(taskId, state: ack.state ?? "open", note: ack.note, at: nowMs)
@@ -199,9 +220,22 @@ public actor Requester {
                 workspace = JobContent.WorkspaceInfo(
                     blob: info, files: tree.fileCount, bytes: tree.byteCount, leftOut: leftOut)
             }
+            var conversation: JobContent.ConversationInfo?
+            if let transcript = try conversations?.sent(taskId) {
+                let (info, chunks) = try SealedBlob.seal(transcript.data, to: document, purpose: .payload)
+                for (index, chunk) in chunks.enumerated() {
+                    try await session.enqueue(
+                        .blobChunk,
+                        BlobChunkBody(
+                            taskId: taskId, blob: .conversation, index: index, count: chunks.count, sealed: chunk),
+                        id: "conversation-\(taskId)-\(assigned.provider.prefix(16))-\(index)")
+                }
+                conversation = JobContent.ConversationInfo(
+                    blob: info, sessionId: transcript.sessionID, turns: transcript.turns.count)
+            }
             let (sealed, _) = try JobContent.seal(
-                JobContent.Payload(taskId: taskId, prompt: prompt, workspace: workspace), to: document,
-                purpose: .payload)
+                JobContent.Payload(taskId: taskId, prompt: prompt, workspace: workspace, conversation: conversation),
+                to: document, purpose: .payload)
             // One id per provider: a reconnect does not deliver twice.
             try await session.enqueue(
                 .payloadDeliver, SealedBody(taskId: taskId, sealed: sealed),
@@ -236,12 +270,15 @@ public actor Requester {
                 try tasks.storeResult(taskId, frame: try Self.text(frame), hash: hash, verified: true, at: nowMs)
                 outcome.result = result
                 onUpdate(.result(result, provider: document.peerId))
-                if result.patch?.blob != nil {
-                    waitingForPatch[taskId] = (result, document.peerId)
+                if result.patch?.blob != nil || result.transcript?.blob != nil {
+                    waitingForBlobs[taskId] = (result, document.peerId)
                     outcomes[taskId] = outcome
-                    let done = try await finishPatch(taskId, accept: accept, onUpdate)
+                    let done = try await finishBlobs(taskId, accept: accept, onUpdate)
                     outcome = outcomes[taskId] ?? outcome
                     return done
+                }
+                if let transcript = result.transcript {
+                    onUpdate(.noTranscript(transcript.error ?? "the job left no transcript"))
                 }
                 if let done = try await settleResult(result, taskId: taskId, accept: accept, outcome: &outcome) {
                     return done
@@ -265,14 +302,14 @@ public actor Requester {
         case .blobChunk:
             guard let document = providers[taskId],
                 (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil,
-                let body = try? frame.decodeBody(BlobChunkBody.self), body.blob == .patch
+                let body = try? frame.decodeBody(BlobChunkBody.self), !body.blob.fromRequester
             else { return nil }
-            var pieces = patchPieces[taskId] ?? SealedBlob.Assembler()
+            var pieces = resultPieces[taskId]?[body.blob] ?? SealedBlob.Assembler()
             _ = pieces.add(body)
-            patchPieces[taskId] = pieces
-            if waitingForPatch[taskId] != nil {
+            resultPieces[taskId, default: [:]][body.blob] = pieces
+            if waitingForBlobs[taskId] != nil {
                 outcomes[taskId] = outcome
-                let done = try await finishPatch(taskId, accept: accept, onUpdate)
+                let done = try await finishBlobs(taskId, accept: accept, onUpdate)
                 outcome = outcomes[taskId] ?? outcome
                 if let done { return done }
             }
@@ -321,26 +358,55 @@ public actor Requester {
         return outcome
     }
 
-    /// Once every piece of the patch a result names is in: opened, checked against the result's
-    /// SHA-256, read, kept here, and only then is the result accepted. A patch that does not
-    /// check out is disputed like a result that does not.
-    private func finishPatch(_ taskId: String, accept: Bool, _ onUpdate: @Sendable (RequesterUpdate) -> Void)
+    /// Once every piece of the patch and the transcript a result names is in: each is opened
+    /// and checked against the result's SHA-256, read, kept here, and only then is the result
+    /// accepted. A blob that does not match what the provider signed is disputed like a result
+    /// that does not; a transcript that matches but is no valid transcript (the job's own doing)
+    /// is only said, and the result stands.
+    private func finishBlobs(_ taskId: String, accept: Bool, _ onUpdate: @Sendable (RequesterUpdate) -> Void)
         async throws -> RequesterOutcome?
     {
-        guard let (result, provider) = waitingForPatch[taskId], let info = result.patch?.blob,
-            let pieces = patchPieces[taskId], pieces.isComplete(info)
-        else { return nil }
-        waitingForPatch[taskId] = nil
-        patchPieces[taskId] = nil
+        guard let (result, provider) = waitingForBlobs[taskId] else { return nil }
+        let pieces = resultPieces[taskId] ?? [:]
+        let needed: [(BlobChunkBody.Blob, JobContent.BlobInfo)] =
+            [result.patch?.blob.map { (.patch, $0) }, result.transcript?.blob.map { (.transcript, $0) }]
+            .compactMap { $0 }
+        guard needed.allSatisfy({ pieces[$0.0]?.isComplete($0.1) == true }) else { return nil }
+        waitingForBlobs[taskId] = nil
+        resultPieces[taskId] = nil
         var outcome = outcomes[taskId] ?? RequesterOutcome(taskId: taskId, state: "delivered")
         do {
-            let data = try pieces.open(info, keys: session.keys)
-            let patch = try WorkspacePatch(parsing: data)
-            try workspaces?.savePatch(data, for: taskId)
-            outcome.patch = patch
-            onUpdate(.patch(patch))
+            if let info = result.patch?.blob {
+                let data = try pieces[.patch]!.open(info, keys: session.keys)
+                let patch: WorkspacePatch
+                do {
+                    patch = try WorkspacePatch(parsing: data)
+                } catch {
+                    throw Problem("the patch does not check out: \(error)")
+                }
+                try workspaces?.savePatch(data, for: taskId)
+                outcome.patch = patch
+                onUpdate(.patch(patch))
+            }
+            if let transcriptInfo = result.transcript, let info = transcriptInfo.blob {
+                let data: Data
+                do {
+                    data = try pieces[.transcript]!.open(info, keys: session.keys)
+                } catch {
+                    throw Problem("the transcript does not check out: \(error)")
+                }
+                do {
+                    let transcript = try ClaudeTranscript(
+                        checking: data, sessionID: transcriptInfo.sessionId, maxBytes: WireLimits.maxTranscriptBytes)
+                    try conversations?.save(transcript, for: taskId)
+                    outcome.transcript = transcript
+                    onUpdate(.transcript(transcript))
+                } catch let error as TranscriptError {
+                    onUpdate(.noTranscript("the transcript was not kept: \(error)"))
+                }
+            }
         } catch {
-            let problem = "the patch does not check out: \(error)"
+            let problem = error is Problem ? "\(error)" : "the patch does not check out: \(error)"
             onUpdate(.badResult(provider: provider, problem: problem))
             try await session.enqueue(
                 .jobDispute, ReasonBody(taskId: taskId, reason: String(problem.prefix(1000))), id: "dispute-\(taskId)")

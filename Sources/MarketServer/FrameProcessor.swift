@@ -175,11 +175,15 @@ final class FrameProcessor: Sendable {
             {
                 frames.append(payload)
                 if task.workspaceBytes != nil { frames += try tx.blobChunks(taskID: task.id, blob: "workspace") }
+                if task.conversationBytes != nil {
+                    frames += try tx.blobChunks(taskID: task.id, blob: "conversation")
+                }
             }
             if task.requester == peer, task.state == .delivered,
                 let result = try tx.frame(taskID: task.id, kind: .result)
             {
                 frames += try tx.blobChunks(taskID: task.id, blob: "patch")
+                frames += try tx.blobChunks(taskID: task.id, blob: "transcript")
                 frames.append(result)
             }
         }
@@ -390,19 +394,27 @@ final class FrameProcessor: Sendable {
             let chunk = try body(BlobChunkBody.self)
             let maxPerPeer = configuration.maxStoredBlobBytesPerPeer
             return { _, tx, peer, _, _ in
-                let workspace = chunk.blob == .workspace
+                let fromRequester = chunk.blob.fromRequester
                 let task = try Self.partyTask(
-                    chunk.taskId, peer: peer, requester: workspace,
-                    states: workspace ? [.assigned, .running] : [.running],
+                    chunk.taskId, peer: peer, requester: fromRequester,
+                    states: fromRequester ? [.assigned, .running] : [.running],
                     in: tx)
                 let bound: Int64
-                if workspace {
+                switch chunk.blob {
+                case .workspace:
                     guard let archive = task.workspaceArchiveBytes else {
                         throw MarketError(.invalidState, "task \(task.id) was posted without a workspace")
                     }
                     bound = Self.sealedBound(archive)
-                } else {
+                case .conversation:
+                    guard let transcript = task.conversationBytes else {
+                        throw MarketError(.invalidState, "task \(task.id) was posted as no follow-up")
+                    }
+                    bound = Self.sealedBound(transcript)
+                case .patch:
                     bound = Self.sealedBound(WireLimits.maxPatchBytes)
+                case .transcript:
+                    bound = Self.sealedBound(WireLimits.maxTranscriptBytes)
                 }
                 let bytes = Int64(chunk.sealed.utf8.count)
                 let stored = try tx.blobBytes(taskID: task.id, blob: chunk.blob.rawValue, except: chunk.index)
@@ -415,7 +427,7 @@ final class FrameProcessor: Sendable {
                 guard try tx.blobBytes(sender: peer) + bytes <= maxPerPeer else {
                     throw MarketError(
                         .workspaceTooLarge,
-                        "the market keeps at most \(maxPerPeer) bytes of workspaces and patches per peer")
+                        "the market keeps at most \(maxPerPeer) bytes of workspaces, patches and transcripts per peer")
                 }
                 try tx.putBlobChunk(
                     StoredBlobChunk(
@@ -424,7 +436,7 @@ final class FrameProcessor: Sendable {
                         bytes: bytes, frame: text))
                 var output = ActionOutput(
                     ack: AckBody(ref: ref, type: type.rawValue, taskId: task.id, state: task.state.rawValue))
-                if let other = workspace ? task.provider : task.requester { output.outgoing.append((other, text)) }
+                if let other = fromRequester ? task.provider : task.requester { output.outgoing.append((other, text)) }
                 return output
             }
         case .jobEvent:
@@ -490,12 +502,11 @@ final class FrameProcessor: Sendable {
         for transition in transitions {
             let task = transition.task
             // Pieces sealed to one provider are of no use to the next, and none outlive the task.
-            if task.workspaceBytes != nil {
-                if task.state.isFinal || task.state == .open {
-                    try tx.deleteBlobChunks(taskID: task.id, blob: nil)
-                } else if task.state == .delivered || task.state == .disputed {
-                    try tx.deleteBlobChunks(taskID: task.id, blob: "workspace")
-                }
+            if task.state.isFinal || task.state == .open {
+                try tx.deleteBlobChunks(taskID: task.id, blob: nil)
+            } else if task.state == .delivered || task.state == .disputed {
+                if task.workspaceBytes != nil { try tx.deleteBlobChunks(taskID: task.id, blob: "workspace") }
+                if task.conversationBytes != nil { try tx.deleteBlobChunks(taskID: task.id, blob: "conversation") }
             }
             if task.state == .assigned, transition.before == .open,
                 let frame = try assignedFrame(task, in: tx, nowMs: nowMs)

@@ -90,6 +90,7 @@ public struct MarketBook: Sendable {
         task.workspaceBytes = body.workspaceBytes
         task.workspaceFiles = body.workspaceFiles
         task.workspaceArchiveBytes = body.workspaceArchiveBytes
+        task.conversationBytes = body.conversationBytes
         let available = try tx.balance(.peer(requester))
         guard available >= task.maxPrice else {
             throw MarketError(

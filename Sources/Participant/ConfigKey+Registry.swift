@@ -60,6 +60,9 @@ extension ConfigKey {
     public static let maxPatchBytes = ConfigKey(
         "limits.maxPatchBytes", .byteSize((1 << 10)...(1 << 30)), default: .text("16m"),
         "Largest patch a workspace job hands back")
+    public static let maxTranscriptBytes = ConfigKey(
+        "limits.maxTranscriptBytes", .byteSize((1 << 10)...(64 << 20)), default: .text("16m"),
+        "Largest conversation transcript a claude job hands back or, as a provider, continues")
     public static let concurrentJobs = ConfigKey(
         "limits.concurrentJobs", .integer(1...64), default: .integer(1), "Jobs running at once")
     public static let keyRotationDays = ConfigKey(
@@ -118,7 +121,8 @@ extension ConfigKey {
         dockerBuildNetwork,
         dockerTmpfsSize, dockerMaxOutput,
         dockerWarmPool, egressAllowlist, egressByteBudget, dailyTasks, weeklyTasks, monthlyTasks, dailyTokens,
-        maxTokensPerTask, maxWorkspaceBytes, maxWorkspaceFiles, maxPatchBytes, concurrentJobs, keyRotationDays,
+        maxTokensPerTask, maxWorkspaceBytes, maxWorkspaceFiles, maxPatchBytes, maxTranscriptBytes, concurrentJobs,
+        keyRotationDays,
         approvalMode, approvalMaxPromptBytes,
         approvalAllowedRequesters, approvalDeniedRequesters, marketURL, marketDefaultPrice, marketMaxBidPrice,
         marketAllowSubscriptionLogin, claudeCredentialMode, claudeAPIKeyFile, claudeAPIBaseURL, claudeLoginVolume,

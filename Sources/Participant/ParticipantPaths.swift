@@ -37,6 +37,8 @@ public struct ParticipantPaths: Sendable, Equatable {
     public var runDirectory: URL { dataDirectory.appending(path: "run") }
     /// A requester's workspace jobs: the archives sent and the patches back.
     public var workspacesDirectory: URL { dataDirectory.appending(path: "workspaces") }
+    /// Conversation transcripts of this participant's claude jobs (`ConversationFiles`).
+    public var conversationsDirectory: URL { dataDirectory.appending(path: "conversations") }
     /// Names this installation on the containers it creates (the `owner` label): the first 16 hex
     /// digits of SHA-256 of the data directory's path. Two homes on one engine differ.
     public var ownerID: String {

@@ -237,3 +237,30 @@ extension WorkspaceTree {
         return ((try? WorkspaceTree(entries: kept)) ?? .empty, skipped)
     }
 }
+
+extension WorkspaceTree {
+    /// Writes the tree into `directory` (which must exist and be empty): what a follow-up
+    /// starts from when it applies the earlier patch to the workspace that was sent.
+    public func write(into directory: URL) throws {
+        let manager = FileManager.default
+        for entry in entries {
+            let url = directory.appending(path: entry.path)
+            switch entry.kind {
+            case .directory:
+                try manager.createDirectory(at: url, withIntermediateDirectories: true)
+            case .file(let data):
+                try manager.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+                try data.write(to: url)
+            case .symlink(let target):
+                try manager.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+                try manager.createSymbolicLink(atPath: url.path, withDestinationPath: target)
+            }
+        }
+        // Modes last, deepest first: a read-only directory is filled before it is closed.
+        for entry in entries.reversed() {
+            if case .symlink = entry.kind { continue }
+            try manager.setAttributes(
+                [.posixPermissions: Int(entry.mode)], ofItemAtPath: directory.appending(path: entry.path).path)
+        }
+    }
+}

@@ -113,6 +113,92 @@ struct ClaudeConversationTests {
         #expect(!String(decoding: transcript.data, as: UTF8.self).contains("sk-ant-oat01-StandInStandIn"))
     }
 
+    /// A warm slot runs the real CLI started ahead, waiting for its first stream-json message:
+    /// it calls nothing before the job is handed over, answers it under the slot's session, and
+    /// the slot's gateway (its token) is gone once the job ends.
+    @Test func aWarmSlotRunsTheRealCLIStartedAheadAndItsTokenEndsWithTheJob() async throws {
+        try await ClaudeCLITestEnvironment.ensureImage()
+        try await MessagesAPIStandIn.with(scripts: ["warm": [.text("warm answer")]]) { standIn in
+            try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
+                docker in
+                let backend = JobBackend.claude(
+                    ClaudeOptions(
+                        model: "claude-sonnet-4-6", maxTurns: 4, allowedTools: ["Read"],
+                        credential: .apiKey(ClaudeCLITests.key),
+                        gateway: GatewaySettings(upstream: URL(string: standIn.url)!, timeout: .seconds(30)),
+                        tokenBudget: 1_000_000))
+                let template = WarmPool.Template(sandbox: ClaudeCLITests.settings, backend: backend, egress: nil)
+                let pool = WarmPool(docker: docker, template: template, size: 1, runDirectory: runDirectory.url)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await pool.run() }
+                    await pool.waitUntilFull()
+                    try await Task.sleep(for: .seconds(3))
+                    #expect(standIn.received.filter { $0.path == "/v1/messages" }.isEmpty)
+                    let slot = try #require(await pool.take())
+                    let conversation = try #require(slot.conversation)
+                    let request = JobRequest(
+                        id: UUID().uuidString.lowercased(), prompt: Data("script: warm — hello".utf8),
+                        backend: backend, sandbox: ClaudeCLITests.settings, egress: nil)
+                    let collected = Collected()
+                    let report = try await JobExecutor(docker: docker, runDirectory: runDirectory.url).run(
+                        request, on: slot
+                    ) { collected.add($0) }
+                    await pool.release(slot)
+                    #expect(report.state == .succeeded, "\(report.error ?? "") \(collected.lines.suffix(5))")
+                    #expect(report.result?.text == "warm answer")
+                    #expect(report.sessionID == conversation.sessionID)
+                    #expect(report.transcript?.sessionID == conversation.sessionID, "\(report.transcriptError ?? "")")
+                    // The slot's gateway, and with it its token, ends with the job.
+                    let socket = try #require(slot.proxy?.socketPath)
+                    var gone = false
+                    for _ in 0..<100 where !gone {
+                        gone = !FileManager.default.fileExists(atPath: socket)
+                        if !gone { try await Task.sleep(for: .milliseconds(50)) }
+                    }
+                    #expect(gone, "the slot's gateway socket is still there")
+                    group.cancelAll()
+                }
+            }
+        }
+    }
+
+    /// `execute --follow-up JOB_ID` continues a local conversation kept in the home.
+    @Test func executeFollowUpContinuesALocalConversation() async throws {
+        try await ClaudeCLITestEnvironment.ensureImage()
+        let script: [MessagesAPIStandIn.Turn] = [.text("Noted: KIWI."), .text("It was KIWI.")]
+        try await MessagesAPIStandIn.with(scripts: ["local": script]) { standIn in
+            let home = TemporaryDirectory("cmm-conversation-home")
+            let environment = ["ANTHROPIC_API_KEY": ClaudeCLITests.key]
+            func run(_ arguments: [String], expect code: Int32 = 0) throws -> CLIResult {
+                let result = try CLIRunner.run(arguments, home: home.url, environment: environment)
+                #expect(result.exitCode == code, "\(arguments): \(result.stderr)")
+                return result
+            }
+            _ = try run(["terms", "--accept"])
+            _ = try run(["opt-in", "--claude-jobs", "--yes"])
+            for setting in [
+                "docker.image=\(ClaudeCLITestEnvironment.image)", "claude.apiBaseURL=\(standIn.url)",
+                "limits.dailyTokens=100000000", "limits.maxTokensPerTask=1000000", "docker.memory=1g",
+                "docker.pidsLimit=256",
+            ] {
+                _ = try run(["config", "--set", setting])
+            }
+            let first = try run(["execute", "--prompt", "script: local — remember KIWI", "--yes", "--json"])
+            let summary = try #require(
+                first.stdout.split(separator: "\n").compactMap {
+                    (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
+                }.first { $0["type"] as? String == "result" })
+            let jobID = try #require(summary["job"] as? String)
+            #expect(summary["transcriptTurns"] as? Int == 2, "\(summary)")
+            let second = try run(["execute", "--follow-up", jobID, "--prompt", "Which fruit?", "--yes"])
+            #expect(second.stdout.contains("It was KIWI."), "\(second.stdout) \(second.stderr)")
+            #expect(second.stderr.contains("continues the conversation of job \(jobID) (2 turns)"))
+            let missing = try run(
+                ["execute", "--follow-up", UUID().uuidString.lowercased(), "--prompt", "x", "--yes"], expect: 2)
+            #expect(missing.stderr.contains("left no conversation in this home"), "\(missing.stderr)")
+        }
+    }
+
     @Test func aTranscriptIsCheckedBeforeItIsUsed() throws {
         let session = UUID().uuidString.lowercased()
         let good = Data(

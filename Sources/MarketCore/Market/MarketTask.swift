@@ -56,6 +56,8 @@ public struct MarketTask: Codable, Sendable, Equatable {
     public var workspaceBytes: Int64?
     public var workspaceFiles: Int64?
     public var workspaceArchiveBytes: Int64?
+    /// A follow-up's transcript size, as posted (nil: a new conversation or no claude job).
+    public var conversationBytes: Int64?
 
     public init(
         id: String, requester: PeerID, maxPrice: Credits, minReputation: Double, model: String?,

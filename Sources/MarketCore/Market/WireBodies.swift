@@ -22,6 +22,8 @@ public struct WireLimits: Sendable, Equatable {
     public static let maxBlobBytes: Int64 = 1 << 30
     /// The largest patch the market relays for one task (plaintext bytes).
     public static let maxPatchBytes: Int64 = 64 << 20
+    /// The largest conversation transcript a task may carry, either way.
+    public static let maxTranscriptBytes: Int64 = 64 << 20
 
     public init(
         maxFrameBytes: Int = 1 << 20, maxSealedBytes: Int = 900_000, maxSlots: Int = 64,
@@ -212,12 +214,16 @@ public struct PostBody: WireBody, Equatable {
     public var workspaceBytes: Int64?
     public var workspaceFiles: Int64?
     public var workspaceArchiveBytes: Int64?
+    /// A follow-up: the bytes of the earlier conversation's transcript, which travels sealed to
+    /// the provider that wins in `blob.chunk`s (bounding what the market stores).
+    public var conversationBytes: Int64?
 
     public init(
         taskId: String, maxPrice: Int64, minReputation: Double? = nil, model: String? = nil,
         timeoutSeconds: Int64? = nil, expiresInSeconds: Int64? = nil,
-        workspace: (bytes: Int64, files: Int64, archiveBytes: Int64)? = nil
+        workspace: (bytes: Int64, files: Int64, archiveBytes: Int64)? = nil, conversationBytes: Int64? = nil
     ) {
+        self.conversationBytes = conversationBytes
         self.workspaceBytes = workspace?.bytes
         self.workspaceFiles = workspace?.files
         self.workspaceArchiveBytes = workspace?.archiveBytes
@@ -251,6 +257,11 @@ public struct PostBody: WireBody, Equatable {
             throw MarketError(
                 .workspaceTooLarge,
                 "workspaceArchiveBytes \(workspaceArchiveBytes) must be 1…\(WireLimits.maxBlobBytes)")
+        }
+        if let conversationBytes, !(1...WireLimits.maxTranscriptBytes).contains(conversationBytes) {
+            throw MarketError(
+                .workspaceTooLarge,
+                "conversationBytes \(conversationBytes) must be 1…\(WireLimits.maxTranscriptBytes)")
         }
     }
 }
@@ -312,6 +323,13 @@ public struct BlobChunkBody: WireBody, Equatable {
         case workspace
         /// provider → requester, while the task is running, before the result.
         case patch
+        /// A follow-up's earlier conversation: requester → provider, like the workspace.
+        case conversation
+        /// The job's conversation transcript: provider → requester, like the patch.
+        case transcript
+
+        /// Sent by the requester (to the provider) rather than the other way.
+        public var fromRequester: Bool { self == .workspace || self == .conversation }
     }
     public var taskId: String
     public var blob: Blob

@@ -1,0 +1,77 @@
+import Foundation
+import JobRunner
+import MarketCore
+
+/// A requester's conversations on disk, one per task (or local job): the transcript that came
+/// back (`ID.jsonl`), the one sent with a follow-up (`ID.sent.jsonl`, to seal again if the task
+/// moves to another provider), and which earlier task it continues (`ID.json`). The provider
+/// keeps none of this; the requester owns the conversation. Files 0600 in a 0700 directory.
+public struct ConversationFiles: Sendable {
+    public let directory: URL
+
+    public init(directory: URL) {
+        self.directory = directory
+    }
+
+    struct Meta: Codable {
+        var sessionId: String
+        var parent: String?
+    }
+
+    func url(_ id: String, _ suffix: String) throws -> URL {
+        try WireField.taskID(id)
+        return directory.appending(path: id + suffix)
+    }
+
+    func write(_ data: Data, to url: URL) throws {
+        try FileManager.default.createDirectory(
+            at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try data.write(to: url, options: .atomic)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)
+    }
+
+    /// A follow-up as posted: the transcript it sends, and the task (or job) it continues.
+    public func saveSent(_ transcript: ClaudeTranscript, parent: String, for id: String) throws {
+        try write(transcript.data, to: try url(id, ".sent.jsonl"))
+        try write(
+            try JSONEncoder().encode(Meta(sessionId: transcript.sessionID, parent: parent)), to: try url(id, ".json"))
+    }
+
+    /// The transcript a follow-up sends, or nil when the task starts a new conversation.
+    public func sent(_ id: String, maxBytes: Int64 = WireLimits.maxTranscriptBytes) throws -> ClaudeTranscript? {
+        guard let meta = try meta(id), let data = try? Data(contentsOf: try url(id, ".sent.jsonl")) else {
+            return nil
+        }
+        return try ClaudeTranscript(checking: data, sessionID: meta.sessionId, maxBytes: maxBytes)
+    }
+
+    /// The conversation as it stands after the task: what a follow-up continues.
+    public func save(_ transcript: ClaudeTranscript, for id: String, parent: String? = nil) throws {
+        let parent = try parent ?? meta(id)?.parent
+        try write(transcript.data, to: try url(id, ".jsonl"))
+        try write(
+            try JSONEncoder().encode(Meta(sessionId: transcript.sessionID, parent: parent)), to: try url(id, ".json"))
+    }
+
+    /// The transcript a task (or job) left, checked again as it is read.
+    public func transcript(_ id: String, maxBytes: Int64 = WireLimits.maxTranscriptBytes) throws -> ClaudeTranscript? {
+        guard let meta = try meta(id), let data = try? Data(contentsOf: try url(id, ".jsonl")) else { return nil }
+        return try ClaudeTranscript(checking: data, sessionID: meta.sessionId, maxBytes: maxBytes)
+    }
+
+    /// The tasks (or jobs) of a conversation up to `id`, oldest first.
+    public func chain(_ id: String) throws -> [String] {
+        var chain = [id]
+        var current = id
+        while let parent = try meta(current)?.parent, !chain.contains(parent), chain.count < 1000 {
+            chain.insert(parent, at: 0)
+            current = parent
+        }
+        return chain
+    }
+
+    func meta(_ id: String) throws -> Meta? {
+        guard let data = try? Data(contentsOf: try url(id, ".json")) else { return nil }
+        return try? JSONDecoder().decode(Meta.self, from: data)
+    }
+}
