@@ -185,4 +185,6 @@ final class OnceFlag: Sendable {
     private let value = Atomic(false)
     func set() { value.store(true, ordering: .relaxed) }
     var isSet: Bool { value.load(ordering: .relaxed) }
+    /// Clears the flag; whether it was set.
+    func take() -> Bool { value.exchange(false, ordering: .relaxed) }
 }

@@ -14,6 +14,9 @@ struct RequesterPrinter: Sendable {
     let json: Bool
     /// Whether any output was streamed: the result's output is printed only when none was.
     let streamed = OnceFlag()
+    /// Whether text deltas were printed since the last whole message: the message then only
+    /// ends the line.
+    let midMessage = OnceFlag()
 
     struct Line: Encodable {
         var type: String
@@ -61,7 +64,12 @@ struct RequesterPrinter: Sendable {
                     emit(Line(type: "event", stream: item.stream, text: item.text, note: item.kind))
                 } else if item.kind == "line" && item.stream == "stderr" {
                     Output.note(item.text ?? "")
-                } else if item.kind == "line" || item.kind == "text" {
+                } else if item.kind == "delta" {
+                    Output.stdout(Data((item.text ?? "").utf8))
+                    midMessage.set()
+                } else if item.kind == "text" {
+                    if midMessage.take() { Output.stdout(Data("\n".utf8)) } else { Output.line(item.text ?? "") }
+                } else if item.kind == "line" {
                     Output.line(item.text ?? "")
                 } else if item.kind == "tool" {
                     Output.line("[tool: \(item.text ?? "")]")

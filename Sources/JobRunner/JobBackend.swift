@@ -85,6 +85,7 @@ public struct ClaudeOptions: Sendable, Equatable {
             + credentialRules
         return [
             "claude", "-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose",
+            "--include-partial-messages",
             "--max-turns", String(maxTurns), "--model", model, "--permission-mode", "dontAsk", "--allowedTools",
             allowed.joined(separator: ","), "--disallowedTools", denied.joined(separator: ","), "--setting-sources",
             "user", "--strict-mcp-config",

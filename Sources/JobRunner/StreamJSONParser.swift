@@ -44,6 +44,9 @@ public enum StreamEvent: Sendable, Equatable {
     case initialized(model: String, tools: [String], version: String?)
     /// Text from an assistant message (each message id counted once for usage).
     case text(String)
+    /// A piece of an assistant message's text as it streams (`--include-partial-messages`);
+    /// the whole message follows as `.text`.
+    case textDelta(String)
     case toolUse(name: String)
     case toolResult(isError: Bool)
     case rateLimit(RateLimitNotice)
@@ -114,6 +117,12 @@ public struct StreamJSONParser: Sendable {
                 utilization: (info["utilization"] as? NSNumber)?.doubleValue)
             rateLimits.append(notice)
             return [.rateLimit(notice)]
+        case "stream_event":
+            guard let event = object["event"] as? [String: Any], event["type"] as? String == "content_block_delta",
+                let delta = event["delta"] as? [String: Any], delta["type"] as? String == "text_delta",
+                let text = delta["text"] as? String
+            else { return [.skipped(type: type)] }
+            return [.textDelta(text)]
         case "result":
             let parsed = Self.result(object, fallbackModel: model ?? "unknown")
             result = parsed

@@ -458,6 +458,7 @@ public actor ProviderDaemon {
             if count > 0 { redactions.add(count) }
             return cleaned
         }
+        let deltas = DeltaHolder()
         var hooks = JobPipeline.Hooks()
         hooks.ask = ask
         hooks.approved = {
@@ -474,7 +475,13 @@ public actor ProviderDaemon {
                     streamer.add(
                         JobContent.Item(kind: "line", stream: stream == .stderr ? "stderr" : "stdout", text: text))
                 }
-            case .event(.text(let text)): streamer.add(JobContent.Item(kind: "text", text: clean(text)))
+            case .event(.textDelta(let text)):
+                let ready = deltas.add(text)
+                if !ready.isEmpty { streamer.add(JobContent.Item(kind: "delta", text: clean(ready))) }
+            case .event(.text(let text)):
+                let rest = deltas.flush()
+                if !rest.isEmpty { streamer.add(JobContent.Item(kind: "delta", text: clean(rest))) }
+                streamer.add(JobContent.Item(kind: "text", text: clean(text)))
             case .event(.toolUse(let name)): streamer.add(JobContent.Item(kind: "tool", text: clean(name)))
             default: break
             }
@@ -584,6 +591,35 @@ public actor ProviderDaemon {
         try? tasks.update(taskId, state: "failed", note: reason, at: nowMs)
         _ = try? await session.enqueue(
             .jobFailed, ReasonBody(taskId: taskId, reason: String((sent ?? reason).prefix(1000))))
+    }
+}
+
+/// Text deltas as they stream, held back so that redaction always sees a credential whole: a
+/// credential holds no whitespace, so text goes on up to its last whitespace and the rest
+/// waits for the next piece (or the whole message, or `maxHeld` characters).
+final class DeltaHolder: Sendable {
+    private let held = Mutex("")
+    static let maxHeld = 4096
+
+    func add(_ piece: String) -> String {
+        held.withLock { held in
+            held += piece
+            guard let last = held.lastIndex(where: \.isWhitespace) else {
+                guard held.count > Self.maxHeld else { return "" }
+                defer { held = "" }
+                return held
+            }
+            let ready = String(held[...last])
+            held = String(held[held.index(after: last)...])
+            return ready
+        }
+    }
+
+    func flush() -> String {
+        held.withLock { held in
+            defer { held = "" }
+            return held
+        }
     }
 }
 

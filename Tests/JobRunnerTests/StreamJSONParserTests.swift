@@ -20,6 +20,22 @@ enum Fixtures {
 }
 
 @Suite struct StreamJSONParserTests {
+    /// `--include-partial-messages`: text deltas come as they stream, other stream events are
+    /// skipped, and the whole message still follows as text.
+    @Test func partialMessagesGiveTextDeltas() {
+        var parser = StreamJSONParser()
+        let delta =
+            #"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}},"session_id":"s"}"#
+        let toolDelta =
+            #"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}}}"#
+        let start = #"{"type":"stream_event","event":{"type":"message_start","message":{"id":"m"}}}"#
+        #expect(parser.parse(line: delta) == [.textDelta("Hel")])
+        #expect(parser.parse(line: toolDelta) == [.skipped(type: "stream_event")])
+        #expect(parser.parse(line: start) == [.skipped(type: "stream_event")])
+        #expect(
+            parser.parse(line: #"{"type":"stream_event","event":"not an object"}"#) == [.skipped(type: "stream_event")])
+    }
+
     @Test func successText() throws {
         let (parser, events) = try Fixtures.parse("success-text")
         #expect(

@@ -85,6 +85,32 @@ struct ConversationFlowTests {
         }
     }
 
+    /// `submit --wait` shows Claude's words as they stream from the API, not when the message
+    /// ends: with the stand-in pausing after every word, the first words are at the requester
+    /// while the rest are still to come.
+    @Test func textReachesTheRequesterAsItStreams() async throws {
+        let text = "one two three four five"
+        try await MessagesAPIStandIn.with(scripts: ["slow": [.text(text)]], deltaPause: .seconds(1)) { standIn in
+            let flow = try await Flow.start()
+            defer { flow.stopAll() }
+            let (_, provider) = try await provide(flow, "ella", standIn: standIn)
+            defer { provider.stop() }
+            let requester = try await flow.requester("sam")
+            let submit = try Daemon(
+                arguments: ["submit", "--prompt", "script: slow — count", "--max-price", "5", "--wait", "--json"],
+                home: requester, log: requester.appending(path: "submit.log"))
+            defer { submit.stop() }
+            try await submit.waitFor(#""note":"delta""#, timeout: 90)
+            try await submit.waitFor(#""text":"two ""#, timeout: 30)
+            #expect(!submit.output.contains(#""type":"result""#), "\(submit.output)")
+            #expect(!submit.output.contains("five"))
+            try await submit.waitFor(#""type":"finished""#, timeout: 60)
+            let deltas = submit.output.split(separator: "\n").filter { $0.contains(#""note":"delta""#) }
+            #expect(deltas.count >= 3, "\(submit.output)")
+            #expect(submit.output.contains(#""note":"text""#) && submit.output.contains(text))
+        }
+    }
+
     /// A provider checks a follow-up's transcript against its own limit before anything runs: one
     /// over it is refused as the requester's doing, and no container is started.
     @Test func aTranscriptOverTheProvidersLimitIsRefusedBeforeAnythingRuns() async throws {

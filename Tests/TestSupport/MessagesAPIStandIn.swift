@@ -56,7 +56,7 @@ public final class MessagesAPIStandIn: Sendable {
     /// Runs the stand-in for the duration of `body`.
     public static func with<T: Sendable>(
         scripts: [String: [Turn]] = [:], defaultText: String = "hello from the stand-in",
-        _ body: (MessagesAPIStandIn) async throws -> T
+        deltaPause: Duration = .zero, _ body: (MessagesAPIStandIn) async throws -> T
     ) async throws -> T {
         let box = LockedBox<[Received]>([])
         let router = Router()
@@ -85,6 +85,19 @@ public final class MessagesAPIStandIn: Sendable {
                 turn = index < script.count ? script[index] : .text(defaultText)
             }
             let sse = events(turn, model: model)
+            if deltaPause > .zero, object["stream"] as? Bool == true {
+                // Each event written on its own, with a pause after every text delta.
+                let pieces = sse.components(separatedBy: "\n\n").filter { !$0.isEmpty }
+                return Response(
+                    status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                    body: ResponseBody { writer in
+                        for piece in pieces {
+                            try await writer.write(ByteBuffer(string: piece + "\n\n"))
+                            if piece.contains("text_delta") { try await Task.sleep(for: deltaPause) }
+                        }
+                        try await writer.finish(nil)
+                    })
+            }
             guard object["stream"] as? Bool == true else {
                 return Response(
                     status: .ok, headers: [.contentType: "application/json"],
@@ -144,9 +157,18 @@ public final class MessagesAPIStandIn: Sendable {
             out += event(
                 "content_block_start",
                 #"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#)
-            out += event(
-                "content_block_delta",
-                #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":\#(escaped(text))}}"#)
+            // A delta per word, as the API streams it.
+            var words = text.split(separator: " ", omittingEmptySubsequences: false).map { $0 + " " }
+            if var last = words.popLast() {
+                last.removeLast()
+                words.append(last)
+            }
+            for word in words where !word.isEmpty {
+                out += event(
+                    "content_block_delta",
+                    #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":\#(escaped(String(word)))}}"#
+                )
+            }
             stopReason = "end_turn"
         case .toolUse(let name, let input):
             let id = "toolu_\(UUID().uuidString.prefix(12).lowercased())"
