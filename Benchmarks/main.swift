@@ -6,7 +6,7 @@ import MarketCore
 import MarketCrypto
 
 // Benchmarks: each line puts our number beside a baseline measured in the same run, as a ratio
-// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|output|workspace|claude|gateway|market|postgres|echo|e2e|cli|all]`.
+// against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|output|workspace|claude|gateway|market|postgres|echo|e2e|conversation|cli|all]`.
 
 struct Row {
     var name: String
@@ -423,6 +423,9 @@ do {
     }
     if which == "e2e" || which == "all" {
         try await e2eBenchmarks(runs: runs)
+    }
+    if which == "conversation" || which == "all" {
+        try await conversationBenchmarks(runs: runs)
     }
     if which == "cli" || which == "all" {
         try cliBenchmarks(runs: runs)

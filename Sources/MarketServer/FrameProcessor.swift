@@ -456,6 +456,8 @@ final class FrameProcessor: Sendable {
                 var output = ActionOutput(
                     ack: AckBody(ref: ref, type: type.rawValue, taskId: result.taskId, state: "delivered"))
                 output.outgoing.append((transitions[0].task.requester, text))
+                // The requester's pieces (workspace, conversation) are of no more use once delivered.
+                try Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
                 return output
             }
         case .heartbeat:

@@ -101,4 +101,64 @@ import Testing
             #expect(try await market.audit().balanced)
         }
     }
+
+    /// A follow-up's conversation (requester → provider) and a job's transcript (provider →
+    /// requester) follow the same rules as a workspace and a patch.
+    @Test func conversationAndTranscriptPiecesFollowTheSameRules() async throws {
+        try await TestMarket.with { market in
+            let requester = TestMarket.newPeer()
+            let provider = TestMarket.newPeer()
+            try await market.mint(requester.peerID, 10)
+            try await market.connect(requester) { r in
+                try await market.connect(provider) { p in
+                    try await p.ok(.offerAdvertise, AdvertiseBody(price: micro(1), slots: 1))
+                    try await r.ok(.taskPost, PostBody(taskId: "fu1", maxPrice: micro(2), conversationBytes: 4096))
+                    #expect(try await market.store.read { try $0.task("fu1", lock: false)?.state } == .assigned)
+                    func piece(_ blob: BlobChunkBody.Blob, _ sealed: String = Self.piece, count: Int = 1)
+                        -> BlobChunkBody
+                    {
+                        BlobChunkBody(taskId: "fu1", blob: blob, index: 0, count: count, sealed: sealed)
+                    }
+                    #expect(try await p.refused(.blobChunk, piece(.conversation)) == "not_a_party")
+                    #expect(try await r.refused(.blobChunk, piece(.transcript)) == "not_a_party")
+                    #expect(try await p.refused(.blobChunk, piece(.transcript)) == "invalid_state")
+                    let tooMuch = Data(repeating: 0x42, count: 600_000).base64EncodedString()
+                    #expect(
+                        try await r.refused(.blobChunk, piece(.conversation, tooMuch, count: 2))
+                            == "workspace_too_large")
+                    try await r.ok(.blobChunk, piece(.conversation))
+                    try await p.ok(.jobApproved, TaskRefBody(taskId: "fu1"))
+                    try await p.ok(.blobChunk, piece(.transcript))
+                    let hash = String(repeating: "a", count: 64)
+                    try await p.ok(
+                        .jobResult,
+                        ResultBody(
+                            taskId: "fu1", sealed: Self.piece, resultHash: hash,
+                            usage: JobUsage(inputTokens: 1, outputTokens: 1)))
+                    // Delivered: the requester's pieces are no longer needed, the provider's are.
+                    #expect(
+                        try await market.store.read { try $0.blobChunks(taskID: "fu1", blob: "conversation") }.isEmpty)
+                    #expect(
+                        try await market.store.read { try $0.blobChunks(taskID: "fu1", blob: "transcript") }.count == 1)
+                    try await r.ok(.jobAccept, TaskRefBody(taskId: "fu1"))
+                    #expect(
+                        try await market.store.read { try $0.blobChunks(taskID: "fu1", blob: "transcript") }.isEmpty)
+
+                    // A task posted as no follow-up takes no conversation.
+                    try await r.ok(.taskPost, PostBody(taskId: "new1", maxPrice: micro(2)))
+                    #expect(
+                        try await r.refused(
+                            .blobChunk,
+                            BlobChunkBody(taskId: "new1", blob: .conversation, index: 0, count: 1, sealed: Self.piece))
+                            == "invalid_state")
+                }
+            }
+            for bytes: Int64 in [0, WireLimits.maxTranscriptBytes + 1] {
+                #expect(throws: MarketError.self) {
+                    try PostBody(taskId: "x", maxPrice: 1, conversationBytes: bytes).validate(limits: WireLimits())
+                }
+            }
+            #expect(try await market.audit().balanced)
+        }
+    }
 }
