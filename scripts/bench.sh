@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark group of `cmm-benchmarks` (crypto, gateway, docker, dispatch, output,
-# market, postgres, echo, e2e, cli) and prints each figure beside its baseline measured in the
+# workspace, claude, market, postgres, echo, e2e, conversation, cli) and prints each figure beside its baseline measured in the
 # same run, as a ratio, with its target and whether it is met (docs/BENCHMARKS.md explains each).
 #
 #   scripts/bench.sh            the full run, release build (tens of minutes on 2 cores)
@@ -59,7 +59,8 @@ expected=(
     "create+start+wait+remove" "dispatch → first byte, cold" "dispatch → first byte, warm pool"
     "output: 16 MiB of lines" "workspace " "claude job via execute" "market: server CPU" "market: matching latency p50" "market: fan-out"
     "market: RSS with" "market on PostgreSQL" "ws echo, one at a time" "ws echo, pipelined"
-    "market job, submit → first event" "idle provider daemon RSS" "CLI cold start"
+    "market job, submit → first event" "idle provider daemon RSS" "claude market job, submit → first text"
+    "claude follow-up, submit → first text" "CLI cold start"
 )
 missing=()
 for figure in "${expected[@]}"; do

@@ -27,15 +27,31 @@ struct TasksCommand: AsyncParsableCommand {
         if mine {
             let context = CommandContext()
             let tasks = try MarketTaskStore(database: try context.database()).tasks(state: state)
-            if json { return try Output.json(tasks) }
+            // A follow-up names the task whose conversation it continues.
+            let conversations = ConversationFiles(directory: context.paths.conversationsDirectory)
+            let continues = tasks.map { (try? conversations.chain($0.taskId))?.dropLast().last }
+            if json {
+                struct Mine: Encodable {
+                    var task: LocalMarketTask
+                    var continues: String?
+                    func encode(to encoder: any Encoder) throws {
+                        try task.encode(to: encoder)
+                        var container = encoder.container(keyedBy: Key.self)
+                        try container.encodeIfPresent(continues, forKey: .continues)
+                    }
+                    enum Key: String, CodingKey { case continues }
+                }
+                return try Output.json(zip(tasks, continues).map { Mine(task: $0, continues: $1) })
+            }
             Output.line(
                 Output.table(
-                    ["TASK", "ROLE", "STATE", "WITH", "PRICE", "UPDATED"],
-                    tasks.map {
+                    ["TASK", "ROLE", "STATE", "WITH", "PRICE", "CONTINUES", "UPDATED"],
+                    zip(tasks, continues).map { task, parent in
                         [
-                            $0.taskId, $0.role, $0.state, String(($0.counterparty ?? "-").prefix(12)),
-                            $0.price.map { Credits(micro: $0).description } ?? "≤ \(Credits(micro: $0.maxPrice))",
-                            Date(unixMilliseconds: $0.updatedMs).ISO8601Format(),
+                            task.taskId, task.role, task.state, String((task.counterparty ?? "-").prefix(12)),
+                            task.price.map { Credits(micro: $0).description } ?? "≤ \(Credits(micro: task.maxPrice))",
+                            parent.map { String($0.prefix(12)) } ?? "-",
+                            Date(unixMilliseconds: task.updatedMs).ISO8601Format(),
                         ]
                     }))
             return

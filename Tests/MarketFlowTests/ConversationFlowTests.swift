@@ -75,6 +75,11 @@ struct ConversationFlowTests {
             let human = try await flow.cli(requester, ["result", "--task-id", secondTask, "--transcript"])
             #expect(human.stdout.contains("claude: The word was PAPAYA."), "\(human.stdout)")
             #expect(human.stderr.contains("conversation: \(firstTask) → \(secondTask)"))
+            let mine = try await flow.cli(requester, ["tasks", "--mine", "--json"])
+            let listed = try #require(
+                try JSONSerialization.jsonObject(with: Data(mine.stdout.utf8)) as? [[String: Any]], "\(mine.stdout)")
+            #expect(listed.first { $0["taskId"] as? String == secondTask }?["continues"] as? String == firstTask)
+            #expect(listed.first { $0["taskId"] as? String == firstTask }?["continues"] == nil)
 
             // Neither provider nor the market kept anything of the conversation.
             for home in [annaHome, bertHome] {
@@ -82,6 +87,40 @@ struct ConversationFlowTests {
             }
             #expect(occurrences(of: "PAPAYA", in: try await flow.marketBytesAsync()) == 0)
             #expect(occurrences(of: "PAPAYA", in: try flow.homeBytes(requester)) > 0)
+        }
+    }
+
+    /// A workspace job's follow-up without `--dir` sends the workspace as the earlier task left
+    /// it: the archive it sent with its patch applied (here never applied to the directory).
+    @Test func aWorkspaceFollowUpStartsFromTheEarlierPatch() async throws {
+        let script: [MessagesAPIStandIn.Turn] = [
+            .toolUse("Read", #"{"file_path":"/work/a.txt"}"#),
+            .toolUse("Edit", #"{"file_path":"/work/a.txt","old_string":"one","new_string":"two"}"#),
+            .text("Changed one to two."),
+            .toolUse("Read", #"{"file_path":"/work/a.txt"}"#),
+            .text("It says two now."),
+        ]
+        try await MessagesAPIStandIn.with(scripts: ["ws": script]) { standIn in
+            let flow = try await Flow.start()
+            defer { flow.stopAll() }
+            let (_, provider) = try await provide(flow, "gina", standIn: standIn)
+            defer { provider.stop() }
+            let requester = try await flow.requester("hank")
+            let dir = flow.directory.file("hank-project")
+            try WorkspaceFlowTests.write(dir, ["a.txt": "one\n"])
+            let first = try await flow.cli(
+                requester,
+                ["submit", "--prompt", "script: ws — change it", "--max-price", "5", "--dir", dir.path, "--wait"])
+            #expect(first.stdout.contains("Changed one to two."), "\(first.stdout) \(first.stderr)")
+            let task = try WorkspaceFlowTests.taskID(first.stderr)
+            #expect(try String(contentsOf: dir.appending(path: "a.txt"), encoding: .utf8) == "one\n")
+            let second = try await flow.cli(
+                requester,
+                ["submit", "--follow-up", task, "--prompt", "What does it say?", "--max-price", "5", "--wait"])
+            #expect(second.stdout.contains("It says two now."), "\(second.stdout) \(second.stderr)")
+            #expect(second.stderr.contains("its workspace as that task left it (1 files)"), "\(second.stderr)")
+            let results = standIn.conversation.last?.toolResults ?? []
+            #expect(results.last?.contains("two") == true, "\(results)")
         }
     }
 
