@@ -25,10 +25,15 @@ extension DemoCommand {
             do { _ = try await docker.ping() } catch {
                 throw CLIError("the Docker engine does not answer (\(error)): start it, or run scripts/quickstart.sh")
             }
-            if try await docker.inspectImage(image) != nil { return }
-            guard !claude else {
-                throw CLIError("the runner image \(image) is missing: `claude-max-market docker build` first")
+            let existing = try await docker.inspectImage(image)
+            if claude {
+                guard existing != nil else {
+                    throw CLIError("the runner image \(image) is missing: `claude-max-market docker build` first")
+                }
+                return
             }
+            // Built again when its entrypoint is older than this tool's.
+            if existing?.Config?.Labels?[NativeRunnerImage.entrypointLabel] == RunnerImage.entrypointDigest { return }
             let busybox = ["/bin/busybox", "/usr/bin/busybox"].first {
                 FileManager.default.isExecutableFile(atPath: $0)
             }
@@ -36,9 +41,10 @@ extension DemoCommand {
                 throw CLIError("the demo image needs a static busybox on the host: apt-get install busybox-static")
             }
             Output.note("building \(image) from \(busybox)")
+            var labels = Labels.make(kind: "image", job: nil, owner: nil, version: ToolVersion.current)
+            labels[NativeRunnerImage.entrypointLabel] = RunnerImage.entrypointDigest
             _ = try await docker.buildImage(
-                context: try Self.demoContext(busybox: URL(fileURLWithPath: busybox)), tags: [image],
-                labels: Labels.make(kind: "image", job: nil, owner: nil, version: ToolVersion.current))
+                context: try Self.demoContext(busybox: URL(fileURLWithPath: busybox)), tags: [image], labels: labels)
         }
     }
 

@@ -98,6 +98,7 @@ struct DockerBuildCommand: AsyncParsableCommand {
             dockerfileName = url.lastPathComponent
         } else {
             archive = try RunnerImage.context()
+            labels[NativeRunnerImage.entrypointLabel] = RunnerImage.entrypointDigest
         }
         let progress = BuildProgress()
         let id = try await context.withDocker { docker in

@@ -62,12 +62,24 @@ struct HealthCommand: AsyncParsableCommand {
         if let inspect = try await docker.inspectImage(image) {
             let age = inspect.createdDate.map { Int(Date().timeIntervalSince($0) / 86_400) }
             let claude = inspect.Config?.Labels?[NativeRunnerImage.claudeVersionLabel]
-            checks.append(
-                CheckResult(
-                    id: "runner.image", status: .pass,
-                    message: "runner image \(image) present" + (age.map { ", built \($0) days ago" } ?? "")
-                        + ", Claude Code \(claude ?? "version unknown (built from npm; `docker:build --claude-binary` records it)")"
-                ))
+            let entrypoint = inspect.Config?.Labels?[NativeRunnerImage.entrypointLabel]
+            if let entrypoint, entrypoint != RunnerImage.entrypointDigest {
+                checks.append(
+                    CheckResult(
+                        id: "runner.image", status: .warn,
+                        message:
+                            "runner image \(image) has an older entrypoint than this tool (jobs would not hand back what they leave)",
+                        remediation:
+                            "run `claude-max-market docker:build` again (with the same --claude-binary or --claude-wheel)"
+                    ))
+            } else {
+                checks.append(
+                    CheckResult(
+                        id: "runner.image", status: .pass,
+                        message: "runner image \(image) present" + (age.map { ", built \($0) days ago" } ?? "")
+                            + ", Claude Code \(claude ?? "version unknown (built from npm; `docker:build --claude-binary` records it)")"
+                    ))
+            }
         } else {
             checks.append(
                 CheckResult(

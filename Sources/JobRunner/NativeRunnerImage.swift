@@ -21,7 +21,7 @@ public struct NativeRunnerImage: Sendable {
 
     /// The labels a native runner records: the binary's version and the entrypoint's hash.
     public func labels() -> [String: String] {
-        var labels = [Self.entrypointLabel: FileDigest.sha256(Data(RunnerImage.entrypoint.utf8))]
+        var labels = [Self.entrypointLabel: RunnerImage.entrypointDigest]
         if let version = claudeVersion() { labels[Self.claudeVersionLabel] = version }
         return labels
     }

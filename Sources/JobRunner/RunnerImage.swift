@@ -1,6 +1,7 @@
 import DockerEngine
 import Foundation
 import MarketCore
+import Workspace
 
 /// The runner image's build context, embedded so that `docker:build` works wherever the binary
 /// is installed. `docker/runner/` in the repository holds the same files (a test keeps them equal).
@@ -110,6 +111,11 @@ public enum RunnerImage {
         exec "$@"
 
         """#
+
+    /// The entrypoint's SHA-256, kept as a label (`NativeRunnerImage.entrypointLabel`) on the
+    /// images this tool builds: an image whose entrypoint is older than the tool's speaks an
+    /// older form of what a job leaves, and `health` says to build it again.
+    public static var entrypointDigest: String { FileDigest.sha256(Data(entrypoint.utf8)) }
 
     /// The build context as a tar archive.
     public static func context() throws -> Data {

@@ -263,6 +263,7 @@ public struct JobPipeline: Sendable {
                     "\(tree.fileCount) files, \(tree.byteCount) bytes: "
                     + tree.topLevelNames.prefix(8).joined(separator: " ")
             }
+            if let transcript = job.conversation { details["conversation"] = transcript.sessionID }
             try database.audit(actor: "policy", kind: "job.approved", details: details, at: now)
             return
         }

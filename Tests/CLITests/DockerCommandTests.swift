@@ -88,6 +88,28 @@ struct DockerCommandTests {
         #expect(tcp.exitCode != 0 && (tcp.stdout + tcp.stderr).contains("unix://"))
     }
 
+    /// A runner image whose entrypoint is older than the tool's speaks an older form of what a
+    /// job leaves: `health` says to build it again.
+    @Test func healthWarnsOfARunnerImageWithAnOlderEntrypoint() throws {
+        let directory = home.file("old-ctx")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(
+            at: URL(fileURLWithPath: DockerTestEnvironment.busyboxPath), to: directory.appending(path: "busybox"))
+        try Data(
+            "FROM scratch\nCOPY busybox /bin/busybox\nLABEL io.claude-max-market.entrypoint-sha256=0000\nUSER 65534:65534\n"
+                .utf8
+        ).write(to: directory.appending(path: "Dockerfile"))
+        let tag = "cmm-test/old-entrypoint:\(UUID().uuidString.prefix(8).lowercased())"
+        defer { _ = try? DockerTestEnvironment.curl("DELETE", "/images/\(tag)?force=1") }
+        #expect(
+            try run("docker:build", "--tag", tag, "--file", directory.appending(path: "Dockerfile").path).exitCode == 0)
+        let health = try run("health", "--json", environment: ["CMM_DOCKER_IMAGE": tag])
+        let checks = try #require(try health.jsonObject()["checks"] as? [[String: Any]])
+        let runner = try #require(checks.first { $0["id"] as? String == "runner.image" })
+        #expect(runner["status"] as? String == "warn", "\(runner)")
+        #expect((runner["message"] as? String)?.contains("older entrypoint") == true, "\(runner)")
+    }
+
     @Test func cleanRemovesOnlyWhatIsOurs() throws {
         // The same image for all: one container labelled as this home's, one as another home's,
         // one not labelled at all (with "claude" in its name).

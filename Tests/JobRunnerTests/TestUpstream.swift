@@ -30,9 +30,18 @@ final class TestUpstream: Sendable {
     let directory: TemporaryDirectory
     private let box: LockedBox<[Received]>
     var received: [Received] { box.withLock { $0 } }
+    /// A `slow` answer holds the rest back until `release()` (or `pause` has passed); whether
+    /// the last one was released, not timed out.
+    private let gate: LockedBox<(released: Bool, releasedInTime: Bool)>
+    func release() { gate.withLock { $0.released = true } }
+    var releasedInTime: Bool { gate.withLock { $0.releasedInTime } }
     var url: URL { URL(string: "https://127.0.0.1:\(port)")! }
 
-    private init(port: Int, caPEM: String, directory: TemporaryDirectory, box: LockedBox<[Received]>) {
+    private init(
+        port: Int, caPEM: String, directory: TemporaryDirectory, box: LockedBox<[Received]>,
+        gate: LockedBox<(released: Bool, releasedInTime: Bool)>
+    ) {
+        self.gate = gate
         self.port = port
         self.caPEM = caPEM
         self.directory = directory
@@ -74,6 +83,7 @@ final class TestUpstream: Sendable {
             certificateChain: try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
         let box = LockedBox<[Received]>([])
+        let gate = LockedBox<(released: Bool, releasedInTime: Bool)>((false, false))
         let stopped = LockedBox(false)
         let router = Router()
         router.post("/v1/messages") { request, _ -> Response in
@@ -114,7 +124,11 @@ final class TestUpstream: Sendable {
 
 
                                 """))
-                    try await Task.sleep(for: pauseHere)
+                    let until = ContinuousClock.now + pauseHere
+                    while ContinuousClock.now < until && !gate.withLock({ $0.released }) {
+                        try await Task.sleep(for: .milliseconds(10))
+                    }
+                    gate.withLock { $0.releasedInTime = $0.released }
                     try await writer.write(
                         ByteBuffer(
                             string: """
@@ -161,7 +175,7 @@ final class TestUpstream: Sendable {
                 port = portBox.withLock { $0 }
             }
             guard let port else { throw CLIRunnerError(description: "the test upstream did not start") }
-            let upstream = TestUpstream(port: port, caPEM: ca, directory: directory, box: box)
+            let upstream = TestUpstream(port: port, caPEM: ca, directory: directory, box: box, gate: gate)
             do {
                 let result = try await body(upstream)
                 stopped.withLock { $0 = true }

@@ -292,18 +292,24 @@ import Testing
 
     @Test func aGracefulStopTellsConnectedPeersWhy() async throws {
         let notice = LockedBox<String?>(nil)
+        let listener = LockedBox<Task<Void, any Error>?>(nil)
         try await TestMarket.with(configure: Self.manualSweeps) { market in
-            let listening = Task {
-                try await market.connect { connection in
-                    let frame = try await connection.next(.error, timeout: .seconds(20))
-                    notice.withLock { $0 = frame.errorBody?.code }
+            let connected = LockedBox(false)
+            listener.withLock {
+                $0 = Task {
+                    try await market.connect { connection in
+                        connected.withLock { $0 = true }
+                        let frame = try await connection.next(.error, timeout: .seconds(30))
+                        notice.withLock { $0 = frame.errorBody?.code }
+                    }
                 }
             }
-            try await Task.sleep(for: .milliseconds(300))
-            // The test harness triggers the graceful shutdown when this closure returns.
-            _ = listening
+            // Connected (and authenticated) before the harness starts the graceful shutdown,
+            // which it does when this closure returns; however slow the machine.
+            for _ in 0..<1500 where !connected.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(connected.withLock { $0 })
         }
-        try await Task.sleep(for: .milliseconds(300))
+        _ = try? await listener.withLock { $0 }?.value
         #expect(notice.withLock { $0 } == "unavailable")
     }
 }
