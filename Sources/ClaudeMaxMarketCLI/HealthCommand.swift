@@ -93,8 +93,8 @@ struct HealthCommand: AsyncParsableCommand {
                 CheckResult(
                     id: "credentials.mode", status: exists ? .pass : .warn,
                     message: exists
-                        ? "subscription login kept in Docker volume \(volume), mounted into every job container "
-                            + "(a job can read it; api-key mode keeps the credential out of jobs)"
+                        ? "subscription login kept in Docker volume \(volume), mounted read-only into every job container, "
+                            + "whose CLI works on a copy (a job can read that copy; api-key mode keeps the credential out of jobs)"
                         : "credential mode subscription, but volume \(volume) does not exist",
                     remediation: exists ? "" : "run `claude-max-market login`"))
         }
