@@ -125,11 +125,11 @@ struct ConversationFlowTests {
     }
 
     /// `submit --wait` shows Claude's words as they stream from the API, not when the message
-    /// ends: with the stand-in pausing after every word, the first words are at the requester
+    /// ends: with the stand-in pausing 2 s after every word, the first words are at the requester
     /// while the rest are still to come.
     @Test func textReachesTheRequesterAsItStreams() async throws {
         let text = "one two three four five"
-        try await MessagesAPIStandIn.with(scripts: ["slow": [.text(text)]], deltaPause: .seconds(1)) { standIn in
+        try await MessagesAPIStandIn.with(scripts: ["slow": [.text(text)]], deltaPause: .seconds(2)) { standIn in
             let flow = try await Flow.start()
             defer { flow.stopAll() }
             let (_, provider) = try await provide(flow, "ella", standIn: standIn)
