@@ -116,53 +116,28 @@ func withProvider(
     server: ServerProcess, standIn: MessagesAPIStandIn, name: String, warmPool: Int,
     _ body: () async throws -> Void
 ) async throws {
-    let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appending(
-        path: "claude-max-market")
     let home = server.directory.appending(path: "provider-\(name)")
-    var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CMM_") }
-    environment["CMM_HOME"] = home.path
+    var environment = ToolProcess.environment(home: home)
     environment["ANTHROPIC_API_KEY"] = "sk-ant-api03-" + String(repeating: "BenchKey", count: 8)
-    func cli(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        process.environment = environment
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw MarketClientError("`claude-max-market \(arguments.joined(separator: " "))` failed")
-        }
-    }
+    func cli(_ arguments: [String]) throws { try ToolProcess.run(arguments, environment: environment) }
     try cli(["terms", "--accept"])
     try cli(["opt-in", "--claude-jobs", "--yes"])
     let settings = [
         "market.url=\(server.url)", "approval.mode=policy", "docker.image=\(ClaudeCLITestEnvironment.image)",
         "docker.warmPool=\(warmPool)", "claude.apiBaseURL=\(standIn.url)", "limits.dailyTasks=10000",
         "limits.weeklyTasks=70000", "limits.monthlyTasks=310000", "limits.dailyTokens=100000000",
-        "limits.maxTokensPerTask=1000000",
-        "docker.memory=1g", "docker.pidsLimit=256",
+        "limits.maxTokensPerTask=1000000", "docker.memory=1g", "docker.pidsLimit=256",
     ]
     try cli(["config"] + settings.flatMap { ["--set", $0] })
     try cli(["advertise", "--slots", "1", "--price", "1"])
     let log = home.appending(path: "provide.log")
-    _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-    let daemon = Process()
-    daemon.executableURL = binary
-    daemon.arguments = ["provide", "--backend", "claude"]
-    daemon.environment = environment
-    let handle = try FileHandle(forWritingTo: log)
-    daemon.standardOutput = handle
-    daemon.standardError = handle
-    try daemon.run()
+    let daemon = try await ToolProcess.start(
+        ["provide", "--backend", "claude"], environment: environment, log: log, ready: "offer live")
     defer {
         daemon.terminate()
         daemon.waitUntilExit()
     }
     func daemonLog() -> String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
-    for _ in 0..<600 where !daemonLog().contains("offer live") { try await Task.sleep(for: .milliseconds(50)) }
-    guard daemonLog().contains("offer live") else { throw MarketClientError("provide did not start: \(daemonLog())") }
     do {
         try await body()
     } catch {

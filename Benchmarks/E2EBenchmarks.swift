@@ -11,26 +11,11 @@ import Participant
 // the same command with the same hardening flags, measured in the same run.
 
 func e2eBenchmarks(runs: Int) async throws {
-    let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appending(
-        path: "claude-max-market")
     let server = try ServerProcess()
     defer { server.stop() }
     let home = server.directory.appending(path: "provider")
-    func cli(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CMM_") }
-        environment["CMM_HOME"] = home.path
-        process.environment = environment
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw MarketClientError("`claude-max-market \(arguments.joined(separator: " "))` failed")
-        }
-    }
+    let environment = ToolProcess.environment(home: home)
+    func cli(_ arguments: [String]) throws { try ToolProcess.run(arguments, environment: environment) }
     try cli(["terms", "--accept"])
     try cli(["opt-in", "--claude-jobs", "--yes"])
     let settingsList = [
@@ -42,25 +27,13 @@ func e2eBenchmarks(runs: Int) async throws {
     try cli(["config"] + settingsList.flatMap { ["--set", $0] })
     try cli(["advertise", "--slots", "1", "--price", "1"])
     let command = ["sh", "-c", "echo ready; cat > /dev/null"]
-    let log = server.directory.appending(path: "provide.log")
-    _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-    let daemon = Process()
-    daemon.executableURL = binary
-    daemon.arguments = ["provide", "--backend", "command", "--"] + command
-    var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CMM_") }
-    environment["CMM_HOME"] = home.path
-    daemon.environment = environment
-    let handle = try FileHandle(forWritingTo: log)
-    daemon.standardOutput = handle
-    daemon.standardError = handle
-    try daemon.run()
+    let daemon = try await ToolProcess.start(
+        ["provide", "--backend", "command", "--"] + command, environment: environment,
+        log: server.directory.appending(path: "provide.log"), ready: "offer live")
     defer {
         daemon.terminate()
         daemon.waitUntilExit()
     }
-    func daemonLog() -> String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
-    for _ in 0..<600 where !daemonLog().contains("offer live") { try await Task.sleep(for: .milliseconds(50)) }
-    guard daemonLog().contains("offer live") else { throw MarketClientError("provide did not start: \(daemonLog())") }
     try await Task.sleep(for: .seconds(2))  // the warm pool fills
     let idleRSS = rssMB(of: daemon.processIdentifier)
     let idleParts = (

@@ -8,9 +8,11 @@ import MarketCore
 /// keeps none of this; the requester owns the conversation. Files 0600 in a 0700 directory.
 public struct ConversationFiles: Sendable {
     public let directory: URL
+    let files: PrivateFiles
 
     public init(directory: URL) {
         self.directory = directory
+        files = PrivateFiles(directory: directory)
     }
 
     struct Meta: Codable {
@@ -18,28 +20,17 @@ public struct ConversationFiles: Sendable {
         var parent: String?
     }
 
-    func url(_ id: String, _ suffix: String) throws -> URL {
-        try WireField.taskID(id)
-        return directory.appending(path: id + suffix)
-    }
-
-    func write(_ data: Data, to url: URL) throws {
-        try FileManager.default.createDirectory(
-            at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        try data.write(to: url, options: .atomic)
-        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)
-    }
-
     /// A follow-up as posted: the transcript it sends, and the task (or job) it continues.
     public func saveSent(_ transcript: ClaudeTranscript, parent: String, for id: String) throws {
-        try write(transcript.data, to: try url(id, ".sent.jsonl"))
-        try write(
-            try JSONEncoder().encode(Meta(sessionId: transcript.sessionID, parent: parent)), to: try url(id, ".json"))
+        try files.write(transcript.data, to: try files.url(id, ".sent.jsonl"))
+        try files.write(
+            try JSONEncoder().encode(Meta(sessionId: transcript.sessionID, parent: parent)),
+            to: try files.url(id, ".json"))
     }
 
     /// The transcript a follow-up sends, or nil when the task starts a new conversation.
     public func sent(_ id: String, maxBytes: Int64 = WireLimits.maxTranscriptBytes) throws -> ClaudeTranscript? {
-        guard let meta = try meta(id), let data = try? Data(contentsOf: try url(id, ".sent.jsonl")) else {
+        guard let meta = try meta(id), let data = try? Data(contentsOf: try files.url(id, ".sent.jsonl")) else {
             return nil
         }
         return try ClaudeTranscript(checking: data, sessionID: meta.sessionId, maxBytes: maxBytes)
@@ -48,14 +39,15 @@ public struct ConversationFiles: Sendable {
     /// The conversation as it stands after the task: what a follow-up continues.
     public func save(_ transcript: ClaudeTranscript, for id: String, parent: String? = nil) throws {
         let parent = try parent ?? meta(id)?.parent
-        try write(transcript.data, to: try url(id, ".jsonl"))
-        try write(
-            try JSONEncoder().encode(Meta(sessionId: transcript.sessionID, parent: parent)), to: try url(id, ".json"))
+        try files.write(transcript.data, to: try files.url(id, ".jsonl"))
+        try files.write(
+            try JSONEncoder().encode(Meta(sessionId: transcript.sessionID, parent: parent)),
+            to: try files.url(id, ".json"))
     }
 
     /// The transcript a task (or job) left, checked again as it is read.
     public func transcript(_ id: String, maxBytes: Int64 = WireLimits.maxTranscriptBytes) throws -> ClaudeTranscript? {
-        guard let meta = try meta(id), let data = try? Data(contentsOf: try url(id, ".jsonl")) else { return nil }
+        guard let meta = try meta(id), let data = try? Data(contentsOf: try files.url(id, ".jsonl")) else { return nil }
         return try ClaudeTranscript(checking: data, sessionID: meta.sessionId, maxBytes: maxBytes)
     }
 
@@ -71,7 +63,7 @@ public struct ConversationFiles: Sendable {
     }
 
     func meta(_ id: String) throws -> Meta? {
-        guard let data = try? Data(contentsOf: try url(id, ".json")) else { return nil }
+        guard let data = try? Data(contentsOf: try files.url(id, ".json")) else { return nil }
         return try? JSONDecoder().decode(Meta.self, from: data)
     }
 }

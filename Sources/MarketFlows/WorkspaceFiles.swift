@@ -7,51 +7,40 @@ import MarketCore
 /// `result --apply` later. Files 0600 in a 0700 directory.
 public struct WorkspaceFiles: Sendable {
     public let directory: URL
+    let files: PrivateFiles
 
     public init(directory: URL) {
         self.directory = directory
-    }
-
-    func url(_ taskId: String, _ suffix: String) throws -> URL {
-        try WireField.taskID(taskId)
-        return directory.appending(path: taskId + suffix)
-    }
-
-    func write(_ data: Data, to url: URL) throws {
-        try FileManager.default.createDirectory(
-            at: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        // No umask: it is the whole process's. The directory is 0700 while the file is tightened.
-        try data.write(to: url, options: .atomic)
-        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)
+        files = PrivateFiles(directory: directory)
     }
 
     public func save(_ archive: Data, leftOut: [String], directory: String? = nil, for taskId: String) throws {
-        try write(archive, to: try url(taskId, ".tar"))
-        try write(try JSONEncoder().encode(leftOut), to: try url(taskId, ".left-out.json"))
-        if let directory { try write(Data(directory.utf8), to: try url(taskId, ".dir")) }
+        try files.write(archive, to: try files.url(taskId, ".tar"))
+        try files.write(try JSONEncoder().encode(leftOut), to: try files.url(taskId, ".left-out.json"))
+        if let directory { try files.write(Data(directory.utf8), to: try files.url(taskId, ".dir")) }
     }
 
     /// The directory a task's workspace was packed from.
     public func directory(_ taskId: String) throws -> String? {
-        (try? Data(contentsOf: try url(taskId, ".dir"))).map { String(decoding: $0, as: UTF8.self) }
+        (try? Data(contentsOf: try files.url(taskId, ".dir"))).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// The archive sent for a task, or nil when it had no workspace.
     public func load(_ taskId: String) throws -> (archive: Data, leftOut: [String])? {
-        let archive = try url(taskId, ".tar")
+        let archive = try files.url(taskId, ".tar")
         guard FileManager.default.fileExists(atPath: archive.path) else { return nil }
         let leftOut =
-            (try? Data(contentsOf: try url(taskId, ".left-out.json")))
+            (try? Data(contentsOf: try files.url(taskId, ".left-out.json")))
             .flatMap { try? JSONDecoder().decode([String].self, from: $0) } ?? []
         return (try Data(contentsOf: archive), leftOut)
     }
 
     public func savePatch(_ patch: Data, for taskId: String) throws {
-        try write(patch, to: try url(taskId, ".diff"))
+        try files.write(patch, to: try files.url(taskId, ".diff"))
     }
 
     public func patch(_ taskId: String) throws -> Data? {
-        let file = try url(taskId, ".diff")
+        let file = try files.url(taskId, ".diff")
         return FileManager.default.fileExists(atPath: file.path) ? try Data(contentsOf: file) : nil
     }
 }
