@@ -169,31 +169,34 @@ struct ClaudeConversationTests {
         try await MessagesAPIStandIn.with(scripts: ["local": script]) { standIn in
             let home = TemporaryDirectory("cmm-conversation-home")
             let environment = ["ANTHROPIC_API_KEY": ClaudeCLITests.key]
-            func run(_ arguments: [String], expect code: Int32 = 0) throws -> CLIResult {
-                let result = try CLIRunner.run(arguments, home: home.url, environment: environment)
+            // Off the concurrency pool: a CLI job takes seconds, and the pool has a thread per core.
+            func run(_ arguments: [String], expect code: Int32 = 0) async throws -> CLIResult {
+                let result = try await offPool {
+                    try CLIRunner.run(arguments, home: home.url, environment: environment)
+                }
                 #expect(result.exitCode == code, "\(arguments): \(result.stderr)")
                 return result
             }
-            _ = try run(["terms", "--accept"])
-            _ = try run(["opt-in", "--claude-jobs", "--yes"])
+            _ = try await run(["terms", "--accept"])
+            _ = try await run(["opt-in", "--claude-jobs", "--yes"])
             for setting in [
                 "docker.image=\(ClaudeCLITestEnvironment.image)", "claude.apiBaseURL=\(standIn.url)",
                 "limits.dailyTokens=100000000", "limits.maxTokensPerTask=1000000", "docker.memory=1g",
                 "docker.pidsLimit=256",
             ] {
-                _ = try run(["config", "--set", setting])
+                _ = try await run(["config", "--set", setting])
             }
-            let first = try run(["execute", "--prompt", "script: local — remember KIWI", "--yes", "--json"])
+            let first = try await run(["execute", "--prompt", "script: local — remember KIWI", "--yes", "--json"])
             let summary = try #require(
                 first.stdout.split(separator: "\n").compactMap {
                     (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
                 }.first { $0["type"] as? String == "result" })
             let jobID = try #require(summary["job"] as? String)
             #expect(summary["transcriptTurns"] as? Int == 2, "\(summary)")
-            let second = try run(["execute", "--follow-up", jobID, "--prompt", "Which fruit?", "--yes"])
+            let second = try await run(["execute", "--follow-up", jobID, "--prompt", "Which fruit?", "--yes"])
             #expect(second.stdout.contains("It was KIWI."), "\(second.stdout) \(second.stderr)")
             #expect(second.stderr.contains("continues the conversation of job \(jobID) (2 turns)"))
-            let missing = try run(
+            let missing = try await run(
                 ["execute", "--follow-up", UUID().uuidString.lowercased(), "--prompt", "x", "--yes"], expect: 2)
             #expect(missing.stderr.contains("left no conversation in this home"), "\(missing.stderr)")
         }

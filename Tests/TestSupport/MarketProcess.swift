@@ -76,10 +76,12 @@ public final class MarketProcess: @unchecked Sendable {
 }
 
 /// GET over loopback with curl (Foundation on Linux has no URL loading without FoundationNetworking).
+/// The time limit is generous: with the real-CLI suites beside it, a loaded 2-core machine has
+/// taken more than 10 s to answer a read view.
 public enum LoopbackHTTP {
     public static func get(_ url: String) throws -> (status: Int, body: Data) {
         let result = try CLIRunner.runProcess(
-            URL(fileURLWithPath: "/usr/bin/env"), ["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", url],
+            URL(fileURLWithPath: "/usr/bin/env"), ["curl", "-sS", "--max-time", "60", "-w", "\n%{http_code}", url],
             environment: ProcessInfo.processInfo.environment)
         guard result.exitCode == 0 else { throw CLIRunnerError(description: "curl \(url): \(result.stderr)") }
         var lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
