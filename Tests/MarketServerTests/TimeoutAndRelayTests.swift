@@ -69,11 +69,12 @@ import Testing
     /// even when its own interval is longer.
     @Test func aSessionHeartbeatsWithinTheTimeoutTheMarketAnnounces() async throws {
         var rules = Self.rules
-        rules.heartbeatTimeoutMs = 1_500
+        // 3 s (a heartbeat a second): room for a loaded machine, still far below the 20 s interval.
+        rules.heartbeatTimeoutMs = 3_000
         try await TestMarket.with(rules: rules, configure: { $0.sweepIntervalMs = 100 }) { market in
             let provider = TestMarket.newPeer()
             try await market.connect(provider) { connection in
-                #expect(connection.heartbeatTimeout == .milliseconds(1_500))
+                #expect(connection.heartbeatTimeout == .milliseconds(3_000))
             }
             let session = MarketSession(
                 keys: provider, settings: SessionSettings(url: market.url), outbox: nil)
@@ -82,10 +83,10 @@ import Testing
             defer { runner.cancel() }
             try await session.waitUntilConnected(timeout: .seconds(10))
             try await session.request(.offerAdvertise, AdvertiseBody(price: micro(4), slots: 1))
-            try await Task.sleep(for: .seconds(4))
+            try await Task.sleep(for: .seconds(8))
             #expect(try await market.store.read { try $0.offers() }.count == 1, "the offer outlived the timeout")
             runner.cancel()
-            try await Task.sleep(for: .seconds(2))
+            try await Task.sleep(for: .seconds(5))
             #expect(try await market.store.read { try $0.offers() }.isEmpty, "a silent provider still loses it")
         }
     }
