@@ -192,7 +192,7 @@ func containerCycles(
     for _ in 0..<runs {
         var spec = SandboxPolicy.containerSpec(
             settings, command: ["true"], environment: [],
-            labels: Labels.make(kind: "test", version: ToolVersion.current), egressDirectory: nil, loginVolume: nil)
+            labels: Labels.make(kind: "test", version: ToolVersion.current), egressDirectory: nil)
         spec.HostConfig.NetworkMode = networkMode
         let start = clock.now
         let id = try await docker.createContainer(spec)
@@ -213,7 +213,7 @@ func containerCycles(
 func networkModeBreakdown(_ docker: DockerClient, runs: Int) async throws {
     let holderSpec = SandboxPolicy.containerSpec(
         settings, command: ["sleep", "600"], environment: [],
-        labels: Labels.make(kind: "test", version: ToolVersion.current), egressDirectory: nil, loginVolume: nil)
+        labels: Labels.make(kind: "test", version: ToolVersion.current), egressDirectory: nil)
     let holder = try await docker.createContainer(holderSpec)
     let cycles: (api: [Double], cli: [Double])
     do {

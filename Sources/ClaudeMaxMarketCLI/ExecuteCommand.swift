@@ -152,6 +152,11 @@ struct ExecuteCommand: AsyncParsableCommand {
         case .timedOut: throw ExitCode(124)
         case .cancelled: throw ExitCode(130)
         case .overBudget, .outputLimit: throw ExitCode(4)
+        case .capacity:
+            let reset = report.capacityStop?.resetsAt.map { " It resets at \($0.formatted(.iso8601))." } ?? ""
+            Output.note(
+                "the account is at its \(report.capacityStop?.window ?? "") limit; the job was stopped.\(reset)")
+            throw ExitCode(4)
         }
     }
 

@@ -3,6 +3,7 @@ import DockerEngine
 import Foundation
 import JobRunner
 import MarketCore
+import MarketFlows
 import Participant
 
 struct HealthCommand: AsyncParsableCommand {
@@ -86,18 +87,6 @@ struct HealthCommand: AsyncParsableCommand {
                     id: "runner.image", status: .warn, message: "runner image \(image) is not present",
                     remediation: "run `claude-max-market docker:build` (execute also builds it when missing)"))
         }
-        if config.text(.claudeCredentialMode) == "subscription" {
-            let volume = config.text(.claudeLoginVolume)
-            let exists = try await docker.inspectVolume(volume) != nil
-            checks.append(
-                CheckResult(
-                    id: "credentials.mode", status: exists ? .pass : .warn,
-                    message: exists
-                        ? "subscription login kept in Docker volume \(volume), mounted read-only into every job container, "
-                            + "whose CLI works on a copy (a job can read that copy; api-key mode keeps the credential out of jobs)"
-                        : "credential mode subscription, but volume \(volume) does not exist",
-                    remediation: exists ? "" : "run `claude-max-market login`"))
-        }
         checks.append(clockCheck(info.SystemTime))
         return checks
     }
@@ -162,6 +151,18 @@ struct HealthCommand: AsyncParsableCommand {
                         ? "credential mode api-key, key from \(source) (held by the gateway; a job gets a per-job token)"
                         : "credential mode api-key, but no key in \(source)",
                     remediation: present ? "" : "export ANTHROPIC_API_KEY, or set claude.apiKeyFile to a 0600 file"))
+        } else {
+            let file = config.text(.claudeOAuthTokenFile)
+            let token = try? ClaudeBackendFactory.oauthToken(config: config, environment: environment)
+            let source = file == "-" ? "CLAUDE_CODE_OAUTH_TOKEN" : file
+            checks.append(
+                CheckResult(
+                    id: "credentials.mode", status: token != nil ? .pass : .warn,
+                    message: token != nil
+                        ? "subscription token from \(source), held by the gateway: job containers get a per-job token, "
+                            + "and no login volume is mounted into them any more"
+                        : "credential mode subscription, but there is no token in \(source) (a file must be mode 0600)",
+                    remediation: token != nil ? "" : "run `claude-max-market login`"))
         }
         return checks
     }

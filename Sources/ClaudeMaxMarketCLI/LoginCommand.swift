@@ -3,28 +3,28 @@ import DockerEngine
 import Foundation
 import JobRunner
 import MarketCore
+import MarketCrypto
 import MarketFlows
 import Participant
 
 struct LoginCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "login",
-        abstract: "Sign in with your own Claude subscription, inside the runner container.",
+        abstract: "Sign in with your own Claude subscription; the token stays with your gateway.",
         discussion: """
-            Runs the unmodified Claude Code CLI's own sign-in (`claude setup-token`, or `claude \
-            /login` with --method login) in a hardened runner container. Claude Code keeps the \
-            login in the Docker volume claude.loginVolume, mounted at CLAUDE_CONFIG_DIR; this tool \
-            never reads, copies or prints it. Needs claude.credentialMode=subscription. Market jobs \
-            on it stay off unless market.allowSubscriptionLogin=true (see `terms`).
+            Runs the unmodified Claude Code CLI's own `claude setup-token` in a hardened runner \
+            container (open the address it shows, sign in, paste the code). The long-lived token \
+            it prints is kept in claude.oauthTokenFile (0600; by default oauth-token in the data \
+            directory) and shown to no one, this terminal included. With --token-stdin, a token \
+            you already have (from `claude setup-token` elsewhere) is read from standard input \
+            instead. Job containers never see it: the provider's gateway holds it, and each job \
+            gets a per-job token worth nothing elsewhere. Needs claude.credentialMode=subscription. \
+            Market jobs on it stay off unless market.allowSubscriptionLogin=true (see `terms`).
             """
     )
 
-    enum Method: String, ExpressibleByArgument, CaseIterable {
-        case setupToken = "setup-token"
-        case login
-    }
-
-    @Option(name: .long, help: "setup-token (default) or login.") var method: Method = .setupToken
+    @Flag(name: .long, help: "Read a `claude setup-token` token from standard input instead of signing in.")
+    var tokenStdin = false
     @Option(name: .long, help: ArgumentHelp("Image (default: docker.image).", valueName: "IMAGE")) var image: String?
 
     func run() async throws {
@@ -36,39 +36,77 @@ struct LoginCommand: AsyncParsableCommand {
                     + "with an API key there is nothing to sign in to. Set it with "
                     + "`claude-max-market config --set claude.credentialMode=subscription`")
         }
-        let volume = config.text(.claudeLoginVolume)
+        let token = tokenStdin ? try Self.readToken() : try await signIn(context: context, config: config)
+        let file = try Self.store(token, context: context, config: config)
+        try context.database().audit(
+            actor: context.actor, kind: "login",
+            details: ["method": tokenStdin ? "token-stdin" : "setup-token", "file": file.path], at: context.now)
+        Output.note(
+            "signed in: the subscription token is kept in \(file.path) (0600); jobs get a per-job token from the gateway, never this one"
+        )
+    }
+
+    /// `claude setup-token` in the runner container, the user's typing forwarded; the token it
+    /// prints is taken before its output is shown (redacted).
+    func signIn(context: CommandContext, config: ResolvedConfig) async throws -> String {
         var sandbox = SandboxSettings(config: config)
         sandbox.timeout = .seconds(600)
         let allowlist = config.list(.egressAllowlist)
         let egress =
             allowlist.isEmpty ? nil : EgressPolicy(allowlist: allowlist, byteBudget: config.bytes(.egressByteBudget))
-        let command = method == .setupToken ? ["claude", "setup-token"] : ["claude", "/login"]
-        let state = try await context.withDocker { docker in
-            if try await docker.inspectVolume(volume) == nil {
-                try await docker.createVolume(
-                    volume, labels: Labels.make(kind: "login-volume", version: ToolVersion.current))
-                Output.note("created Docker volume \(volume) for the login")
-            }
+        let report = try await context.withDocker { docker in
             let executor = JobExecutor(
                 docker: docker, runDirectory: context.paths.runDirectory, owner: context.paths.ownerID)
             var request = JobRequest(
                 id: "login-\(UUID().uuidString.lowercased().prefix(8))", prompt: Data(),
-                backend: .command(command), sandbox: sandbox, egress: egress)
+                backend: .command(["claude", "setup-token"]), sandbox: sandbox, egress: egress)
+            request.kind = "login"
+            // The CLI's state is thrown away with the container: only the printed token is kept.
+            request.environment = ["CLAUDE_CONFIG_DIR=/tmp", "HOME=/tmp"]
             request.input = Self.terminalInput()
-            request.loginVolume = volume
-            let report = try await executor.run(request) { output in
+            request.keepsSubscriptionTokens = true
+            return try await executor.run(request) { output in
                 if case .line(let stream, let text) = output {
                     if stream == .stderr { Output.note(text) } else { Output.line(text) }
                 }
             }
-            return report.state
         }
-        try context.database().audit(
-            actor: context.actor, kind: "login",
-            details: ["volume": volume, "method": method.rawValue, "state": state.rawValue],
-            at: context.now)
-        guard state == .succeeded else { throw CLIError("the sign-in did not complete (\(state.rawValue))") }
-        Output.note("signed in; the login stays in Docker volume \(volume) and never leaves it through this tool")
+        guard report.state == .succeeded else {
+            throw CLIError("the sign-in did not complete (\(report.state.rawValue))")
+        }
+        guard let token = report.subscriptionTokens.last else {
+            throw CLIError("`claude setup-token` finished without printing a token (sk-ant-oat…): nothing was kept")
+        }
+        return token
+    }
+
+    static func readToken() throws -> String {
+        let data = FileHandle.standardInput.readDataToEndOfFile()
+        let text = String(decoding: data.prefix(4096), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let token = SecretRedactor.anthropicShaped(in: text).first, token == text, token.hasPrefix("sk-ant-oat")
+        else {
+            throw CLIError(
+                "standard input is not a subscription token: expected one line sk-ant-oat… as `claude setup-token` prints it"
+            )
+        }
+        return token
+    }
+
+    /// Writes the token to claude.oauthTokenFile (0600), or to `oauth-token` in the data
+    /// directory when that key is '-', and points the key there.
+    static func store(_ token: String, context: CommandContext, config: ResolvedConfig) throws -> URL {
+        let configured = config.text(.claudeOAuthTokenFile)
+        let file =
+            configured == "-"
+            ? context.paths.dataDirectory.appending(path: "oauth-token") : URL(fileURLWithPath: configured)
+        try FileManager.default.createDirectory(
+            at: file.deletingLastPathComponent(), withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700])
+        try AtomicFile.write(Data((token + "\n").utf8), to: file, permissions: 0o600)
+        if configured == "-" {
+            _ = try context.configStore.set([(ConfigKey.claudeOAuthTokenFile.name, file.path)], source: "login")
+        }
+        return file
     }
 
     /// What the user types (e.g. the code from the browser), forwarded as it is typed.

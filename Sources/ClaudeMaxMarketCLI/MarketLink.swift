@@ -35,8 +35,11 @@ struct MarketLink {
     /// Credentials this tool knows: no frame carrying one is ever sent.
     var knownSecrets: [String] {
         var secrets: [String] = []
-        if let key = try? ClaudeBackendFactory.apiKey(config: config, environment: context.environment) {
-            secrets.append(key)
+        for secret in [
+            try? ClaudeBackendFactory.apiKey(config: config, environment: context.environment),
+            try? ClaudeBackendFactory.oauthToken(config: config, environment: context.environment),
+        ] {
+            if let secret { secrets.append(secret) }
         }
         for name in ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"] {
             if let value = context.environment[name], !value.isEmpty { secrets.append(value) }
@@ -158,6 +161,9 @@ struct BookEstimate: Codable {
     var freeSlots: Int
     var price: Int64?
     var why: String?
+    /// Offers that fit but are paused for their provider's capacity, and when the first returns.
+    var pausedOffers = 0
+    var capacityReturnsMs: Int64?
 
     init(
         offers: [MarketViews.OfferView], me: String, maxPrice: Int64, minReputation: Double, model: String?,
@@ -170,7 +176,10 @@ struct BookEstimate: Codable {
         let modelled = accepting.filter { offer in
             model.map { offer.models.isEmpty || offer.models.contains($0) } ?? true
         }
-        let free = modelled.filter { $0.freeSlots > 0 }
+        let paused = modelled.filter { $0.pausedUntilMs != nil }
+        let free = modelled.filter { $0.freeSlots > 0 && $0.pausedUntilMs == nil }
+        pausedOffers = paused.count
+        capacityReturnsMs = paused.compactMap(\.pausedUntilMs).min()
         eligibleOffers = free.count
         freeSlots = free.map(\.freeSlots).reduce(0, +)
         price = free.map(\.price).min()
@@ -185,6 +194,9 @@ struct BookEstimate: Codable {
             why = "every fitting provider asks a requester reputation above yours (\(myReputation))"
         } else if modelled.isEmpty {
             why = "no fitting provider offers the model \(model ?? "")"
+        } else if free.isEmpty, let returns = capacityReturnsMs {
+            why =
+                "no provider can take it now; capacity returns at \(Matching.time(returns)) (\(paused.count) paused offer(s)); the task waits in the book"
         } else if free.isEmpty {
             why = "all \(modelled.map(\.slots).reduce(0, +)) slots of the fitting providers are busy"
         } else {

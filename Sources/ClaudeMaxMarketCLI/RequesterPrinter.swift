@@ -78,6 +78,9 @@ struct RequesterPrinter: Sendable {
         case .rejected(let provider, let reason), .failed(let provider, let reason):
             if json { return emit(Line(type: "provider-fault", provider: provider, note: reason)) }
             Output.note("the provider \(provider) gave the job back: \(reason)")
+        case .handedBack(let provider, let reason):
+            if json { return emit(Line(type: "handed-back", provider: provider, note: reason)) }
+            Output.note("the provider \(provider) is at its account's limit and handed the job back: \(reason)")
         case .result(let result, let provider):
             if json { return emit(Line(type: "result", provider: provider, result: result)) }
             if !streamed.isSet && !result.output.isEmpty { Output.stdout(Data(result.output.utf8)) }

@@ -37,8 +37,7 @@ enum SandboxChecks {
             }
             let spec = SandboxPolicy.containerSpec(
                 settings, command: ["true"], environment: [],
-                labels: Labels.make(kind: "check", version: ToolVersion.current), egressDirectory: nil,
-                loginVolume: nil)
+                labels: Labels.make(kind: "check", version: ToolVersion.current), egressDirectory: nil)
             let id = try await docker.createContainer(spec)
             let inspect: ContainerInspect
             do {

@@ -39,6 +39,19 @@ struct StatusCommand: AsyncParsableCommand {
         var limits: Limits
         var usage: UsageSnapshot
         var market: Market
+        var capacity: Capacity
+    }
+
+    /// The account's windows as the gateway last read them, the shares given, and whether the
+    /// offer is paused for them (and until when).
+    struct Capacity: Codable {
+        var fiveHourShare: Double
+        var weeklyShare: Double
+        var perMinuteShare: Double
+        var windows: [LimitReading]
+        var pausedUntil: Date?
+        var pausedFor: String?
+        var reason: String?
     }
 
     func run() async throws {
@@ -57,7 +70,8 @@ struct StatusCommand: AsyncParsableCommand {
                 .peerID.rawValue,
             limits: Limits(config: config),
             usage: try JobStore(database: database).usage(at: context.now),
-            market: await Self.market(context: context, config: config, database: database)
+            market: await Self.market(context: context, config: config, database: database),
+            capacity: try Self.capacity(config: config, database: database, now: context.now)
         )
         if json {
             try Output.json(report)
@@ -84,8 +98,31 @@ struct StatusCommand: AsyncParsableCommand {
         } else {
             Output.line("offer:          none (`advertise --slots N --price P`)")
         }
+        let capacity = report.capacity
+        Output.line(
+            "capacity:       "
+                + (capacity.pausedUntil.map {
+                    "paused until \($0.formatted(.iso8601)): \(capacity.reason ?? "")"
+                } ?? "available")
+                + " (shares: 5-hour \(capacity.fiveHourShare), weekly \(capacity.weeklyShare), per-minute \(capacity.perMinuteShare))"
+        )
+        for window in capacity.windows {
+            Output.line(
+                "  \(window.window): \(window.status)"
+                    + (window.utilization.map { ", \(Int(($0 * 100).rounded())) % used" } ?? "")
+                    + (window.resetsAt.map { ", resets \($0.formatted(.iso8601))" } ?? ""))
+        }
         Output.line("")
         Output.line(LimitsReport.table(limits: report.limits, usage: report.usage))
+    }
+
+    static func capacity(config: ResolvedConfig, database: StateDatabase, now: Date) throws -> Capacity {
+        let shares = CapacityShares(config: config)
+        let windows = try AccountLimitStore(database: database).all()
+        let pause = shares.pause(for: windows, now: now)
+        return Capacity(
+            fiveHourShare: shares.fiveHour, weeklyShare: shares.weekly, perMinuteShare: shares.perMinute,
+            windows: windows, pausedUntil: pause?.until, pausedFor: pause?.window, reason: pause?.reason)
     }
 }
 

@@ -39,6 +39,27 @@ public struct GatewayDecision: Sendable, Equatable, Codable {
     public var reason: String
 }
 
+/// The provider's real credential, which only the gateway holds.
+public enum GatewayCredential: Sendable, Equatable {
+    /// An API key, sent upstream as `x-api-key`.
+    case apiKey(String)
+    /// A subscription token (`claude setup-token`), sent upstream as `Authorization: Bearer`.
+    case oauthToken(String)
+
+    var secret: String {
+        switch self {
+        case .apiKey(let key), .oauthToken(let key): key
+        }
+    }
+}
+
+/// Why the gateway ended a job: its token budget is used, or the account is at its limit.
+public enum GatewayStop: Sendable, Equatable {
+    case overBudget
+    /// A 429, or a window the API says is `rejected`: the account's limit, not the job's fault.
+    case capacity(LimitReading)
+}
+
 /// Writes an HTTP response back to the job, part by part, as it arrives.
 protocol GatewayResponder: Sendable {
     func head(_ status: HTTPResponseStatus, _ headers: HTTPHeaders) async throws
@@ -50,19 +71,21 @@ protocol GatewayResponder: Sendable {
 /// anywhere else; the gateway checks it, lets through only the Messages API paths Claude Code
 /// uses and the models the job was approved for, puts the provider's real key in its place,
 /// streams the answer back unchanged, and meters the API's own `usage` numbers against the job's
-/// token budget. The key never enters the container.
+/// token budget. It reads the account's limits off every answer (`LimitHeaders`), and a refusal
+/// for the limit ends the job as a capacity stop instead of retries into the limit. The key (or
+/// the subscription token) never enters the container.
 public final class ClaudeGateway: Sendable {
-    /// What the job presents as its API key.
+    /// What the job presents as its API key (or its subscription token).
     public let token: String
-    private let apiKey: String
+    private let credential: GatewayCredential
     public let models: Set<String>
     public let tokenBudget: Int64
     let settings: GatewaySettings
     let logger: Logger
     private let client: HTTPClient
     private let state = Mutex(State())
-    private let overBudgetSignal: AsyncStream<Void>
-    private let overBudgetContinuation: AsyncStream<Void>.Continuation
+    private let stopSignal: AsyncStream<GatewayStop>
+    private let stopContinuation: AsyncStream<GatewayStop>.Continuation
 
     static let paths: Set<String> = ["/v1/messages", "/v1/messages/count_tokens"]
 
@@ -70,15 +93,26 @@ public final class ClaudeGateway: Sendable {
         var usage: [String: ModelUsage] = [:]
         var decisions = DecisionRecord<GatewayDecision>()
         var overBudget = false
+        var limits: [String: LimitReading] = [:]
+        var capacityStop: LimitReading?
     }
 
-    public init(
+    public convenience init(
         apiKey: String, models: Set<String>, tokenBudget: Int64, settings: GatewaySettings = GatewaySettings(),
         logger: Logger = Logger(label: "gateway")
     ) throws {
+        try self.init(
+            credential: .apiKey(apiKey), models: models, tokenBudget: tokenBudget, settings: settings, logger: logger)
+    }
+
+    public init(
+        credential: GatewayCredential, models: Set<String>, tokenBudget: Int64,
+        settings: GatewaySettings = GatewaySettings(), logger: Logger = Logger(label: "gateway")
+    ) throws {
         var generator = SystemRandomNumberGenerator()
+        // Shaped like neither an API key nor a subscription token, and worth nothing outside this gateway.
         token = "cmm-job-" + (0..<32).map { _ in String(format: "%02x", generator.next() as UInt8) }.joined()
-        self.apiKey = apiKey
+        self.credential = credential
         self.models = models
         self.tokenBudget = tokenBudget
         self.settings = settings
@@ -95,14 +129,14 @@ public final class ClaudeGateway: Sendable {
         // An upstream that refuses connections is an answer now, not after retries.
         configuration.connectionPool.retryConnectionEstablishment = false
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
-        (overBudgetSignal, overBudgetContinuation) = AsyncStream.makeStream(
-            of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        (stopSignal, stopContinuation) = AsyncStream.makeStream(
+            of: GatewayStop.self, bufferingPolicy: .bufferingOldest(1))
     }
 
     /// Closes the connections to the upstream. Call once the job is over. The client winds down
     /// in the background: a connection an upstream left hanging must not hold up the job's end.
     public func shutdown() async {
-        overBudgetContinuation.finish()
+        stopContinuation.finish()
         let client = self.client
         Task { try? await client.shutdown() }
     }
@@ -116,11 +150,20 @@ public final class ClaudeGateway: Sendable {
         state.withLock { ($0.decisions.passed, $0.decisions.refused) }
     }
 
-    /// Returns true once a request was refused for the budget; false when the gateway shut down.
-    public func waitUntilOverBudget() async -> Bool {
-        for await _ in overBudgetSignal { return true }
-        return false
+    /// The latest reading of each of the account's windows this gateway saw.
+    public var limits: [LimitReading] { state.withLock { $0.limits.values.sorted { $0.window < $1.window } } }
+    /// The refusal for the account's limit that ended the job, if one did.
+    public var capacityStop: LimitReading? { state.withLock { $0.capacityStop } }
+
+    /// Returns once the job must end (its budget is used, or the account is at its limit); nil
+    /// when the gateway shut down.
+    public func waitForStop() async -> GatewayStop? {
+        for await stop in stopSignal { return stop }
+        return nil
     }
+
+    /// Returns true once a request was refused for the budget; false when the gateway shut down.
+    public func waitUntilOverBudget() async -> Bool { await waitForStop() == .overBudget }
 
     /// Input (with cache reads and writes) and output tokens: what the budget counts.
     static func total(_ usage: [String: ModelUsage]) -> Int64 { usage.values.reduce(0) { $0 + $1.allTokens } }
@@ -212,6 +255,14 @@ public final class ClaudeGateway: Sendable {
                 model: model)
             return
         }
+        if let stop = capacityStop {
+            // Once the account is at its limit, nothing more goes upstream: no retries into it.
+            let until = stop.resetsAt.map { " until \($0.formatted(.iso8601))" } ?? ""
+            try await refuse(
+                .tooManyRequests, "rate_limit_error",
+                "the provider's account is at its \(stop.window) limit\(until); the job is handed back", model: model)
+            return
+        }
         var forwardedBody = body
         let metered = path == "/v1/messages"
         if metered {
@@ -222,7 +273,7 @@ public final class ClaudeGateway: Sendable {
                     .forbidden, "permission_error",
                     "the job has used \(used) of its \(tokenBudget) tokens; no further requests are forwarded",
                     model: model)
-                overBudgetContinuation.yield()
+                stopContinuation.yield(.overBudget)
                 return
             }
             // The answer may not run past the budget: its output is capped at what is left.
@@ -241,7 +292,18 @@ public final class ClaudeGateway: Sendable {
             else { continue }
             upstream.headers.add(name: name, value: value)
         }
-        upstream.headers.replaceOrAdd(name: "x-api-key", value: apiKey)
+        switch credential {
+        case .apiKey(let key):
+            upstream.headers.replaceOrAdd(name: "x-api-key", value: key)
+        case .oauthToken(let token):
+            upstream.headers.replaceOrAdd(name: "authorization", value: "Bearer \(token)")
+            // The API takes a subscription token only with the OAuth beta, which the CLI sends.
+            let betas = upstream.headers[canonicalForm: "anthropic-beta"].map(String.init)
+            if !betas.contains(Self.oauthBeta) {
+                upstream.headers.replaceOrAdd(
+                    name: "anthropic-beta", value: (betas + [Self.oauthBeta]).joined(separator: ","))
+            }
+        }
         upstream.body = .bytes(forwardedBody)
         let response: HTTPClientResponse
         do {
@@ -262,6 +324,7 @@ public final class ClaudeGateway: Sendable {
         record(
             GatewayDecision(
                 path: shownPath, model: model, status: Int(response.status.code), forwarded: true, reason: "forwarded"))
+        observe(response)
         var headers = HTTPHeaders()
         for (name, value) in response.headers where !Self.hopByHop.contains(name.lowercased()) {
             headers.add(name: name, value: value)
@@ -282,6 +345,30 @@ public final class ClaudeGateway: Sendable {
             throw error
         }
         try await out.end()
+    }
+
+    static let oauthBeta = "oauth-2025-04-20"
+
+    /// The account's limits as this answer states them; a refusal for the limit stops the job.
+    private func observe(_ response: HTTPClientResponse) {
+        let outcome = LimitHeaders.read(
+            response.headers.map { (name: $0.name.lowercased(), value: $0.value) }, status: Int(response.status.code),
+            now: Date())
+        for problem in outcome.ignored {
+            logger.warning("gateway: a limit header was ignored", metadata: ["gateway.header": "\(problem)"])
+        }
+        guard !outcome.readings.isEmpty else { return }
+        let stop: LimitReading? = state.withLock { state in
+            for reading in outcome.readings { state.limits[reading.window] = reading }
+            guard outcome.refused, state.capacityStop == nil else { return nil }
+            state.capacityStop = outcome.readings.first { $0.isRejected && $0.window != "overloaded" }
+            return state.capacityStop
+        }
+        if let stop {
+            logger.notice(
+                "gateway: the account is at its limit", metadata: ["gateway.window": "\(stop.window)"])
+            stopContinuation.yield(.capacity(stop))
+        }
     }
 
     private func apply(_ delta: (model: String, usage: ModelUsage)?) {

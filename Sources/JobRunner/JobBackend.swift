@@ -17,14 +17,23 @@ public enum JobBackend: Sendable, Equatable {
     }
 }
 
-/// Where a claude job's credential comes from. The tool hands it over; it never reads a login.
+/// The provider's credential for claude jobs. Either one is held by the job's gateway, which
+/// puts it on the requests it forwards: the container gets a per-job token, never this.
 public enum ClaudeCredential: Sendable, Equatable {
-    /// An API key (Commercial Terms), put only in the job container's environment.
+    /// An API key (Commercial Terms).
     case apiKey(String)
-    /// The provider's own subscription login, kept by Claude Code in this Docker volume.
-    case loginVolume(String)
-    /// No credential (tests, or a claude that needs none).
+    /// The provider's own subscription, as a `claude setup-token` token.
+    case oauthToken(String)
+    /// No credential and no gateway (tests, or a claude that needs none).
     case none
+
+    var gatewayCredential: GatewayCredential? {
+        switch self {
+        case .apiKey(let key): .apiKey(key)
+        case .oauthToken(let token): .oauthToken(token)
+        case .none: nil
+        }
+    }
 }
 
 public struct ClaudeOptions: Sendable, Equatable {
@@ -32,7 +41,7 @@ public struct ClaudeOptions: Sendable, Equatable {
     public var maxTurns: Int
     public var allowedTools: [String]
     public var credential: ClaudeCredential
-    /// API-key mode: where the gateway forwards, and the tokens the job may use.
+    /// Where the gateway forwards, and the tokens the job may use.
     public var gateway = GatewaySettings()
     public var tokenBudget: Int64 = 1000
     /// A workspace job: the tools it may use on the workspace (`claude.workspaceTools`), the
@@ -66,15 +75,13 @@ public struct ClaudeOptions: Sendable, Equatable {
     public static let fileChangingTools = ["Edit", "Write", "MultiEdit", "NotebookEdit"]
 
     /// `claude -p` headless, stream-json in and out, `dontAsk` with an allowlist of tools;
-    /// reading or changing the credential directory or the CLI's own state is denied by rule, and
+    /// reading or changing the CLI's own state (the session's transcript) is denied by rule, and
     /// shell / write / web tools are denied unless allowed. Settings, hooks and MCP servers come
     /// only from the provider's own user settings: a workspace's `.claude/settings*.json` and
     /// `.mcp.json` are the requester's. The prompt arrives as one stream-json user message, so a
     /// CLI started ahead (a warm slot) and a cold one run with the same flags.
     public func command(conversation: ClaudeConversation) -> [String] {
-        let credentialRules = ["Read", "Grep", "Glob", "Edit"].flatMap {
-            ["\($0)(/\(SandboxPolicy.credentialDirectory)/**)", "\($0)(/\(ClaudeConversation.stateDirectory)/**)"]
-        }
+        let credentialRules = ["Read", "Grep", "Glob", "Edit"].map { "\($0)(/\(ClaudeConversation.stateDirectory)/**)" }
         var allowed = allowedTools
         for tool in workspaceTools ?? [] where !allowed.contains(tool) {
             allowed.append(
@@ -107,12 +114,12 @@ public struct ClaudeOptions: Sendable, Equatable {
         return line
     }
 
-    /// The container environment. The CLI's state goes to a job-private directory on /tmp (the
-    /// entrypoint copies the provider's user settings, and a subscription login, into it from the
-    /// read-only /claude-config); stdin is an archive (the prompt, a workspace, a transcript);
-    /// what the job leaves (`returning`, paths below `/`) comes back after it. In API-key mode
-    /// the job gets the gateway's address and its per-job token, never the key; background work
-    /// uses the approved model too.
+    /// The container environment. The CLI's state goes to a job-private directory on /tmp;
+    /// stdin is an archive (the prompt, a workspace, a transcript); what the job leaves
+    /// (`returning`, paths below `/`) comes back after it. The job gets the gateway's address and
+    /// its per-job token — as an API key, or as a subscription token in subscription mode, so the
+    /// CLI speaks as it would to the real API — never the credential; background work uses the
+    /// approved model too.
     public func environment(gatewayToken: String?, returning: [String]) -> [String] {
         var environment = [
             "CLAUDE_CONFIG_DIR=\(ClaudeConversation.stateDirectory)", "CMM_CLAUDE_STATE=1", "DISABLE_AUTOUPDATER=1",
@@ -120,8 +127,9 @@ public struct ClaudeOptions: Sendable, Equatable {
         ]
         environment += SandboxPolicy.workspaceEnvironment
         if let gatewayToken {
+            let variable = if case .oauthToken = credential { "CLAUDE_CODE_OAUTH_TOKEN" } else { "ANTHROPIC_API_KEY" }
             environment += [
-                "ANTHROPIC_BASE_URL=http://127.0.0.1:3128", "ANTHROPIC_API_KEY=\(gatewayToken)",
+                "ANTHROPIC_BASE_URL=http://127.0.0.1:3128", "\(variable)=\(gatewayToken)",
                 "ANTHROPIC_SMALL_FAST_MODEL=\(model)", "ANTHROPIC_DEFAULT_HAIKU_MODEL=\(model)",
                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1",
             ]
@@ -129,30 +137,21 @@ public struct ClaudeOptions: Sendable, Equatable {
         return environment
     }
 
-    /// In API-key mode, a gateway holding the key for one job (or one warm-pool slot).
+    /// A gateway holding the credential for one job (or one warm-pool slot).
     public func makeGateway(logger: Logger) throws -> ClaudeGateway? {
-        guard case .apiKey(let key) = credential else { return nil }
+        guard let credential = credential.gatewayCredential else { return nil }
         return try ClaudeGateway(
-            apiKey: key, models: [model], tokenBudget: tokenBudget, settings: gateway, logger: logger)
-    }
-
-    public var loginVolume: String? {
-        if case .loginVolume(let volume) = credential { return volume }
-        return nil
+            credential: credential, models: [model], tokenBudget: tokenBudget, settings: gateway, logger: logger)
     }
 
     /// Secrets the redaction filter must remove from everything that leaves the provider.
-    public var secrets: [String] {
-        if case .apiKey(let key) = credential { return [key] }
-        return []
-    }
+    public var secrets: [String] { credential.gatewayCredential.map { [$0.secret] } ?? [] }
 }
 
 /// What a backend needs of its container.
 struct PreparedBackend: Sendable {
     var command: [String]
     var environment: [String]
-    var loginVolume: String?
     var secrets: [String]
 }
 
@@ -173,16 +172,16 @@ extension JobBackend {
             return PreparedBackend(
                 command: options.command(conversation: conversation),
                 environment: options.environment(gatewayToken: gateway?.token, returning: returning),
-                loginVolume: options.loginVolume, secrets: options.secrets)
+                secrets: options.secrets)
         case .command(let command):
             return PreparedBackend(
                 command: command,
                 environment: workspace != nil ? SandboxPolicy.workspaceEnvironment + ["CMM_RETURN=work"] : [],
-                loginVolume: nil, secrets: [])
+                secrets: [])
         }
     }
 
-    /// The gateway this backend needs: a claude job in API-key mode.
+    /// The gateway this backend needs: a claude job with a credential.
     func makeGateway(logger: Logger) throws -> ClaudeGateway? {
         guard case .claude(let options) = self else { return nil }
         return try options.makeGateway(logger: logger)

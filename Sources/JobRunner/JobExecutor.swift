@@ -14,9 +14,13 @@ public struct JobRequest: Sendable {
     public var egress: EgressPolicy?
     /// More input after the prompt, sent while the job runs (the interactive sign-in of `login`).
     public var input: AsyncStream<Data>?
-    /// A login volume to mount whatever the backend (only `login` sets it, to let Claude Code
-    /// write the provider's own sign-in; a `command` job never gets one).
-    public var loginVolume: String?
+    /// What the container is labelled as (`login` for the provider's own sign-in).
+    public var kind = "job"
+    /// More environment for the container, after the backend's.
+    public var environment: [String] = []
+    /// `login` only: subscription tokens the job prints on stdout are kept in the report
+    /// (`subscriptionTokens`) before its output is redacted like any job's.
+    public var keepsSubscriptionTokens = false
     /// A workspace job: the tree unpacked in /work before the command starts, and the change
     /// the job made to it read back afterwards.
     public var workspace: JobWorkspace?
@@ -117,6 +121,9 @@ public enum JobEndState: String, Sendable, Codable {
     case overBudget = "over_budget"
     /// The job printed more than its output limit and was stopped.
     case outputLimit = "output_limit"
+    /// The account hit its limit (a 429, or a `rejected` window): the job was stopped, and it is
+    /// no fault of the job's or the provider's — the task goes to another provider.
+    case capacity
 }
 
 /// How a job ended.
@@ -151,6 +158,12 @@ public struct JobReport: Sendable {
     public var sessionID: String?
     public var transcript: ClaudeTranscript?
     public var transcriptError: String?
+    /// The account's limits as the gateway read them off the API's answers (latest per window),
+    /// and the refusal that stopped the job, if one did.
+    public var limits: [LimitReading] = []
+    public var capacityStop: LimitReading?
+    /// What `keepsSubscriptionTokens` kept (`sk-ant-oat…` on stdout), for `login` to store.
+    public var subscriptionTokens: [String] = []
 }
 
 /// Runs jobs in hardened containers: create, attach, start, hand over the prompt on stdin,
@@ -227,12 +240,9 @@ public struct JobExecutor: Sendable {
             gateway: gateway, workspace: request.workspace?.tree, conversation: request.conversation ?? .init())
         let egressDirectory = endpoint?.socketPath.deletingLastPathComponent
         let spec = SandboxPolicy.containerSpec(
-            request.sandbox, command: prepared.command, environment: prepared.environment,
-            labels: Labels.make(
-                kind: request.loginVolume == nil ? "job" : "login", job: request.id, owner: owner,
-                version: ToolVersion.current),
-            egressDirectory: egressDirectory, loginVolume: request.loginVolume ?? prepared.loginVolume,
-            loginWritable: request.loginVolume != nil)
+            request.sandbox, command: prepared.command, environment: prepared.environment + request.environment,
+            labels: Labels.make(kind: request.kind, job: request.id, owner: owner, version: ToolVersion.current),
+            egressDirectory: egressDirectory)
         let id = try await docker.createContainer(spec, name: "cmm-job-\(request.id.prefix(36))")
         do {
             try await whenCreated(id)
@@ -265,6 +275,7 @@ public struct JobExecutor: Sendable {
                     (request.sandbox.workTmpfsBytes + request.sandbox.tmpTmpfsBytes) * 2 + (1 << 20)
                 )
                 : nil, onOutput: onOutput)
+        collector.keepsTokens = request.keepsSubscriptionTokens
         let input = request.stdinData
         var state = JobEndState.failed
         var exitCode: Int?
@@ -313,10 +324,14 @@ public struct JobExecutor: Sendable {
                 }
                 if let gateway {
                     group.addTask {
-                        // Once a request was refused for the budget, the job is over.
-                        if await gateway.waitUntilOverBudget() { return .overBudget }
-                        try await Task.sleep(for: .seconds(86_400 * 365))
-                        return nil
+                        // Once a request was refused for the budget, or the account is at its limit, the job is over.
+                        switch await gateway.waitForStop() {
+                        case .overBudget: return .overBudget
+                        case .capacity: return .capacity
+                        case nil:
+                            try await Task.sleep(for: .seconds(86_400 * 365))
+                            return nil
+                        }
                     }
                 }
                 let finished = try await group.next()!
@@ -332,6 +347,9 @@ public struct JobExecutor: Sendable {
                 state = .overBudget
                 failure =
                     "the job used \(gateway.tokensUsed) of its \(gateway.tokenBudget) tokens; the gateway refused its next request and the job was stopped"
+            } else if outcome == .capacity, let stop = gateway?.capacityStop {
+                state = .capacity
+                failure = Self.capacityMessage(stop)
             } else if outcome == nil {
                 do {
                     exitCode = try await docker.waitContainer(id)
@@ -378,14 +396,23 @@ public struct JobExecutor: Sendable {
             collector.readLeftBehind(request, into: &report, redactor: SecretRedactor(knownSecrets: secrets))
         }
         report.sessionID = request.conversation?.sessionID
+        report.subscriptionTokens = collector.tokens
         if let gateway {
             // The API's own numbers, not what the job printed.
             report.usage = gateway.usage
             report.metered = true
             report.gateway = gateway.decisions
             report.gatewayCounts = gateway.counts
+            report.limits = gateway.limits
+            report.capacityStop = gateway.capacityStop
         }
         return report
+    }
+
+    /// "the account is at its five_hour limit; it resets at 2026-12-02T15:40:00Z"
+    public static func capacityMessage(_ stop: LimitReading) -> String {
+        "the provider's account is at its \(stop.window) limit"
+            + (stop.resetsAt.map { "; it resets at \($0.formatted(.iso8601))" } ?? "")
     }
 }
 
@@ -430,6 +457,9 @@ final class OutputCollector: @unchecked Sendable {
     private var trailerOverflow = false
     private(set) var parser = StreamJSONParser()
     private(set) var redactions = 0
+    /// `sk-ant-oat…` tokens seen on stdout, when the request keeps them (`login`).
+    var keepsTokens = false
+    private(set) var tokens: [String] = []
     static let maxLineBytes = 64 << 10
 
     init(
@@ -564,6 +594,11 @@ final class OutputCollector: @unchecked Sendable {
     }
 
     private func emit(_ stream: ContainerStream, _ bytes: [UInt8]) {
+        if keepsTokens, stream == .stdout {
+            tokens += SecretRedactor.anthropicShaped(in: String(decoding: bytes, as: UTF8.self)).filter {
+                $0.hasPrefix("sk-ant-oat")
+            }
+        }
         let (text, count) = redactor.redact(String(decoding: bytes, as: UTF8.self))
         redactions += count
         onOutput(.line(stream: stream, text: text))

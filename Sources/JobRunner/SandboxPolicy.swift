@@ -56,15 +56,9 @@ public enum SandboxPolicy {
     /// What a workspace job's container is told: HOME away from the workspace (its dot files are
     /// the requester's), and that stdin is an archive to unpack before the command.
     public static let workspaceEnvironment = ["HOME=/tmp", "CMM_WORKSPACE=1"]
-    /// Where a subscription login volume is mounted: outside the work dir.
-    public static let credentialDirectory = "/claude-config"
-
-    /// A claude job gets a subscription login volume read-only: the CLI works on a copy in its
-    /// job-private state directory, so nothing of a job is ever written to the volume. Only
-    /// `login` (the provider's own sign-in) mounts it writable.
-    public static func hostConfiguration(
-        _ settings: SandboxSettings, egressDirectory: String?, loginVolume: String?, loginWritable: Bool = false
-    ) -> HostConfiguration {
+    /// Nothing of the provider's is mounted but the egress socket: a credential, API key or
+    /// subscription, stays with the gateway.
+    public static func hostConfiguration(_ settings: SandboxSettings, egressDirectory: String?) -> HostConfiguration {
         var host = HostConfiguration()
         host.ReadonlyRootfs = true
         host.NetworkMode = "none"
@@ -87,22 +81,18 @@ public enum SandboxPolicy {
             "rw,noexec,nosuid,nodev,size=\(size),uid=\(owner[0]),gid=\(owner[1]),mode=0700"
         }
         host.Tmpfs = [workDirectory: tmpfs(settings.workTmpfsBytes), "/tmp": tmpfs(settings.tmpTmpfsBytes)]
-        var binds: [String] = []
-        if let egressDirectory { binds.append("\(egressDirectory):\(egressMount):ro") }
-        if let loginVolume { binds.append("\(loginVolume):\(credentialDirectory):\(loginWritable ? "rw" : "ro")") }
-        host.Binds = binds.isEmpty ? nil : binds
+        host.Binds = egressDirectory.map { ["\($0):\(egressMount):ro"] }
         return host
     }
 
     /// A container spec for one job (or a warm-pool slot) whose input arrives on stdin.
     public static func containerSpec(
         _ settings: SandboxSettings, command: [String], environment: [String], labels: [String: String],
-        egressDirectory: String?, loginVolume: String?, loginWritable: Bool = false
+        egressDirectory: String?
     ) -> ContainerSpec {
         var spec = ContainerSpec(
             image: settings.image, command: command, labels: labels,
-            hostConfig: hostConfiguration(
-                settings, egressDirectory: egressDirectory, loginVolume: loginVolume, loginWritable: loginWritable))
+            hostConfig: hostConfiguration(settings, egressDirectory: egressDirectory))
         spec.User = user
         spec.WorkingDir = workDirectory
         // A workspace job says HOME itself (outside the workspace, whose dot files are the requester's).
@@ -144,7 +134,7 @@ public enum SandboxPolicy {
             problems.append("work dir tmpfs lacks \(option)")
         }
         for bind in host.Binds ?? []
-        where !bind.hasSuffix(":\(egressMount):ro") && !bind.contains(":\(credentialDirectory):") {
+        where !bind.hasSuffix(":\(egressMount):ro") {
             problems.append("unexpected mount \(bind)")
         }
         if !Labels.isManagedContainer(inspect.Config.Labels) { problems.append("labels missing") }

@@ -146,7 +146,7 @@ public actor WarmPool: Service {
         func start(egressDirectory: String?) async throws -> String {
             let spec = SandboxPolicy.containerSpec(
                 template.sandbox, command: command, environment: environment, labels: labels,
-                egressDirectory: egressDirectory, loginVolume: prepared.loginVolume)
+                egressDirectory: egressDirectory)
             let id = try await docker.createContainer(spec)
             do {
                 try await docker.startContainer(id)

@@ -17,6 +17,8 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     case jobAccept = "job.accept"
     case jobDispute = "job.dispute"
     case jobFailed = "job.failed"
+    /// The provider's account is at its limit: the task goes to the next provider (no fault).
+    case jobHandback = "job.handback"
     /// One piece of a sealed blob too large for one frame: a workspace (requester → provider)
     /// or a patch (provider → requester).
     case blobChunk = "blob.chunk"

@@ -41,13 +41,33 @@ public struct SecretRedactor: Sendable {
     /// `sk-ant-` followed by at least 16 token characters (letters, digits, `-`, `_`): covers
     /// `sk-ant-api03-…`, `sk-ant-oat01-…` (OAuth access) and `sk-ant-ort01-…` (refresh).
     static func redactAnthropicShaped(_ text: String) -> (String, Int) {
-        let prefix = Array("sk-ant-".utf8)
         let bytes = Array(text.utf8)
-        guard bytes.count >= prefix.count else { return (text, 0) }
+        let found = anthropicShapedRanges(bytes)
+        guard !found.isEmpty else { return (text, 0) }
         var output: [UInt8] = []
         output.reserveCapacity(bytes.count)
         var index = 0
-        var count = 0
+        for range in found {
+            output.append(contentsOf: bytes[index..<range.lowerBound])
+            output.append(contentsOf: Array(replacement.utf8))
+            index = range.upperBound
+        }
+        output.append(contentsOf: bytes[index...])
+        return (String(decoding: output, as: UTF8.self), found.count)
+    }
+
+    /// Everything in `text` shaped like an Anthropic key or token, as `redact` would remove it
+    /// (`login` keeps the token `claude setup-token` prints this way, and shows it redacted).
+    public static func anthropicShaped(in text: String) -> [String] {
+        let bytes = Array(text.utf8)
+        return anthropicShapedRanges(bytes).map { String(decoding: bytes[$0], as: UTF8.self) }
+    }
+
+    private static func anthropicShapedRanges(_ bytes: [UInt8]) -> [Range<Int>] {
+        let prefix = Array("sk-ant-".utf8)
+        guard bytes.count >= prefix.count else { return [] }
+        var found: [Range<Int>] = []
+        var index = 0
         while index < bytes.count {
             if bytes[index] == prefix[0], index + prefix.count <= bytes.count,
                 Array(bytes[index..<index + prefix.count]) == prefix
@@ -55,16 +75,14 @@ public struct SecretRedactor: Sendable {
                 var end = index + prefix.count
                 while end < bytes.count, isTokenByte(bytes[end]) { end += 1 }
                 if end - index - prefix.count >= 16 {
-                    output.append(contentsOf: Array(replacement.utf8))
-                    count += 1
+                    found.append(index..<end)
                     index = end
                     continue
                 }
             }
-            output.append(bytes[index])
             index += 1
         }
-        return count == 0 ? (text, 0) : (String(decoding: output, as: UTF8.self), count)
+        return found
     }
 
     private static func isTokenByte(_ byte: UInt8) -> Bool {

@@ -225,7 +225,7 @@ public struct JobPipeline: Sendable {
         guard consent.optIn != nil else {
             throw JobRefusal(.consent, "not opted in: run `claude-max-market opt-in --claude-jobs` first")
         }
-        if job.role == "market", case .claude(let options) = job.backend, case .loginVolume = options.credential,
+        if job.role == "market", case .claude(let options) = job.backend, case .oauthToken = options.credential,
             !config.boolean(.marketAllowSubscriptionLogin)
         {
             throw JobRefusal(
@@ -322,7 +322,20 @@ public struct JobPipeline: Sendable {
             case .cancelled: .cancelled
             case .overBudget: .overBudget
             case .outputLimit: .outputLimit
+            case .capacity: .capacity
             }
+        // The account's windows as the gateway read them off the API's answers (not what the job
+        // printed, which is the job's to forge): what the provider's offer follows.
+        try AccountLimitStore(database: database).record(report.limits)
+        if let stop = report.capacityStop {
+            try database.audit(
+                actor: "gateway", kind: "capacity.stop",
+                details: [
+                    "job": jobID, "window": stop.window,
+                    "resetsAt": stop.resetsAt.map { $0.formatted(.iso8601) } ?? "unknown",
+                ],
+                at: now)
+        }
         for notice in report.rateLimits {
             try jobs.recordRateLimit(
                 jobID: jobID, window: notice.window, status: notice.status, resetsAt: notice.resetsAt, at: now)
@@ -394,7 +407,13 @@ public enum ClaudeBackendFactory {
         let credential: ClaudeCredential
         switch config.text(.claudeCredentialMode) {
         case "subscription":
-            credential = .loginVolume(config.text(.claudeLoginVolume))
+            guard let token = try oauthToken(config: config, environment: environment) else {
+                throw JobRefusal(
+                    .consent,
+                    "no subscription token: run `claude-max-market login`, export CLAUDE_CODE_OAUTH_TOKEN, or set claude.oauthTokenFile (claude.credentialMode=subscription)"
+                )
+            }
+            credential = .oauthToken(token)
         default:
             guard let key = try apiKey(config: config, environment: environment) else {
                 throw JobRefusal(
@@ -413,19 +432,31 @@ public enum ClaudeBackendFactory {
 
     /// The API key from the 0600 file or the environment; nil when there is none.
     public static func apiKey(config: ResolvedConfig, environment: [String: String]) throws -> String? {
-        let file = config.text(.claudeAPIKeyFile)
-        let key: String
+        try secret(file: config.text(.claudeAPIKeyFile), variable: "ANTHROPIC_API_KEY", what: "API key", environment)
+    }
+
+    /// The subscription token (`claude setup-token`) from the 0600 file or the environment.
+    public static func oauthToken(config: ResolvedConfig, environment: [String: String]) throws -> String? {
+        try secret(
+            file: config.text(.claudeOAuthTokenFile), variable: "CLAUDE_CODE_OAUTH_TOKEN", what: "subscription token",
+            environment)
+    }
+
+    static func secret(file: String, variable: String, what: String, _ environment: [String: String]) throws
+        -> String?
+    {
+        let value: String
         if file == "-" {
-            key = environment["ANTHROPIC_API_KEY"] ?? ""
+            value = environment[variable] ?? ""
         } else {
             guard let mode = FilePermissions.mode(of: file), mode & 0o077 == 0 else {
-                throw JobRefusal(.consent, "API key file \(file) must exist with mode 0600")
+                throw JobRefusal(.consent, "\(what) file \(file) must exist with mode 0600")
             }
-            key =
+            value =
                 (try? String(contentsOfFile: file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
                 ?? ""
         }
-        return key.isEmpty ? nil : key
+        return value.isEmpty ? nil : value
     }
 
     /// Where the gateway forwards. `CMM_TEST_GATEWAY_CA_FILE` (tests only) names a PEM file of

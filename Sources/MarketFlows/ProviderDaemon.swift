@@ -36,6 +36,12 @@ public actor ProviderDaemon {
         /// (`job.rejected`, no fault of the provider's): a requester that never sends every piece
         /// must not run the provider into the approval timeout, which would count as its failure.
         public var workspaceWait: Duration = .seconds(120)
+        /// The clock capacity follows, and how the daemon waits for a window's reset (tests
+        /// give their own: nothing sleeps for hours).
+        public var now: @Sendable () -> Date = { Date() }
+        public var sleepUntil: @Sendable (Date) async throws -> Void = { date in
+            try await Task.sleep(for: .milliseconds(max(0, Int64(date.timeIntervalSinceNow * 1000))))
+        }
         public init() {}
     }
 
@@ -66,16 +72,21 @@ public actor ProviderDaemon {
     let redactor: SecretRedactor
     var keys: KeyRing { session.keys }
 
-    private var offer: AdvertiseBody?
+    var offer: AdvertiseBody?
     private var assignments: [String: Assignment] = [:]
     private var taken: Set<String> = []
-    private var running: [String: Task<Void, Never>] = [:]
+    var running: [String: Task<Void, Never>] = [:]
     /// Pieces of a requester's blobs (workspace, conversation) as they arrive, and payloads
     /// that wait for the rest of theirs.
     private var inputPieces: [String: [BlobChunkBody.Blob: SealedBlob.Assembler]] = [:]
     private var waitingForInputs: [String: JobContent.Payload] = [:]
-    private var optedOut = false
-    private var stopping = false
+    var optedOut = false
+    var stopping = false
+    /// Why the offer is paused for the account's capacity, and until when; nil while it is not.
+    var capacityPause: CapacityPause?
+    /// Wakes the daemon at the reset of the window that paused the offer.
+    var capacityTimer: Task<Void, Never>?
+    public internal(set) var capacityHandBacks = 0
     /// Why the offer is off the market while the limits allow no other job, or nil.
     private var pausedForLimits: String?
     public private(set) var finishedJobs = 0
@@ -132,6 +143,10 @@ public actor ProviderDaemon {
         let config = reloadConfig() ?? basePipeline.config
         offer?.maxWorkspaceBytes = config.bytes(.maxWorkspaceBytes)
         offer?.maxWorkspaceFiles = config.integer(.maxWorkspaceFiles)
+        // The account's capacity: a window past its share pauses the offer until its reset.
+        followCapacity(config: config)
+        offer?.pausedUntilMs = capacityPause.map { $0.until.unixMilliseconds }
+        offer?.pausedFor = capacityPause?.window
         guard let offer, !optedOut, !stopping else { return }
         if let block = limitsBlock() {
             pausedForLimits = block
@@ -140,7 +155,15 @@ public actor ProviderDaemon {
         }
         do {
             let ack = try await session.request(.offerAdvertise, offer, timeout: .seconds(15))
-            note("offer live: \(offer.slots) slot(s) at \(Credits(micro: offer.price)) (\(ack.note ?? "advertised"))")
+            if let pause = capacityPause {
+                note(
+                    "offer paused in the book until \(Matching.time(pause.until.unixMilliseconds)) (\(pause.window)): capacity returns then"
+                )
+            } else {
+                note(
+                    "offer live: \(offer.slots) slot(s) at \(Credits(micro: offer.price)) (\(ack.note ?? "advertised"))"
+                )
+            }
         } catch {
             note("could not advertise: \(error)")
         }
@@ -264,7 +287,7 @@ public actor ProviderDaemon {
 
     /// Bids on an open task the offer fits, at the offer's price, while a slot is free.
     func consider(_ open: OpenTaskBody) async {
-        guard settings.autoBid, let offer, !optedOut, !stopping, pausedForLimits == nil,
+        guard settings.autoBid, let offer, !optedOut, !stopping, pausedForLimits == nil, capacityPause == nil,
             open.requester != keys.peerID.rawValue, open.maxPrice >= offer.price, running.count < offer.slots,
             limitsBlock() == nil
         else { return }
@@ -489,6 +512,11 @@ public actor ProviderDaemon {
         do {
             let result = try await pipeline.run(job, pool: pool, hooks: hooks)
             await streamer.finish()
+            if result.state == .capacity {
+                await handBack(taskId, result)
+                return
+            }
+            if !result.limits.isEmpty { await capacityMayHaveChanged() }
             if result.state == .cancelled {
                 try? tasks.update(taskId, state: "handed-back", at: nowMs)
                 _ = try? await session.enqueue(

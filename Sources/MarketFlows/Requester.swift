@@ -43,6 +43,8 @@ public enum RequesterUpdate: Sendable {
     case items([JobContent.Item])
     case rejected(provider: String, reason: String)
     case failed(provider: String, reason: String)
+    /// The provider's account hit its limit: the task goes to the next provider, unpaid.
+    case handedBack(provider: String, reason: String)
     case result(JobContent.Result, provider: String)
     /// A workspace job's patch, opened and checked against the result that names it.
     case patch(WorkspacePatch)
@@ -313,15 +315,18 @@ public actor Requester {
                 outcome = outcomes[taskId] ?? outcome
                 if let done { return done }
             }
-        case .jobRejected, .jobFailed:
+        case .jobRejected, .jobFailed, .jobHandback:
             guard let document = providers[taskId],
                 (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil,
                 let body = try? frame.decodeBody(ReasonBody.self)
             else { return nil }
-            onUpdate(
-                frame.messageType == .jobRejected
-                    ? .rejected(provider: document.peerId, reason: body.reason)
-                    : .failed(provider: document.peerId, reason: body.reason))
+            let update: RequesterUpdate =
+                switch frame.messageType {
+                case .jobRejected: .rejected(provider: document.peerId, reason: body.reason)
+                case .jobHandback: .handedBack(provider: document.peerId, reason: body.reason)
+                default: .failed(provider: document.peerId, reason: body.reason)
+                }
+            onUpdate(update)
             providers[taskId] = nil
             nextSeq[taskId] = 0
         case .settlement:

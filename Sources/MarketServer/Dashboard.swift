@@ -108,15 +108,27 @@ public enum Dashboard {
             """
     }
 
+    /// "now", or when the provider's capacity returns and for which window (its offer's public fields).
+    static func capacity(_ offer: MarketViews.OfferView) -> String {
+        guard let until = offer.pausedUntilMs else { return "now" }
+        return "returns \(escape(Matching.time(until)))" + (offer.pausedFor.map { " (\(escape($0)))" } ?? "")
+    }
+
     static func book(_ snapshot: DashboardSnapshot) -> String {
         let offers = snapshot.offers.map { offer in
             """
             <tr data-provider="\(offer.provider)"><td><code title="\(offer.provider)">\(short(offer.provider))</code></td>\
             <td class="num">\(escape(offer.priceText))</td><td class="num">\(offer.freeSlots) / \(offer.slots)</td>\
             <td>\(offer.models.isEmpty ? "any" : offer.models.map(escape).joined(separator: ", "))</td>\
-            <td>\(reputation(offer.reputation))</td></tr>
+            <td>\(reputation(offer.reputation))</td><td class="capacity">\(capacity(offer))</td></tr>
             """
         }.joined(separator: "\n")
+        let paused = snapshot.offers.filter { $0.pausedUntilMs != nil }
+        let liveSlots = snapshot.offers.filter { $0.pausedUntilMs == nil }.map(\.freeSlots).reduce(0, +)
+        let returning =
+            paused.isEmpty
+            ? ""
+            : "; \(paused.map(\.slots).reduce(0, +)) more return, the first at \(Matching.time(paused.compactMap(\.pausedUntilMs).min()!))"
         let tasks = snapshot.openTasks.map { task in
             """
             <tr><td><code title="\(escape(task.taskId))">\(escape(String(task.taskId.prefix(12))))</code></td>\
@@ -129,9 +141,10 @@ public enum Dashboard {
             <section id="book">
             <h2>Live book</h2>
             <h3>Standing offers</h3>
+            <p id="capacity-now">capacity now: \(liveSlots) free slot(s)\(escape(returning))</p>
             <div class="scroll"><table id="offers">
-            <thead><tr><th>provider</th><th>price</th><th>free / slots</th><th>models</th><th>reputation</th></tr></thead>
-            <tbody>\(offers.isEmpty ? "<tr><td colspan=\"5\" class=\"muted\">no offers</td></tr>" : offers)</tbody>
+            <thead><tr><th>provider</th><th>price</th><th>free / slots</th><th>models</th><th>reputation</th><th>capacity</th></tr></thead>
+            <tbody>\(offers.isEmpty ? "<tr><td colspan=\"6\" class=\"muted\">no offers</td></tr>" : offers)</tbody>
             </table></div>
             <h3>Open tasks</h3>
             <div class="scroll"><table id="open-tasks">

@@ -356,13 +356,14 @@ final class FrameProcessor: Sendable {
                 try Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
                 return output
             }
-        case .jobRejected, .jobFailed, .jobDispute:
+        case .jobRejected, .jobFailed, .jobDispute, .jobHandback:
             let reason = try body(ReasonBody.self)
             return { book, tx, peer, _, nowMs in
                 let event: TaskEvent =
                     switch type {
                     case .jobRejected: .reject(by: peer, reason: reason.reason)
                     case .jobFailed: .fail(by: peer, reason: reason.reason)
+                    case .jobHandback: .handBack(by: peer, reason: reason.reason)
                     default: .dispute(by: peer, reason: reason.reason)
                     }
                 let before = try tx.task(reason.taskId, lock: false)

@@ -21,6 +21,9 @@ public enum MarketViews {
         public var minRequesterReputation: Double
         public var reputation: ReputationView
         public var createdMs: Int64
+        /// The provider's account is past its share of `pausedFor` until then: no task now.
+        public var pausedUntilMs: Int64?
+        public var pausedFor: String?
     }
 
     public struct TaskView: Codable, Sendable, Equatable {
@@ -106,7 +109,9 @@ public enum MarketViews {
                 slots: offer.slots, freeSlots: max(0, offer.slots - busy), models: offer.models,
                 minRequesterReputation: offer.minRequesterReputation,
                 reputation: reputation(try tx.peer(offer.provider), rules: rules, nowMs: nowMs),
-                createdMs: offer.createdMs)
+                createdMs: offer.createdMs,
+                pausedUntilMs: offer.isPaused(atMs: nowMs) ? offer.pausedUntilMs : nil,
+                pausedFor: offer.isPaused(atMs: nowMs) ? offer.pausedFor : nil)
         }
     }
 

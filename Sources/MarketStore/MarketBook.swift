@@ -52,8 +52,11 @@ public struct MarketBook: Sendable {
         let offer = Offer(
             provider: provider, price: Credits(micro: body.price), slots: body.slots, models: body.models ?? [],
             minRequesterReputation: body.minRequesterReputation ?? 0, createdMs: previous?.createdMs ?? nowMs,
-            maxWorkspaceBytes: body.maxWorkspaceBytes, maxWorkspaceFiles: body.maxWorkspaceFiles)
+            maxWorkspaceBytes: body.maxWorkspaceBytes, maxWorkspaceFiles: body.maxWorkspaceFiles,
+            pausedUntilMs: body.pausedUntilMs, pausedFor: body.pausedFor)
         try tx.putOffer(offer)
+        // A paused offer takes nothing until its capacity returns (the provider advertises again then).
+        if offer.isPaused(atMs: nowMs) { return (offer, []) }
         // A new offer may fit tasks that are already waiting: oldest first, while slots last. Tasks
         // it cannot take are skipped before any lock is taken.
         var assignments: [TaskTransition] = []
@@ -206,7 +209,8 @@ public struct MarketBook: Sendable {
         try tx.offerCandidates(maxPrice: maxPrice, provider: provider, lock: lock).map {
             OfferCandidate(
                 offer: $0.offer, busySlots: $0.busySlots,
-                providerReputation: $0.reputation.score(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs))
+                providerReputation: $0.reputation.score(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs),
+                paused: $0.offer.isPaused(atMs: nowMs))
         }
     }
 

@@ -293,6 +293,8 @@ extension MarketSchema {
         "CREATE INDEX IF NOT EXISTS messages_at ON messages(at)",
         "ALTER TABLE offers ADD COLUMN IF NOT EXISTS max_ws_bytes BIGINT",
         "ALTER TABLE offers ADD COLUMN IF NOT EXISTS max_ws_files BIGINT",
+        "ALTER TABLE offers ADD COLUMN IF NOT EXISTS paused_until BIGINT",
+        "ALTER TABLE offers ADD COLUMN IF NOT EXISTS paused_for TEXT",
         """
         CREATE TABLE IF NOT EXISTS blob_chunks (
             task_id TEXT NOT NULL, blob TEXT NOT NULL, idx INTEGER NOT NULL, count INTEGER NOT NULL,
@@ -547,25 +549,28 @@ struct PostgresMarketTransaction: MarketTransaction {
 
     func offer(of provider: PeerID) throws -> Offer? {
         try query(
-            "SELECT provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files FROM offers WHERE provider = \(provider.rawValue)"
+            "SELECT provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files, paused_until, paused_for FROM offers WHERE provider = \(provider.rawValue)"
         )
         .rows.first.map(Self.offer)
     }
 
     func offers() throws -> [Offer] {
         try query(
-            "SELECT provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files FROM offers ORDER BY price, created"
+            "SELECT provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files, paused_until, paused_for FROM offers ORDER BY price, created"
         )
         .rows.map(Self.offer)
     }
 
     static func offer(_ row: PostgresRow) throws -> Offer {
-        let (provider, price, slots, models, minimum, created, maxBytes, maxFiles) = try row.decode(
-            (String, Int64, Int, String, Double, Int64, Int64?, Int64?).self)
-        return Offer(
+        let (provider, price, slots, models, minimum, created, maxBytes, maxFiles, pausedUntil, pausedFor) =
+            try row.decode((String, Int64, Int, String, Double, Int64, Int64?, Int64?, Int64?, String?).self)
+        var offer = Offer(
             provider: try PeerID(validating: provider), price: Credits(micro: price), slots: slots,
             models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created,
             maxWorkspaceBytes: maxBytes, maxWorkspaceFiles: maxFiles)
+        offer.pausedUntilMs = pausedUntil
+        offer.pausedFor = pausedFor
+        return offer
     }
 
     func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) throws -> [(
@@ -578,7 +583,7 @@ struct PostgresMarketTransaction: MarketTransaction {
             ? """
             SELECT o.provider, o.price, o.slots, o.models, o.min_requester_rep, o.created,
                 (SELECT count(*)::INT FROM tasks t WHERE t.provider = o.provider AND t.state IN ('assigned', 'running')),
-                p.rep_s, p.rep_f, p.rep_n, p.rep_at, o.max_ws_bytes, o.max_ws_files
+                p.rep_s, p.rep_f, p.rep_n, p.rep_at, o.max_ws_bytes, o.max_ws_files, o.paused_until, o.paused_for
             FROM offers o LEFT JOIN peers p ON p.id = o.provider
             WHERE o.price <= \(limit) AND (\(only)::TEXT IS NULL OR o.provider = \(only))
             ORDER BY o.provider FOR UPDATE OF o
@@ -586,19 +591,26 @@ struct PostgresMarketTransaction: MarketTransaction {
             : """
             SELECT o.provider, o.price, o.slots, o.models, o.min_requester_rep, o.created,
                 (SELECT count(*)::INT FROM tasks t WHERE t.provider = o.provider AND t.state IN ('assigned', 'running')),
-                p.rep_s, p.rep_f, p.rep_n, p.rep_at, o.max_ws_bytes, o.max_ws_files
+                p.rep_s, p.rep_f, p.rep_n, p.rep_at, o.max_ws_bytes, o.max_ws_files, o.paused_until, o.paused_for
             FROM offers o LEFT JOIN peers p ON p.id = o.provider
             WHERE o.price <= \(limit) AND (\(only)::TEXT IS NULL OR o.provider = \(only))
             """
         return try query(sql).rows.map { row in
-            let (provider, price, slots, models, minimum, created, busy, s, f, n, at, maxBytes, maxFiles) =
+            let (
+                provider, price, slots, models, minimum, created, busy, s, f, n, at, maxBytes, maxFiles, until,
+                pausedFor
+            ) =
                 try row.decode(
-                    (String, Int64, Int, String, Double, Int64, Int, Double?, Double?, Int?, Int64?, Int64?, Int64?)
-                        .self)
-            let offer = Offer(
+                    (
+                        String, Int64, Int, String, Double, Int64, Int, Double?, Double?, Int?, Int64?, Int64?, Int64?,
+                        Int64?, String?
+                    ).self)
+            var offer = Offer(
                 provider: try PeerID(validating: provider), price: Credits(micro: price), slots: slots,
                 models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created,
                 maxWorkspaceBytes: maxBytes, maxWorkspaceFiles: maxFiles)
+            offer.pausedUntilMs = until
+            offer.pausedFor = pausedFor
             return (offer, busy, Reputation(successes: s ?? 0, failures: f ?? 0, samples: n ?? 0, atMs: at ?? 0))
         }
     }
@@ -606,12 +618,14 @@ struct PostgresMarketTransaction: MarketTransaction {
     func putOffer(_ offer: Offer) throws {
         try query(
             """
-            INSERT INTO offers (provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files)
+            INSERT INTO offers (provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files,
+                    paused_until, paused_for)
             VALUES (\(offer.provider.rawValue), \(offer.price.micro), \(offer.slots), \(TaskCoding.models(offer.models)),
-                    \(offer.minRequesterReputation), \(offer.createdMs), \(offer.maxWorkspaceBytes), \(offer.maxWorkspaceFiles))
+                    \(offer.minRequesterReputation), \(offer.createdMs), \(offer.maxWorkspaceBytes), \(offer.maxWorkspaceFiles),
+                    \(offer.pausedUntilMs), \(offer.pausedFor))
             ON CONFLICT (provider) DO UPDATE SET price = EXCLUDED.price, slots = EXCLUDED.slots, models = EXCLUDED.models,
                 min_requester_rep = EXCLUDED.min_requester_rep, max_ws_bytes = EXCLUDED.max_ws_bytes,
-                max_ws_files = EXCLUDED.max_ws_files
+                max_ws_files = EXCLUDED.max_ws_files, paused_until = EXCLUDED.paused_until, paused_for = EXCLUDED.paused_for
             """)
     }
 

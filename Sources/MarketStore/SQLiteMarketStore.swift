@@ -67,6 +67,13 @@ public final class SQLiteMarketStore: MarketStore {
         migrator.registerMigration("v3-workspaces") { db in
             try db.execute(sql: MarketSchema.sqliteWorkspaces)
         }
+        migrator.registerMigration("v4-capacity") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE offers ADD COLUMN paused_until INTEGER;
+                    ALTER TABLE offers ADD COLUMN paused_for TEXT;
+                    """)
+        }
         return migrator
     }
 }
@@ -371,7 +378,8 @@ struct SQLiteMarketTransaction: MarketTransaction {
             provider: try! PeerID(validating: row["provider"]), price: Credits(micro: row["price"]),
             slots: row["slots"], models: TaskCoding.models(row["models"] as String),
             minRequesterReputation: row["min_requester_rep"], createdMs: row["created"],
-            maxWorkspaceBytes: row["max_ws_bytes"], maxWorkspaceFiles: row["max_ws_files"])
+            maxWorkspaceBytes: row["max_ws_bytes"], maxWorkspaceFiles: row["max_ws_files"],
+            pausedUntilMs: row["paused_until"], pausedFor: row["paused_for"])
     }
 
     func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) throws -> [(
@@ -399,15 +407,18 @@ struct SQLiteMarketTransaction: MarketTransaction {
     func putOffer(_ offer: Offer) throws {
         try db.execute(
             sql: """
-                INSERT INTO offers (provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO offers (provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files,
+                    paused_until, paused_for)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(provider) DO UPDATE SET price = excluded.price, slots = excluded.slots,
                     models = excluded.models, min_requester_rep = excluded.min_requester_rep,
-                    max_ws_bytes = excluded.max_ws_bytes, max_ws_files = excluded.max_ws_files
+                    max_ws_bytes = excluded.max_ws_bytes, max_ws_files = excluded.max_ws_files,
+                    paused_until = excluded.paused_until, paused_for = excluded.paused_for
                 """,
             arguments: [
                 offer.provider.rawValue, offer.price.micro, offer.slots, TaskCoding.models(offer.models),
                 offer.minRequesterReputation, offer.createdMs, offer.maxWorkspaceBytes, offer.maxWorkspaceFiles,
+                offer.pausedUntilMs, offer.pausedFor,
             ])
     }
 

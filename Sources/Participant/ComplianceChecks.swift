@@ -163,7 +163,7 @@ public struct ComplianceChecks: Sendable {
         }
         let holder =
             mode == "subscription"
-            ? "; in this mode every job container holds the login (api-key mode, recommended for market jobs, keeps it out)"
+            ? "; jobs hold a per-job token, the subscription token stays with the gateway and no login is mounted into a job"
             : "; jobs hold a per-job token, the key stays with the gateway"
         return CheckResult(
             id: "credentials.subscription-market", status: .pass,

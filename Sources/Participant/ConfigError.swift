@@ -33,6 +33,10 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
             return "unknown environment variable \(name)\(hint): no config key is set by it; a key's variable is "
                 + "CMM_ and the key in capitals, dots as _ (limits.dailyTasks: CMM_LIMITS_DAILYTASKS)"
         case .unknownKey(let key, let source):
+            if let retired = ConfigKey.retired[key] {
+                return
+                    "config key '\(key)' in \(source) is no longer used: \(retired); remove it with `config --unset \(key)`"
+            }
             let suggestion = ConfigKey.all.map(\.name).min { distance($0, key) < distance($1, key) }
             let hint = suggestion.map { distance($0, key) <= 4 ? " (did you mean \($0)?)" : "" } ?? ""
             return "unknown config key '\(key)' in \(source)\(hint); `config --list` shows every key"

@@ -93,16 +93,26 @@ extension ConfigKey {
         "Allow market jobs on a subscription login (read `terms` first)")
     public static let claudeCredentialMode = ConfigKey(
         "claude.credentialMode", .choice(["api-key", "subscription"]), default: .text("api-key"),
-        "api-key: ANTHROPIC_API_KEY or claude.apiKeyFile; subscription: the login volume")
+        "api-key: ANTHROPIC_API_KEY or claude.apiKeyFile; subscription: the token of claude.oauthTokenFile")
     public static let claudeAPIKeyFile = ConfigKey(
         "claude.apiKeyFile", .text(maxLength: 4096), default: .text("-"),
         "0600 file holding the API key ('-' = take ANTHROPIC_API_KEY from the environment)")
     public static let claudeAPIBaseURL = ConfigKey(
         "claude.apiBaseURL", .httpsBaseURL, default: .text("https://api.anthropic.com"),
-        "api-key mode: where the provider's gateway forwards a job's API requests (with the real key)")
-    public static let claudeLoginVolume = ConfigKey(
-        "claude.loginVolume", .text(maxLength: 128), default: .text("claude-max-market-login"),
-        "Docker volume holding the subscription login made by `login`")
+        "Where the provider's gateway forwards a job's API requests (with the real credential)")
+    public static let claudeOAuthTokenFile = ConfigKey(
+        "claude.oauthTokenFile", .text(maxLength: 4096), default: .text("-"),
+        "subscription mode: 0600 file holding the `claude setup-token` token that `login` keeps ('-' = take CLAUDE_CODE_OAUTH_TOKEN from the environment)"
+    )
+    public static let capacityFiveHourShare = ConfigKey(
+        "capacity.fiveHourShare", .decimal(0...1), default: .text("1"),
+        "Offer only while the plan's 5-hour window is used below this fraction (0.6 keeps 40 % for yourself)")
+    public static let capacityWeeklyShare = ConfigKey(
+        "capacity.weeklyShare", .decimal(0...1), default: .text("1"),
+        "Offer only while each of the plan's weekly windows is used below this fraction")
+    public static let capacityPerMinuteShare = ConfigKey(
+        "capacity.perMinuteShare", .decimal(0...1), default: .text("1"),
+        "api-key mode: offer only while the key's requests and tokens per minute are used below this fraction")
     public static let claudeModel = ConfigKey(
         "claude.model", .text(maxLength: 128), default: .text("claude-sonnet-4-6"), "Model for claude jobs")
     public static let claudeMaxTurns = ConfigKey(
@@ -125,9 +135,16 @@ extension ConfigKey {
         keyRotationDays,
         approvalMode, approvalMaxPromptBytes,
         approvalAllowedRequesters, approvalDeniedRequesters, marketURL, marketDefaultPrice, marketMaxBidPrice,
-        marketAllowSubscriptionLogin, claudeCredentialMode, claudeAPIKeyFile, claudeAPIBaseURL, claudeLoginVolume,
-        claudeModel,
-        claudeMaxTurns, claudeAllowedTools, claudeWorkspaceTools,
+        marketAllowSubscriptionLogin, claudeCredentialMode, claudeAPIKeyFile, claudeAPIBaseURL,
+        claudeOAuthTokenFile, claudeModel, claudeMaxTurns, claudeAllowedTools, claudeWorkspaceTools,
+        capacityFiveHourShare, capacityWeeklyShare, capacityPerMinuteShare,
+    ]
+
+    /// Keys this tool no longer has, and what took their place: a config that names one gets
+    /// this in its error, and `config --unset` removes it.
+    public static let retired: [String: String] = [
+        "claude.loginVolume":
+            "subscription jobs no longer mount a login volume: the gateway holds a `claude setup-token` token from claude.oauthTokenFile (run `claude-max-market login` again)"
     ]
 
     public static func named(_ name: String) -> ConfigKey? { all.first { $0.name == name } }

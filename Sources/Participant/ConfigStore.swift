@@ -208,7 +208,9 @@ public struct ConfigStore: Sendable {
     public func unset(_ names: [String]) throws {
         var file = try readFileLayer()
         for name in names {
-            guard ConfigKey.named(name) != nil else { throw ConfigError.unknownKey(name, source: "config --unset") }
+            guard ConfigKey.named(name) != nil || ConfigKey.retired[name] != nil else {
+                throw ConfigError.unknownKey(name, source: "config --unset")
+            }
             file[name] = nil
         }
         try validateCandidate(file)

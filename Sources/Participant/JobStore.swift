@@ -11,6 +11,8 @@ public enum JobState: String, Codable, Sendable, CaseIterable {
     case overBudget = "over_budget"
     /// The job printed more than `docker.maxOutput` and was stopped.
     case outputLimit = "output_limit"
+    /// The account hit its limit during the job, which was stopped (no fault of the job's).
+    case capacity
 
     /// States that hold a concurrency slot.
     public static let active: [JobState] = [.reserved, .running]

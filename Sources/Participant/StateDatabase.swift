@@ -160,6 +160,18 @@ public final class StateDatabase: Sendable {
                     );
                     """)
         }
+        migrator.registerMigration("v3-account-limits") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE account_limits (
+                        window TEXT PRIMARY KEY NOT NULL,
+                        status TEXT NOT NULL,
+                        utilization REAL,
+                        resets_at_ms INTEGER,
+                        observed_ms INTEGER NOT NULL
+                    );
+                    """)
+        }
         return migrator
     }
 }

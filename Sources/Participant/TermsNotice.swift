@@ -5,7 +5,7 @@ import MarketCrypto
 /// The notice `terms` prints and `terms --accept` records (by version and SHA-256 of the text,
 /// so a changed notice needs a new acceptance).
 public enum TermsNotice {
-    public static let version = "2026-11-26"
+    public static let version = "2026-12-02"
 
     public static let text = """
         claude-max-market — notice on terms, data and your responsibility (version \(version))
@@ -24,25 +24,30 @@ public enum TermsNotice {
            products built on Claude Code to use API keys under the Commercial Terms. The
            default credential mode here is an API key (claude.credentialMode=api-key).
 
-        4. Your credentials stay here. The tool never reads, copies or sends your Claude login.
-           In API-key mode (the default, and the one recommended for market jobs) the key never
-           enters a job: the job holds a random per-job token, and your gateway swaps it for the
-           key on the way to the API, for the Messages API and the approved model only, and
-           meters the tokens the API reports. In subscription mode the job container mounts your
-           login (made by Claude Code itself and kept in a local Docker volume): a job that reads
-           it holds your login, and only tool rules and output redaction stand in the way. That
-           is why API-key mode is the one recommended for market jobs. Output that looks like a
-           credential is removed before it leaves.
+        4. Your credentials stay here, and no job ever holds one. In either mode the job holds a
+           random per-job token, and your gateway swaps it for your credential on the way to the
+           API, for the Messages API and the approved model only, and meters the tokens the API
+           reports: in API-key mode (the default, and the one recommended for market jobs) your
+           key; in subscription mode the long-lived token `claude setup-token` makes (`login`
+           keeps it in a 0600 file; no login is mounted into a job container). Output that looks
+           like a credential is removed before it leaves. Keeping the token out of jobs does not
+           change point 2: jobs on a subscription still use your account.
 
-        5. What leaves this machine: only ciphertext of job payloads and results (sealed to the
+        5. Share what you can spare. Your gateway reads your account's limits off the API's
+           answers (the plan's 5-hour and weekly windows, or an API key's per-minute limits).
+           With capacity.fiveHourShare, capacity.weeklyShare and capacity.perMinuteShare your
+           offer leaves the market once a window is past that share, and returns at its reset.
+           A job that meets the limit is stopped and handed to another provider, unpaid.
+
+        6. What leaves this machine: only ciphertext of job payloads and results (sealed to the
            other party's key; the market cannot read it) and signed metadata — your peer id,
            public keys, prices, limits you advertise, token counts, timings and outcomes.
 
-        6. You stay in control. Every job needs your approval (or an approval policy you set),
+        7. You stay in control. Every job needs your approval (or an approval policy you set),
            runs within limits you set, in a locked-down container with no network but an
            allowlisted proxy, and is written to a local audit log.
 
-        7. Opting out. `claude-max-market opt-out` stops at once: offers are withdrawn and new
+        8. Opting out. `claude-max-market opt-out` stops at once: offers are withdrawn and new
            jobs refused. `claude-max-market clean` removes the tool's containers and images.
            Deleting the data directory removes all local state.
         """

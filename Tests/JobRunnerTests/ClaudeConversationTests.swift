@@ -70,49 +70,6 @@ struct ClaudeConversationTests {
         }
     }
 
-    /// A login volume stand-in (credentials and user settings as `login` leaves them): the job
-    /// runs on copies, and the volume is byte for byte what it was, with nothing of the job in it.
-    @Test func aSubscriptionJobLeavesNothingInTheLoginVolume() async throws {
-        try await ClaudeCLITestEnvironment.ensureImage()
-        let volume = "cmm-test-login-\(UUID().uuidString.lowercased().prefix(8))"
-        try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
-            docker in
-            try await docker.createVolume(volume, labels: Labels.make(kind: "login-volume", version: "test"))
-        }
-        defer { _ = try? DockerTestEnvironment.curl("DELETE", "/volumes/\(volume)?force=true") }
-        let mountpoint = try #require(
-            try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
-                try await $0.inspectVolume(volume)?.Mountpoint
-            })
-        let credentials = #"""
-            {"claudeAiOauth":{"accessToken":"sk-ant-oat01-StandInStandIn","refreshToken":"sk-ant-ort01-StandIn","expiresAt":4102444800000,"scopes":["user:inference"],"subscriptionType":"max"}}
-            """#
-        // No network here: the user settings point the CLI at a closed port, with no retries.
-        let settings = #"{"env":{"ANTHROPIC_BASE_URL":"http://127.0.0.1:9","CLAUDE_CODE_MAX_RETRIES":"0"}}"#
-        for (name, text) in [".credentials.json": credentials, "settings.json": settings] {
-            let url = URL(fileURLWithPath: mountpoint).appending(path: name)
-            try Data(text.utf8).write(to: url)
-            chown(url.path, 10001, 10001)
-        }
-        func snapshot() throws -> [String: Data] {
-            var files: [String: Data] = [:]
-            let root = URL(fileURLWithPath: mountpoint)
-            for case let url as URL in FileManager.default.enumerator(at: root, includingPropertiesForKeys: nil)! {
-                files[String(url.path.dropFirst(root.path.count))] = try? Data(contentsOf: url)
-            }
-            return files
-        }
-        let before = try snapshot()
-        let (report, output) = try await run(
-            "a question for the subscription", credential: .loginVolume(volume), upstream: nil)
-        let after = try snapshot()
-        #expect(after == before, "the volume changed: \(after.keys.sorted())")
-        // The CLI did run, with its state in the job's own directory: the transcript came back.
-        let transcript = try #require(report.transcript, "\(report.transcriptError ?? "") \(output.lines.suffix(5))")
-        #expect(transcript.turns.first?.text.contains("a question for the subscription") == true)
-        #expect(!String(decoding: transcript.data, as: UTF8.self).contains("sk-ant-oat01-StandInStandIn"))
-    }
-
     /// A warm slot runs the real CLI started ahead, waiting for its first stream-json message:
     /// it calls nothing before the job is handed over, answers it under the slot's session, and
     /// the slot's gateway (its token) is gone once the job ends.

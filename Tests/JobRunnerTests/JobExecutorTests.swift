@@ -43,8 +43,7 @@ struct JobExecutorTests {
         try await withExecutor { _, docker in
             let labels = Labels.make(kind: "test", version: ToolVersion.current)
             let good = SandboxPolicy.containerSpec(
-                Self.settings, command: ["true"], environment: [], labels: labels, egressDirectory: nil,
-                loginVolume: nil)
+                Self.settings, command: ["true"], environment: [], labels: labels, egressDirectory: nil)
             var bad = good
             bad.HostConfig.Privileged = true
             bad.HostConfig.PidMode = "host"

@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
@@ -41,6 +42,17 @@ public final class MessagesAPIStandIn: Sendable {
         }
     }
 
+    /// What an answer carries besides its turn: the account's limit headers, or a refusal
+    /// (429 with `retry-after`) instead of the turn.
+    public struct Answer: Sendable {
+        public var status: Int
+        public var headers: [(String, String)]
+        public init(status: Int = 200, headers: [(String, String)] = []) {
+            self.status = status
+            self.headers = headers
+        }
+    }
+
     public let port: Int
     public var url: String { "http://127.0.0.1:\(port)" }
     private let box: LockedBox<[Received]>
@@ -56,7 +68,8 @@ public final class MessagesAPIStandIn: Sendable {
     /// Runs the stand-in for the duration of `body`.
     public static func with<T: Sendable>(
         scripts: [String: [Turn]] = [:], defaultText: String = "hello from the stand-in",
-        deltaPause: Duration = .zero, _ body: (MessagesAPIStandIn) async throws -> T
+        deltaPause: Duration = .zero, answer: @escaping @Sendable (Received) -> Answer = { _ in Answer() },
+        _ body: (MessagesAPIStandIn) async throws -> T
     ) async throws -> T {
         let box = LockedBox<[Received]>([])
         let router = Router()
@@ -75,6 +88,22 @@ public final class MessagesAPIStandIn: Sendable {
             let received = Received(
                 path: request.uri.path, headers: headers, body: sendable(object) as? [String: any Sendable] ?? [:])
             box.withLock { $0.append(received) }
+            let extra = answer(received)
+            var extraHeaders = HTTPFields()
+            for (name, value) in extra.headers {
+                if let field = HTTPField.Name(name) { extraHeaders.append(HTTPField(name: field, value: value)) }
+            }
+            if extra.status != 200 {
+                var headers = extraHeaders
+                headers[.contentType] = "application/json"
+                return Response(
+                    status: HTTPResponse.Status(code: extra.status), headers: headers,
+                    body: ResponseBody(
+                        byteBuffer: ByteBuffer(
+                            string:
+                                #"{"type":"error","error":{"type":"rate_limit_error","message":"the stand-in's account is at its limit"}}"#
+                        )))
+            }
             let model = object["model"] as? String ?? "claude-test"
             let messages = object["messages"] as? [[String: Any]] ?? []
             var turn = Turn.text(defaultText)
@@ -89,7 +118,8 @@ public final class MessagesAPIStandIn: Sendable {
                 // Each event written on its own, with a pause after every text delta.
                 let pieces = sse.components(separatedBy: "\n\n").filter { !$0.isEmpty }
                 return Response(
-                    status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                    status: .ok,
+                    headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"] + extraHeaders,
                     body: ResponseBody { writer in
                         for piece in pieces {
                             try await writer.write(ByteBuffer(string: piece + "\n\n"))
@@ -100,11 +130,11 @@ public final class MessagesAPIStandIn: Sendable {
             }
             guard object["stream"] as? Bool == true else {
                 return Response(
-                    status: .ok, headers: [.contentType: "application/json"],
+                    status: .ok, headers: [.contentType: "application/json"] + extraHeaders,
                     body: ResponseBody(byteBuffer: ByteBuffer(string: json(turn, model: model))))
             }
             return Response(
-                status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"] + extraHeaders,
                 body: ResponseBody(byteBuffer: ByteBuffer(string: sse)))
         }
         let portBox = LockedBox<Int?>(nil)

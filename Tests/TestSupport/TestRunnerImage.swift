@@ -13,7 +13,7 @@ public enum TestRunnerImage {
         #!/bin/sh
         # Stand-in for Claude Code in tests. The prompt (stdin) says what to do:
         # "fixture: NAME", "leak the key", "egress: HOST:PORT", "direct: HOST:PORT", "sleep: N",
-        # "show login", "call the api N". `claude setup-token` pretends to sign in and keeps a token in CLAUDE_CONFIG_DIR.
+        # "dump everything", "call the api N". `claude setup-token` pretends to sign in and keeps a token in CLAUDE_CONFIG_DIR.
         if [ "${1:-}" = "setup-token" ]; then
             echo "Visit https://claude.ai/oauth/authorize to sign in, then paste the code here:"
             read -r code
@@ -55,15 +55,21 @@ public enum TestRunnerImage {
             echo "environ: $(tr '\0' ' ' < /proc/self/environ)"
             i=0
             while [ "$i" -lt "${n:-1}" ]; do
-                wget -q -Y off -O - --header "x-api-key: $ANTHROPIC_API_KEY" --header "anthropic-version: 2023-06-01" \
+                auth="x-api-key: ${ANTHROPIC_API_KEY:-}"
+                if [ -n "${CLAUDE_CODE_OAUTH_TOKEN:-}" ]; then auth="authorization: Bearer $CLAUDE_CODE_OAUTH_TOKEN"; fi
+                wget -q -Y off -O - --header "$auth" --header "anthropic-version: 2023-06-01" \
                     --header "content-type: application/json" \
                     --post-data "{\"model\":\"$ANTHROPIC_SMALL_FAST_MODEL\",\"max_tokens\":50,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" \
                     "$ANTHROPIC_BASE_URL/v1/messages" 2>&1 | grep -o 'hello from upstream\|error.*' | sed 's/^/api: /'
                 i=$((i + 1))
             done;;
         esac
-        case "$prompt" in *"show login"*)
-            ls -a "$CLAUDE_CONFIG_DIR"; cat "$CLAUDE_CONFIG_DIR/.credentials.json"; echo;;
+        # A hostile job with a shell: its environment, its mounts and every small file it can
+        # read, base64 so that no redaction of output can hide what it found.
+        case "$prompt" in *"dump everything"*)
+            { env; cat /proc/self/mounts; find / /tmp /work /run -xdev -type f -size -256k 2>/dev/null | while read -r f; do
+                case "$f" in /proc/*|/sys/*) ;; *) echo "== $f"; cat "$f" 2>/dev/null;; esac
+            done; } | base64 | sed 's/^/dump: /';;
         esac
         name=$(echo "$prompt" | sed -n 's/.*fixture: \([a-z-]*\).*/\1/p')
         cat "/fixtures/${name:-success-text}.jsonl"

@@ -31,12 +31,9 @@ if [ "${CMM_WORKSPACE:-}" = 1 ]; then
     # command, what the job leaves (CMM_RETURN: paths below /) goes back on stdout, after a
     # marker line, for the provider to read as hostile input.
     if [ "${CMM_CLAUDE_STATE:-}" = 1 ]; then
-        # The CLI's state is the job's own, on the /tmp tmpfs: the provider's user settings (and
-        # a subscription login) are copies; /claude-config is read-only and never changes.
+        # The CLI's state is the job's own, on the /tmp tmpfs; no credential is in it (the
+        # gateway holds the provider's, the job has a per-job token).
         mkdir -p "$CLAUDE_CONFIG_DIR"
-        for name in settings.json .credentials.json .claude.json; do
-            if [ -f "/claude-config/$name" ]; then cp "/claude-config/$name" "$CLAUDE_CONFIG_DIR/$name"; fi
-        done
     fi
     # The command's stdout is a pipe of its own: a CLI that makes its stdout non-blocking (as
     # Node and Bun do) would otherwise fail the archive written after it with EAGAIN.

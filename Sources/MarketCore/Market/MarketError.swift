@@ -21,6 +21,8 @@ public struct MarketError: Error, Sendable, Equatable, CustomStringConvertible {
         public static let notAuthenticated = Code(rawValue: "not_authenticated")
         public static let authFailed = Code(rawValue: "auth_failed")
         public static let rateLimited = Code(rawValue: "rate_limited")
+        /// The offer is paused: the provider's account is past the share it gives.
+        public static let capacityPaused = Code(rawValue: "capacity_paused")
         public static let notAllowed = Code(rawValue: "not_allowed")
         // Market rules
         public static let invalidAmount = Code(rawValue: "invalid_amount")

@@ -148,11 +148,18 @@ public struct Offer: Codable, Sendable, Equatable {
     /// may not know what a workspace is).
     public var maxWorkspaceBytes: Int64?
     public var maxWorkspaceFiles: Int64?
+    /// The provider's account is past the share it gives for `pausedFor` (a limit window) until
+    /// then: the offer takes no task before, and returns by itself after.
+    public var pausedUntilMs: Int64?
+    public var pausedFor: String?
 
     public init(
         provider: PeerID, price: Credits, slots: Int, models: [String], minRequesterReputation: Double,
-        createdMs: Int64, maxWorkspaceBytes: Int64? = nil, maxWorkspaceFiles: Int64? = nil
+        createdMs: Int64, maxWorkspaceBytes: Int64? = nil, maxWorkspaceFiles: Int64? = nil,
+        pausedUntilMs: Int64? = nil, pausedFor: String? = nil
     ) {
+        self.pausedUntilMs = pausedUntilMs
+        self.pausedFor = pausedFor
         self.maxWorkspaceBytes = maxWorkspaceBytes
         self.maxWorkspaceFiles = maxWorkspaceFiles
         self.provider = provider
@@ -162,6 +169,9 @@ public struct Offer: Codable, Sendable, Equatable {
         self.minRequesterReputation = minRequesterReputation
         self.createdMs = createdMs
     }
+
+    /// Whether the offer is paused for capacity at `nowMs`.
+    public func isPaused(atMs nowMs: Int64) -> Bool { (pausedUntilMs ?? 0) > nowMs }
 
     public func runs(model: String?) -> Bool {
         guard let model, !models.isEmpty else { return true }
@@ -181,11 +191,14 @@ public struct OfferCandidate: Sendable, Equatable {
     public var offer: Offer
     public var busySlots: Int
     public var providerReputation: Double
+    /// The offer is paused for capacity at this moment.
+    public var paused: Bool
 
-    public init(offer: Offer, busySlots: Int, providerReputation: Double) {
+    public init(offer: Offer, busySlots: Int, providerReputation: Double, paused: Bool = false) {
         self.offer = offer
         self.busySlots = busySlots
         self.providerReputation = providerReputation
+        self.paused = paused
     }
 
     public var freeSlots: Int { max(0, offer.slots - busySlots) }
@@ -231,6 +244,11 @@ public enum Matching {
                     : "the workspace (\(task.workspaceBytes ?? 0) bytes, \(task.workspaceFiles ?? 0) files) is over \(offer.provider)'s limits (\(offer.maxWorkspaceBytes ?? 0) bytes, \(offer.maxWorkspaceFiles ?? 0) files)"
             )
         }
+        if candidate.paused, let until = offer.pausedUntilMs {
+            return MarketError(
+                .capacityPaused,
+                "\(offer.provider)'s \(offer.pausedFor ?? "capacity") share is used until \(Self.time(until))")
+        }
         if candidate.freeSlots <= 0 {
             return MarketError(.noFreeSlot, "all \(offer.slots) slots of \(offer.provider) are busy")
         }
@@ -260,6 +278,10 @@ public enum Matching {
             ineligibility(of: $0, for: task, requesterReputation: requesterReputation)
         }
         let codes = Set(reasons.map(\.code))
+        if codes.contains(.capacityPaused) && codes.isSubset(of: [.capacityPaused, .noFreeSlot]) {
+            let returns = candidates.filter(\.paused).compactMap(\.offer.pausedUntilMs).min()
+            return "no provider can take it now; capacity returns at \(returns.map(Self.time) ?? "an unknown time")"
+        }
         if codes == [.priceAboveMax] {
             let cheapest = candidates.map(\.offer.price).min()!
             return "the maximum price \(task.cap) is below every offer (the cheapest is \(cheapest))"
@@ -269,6 +291,11 @@ public enum Matching {
         if codes.contains(.modelNotOffered) { return "no provider offers model \(task.model ?? "")" }
         if codes.contains(.workspaceTooLarge) { return "no provider takes a workspace of this size" }
         return reasons.first.map(\.message) ?? "no offer fits"
+    }
+
+    /// `2026-12-02T15:40:00Z`
+    public static func time(_ ms: Int64) -> String {
+        Date(timeIntervalSince1970: Double(ms) / 1000).formatted(.iso8601)
     }
 
     static func format(_ value: Double) -> String {

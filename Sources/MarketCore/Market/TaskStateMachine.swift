@@ -10,6 +10,10 @@ public enum TaskEvent: Sendable, Equatable {
     case accept(by: PeerID)
     case dispute(by: PeerID, reason: String)
     case fail(by: PeerID, reason: String)
+    /// The provider's account hit its limit (a declared capacity stop): the task goes to the
+    /// next provider at the price in escrow, unpaid, with no fault counted against the provider's
+    /// reputation — but counted, like a rejection, against the task's rematches.
+    case handBack(by: PeerID, reason: String)
     /// The provider stopped sending heartbeats.
     case providerSilent
     /// The clock passed `deadlineMs`.
@@ -25,7 +29,7 @@ public enum TaskEvent: Sendable, Equatable {
     public var actor: PeerID? {
         switch self {
         case .cancel(let by), .approve(let by), .reject(let by, _), .deliver(let by, _), .accept(let by),
-            .dispute(let by, _), .fail(let by, _):
+            .dispute(let by, _), .fail(let by, _), .handBack(let by, _):
             by
         case .assign, .providerSilent, .deadlinePassed, .payloadMissing, .resolve: nil
         }
@@ -41,6 +45,7 @@ public enum TaskEvent: Sendable, Equatable {
         case .accept: "job.accept"
         case .dispute: "job.dispute"
         case .fail: "job.failed"
+        case .handBack: "job.handback"
         case .providerSilent: "provider silent"
         case .deadlinePassed: "deadline"
         case .payloadMissing: "payload missing"
@@ -181,6 +186,13 @@ public struct TaskStateMachine: Sendable {
         case (.fail(let by, let reason), .assigned), (.fail(let by, let reason), .running):
             try requireProvider(by, task, event)
             try fault(&transition, nowMs: nowMs, reason: "failed: \(reason)")
+
+        case (.handBack(let by, let reason), .assigned), (.handBack(let by, let reason), .running):
+            try requireProvider(by, task, event)
+            transition.task.rejections += 1
+            let again = transition.task.rejections <= rules.maxRejectionRematches
+            try loseProvider(
+                &transition, nowMs: nowMs, reopen: again, reason: "handed back by the provider (capacity): \(reason)")
 
         case (.providerSilent, .assigned), (.providerSilent, .running):
             try fault(&transition, nowMs: nowMs, reason: "the provider went silent")

@@ -163,6 +163,10 @@ public struct AdvertiseBody: WireBody, Equatable {
     /// absent: no workspace jobs.
     public var maxWorkspaceBytes: Int64?
     public var maxWorkspaceFiles: Int64?
+    /// The provider's account is past its share of the window `pausedFor` until this time
+    /// (ms since 1970): the offer stays in the book, takes no task, and returns by itself then.
+    public var pausedUntilMs: Int64?
+    public var pausedFor: String?
 
     public init(
         price: Int64, slots: Int, models: [String]? = nil, minRequesterReputation: Double? = nil,
@@ -185,6 +189,19 @@ public struct AdvertiseBody: WireBody, Equatable {
         for model in models ?? [] { try WireField.model(model) }
         try WireField.reputation(minRequesterReputation, field: "minRequesterReputation")
         try WireField.workspace(bytes: maxWorkspaceBytes, files: maxWorkspaceFiles, field: "maxWorkspace")
+        guard (pausedUntilMs == nil) == (pausedFor == nil) else {
+            throw MarketError(.invalidBody, "pausedUntilMs and pausedFor go together")
+        }
+        if let until = pausedUntilMs, !(1...(Int64(1) << 45)).contains(until) {
+            throw MarketError(.invalidBody, "pausedUntilMs \(until) is not a time in milliseconds since 1970")
+        }
+        if let window = pausedFor {
+            guard (1...32).contains(window.utf8.count),
+                window.utf8.allSatisfy({ (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5f })
+            else {
+                throw MarketError(.invalidBody, "pausedFor must be a window name of 1…32 characters a-z, 0-9 and _")
+            }
+        }
     }
 }
 

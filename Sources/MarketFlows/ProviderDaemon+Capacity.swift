@@ -1,0 +1,56 @@
+import Foundation
+import JobRunner
+import MarketCore
+import Participant
+
+/// Capacity that follows the account's windows: the gateway reads them off the API's answers
+/// (kept in `AccountLimitStore`), `capacity.*` says how much of each the provider shares, and
+/// the offer is paused in the book while a window is past its share, until that window resets.
+/// The reset is a timer, never a poll of the API; a job that meets the limit is handed back.
+extension ProviderDaemon {
+    /// Works out the pause from the stored readings; says when it starts or ends, and sets the
+    /// timer for the reset. The caller advertises the offer as it then is.
+    func followCapacity(config: ResolvedConfig) {
+        let readings = (try? AccountLimitStore(database: database).all()) ?? []
+        let pause = CapacityShares(config: config).pause(for: readings, now: settings.now())
+        guard pause != capacityPause else { return }
+        let was = capacityPause
+        capacityPause = pause
+        capacityTimer?.cancel()
+        capacityTimer = nil
+        guard let pause else {
+            if let was {
+                note("capacity returned: the \(was.window) window reset, the offer takes jobs again")
+                audit("provider.capacity-returned", ["window": was.window])
+            }
+            return
+        }
+        let until = Matching.time(pause.until.unixMilliseconds)
+        note("capacity: \(pause.reason); the offer is paused until \(until)")
+        audit("provider.capacity-paused", ["window": pause.window, "until": until, "reason": pause.reason])
+        let sleepUntil = settings.sleepUntil
+        capacityTimer = Task { [weak self] in
+            do { try await sleepUntil(pause.until) } catch { return }
+            await self?.capacityMayHaveChanged()
+        }
+    }
+
+    /// After a job's readings were stored, or at a reset: advertises again when the pause changed.
+    func capacityMayHaveChanged() async {
+        let before = capacityPause
+        followCapacity(config: reloadConfig() ?? basePipeline.config)
+        if capacityPause != before { await connected() }
+    }
+
+    /// The account hit its limit during the job: not the job's failure and not the provider's
+    /// fault. The task goes back to the market for the next provider (`job.handback`), unpaid.
+    func handBack(_ taskId: String, _ report: JobReport) async {
+        let reason = report.error ?? "the provider's account is at its limit"
+        capacityHandBacks += 1
+        note("handing task \(taskId) back: \(reason)", task: taskId)
+        try? tasks.update(taskId, state: "handed-back", note: reason, at: nowMs)
+        audit("market.handed-back", ["task": taskId, "reason": reason])
+        _ = try? await session.enqueue(.jobHandback, ReasonBody(taskId: taskId, reason: String(reason.prefix(1000))))
+        await capacityMayHaveChanged()
+    }
+}
