@@ -19,13 +19,14 @@ struct SubscriptionGatewayTests {
     static let token = "sk-ant-oat01-" + String(repeating: "SuBsCrIpTiOn", count: 6)
 
     func run(
-        _ prompt: String, standIn: MessagesAPIStandIn, tools: [String] = ["Read"], workspace: WorkspaceTree? = nil
+        _ prompt: String, standIn: MessagesAPIStandIn, tools: [String] = ["Read"], workspace: WorkspaceTree? = nil,
+        credential: ClaudeCredential = .oauthToken(token)
     ) async throws -> (JobReport, Collected) {
         try await ClaudeCLITestEnvironment.ensureImage()
         return try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
             docker in
             let options = ClaudeOptions(
-                model: "claude-sonnet-4-6", maxTurns: 4, allowedTools: tools, credential: .oauthToken(Self.token),
+                model: "claude-sonnet-4-6", maxTurns: 4, allowedTools: tools, credential: credential,
                 gateway: GatewaySettings(upstream: URL(string: standIn.url)!, timeout: .seconds(30)),
                 tokenBudget: 1_000_000)
             var job = JobRequest(
@@ -117,6 +118,37 @@ struct SubscriptionGatewayTests {
             // One request reached the API; the CLI's retries were refused by the gateway itself.
             #expect(standIn.received.filter { $0.path == "/v1/messages" }.count == 1)
             #expect(ContinuousClock.now - started < .seconds(60))
+        }
+    }
+
+    /// In API-key mode the answers carry the key's per-minute limits: the gateway reads them
+    /// (and a hostile value among them is ignored), and the key goes upstream as `x-api-key`.
+    @Test func anAPIKeysPerMinuteLimitsAreReadOffTheAnswers() async throws {
+        let reset = Date().addingTimeInterval(50).formatted(.iso8601)
+        try await MessagesAPIStandIn.with(
+            defaultText: "metered",
+            answer: { _ in
+                .init(headers: [
+                    ("anthropic-ratelimit-requests-limit", "50"), ("anthropic-ratelimit-requests-remaining", "45"),
+                    ("anthropic-ratelimit-requests-reset", reset),
+                    ("anthropic-ratelimit-output-tokens-limit", "8000"),
+                    ("anthropic-ratelimit-output-tokens-remaining", "2000"),
+                    ("anthropic-ratelimit-output-tokens-reset", reset),
+                    ("anthropic-ratelimit-input-tokens-limit", "NaN"),
+                    ("anthropic-ratelimit-input-tokens-remaining", "5"),
+                ])
+            }
+        ) { standIn in
+            let (report, output) = try await run("hello", standIn: standIn, credential: .apiKey(ClaudeCLITests.key))
+            #expect(report.state == .succeeded, "\(report.error ?? "") \(output.lines.suffix(5))")
+            #expect(
+                standIn.received.filter { $0.path == "/v1/messages" }.allSatisfy {
+                    $0.headers["x-api-key"] == ClaudeCLITests.key && $0.headers["authorization"] == nil
+                })
+            let requests = try #require(report.limits.first { $0.window == "requests" }, "\(report.limits)")
+            #expect(abs((requests.utilization ?? 0) - 0.1) < 1e-9 && requests.resetsAt != nil)
+            #expect(report.limits.first { $0.window == "output_tokens" }?.utilization == 0.75)
+            #expect(!report.limits.contains { $0.window == "input_tokens" })
         }
     }
 }

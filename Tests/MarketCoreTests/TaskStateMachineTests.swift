@@ -195,6 +195,49 @@ import Testing
         #expect(reputation.tier(atMs: 0, halfLifeMs: halfLife, newBelow: 3) == .trusted)
     }
 
+    /// A declared capacity stop, assigned or running: the task re-opens for the next provider at
+    /// the price in escrow, the provider is paid nothing and blamed for nothing, and it counts
+    /// against the task's rematches like a rejection (so no two providers bounce a task forever).
+    @Test func aHandBackReopensWithoutBlameAndCountsAgainstTheRematches() throws {
+        let running = try machine.apply(.approve(by: provider), to: try assigned(), nowMs: 2).task
+        #expect(throws: MarketError.self) {
+            try machine.apply(.handBack(by: stranger, reason: "capacity"), to: running, nowMs: 3)
+        }
+        let first = try machine.apply(.handBack(by: provider, reason: "five_hour at its limit"), to: running, nowMs: 3)
+        #expect(first.task.state == .open && first.reopened)
+        #expect(first.outcomes.isEmpty && first.movements.isEmpty)
+        #expect(first.task.cap == Credits(micro: 6_000_000))
+        #expect(first.task.excluded == [provider] && first.task.rejections == 1)
+        #expect(first.task.reason?.contains("handed back by the provider (capacity): five_hour at its limit") == true)
+        let other = PeerID(digestPrefix: [UInt8](repeating: 9, count: 20))
+        let again = try machine.apply(
+            .assign(provider: other, price: Credits(micro: 6_000_000)), to: first.task, nowMs: 4)
+        let second = try machine.apply(.handBack(by: other, reason: "capacity"), to: again.task, nowMs: 5)
+        #expect(second.task.state == .refunded && second.movements.map(\.kind) == [.refund])
+        #expect(second.outcomes.isEmpty)
+        #expect(throws: MarketError.self) {
+            try machine.apply(.handBack(by: provider, reason: "late"), to: second.task, nowMs: 6)
+        }
+    }
+
+    /// A paused offer takes nothing until its capacity returns, and a requester is told when.
+    @Test func aPausedOfferIsIneligibleAndTheRequesterLearnsWhenCapacityReturns() {
+        var offer = Offer(
+            provider: provider, price: Credits(micro: 1), slots: 2, models: [], minRequesterReputation: 0, createdMs: 0)
+        offer.pausedUntilMs = 1_796_000_000_000
+        offer.pausedFor = "five_hour"
+        let paused = OfferCandidate(offer: offer, busySlots: 0, providerReputation: 0.5, paused: true)
+        #expect(
+            Matching.ineligibility(of: paused, for: openTask(), requesterReputation: 0.5)?.code == .capacityPaused)
+        #expect(Matching.best(among: [paused], for: openTask(), requesterReputation: 0.5) == nil)
+        let why = Matching.whyNoMatch(among: [paused], for: openTask(), requesterReputation: 0.5)
+        #expect(why == "no provider can take it now; capacity returns at 2026-11-30T00:53:20Z", "\(why)")
+        // Past its time the same offer is eligible again.
+        let returned = OfferCandidate(offer: offer, busySlots: 0, providerReputation: 0.5, paused: false)
+        #expect(Matching.best(among: [returned], for: openTask(), requesterReputation: 0.5) != nil)
+        #expect(offer.isPaused(atMs: 1_795_999_999_999) && !offer.isPaused(atMs: 1_796_000_000_000))
+    }
+
     @Test func matchingOrdersByPriceThenReputationThenAge() {
         func candidate(_ byte: UInt8, price: Int64, reputation: Double, created: Int64, slots: Int = 1, busy: Int = 0)
             -> OfferCandidate
