@@ -196,7 +196,7 @@ struct BookEstimate: Codable {
             why = "no fitting provider offers the model \(model ?? "")"
         } else if free.isEmpty, let returns = capacityReturnsMs {
             why =
-                "no provider can take it now; capacity returns at \(Matching.time(returns)) (\(paused.count) paused offer(s)); the task waits in the book"
+                "capacity returns at \(Matching.time(returns)) (\(paused.count) offer(s) paused for their account's limits)"
         } else if free.isEmpty {
             why = "all \(modelled.map(\.slots).reduce(0, +)) slots of the fitting providers are busy"
         } else {

@@ -3,7 +3,7 @@ import Foundation
 /// The conversation a claude job belongs to. Every claude job runs under a session id of its
 /// own choosing (`--session-id`), or continues an earlier one from its transcript (`--resume`).
 /// The CLI keeps its state in a job-private directory on the container's /tmp tmpfs
-/// (`stateDirectory`), never in the login volume; the transcript comes back in the job's
+/// (`stateDirectory`); the transcript comes back in the job's
 /// report, and nothing of it stays with the provider.
 public struct ClaudeConversation: Sendable, Equatable {
     public var sessionID: String

@@ -214,6 +214,7 @@ public actor ProviderDaemon {
     /// (`job.failed`, so the market re-opens them for another provider at once).
     public func stop() async {
         stopping = true
+        capacityTimer?.cancel()
         _ = try? await session.request(.offerWithdraw, EmptyBody(), timeout: .seconds(5))
         let deadline = ContinuousClock.now + settings.drainTimeout
         while !running.isEmpty && ContinuousClock.now < deadline {

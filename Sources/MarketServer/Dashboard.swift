@@ -181,7 +181,7 @@ public enum Dashboard {
             <tr data-provider="\(provider.provider)"><td><code title="\(provider.provider)">\(short(provider.provider))</code></td>\
             <td>\(reputation(provider.reputation))</td><td class="num">\(provider.settledJobs)</td>\
             <td class="num">\(String(format: "%.0f %%", provider.failureRate * 100)) <span class="muted">(\(provider.failures) of \(provider.successes + provider.failures))</span></td>\
-            <td>\(provider.hasOffer ? "offering" : "—")</td></tr>
+            <td class="num">\(provider.handBacks)</td><td>\(provider.hasOffer ? "offering" : "—")</td></tr>
             """
         }.joined(separator: "\n")
         func header(_ title: String, _ key: ProviderOrder) -> String {
@@ -194,8 +194,8 @@ public enum Dashboard {
             <h2>Providers</h2>
             <div class="scroll"><table id="providers-table">
             <thead><tr><th>provider</th>\(header("reputation", .reputation))\(header("settled jobs", .settled))\
-            \(header("failure rate", .failures))<th>now</th></tr></thead>
-            <tbody>\(rows.isEmpty ? "<tr><td colspan=\"5\" class=\"muted\">no providers yet</td></tr>" : rows)</tbody>
+            \(header("failure rate", .failures))<th title="tasks handed back at the account's limit: no fault">capacity hand-backs</th><th>now</th></tr></thead>
+            <tbody>\(rows.isEmpty ? "<tr><td colspan=\"6\" class=\"muted\">no providers yet</td></tr>" : rows)</tbody>
             </table></div>
             </section>
             """

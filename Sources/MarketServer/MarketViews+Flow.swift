@@ -27,6 +27,8 @@ extension MarketViews {
         public var provider: String
         public var reputation: ReputationView
         public var settledJobs: Int
+        /// Tasks handed back for the account's capacity (no fault, shown).
+        public var handBacks: Int
         public var successes: Int
         public var failures: Int
         public var failureRate: Double
@@ -79,7 +81,8 @@ extension MarketViews {
             let total = count.successes + count.failures
             return ProviderView(
                 provider: provider.rawValue, reputation: reputation(record, rules: rules, nowMs: nowMs),
-                settledJobs: record?.settledJobs ?? 0, successes: count.successes, failures: count.failures,
+                settledJobs: record?.settledJobs ?? 0, handBacks: record?.handBacks ?? 0, successes: count.successes,
+                failures: count.failures,
                 failureRate: total == 0 ? 0 : Double(count.failures) / Double(total),
                 hasOffer: offering.contains(provider))
         }.sorted {

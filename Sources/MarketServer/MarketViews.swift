@@ -48,6 +48,8 @@ public enum MarketViews {
         public var keyDocument: String
         public var reputation: ReputationView
         public var settledJobs: Int
+        /// Tasks handed back for the account's capacity: no fault, but counted.
+        public var handBacks: Int
         public var firstSeenMs: Int64
         public var lastSeenMs: Int64
         public var balance: Int64
@@ -135,7 +137,8 @@ public enum MarketViews {
         return PeerView(
             peerId: id.rawValue, keyDocument: record.keyDocument,
             reputation: reputation(record, rules: rules, nowMs: nowMs), settledJobs: record.settledJobs,
-            firstSeenMs: record.firstSeenMs, lastSeenMs: record.lastSeenMs, balance: try tx.balance(.peer(id)).micro,
+            handBacks: record.handBacks, firstSeenMs: record.firstSeenMs, lastSeenMs: record.lastSeenMs,
+            balance: try tx.balance(.peer(id)).micro,
             inEscrow: escrow, heldBack: try tx.balance(.held(id)).micro,
             recentOutcomes: try tx.outcomes(of: id, limit: 20).map {
                 OutcomeView(

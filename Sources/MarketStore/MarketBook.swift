@@ -228,6 +228,7 @@ public struct MarketBook: Sendable {
                     createdMs: transition.task.createdMs, price: transition.task.price?.micro))
         }
         for movement in transition.movements { try tx.insertMovement(movement, nowMs: nowMs) }
+        if let provider = transition.handedBackBy { try tx.countHandBack(of: provider) }
         for outcome in transition.outcomes {
             try tx.insertOutcome(outcome, nowMs: nowMs)
             guard let record = try tx.peer(outcome.peer) else { continue }

@@ -11,11 +11,14 @@ public struct PeerRecord: Sendable, Equatable {
     public var auditHead: String?
     public var reputation: Reputation
     public var settledJobs: Int
+    /// Tasks the provider handed back for its account's capacity (`job.handback`).
+    public var handBacks = 0
 
     public init(
         id: PeerID, keyDocument: String, firstSeenMs: Int64, lastSeenMs: Int64, auditHead: String?,
-        reputation: Reputation, settledJobs: Int
+        reputation: Reputation, settledJobs: Int, handBacks: Int = 0
     ) {
+        self.handBacks = handBacks
         self.id = id
         self.keyDocument = keyDocument
         self.firstSeenMs = firstSeenMs
@@ -63,6 +66,8 @@ public protocol MarketTransaction {
     func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) throws
     func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) throws
     func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) throws
+    /// Counts one capacity hand-back for the provider.
+    func countHandBack(of provider: PeerID) throws
     func peerCount() throws -> Int
     /// Peers that have an offer or a task holding a slot and were last seen before `cutoffMs`.
     func silentProviders(lastSeenBefore cutoffMs: Int64) throws -> [PeerID]

@@ -295,6 +295,7 @@ extension MarketSchema {
         "ALTER TABLE offers ADD COLUMN IF NOT EXISTS max_ws_files BIGINT",
         "ALTER TABLE offers ADD COLUMN IF NOT EXISTS paused_until BIGINT",
         "ALTER TABLE offers ADD COLUMN IF NOT EXISTS paused_for TEXT",
+        "ALTER TABLE peers ADD COLUMN IF NOT EXISTS hand_backs INTEGER NOT NULL DEFAULT 0",
         """
         CREATE TABLE IF NOT EXISTS blob_chunks (
             task_id TEXT NOT NULL, blob TEXT NOT NULL, idx INTEGER NOT NULL, count INTEGER NOT NULL,
@@ -388,16 +389,21 @@ struct PostgresMarketTransaction: MarketTransaction {
     func peer(_ id: PeerID) throws -> PeerRecord? {
         try query(
             """
-            SELECT key_document, first_seen, last_seen, audit_head, rep_s, rep_f, rep_n, rep_at, settled_jobs
+            SELECT key_document, first_seen, last_seen, audit_head, rep_s, rep_f, rep_n, rep_at, settled_jobs, hand_backs
             FROM peers WHERE id = \(id.rawValue)
             """
         ).rows.first.map { row in
-            let (document, first, last, head, s, f, n, at, settled) = try row.decode(
-                (String, Int64, Int64, String?, Double, Double, Int, Int64, Int).self)
+            let (document, first, last, head, s, f, n, at, settled, handBacks) = try row.decode(
+                (String, Int64, Int64, String?, Double, Double, Int, Int64, Int, Int).self)
             return PeerRecord(
                 id: id, keyDocument: document, firstSeenMs: first, lastSeenMs: last, auditHead: head,
-                reputation: Reputation(successes: s, failures: f, samples: n, atMs: at), settledJobs: settled)
+                reputation: Reputation(successes: s, failures: f, samples: n, atMs: at), settledJobs: settled,
+                handBacks: handBacks)
         }
+    }
+
+    func countHandBack(of provider: PeerID) throws {
+        try query("UPDATE peers SET hand_backs = hand_backs + 1 WHERE id = \(provider.rawValue)")
     }
 
     func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) throws {

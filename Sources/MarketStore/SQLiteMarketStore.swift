@@ -72,6 +72,7 @@ public final class SQLiteMarketStore: MarketStore {
                 sql: """
                     ALTER TABLE offers ADD COLUMN paused_until INTEGER;
                     ALTER TABLE offers ADD COLUMN paused_for TEXT;
+                    ALTER TABLE peers ADD COLUMN hand_backs INTEGER NOT NULL DEFAULT 0;
                     """)
         }
         return migrator
@@ -224,8 +225,12 @@ struct SQLiteMarketTransaction: MarketTransaction {
                 auditHead: row["audit_head"],
                 reputation: Reputation(
                     successes: row["rep_s"], failures: row["rep_f"], samples: row["rep_n"], atMs: row["rep_at"]),
-                settledJobs: row["settled_jobs"])
+                settledJobs: row["settled_jobs"], handBacks: row["hand_backs"])
         }
+    }
+
+    func countHandBack(of provider: PeerID) throws {
+        try db.execute(sql: "UPDATE peers SET hand_backs = hand_backs + 1 WHERE id = ?", arguments: [provider.rawValue])
     }
 
     func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) throws {

@@ -108,17 +108,20 @@ public struct ConfigStore: Sendable {
     }
 
     /// The values set in `config.json`, validated.
-    public func readFileLayer() throws(ConfigError) -> [String: ConfigValue] {
+    /// The file's keys and values; `dropping` names retired keys to leave out (`config --unset`).
+    public func readFileLayer(dropping retired: Set<String> = []) throws(ConfigError) -> [String: ConfigValue] {
         let url = paths.configFile
         guard FileManager.default.fileExists(atPath: url.path) else { return [:] }
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
             throw ConfigError(code: .unreadableFile(path: url.path, reason: "\(error.localizedDescription)"))
         }
-        return try Self.parseFile(data, source: url.path)
+        return try Self.parseFile(data, source: url.path, dropping: retired)
     }
 
-    static func parseFile(_ data: Data, source: String) throws(ConfigError) -> [String: ConfigValue] {
+    static func parseFile(_ data: Data, source: String, dropping retired: Set<String> = []) throws(ConfigError)
+        -> [String: ConfigValue]
+    {
         let raw: [String: ConfigFileValue]
         do { raw = try JSONDecoder().decode([String: ConfigFileValue].self, from: data) } catch {
             throw ConfigError(
@@ -126,7 +129,7 @@ public struct ConfigStore: Sendable {
             )
         }
         var values: [String: ConfigValue] = [:]
-        for (name, fileValue) in raw.sorted(by: { $0.key < $1.key }) {
+        for (name, fileValue) in raw.sorted(by: { $0.key < $1.key }) where !retired.contains(name) {
             guard let key = ConfigKey.named(name) else { throw .unknownKey(name, source: source) }
             guard let value = key.parse(fileValue) else {
                 throw .invalidValue(key, value: fileValue.display, source: source)
@@ -206,7 +209,7 @@ public struct ConfigStore: Sendable {
     }
 
     public func unset(_ names: [String]) throws {
-        var file = try readFileLayer()
+        var file = try readFileLayer(dropping: Set(names.filter { ConfigKey.retired[$0] != nil }))
         for name in names {
             guard ConfigKey.named(name) != nil || ConfigKey.retired[name] != nil else {
                 throw ConfigError.unknownKey(name, source: "config --unset")

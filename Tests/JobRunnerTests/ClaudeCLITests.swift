@@ -119,7 +119,7 @@ struct ClaudeCLITests {
         let script: [MessagesAPIStandIn.Turn] = [
             .toolUse("Bash", #"{"command":"echo pwned > /work/pwned"}"#),
             .toolUse("Write", #"{"file_path":"/tmp/outside.txt","content":"x"}"#),
-            .toolUse("Read", #"{"file_path":"/claude-config/.claude.json"}"#),
+            .toolUse("Read", #"{"file_path":"/tmp/cmm-claude/.claude.json"}"#),
             .text("done"),
         ]
         try await MessagesAPIStandIn.with(scripts: ["escape": script]) { standIn in

@@ -60,4 +60,49 @@ struct GatewayCommandTests {
             #expect(Self.files(under: home.url, containing: "REALKEY").isEmpty)
         }
     }
+
+    /// `execute` whose answer is a 429 for the account's limit: the job is stopped at once, the
+    /// command says the account is at its limit and when it resets (exit 4), the window is kept
+    /// for `status`, and the CLI's retries never reach the API.
+    @Test func aJobAtTheAccountsLimitExitsFourAndSaysWhenItResets() async throws {
+        try await TestRunnerImage.ensureBuilt()
+        let reset = Int(Date().timeIntervalSince1970) + 1800
+        try await MessagesAPIStandIn.with(
+            answer: { _ in
+                .init(
+                    status: 429,
+                    headers: [
+                        ("anthropic-ratelimit-requests-limit", "50"), ("anthropic-ratelimit-requests-remaining", "0"),
+                        (
+                            "anthropic-ratelimit-requests-reset",
+                            Date(timeIntervalSince1970: Double(reset)).formatted(.iso8601)
+                        ),
+                        ("retry-after", "1800"),
+                    ])
+            }
+        ) { standIn in
+            let environment = [
+                "CMM_DOCKER_IMAGE": TestRunnerImage.name, "ANTHROPIC_API_KEY": GatewayTests.realKey,
+                "CMM_CLAUDE_APIBASEURL": standIn.url, "CMM_CLAUDE_MODEL": "claude-test",
+                "CMM_DOCKER_TIMEOUTSECONDS": "60",
+            ]
+            func run(_ arguments: [String]) async throws -> CLIResult {
+                try await CLIRunner.runAsync(arguments, home: home.url, environment: environment)
+            }
+            #expect(try await run(["terms", "--accept"]).exitCode == 0)
+            #expect(try await run(["opt-in", "--claude-jobs", "--yes"]).exitCode == 0)
+            let job = try await run(["execute", "--prompt", "call the api 3", "--yes"])
+            #expect(job.exitCode == 4, "\(job.stderr) \(job.stdout)")
+            let when = Date(timeIntervalSince1970: Double(reset)).formatted(.iso8601)
+            #expect(
+                job.stderr.contains("the account is at its requests limit") && job.stderr.contains(when),
+                "\(job.stderr)")
+            #expect(standIn.received.filter { $0.path == "/v1/messages" }.count == 1)
+            let status = try await run(["status", "--json"]).jsonObject()
+            let capacity = try #require(status["capacity"] as? [String: Any])
+            #expect(capacity["pausedFor"] as? String == "requests", "\(capacity)")
+            let audit = try await run(["audit", "--format", "json"]).stdout
+            #expect(audit.contains("capacity.stop"))
+        }
+    }
 }

@@ -223,7 +223,7 @@ struct JobExecutorTests {
             let args = try #require(collected.lines.first { $0.contains("fake_args") })
             for flag in [
                 "-p", "--output-format stream-json", "--verbose", "--max-turns 3", "--model claude-sonnet-4-6",
-                "--permission-mode dontAsk", "--allowedTools Read,Grep", "Bash", "Read(//claude-config/**)",
+                "--permission-mode dontAsk", "--allowedTools Read,Grep", "Bash", "Read(//tmp/cmm-claude/**)",
             ] {
                 #expect(args.contains(flag), "\(flag)")
             }

@@ -52,11 +52,16 @@ struct CapacityFlowTests {
     /// (the requester is told when capacity returns), and at the reset the provider's timer puts
     /// the offer back, which takes the waiting task.
     @Test func theOfferLeavesPastItsShareAndReturnsAtTheReset() async throws {
-        let reset = Date().addingTimeInterval(40)
+        // The window resets 45 s after the first request the API sees, however long set-up took.
+        let resetBox = LockedBox<Date?>(nil)
         try await MessagesAPIStandIn.with(
             defaultText: "answered",
             answer: { _ in
-                Date() < reset
+                let reset = resetBox.withLock { box in
+                    if box == nil { box = Date().addingTimeInterval(45) }
+                    return box!
+                }
+                return Date() < reset
                     ? .init(headers: Self.unified(fiveHour: 0.7, reset: reset))
                     : .init(headers: Self.unified(fiveHour: 0.05, reset: reset.addingTimeInterval(5 * 3600)))
             }
@@ -69,6 +74,7 @@ struct CapacityFlowTests {
             let requester = try await flow.requester("rhea")
             let first = try await flow.cli(requester, ["submit", "--prompt", "first", "--max-price", "5", "--wait"])
             #expect(first.stdout.contains("answered"), "\(first.stdout) \(first.stderr)")
+            let reset = try #require(resetBox.withLock { $0 })
             try await provider.waitFor("the offer is paused until", timeout: 30)
             #expect(
                 provider.output.contains("five_hour window is at 70 %, past the share of 60 %"), "\(provider.output)")
@@ -86,6 +92,8 @@ struct CapacityFlowTests {
                 log: requester.appending(path: "second.log"))
             defer { second.stop() }
             try await second.waitFor("capacity returns at", timeout: 30)
+            try await second.waitFor("posted: open", timeout: 30)
+            #expect(second.output.contains("(no provider can take it now; capacity returns at"), "\(second.output)")
             #expect(!second.output.contains("answered"))
             #expect(try await flow.tasks(state: "open").count == 1)
             // At the reset the offer comes back by itself and takes the task.
@@ -137,6 +145,11 @@ struct CapacityFlowTests {
             #expect(adaPeer["balance"] as? Int == 0 && adaPeer["heldBack"] as? Int == 0, "\(adaPeer)")
             #expect((benPeer["balance"] as? Int ?? 0) + (benPeer["heldBack"] as? Int ?? 0) > 0, "\(benPeer)")
             #expect((adaPeer["reputation"] as? [String: Any])?["samples"] as? Int == 0, "\(adaPeer)")
+            #expect(adaPeer["handBacks"] as? Int == 1 && benPeer["handBacks"] as? Int == 0)
+            let dashboard = try await offPool { try LoopbackHTTP.get(flow.market.httpBase + "/").body }
+            let page = String(decoding: dashboard, as: UTF8.self)
+            #expect(page.contains("capacity hand-backs") && page.contains("returns 20"), "dashboard")
+            #expect(page.contains("capacity now: 1 free slot(s); 1 more return, the first at"))
             let paused = try #require(try await offer(flow, of: adaHome))
             let until = try #require(paused["pausedUntilMs"] as? Int, "\(paused)")
             #expect(abs(Double(until) / 1000 - reset.timeIntervalSince1970) < 2)

@@ -62,6 +62,8 @@ import Testing
         ("egress.allowlist", "host:0"), ("egress.allowlist", "10.0.0.999:80"),
         ("claude.apiBaseURL", "http://example.com"),
         ("claude.apiBaseURL", "https://example.com/v1"), ("docker.cpuShares", "1"), ("security.keyRotationDays", "366"),
+        ("capacity.fiveHourShare", "1.5"), ("capacity.weeklyShare", "-0.1"), ("capacity.perMinuteShare", "most"),
+        ("capacity.fiveHourShare", "0.333"),
     ])
     func badValuesAreRefusedAndNothingIsWritten(key: String, value: String) throws {
         _ = try store().set([("limits.weeklyTasks", "30")])
@@ -89,6 +91,22 @@ import Testing
             "\($0)".contains("unknown config key 'limits.daylyTasks'") && "\($0)".contains("limits.dailyTasks")
         }
         #expect(!FileManager.default.fileExists(atPath: paths.configFile.path))
+    }
+
+    /// A config from before the gateway held the subscription names the login volume: the error
+    /// says what replaced it, and `config --unset` takes it out.
+    @Test func aRetiredKeySaysWhatReplacedItAndCanBeRemoved() throws {
+        try paths.prepare()
+        try Data(#"{"claude.loginVolume": "claude-max-market-login", "limits.dailyTasks": 3}"#.utf8).write(
+            to: paths.configFile)
+        #expect { try store().resolve() } throws: {
+            "\($0)".contains("'claude.loginVolume'") && "\($0)".contains("claude.oauthTokenFile")
+                && "\($0)".contains("config --unset claude.loginVolume")
+        }
+        try store().unset(["claude.loginVolume"])
+        let config = try store().resolve()
+        #expect(config.integer(.dailyTasks) == 3)
+        #expect(config.hundredths(.capacityFiveHourShare) == 100)
     }
 
     @Test func aBadFileOrEnvironmentValueFailsResolution() throws {

@@ -80,6 +80,8 @@ public struct TaskTransition: Sendable, Equatable {
     public var providerSettled: Bool
     /// True when the task went back to `open` for another provider.
     public var reopened: Bool
+    /// The provider that handed the task back for its capacity (counted, with no blame).
+    public var handedBackBy: PeerID? = nil
 }
 
 /// What settlement needs to know about the provider, read in the same transaction.
@@ -190,6 +192,7 @@ public struct TaskStateMachine: Sendable {
         case (.handBack(let by, let reason), .assigned), (.handBack(let by, let reason), .running):
             try requireProvider(by, task, event)
             transition.task.rejections += 1
+            transition.handedBackBy = by
             let again = transition.task.rejections <= rules.maxRejectionRematches
             try loseProvider(
                 &transition, nowMs: nowMs, reopen: again, reason: "handed back by the provider (capacity): \(reason)")
