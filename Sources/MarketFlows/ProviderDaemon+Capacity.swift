@@ -10,10 +10,15 @@ import Participant
 extension ProviderDaemon {
     /// Works out the pause from the stored readings; says when it starts or ends, and sets the
     /// timer for the reset. The caller advertises the offer as it then is.
-    func followCapacity(config: ResolvedConfig) {
+    func followCapacity(config: ResolvedConfig, fromTimer: Bool = false) {
         let readings = (try? AccountLimitStore(database: database).all()) ?? []
         let pause = CapacityShares(config: config).pause(for: readings, now: settings.now())
-        guard pause != capacityPause else { return }
+        if fromTimer { capacityTimer = nil }
+        guard pause != capacityPause else {
+            // A timer that woke a moment early finds the same pause: it waits again.
+            if let pause, capacityTimer == nil { armCapacityTimer(pause) }
+            return
+        }
         let was = capacityPause
         capacityPause = pause
         capacityTimer?.cancel()
@@ -28,17 +33,21 @@ extension ProviderDaemon {
         let until = Matching.time(pause.until.unixMilliseconds)
         note("capacity: \(pause.reason); the offer is paused until \(until)")
         audit("provider.capacity-paused", ["window": pause.window, "until": until, "reason": pause.reason])
+        armCapacityTimer(pause)
+    }
+
+    private func armCapacityTimer(_ pause: CapacityPause) {
         let sleepUntil = settings.sleepUntil
         capacityTimer = Task { [weak self] in
             do { try await sleepUntil(pause.until) } catch { return }
-            await self?.capacityMayHaveChanged()
+            await self?.capacityMayHaveChanged(fromTimer: true)
         }
     }
 
     /// After a job's readings were stored, or at a reset: advertises again when the pause changed.
-    func capacityMayHaveChanged() async {
+    func capacityMayHaveChanged(fromTimer: Bool = false) async {
         let before = capacityPause
-        followCapacity(config: reloadConfig() ?? basePipeline.config)
+        followCapacity(config: reloadConfig() ?? basePipeline.config, fromTimer: fromTimer)
         if capacityPause != before { await connected() }
     }
 

@@ -40,7 +40,7 @@ public actor ProviderDaemon {
         /// give their own: nothing sleeps for hours).
         public var now: @Sendable () -> Date = { Date() }
         public var sleepUntil: @Sendable (Date) async throws -> Void = { date in
-            try await Task.sleep(for: .milliseconds(max(0, Int64(date.timeIntervalSinceNow * 1000))))
+            try await Task.sleep(for: .milliseconds(max(0, Int64((date.timeIntervalSinceNow * 1000).rounded(.up)))))
         }
         public init() {}
     }

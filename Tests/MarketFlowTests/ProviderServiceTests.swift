@@ -86,6 +86,65 @@ struct ProviderServiceTests {
             try await docker.removeContainer(theirs, force: true)
         }
     }
+
+    /// Capacity on an injected clock: the stored windows say the 5-hour window is 90 % used
+    /// until three hours from now and the provider shares 60 %: its offer is in the book paused
+    /// until then. The clock moves three hours on, the reset's timer fires at once, and the
+    /// offer is back — with no one sleeping for hours.
+    @Test func theOfferReturnsAtTheResetOnAnInjectedClock() async throws {
+        let flow = try await Flow.start()
+        defer { flow.stopAll() }
+        let home = try await flow.provider("cleo", price: "3", settings: ["capacity.fiveHourShare=0.6"])
+        let environment = CLIRunner.baseEnvironment(home: home)
+        let paths = ParticipantPaths(environment: environment)
+        let database = try StateDatabase(paths: paths)
+        let config = try ConfigStore(paths: paths, environment: environment).resolve()
+        let (keys, _) = try KeyStore(directory: paths.keysDirectory).loadOrCreate(now: Date(), rotationDays: 90)
+        let start = Date()
+        let reset = start.addingTimeInterval(3 * 3600)
+        try AccountLimitStore(database: database).record([
+            LimitReading(window: "five_hour", status: "allowed", utilization: 0.9, resetsAt: reset, observedAt: start)
+        ])
+        let clock = LockedBox(start)
+        let woken = Latch()
+        let url = flow.url
+        let makeSession: ProviderService.SessionFactory = { onConnect, onDisconnect in
+            var hooks = MarketSession.Hooks()
+            hooks.onConnect = onConnect
+            hooks.onDisconnect = onDisconnect
+            return MarketSession(
+                keys: keys, settings: SessionSettings(url: url), outbox: Outbox(database: database), hooks: hooks)
+        }
+        let events = EventLog()
+        var service = ProviderService(
+            database: database, config: config, paths: paths, backend: .command(["cat"]),
+            offer: AdvertiseBody(price: 3_000_000, slots: 1))
+        service.settings.now = { clock.withLock { $0 } }
+        service.settings.sleepUntil = { date in
+            await woken.wait()
+            #expect(date.unixMilliseconds == reset.unixMilliseconds)
+        }
+        service.report = { events.append($0.message) }
+        let daemon = service
+        let stop = Latch()
+        try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
+            docker in
+            let running = Task { try await daemon.run(docker: docker, makeSession: makeSession, until: stop.wait) }
+            try await events.waitFor("offer paused in the book until", timeout: 30)
+            #expect(events.contains("five_hour window is at 90 %, past the share of 60 %"))
+            let offers = try await flow.get("/v1/offers") as? [[String: Any]] ?? []
+            #expect(offers.first?["pausedUntilMs"] as? Int == Int(reset.unixMilliseconds), "\(offers)")
+            // Three hours later, by the injected clock: the timer's wait ends, the offer is back.
+            clock.withLock { $0 = reset.addingTimeInterval(1) }
+            woken.open()
+            try await events.waitFor("capacity returned", timeout: 30)
+            try await events.waitFor("offer live", timeout: 30)
+            let back = try await flow.get("/v1/offers") as? [[String: Any]] ?? []
+            #expect(back.count == 1 && back.first?["pausedUntilMs"] == nil, "\(back)")
+            stop.open()
+            try await running.value
+        }
+    }
 }
 
 /// The daemon's events, in order.

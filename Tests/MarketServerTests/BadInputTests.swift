@@ -52,6 +52,17 @@ import Testing
                     try await a.refused(.taskPost, PostBody(taskId: "../etc", maxPrice: micro(1))) == "invalid_body")
                 #expect(
                     try await a.refused(.offerAdvertise, AdvertiseBody(price: micro(1), slots: 0)) == "invalid_body")
+                // A pause needs both its time and its window, each well-formed.
+                var pausedAlone = AdvertiseBody(price: micro(1), slots: 1)
+                pausedAlone.pausedUntilMs = 1_796_000_000_000
+                #expect(try await a.refused(.offerAdvertise, pausedAlone) == "invalid_body")
+                var badWindow = pausedAlone
+                badWindow.pausedFor = "../five_hour"
+                #expect(try await a.refused(.offerAdvertise, badWindow) == "invalid_body")
+                var badTime = badWindow
+                badTime.pausedFor = "five_hour"
+                badTime.pausedUntilMs = -1
+                #expect(try await a.refused(.offerAdvertise, badTime) == "invalid_body")
                 #expect(try await a.refused(.challenge, ChallengeBody(nonce: "x")) == "not_allowed")
                 // Market rules.
                 #expect(try await a.refused(.bidPlace, BidBody(taskId: "nothing", price: micro(1))) == "unknown_task")
@@ -68,6 +79,9 @@ import Testing
                     #expect(try await a.refused(.jobApproved, TaskRefBody(taskId: "mine")) == "not_a_party")
                     try await market.connect(carol) { (c: MarketConnection) async throws in
                         #expect(try await c.refused(.jobAccept, TaskRefBody(taskId: "mine")) == "not_a_party")
+                        #expect(
+                            try await c.refused(.jobHandback, ReasonBody(taskId: "mine", reason: "capacity"))
+                                == "not_a_party")
                         #expect(
                             try await c.refused(.payloadDeliver, SealedBody(taskId: "mine", sealed: "eA=="))
                                 == "not_a_party")
