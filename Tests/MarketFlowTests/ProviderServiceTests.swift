@@ -15,10 +15,9 @@ import Testing
 struct ProviderServiceTests {
     init() async throws { try await Flow.ensureImage() }
 
-    @Test func oneDaemonPerHomeWhatADeadOneLeftGoesAndAStopWithdrawsTheOffer() async throws {
-        let flow = try await Flow.start()
-        defer { flow.stopAll() }
-        let home = try await flow.provider("vera", price: "3")
+    /// The provider of `home` in-process (a `cat` backend at 3 RUV), the session it connects
+    /// with, and what it reports.
+    static func service(_ home: URL, flow: Flow) throws -> (ProviderService, ProviderService.SessionFactory, EventLog) {
         let environment = CLIRunner.baseEnvironment(home: home)
         let paths = ParticipantPaths(environment: environment)
         let database = try StateDatabase(paths: paths)
@@ -37,6 +36,15 @@ struct ProviderServiceTests {
             database: database, config: config, paths: paths, backend: .command(["cat"]),
             offer: AdvertiseBody(price: 3_000_000, slots: 1))
         service.report = { events.append($0.message) }
+        return (service, makeSession, events)
+    }
+
+    @Test func oneDaemonPerHomeWhatADeadOneLeftGoesAndAStopWithdrawsTheOffer() async throws {
+        let flow = try await Flow.start()
+        defer { flow.stopAll() }
+        let home = try await flow.provider("vera", price: "3")
+        let (service, makeSession, events) = try Self.service(home, flow: flow)
+        let (paths, environment) = (service.paths, CLIRunner.baseEnvironment(home: home))
         let daemon = service
         let stop = Latch()
 
@@ -95,36 +103,20 @@ struct ProviderServiceTests {
         let flow = try await Flow.start()
         defer { flow.stopAll() }
         let home = try await flow.provider("cleo", price: "3", settings: ["capacity.fiveHourShare=0.6"])
-        let environment = CLIRunner.baseEnvironment(home: home)
-        let paths = ParticipantPaths(environment: environment)
-        let database = try StateDatabase(paths: paths)
-        let config = try ConfigStore(paths: paths, environment: environment).resolve()
-        let (keys, _) = try KeyStore(directory: paths.keysDirectory).loadOrCreate(now: Date(), rotationDays: 90)
+        let (base, makeSession, events) = try Self.service(home, flow: flow)
+        var service = base
         let start = Date()
         let reset = start.addingTimeInterval(3 * 3600)
-        try AccountLimitStore(database: database).record([
+        try AccountLimitStore(database: service.database).record([
             LimitReading(window: "five_hour", status: "allowed", utilization: 0.9, resetsAt: reset, observedAt: start)
         ])
         let clock = LockedBox(start)
         let woken = Latch()
-        let url = flow.url
-        let makeSession: ProviderService.SessionFactory = { onConnect, onDisconnect in
-            var hooks = MarketSession.Hooks()
-            hooks.onConnect = onConnect
-            hooks.onDisconnect = onDisconnect
-            return MarketSession(
-                keys: keys, settings: SessionSettings(url: url), outbox: Outbox(database: database), hooks: hooks)
-        }
-        let events = EventLog()
-        var service = ProviderService(
-            database: database, config: config, paths: paths, backend: .command(["cat"]),
-            offer: AdvertiseBody(price: 3_000_000, slots: 1))
         service.settings.now = { clock.withLock { $0 } }
         service.settings.sleepUntil = { date in
             await woken.wait()
             #expect(date.unixMilliseconds == reset.unixMilliseconds)
         }
-        service.report = { events.append($0.message) }
         let daemon = service
         let stop = Latch()
         try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
