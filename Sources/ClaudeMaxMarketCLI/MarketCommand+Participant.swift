@@ -17,7 +17,8 @@ struct MarketStatusCommand: AsyncParsableCommand {
         abstract: "What the market at market.url reports: health, counts, books, version."
     )
 
-    @Option(help: "The market's WebSocket URL (default: the market.url config key).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: the market.url config key).", transform: MarketURL.argument)
+    var url: MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     struct Participant: Codable {
@@ -38,7 +39,7 @@ struct MarketStatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         let context = CommandContext()
-        let marketURL = try url ?? context.config().text(.marketURL)
+        let marketURL = try url?.text ?? context.config().text(.marketURL)
         do {
             _ = try MarketViewsClient.httpBase(of: marketURL)
         } catch {

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import Logging
 import MarketClient
@@ -22,12 +23,12 @@ struct MarketLink {
     let ring: KeyRing
     let url: String
 
-    init(url: String? = nil, context: CommandContext = CommandContext()) throws {
+    init(url: MarketURL? = nil, context: CommandContext = CommandContext()) throws {
         self.context = context
         config = try context.config()
         database = try context.database()
         ring = try context.keyRing(database: database, config: config)
-        self.url = url ?? config.text(.marketURL)
+        self.url = url?.text ?? config.text(.marketURL)
     }
 
     var me: String { ring.peerID.rawValue }
@@ -128,7 +129,7 @@ struct MarketLink {
         do {
             return try await MarketViewsClient.with(url: url) { try await $0.get(type, path) }
         } catch let error as MarketViewsError {
-            if case .notWebSocketURL = error { throw CLIError(error.description, exitCode: 2) }
+            if case .notMarketURL = error { throw CLIError(error.description, exitCode: 2) }
             throw CLIError(error.description)
         } catch {
             throw CLIError("the market at \(url) is unreachable (\(error))", exitCode: MarketExit.unreachable)
@@ -216,5 +217,13 @@ enum PriceArgument {
             throw CLIError("\(option) '\(text)' must be above zero (whole credits, up to six decimals)", exitCode: 2)
         }
         return credits.micro
+    }
+}
+
+/// `--url` is checked when the arguments are parsed: a bad one stops the command, with the
+/// reason, before it reads a file or opens a connection.
+extension MarketURL {
+    static func argument(_ text: String) throws -> MarketURL {
+        do { return try MarketURL(validating: text) } catch { throw ValidationError("\(error)") }
     }
 }

@@ -64,7 +64,8 @@ struct AdvertiseCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var offer: OfferOptions
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -98,7 +99,8 @@ struct WithdrawCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "withdraw", abstract: "Take this provider's offer off the market (running jobs continue).")
 
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -118,7 +120,8 @@ struct BidCommand: AsyncParsableCommand {
     @Option(name: .customLong("task-id"), help: "The open task.") var taskId: String
     @Option(help: "Your price, whole credits, at most the task's maximum.") var price: String
     @Option(help: "A queued bid older than this is never sent (e.g. 60s, 5m).") var expires = "5m"
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -156,7 +159,8 @@ struct ProvideCommand: AsyncParsableCommand {
         .claude
     @Option(help: ArgumentHelp("Image (default: docker.image).", valueName: "IMAGE")) var image: String?
     @OptionGroup var offer: OfferOptions
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Option(help: "On stop: how long running jobs may finish before they are handed back.") var drain = "30s"
     @Flag(name: .customLong("no-bid"), help: "Do not bid on open tasks (only standing-offer matches).") var noBid =
         false

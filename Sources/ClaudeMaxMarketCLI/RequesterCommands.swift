@@ -15,7 +15,8 @@ struct TasksCommand: AsyncParsableCommand {
     @Flag(help: "Only tasks this home posted or ran (kept locally).") var mine = false
     @Option(help: "Only tasks in this state (open, assigned, running, delivered, settled, refunded, …).") var state:
         String?
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -77,7 +78,8 @@ struct CancelCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cancel", abstract: "Cancel an open task you posted; its escrow comes back.")
     @Option(name: .customLong("task-id"), help: "The task.") var taskId: String
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -89,7 +91,8 @@ struct AcceptCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "accept", abstract: "Accept a delivered result: the provider is paid from escrow.")
     @Option(name: .customLong("task-id"), help: "The task.") var taskId: String
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -103,7 +106,8 @@ struct DisputeCommand: AsyncParsableCommand {
         abstract: "Dispute a delivered result: the escrow is held until the market's operator decides.")
     @Option(name: .customLong("task-id"), help: "The task.") var taskId: String
     @Option(help: "Why (1…1000 characters; the provider sees it).") var reason: String
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -113,7 +117,7 @@ struct DisputeCommand: AsyncParsableCommand {
 }
 
 enum TaskMessage {
-    static func send(_ type: MessageType, _ body: some WireBody, taskId: String, url: String?, json: Bool)
+    static func send(_ type: MessageType, _ body: some WireBody, taskId: String, url: MarketURL?, json: Bool)
         async throws
     {
         do { try body.validate(limits: WireLimits()) } catch { throw CLIError(error.message, exitCode: 2) }
@@ -130,7 +134,8 @@ enum TaskMessage {
 struct BalanceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "balance", abstract: "Your credits on the market: available, in escrow, held back.")
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     struct Report: Codable {
@@ -160,7 +165,8 @@ struct ReputationCommand: AsyncParsableCommand {
         commandName: "reputation",
         abstract: "A peer's reputation (yours by default): score, outcomes counted, tier, and the outcomes.")
     @Argument(help: "The peer id (default: yours).") var peer: String?
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     struct Report: Codable {

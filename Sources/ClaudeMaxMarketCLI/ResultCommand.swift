@@ -33,7 +33,8 @@ struct ResultCommand: AsyncParsableCommand {
         help: ArgumentHelp("A workspace job: write its patch (a git diff) to FILE.", valueName: "FILE"))
     var patchOut: String?
     @Flag(help: "Show the whole conversation (every turn, and the tasks it went through).") var transcript = false
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON.") var json = false
 
     func validate() throws {

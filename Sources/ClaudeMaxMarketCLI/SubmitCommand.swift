@@ -49,7 +49,8 @@ struct SubmitCommand: AsyncParsableCommand {
         name: .customLong("follow-up"),
         help: ArgumentHelp("Continue the conversation of an earlier task of this home.", valueName: "TASK_ID"))
     var followUp: String?
-    @Option(help: "The market's WebSocket URL (default: market.url).") var url: String?
+    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
+        MarketURL?
     @Flag(help: "Print JSON lines.") var json = false
 
     func validate() throws {

@@ -39,6 +39,8 @@ public final class MarketConnection: Sendable {
         clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) },
         openTimeout: Duration = .seconds(10), _ body: @escaping @Sendable (MarketConnection) async throws -> T
     ) async throws -> T {
+        // Checked before anything connects: a port past 65535 must not wrap to another market's.
+        do { _ = try MarketURL(validating: url) } catch { throw MarketClientError("\(error)") }
         let result = ResultBox<T>()
         let opened = Once()
         try await Self.openingWithin(openTimeout, url: url, opened: opened) {

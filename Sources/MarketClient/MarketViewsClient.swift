@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import MarketCore
 import NIOCore
 
 /// The market's read views over HTTP (`/health`, `/v1/…`), reached from its WebSocket URL: one
@@ -11,9 +12,10 @@ public struct MarketViewsClient: Sendable {
 
     /// `ws://host:port/market` → `http://host:port` (`wss` → `https`).
     public static func httpBase(of url: String) throws(MarketViewsError) -> String {
-        guard var components = URLComponents(string: url), let scheme = components.scheme,
-            scheme == "ws" || scheme == "wss", components.host != nil
-        else { throw .notWebSocketURL(url) }
+        let checked: MarketURL
+        do { checked = try MarketURL(validating: url) } catch { throw .notMarketURL(error) }
+        guard var components = URLComponents(string: checked.text), let scheme = components.scheme?.lowercased()
+        else { throw .notMarketURL(MarketURLError(url: url, reason: "it does not parse as a URL")) }
         components.scheme = scheme == "wss" ? "https" : "http"
         components.path = ""
         return components.string ?? url
@@ -57,12 +59,12 @@ public struct MarketViewsClient: Sendable {
 }
 
 public enum MarketViewsError: Error, CustomStringConvertible, Equatable {
-    case notWebSocketURL(String)
+    case notMarketURL(MarketURLError)
     case status(url: String, code: Int)
 
     public var description: String {
         switch self {
-        case .notWebSocketURL(let url): "'\(url)' is not a ws:// or wss:// URL"
+        case .notMarketURL(let error): error.description
         case .status(let url, let code): "\(url) answered \(code)"
         }
     }

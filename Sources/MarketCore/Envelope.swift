@@ -1,6 +1,6 @@
 import Foundation
 
-/// The message types of the wire protocol (DESIGN.md). An unknown type is refused by name.
+/// The message types of the wire protocol (docs/PROTOCOL.md). An unknown type is refused by name.
 public enum MessageType: String, Codable, Sendable, CaseIterable {
     case hello, challenge, auth
     case offerAdvertise = "offer.advertise"

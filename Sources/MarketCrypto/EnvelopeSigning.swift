@@ -94,7 +94,7 @@ public final class MemoryReplayCache: ReplayCache, Sendable {
     }
 }
 
-/// Signs and verifies wire envelopes (DESIGN.md): Ed25519 over the domain-separated,
+/// Signs and verifies wire envelopes (docs/PROTOCOL.md): Ed25519 over the domain-separated,
 /// length-prefixed fields; timestamps within ±`window`; nonces never reused per peer.
 public struct EnvelopeVerifier: Sendable {
     public static let defaultWindowMs: Int64 = 5 * 60 * 1000

@@ -294,8 +294,9 @@ public final class MarketServer: Service, Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        // Peer-written text (dispute reasons, key documents) is in these answers: never sniffed as HTML.
         return Response(
-            status: status, headers: [.contentType: "application/json"],
+            status: status, headers: [.contentType: "application/json", .xContentTypeOptions: "nosniff"],
             body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 

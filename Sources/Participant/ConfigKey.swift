@@ -79,7 +79,7 @@ public struct ConfigKey: Sendable, Hashable {
         case .boolean: "true or false"
         case .choice(let options): "one of: \(options.joined(separator: ", "))"
         case .text(let maxLength): "text of 1 to \(maxLength) characters without control characters"
-        case .webSocketURL: "a ws:// or wss:// URL"
+        case .webSocketURL: MarketURL.allowed
         case .httpsBaseURL: "an https:// URL without a path (http:// only to 127.0.0.1 or localhost)"
         case .decimal(let range): "a number from \(range.lowerBound) to \(range.upperBound), at most two decimals"
         case .credits(let range):
@@ -114,9 +114,7 @@ public struct ConfigKey: Sendable, Hashable {
             else { return nil }
             return .text(text)
         case .webSocketURL:
-            guard let url = URL(string: text), let scheme = url.scheme, ["ws", "wss"].contains(scheme),
-                url.host?.isEmpty == false
-            else { return nil }
+            guard (try? MarketURL(validating: text)) != nil else { return nil }
             return .text(text)
         case .decimal(let range):
             let parts = text.split(separator: ".", omittingEmptySubsequences: false)

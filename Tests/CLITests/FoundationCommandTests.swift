@@ -134,6 +134,25 @@ import Testing
         #expect(try Data(contentsOf: configFile) == before)
     }
 
+    /// A market URL whose port does not fit, or that holds a control character, is refused
+    /// wherever it is read (config, the environment, `--url`): never a crash, never another port.
+    @Test func aBadMarketURLIsRefusedEverywhereItIsRead() throws {
+        let set = try run("config", "--set", "market.url=ws://127.0.0.1:99999/market")
+        #expect(set.exitCode != 0 && set.stderr.contains("port from 1 to 65535"), "\(set.stderr)")
+        let fromEnvironment = try run("balance", environment: ["CMM_MARKET_URL": "ws://127.0.0.1:99999/market"])
+        #expect(fromEnvironment.exitCode == 1 && fromEnvironment.stderr.contains("CMM_MARKET_URL"))
+        for bad in ["ws://127.0.0.1:99999/market", "ws://127.0.0.1:8080/\u{202E}m", "ws://127.0.0.1:8080/a b"] {
+            for command in [["balance"], ["market", "status"], ["tasks"], ["provide"]] {
+                let rest = command == ["provide"] ? ["--backend", "command", "--", "cat"] : []
+                let result = try CLIRunner.run(command + ["--url", bad] + rest, home: home.url)
+                // Refused as the arguments are parsed (64, a usage error), before anything else.
+                #expect(result.exitCode == 64, "\(command) \(bad): \(result.exitCode) \(result.stderr)")
+                #expect(result.stderr.contains("is not a market URL"), "\(command): \(result.stderr)")
+            }
+        }
+        #expect(try run("config", "--get", "market.url").stdout.contains("ws://127.0.0.1:8080/market"))
+    }
+
     @Test func limitsSetAndShow() throws {
         let set = try run(
             "limits", "--daily", "3", "--weekly", "10", "--monthly", "30", "--tokens-daily", "9000",

@@ -63,7 +63,7 @@ import Testing
         let closed = try CLIRunner.run(["market", "status", "--url", "ws://127.0.0.1:9/market"], home: home.url)
         #expect(closed.exitCode == 1 && closed.stderr.contains("did not answer"), "\(closed.stderr)")
         let bad = try CLIRunner.run(["market", "status", "--url", "http://x"], home: home.url)
-        #expect(bad.exitCode == 2 && bad.stderr.contains("is not a ws:// or wss:// URL"))
+        #expect(bad.exitCode == 64 && bad.stderr.contains("is not a market URL: the scheme must be ws:// or wss://"))
     }
 
     @Test func serveRefusesBadOptionsAndStopsGracefullyOnSIGTERM() throws {

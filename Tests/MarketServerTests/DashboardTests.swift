@@ -107,6 +107,18 @@ import Testing
         }
     }
 
+    /// The read views carry peer-written text (dispute reasons, key documents): a browser is
+    /// told never to sniff them as anything but JSON.
+    @Test func theReadViewsAreNeverSniffed() async throws {
+        try await TestMarket.with { market in
+            for path in ["/v1/offers", "/v1/stats", "/v1/tasks", "/v1/peers/nobody"] {
+                let headers = try await LoopbackHTTP.headers(market.httpBase + path)
+                #expect(headers.contains("x-content-type-options: nosniff"), "\(path): \(headers)")
+                #expect(headers.contains { $0.hasPrefix("content-type: application/json") }, "\(path)")
+            }
+        }
+    }
+
     @Test func noDashboardMeansNoPage() async throws {
         try await TestMarket.with(configure: { $0.dashboard = false }) { market in
             let page = try await LoopbackHTTP.fetch(market.httpBase + "/")

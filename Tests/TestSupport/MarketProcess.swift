@@ -89,6 +89,18 @@ public enum LoopbackHTTP {
         return (status, Data(lines.joined(separator: "\n").utf8))
     }
 
+    /// The response's header lines, lowercased, off the concurrency pool.
+    public static func headers(_ url: String) async throws -> [String] {
+        try await offPool {
+            let result = try CLIRunner.runProcess(
+                URL(fileURLWithPath: "/usr/bin/env"),
+                ["curl", "-sS", "--max-time", "60", "-D", "-", "-o", "/dev/null", url],
+                environment: ProcessInfo.processInfo.environment)
+            guard result.exitCode == 0 else { throw CLIRunnerError(description: "curl \(url): \(result.stderr)") }
+            return result.stdout.lowercased().split(separator: "\r\n").map(String.init)
+        }
+    }
+
     public static func json(_ url: String) throws -> Any {
         try JSONSerialization.jsonObject(with: try get(url).body, options: [.fragmentsAllowed])
     }

@@ -204,7 +204,7 @@ public struct OfferCandidate: Sendable, Equatable {
     public var freeSlots: Int { max(0, offer.slots - busySlots) }
 }
 
-/// First-accept matching (DESIGN.md): eligibility and order.
+/// First-accept matching (docs/PROTOCOL.md, "Rules a client can rely on"): eligibility and order.
 public enum Matching {
     /// Why one offer cannot take a task, or nil when it can.
     public static func ineligibility(

@@ -95,7 +95,7 @@ public struct ProviderStanding: Sendable, Equatable {
     }
 }
 
-/// The task lifecycle (DESIGN.md, issue "Market server"): a pure function from a task, an event
+/// The task lifecycle (docs/PROTOCOL.md, "Task states and money"): a pure function from a task, an event
 /// and the time to a transition or a refusal. Every state change names its ledger movements.
 ///
 /// ```
