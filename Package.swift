@@ -195,6 +195,7 @@ let package = Package(
             ],
             path: "Tests/TestSupport"
         ),
+        .target(name: "TestTraits", dependencies: ["TestSupport"], path: "Tests/TestTraits"),
         .testTarget(name: "MarketCoreTests", dependencies: ["MarketCore", "TestSupport"]),
         .testTarget(name: "WorkspaceTests", dependencies: ["Workspace", "TestSupport"]),
         .testTarget(name: "MarketCryptoTests", dependencies: ["MarketCrypto", "TestSupport"], exclude: ["Interop"]),
@@ -208,7 +209,8 @@ let package = Package(
         .testTarget(
             name: "JobRunnerTests",
             dependencies: [
-                "JobRunner", "DockerEngine", "TestSupport", "MarketCore", "Workspace", "claude-max-market",
+                "JobRunner", "DockerEngine", "TestSupport", "TestTraits", "MarketCore", "Workspace",
+                "claude-max-market",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -235,7 +237,8 @@ let package = Package(
         .testTarget(
             name: "MarketFlowTests",
             dependencies: [
-                "TestSupport", "DockerEngine", "MarketClient", "MarketCrypto", "MarketCore", "MarketFlows",
+                "TestSupport", "TestTraits", "DockerEngine", "MarketClient", "MarketCrypto", "MarketCore",
+                "MarketFlows",
                 "Participant", "JobRunner", "Workspace", "claude-max-market",
             ],
             exclude: ["Browser"]

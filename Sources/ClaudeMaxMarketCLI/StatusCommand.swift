@@ -151,8 +151,11 @@ extension StatusCommand {
             market.balance = peer.balance
             market.offerLive = offers.contains { $0.provider == me }
         } catch {
-            market.note = "\(error)".contains("404") ? "the market has not seen this peer yet" : "no answer"
-            market.reachable = "\(error)".contains("404")
+            // A 404 for this peer is an answer: the market is there and has not seen it yet.
+            let unseen =
+                (error as? MarketViewsError).map { if case .status(_, 404) = $0 { true } else { false } } ?? false
+            market.note = unseen ? "the market has not seen this peer yet" : "no answer"
+            market.reachable = unseen
         }
         return market
     }

@@ -3,6 +3,7 @@ import Foundation
 import JobRunner
 import MarketCore
 import TestSupport
+import TestTraits
 import Testing
 import Workspace
 
@@ -13,7 +14,7 @@ import Workspace
     .enabled(
         if: ClaudeCLITestEnvironment.shouldRun, "no Docker engine or no Claude Code binary (scripts/test.sh fetches it)"
     ),
-    .serialized)
+    .serialized, .heavy)
 struct ClaudeCLITests {
     let runDirectory = TemporaryDirectory("cmm-claude-run")
     static let key = "sk-ant-api03-" + String(repeating: "ReAlKeY", count: 12)

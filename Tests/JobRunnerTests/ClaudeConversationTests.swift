@@ -3,6 +3,7 @@ import Foundation
 import JobRunner
 import MarketCore
 import TestSupport
+import TestTraits
 import Testing
 
 /// Conversations with the real Claude Code CLI: every job runs under a session of its own, its
@@ -12,7 +13,7 @@ import Testing
     .enabled(
         if: ClaudeCLITestEnvironment.shouldRun, "no Docker engine or no Claude Code binary (scripts/test.sh fetches it)"
     ),
-    .serialized)
+    .serialized, .heavy)
 struct ClaudeConversationTests {
     let runDirectory = TemporaryDirectory("cmm-conversation-run")
 

@@ -3,6 +3,7 @@ import Foundation
 import JobRunner
 import MarketCore
 import TestSupport
+import TestTraits
 import Testing
 import Workspace
 
@@ -13,7 +14,7 @@ import Workspace
     .enabled(
         if: ClaudeCLITestEnvironment.shouldRun, "no Docker engine or no Claude Code binary (scripts/test.sh fetches it)"
     ),
-    .serialized)
+    .serialized, .heavy)
 struct SubscriptionGatewayTests {
     let runDirectory = TemporaryDirectory("cmm-subscription-run")
     static let token = "sk-ant-oat01-" + String(repeating: "SuBsCrIpTiOn", count: 6)

@@ -1,5 +1,6 @@
 import Foundation
 import TestSupport
+import TestTraits
 import Testing
 
 /// Capacity that follows the account's windows, through the market with the real Claude Code
@@ -10,7 +11,7 @@ import Testing
     .enabled(
         if: ClaudeCLITestEnvironment.shouldRun, "no Docker engine or no Claude Code binary (scripts/test.sh fetches it)"
     ),
-    .serialized)
+    .serialized, .heavy)
 struct CapacityFlowTests {
     static func token(_ name: String) -> String {
         "sk-ant-oat01-" + String(repeating: name, count: 48 / name.count + 1)

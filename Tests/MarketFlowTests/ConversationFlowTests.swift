@@ -1,5 +1,6 @@
 import Foundation
 import TestSupport
+import TestTraits
 import Testing
 
 /// Conversations through the market with the real Claude Code CLI: the requester owns the
@@ -10,7 +11,7 @@ import Testing
     .enabled(
         if: ClaudeCLITestEnvironment.shouldRun, "no Docker engine or no Claude Code binary (scripts/test.sh fetches it)"
     ),
-    .serialized)
+    .serialized, .heavy)
 struct ConversationFlowTests {
     static func settings(_ standIn: MessagesAPIStandIn, extra: [String] = []) -> [String] {
         [

@@ -1,5 +1,6 @@
 import Foundation
 import TestSupport
+import TestTraits
 import Testing
 
 /// Workspace jobs through the market, every part real: `submit --dir` packs a git work tree,
@@ -128,7 +129,7 @@ struct WorkspaceFlowTests {
     .enabled(
         if: ClaudeCLITestEnvironment.shouldRun, "no Docker engine or no Claude Code binary (scripts/test.sh fetches it)"
     ),
-    .serialized)
+    .serialized, .heavy)
 struct ClaudeWorkspaceFlowTests {
     @Test func provideWithTheRealCLIEditsTheRequestersWorkspace() async throws {
         try await ClaudeCLITestEnvironment.ensureImage()
