@@ -55,7 +55,6 @@ extension ProviderDaemon {
     /// fault. The task goes back to the market for the next provider (`job.handback`), unpaid.
     func handBack(_ taskId: String, _ report: JobReport) async {
         let reason = report.error ?? "the provider's account is at its limit"
-        capacityHandBacks += 1
         note("handing task \(taskId) back: \(reason)", task: taskId)
         try? tasks.update(taskId, state: "handed-back", note: reason, at: nowMs)
         audit("market.handed-back", ["task": taskId, "reason": reason])

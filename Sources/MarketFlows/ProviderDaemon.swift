@@ -86,7 +86,6 @@ public actor ProviderDaemon {
     var capacityPause: CapacityPause?
     /// Wakes the daemon at the reset of the window that paused the offer.
     var capacityTimer: Task<Void, Never>?
-    public internal(set) var capacityHandBacks = 0
     /// Why the offer is off the market while the limits allow no other job, or nil.
     private var pausedForLimits: String?
     public private(set) var finishedJobs = 0

@@ -27,14 +27,14 @@ struct ClaudeCLITests {
 
     func run(
         _ prompt: String, standIn: MessagesAPIStandIn, workspace: WorkspaceTree? = nil,
-        tools: [String] = ["Read", "Grep", "Glob"]
+        tools: [String] = ["Read", "Grep", "Glob"], credential: ClaudeCredential = .apiKey(key)
     ) async throws -> (JobReport, Collected) {
         try await ClaudeCLITestEnvironment.ensureImage()
         return try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
             docker in
             let executor = JobExecutor(docker: docker, runDirectory: runDirectory.url)
             let options = ClaudeOptions(
-                model: "claude-sonnet-4-6", maxTurns: 8, allowedTools: tools, credential: .apiKey(Self.key),
+                model: "claude-sonnet-4-6", maxTurns: 8, allowedTools: tools, credential: credential,
                 gateway: GatewaySettings(upstream: URL(string: standIn.url)!, timeout: .seconds(30)),
                 tokenBudget: 1_000_000)
             var job = JobRequest(

@@ -16,33 +16,15 @@ import Workspace
     ),
     .serialized, .heavy)
 struct SubscriptionGatewayTests {
-    let runDirectory = TemporaryDirectory("cmm-subscription-run")
     static let token = "sk-ant-oat01-" + String(repeating: "SuBsCrIpTiOn", count: 6)
 
+    /// A job of the real CLI through the gateway, as `ClaudeCLITests` runs it, on the subscription token.
     func run(
         _ prompt: String, standIn: MessagesAPIStandIn, tools: [String] = ["Read"], workspace: WorkspaceTree? = nil,
         credential: ClaudeCredential = .oauthToken(token)
     ) async throws -> (JobReport, Collected) {
-        try await ClaudeCLITestEnvironment.ensureImage()
-        return try await DockerClient.withClient(configuration: .init(socketPath: DockerTestEnvironment.socketPath)) {
-            docker in
-            let options = ClaudeOptions(
-                model: "claude-sonnet-4-6", maxTurns: 4, allowedTools: tools, credential: credential,
-                gateway: GatewaySettings(upstream: URL(string: standIn.url)!, timeout: .seconds(30)),
-                tokenBudget: 1_000_000)
-            var job = JobRequest(
-                id: UUID().uuidString.lowercased(), prompt: Data(prompt.utf8), backend: .claude(options),
-                sandbox: ClaudeCLITests.settings, egress: nil)
-            if let workspace {
-                job.workspace = JobWorkspace(tree: workspace)
-                job.sandbox.workspaceBytes = workspace.unpackedBytes
-            }
-            let collected = Collected()
-            let report = try await JobExecutor(docker: docker, runDirectory: runDirectory.url).run(job) {
-                collected.add($0)
-            }
-            return (report, collected)
-        }
+        try await ClaudeCLITests().run(
+            prompt, standIn: standIn, workspace: workspace, tools: tools, credential: credential)
     }
 
     static func unified(fiveHour: Double, resetIn seconds: TimeInterval, status: String = "allowed") -> [(
