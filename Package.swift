@@ -27,11 +27,13 @@ let package = Package(
     ],
     targets: [
         .target(name: "MarketCore"),
+        .target(name: "MarketProtocol", dependencies: ["MarketCore"]),
         .target(name: "Workspace", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "MarketCrypto",
             dependencies: [
                 "MarketCore",
+                "MarketProtocol",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]
@@ -40,6 +42,7 @@ let package = Package(
             name: "MarketStore",
             dependencies: [
                 "MarketCore",
+                "MarketProtocol",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -51,6 +54,7 @@ let package = Package(
             name: "MarketServer",
             dependencies: [
                 "MarketCore",
+                "MarketProtocol",
                 "MarketCrypto",
                 "MarketStore",
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -68,6 +72,7 @@ let package = Package(
             name: "MarketClient",
             dependencies: [
                 "MarketCore",
+                "MarketProtocol",
                 "MarketCrypto",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -90,6 +95,7 @@ let package = Package(
             name: "Participant",
             dependencies: [
                 "MarketCore",
+                "MarketProtocol",
                 "MarketCrypto",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
@@ -117,6 +123,7 @@ let package = Package(
             name: "MarketFlows",
             dependencies: [
                 "MarketCore",
+                "MarketProtocol",
                 "Workspace",
                 "MarketCrypto",
                 "DockerEngine",
@@ -125,22 +132,38 @@ let package = Package(
                 "MarketClient",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "ParticipantCLI",
+            dependencies: [
+                "MarketFlows",
+                "Workspace",
+                "MarketCore",
+                "MarketProtocol",
+                "MarketCrypto",
+                "DockerEngine",
+                "JobRunner",
+                "Participant",
+                "MarketClient",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(
             name: "ClaudeMaxMarketCLI",
             dependencies: [
-                "MarketFlows",
-                "Workspace",
+                "ParticipantCLI",
                 "MarketCore",
-                "MarketCrypto",
-                "DockerEngine",
-                "JobRunner",
+                "MarketProtocol",
                 "Participant",
                 "MarketStore",
                 "MarketServer",
-                "MarketClient",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -154,6 +177,7 @@ let package = Package(
             name: "Benchmarks",
             dependencies: [
                 "MarketCore",
+                "MarketProtocol",
                 "MarketCrypto",
                 "DockerEngine",
                 "JobRunner",
@@ -177,13 +201,17 @@ let package = Package(
         ),
         .executableTarget(
             name: "Faults",
-            dependencies: ["MarketCore", "MarketCrypto", "MarketClient", "DockerEngine", "Participant", "TestSupport"],
+            dependencies: [
+                "MarketCore", "MarketProtocol", "MarketCrypto", "MarketClient", "DockerEngine", "Participant",
+                "TestSupport",
+            ],
             path: "Faults"
         ),
         .executableTarget(
             name: "Fuzz",
             dependencies: [
-                "MarketCore", "MarketCrypto", "Workspace", .product(name: "Crypto", package: "swift-crypto"),
+                "MarketCore", "MarketProtocol", "MarketCrypto", "Workspace",
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Fuzz"
         ),
@@ -196,9 +224,11 @@ let package = Package(
             path: "Tests/TestSupport"
         ),
         .target(name: "TestTraits", dependencies: ["TestSupport"], path: "Tests/TestTraits"),
-        .testTarget(name: "MarketCoreTests", dependencies: ["MarketCore", "TestSupport"]),
+        .testTarget(name: "MarketCoreTests", dependencies: ["MarketCore", "MarketProtocol", "TestSupport"]),
         .testTarget(name: "WorkspaceTests", dependencies: ["Workspace", "TestSupport"]),
-        .testTarget(name: "MarketCryptoTests", dependencies: ["MarketCrypto", "TestSupport"], exclude: ["Interop"]),
+        .testTarget(
+            name: "MarketCryptoTests", dependencies: ["MarketCrypto", "MarketProtocol", "TestSupport"],
+            exclude: ["Interop"]),
         .testTarget(name: "ParticipantTests", dependencies: ["Participant", "MarketCrypto", "TestSupport"]),
         .testTarget(
             name: "DockerEngineTests",
@@ -222,12 +252,16 @@ let package = Package(
         ),
         .testTarget(
             name: "MarketStoreTests",
-            dependencies: ["MarketStore", "MarketCore", "TestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "MarketStore", "MarketCore", "MarketProtocol", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "MarketServerTests",
             dependencies: [
-                "MarketServer", "MarketStore", "MarketClient", "MarketCrypto", "MarketCore", "TestSupport",
+                "MarketServer", "MarketStore", "MarketClient", "MarketCrypto", "MarketCore", "MarketProtocol",
+                "TestSupport",
                 "claude-max-market",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -238,7 +272,7 @@ let package = Package(
             name: "MarketFlowTests",
             dependencies: [
                 "TestSupport", "TestTraits", "DockerEngine", "MarketClient", "MarketCrypto", "MarketCore",
-                "MarketFlows",
+                "MarketProtocol", "MarketFlows",
                 "Participant", "JobRunner", "Workspace", "claude-max-market",
             ],
             exclude: ["Browser"]

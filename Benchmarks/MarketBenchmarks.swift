@@ -4,6 +4,7 @@ import Logging
 import MarketClient
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import MarketStore
 
 // The market group: a real `market serve` process (the release binary beside this one) on a

@@ -3,6 +3,7 @@ import Foundation
 import MarketClient
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import Participant
 import TestSupport
 

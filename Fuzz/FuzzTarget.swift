@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import Workspace
 
 // A coverage-guided fuzzer (libFuzzer) for the parsers that meet hostile bytes first: the

@@ -1,12 +1,11 @@
 import ArgumentParser
 import Foundation
 import Logging
-import MarketClient
 import MarketCore
 import MarketServer
 import MarketStore
-import NIOCore
 import Participant
+import ParticipantCLI
 import ServiceLifecycle
 
 /// `market …`: run a market server and look after its books.
@@ -16,8 +15,7 @@ struct MarketCommand: AsyncParsableCommand {
         abstract: "Run a market server, check its ledger, credit accounts, and ask a market how it is.",
         subcommands: [
             MarketServeCommand.self, MarketVerifyCommand.self, MarketMintCommand.self, MarketResolveCommand.self,
-            MarketStatusCommand.self, MarketSyncCommand.self,
-        ]
+        ] + ParticipantCommands.market
     )
 }
 
@@ -48,20 +46,6 @@ struct MarketDatabaseOptions: ParsableArguments {
     }
 }
 
-/// Durations on the command line: `500ms`, `90s`, `5m`, `24h`, `7d`.
-enum DurationArgument {
-    static func milliseconds(_ text: String, option: String) throws -> Int64 {
-        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
-        for (suffix, scale) in units where text.hasSuffix(suffix) {
-            let number = text.dropLast(suffix.count)
-            if let value = Int64(number), value > 0, value <= Int64.max / scale / 1000 { return value * scale }
-        }
-        throw CLIError(
-            "\(option) '\(text)' is not a duration: use a positive whole number with ms, s, m, h or d (90s, 24h)",
-            exitCode: 2)
-    }
-}
-
 struct MarketServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
@@ -82,23 +66,46 @@ struct MarketServeCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-dashboard"), help: "Do not serve the dashboard page at /.") var noDashboard = false
     @Option(name: .customLong("fee-bp"), help: "Market fee in basis points of the price (0…10000).") var feeBasisPoints:
         Int64 = 0
-    @Option(help: "How long a requester has to accept a result before it is accepted.") var acceptanceWindow = "24h"
-    @Option(help: "How long an assigned provider has to approve.") var approvalTimeout = "10m"
-    @Option(help: "How long an open task waits for a provider, unless it says otherwise.") var openTimeout = "1h"
-    @Option(help: "A provider silent this long loses its offers and its running tasks.") var heartbeatTimeout = "90s"
-    @Option(help: "How long a disputed task waits for `market resolve`.") var disputeWindow = "7d"
-    @Option(help: "Added to a task's own timeout before a running task counts as failed.") var runGrace = "60s"
-    @Option(help: "How often timeouts are applied.") var sweepInterval = "1s"
+    @Option(
+        help: "How long a requester has to accept a result before it is accepted.", transform: DurationArgument.argument
+    )
+    var acceptanceWindow = DurationArgument(24, .h)
+    @Option(help: "How long an assigned provider has to approve (default: 10m).", transform: DurationArgument.argument)
+    var approvalTimeout = DurationArgument(10, .m)
+    @Option(
+        help: "How long an open task waits for a provider, unless it says otherwise (default: 1h).",
+        transform: DurationArgument.argument)
+    var openTimeout = DurationArgument(1, .h)
+    @Option(
+        help: "A provider silent this long loses its offers and its running tasks (default: 90s).",
+        transform: DurationArgument.argument)
+    var heartbeatTimeout = DurationArgument(90, .s)
+    @Option(
+        help: "How long a disputed task waits for `market resolve` (default: 7d).", transform: DurationArgument.argument
+    )
+    var disputeWindow = DurationArgument(7, .d)
+    @Option(
+        help: "Added to a task's own timeout before a running task counts as failed (default: 60s).",
+        transform: DurationArgument.argument)
+    var runGrace = DurationArgument(60, .s)
+    @Option(help: "How often timeouts are applied (default: 1s).", transform: DurationArgument.argument)
+    var sweepInterval = DurationArgument(1, .s)
     @Option(help: "Settled jobs before a provider leaves the new tier.") var holdbackJobs = 3
     @Option(name: .customLong("holdback-bp"), help: "Share of a new provider's earnings held back, basis points.")
     var holdbackBasisPoints: Int64 = 2000
-    @Option(help: "Reputation half-life.") var reputationHalfLife = "30d"
+    @Option(help: "Reputation half-life (default: 30d).", transform: DurationArgument.argument)
+    var reputationHalfLife = DurationArgument(30, .d)
     @Option(help: "Frames a second per connection before rate_limited.") var frameRate: Double = 200
     @Option(
         name: .customLong("frame-log"),
         help: ArgumentHelp(
             "Append every frame in and out to FILE (debugging; frames carry only ciphertext).", valueName: "FILE"))
     var frameLog: String?
+    @Flag(
+        help: ArgumentHelp(
+            "Once listening, print one JSON line on stdout: {\"url\", \"port\", \"http\"}.",
+            discussion: "For scripts and supervisors: with --port 0, the port the system picked."))
+    var json = false
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port \(port) must be 0…65535") }
@@ -120,17 +127,16 @@ struct MarketServeCommand: AsyncParsableCommand {
     func run() async throws {
         let rules = MarketRules(
             feeBasisPoints: feeBasisPoints,
-            acceptanceWindowMs: try DurationArgument.milliseconds(acceptanceWindow, option: "--acceptance-window"),
-            approvalTimeoutMs: try DurationArgument.milliseconds(approvalTimeout, option: "--approval-timeout"),
-            runGraceMs: try DurationArgument.milliseconds(runGrace, option: "--run-grace"),
-            openTimeoutMs: try DurationArgument.milliseconds(openTimeout, option: "--open-timeout"),
-            heartbeatTimeoutMs: try DurationArgument.milliseconds(heartbeatTimeout, option: "--heartbeat-timeout"),
-            disputeWindowMs: try DurationArgument.milliseconds(disputeWindow, option: "--dispute-window"),
+            acceptanceWindowMs: acceptanceWindow.milliseconds,
+            approvalTimeoutMs: approvalTimeout.milliseconds,
+            runGraceMs: runGrace.milliseconds,
+            openTimeoutMs: openTimeout.milliseconds,
+            heartbeatTimeoutMs: heartbeatTimeout.milliseconds,
+            disputeWindowMs: disputeWindow.milliseconds,
             holdbackJobs: holdbackJobs, holdbackBasisPoints: holdbackBasisPoints,
-            reputationHalfLifeMs: try DurationArgument.milliseconds(
-                reputationHalfLife, option: "--reputation-half-life"))
+            reputationHalfLifeMs: reputationHalfLife.milliseconds)
         var configuration = MarketServerConfiguration(host: host, port: port, rules: rules)
-        configuration.sweepIntervalMs = try DurationArgument.milliseconds(sweepInterval, option: "--sweep-interval")
+        configuration.sweepIntervalMs = sweepInterval.milliseconds
         configuration.frameRate = frameRate
         configuration.frameBurst = frameRate * 2
         configuration.dashboard = !noDashboard
@@ -142,11 +148,13 @@ struct MarketServeCommand: AsyncParsableCommand {
         let location = try database.location()
         let scheme = tlsCert == nil ? "ws" : "wss"
         let host = self.host
+        let json = self.json
         try await database.withStore { store in
             let server = try MarketServer(
                 configuration: configuration, store: store, logger: logger,
                 onRunning: { port in
                     Output.note("market listening on \(scheme)://\(host):\(port)/market (books: \(location))")
+                    if json { Output.jsonLine(Listening(host: host, port: port, tls: scheme == "wss")) }
                 })
             let group = ServiceGroup(
                 configuration: .init(
@@ -154,6 +162,20 @@ struct MarketServeCommand: AsyncParsableCommand {
             do { try await group.run() } catch { throw CLIError("the market stopped: \(error)") }
         }
         Output.note("market stopped")
+    }
+}
+
+/// `market serve --json`: where the market listens, once it does.
+struct Listening: Codable {
+    var url: String
+    var port: Int
+    /// The base of the read views and the dashboard.
+    var http: String
+
+    init(host: String, port: Int, tls: Bool) {
+        url = "\(tls ? "wss" : "ws")://\(host):\(port)/market"
+        self.port = port
+        http = "\(tls ? "https" : "http")://\(host):\(port)"
     }
 }
 
@@ -165,12 +187,12 @@ struct MarketVerifyCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var database: MarketDatabaseOptions
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var output: JSONOutput
 
     func run() async throws {
         let book = MarketBook(rules: MarketRules())
         let audit = try await database.withStore { store in try await store.read { try book.audit(in: $0) } }
-        if json {
+        if output.json {
             try Output.json(audit)
         } else {
             Output.line("minted        \(audit.minted)")
@@ -200,7 +222,7 @@ struct MarketMintCommand: AsyncParsableCommand {
     @Option(help: "Whole credits, up to six decimals (e.g. 100 or 2.5).") var amount: String
     @Option(help: "Why, kept on the ledger row.") var memo = "operator mint"
     @OptionGroup var database: MarketDatabaseOptions
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var output: JSONOutput
 
     func validate() throws {
         _ = try parsed()
@@ -233,7 +255,11 @@ struct MarketMintCommand: AsyncParsableCommand {
         }
         let report = Report(
             peer: peer.rawValue, amount: credits.description, balance: balance.description, balanceMicro: balance.micro)
-        if json { try Output.json(report) } else { Output.line("minted \(credits) to \(peer); balance \(balance)") }
+        if output.json {
+            try Output.json(report)
+        } else {
+            Output.line("minted \(credits) to \(peer); balance \(balance)")
+        }
     }
 }
 

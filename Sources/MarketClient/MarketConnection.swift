@@ -3,6 +3,7 @@ import HummingbirdWSClient
 import Logging
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import NIOCore
 import Synchronization
 
@@ -171,11 +172,7 @@ public final class MarketConnection: Sendable {
     public func next(_ type: MessageType, taskId: String? = nil, timeout: Duration = .seconds(10)) async throws
         -> Envelope
     {
-        try await next(timeout: timeout) { envelope in
-            guard envelope.type == type.rawValue else { return false }
-            guard let taskId else { return true }
-            return envelope.body.contains("\"taskId\":\"\(taskId)\"")
-        }
+        try await next(timeout: timeout) { $0.concerns(type, taskId: taskId) }
     }
 
     /// Frames received and not yet taken.
@@ -200,12 +197,6 @@ public final class MarketConnection: Sendable {
 }
 
 extension Envelope {
-    /// True for the market's answer (`ack`, `pong`, `error`) to message `ref`.
-    public func refersTo(_ ref: String) -> Bool {
-        guard type == "ack" || type == "error" || type == "pong" else { return false }
-        return body.contains("\"ref\":\"\(ref)\"")
-    }
-
     public var errorBody: ErrorBody? {
         guard type == MessageType.error.rawValue else { return nil }
         return try? JSONDecoder().decode(ErrorBody.self, from: Data(body.utf8))
@@ -215,8 +206,9 @@ extension Envelope {
         try JSONDecoder().decode(T.self, from: Data(body.utf8))
     }
 
-    public func throwIfError() throws {
-        if let error = errorBody { throw MarketClientError("\(error.code): \(error.message)") }
+    /// The market's refusal, typed as the market raised it (its code and message).
+    public func throwIfError() throws(MarketError) {
+        if let body = errorBody { throw body.error }
     }
 }
 

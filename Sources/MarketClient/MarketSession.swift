@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 
 /// Where a session keeps messages until the market answers them (the participant's database).
 public protocol OutboxStorage: Sendable {
@@ -227,7 +228,7 @@ public actor MarketSession {
             framesContinuation.yield(frame)
             return
         }
-        if let error = frame.errorBody, ["rate_limited", "internal_error", "unavailable"].contains(error.code) {
+        if let error = frame.errorBody, [.rateLimited, .internalError, .unavailable].contains(error.code) {
             // Not acted on: sent again later with the same id.
             return
         }

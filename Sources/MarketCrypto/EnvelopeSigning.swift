@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import MarketCore
+import MarketProtocol
 import Synchronization
 
 /// Why an envelope was refused. `code` is what goes in the protocol's `error` frame.

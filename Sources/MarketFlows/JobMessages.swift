@@ -4,6 +4,7 @@ import JobRunner
 import MarketClient
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import Synchronization
 import Workspace
 

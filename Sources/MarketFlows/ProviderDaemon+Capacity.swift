@@ -1,6 +1,7 @@
 import Foundation
 import JobRunner
 import MarketCore
+import MarketProtocol
 import Participant
 
 /// Capacity that follows the account's windows: the gateway reads them off the API's answers
@@ -49,16 +50,5 @@ extension ProviderDaemon {
         let before = capacityPause
         followCapacity(config: reloadConfig() ?? basePipeline.config, fromTimer: fromTimer)
         if capacityPause != before { await connected() }
-    }
-
-    /// The account hit its limit during the job: not the job's failure and not the provider's
-    /// fault. The task goes back to the market for the next provider (`job.handback`), unpaid.
-    func handBack(_ taskId: String, _ report: JobReport) async {
-        let reason = report.error ?? "the provider's account is at its limit"
-        note("handing task \(taskId) back: \(reason)", task: taskId)
-        try? tasks.update(taskId, state: "handed-back", note: reason, at: nowMs)
-        audit("market.handed-back", ["task": taskId, "reason": reason])
-        _ = try? await session.enqueue(.jobHandback, ReasonBody(taskId: taskId, reason: String(reason.prefix(1000))))
-        await capacityMayHaveChanged()
     }
 }

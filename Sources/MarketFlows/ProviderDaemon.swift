@@ -5,6 +5,7 @@ import Logging
 import MarketClient
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import Participant
 import Synchronization
 import Workspace
@@ -73,13 +74,14 @@ public actor ProviderDaemon {
     var keys: KeyRing { session.keys }
 
     var offer: AdvertiseBody?
+    /// Each won task's machine: what is done for each of its frames and for how its job ended.
+    private var machines: [String: ProviderTaskMachine] = [:]
+    /// The requester's verified key document and the price, per won task: what its frames are
+    /// checked against and its results sealed to.
     private var assignments: [String: Assignment] = [:]
-    private var taken: Set<String> = []
     var running: [String: Task<Void, Never>] = [:]
-    /// Pieces of a requester's blobs (workspace, conversation) as they arrive, and payloads
-    /// that wait for the rest of theirs.
+    /// Pieces of a requester's blobs (workspace, conversation) as they arrive.
     private var inputPieces: [String: [BlobChunkBody.Blob: SealedBlob.Assembler]] = [:]
-    private var waitingForInputs: [String: JobContent.Payload] = [:]
     var optedOut = false
     var stopping = false
     /// Why the offer is paused for the account's capacity, and until when; nil while it is not.
@@ -240,44 +242,25 @@ public actor ProviderDaemon {
             else { return }
             do {
                 let document = try RelayedFrame.document(assigned.requesterKeyDocument, for: assigned.requester)
-                if assignments[assigned.taskId] == nil {
-                    note(
-                        "won task \(assigned.taskId) from \(assigned.requester) at \(Credits(micro: assigned.price))",
-                        task: assigned.taskId)
-                    try? tasks.insert(
-                        LocalMarketTask(
-                            taskId: assigned.taskId, role: "provider", state: "assigned",
-                            counterparty: assigned.requester, maxPrice: assigned.price, price: assigned.price,
-                            createdMs: nowMs, updatedMs: nowMs), prompt: nil)
-                }
                 assignments[assigned.taskId] = Assignment(requester: document, price: assigned.price)
+                await apply(.assigned(requester: assigned.requester, price: assigned.price), to: assigned.taskId)
             } catch {
-                await reject(assigned.taskId, "the requester's key document does not verify: \(error)")
+                await apply(.assignedUnverified(problem: "\(error)"), to: assigned.taskId)
             }
         case .payloadDeliver:
             await deliver(frame)
         case .blobChunk:
             await inputPiece(frame)
         case .settlement:
+            // Recorded even for a task won before a restart: the settlement may come days later.
             guard let settlement = try? frame.decodeBody(SettlementBody.self) else { return }
-            try? tasks.update(settlement.taskId, state: settlement.state, at: nowMs)
             let earned = settlement.movements.filter {
-                $0.to == "peer:\(keys.peerID.rawValue)" && $0.kind != "refund"
+                $0.to == .known(.peer(keys.peerID)) && $0.kind != .known(.refund)
             }.map(\.amount).reduce(0, +)
-            note(
-                "task \(settlement.taskId) \(settlement.state)"
-                    + (earned > 0 ? ": earned \(Credits(micro: earned))" : "")
-                    + (settlement.reason.map { " (\($0))" } ?? ""), task: settlement.taskId)
-            if ["settled", "refunded", "cancelled", "open"].contains(settlement.state) {
-                assignments[settlement.taskId] = nil
-                inputPieces[settlement.taskId] = nil
-                waitingForInputs[settlement.taskId] = nil
-            }
+            await apply(.settlement(settlement, earned: earned), to: settlement.taskId)
         case .jobDispute:
             guard let dispute = try? frame.decodeBody(ReasonBody.self) else { return }
-            try? tasks.update(dispute.taskId, state: "disputed", note: dispute.reason, at: nowMs)
-            note("task \(dispute.taskId) disputed: \(dispute.reason)", task: dispute.taskId)
-            audit("market.disputed", ["task": dispute.taskId, "reason": dispute.reason])
+            await apply(.dispute(reason: dispute.reason), to: dispute.taskId)
         case .error:
             if let error = frame.errorBody { note("market: \(error.code): \(error.message)") }
         default:
@@ -301,29 +284,73 @@ public actor ProviderDaemon {
             let ack = try await session.request(
                 .bidPlace, BidBody(taskId: open.taskId, price: offer.price), expiresMs: open.expiresMs,
                 timeout: .seconds(15))
-            note("bid on task \(open.taskId): \(ack.state ?? "sent")", task: open.taskId)
+            note("bid on task \(open.taskId): \(ack.state?.rawValue ?? "sent")", task: open.taskId)
         } catch {
             note("bid on task \(open.taskId) not taken: \(error)", task: open.taskId)
         }
     }
 
-    /// A sealed payload from the requester: checked, opened, and run.
+    /// Applies an event to the task's machine and performs what it decides, in order.
+    func apply(_ event: ProviderTaskMachine.Event, to taskId: String) async {
+        var machine = machines[taskId] ?? ProviderTaskMachine(taskId: taskId)
+        let actions = machine.apply(event)
+        machines[taskId] = machine
+        for action in actions {
+            switch action {
+            case .recordWon(let requester, let price):
+                try? tasks.insert(
+                    LocalMarketTask(
+                        taskId: taskId, role: "provider", state: .assigned, counterparty: requester, maxPrice: price,
+                        price: price, createdMs: nowMs, updatedMs: nowMs), prompt: nil)
+            case .record(let state, let note):
+                try? tasks.update(taskId, state: state, note: note, at: nowMs)
+            case .note(let text):
+                note(text, task: taskId)
+            case .audit(let kind, let details):
+                audit(kind, details)
+            case .reject(let reason):
+                _ = try? await session.enqueue(
+                    .jobRejected, ReasonBody(taskId: taskId, reason: String(reason.prefix(1000))))
+            case .awaitInputs:
+                await startIfInputsComplete(taskId)
+                if machines[taskId]?.phase == .awaitingInputs {
+                    let wait = settings.workspaceWait
+                    Task {
+                        try? await Task.sleep(for: wait)
+                        await self.apply(.inputsLate(seconds: Int(wait.inSeconds)), to: taskId)
+                    }
+                }
+            case .start(let payload, let workspace, let conversation):
+                inputPieces[taskId] = nil
+                guard let assignment = assignments[taskId] else { continue }
+                start(
+                    taskId, assignment: assignment, payload: payload, workspace: workspace, conversation: conversation)
+            case .tellMarket(let type, let reason):
+                _ = try? await session.enqueue(type, ReasonBody(taskId: taskId, reason: String(reason.prefix(1000))))
+            case .forget:
+                machines[taskId] = nil
+                assignments[taskId] = nil
+                inputPieces[taskId] = nil
+            }
+        }
+    }
+
+    /// A sealed payload from the requester: checked and opened here, then the machine's.
     func deliver(_ frame: Envelope) async {
         guard let body = try? frame.decodeBody(SealedBody.self) else { return }
         let taskId = body.taskId
-        guard !taken.contains(taskId) else { return }  // sent again after a reconnect
-        guard let assignment = assignments[taskId] else {
+        guard let assignment = assignments[taskId], let machine = machines[taskId] else {
             note("a payload for task \(taskId), which is not assigned to this provider, was ignored", task: taskId)
             return
         }
+        // Sent again after a reconnect: the job is already under way (or over).
+        guard machine.phase == .assigned else { return }
         do {
             try RelayedFrame.verify(frame, from: assignment.requester, nowMs: nowMs)
         } catch {
-            note("refused a payload for task \(taskId): \(error)", task: taskId)
-            audit("market.payload-refused", ["task": taskId, "reason": "\(error)"])
+            await apply(.payloadUnsigned(problem: "\(error)"), to: taskId)
             return
         }
-        taken.insert(taskId)
         let payload: JobContent.Payload
         do {
             guard let sealed = Data(base64Encoded: body.sealed) else { throw MarketClientError("not base64") }
@@ -333,38 +360,12 @@ public actor ProviderDaemon {
                 throw MarketClientError("the payload names task \(payload.taskId), not \(taskId)")
             }
         } catch {
-            await reject(taskId, "the payload could not be opened with this provider's keys: \(error)")
+            await apply(.payloadUnreadable(problem: "\(error)"), to: taskId)
             return
         }
-        if optedOut || stopping {
-            await reject(taskId, optedOut ? "the provider has opted out" : "the provider is stopping")
-            return
-        }
-        if payload.conversation != nil && backend.name != "claude" {
-            await reject(taskId, "this provider runs a command, not Claude Code: it cannot continue a conversation")
-            return
-        }
-        if payload.workspace != nil || payload.conversation != nil {
-            waitingForInputs[taskId] = payload
-            var parts: [String] = []
-            if let info = payload.workspace {
-                parts.append("its workspace (\(info.files) files, \(info.bytes) bytes, \(info.blob.chunks) pieces)")
-            }
-            if let info = payload.conversation {
-                parts.append("its conversation (\(info.turns) turns, \(info.blob.bytes) bytes)")
-            }
-            note("task \(taskId): waiting for " + parts.joined(separator: " and "), task: taskId)
-            await startIfInputsComplete(taskId)
-            if waitingForInputs[taskId] != nil {
-                let wait = settings.workspaceWait
-                Task {
-                    try? await Task.sleep(for: wait)
-                    await self.giveUpOnInputs(taskId, after: wait)
-                }
-            }
-            return
-        }
-        start(taskId, assignment: assignment, payload: payload, workspace: nil, conversation: nil)
+        let conditions = ProviderTaskMachine.Conditions(
+            optedOut: optedOut, stopping: stopping, runsClaude: backend.name == "claude")
+        await apply(.payload(payload, conditions), to: taskId)
     }
 
     private func start(
@@ -380,18 +381,12 @@ public actor ProviderDaemon {
         running[taskId] = job
     }
 
-    private func giveUpOnInputs(_ taskId: String, after wait: Duration) async {
-        guard let payload = waitingForInputs.removeValue(forKey: taskId) else { return }
-        inputPieces[taskId] = nil
-        let what = payload.workspace != nil ? "workspace" : "conversation"
-        await reject(taskId, "the \(what) did not arrive whole within \(Int(wait.inSeconds)) s of its payload")
-    }
-
     /// A piece of a requester's workspace or conversation: checked against the requester's key,
-    /// kept until the whole blob is there.
+    /// kept until the whole blob is there (pieces may come before the payload that names them).
     func inputPiece(_ frame: Envelope) async {
         guard let body = try? frame.decodeBody(BlobChunkBody.self), body.blob.fromRequester,
-            let assignment = assignments[body.taskId], running[body.taskId] == nil
+            let assignment = assignments[body.taskId],
+            let phase = machines[body.taskId]?.phase, phase == .assigned || phase == .awaitingInputs
         else { return }
         do {
             try RelayedFrame.verify(frame, from: assignment.requester, nowMs: nowMs)
@@ -401,7 +396,10 @@ public actor ProviderDaemon {
         }
         var pieces = inputPieces[body.taskId]?[body.blob] ?? SealedBlob.Assembler()
         guard pieces.add(body) else {
-            await reject(body.taskId, "the \(body.blob.rawValue)'s pieces disagree on how many there are")
+            inputPieces[body.taskId] = nil
+            await apply(
+                .inputsRefused(reason: "the \(body.blob.rawValue)'s pieces disagree on how many there are"),
+                to: body.taskId)
             return
         }
         inputPieces[body.taskId, default: [:]][body.blob] = pieces
@@ -412,13 +410,12 @@ public actor ProviderDaemon {
     /// read as hostile input, within this provider's own limits; anything wrong with them
     /// rejects the job (the requester's fault), with nothing written anywhere.
     private func startIfInputsComplete(_ taskId: String) async {
-        guard let payload = waitingForInputs[taskId], let assignment = assignments[taskId] else { return }
+        guard let payload = machines[taskId]?.awaiting else { return }
         let pieces = inputPieces[taskId] ?? [:]
         let needed: [(BlobChunkBody.Blob, JobContent.BlobInfo)] =
             [payload.workspace.map { (.workspace, $0.blob) }, payload.conversation.map { (.conversation, $0.blob) }]
             .compactMap { $0 }
         guard needed.allSatisfy({ pieces[$0.0]?.isComplete($0.1) == true }) else { return }
-        waitingForInputs[taskId] = nil
         inputPieces[taskId] = nil
         let config = reloadConfig() ?? basePipeline.config
         var tree: WorkspaceTree?
@@ -430,7 +427,7 @@ public actor ProviderDaemon {
                 let archive = try pieces[.workspace]!.open(info.blob, keys: keys)
                 tree = try WorkspaceTree.read(tar: archive, limits: limits).tree
             } catch {
-                await reject(taskId, "the workspace was refused: \(error)")
+                await apply(.inputsRefused(reason: "the workspace was refused: \(error)"), to: taskId)
                 return
             }
         }
@@ -440,17 +437,11 @@ public actor ProviderDaemon {
                 conversation = try ClaudeTranscript(
                     checking: data, sessionID: info.sessionId, maxBytes: config.bytes(.maxTranscriptBytes))
             } catch {
-                await reject(taskId, "the conversation was refused: \(error)")
+                await apply(.inputsRefused(reason: "the conversation was refused: \(error)"), to: taskId)
                 return
             }
         }
-        start(taskId, assignment: assignment, payload: payload, workspace: tree, conversation: conversation)
-    }
-
-    func reject(_ taskId: String, _ reason: String) async {
-        note("rejected task \(taskId): \(reason)", task: taskId)
-        try? tasks.update(taskId, state: "rejected", note: reason, at: nowMs)
-        _ = try? await session.enqueue(.jobRejected, ReasonBody(taskId: taskId, reason: String(reason.prefix(1000))))
+        await apply(.inputsOpened(workspace: tree, conversation: conversation), to: taskId)
     }
 
     // MARK: One job
@@ -513,20 +504,21 @@ public actor ProviderDaemon {
             let result = try await pipeline.run(job, pool: pool, hooks: hooks)
             await streamer.finish()
             if result.state == .capacity {
-                await handBack(taskId, result)
+                await apply(
+                    .jobEnded(.handedBack(reason: result.error ?? "the provider's account is at its limit")),
+                    to: taskId)
+                await capacityMayHaveChanged()
                 return
             }
             if !result.limits.isEmpty { await capacityMayHaveChanged() }
             if result.state == .cancelled {
-                try? tasks.update(taskId, state: "handed-back", at: nowMs)
-                _ = try? await session.enqueue(
-                    .jobFailed, ReasonBody(taskId: taskId, reason: "the provider stopped before the job finished"))
+                await apply(.jobEnded(.stopped), to: taskId)
                 return
             }
             if result.providerFault {
                 // The provider's side failed, not the job: no result to judge, the task goes back.
-                await failOnProvider(
-                    taskId, result.error ?? "the job's container was killed from outside the job", sent: nil)
+                let reason = result.error ?? "the job's container was killed from outside the job"
+                await apply(.jobEnded(.failedHere(reason: reason, sent: nil)), to: taskId)
                 return
             }
             let usage = result.totalUsage
@@ -556,17 +548,17 @@ public actor ProviderDaemon {
             try await session.enqueue(
                 .jobResult,
                 ResultBody(taskId: taskId, sealed: sealed, resultHash: hash, usage: content.usage))
-            try? tasks.update(taskId, state: "delivered", at: nowMs)
             finishedJobs += 1
-            note(
-                "task \(taskId) \(result.state.rawValue) in \(String(format: "%.1f", result.duration.inSeconds)) s; result sent",
-                task: taskId)
+            let took = String(format: "%.1f", result.duration.inSeconds)
+            await apply(.jobEnded(.delivered(summary: "\(result.state.rawValue) in \(took) s")), to: taskId)
         } catch let refusal as JobRefusal {
             await streamer.finish()
-            await reject(taskId, refusal.reason)
+            await apply(.jobEnded(.refused(reason: refusal.reason)), to: taskId)
         } catch {
             await streamer.finish()
-            await failOnProvider(taskId, "\(error)", sent: "the provider could not run the job: \(error)")
+            let failure = ProviderTaskMachine.JobEnd.failedHere(
+                reason: "\(error)", sent: "the provider could not run the job: \(error)")
+            await apply(.jobEnded(failure), to: taskId)
         }
     }
 
@@ -610,15 +602,6 @@ public actor ProviderDaemon {
                 id: "transcript-\(taskId)-\(index)")
         }
         return JobContent.TranscriptInfo(sessionId: sessionID, blob: info, error: nil)
-    }
-
-    /// The provider's side failed: said here, recorded, and `job.failed` to the market (which
-    /// re-opens the task for another provider) with `sent`, or the reason itself.
-    private func failOnProvider(_ taskId: String, _ reason: String, sent: String?) async {
-        note("task \(taskId) failed on this provider: \(reason)", task: taskId)
-        try? tasks.update(taskId, state: "failed", note: reason, at: nowMs)
-        _ = try? await session.enqueue(
-            .jobFailed, ReasonBody(taskId: taskId, reason: String((sent ?? reason).prefix(1000))))
     }
 }
 

@@ -1,17 +1,24 @@
 import DockerEngine
 import Foundation
 import JobRunner
+import Logging
 import MarketClient
 import MarketCore
+import MarketProtocol
 import Participant
+import ServiceLifecycle
+import UnixSignals
 
 /// The provider daemon with everything around it, as `provide` runs it:
 /// - one daemon per home (`ProvideLock`);
 /// - what a daemon that died left behind is removed first;
-/// - the pipeline, the warm pool, the market session and the daemon are started;
-/// - on stop, the offer is withdrawn, running jobs get the drain time, and the rest are handed back.
+/// - the warm pool, the market session and the daemon run as the services of one `ServiceGroup`,
+///   started in that order;
+/// - on a stop signal (or when `until` returns) they stop in reverse: the daemon withdraws the
+///   offer, gives running jobs the drain time and hands back the rest while the session still
+///   carries its frames; then the session drains its outbox; then the pool removes its containers.
 ///
-/// The command only parses, renders and waits for a signal; tests start it in-process.
+/// The command only parses and renders; tests start it in-process.
 public struct ProviderService: Sendable {
     public var database: StateDatabase
     public var config: ResolvedConfig
@@ -46,9 +53,11 @@ public struct ProviderService: Sendable {
             _ onDisconnect: @escaping @Sendable (String) -> Void
         ) -> MarketSession
 
-    /// Runs the daemon until `until` returns, then stops it as described above.
+    /// Runs the daemon until one of `signals` arrives or `until` returns, then stops it as
+    /// described above.
     public func run(
-        docker: DockerClient, makeSession: SessionFactory, until: @Sendable () async -> Void
+        docker: DockerClient, makeSession: SessionFactory, signals: [UnixSignal] = [],
+        until: (@Sendable () async -> Void)? = nil
     ) async throws {
         let lock = try ProvideLock(directory: paths.runDirectory)
         defer { lock.release() }
@@ -78,21 +87,26 @@ public struct ProviderService: Sendable {
             "provider \(session.keys.peerID.rawValue) on \(session.settings.url): \(offer.slots) slot(s) at \(Credits(micro: offer.price)), \(backend.name) backend, approval \(config.text(.approvalMode)), warm pool \(pool?.size ?? 0)"
         )
 
-        let poolTask = pool.map { pool in Task { try? await pool.run() } }
-        let sessionTask = Task { await session.run() }
-        let daemonTask = Task { await daemon.run() }
-        await until()
-        note(
-            "stopping: offer withdrawn, running jobs get \(String(format: "%g", settings.drainTimeout.inSeconds)) s to finish"
-        )
-        await daemon.stop()
-        await session.drainOutbox(timeout: .seconds(3))
-        sessionTask.cancel()
-        await sessionTask.value
-        daemonTask.cancel()
-        await daemonTask.value
-        poolTask?.cancel()
-        await poolTask?.value
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let pool { services.append(.init(service: pool)) }
+        services.append(.init(service: SessionService(session: session)))
+        let drain = String(format: "%g", settings.drainTimeout.inSeconds)
+        services.append(
+            .init(
+                service: DaemonService(daemon: daemon) {
+                    note("stopping: offer withdrawn, running jobs get \(drain) s to finish")
+                }))
+        var logger = Logger(label: "cmm.provide")
+        logger.logLevel = .warning
+        let group = ServiceGroup(
+            configuration: .init(services: services, gracefulShutdownSignals: signals, logger: logger))
+        async let stopper: Void = {
+            guard let until else { return }
+            await until()
+            await group.triggerGracefulShutdown()
+        }()
+        try await group.run()
+        await stopper
         note("provider stopped")
     }
 
@@ -122,6 +136,40 @@ public struct ProviderService: Sendable {
             if (try? await docker.removeContainer(container.Id, force: true)) != nil { removed += 1 }
         }
         return removed
+    }
+}
+
+/// The market session as a service: it connects and reconnects until the group stops; then it
+/// gives unanswered messages a moment to be answered.
+struct SessionService: Service {
+    let session: MarketSession
+
+    func run() async throws {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await session.run() }
+            try? await gracefulShutdown()
+            if !Task.isCancelled { await session.drainOutbox(timeout: .seconds(3)) }
+            group.cancelAll()
+        }
+    }
+}
+
+/// The daemon as a service: it handles the market's frames until the group stops; then it stops
+/// as `ProviderDaemon.stop` says, before the session below it goes.
+struct DaemonService: Service {
+    let daemon: ProviderDaemon
+    let onStop: @Sendable () -> Void
+
+    func run() async throws {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await daemon.run() }
+            try? await gracefulShutdown()
+            if !Task.isCancelled {
+                onStop()
+                await daemon.stop()
+            }
+            group.cancelAll()
+        }
     }
 }
 

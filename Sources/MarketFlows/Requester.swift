@@ -3,6 +3,7 @@ import JobRunner
 import MarketClient
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import Participant
 import Workspace
 
@@ -60,7 +61,7 @@ public enum RequesterUpdate: Sendable {
 /// How a followed task ended.
 public struct RequesterOutcome: Sendable {
     public var taskId: String
-    public var state: String
+    public var state: LocalTaskState
     public var result: JobContent.Result?
     public var provider: String?
     public var patch: WorkspacePatch?
@@ -75,17 +76,15 @@ public actor Requester {
     let session: MarketSession
     let tasks: MarketTaskStore
     let database: StateDatabase
+    /// Each followed task's machine: what is done for each of its frames.
+    private var machines: [String: RequesterMachine] = [:]
+    /// The assigned provider's verified key document: what its frames are checked against.
     private var providers: [String: PublicKeyDocument] = [:]
-    private var nextSeq: [String: Int] = [:]
-    private var outcomes: [String: RequesterOutcome] = [:]
-    private var stopAtPayload = false
     /// A workspace job's files here: the archive sent (`TASK.tar`) and the patch back (`TASK.diff`).
     let workspaces: WorkspaceFiles?
     /// Conversations here: a follow-up's transcript sent, and every claude job's transcript back.
     let conversations: ConversationFiles?
     private var resultPieces: [String: [BlobChunkBody.Blob: SealedBlob.Assembler]] = [:]
-    /// A result that checked out and waits for the pieces of its patch and transcript.
-    private var waitingForBlobs: [String: (result: JobContent.Result, provider: String)] = [:]
 
     public init(
         session: MarketSession, database: StateDatabase, workspaces: WorkspaceFiles? = nil,
@@ -108,7 +107,7 @@ public actor Requester {
     {
         try tasks.insert(
             LocalMarketTask(
-                taskId: taskId, role: "requester", state: "posting", maxPrice: options.maxPrice,
+                taskId: taskId, role: "requester", state: .posting, maxPrice: options.maxPrice,
                 model: options.model, timeoutSeconds: options.timeoutSeconds ?? 300, createdMs: nowMs,
                 updatedMs: nowMs), prompt: options.prompt)
         var sizes: (bytes: Int64, files: Int64, archiveBytes: Int64)?
@@ -131,7 +130,8 @@ public actor Requester {
             conversationBytes: options.conversation.map { Int64($0.transcript.data.count) })
         do {
             let ack = try await session.request(.taskPost, body, id: "post-\(taskId)", timeout: .seconds(30))
-            try tasks.update(taskId, state: ack.state ?? "open", note: ack.note, at: nowMs)
+            try tasks.update(
+                taskId, state: ack.state.map { LocalTaskState(ack: $0) } ?? .open, note: ack.note, at: nowMs)
             try database.audit(
                 actor: "requester", kind: "market.posted",
                 details: [
@@ -140,7 +140,7 @@ public actor Requester {
                 ], at: Date())
             return ack
         } catch {
-            try? tasks.update(taskId, state: "refused", note: "\(error)", at: nowMs)
+            try? tasks.update(taskId, state: .refused, note: "\(error)", at: nowMs)
             throw error
         }
     }
@@ -151,8 +151,7 @@ public actor Requester {
         _ taskId: String, accept: Bool, timeout: Duration, untilDelivered: Bool = false,
         onUpdate: @escaping @Sendable (RequesterUpdate) -> Void
     ) async throws -> RequesterOutcome {
-        outcomes[taskId] = RequesterOutcome(taskId: taskId, state: "open")
-        stopAtPayload = untilDelivered
+        machines[taskId] = RequesterMachine(taskId: taskId, accepts: accept, stopsAtPayload: untilDelivered)
         let frames = session.frames
         return try await withThrowingTaskGroup(of: RequesterOutcome?.self) { group in
             group.addTask {
@@ -161,7 +160,7 @@ public actor Requester {
             }
             group.addTask {
                 for await frame in frames {
-                    if let done = try await self.handle(frame, taskId: taskId, accept: accept, onUpdate) {
+                    if let done = try await self.handle(frame, taskId: taskId, onUpdate) {
                         return done
                     }
                 }
@@ -178,220 +177,176 @@ public actor Requester {
         }
     }
 
-    private func handle(
-        _ frame: Envelope, taskId: String, accept: Bool, _ onUpdate: @Sendable (RequesterUpdate) -> Void
+    /// One frame: checked into an event for the task's machine (or dropped), applied, and the
+    /// machine's actions performed; the outcome once the machine finishes.
+    private func handle(_ frame: Envelope, taskId: String, _ onUpdate: @Sendable (RequesterUpdate) -> Void)
+        async throws -> RequesterOutcome?
+    {
+        guard frame.subject.taskId == taskId, let event = try event(for: frame, taskId: taskId) else { return nil }
+        return try await apply(event, taskId: taskId, frame: frame, onUpdate)
+    }
+
+    private func apply(
+        _ event: RequesterMachine.Event, taskId: String, frame: Envelope,
+        _ onUpdate: @Sendable (RequesterUpdate) -> Void
     ) async throws -> RequesterOutcome? {
-        var outcome = outcomes[taskId] ?? RequesterOutcome(taskId: taskId, state: "open")
-        defer { outcomes[taskId] = outcome }
-        guard frame.body.contains("\"taskId\":\"\(taskId)\"") else { return nil }
+        guard var machine = machines[taskId] else { return nil }
+        let actions = machine.apply(event)
+        machines[taskId] = machine
+        for action in actions {
+            switch action {
+            case .record(let state, let counterparty, let price, let note):
+                try tasks.update(taskId, state: state, counterparty: counterparty, price: price, note: note, at: nowMs)
+            case .report(let update):
+                onUpdate(update)
+            case .deliverPayload:
+                guard let document = providers[taskId] else { continue }
+                try await deliverPayload(taskId, to: document)
+            case .storeResult(let hash):
+                try tasks.storeResult(
+                    taskId, frame: try Self.text(frame), hash: hash ?? "", verified: hash != nil, at: nowMs)
+            case .collectBlobs:
+                if let opened = try openBlobsIfComplete(taskId) {
+                    return try await apply(opened, taskId: taskId, frame: frame, onUpdate)
+                }
+            case .audit(let kind, let details):
+                try database.audit(actor: "requester", kind: kind, details: details, at: Date())
+            case .accept:
+                try await session.enqueue(.jobAccept, TaskRefBody(taskId: taskId), id: "accept-\(taskId)")
+            case .dispute(let reason):
+                try await session.enqueue(
+                    .jobDispute, ReasonBody(taskId: taskId, reason: reason), id: "dispute-\(taskId)")
+            case .finish:
+                return machines[taskId]?.outcome
+            }
+        }
+        return nil
+    }
+
+    /// The edge: a frame about the task, checked against the assigned provider's signature, its
+    /// seal and its hash, as the machine's event; nil for a frame that does not count.
+    private func event(for frame: Envelope, taskId: String) throws -> RequesterMachine.Event? {
         switch frame.messageType {
         case .taskAssigned:
             guard let assigned = try? frame.decodeBody(AssignedBody.self), assigned.requester == me else {
                 return nil
             }
-            let document: PublicKeyDocument
             do {
-                document = try RelayedFrame.document(assigned.providerKeyDocument, for: assigned.provider)
+                providers[taskId] = try RelayedFrame.document(assigned.providerKeyDocument, for: assigned.provider)
             } catch {
-                // Nothing is sealed to a provider whose key does not check out; the approval
-                // timeout re-opens the task.
-                onUpdate(.badResult(provider: assigned.provider, problem: "its key document does not verify: \(error)"))
-                return nil
+                return .assignedUnverified(provider: assigned.provider, problem: "\(error)")
             }
-            providers[taskId] = document
-            outcome.provider = assigned.provider
-            try tasks.update(
-                taskId, state: "assigned", counterparty: assigned.provider, price: assigned.price, at: nowMs)
-            onUpdate(.assigned(provider: assigned.provider, price: assigned.price))
-            guard let prompt = try tasks.prompt(taskId) else {
-                throw MarketClientError("the prompt of task \(taskId) is not in this home any more")
-            }
-            var workspace: JobContent.WorkspaceInfo?
-            if let workspaces, let (archive, leftOut) = try workspaces.load(taskId) {
-                // Sealed to this provider; pieces of one blob for one provider share their ids.
-                let tree = try WorkspaceTree.read(tar: archive, limits: WorkspaceLimits(maxBytes: .max, maxFiles: .max))
-                    .tree
-                let (info, chunks) = try SealedBlob.seal(archive, to: document, purpose: .payload)
-                for (index, chunk) in chunks.enumerated() {
-                    try await session.enqueue(
-                        .blobChunk,
-                        BlobChunkBody(
-                            taskId: taskId, blob: .workspace, index: index, count: chunks.count, sealed: chunk),
-                        id: "workspace-\(taskId)-\(assigned.provider.prefix(16))-\(index)")
-                }
-                workspace = JobContent.WorkspaceInfo(
-                    blob: info, files: tree.fileCount, bytes: tree.byteCount, leftOut: leftOut)
-            }
-            var conversation: JobContent.ConversationInfo?
-            if let transcript = try conversations?.sent(taskId) {
-                let (info, chunks) = try SealedBlob.seal(transcript.data, to: document, purpose: .payload)
-                for (index, chunk) in chunks.enumerated() {
-                    try await session.enqueue(
-                        .blobChunk,
-                        BlobChunkBody(
-                            taskId: taskId, blob: .conversation, index: index, count: chunks.count, sealed: chunk),
-                        id: "conversation-\(taskId)-\(assigned.provider.prefix(16))-\(index)")
-                }
-                conversation = JobContent.ConversationInfo(
-                    blob: info, sessionId: transcript.sessionID, turns: transcript.turns.count)
-            }
-            let (sealed, _) = try JobContent.seal(
-                JobContent.Payload(taskId: taskId, prompt: prompt, workspace: workspace, conversation: conversation),
-                to: document, purpose: .payload)
-            // One id per provider: a reconnect does not deliver twice.
-            try await session.enqueue(
-                .payloadDeliver, SealedBody(taskId: taskId, sealed: sealed),
-                id: "payload-\(taskId)-\(assigned.provider.prefix(16))")
-            if stopAtPayload {
-                outcome.state = "assigned"
-                return outcome
-            }
+            return .assigned(provider: assigned.provider, price: assigned.price)
         case .jobApproved:
-            guard let document = providers[taskId],
-                (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil
-            else { return nil }
-            try tasks.update(taskId, state: "running", at: nowMs)
-            onUpdate(.approved(provider: document.peerId))
+            guard verified(frame, taskId) else { return nil }
+            return .approved
         case .jobEvent:
-            guard let document = providers[taskId],
-                (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil,
-                let body = try? frame.decodeBody(SealedBody.self), let seq = body.seq,
-                seq >= nextSeq[taskId, default: 0],
+            guard verified(frame, taskId), let body = try? frame.decodeBody(SealedBody.self), let seq = body.seq,
                 let sealed = Data(base64Encoded: body.sealed),
                 let (plaintext, _) = try? Sealer.open(sealed, keys: session.keys),
                 let batch = try? JSONDecoder().decode(JobContent.EventBatch.self, from: plaintext),
                 batch.taskId == taskId
             else { return nil }
-            nextSeq[taskId] = seq + 1
-            onUpdate(.items(batch.items))
+            return .events(seq: seq, items: batch.items)
         case .jobResult:
             guard let document = providers[taskId] else { return nil }
-            let checked = checkResult(frame, document: document, taskId: taskId)
-            switch checked {
-            case .success(let (result, hash)):
-                try tasks.storeResult(taskId, frame: try Self.text(frame), hash: hash, verified: true, at: nowMs)
-                outcome.result = result
-                onUpdate(.result(result, provider: document.peerId))
-                if result.patch?.blob != nil || result.transcript?.blob != nil {
-                    waitingForBlobs[taskId] = (result, document.peerId)
-                    outcomes[taskId] = outcome
-                    let done = try await finishBlobs(taskId, accept: accept, onUpdate)
-                    outcome = outcomes[taskId] ?? outcome
-                    return done
-                }
-                if let transcript = result.transcript {
-                    onUpdate(.noTranscript(transcript.error ?? "the job left no transcript"))
-                }
-                if let done = try await settleResult(result, taskId: taskId, accept: accept, outcome: &outcome) {
-                    return done
-                }
-            case .failure(let problem):
-                try? tasks.storeResult(taskId, frame: try Self.text(frame), hash: "", verified: false, at: nowMs)
-                onUpdate(.badResult(provider: document.peerId, problem: problem.description))
-                try database.audit(
-                    actor: "requester", kind: "market.result-refused",
-                    details: ["task": taskId, "provider": document.peerId, "reason": problem.description], at: Date())
-                try await session.enqueue(
-                    .jobDispute,
-                    ReasonBody(
-                        taskId: taskId, reason: String("the result does not check out: \(problem)".prefix(1000))),
-                    id: "dispute-\(taskId)")
-                // A dispute moves no money until the operator decides: nothing more to wait for.
-                try tasks.update(taskId, state: "disputed", note: problem.description, at: nowMs)
-                outcome.state = "disputed"
-                return outcome
+            switch checkResult(frame, document: document, taskId: taskId) {
+            case .success(let (result, hash)): return .result(result, hash: hash)
+            case .failure(let problem): return .resultRefused(problem: problem.description)
             }
         case .blobChunk:
-            guard let document = providers[taskId],
-                (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil,
-                let body = try? frame.decodeBody(BlobChunkBody.self), !body.blob.fromRequester
+            guard verified(frame, taskId), let body = try? frame.decodeBody(BlobChunkBody.self),
+                !body.blob.fromRequester
             else { return nil }
             var pieces = resultPieces[taskId]?[body.blob] ?? SealedBlob.Assembler()
             _ = pieces.add(body)
             resultPieces[taskId, default: [:]][body.blob] = pieces
-            if waitingForBlobs[taskId] != nil {
-                outcomes[taskId] = outcome
-                let done = try await finishBlobs(taskId, accept: accept, onUpdate)
-                outcome = outcomes[taskId] ?? outcome
-                if let done { return done }
-            }
+            return try openBlobsIfComplete(taskId)
         case .jobRejected, .jobFailed, .jobHandback:
-            guard let document = providers[taskId],
-                (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil,
+            guard verified(frame, taskId), let type = frame.messageType,
                 let body = try? frame.decodeBody(ReasonBody.self)
             else { return nil }
-            let update: RequesterUpdate =
-                switch frame.messageType {
-                case .jobRejected: .rejected(provider: document.peerId, reason: body.reason)
-                case .jobHandback: .handedBack(provider: document.peerId, reason: body.reason)
-                default: .failed(provider: document.peerId, reason: body.reason)
-                }
-            onUpdate(update)
             providers[taskId] = nil
-            nextSeq[taskId] = 0
+            return .providerLeft(type, reason: body.reason)
         case .settlement:
             guard let settlement = try? frame.decodeBody(SettlementBody.self) else { return nil }
-            outcome.state = settlement.state
-            try tasks.update(taskId, state: settlement.state, note: settlement.reason, at: nowMs)
-            onUpdate(.settlement(settlement))
-            if ["settled", "refunded", "cancelled"].contains(settlement.state) {
-                try database.audit(
-                    actor: "requester", kind: "market.\(settlement.state)",
-                    details: ["task": taskId, "reason": settlement.reason ?? ""], at: Date())
-                return outcome
-            }
-            if settlement.state == "disputed" { return outcome }
+            return .settlement(settlement)
         default:
-            break
-        }
-        return nil
-    }
-
-    /// Accepts a result that checked out (if asked, and it succeeded), or leaves it delivered.
-    private func settleResult(
-        _ result: JobContent.Result, taskId: String, accept: Bool, outcome: inout RequesterOutcome
-    ) async throws -> RequesterOutcome? {
-        // Only a job that succeeded is accepted unasked; any other ending is the requester's call
-        // (`accept` or `dispute`), settled by the window otherwise.
-        // A workspace job whose patch could not be made did not give what was asked for either.
-        if accept && result.state == "succeeded" && result.patch?.error == nil {
-            try await session.enqueue(.jobAccept, TaskRefBody(taskId: taskId), id: "accept-\(taskId)")
             return nil
         }
-        try tasks.update(taskId, state: "delivered", at: nowMs)
-        outcome.state = "delivered"
-        return outcome
     }
 
-    /// Once every piece of the patch and the transcript a result names is in: each is opened
-    /// and checked against the result's SHA-256, read, kept here, and only then is the result
-    /// accepted. A blob that does not match what the provider signed is disputed like a result
-    /// that does not; a transcript that matches but is no valid transcript (the job's own doing)
-    /// is only said, and the result stands.
-    private func finishBlobs(_ taskId: String, accept: Bool, _ onUpdate: @Sendable (RequesterUpdate) -> Void)
-        async throws -> RequesterOutcome?
-    {
-        guard let (result, provider) = waitingForBlobs[taskId] else { return nil }
+    /// Signed by the provider assigned now.
+    private func verified(_ frame: Envelope, _ taskId: String) -> Bool {
+        guard let document = providers[taskId] else { return false }
+        return (try? RelayedFrame.verify(frame, from: document, nowMs: nowMs)) != nil
+    }
+
+    /// Seals the prompt, and the workspace and conversation it carries, to the provider; one id
+    /// per provider and piece, so that a reconnect does not deliver twice.
+    private func deliverPayload(_ taskId: String, to document: PublicKeyDocument) async throws {
+        let provider = document.peerId
+        guard let prompt = try tasks.prompt(taskId) else {
+            throw MarketClientError("the prompt of task \(taskId) is not in this home any more")
+        }
+        var workspace: JobContent.WorkspaceInfo?
+        if let workspaces, let (archive, leftOut) = try workspaces.load(taskId) {
+            let tree = try WorkspaceTree.read(tar: archive, limits: WorkspaceLimits(maxBytes: .max, maxFiles: .max))
+                .tree
+            let (info, chunks) = try SealedBlob.seal(archive, to: document, purpose: .payload)
+            for (index, chunk) in chunks.enumerated() {
+                try await session.enqueue(
+                    .blobChunk,
+                    BlobChunkBody(taskId: taskId, blob: .workspace, index: index, count: chunks.count, sealed: chunk),
+                    id: "workspace-\(taskId)-\(provider.prefix(16))-\(index)")
+            }
+            workspace = JobContent.WorkspaceInfo(
+                blob: info, files: tree.fileCount, bytes: tree.byteCount, leftOut: leftOut)
+        }
+        var conversation: JobContent.ConversationInfo?
+        if let transcript = try conversations?.sent(taskId) {
+            let (info, chunks) = try SealedBlob.seal(transcript.data, to: document, purpose: .payload)
+            for (index, chunk) in chunks.enumerated() {
+                try await session.enqueue(
+                    .blobChunk,
+                    BlobChunkBody(
+                        taskId: taskId, blob: .conversation, index: index, count: chunks.count, sealed: chunk),
+                    id: "conversation-\(taskId)-\(provider.prefix(16))-\(index)")
+            }
+            conversation = JobContent.ConversationInfo(
+                blob: info, sessionId: transcript.sessionID, turns: transcript.turns.count)
+        }
+        let (sealed, _) = try JobContent.seal(
+            JobContent.Payload(taskId: taskId, prompt: prompt, workspace: workspace, conversation: conversation),
+            to: document, purpose: .payload)
+        try await session.enqueue(
+            .payloadDeliver, SealedBody(taskId: taskId, sealed: sealed), id: "payload-\(taskId)-\(provider.prefix(16))")
+    }
+
+    /// Once every piece of the patch and the transcript the awaited result names is in: each is
+    /// opened and checked against the result's SHA-256, read and kept here. A blob that does not
+    /// match what the provider signed is refused like a result that does not; a transcript that
+    /// matches but is no valid transcript (the job's own doing) is only said.
+    private func openBlobsIfComplete(_ taskId: String) throws -> RequesterMachine.Event? {
+        guard let result = machines[taskId]?.awaitingBlobs else { return nil }
         let pieces = resultPieces[taskId] ?? [:]
         let needed: [(BlobChunkBody.Blob, JobContent.BlobInfo)] =
             [result.patch?.blob.map { (.patch, $0) }, result.transcript?.blob.map { (.transcript, $0) }]
             .compactMap { $0 }
         guard needed.allSatisfy({ pieces[$0.0]?.isComplete($0.1) == true }) else { return nil }
-        waitingForBlobs[taskId] = nil
         resultPieces[taskId] = nil
-        var outcome = outcomes[taskId] ?? RequesterOutcome(taskId: taskId, state: "delivered")
+        var patch: WorkspacePatch?
+        var transcript: ClaudeTranscript?
+        var transcriptProblem: String?
         do {
             if let info = result.patch?.blob {
                 let data = try pieces[.patch]!.open(info, keys: session.keys)
-                let patch: WorkspacePatch
                 do {
                     patch = try WorkspacePatch(parsing: data)
                 } catch {
                     throw Problem("the patch does not check out: \(error)")
                 }
                 try workspaces?.savePatch(data, for: taskId)
-                outcome.patch = patch
-                onUpdate(.patch(patch))
             }
             if let transcriptInfo = result.transcript, let info = transcriptInfo.blob {
                 let data: Data
@@ -401,28 +356,18 @@ public actor Requester {
                     throw Problem("the transcript does not check out: \(error)")
                 }
                 do {
-                    let transcript = try ClaudeTranscript(
+                    let checked = try ClaudeTranscript(
                         checking: data, sessionID: transcriptInfo.sessionId, maxBytes: WireLimits.maxTranscriptBytes)
-                    try conversations?.save(transcript, for: taskId)
-                    outcome.transcript = transcript
-                    onUpdate(.transcript(transcript))
+                    try conversations?.save(checked, for: taskId)
+                    transcript = checked
                 } catch let error as TranscriptError {
-                    onUpdate(.noTranscript("the transcript was not kept: \(error)"))
+                    transcriptProblem = "\(error)"
                 }
             }
         } catch {
-            let problem = error is Problem ? "\(error)" : "the patch does not check out: \(error)"
-            onUpdate(.badResult(provider: provider, problem: problem))
-            try await session.enqueue(
-                .jobDispute, ReasonBody(taskId: taskId, reason: String(problem.prefix(1000))), id: "dispute-\(taskId)")
-            try tasks.update(taskId, state: "disputed", note: problem, at: nowMs)
-            outcome.state = "disputed"
-            outcomes[taskId] = outcome
-            return outcome
+            return .blobsRefused(problem: error is Problem ? "\(error)" : "the patch does not check out: \(error)")
         }
-        let done = try await settleResult(result, taskId: taskId, accept: accept, outcome: &outcome)
-        outcomes[taskId] = outcome
-        return done
+        return .blobsOpened(patch: patch, transcript: transcript, transcriptProblem: transcriptProblem)
     }
 
     static func text(_ frame: Envelope) throws -> String {

@@ -1,5 +1,6 @@
 import Foundation
 import MarketCore
+import MarketProtocol
 import MarketStore
 
 /// Everything the dashboard shows, read in one transaction through the same views as the REST

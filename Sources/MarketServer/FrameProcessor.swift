@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import MarketStore
 import Synchronization
 
@@ -304,7 +305,7 @@ final class FrameProcessor: Sendable {
                 let (offer, assignments) = try book.advertise(advertise, from: peer, nowMs: nowMs, in: tx)
                 var output = ActionOutput(
                     ack: AckBody(
-                        ref: ref, type: type.rawValue, state: "advertised",
+                        ref: ref, type: type.rawValue, state: .advertised,
                         note: "\(offer.slots) slots at \(offer.price)"))
                 try Self.notify(assignments, into: &output, in: tx, nowMs: nowMs)
                 return output
@@ -312,7 +313,7 @@ final class FrameProcessor: Sendable {
         case .offerWithdraw:
             return { book, tx, peer, _, _ in
                 let removed = try book.withdraw(peer, in: tx)
-                return ActionOutput(ack: AckBody(ref: ref, type: type.rawValue, state: removed ? "withdrawn" : "none"))
+                return ActionOutput(ack: AckBody(ref: ref, type: type.rawValue, state: removed ? .withdrawn : .noOffer))
             }
         case .taskPost:
             let post = try body(PostBody.self)
@@ -320,7 +321,7 @@ final class FrameProcessor: Sendable {
                 let outcome = try book.post(post, from: peer, nowMs: nowMs, in: tx)
                 var output = ActionOutput(
                     ack: AckBody(
-                        ref: ref, type: type.rawValue, taskId: post.taskId, state: outcome.task.state.rawValue,
+                        ref: ref, type: type.rawValue, taskId: post.taskId, state: .task(outcome.task.state),
                         note: outcome.whyUnmatched))
                 if let assignment = outcome.assignment {
                     try Self.notify([assignment], into: &output, in: tx, nowMs: nowMs)
@@ -334,7 +335,7 @@ final class FrameProcessor: Sendable {
             return { book, tx, peer, _, nowMs in
                 let transition = try book.bid(bid, from: peer, nowMs: nowMs, in: tx)
                 var output = ActionOutput(
-                    ack: AckBody(ref: ref, type: type.rawValue, taskId: bid.taskId, state: "assigned"))
+                    ack: AckBody(ref: ref, type: type.rawValue, taskId: bid.taskId, state: .task(.assigned)))
                 try Self.notify([transition], into: &output, in: tx, nowMs: nowMs)
                 return output
             }
@@ -351,7 +352,7 @@ final class FrameProcessor: Sendable {
                 var output = ActionOutput(
                     ack: AckBody(
                         ref: ref, type: type.rawValue, taskId: taskRef.taskId,
-                        state: transitions.last?.task.state.rawValue))
+                        state: transitions.last.map { .task($0.task.state) }))
                 if type == .jobApproved { output.outgoing.append((transitions[0].task.requester, text)) }
                 try Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
                 return output
@@ -371,7 +372,7 @@ final class FrameProcessor: Sendable {
                 var output = ActionOutput(
                     ack: AckBody(
                         ref: ref, type: type.rawValue, taskId: reason.taskId,
-                        state: transitions.last?.task.state.rawValue))
+                        state: transitions.last.map { .task($0.task.state) }))
                 // The other party sees the signed frame itself.
                 if let before {
                     let other = type == .jobDispute ? before.provider : before.requester
@@ -387,7 +388,7 @@ final class FrameProcessor: Sendable {
                     sealed.taskId, peer: peer, requester: true, states: [.assigned, .running], in: tx)
                 try tx.setFrame(taskID: task.id, kind: .payload, frame: text)
                 var output = ActionOutput(
-                    ack: AckBody(ref: ref, type: type.rawValue, taskId: task.id, state: task.state.rawValue))
+                    ack: AckBody(ref: ref, type: type.rawValue, taskId: task.id, state: .task(task.state)))
                 if let provider = task.provider { output.outgoing.append((provider, text)) }
                 return output
             }
@@ -436,7 +437,7 @@ final class FrameProcessor: Sendable {
                         sender: peer,
                         bytes: bytes, frame: text))
                 var output = ActionOutput(
-                    ack: AckBody(ref: ref, type: type.rawValue, taskId: task.id, state: task.state.rawValue))
+                    ack: AckBody(ref: ref, type: type.rawValue, taskId: task.id, state: .task(task.state)))
                 if let other = fromRequester ? task.provider : task.requester { output.outgoing.append((other, text)) }
                 return output
             }
@@ -455,7 +456,7 @@ final class FrameProcessor: Sendable {
                     .deliver(by: peer, resultHash: result.resultHash), toTask: result.taskId, nowMs: nowMs, in: tx)
                 try tx.setFrame(taskID: result.taskId, kind: .result, frame: text)
                 var output = ActionOutput(
-                    ack: AckBody(ref: ref, type: type.rawValue, taskId: result.taskId, state: "delivered"))
+                    ack: AckBody(ref: ref, type: type.rawValue, taskId: result.taskId, state: .task(.delivered)))
                 output.outgoing.append((transitions[0].task.requester, text))
                 // The requester's pieces (workspace, conversation) are of no more use once delivered.
                 try Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
@@ -520,11 +521,9 @@ final class FrameProcessor: Sendable {
             }
             if task.state.isFinal || transition.reopened || !transition.movements.isEmpty && task.state != .assigned {
                 let body = SettlementBody(
-                    taskId: task.id, state: task.state.rawValue, reason: task.reason,
+                    taskId: task.id, state: .known(task.state), reason: task.reason,
                     movements: transition.movements.map {
-                        .init(
-                            from: $0.from.description, to: $0.to.description, amount: $0.amount.micro,
-                            kind: $0.kind.rawValue)
+                        .init(from: .known($0.from), to: .known($0.to), amount: $0.amount.micro, kind: .known($0.kind))
                     })
                 let frame = ServerFrames.frame(.settlement, body, nowMs: nowMs)
                 var parties = Set([task.requester])

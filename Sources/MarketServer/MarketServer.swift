@@ -5,6 +5,7 @@ import HummingbirdTLS
 import HummingbirdWebSocket
 import Logging
 import MarketCore
+import MarketProtocol
 import MarketStore
 import NIOCore
 import NIOWebSocket

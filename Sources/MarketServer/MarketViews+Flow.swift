@@ -1,40 +1,9 @@
 import Foundation
 import MarketCore
+import MarketProtocol
 import MarketStore
 
 extension MarketViews {
-    /// One hour of the last day: tasks posted, matched, settled and refunded in it.
-    public struct HourView: Codable, Sendable, Equatable {
-        public var startMs: Int64
-        public var posted: Int
-        public var matched: Int
-        public var settled: Int
-        public var refunded: Int
-        /// The median price of the tasks settled in this hour, micro-credits.
-        public var medianSettledPrice: Int64?
-    }
-
-    /// `/v1/flow`: the last 24 hours by hour, and how fast tasks are taken.
-    public struct FlowView: Codable, Sendable, Equatable {
-        public var hours: [HourView]
-        /// The median time from `task.post` to assignment of the tasks matched in the window.
-        public var medianMatchMs: Int64?
-        public var matchedInWindow: Int
-    }
-
-    /// A provider with a track record, for the providers table.
-    public struct ProviderView: Codable, Sendable, Equatable {
-        public var provider: String
-        public var reputation: ReputationView
-        public var settledJobs: Int
-        /// Tasks handed back for the account's capacity (no fault, shown).
-        public var handBacks: Int
-        public var successes: Int
-        public var failures: Int
-        public var failureRate: Double
-        public var hasOffer: Bool
-    }
-
     public static func flow(in tx: some MarketTransaction, nowMs: Int64) throws -> FlowView {
         let hourMs: Int64 = 3_600_000
         let end = (nowMs / hourMs + 1) * hourMs

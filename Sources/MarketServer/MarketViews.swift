@@ -1,99 +1,10 @@
 import Foundation
 import MarketCore
+import MarketProtocol
 import MarketStore
 
-/// The public read views (`/v1/…`, docs/openapi.yaml): the same fields for the REST API, the
-/// dashboard and `market status`. Never a payload, a result or a key beyond the public ones.
-public enum MarketViews {
-    public struct ReputationView: Codable, Sendable, Equatable {
-        public var score: Double
-        public var samples: Int
-        public var tier: String
-    }
-
-    public struct OfferView: Codable, Sendable, Equatable {
-        public var provider: String
-        public var price: Int64
-        public var priceText: String
-        public var slots: Int
-        public var freeSlots: Int
-        public var models: [String]
-        public var minRequesterReputation: Double
-        public var reputation: ReputationView
-        public var createdMs: Int64
-        /// The provider's account is past its share of `pausedFor` until then: no task now.
-        public var pausedUntilMs: Int64?
-        public var pausedFor: String?
-    }
-
-    public struct TaskView: Codable, Sendable, Equatable {
-        public var taskId: String
-        public var requester: String
-        public var provider: String?
-        public var state: String
-        public var maxPrice: Int64
-        public var price: Int64?
-        public var minReputation: Double
-        public var model: String?
-        public var timeoutSeconds: Int64
-        public var createdMs: Int64
-        public var updatedMs: Int64
-        public var deadlineMs: Int64?
-        public var reason: String?
-    }
-
-    public struct PeerView: Codable, Sendable, Equatable {
-        public var peerId: String
-        /// The peer's signed public key document, as the exact JSON text it signed.
-        public var keyDocument: String
-        public var reputation: ReputationView
-        public var settledJobs: Int
-        /// Tasks handed back for the account's capacity: no fault, but counted.
-        public var handBacks: Int
-        public var firstSeenMs: Int64
-        public var lastSeenMs: Int64
-        public var balance: Int64
-        public var inEscrow: Int64
-        public var heldBack: Int64
-        public var recentOutcomes: [OutcomeView]
-        /// The signed head of the peer's audit log (`seq:hash:signature`) as its last heartbeat
-        /// carried it: the market's witness that those entries existed.
-        public var auditHead: String?
-    }
-
-    public struct OutcomeView: Codable, Sendable, Equatable {
-        public var taskId: String
-        public var role: String
-        public var success: Bool
-        public var atMs: Int64
-    }
-
-    public struct StatsView: Codable, Sendable, Equatable {
-        public var version: String
-        public var backend: String
-        public var peers: Int
-        public var connections: Int
-        public var offers: Int
-        public var freeSlots: Int
-        public var tasks: [String: Int]
-        public var minted: Int64
-        public var inEscrow: Int64
-        public var heldBack: Int64
-        public var fees: Int64
-        public var settledVolume: Int64
-        public var ledgerBalanced: Bool
-        public var discrepancies: Int
-        public var uptimeSeconds: Int64
-    }
-
-    public struct HealthView: Codable, Sendable, Equatable {
-        public var status: String
-        public var version: String
-        public var backend: String
-        public var uptimeSeconds: Int64
-        public var connections: Int
-    }
-
+/// How the market builds its read views (the types are in `MarketProtocol`) from its books.
+extension MarketViews {
     static func reputation(_ record: PeerRecord?, rules: MarketRules, nowMs: Int64) -> ReputationView {
         let reputation = record?.reputation ?? Reputation()
         return ReputationView(

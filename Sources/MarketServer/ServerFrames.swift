@@ -1,5 +1,6 @@
 import Foundation
 import MarketCore
+import MarketProtocol
 
 /// Frames the server writes. They carry `from: "market"` and no signature: what a party must be
 /// able to trust (the other party's key document, a result) is signed end to end by that party.
@@ -17,7 +18,7 @@ enum ServerFrames {
     }
 
     static func error(_ error: MarketError, ref: String?, nowMs: Int64) -> String {
-        frame(.error, ErrorBody(code: error.code.rawValue, message: error.message, ref: ref), nowMs: nowMs)
+        frame(.error, ErrorBody(code: error.code, message: error.message, ref: ref), nowMs: nowMs)
     }
 
     static func json(_ value: some Encodable) -> String {

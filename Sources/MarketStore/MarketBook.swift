@@ -1,4 +1,5 @@
 import MarketCore
+import MarketProtocol
 
 /// The market's operations, each run inside one transaction: load what the rules need, let the
 /// pure rules (`TaskStateMachine`, `Matching`) decide, write the result — the task, its ledger

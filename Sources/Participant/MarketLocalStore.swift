@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import MarketCore
+import MarketProtocol
 
 /// The participant's outbox: messages kept until the market answers them, across restarts.
 public struct Outbox: Sendable {
@@ -49,7 +50,7 @@ public struct Outbox: Sendable {
 public struct LocalMarketTask: Codable, Sendable, Equatable {
     public var taskId: String
     public var role: String
-    public var state: String
+    public var state: LocalTaskState
     public var counterparty: String?
     public var maxPrice: Int64
     public var price: Int64?
@@ -64,7 +65,7 @@ public struct LocalMarketTask: Codable, Sendable, Equatable {
     public var note: String?
 
     public init(
-        taskId: String, role: String, state: String, counterparty: String? = nil, maxPrice: Int64,
+        taskId: String, role: String, state: LocalTaskState, counterparty: String? = nil, maxPrice: Int64,
         price: Int64? = nil, model: String? = nil, timeoutSeconds: Int64 = 300, createdMs: Int64,
         updatedMs: Int64, jobId: String? = nil, resultHash: String? = nil, resultVerified: Bool? = nil,
         note: String? = nil
@@ -88,7 +89,7 @@ public struct LocalMarketTask: Codable, Sendable, Equatable {
     init(row: Row) {
         taskId = row["task_id"]
         role = row["role"]
-        state = row["state"]
+        state = LocalTaskState(rawValue: row["state"])
         counterparty = row["counterparty"]
         maxPrice = row["max_price"]
         price = row["price"]
@@ -119,7 +120,8 @@ public struct MarketTaskStore: Sendable {
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
-                    task.taskId, task.role, task.state, task.counterparty, task.maxPrice, task.price, task.model,
+                    task.taskId, task.role, task.state.rawValue, task.counterparty, task.maxPrice, task.price,
+                    task.model,
                     task.timeoutSeconds, task.createdMs, task.updatedMs, prompt, task.jobId, task.note,
                 ])
         }
@@ -127,7 +129,7 @@ public struct MarketTaskStore: Sendable {
 
     /// Updates what is given; the rest stays.
     public func update(
-        _ taskId: String, state: String? = nil, counterparty: String? = nil, price: Int64? = nil,
+        _ taskId: String, state: LocalTaskState? = nil, counterparty: String? = nil, price: Int64? = nil,
         jobId: String? = nil, note: String? = nil, at nowMs: Int64
     ) throws {
         try database.pool.write { db in
@@ -138,7 +140,7 @@ public struct MarketTaskStore: Sendable {
                         updated_ms = ?
                     WHERE task_id = ?
                     """,
-                arguments: [state, counterparty, price, jobId, note, nowMs, taskId])
+                arguments: [state?.rawValue, counterparty, price, jobId, note, nowMs, taskId])
         }
     }
 
@@ -175,7 +177,7 @@ public struct MarketTaskStore: Sendable {
     }
 
     /// Newest first, optionally of one role and state.
-    public func tasks(role: String? = nil, state: String? = nil, limit: Int = 200) throws -> [LocalMarketTask] {
+    public func tasks(role: String? = nil, state: LocalTaskState? = nil, limit: Int = 200) throws -> [LocalMarketTask] {
         try database.pool.read { db in
             var clauses: [String] = []
             var arguments: StatementArguments = []
@@ -185,7 +187,7 @@ public struct MarketTaskStore: Sendable {
             }
             if let state {
                 clauses.append("state = ?")
-                arguments += [state]
+                arguments += [state.rawValue]
             }
             let condition = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
             arguments += [limit]

@@ -1,4 +1,5 @@
 import MarketCore
+import MarketProtocol
 import Testing
 
 @Suite struct CreditsTests {

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import Testing
 
 @Suite struct EnvelopeSigningTests {

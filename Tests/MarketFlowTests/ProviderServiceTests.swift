@@ -5,6 +5,7 @@ import MarketClient
 import MarketCore
 import MarketCrypto
 import MarketFlows
+import MarketProtocol
 import Participant
 import TestSupport
 import Testing

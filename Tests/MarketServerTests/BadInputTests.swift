@@ -2,6 +2,7 @@ import Foundation
 import MarketClient
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import MarketStore
 import TestSupport
 import Testing

@@ -1,6 +1,7 @@
 import Foundation
 import MarketClient
 import MarketCore
+import MarketProtocol
 import MarketServer
 import TestSupport
 import Testing

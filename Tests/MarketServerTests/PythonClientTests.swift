@@ -1,5 +1,6 @@
 import Foundation
 import MarketCore
+import MarketProtocol
 import TestSupport
 import Testing
 

@@ -1,6 +1,7 @@
 import Foundation
 import MarketClient
 import MarketCore
+import MarketProtocol
 import TestSupport
 import Testing
 
@@ -83,7 +84,7 @@ actor Gate {
                             }
                             let answer = try await connection.request(
                                 .bidPlace, BidBody(taskId: "race", price: price(index)), timeout: .seconds(60))
-                            let outcome = answer.errorBody?.code ?? answer.type
+                            let outcome = answer.errorBody?.code.rawValue ?? answer.type
                             outcomes.withLock { $0[outcome, default: 0] += 1 }
                             if answer.type == "ack" { winner.withLock { $0 = keys.peerID.rawValue } }
                         }

@@ -2,6 +2,7 @@ import Foundation
 import MarketClient
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import MarketStore
 import TestSupport
 import Testing
@@ -39,7 +40,7 @@ import Testing
                 try await Task.sleep(for: .milliseconds(20))
             }
             #expect(!server.process.isRunning, "market serve still runs 10 s after SIGTERM with a client connected")
-            return frame.errorBody?.code
+            return frame.errorBody?.code.rawValue
         }
         #expect(notice == "unavailable")
         #expect(server.stop() == 0)

@@ -3,6 +3,7 @@ import Logging
 import MarketClient
 import MarketCore
 import MarketCrypto
+import MarketProtocol
 import MarketServer
 import MarketStore
 import ServiceLifecycle
@@ -127,7 +128,7 @@ extension MarketConnection {
         let answer = try await next { envelope in
             envelope.type == "error" && (ref == nil || envelope.refersTo(ref!))
         }
-        return answer.errorBody?.code ?? "none"
+        return answer.errorBody?.code.rawValue ?? "none"
     }
 
     /// Sends and expects an `ack`; returns its body.
@@ -146,6 +147,6 @@ extension MarketConnection {
         guard let error = answer.errorBody else {
             throw MarketClientError("expected an error for \(type.rawValue), got \(answer.type): \(answer.body)")
         }
-        return error.code
+        return error.code.rawValue
     }
 }

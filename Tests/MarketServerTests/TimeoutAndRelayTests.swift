@@ -1,6 +1,7 @@
 import Foundation
 import MarketClient
 import MarketCore
+import MarketProtocol
 import MarketServer
 import MarketStore
 import TestSupport
@@ -200,7 +201,7 @@ import Testing
                 var codes: [String] = []
                 for _ in 0..<8 {
                     let answer = try await connection.request(.ping, EmptyBody(), timeout: .seconds(3))
-                    codes.append(answer.errorBody?.code ?? answer.type)
+                    codes.append(answer.errorBody?.code.rawValue ?? answer.type)
                 }
                 #expect(
                     codes.prefix(3) == ["pong", "pong", "pong"]
@@ -225,7 +226,7 @@ import Testing
                     for index in 0..<8 {
                         let connection = index % 2 == 0 ? first : second
                         let answer = try await connection.request(.ping, EmptyBody(), timeout: .seconds(3))
-                        codes.append(answer.errorBody?.code ?? answer.type)
+                        codes.append(answer.errorBody?.code.rawValue ?? answer.type)
                     }
                     // Six frames of burst for the peer, not six per connection.
                     #expect(codes.filter { $0 == "pong" }.count <= 7, "\(codes)")
@@ -241,7 +242,7 @@ import Testing
                 var results: [String] = []
                 for _ in 0..<4 {
                     let answer = try await connection.request(.heartbeat, HeartbeatBody())
-                    results.append(answer.errorBody?.code ?? answer.type)
+                    results.append(answer.errorBody?.code.rawValue ?? answer.type)
                 }
                 #expect(results == ["ack", "ack", "ack", "rate_limited"])
             }
@@ -301,7 +302,7 @@ import Testing
                     try await market.connect { connection in
                         connected.withLock { $0 = true }
                         let frame = try await connection.next(.error, timeout: .seconds(30))
-                        notice.withLock { $0 = frame.errorBody?.code }
+                        notice.withLock { $0 = frame.errorBody?.code.rawValue }
                     }
                 }
             }

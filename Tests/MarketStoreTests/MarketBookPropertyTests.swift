@@ -1,5 +1,6 @@
 import Foundation
 import MarketCore
+import MarketProtocol
 import MarketStore
 import TestSupport
 import Testing

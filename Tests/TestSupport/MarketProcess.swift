@@ -18,36 +18,33 @@ public final class MarketProcess: @unchecked Sendable {
         self.log = log
     }
 
-    /// Starts `market serve --port 0 --db DB EXTRA…` and waits for its "listening" line.
+    /// Starts `market serve --json --port 0 --db DB EXTRA…` and waits for the one JSON line it
+    /// prints on stdout once it listens: the port comes from the process itself.
     public static func start(
         db: String, home: URL, port: Int = 0, extra: [String] = [], timeout: TimeInterval = 30
     ) throws -> MarketProcess {
         let process = Process()
         process.executableURL = CLIRunner.executable
-        process.arguments = ["market", "serve", "--port", String(port), "--db", db] + extra
+        process.arguments = ["market", "serve", "--json", "--port", String(port), "--db", db] + extra
         process.environment = CLIRunner.baseEnvironment(home: home)
         let err = Pipe()
+        let out = Pipe()
         process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
+        process.standardOutput = out
         process.standardInput = FileHandle.nullDevice
         let log = LockedBox(Data())
         err.fileHandleForReading.readabilityHandler = { handle in
             let chunk = handle.availableData
             if !chunk.isEmpty { log.value = log.value + chunk }
         }
+        let listening = ListeningLine()
+        out.fileHandleForReading.readabilityHandler = { handle in
+            let chunk = handle.availableData
+            if chunk.isEmpty { listening.end() } else { listening.add(chunk) }
+        }
         try process.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            let text = String(decoding: log.value, as: UTF8.self)
-            if let range = text.range(
-                of: #"listening on wss?://127\.0\.0\.1:(\d+)/market"#, options: .regularExpression)
-            {
-                let match = String(text[range])
-                let port = Int(match.split(separator: ":").last!.split(separator: "/").first!)!
-                return MarketProcess(process: process, port: port, log: log)
-            }
-            if !process.isRunning { break }
-            usleep(20_000)
+        if let port = listening.wait(timeout: timeout) {
+            return MarketProcess(process: process, port: port, log: log)
         }
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
@@ -125,5 +122,46 @@ extension LoopbackHTTP {
     public static func fetchJSON(_ url: String) async throws -> Any {
         let body = try await fetch(url).body
         return try JSONSerialization.jsonObject(with: body, options: [.fragmentsAllowed])
+    }
+}
+
+/// The first line of `market serve --json`'s stdout, `{"url", "port", "http"}`: signalled as it
+/// arrives, or when stdout closes without it.
+final class ListeningLine: @unchecked Sendable {
+    private let lock = NSLock()
+    private var buffer = Data()
+    private var port: Int?
+    private let arrived = DispatchSemaphore(value: 0)
+    private var signalled = false
+
+    func add(_ chunk: Data) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !signalled else { return }
+        buffer += chunk
+        guard let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) else { return }
+        struct Listening: Decodable { var port: Int }
+        port = (try? JSONDecoder().decode(Listening.self, from: buffer[..<newline]))?.port
+        signal()
+    }
+
+    func end() {
+        lock.lock()
+        defer { lock.unlock() }
+        signal()
+    }
+
+    private func signal() {
+        guard !signalled else { return }
+        signalled = true
+        arrived.signal()
+    }
+
+    /// The port, or nil when the process said nothing usable within `timeout` seconds.
+    func wait(timeout: TimeInterval) -> Int? {
+        guard arrived.wait(timeout: .now() + timeout) == .success else { return nil }
+        lock.lock()
+        defer { lock.unlock() }
+        return port
     }
 }

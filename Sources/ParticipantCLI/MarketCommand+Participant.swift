@@ -3,11 +3,8 @@ import Foundation
 import Logging
 import MarketClient
 import MarketCore
-import MarketServer
-import MarketStore
-import NIOCore
+import MarketProtocol
 import Participant
-import ServiceLifecycle
 
 // `market status` and `market sync`: this participant's view of the market at market.url.
 
@@ -17,9 +14,8 @@ struct MarketStatusCommand: AsyncParsableCommand {
         abstract: "What the market at market.url reports: health, counts, books, version."
     )
 
-    @Option(help: "The market's WebSocket URL (default: the market.url config key).", transform: MarketURL.argument)
-    var url: MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     struct Participant: Codable {
         var peerId: String?
@@ -39,7 +35,7 @@ struct MarketStatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         let context = CommandContext()
-        let marketURL = try url?.text ?? context.config().text(.marketURL)
+        let marketURL = try market.url?.text ?? context.config().text(.marketURL)
         do {
             _ = try MarketViewsClient.httpBase(of: marketURL)
         } catch {
@@ -63,7 +59,7 @@ struct MarketStatusCommand: AsyncParsableCommand {
                     outbox: (try? Outbox(database: $0).count()) ?? 0)
             }
             let report = Report(participant: participant, url: marketURL, health: health, stats: stats)
-            if json {
+            if output.json {
                 try Output.json(report)
                 return
             }
@@ -115,7 +111,7 @@ struct MarketSyncCommand: AsyncParsableCommand {
             """
     )
 
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var output: JSONOutput
 
     struct Report: Codable {
         var url: String
@@ -131,7 +127,7 @@ struct MarketSyncCommand: AsyncParsableCommand {
             await session.drainOutbox(timeout: .seconds(20))
         }
         let report = Report(url: link.url, before: before, left: left)
-        if json {
+        if output.json {
             try Output.json(report)
         } else {
             Output.line(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MarketCore
+import MarketProtocol
 import Participant
 
 struct OptInCommand: AsyncParsableCommand {
@@ -71,7 +72,7 @@ struct OptOutCommand: AsyncParsableCommand {
             do {
                 let ack = try await MarketLink(context: context).sendOrQueue(
                     .offerWithdraw, EmptyBody(), what: "the withdrawal of the offer", connectTimeout: .seconds(2))
-                offer = ack.state ?? "withdrawn"
+                offer = ack.state?.rawValue ?? "withdrawn"
             } catch let error as CLIError {
                 offer = "queued"
                 Output.note(error.message)

@@ -5,7 +5,7 @@ import MarketClient
 import MarketCore
 import MarketCrypto
 import MarketFlows
-import MarketServer
+import MarketProtocol
 import Participant
 
 /// Exit codes of the market commands beyond 0/1: the market could not be reached (nothing was
@@ -106,7 +106,7 @@ struct MarketLink {
             if await session.isConnected {
                 do {
                     return try await session.request(type, body, expiresMs: expiresMs, timeout: .seconds(15))
-                } catch let error as MarketClientError {
+                } catch  where error is MarketError || error is MarketClientError {
                     throw CLIError("the market refused \(what): \(error)")
                 }
             }
@@ -203,20 +203,6 @@ struct BookEstimate: Codable {
         } else {
             why = nil
         }
-    }
-}
-
-/// Prices on the command line: whole credits with up to six decimals (`5`, `0.25`).
-enum PriceArgument {
-    static func micro(_ text: String, option: String) throws -> Int64 {
-        let credits: Credits
-        do { credits = try Credits(parsing: text) } catch {
-            throw CLIError("\(option) '\(text)': \(error)", exitCode: 2)
-        }
-        guard credits.micro > 0 else {
-            throw CLIError("\(option) '\(text)' must be above zero (whole credits, up to six decimals)", exitCode: 2)
-        }
-        return credits.micro
     }
 }
 

@@ -4,7 +4,7 @@ import MarketClient
 import MarketCore
 import MarketCrypto
 import MarketFlows
-import MarketServer
+import MarketProtocol
 import Participant
 import Synchronization
 import Workspace
@@ -35,22 +35,25 @@ struct SubmitCommand: AsyncParsableCommand {
         name: .customLong("prompt-file"),
         help: ArgumentHelp("Read the prompt from FILE ('-' for stdin).", valueName: "FILE"))
     var promptFile: String?
-    @Option(name: .customLong("max-price"), help: "Most you pay, whole credits (held in escrow until settled).")
-    var maxPrice: String
+    @Option(
+        name: .customLong("max-price"), help: "Most you pay, whole credits (held in escrow until settled).",
+        transform: PriceArgument.argument)
+    var maxPrice: PriceArgument
     @Option(name: .customLong("min-reputation"), help: "Only providers with at least this reputation (0…1).")
     var minReputation: Double?
     @Option(help: "The model the job needs (a provider offering it, or any).") var model: String?
     @Option(help: "Seconds the job may run (1…86400, default 300).") var timeout: Int64?
     @Flag(help: "Follow the job until it is settled: stream, check, accept.") var wait = false
-    @Option(name: .customLong("wait-timeout"), help: "With --wait: give up following after this long.")
-    var waitTimeout = "30m"
+    @Option(
+        name: .customLong("wait-timeout"), help: "With --wait: give up following after this long (default: 30m).",
+        transform: DurationArgument.argument)
+    var waitTimeout = DurationArgument(30, .m)
     @OptionGroup var workspace: WorkspaceArguments
     @Option(
         name: .customLong("follow-up"),
         help: ArgumentHelp("Continue the conversation of an earlier task of this home.", valueName: "TASK_ID"))
     var followUp: String?
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
+    @OptionGroup var market: MarketURLOption
     @Flag(help: "Print JSON lines.") var json = false
 
     func validate() throws {
@@ -85,10 +88,10 @@ struct SubmitCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let micro = try PriceArgument.micro(maxPrice, option: "--max-price")
-        let waitMs = try DurationArgument.milliseconds(waitTimeout, option: "--wait-timeout")
+        let micro = maxPrice.micro
+        let waitMs = waitTimeout.milliseconds
         let promptData = try readPrompt()
-        let link = try MarketLink(url: url)
+        let link = try MarketLink(url: market.url)
         let printer = RequesterPrinter(json: json)
         // Packed and checked against the limits before anything is posted or escrowed.
         let followUp = try self.followUp.map {
@@ -143,7 +146,9 @@ struct SubmitCommand: AsyncParsableCommand {
             let requester = Requester(
                 session: session, database: link.database, workspaces: files, conversations: conversations)
             let ack: AckBody
-            do { ack = try await requester.post(options) } catch let error as MarketClientError {
+            do { ack = try await requester.post(options) } catch
+                where error is MarketError || error is MarketClientError
+            {
                 throw CLIError("the market refused the task: \(error)")
             }
             printer.posted(ack)
@@ -151,7 +156,7 @@ struct SubmitCommand: AsyncParsableCommand {
             guard follow else {
                 // The prompt goes to a provider that took the task at once; one that takes it
                 // later gets it from `result --task-id`, which seals it then.
-                guard ack.state == "assigned" else { return nil }
+                guard ack.state == .task(.assigned) else { return nil }
                 _ = try? await requester.follow(taskId, accept: false, timeout: .seconds(30), untilDelivered: true) {
                     printer.update($0)
                 }
@@ -179,6 +184,6 @@ struct SubmitCommand: AsyncParsableCommand {
         } else if let error = outcome.result?.patch?.error {
             Output.note("no patch came back: \(error)")
         }
-        if outcome.state != "settled" { throw ExitCode(1) }
+        if outcome.state != .settled { throw ExitCode(1) }
     }
 }

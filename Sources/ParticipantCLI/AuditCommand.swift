@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import MarketClient
-import MarketServer
+import MarketProtocol
 import Participant
 
 struct AuditCommand: AsyncParsableCommand {

@@ -1,13 +1,13 @@
 import Foundation
 
 /// Printing for people (tables, lines) and programs (`--json`: clean JSON on stdout only).
-enum Output {
-    static func json(_ value: some Encodable) throws {
+package enum Output {
+    package static func json(_ value: some Encodable) throws {
         stdout(try jsonData(value))
     }
 
     /// Pretty, sorted, ISO 8601 dates, ending in a newline.
-    static func jsonData(_ value: some Encodable) throws -> Data {
+    package static func jsonData(_ value: some Encodable) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .iso8601
@@ -15,32 +15,32 @@ enum Output {
     }
 
     /// One compact JSON object on one line: a stream of events (`--json` on long commands).
-    static func jsonLine(_ value: some Encodable) {
+    package static func jsonLine(_ value: some Encodable) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         encoder.dateEncodingStrategy = .iso8601
         if let data = try? encoder.encode(value) { stdout(data + Data("\n".utf8)) }
     }
 
-    static func line(_ text: String = "") {
+    package static func line(_ text: String = "") {
         stdout(Data((text + "\n").utf8))
     }
 
     /// Diagnostics and progress: stderr, so that stdout stays parseable.
-    static func note(_ text: String) {
+    package static func note(_ text: String) {
         stderr(Data((text + "\n").utf8))
     }
 
     /// Writes that survive a closed pipe (`… | head`): the error is ignored, not a crash.
-    static func stdout(_ data: Data) {
+    package static func stdout(_ data: Data) {
         try? FileHandle.standardOutput.write(contentsOf: data)
     }
 
-    static func stderr(_ data: Data) {
+    package static func stderr(_ data: Data) {
         try? FileHandle.standardError.write(contentsOf: data)
     }
 
-    static func table(_ header: [String], _ rows: [[String]]) -> String {
+    package static func table(_ header: [String], _ rows: [[String]]) -> String {
         var widths = header.map(\.count)
         for row in rows {
             for (index, cell) in row.enumerated() where index < widths.count {
@@ -57,20 +57,20 @@ enum Output {
         return lines.joined(separator: "\n")
     }
 
-    static var stdinIsTerminal: Bool { isatty(STDIN_FILENO) == 1 }
-    static var stdoutIsTerminal: Bool { isatty(STDOUT_FILENO) == 1 }
-    static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) == 1 }
+    package static var stdinIsTerminal: Bool { isatty(STDIN_FILENO) == 1 }
+    package static var stdoutIsTerminal: Bool { isatty(STDOUT_FILENO) == 1 }
+    package static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) == 1 }
 
     /// Asks a yes/no question on the terminal. Without a terminal, refuses instead of hanging.
     /// Runs blocking work (a question on the terminal) on a thread of its own, so that a task
     /// waiting for it does not hold a thread of the concurrency pool.
-    static func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    package static func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             Thread { continuation.resume(with: Result { try body() }) }.start()
         }
     }
 
-    static func confirm(_ question: String, assumeYes: Bool) throws -> Bool {
+    package static func confirm(_ question: String, assumeYes: Bool) throws -> Bool {
         if assumeYes { return true }
         guard stdinIsTerminal else {
             throw CLIError("this needs confirmation and there is no terminal to ask on: rerun with --yes", exitCode: 2)
@@ -81,7 +81,7 @@ enum Output {
     }
 
     /// Writes `data` to FILE, or stdout for `-`.
-    static func write(_ data: Data, to path: String) throws {
+    package static func write(_ data: Data, to path: String) throws {
         if path == "-" {
             FileHandle.standardOutput.write(data)
         } else {
@@ -89,7 +89,7 @@ enum Output {
         }
     }
 
-    static func csvField(_ text: String) -> String {
+    package static func csvField(_ text: String) -> String {
         guard text.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return text }
         return "\"" + text.replacingOccurrences(of: "\"", with: "\"\"") + "\""
     }
@@ -97,7 +97,7 @@ enum Output {
 
 /// Dates given on the command line: `2026-11-25`, an ISO 8601 time, or an age like `7d`, `12h`.
 enum DateArgument {
-    static func parse(_ text: String, now: Date) -> Date? {
+    package static func parse(_ text: String, now: Date) -> Date? {
         if let last = text.last, let amount = Double(text.dropLast()), amount >= 0 {
             let unit: Double? = ["d": 86_400, "h": 3_600, "m": 60, "w": 604_800][last]
             if let unit { return now.addingTimeInterval(-amount * unit) }

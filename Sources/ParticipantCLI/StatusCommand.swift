@@ -3,7 +3,7 @@ import Foundation
 import MarketClient
 import MarketCore
 import MarketCrypto
-import MarketServer
+import MarketProtocol
 import Participant
 
 struct StatusCommand: AsyncParsableCommand {
@@ -12,7 +12,7 @@ struct StatusCommand: AsyncParsableCommand {
         abstract: "Consent, limits and usage at a glance."
     )
 
-    @Flag(name: .long, help: "Print JSON.") var json = false
+    @OptionGroup var output: JSONOutput
 
     struct Report: Codable {
         struct Market: Codable {
@@ -73,7 +73,7 @@ struct StatusCommand: AsyncParsableCommand {
             market: await Self.market(context: context, config: config, database: database),
             capacity: try Self.capacity(config: config, database: database, now: context.now)
         )
-        if json {
+        if output.json {
             try Output.json(report)
             return
         }

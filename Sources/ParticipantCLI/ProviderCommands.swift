@@ -3,12 +3,16 @@ import Foundation
 import JobRunner
 import MarketCore
 import MarketFlows
+import MarketProtocol
 import Participant
+import UnixSignals
 
 /// `--slots`, `--price`, `--models`, `--min-requester-reputation`: the standing offer.
 struct OfferOptions: ParsableArguments {
     @Option(help: "Jobs this provider runs at once for the market (1…64).") var slots: Int?
-    @Option(help: "Price asked per job, whole credits (default: market.defaultPrice).") var price: String?
+    @Option(
+        help: "Price asked per job, whole credits (default: market.defaultPrice).", transform: PriceArgument.argument)
+    var price: PriceArgument?
     @Option(help: ArgumentHelp("Models offered, comma-separated (default: any).", valueName: "M,…")) var models: String?
     @Option(
         name: .customLong("min-requester-reputation"),
@@ -24,7 +28,7 @@ struct OfferOptions: ParsableArguments {
             ?? AdvertiseBody(
                 price: config.credits(.marketDefaultPrice).micro, slots: Int(config.integer(.concurrentJobs)))
         if let slots { offer.slots = slots }
-        if let price { offer.price = try PriceArgument.micro(price, option: "--price") }
+        if let price { offer.price = price.micro }
         if let models {
             let list = models.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter {
                 !$0.isEmpty
@@ -64,12 +68,11 @@ struct AdvertiseCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var offer: OfferOptions
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     func run() async throws {
-        let link = try MarketLink(url: url)
+        let link = try MarketLink(url: market.url)
         try requireOptIn(link.database)
         let store = OfferStore(database: link.database)
         let body = try offer.offer(config: link.config, stored: try store.load())
@@ -84,7 +87,7 @@ struct AdvertiseCommand: AsyncParsableCommand {
             actor: "user", kind: "market.advertise",
             details: ["price": String(body.price), "slots": String(body.slots)], at: Date())
         let ack = try await link.sendOrQueue(.offerAdvertise, body, what: "the offer")
-        if json {
+        if output.json {
             try Output.json(ack)
         } else {
             Output.line(
@@ -99,16 +102,15 @@ struct WithdrawCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "withdraw", abstract: "Take this provider's offer off the market (running jobs continue).")
 
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     func run() async throws {
-        let link = try MarketLink(url: url)
+        let link = try MarketLink(url: market.url)
         try OfferStore(database: link.database).clear()
         try link.database.audit(actor: "user", kind: "market.withdraw", details: [:], at: Date())
         let ack = try await link.sendOrQueue(.offerWithdraw, EmptyBody(), what: "the withdrawal")
-        if json { try Output.json(ack) } else { Output.line("offer \(ack.state ?? "withdrawn")") }
+        if output.json { try Output.json(ack) } else { Output.line("offer \(ack.state?.rawValue ?? "withdrawn")") }
     }
 }
 
@@ -118,24 +120,28 @@ struct BidCommand: AsyncParsableCommand {
         abstract: "Bid on an open task by hand (needs a standing offer; the first valid bid wins).")
 
     @Option(name: .customLong("task-id"), help: "The open task.") var taskId: String
-    @Option(help: "Your price, whole credits, at most the task's maximum.") var price: String
-    @Option(help: "A queued bid older than this is never sent (e.g. 60s, 5m).") var expires = "5m"
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @Option(help: "Your price, whole credits, at most the task's maximum.", transform: PriceArgument.argument)
+    var price: PriceArgument
+    @Option(
+        help: "A queued bid older than this is never sent, e.g. 60s (default: 5m).",
+        transform: DurationArgument.argument)
+    var expires = DurationArgument(5, .m)
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     func run() async throws {
         do { try WireField.taskID(taskId) } catch { throw CLIError(error.message, exitCode: 2) }
-        let micro = try PriceArgument.micro(price, option: "--price")
-        let expiresMs = Date().unixMilliseconds + (try DurationArgument.milliseconds(expires, option: "--expires"))
-        let link = try MarketLink(url: url)
+        let micro = price.micro
+        let expiresMs = Date().unixMilliseconds + expires.milliseconds
+        let link = try MarketLink(url: market.url)
         try requireOptIn(link.database)
         let ack = try await link.sendOrQueue(
             .bidPlace, BidBody(taskId: taskId, price: micro), expiresMs: expiresMs, what: "the bid")
-        if json {
+        if output.json {
             try Output.json(ack)
         } else {
-            Output.line("task \(taskId) \(ack.state ?? "bid sent"): `provide` runs it when the payload arrives")
+            Output.line(
+                "task \(taskId) \(ack.state?.rawValue ?? "bid sent"): `provide` runs it when the payload arrives")
         }
     }
 }
@@ -159,9 +165,11 @@ struct ProvideCommand: AsyncParsableCommand {
         .claude
     @Option(help: ArgumentHelp("Image (default: docker.image).", valueName: "IMAGE")) var image: String?
     @OptionGroup var offer: OfferOptions
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Option(help: "On stop: how long running jobs may finish before they are handed back.") var drain = "30s"
+    @OptionGroup var market: MarketURLOption
+    @Option(
+        help: "On stop: how long running jobs may finish before they are handed back (default: 30s).",
+        transform: DurationArgument.argument)
+    var drain = DurationArgument(30, .s)
     @Flag(name: .customLong("no-bid"), help: "Do not bid on open tasks (only standing-offer matches).") var noBid =
         false
     @Flag(help: "Print one JSON line per event.") var json = false
@@ -176,7 +184,7 @@ struct ProvideCommand: AsyncParsableCommand {
         var flags: [String: String] = [:]
         if let image { flags[ConfigKey.dockerImage.name] = image }
         let context = CommandContext(flags: flags)
-        let link = try MarketLink(url: url, context: context)
+        let link = try MarketLink(url: market.url, context: context)
         try requireOptIn(link.database)
         let offerStore = OfferStore(database: link.database)
         let stored = try offerStore.load()
@@ -187,7 +195,7 @@ struct ProvideCommand: AsyncParsableCommand {
             backend: try backend.jobBackend(command: command, config: link.config, environment: context.environment),
             offer: standing)
         service.settings.autoBid = !noBid
-        service.settings.drainTimeout = .milliseconds(try DurationArgument.milliseconds(drain, option: "--drain"))
+        service.settings.drainTimeout = .milliseconds(drain.milliseconds)
         service.knownSecrets = link.knownSecrets
         service.reloadConfig = { try? context.config() }
         let desk = ApprovalDesk()
@@ -207,7 +215,7 @@ struct ProvideCommand: AsyncParsableCommand {
             try await context.withDocker { docker in
                 try await service.run(
                     docker: docker, makeSession: { link.makeSession(onConnect: $0, onDisconnect: $1) },
-                    until: { await StopSignal.wait() })
+                    signals: [.sigterm, .sigint])
             }
         } catch let error as ProviderServiceError {
             if case .alreadyRunning = error { throw CLIError(error.description, exitCode: 3) }
@@ -229,23 +237,6 @@ struct ProvideCommand: AsyncParsableCommand {
                 Output.line("[\(Date().ISO8601Format())] \(event.message)")
             }
         }
-    }
-}
-
-/// Waits for SIGTERM or SIGINT.
-enum StopSignal {
-    static func wait() async {
-        let (stream, continuation) = AsyncStream.makeStream(of: Void.self)
-        var sources: [DispatchSourceSignal] = []
-        for number in [SIGTERM, SIGINT] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number)
-            source.setEventHandler { continuation.yield() }
-            source.resume()
-            sources.append(source)
-        }
-        for await _ in stream { break }
-        for source in sources { source.cancel() }
     }
 }
 

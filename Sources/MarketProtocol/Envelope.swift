@@ -1,4 +1,5 @@
 import Foundation
+import MarketCore
 
 /// The message types of the wire protocol (docs/PROTOCOL.md). An unknown type is refused by name.
 public enum MessageType: String, Codable, Sendable, CaseIterable {
@@ -81,13 +82,21 @@ public struct Envelope: Codable, Sendable, Equatable {
 
 /// The body of an `error` frame.
 public struct ErrorBody: Codable, Sendable, Equatable {
-    public var code: String
+    /// An open set: a code this build does not know decodes as itself.
+    public var code: MarketError.Code
     public var message: String
     public var ref: String?
 
-    public init(code: String, message: String, ref: String? = nil) {
+    public init(code: MarketError.Code, message: String, ref: String? = nil) {
         self.code = code
         self.message = message
         self.ref = ref
     }
+}
+
+extension MarketError.Code: Codable {}
+
+extension ErrorBody {
+    /// The refusal as the market raised it.
+    public var error: MarketError { MarketError(code, message) }
 }

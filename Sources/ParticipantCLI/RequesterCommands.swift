@@ -4,7 +4,7 @@ import MarketClient
 import MarketCore
 import MarketCrypto
 import MarketFlows
-import MarketServer
+import MarketProtocol
 import Participant
 import Synchronization
 
@@ -15,9 +15,8 @@ struct TasksCommand: AsyncParsableCommand {
     @Flag(help: "Only tasks this home posted or ran (kept locally).") var mine = false
     @Option(help: "Only tasks in this state (open, assigned, running, delivered, settled, refunded, …).") var state:
         String?
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     func run() async throws {
         if let state, !TaskState.allCases.map(\.rawValue).contains(state) && !mine {
@@ -27,11 +26,12 @@ struct TasksCommand: AsyncParsableCommand {
         }
         if mine {
             let context = CommandContext()
-            let tasks = try MarketTaskStore(database: try context.database()).tasks(state: state)
+            let tasks = try MarketTaskStore(database: try context.database()).tasks(
+                state: state.map(LocalTaskState.init(rawValue:)))
             // A follow-up names the task whose conversation it continues.
             let conversations = ConversationFiles(directory: context.paths.conversationsDirectory)
             let continues = tasks.map { (try? conversations.chain($0.taskId))?.dropLast().last }
-            if json {
+            if output.json {
                 struct Mine: Encodable {
                     var task: LocalMarketTask
                     var continues: String?
@@ -49,7 +49,7 @@ struct TasksCommand: AsyncParsableCommand {
                     ["TASK", "ROLE", "STATE", "WITH", "PRICE", "CONTINUES", "UPDATED"],
                     zip(tasks, continues).map { task, parent in
                         [
-                            task.taskId, task.role, task.state, String((task.counterparty ?? "-").prefix(12)),
+                            task.taskId, task.role, task.state.rawValue, String((task.counterparty ?? "-").prefix(12)),
                             task.price.map { Credits(micro: $0).description } ?? "≤ \(Credits(micro: task.maxPrice))",
                             parent.map { String($0.prefix(12)) } ?? "-",
                             Date(unixMilliseconds: task.updatedMs).ISO8601Format(),
@@ -57,10 +57,10 @@ struct TasksCommand: AsyncParsableCommand {
                     }))
             return
         }
-        let link = try MarketLink(url: url)
+        let link = try MarketLink(url: market.url)
         let query = "/v1/tasks?limit=200" + (state.map { "&state=\($0)" } ?? "")
         let tasks = try await link.get([MarketViews.TaskView].self, query) ?? []
-        if json { return try Output.json(tasks) }
+        if output.json { return try Output.json(tasks) }
         Output.line(
             Output.table(
                 ["TASK", "STATE", "REQUESTER", "PROVIDER", "PRICE"],
@@ -78,12 +78,12 @@ struct CancelCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cancel", abstract: "Cancel an open task you posted; its escrow comes back.")
     @Option(name: .customLong("task-id"), help: "The task.") var taskId: String
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     func run() async throws {
-        try await TaskMessage.send(.taskCancel, TaskRefBody(taskId: taskId), taskId: taskId, url: url, json: json)
+        try await TaskMessage.send(
+            .taskCancel, TaskRefBody(taskId: taskId), taskId: taskId, url: market.url, json: output.json)
     }
 }
 
@@ -91,12 +91,12 @@ struct AcceptCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "accept", abstract: "Accept a delivered result: the provider is paid from escrow.")
     @Option(name: .customLong("task-id"), help: "The task.") var taskId: String
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     func run() async throws {
-        try await TaskMessage.send(.jobAccept, TaskRefBody(taskId: taskId), taskId: taskId, url: url, json: json)
+        try await TaskMessage.send(
+            .jobAccept, TaskRefBody(taskId: taskId), taskId: taskId, url: market.url, json: output.json)
     }
 }
 
@@ -106,13 +106,12 @@ struct DisputeCommand: AsyncParsableCommand {
         abstract: "Dispute a delivered result: the escrow is held until the market's operator decides.")
     @Option(name: .customLong("task-id"), help: "The task.") var taskId: String
     @Option(help: "Why (1…1000 characters; the provider sees it).") var reason: String
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     func run() async throws {
         try await TaskMessage.send(
-            .jobDispute, ReasonBody(taskId: taskId, reason: reason), taskId: taskId, url: url, json: json)
+            .jobDispute, ReasonBody(taskId: taskId, reason: reason), taskId: taskId, url: market.url, json: output.json)
     }
 }
 
@@ -124,19 +123,19 @@ enum TaskMessage {
         let link = try MarketLink(url: url)
         let ack = try await link.sendOrQueue(type, body, what: "\(type.rawValue) for task \(taskId)")
         if let state = ack.state {
-            try? MarketTaskStore(database: link.database).update(taskId, state: state, at: Date().unixMilliseconds)
+            try? MarketTaskStore(database: link.database).update(
+                taskId, state: LocalTaskState(ack: state), at: Date().unixMilliseconds)
         }
         if json { return try Output.json(ack) }
-        Output.line("task \(taskId): \(ack.state ?? "done")")
+        Output.line("task \(taskId): \(ack.state?.rawValue ?? "done")")
     }
 }
 
 struct BalanceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "balance", abstract: "Your credits on the market: available, in escrow, held back.")
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     struct Report: Codable {
         var peerId: String
@@ -147,12 +146,12 @@ struct BalanceCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let link = try MarketLink(url: url)
+        let link = try MarketLink(url: market.url)
         let view: MarketViews.PeerView? = try await link.myself()
         let report = Report(
             peerId: link.me, available: view?.balance ?? 0, inEscrow: view?.inEscrow ?? 0,
             heldBack: view?.heldBack ?? 0)
-        if json { return try Output.json(report) }
+        if output.json { return try Output.json(report) }
         Output.line("peer        \(link.me)")
         Output.line("available   \(Credits(micro: report.available))")
         Output.line("in escrow   \(Credits(micro: report.inEscrow))")
@@ -165,9 +164,8 @@ struct ReputationCommand: AsyncParsableCommand {
         commandName: "reputation",
         abstract: "A peer's reputation (yours by default): score, outcomes counted, tier, and the outcomes.")
     @Argument(help: "The peer id (default: yours).") var peer: String?
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     struct Report: Codable {
         var peerId: String
@@ -182,7 +180,7 @@ struct ReputationCommand: AsyncParsableCommand {
         if let peer {
             do { _ = try PeerID(validating: peer) } catch { throw CLIError("'\(peer)': \(error)", exitCode: 2) }
         }
-        let link = try MarketLink(url: url)
+        let link = try MarketLink(url: market.url)
         let id = peer ?? link.me
         guard let view = try await link.peer(id) else {
             throw CLIError("the market at \(link.url) does not know peer \(id)", exitCode: 1)
@@ -190,7 +188,7 @@ struct ReputationCommand: AsyncParsableCommand {
         let report = Report(
             peerId: id, score: view.reputation.score, samples: view.reputation.samples, tier: view.reputation.tier,
             settledJobs: view.settledJobs, outcomes: view.recentOutcomes)
-        if json { return try Output.json(report) }
+        if output.json { return try Output.json(report) }
         Output.line("peer        \(id)")
         Output.line(
             "reputation  \(String(format: "%.3f", report.score)) (\(report.tier), \(report.samples) outcomes, \(report.settledJobs) settled jobs)"

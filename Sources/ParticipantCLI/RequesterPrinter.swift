@@ -4,7 +4,7 @@ import MarketClient
 import MarketCore
 import MarketCrypto
 import MarketFlows
-import MarketServer
+import MarketProtocol
 import Participant
 import Synchronization
 import Workspace
@@ -45,8 +45,9 @@ struct RequesterPrinter: Sendable {
     }
 
     func posted(_ ack: AckBody) {
-        if json { return emit(Line(type: "posted", taskId: ack.taskId, state: ack.state, note: ack.note)) }
-        Output.note("task \(ack.taskId ?? "?") posted: \(ack.state ?? "?")" + (ack.note.map { " (\($0))" } ?? ""))
+        if json { return emit(Line(type: "posted", taskId: ack.taskId, state: ack.state?.rawValue, note: ack.note)) }
+        Output.note(
+            "task \(ack.taskId ?? "?") posted: \(ack.state?.rawValue ?? "?")" + (ack.note.map { " (\($0))" } ?? ""))
     }
 
     func update(_ update: RequesterUpdate) {
@@ -108,7 +109,8 @@ struct RequesterPrinter: Sendable {
             if json {
                 return emit(
                     Line(
-                        type: "settlement", taskId: settlement.taskId, state: settlement.state, note: settlement.reason)
+                        type: "settlement", taskId: settlement.taskId, state: settlement.state.rawValue,
+                        note: settlement.reason)
                 )
             }
             Output.note("task \(settlement.taskId) \(settlement.state)" + (settlement.reason.map { ": \($0)" } ?? ""))
@@ -116,8 +118,8 @@ struct RequesterPrinter: Sendable {
     }
 
     func finished(_ outcome: RequesterOutcome) {
-        if json { return emit(Line(type: "finished", taskId: outcome.taskId, state: outcome.state)) }
-        if outcome.state == "delivered", let result = outcome.result {
+        if json { return emit(Line(type: "finished", taskId: outcome.taskId, state: outcome.state.rawValue)) }
+        if outcome.state == .delivered, let result = outcome.result {
             let why =
                 result.state == "succeeded" && result.patch?.error != nil
                 ? "the job succeeded but its patch could not be made" : "the job ended \(result.state)"

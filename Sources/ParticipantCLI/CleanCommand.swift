@@ -27,7 +27,7 @@ struct CleanCommand: AsyncParsableCommand {
         help: "Also containers made by other installations (other CMM_HOMEs) on this engine.")
     var allOwners = false
     @Flag(name: .customLong("dry-run"), help: "Show what would be removed, remove nothing.") var dryRun = false
-    @Flag(name: .long, help: "Print JSON.") var json = false
+    @OptionGroup var output: JSONOutput
 
     struct Report: Codable {
         var dryRun: Bool
@@ -70,7 +70,7 @@ struct CleanCommand: AsyncParsableCommand {
                     "retiredKeySets": String(report.retiredKeySets),
                 ], at: context.now)
         }
-        if json {
+        if output.json {
             try Output.json(report)
             return
         }

@@ -30,16 +30,16 @@ struct CommandContext {
 }
 
 /// An error the CLI reports as `error: <message>` with a chosen exit code.
-struct CLIError: Error, CustomStringConvertible {
-    let message: String
-    var exitCode: Int32 = 1
+package struct CLIError: Error, CustomStringConvertible {
+    package let message: String
+    package var exitCode: Int32 = 1
 
-    init(_ message: String, exitCode: Int32 = 1) {
+    package init(_ message: String, exitCode: Int32 = 1) {
         self.message = message
         self.exitCode = exitCode
     }
 
-    var description: String { message }
+    package var description: String { message }
 }
 
 extension CommandContext {

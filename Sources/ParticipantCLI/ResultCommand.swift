@@ -4,7 +4,6 @@ import MarketClient
 import MarketCore
 import MarketCrypto
 import MarketFlows
-import MarketServer
 import Participant
 import Synchronization
 import Workspace
@@ -25,7 +24,10 @@ struct ResultCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("task-id"), help: "The task.") var taskId: String
     @Flag(name: .customLong("no-accept"), help: "Do not accept the result.") var noAccept = false
-    @Option(name: .customLong("wait-timeout"), help: "Give up following after this long.") var waitTimeout = "10m"
+    @Option(
+        name: .customLong("wait-timeout"), help: "Give up following after this long (default: 10m).",
+        transform: DurationArgument.argument)
+    var waitTimeout = DurationArgument(10, .m)
     @Flag(help: "A workspace job: apply its patch to the directory it was sent from (or --dir).") var apply = false
     @Option(help: ArgumentHelp("With --apply: apply here instead.", valueName: "DIR")) var dir: String?
     @Option(
@@ -33,9 +35,8 @@ struct ResultCommand: AsyncParsableCommand {
         help: ArgumentHelp("A workspace job: write its patch (a git diff) to FILE.", valueName: "FILE"))
     var patchOut: String?
     @Flag(help: "Show the whole conversation (every turn, and the tasks it went through).") var transcript = false
-    @Option(help: "The market's WebSocket URL (default: market.url).", transform: MarketURL.argument) var url:
-        MarketURL?
-    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var market: MarketURLOption
+    @OptionGroup var output: JSONOutput
 
     func validate() throws {
         if dir != nil && !apply { throw ValidationError("--dir goes with --apply") }
@@ -43,7 +44,7 @@ struct ResultCommand: AsyncParsableCommand {
 
     func run() async throws {
         do { try WireField.taskID(taskId) } catch { throw CLIError(error.message, exitCode: 2) }
-        let link = try MarketLink(url: url)
+        let link = try MarketLink(url: market.url)
         let store = MarketTaskStore(database: link.database)
         guard let local = try store.task(taskId) else {
             throw CLIError("task \(taskId) was not posted or run from this home", exitCode: 2)
@@ -61,8 +62,8 @@ struct ResultCommand: AsyncParsableCommand {
                 return try handlePatch(result, files: files)
             }
         }
-        let waitMs = try DurationArgument.milliseconds(waitTimeout, option: "--wait-timeout")
-        let printer = RequesterPrinter(json: json)
+        let waitMs = waitTimeout.milliseconds
+        let printer = RequesterPrinter(json: output.json)
         let accept = !noAccept
         let outcome = try await link.withSession { session in
             let requester = Requester(
@@ -112,10 +113,10 @@ struct ResultCommand: AsyncParsableCommand {
         }
         var arguments = try WorkspaceArguments.parse(apply ? ["--dir", target, "--apply"] : [])
         arguments.patchOut = patchOut
-        try WorkspaceReport.handle(patch: patch, arguments: arguments, base: base, json: json)
+        try WorkspaceReport.handle(patch: patch, arguments: arguments, base: base, json: output.json)
     }
 
-    func show(_ result: JobContent.Result, state: String, conversations: ConversationFiles) throws {
+    func show(_ result: JobContent.Result, state: LocalTaskState, conversations: ConversationFiles) throws {
         let chain = try conversations.chain(taskId)
         let kept = transcript ? try conversations.transcript(taskId) : nil
         if transcript && kept == nil {
@@ -123,7 +124,7 @@ struct ResultCommand: AsyncParsableCommand {
                 "task \(taskId) left no conversation here"
                     + (result.transcript?.error.map { ": \($0)" } ?? " (it was not a claude job)"), exitCode: 2)
         }
-        if json {
+        if output.json {
             struct Turn: Encodable {
                 var role: String
                 var text: String
@@ -137,7 +138,7 @@ struct ResultCommand: AsyncParsableCommand {
             }
             return try Output.json(
                 Shown(
-                    taskId: taskId, taskState: state, result: result, conversation: chain,
+                    taskId: taskId, taskState: state.rawValue, result: result, conversation: chain,
                     transcript: kept?.turns.map { Turn(role: $0.role, text: $0.text) }))
         }
         if let kept {

@@ -18,7 +18,7 @@ struct LimitsCommand: AsyncParsableCommand {
     var maxTokensPerTask: String?
     @Option(name: .long, help: ArgumentHelp("Jobs running at once.", valueName: "N")) var concurrent: String?
     @Flag(name: .long, help: "Show the limits and usage (the default).") var show = false
-    @Flag(name: .long, help: "Print JSON.") var json = false
+    @OptionGroup var output: JSONOutput
 
     var assignments: [(key: String, value: String)] {
         [
@@ -43,7 +43,7 @@ struct LimitsCommand: AsyncParsableCommand {
         let config = try context.config()
         let limits = Limits(config: config)
         let usage = try JobStore(database: database).usage(at: context.now)
-        if json {
+        if output.json {
             try Output.json(LimitsReport(limits: limits, usage: usage))
             return
         }

@@ -15,7 +15,7 @@ struct KeysCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "show", abstract: "Peer id, public keys, created / rotated times, suites.")
 
-        @Flag(name: .long, help: "Print JSON.") var json = false
+        @OptionGroup var output: JSONOutput
 
         struct Report: Codable {
             struct Generation: Codable {
@@ -65,7 +65,7 @@ struct KeysCommand: AsyncParsableCommand {
                         created: generation.created, retired: generation.retired,
                         expires: generation.retired?.addingTimeInterval(Double(days) * 86_400), keyIds: ids)
                 })
-            if json {
+            if output.json {
                 try Output.json(report)
                 return
             }
@@ -113,7 +113,7 @@ struct KeysCommand: AsyncParsableCommand {
 
         @Flag(name: .long, help: "Rotate the identity (signing) key; the peer id changes.") var identity = false
         @Flag(name: .long, help: "Do not ask for confirmation (for scripts).") var yes = false
-        @Flag(name: .long, help: "Print JSON.") var json = false
+        @OptionGroup var output: JSONOutput
 
         func run() async throws {
             let context = CommandContext()
@@ -130,7 +130,7 @@ struct KeysCommand: AsyncParsableCommand {
                 try context.auditKeyEvent(
                     .identityRotated(oldPeerID: rotation.oldPeerID, newPeerID: rotation.newPeerID), ring: ring,
                     database: database)
-                if json {
+                if output.json {
                     try Output.json(rotation)
                 } else {
                     Output.line(
@@ -142,7 +142,7 @@ struct KeysCommand: AsyncParsableCommand {
             try context.auditKeyEvent(
                 .sealingRotated(automatic: false, previousCreated: before.current.created), ring: ring,
                 database: database)
-            if json {
+            if output.json {
                 try Output.json([
                     "peerId": ring.peerID.rawValue, "created": ring.current.created.ISO8601Format(),
                     "retiredKeys": String(ring.generations.count - 1),
