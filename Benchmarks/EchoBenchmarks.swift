@@ -4,6 +4,7 @@ import HummingbirdWSClient
 import HummingbirdWebSocket
 import Logging
 import ServiceLifecycle
+import TestSupport
 
 // WebSocket echo: the server stack the market runs on (Hummingbird 2 + hummingbird-websocket,
 // one connection handler like the market's) against Python's `websockets`, each driven by the
@@ -11,8 +12,8 @@ import ServiceLifecycle
 
 /// Round trips one at a time, then `count` messages pipelined; messages per second for each.
 func echoRates(url: String, count: Int) async throws -> (oneAtATime: Double, pipelined: Double) {
-    let result = Counter()
-    let rates = LockedDoubles()
+    let result = LockedBox(0)
+    let rates = LockedBox<[Double]>([])
     _ = try await WebSocketClient.connect(
         url: url, configuration: .init(maxFrameSize: 1 << 20), logger: Logger(label: "bench")
     ) { inbound, outbound, _ in
@@ -37,17 +38,10 @@ func echoRates(url: String, count: Int) async throws -> (oneAtATime: Double, pip
         try await outbound.close(.normalClosure, reason: nil)
     }
     guard result.value == 1 else { throw MarketEchoError.incomplete }
-    return (rates.values[0], rates.values[1])
+    return (rates.value[0], rates.value[1])
 }
 
 enum MarketEchoError: Error { case incomplete }
-
-final class LockedDoubles: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: [Double] = []
-    func append(_ value: Double) { lock.withLock { stored.append(value) } }
-    var values: [Double] { lock.withLock { stored } }
-}
 
 func echoBenchmarks() async throws {
     let count = Int(ProcessInfo.processInfo.environment["CMM_BENCH_ECHO"] ?? "5000") ?? 5000
@@ -58,15 +52,15 @@ func echoBenchmarks() async throws {
             if case .text(let text) = message { try await outbound.write(.text(text)) }
         }
     }
-    let portBox = LockedDoubles()
+    let portBox = LockedBox<[Double]>([])
     let app = Application(
         router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
         configuration: .init(address: .hostname("127.0.0.1", port: 0)),
         onServerRunning: { portBox.append(Double($0.localAddress?.port ?? 0)) }, logger: Logger(label: "bench.echo"))
     let group = ServiceGroup(configuration: .init(services: [app], logger: Logger(label: "bench.echo")))
     let running = Task { try await group.run() }
-    while portBox.values.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
-    let ours = try await echoRates(url: "ws://127.0.0.1:\(Int(portBox.values[0]))/echo", count: count)
+    while portBox.value.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+    let ours = try await echoRates(url: "ws://127.0.0.1:\(Int(portBox.value[0]))/echo", count: count)
     await group.triggerGracefulShutdown()
     _ = try? await running.value
 

@@ -9,6 +9,7 @@ import MarketCore
 import NIOCore
 import NIOSSL
 import Participant
+import TestSupport
 
 // The API gateway against the upstream directly, and a flooding job's output against `docker run`.
 
@@ -67,30 +68,22 @@ struct BenchUpstream {
                     try await writer.finish(nil)
                 })
         }
-        let port = LockedValue<Int?>(nil)
+        let port = LockedBox<Int?>(nil)
         var quiet = Logger(label: "bench-upstream")
         quiet.logLevel = .critical
         let application = Application(
             router: router, server: try .tls(.http1(), tlsConfiguration: tls),
             configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: nil),
-            onServerRunning: { channel in port.set(channel.localAddress?.port) }, logger: quiet)
+            onServerRunning: { channel in port.value = channel.localAddress?.port }, logger: quiet)
         let ca = try String(contentsOfFile: path("ca.pem"), encoding: .utf8)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await application.runService(gracefulShutdownSignals: []) }
-            while port.get() == nil { try await Task.sleep(for: .milliseconds(20)) }
-            let result = try await body(URL(string: "https://127.0.0.1:\(port.get()!)")!, ca)
+            while port.value == nil { try await Task.sleep(for: .milliseconds(20)) }
+            let result = try await body(URL(string: "https://127.0.0.1:\(port.value!)")!, ca)
             group.cancelAll()
             return result
         }
     }
-}
-
-final class LockedValue<T: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: T
-    init(_ value: T) { self.value = value }
-    func set(_ new: T) { lock.withLock { value = new } }
-    func get() -> T { lock.withLock { value } }
 }
 
 /// One request: time to the first body byte and to the end, in seconds, and the bytes.

@@ -6,6 +6,7 @@ import MarketCore
 import MarketCrypto
 import MarketProtocol
 import MarketStore
+import TestSupport
 
 // The market group: a real `market serve` process (the release binary beside this one) on a
 // SQLite file, simulated peers on loopback. The server's CPU time comes from /proc, so the
@@ -27,24 +28,25 @@ final class ServerProcess: @unchecked Sendable {
         process.executableURL = binary
         process.arguments =
             [
-                "market", "serve", "--port", "0", "--db",
+                "market", "serve", "--json", "--port", "0", "--db",
                 database ?? "sqlite:" + directory.appending(path: "m.sqlite").path, "--frame-rate", "100000",
             ] + extra
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CMM_") }
         environment["CMM_HOME"] = directory.path
         process.environment = environment
-        let err = Pipe()
-        process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
+        let out = Pipe()
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = out
         try process.run()
-        var text = ""
-        while !text.contains("/market") {
-            let chunk = err.fileHandleForReading.availableData
+        // The one JSON line `--json` prints once the server listens: the port it was given.
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = out.fileHandleForReading.availableData
             guard !chunk.isEmpty else { throw MarketClientError("market serve did not start (\(binary.path))") }
-            text += String(decoding: chunk, as: UTF8.self)
+            line += chunk
         }
-        let range = text.range(of: #":(\d+)/market"#, options: .regularExpression)!
-        port = Int(text[range].dropFirst().dropLast("/market".count))!
+        struct Listening: Decodable { var port: Int }
+        port = try JSONDecoder().decode(Listening.self, from: line.prefix { $0 != UInt8(ascii: "\n") }).port
     }
 
     var url: String { "ws://127.0.0.1:\(port)/market" }
@@ -220,10 +222,10 @@ func marketBenchmarks() async throws {
     let poster = KeyRing.inMemory(sealing: sealing)
     try await mint([poster.peerID], fanServer.sqlite)
     let fanURL = fanServer.url
-    let ready = Counter()
-    let go = Counter()
-    let arrivals = LockedList()
-    let posted = LockedList()
+    let ready = LockedBox(0)
+    let go = LockedBox(0)
+    let arrivals = LockedBox<[ContinuousClock.Instant]>([])
+    let posted = LockedBox<[ContinuousClock.Instant]>([])
     var connectedRSS = 0.0
     try await withThrowingTaskGroup(of: Void.self) { group in
         for _ in 0..<peers {
@@ -245,12 +247,12 @@ func marketBenchmarks() async throws {
         try await MarketConnection.with(url: fanURL, keys: poster) { r in
             posted.append(ContinuousClock.now)
             try await r.request(.taskPost, PostBody(taskId: "fan", maxPrice: 1_000_000)).throwIfError()
-            while arrivals.count < peers { try await Task.sleep(for: .milliseconds(5)) }
+            while arrivals.value.count < peers { try await Task.sleep(for: .milliseconds(5)) }
         }
         go.increment()
         try await group.waitForAll()
     }
-    let fan = arrivals.values.map { seconds($0 - posted.values[0]) * 1000 }
+    let fan = arrivals.value.map { seconds($0 - posted.value[0]) * 1000 }
     report(
         Row(
             name: "market: fan-out to \(peers) peers, p99 (vs 50 ms)", ours: percentile(fan, 0.99), baseline: 50,
@@ -263,21 +265,6 @@ func marketBenchmarks() async throws {
         Row(
             name: "market: RSS with \(peers) idle peers (vs 150 MB)", ours: connectedRSS, baseline: 150, unit: "MB",
             target: 1, higherIsBetter: false))
-}
-
-final class Counter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored = 0
-    func increment() { lock.withLock { stored += 1 } }
-    var value: Int { lock.withLock { stored } }
-}
-
-final class LockedList: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: [ContinuousClock.Instant] = []
-    func append(_ value: ContinuousClock.Instant) { lock.withLock { stored.append(value) } }
-    var values: [ContinuousClock.Instant] { lock.withLock { stored } }
-    var count: Int { lock.withLock { stored.count } }
 }
 
 /// Opens one authenticated connection per key ring, nested, and runs `body` with all of them.

@@ -12,67 +12,12 @@ import TestSupport
 // into a pgbench script, and replayed by one pgbench client per requester/provider pair: the
 // baseline is what PostgreSQL alone does with exactly the transactions a lifecycle makes.
 
-/// A throwaway PostgreSQL cluster, stopped by its postmaster's PID.
-final class PostgresCluster: @unchecked Sendable {
-    let directory: URL
-    let bin: String
-    let port: Int
-    private let process = Process()
-
-    static func binDirectory() -> String? {
-        let root = "/usr/lib/postgresql"
-        let versions = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
-        guard let newest = versions.max(by: { $0.compare($1, options: .numeric) == .orderedAscending }) else {
-            return nil
-        }
-        let bin = "\(root)/\(newest)/bin"
-        return FileManager.default.isExecutableFile(atPath: "\(bin)/initdb") ? bin : nil
-    }
-
-    init(bin: String) throws {
-        self.bin = bin
-        directory = FileManager.default.temporaryDirectory.appending(
-            path: "cmm-bench-pg-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let asRoot = getuid() == 0
-        if asRoot {
-            let (status, output) = try runProcess(["chown", "postgres", directory.path])
-            guard status == 0 else { throw BenchmarkError("chown postgres \(directory.path): \(output)") }
-        }
-        let prefix = asRoot ? ["runuser", "-u", "postgres", "--"] : []
-        let data = directory.appending(path: "data").path
-        let (status, output) = try runProcess(
-            prefix + ["\(bin)/initdb", "-D", data, "-A", "trust", "-U", "postgres"], withErrors: true)
-        guard status == 0 else { throw BenchmarkError("initdb failed: \(output)") }
-        port = try freePort()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        // The same settings as the test cluster; both sides of the comparison run on it.
-        process.arguments =
-            prefix + [
-                "\(bin)/postgres", "-D", data, "-k", directory.path, "-h", "127.0.0.1", "-p", "\(port)", "-c",
-                "fsync=off", "-c", "synchronous_commit=off", "-c", "max_connections=100", "-c",
-                "logging_collector=on", "-c", "log_destination=jsonlog", "-c", "log_directory=log",
-            ]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        for _ in 0..<120 {
-            if (try? psql("SELECT 1")) == "1" { return }
-            guard process.isRunning else { break }
-            usleep(250_000)
-        }
-        stop()
-        throw BenchmarkError("PostgreSQL did not start in \(directory.path)")
-    }
-
-    func url(_ database: String) -> String { "postgres://postgres@127.0.0.1:\(port)/\(database)" }
-
-    @discardableResult
-    func psql(_ sql: String, database: String = "postgres") throws -> String {
-        let (status, output) = try runProcess(["psql", url(database), "-qAtc", sql], withErrors: true)
-        guard status == 0 else { throw BenchmarkError("psql \(sql): \(output)") }
-        return output.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
+extension PostgresCluster {
+    /// The settings of the benchmarks' cluster: the tests' own, and a JSON log to capture statements from.
+    static let benchmarkSettings = [
+        "fsync=off", "synchronous_commit=off", "max_connections=100", "logging_collector=on",
+        "log_destination=jsonlog", "log_directory=log",
+    ]
 
     /// Every line of the cluster's JSON logs, decoded.
     func logRecords() throws -> [[String: Any]] {
@@ -84,17 +29,6 @@ final class PostgresCluster: @unchecked Sendable {
                 try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
             }
         }
-    }
-
-    func stop() {
-        let pidFile = directory.appending(path: "data/postmaster.pid").path
-        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
-            let pid = Int32(text.split(separator: "\n").first ?? "")
-        {
-            kill(pid, SIGTERM)
-        }
-        process.waitUntilExit()
-        try? FileManager.default.removeItem(at: directory)
     }
 }
 
@@ -215,12 +149,15 @@ struct CapturedLifecycle {
 }
 
 func postgresBenchmarks() async throws {
-    guard let bin = PostgresCluster.binDirectory() else {
+    guard PostgresCluster.binDirectory() != nil else {
         print("  skipped: PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)")
         return
     }
-    let cluster = try PostgresCluster(bin: bin)
-    defer { cluster.stop() }
+    let cluster = try PostgresCluster(
+        directory: FileManager.default.temporaryDirectory.appending(
+            path: "cmm-bench-pg-\(UUID().uuidString.prefix(8))"),
+        settings: PostgresCluster.benchmarkSettings)
+    defer { cluster.remove() }
     let sealing = try SealingKeySet.generate(at: Date())
     let pairs = (0..<8).map { _ in (KeyRing.inMemory(sealing: sealing), KeyRing.inMemory(sealing: sealing)) }
 
@@ -281,7 +218,7 @@ func postgresBenchmarks() async throws {
             group.addTask {
                 try runProcess(
                     [
-                        "\(bin)/pgbench", "-n", "-M", "simple", "-c", "1", "-t", "\(perPair)", "-f", script,
+                        "\(cluster.bin)/pgbench", "-n", "-M", "simple", "-c", "1", "-t", "\(perPair)", "-f", script,
                         "--random-seed", "rand",
                         cluster.url("bench"),
                     ], withErrors: true)

@@ -218,24 +218,15 @@ struct MarketMintCommand: AsyncParsableCommand {
         abstract: "Credit a peer's account from the mint (an operator action, one ledger row with a memo)."
     )
 
-    @Option(help: "The peer id to credit (32 characters of base32).") var to: String
-    @Option(help: "Whole credits, up to six decimals (e.g. 100 or 2.5).") var amount: String
+    @Option(help: "The peer id to credit (32 characters of base32).", transform: PeerID.argument) var to: PeerID
+    @Option(help: "Whole credits, up to six decimals (e.g. 100 or 2.5).", transform: CreditsArgument.argument)
+    var amount: CreditsArgument
     @Option(help: "Why, kept on the ledger row.") var memo = "operator mint"
     @OptionGroup var database: MarketDatabaseOptions
     @OptionGroup var output: JSONOutput
 
     func validate() throws {
-        _ = try parsed()
-    }
-
-    func parsed() throws -> (PeerID, Credits) {
-        let peer: PeerID
-        do { peer = try PeerID(validating: to) } catch { throw ValidationError("--to: \(error)") }
-        let credits: Credits
-        do { credits = try Credits(parsing: amount) } catch { throw ValidationError("--amount: \(error)") }
-        guard credits.micro > 0 else { throw ValidationError("--amount '\(amount)' must be above zero") }
         guard memo.count <= 200 else { throw ValidationError("--memo is longer than 200 characters") }
-        return (peer, credits)
     }
 
     struct Report: Codable {
@@ -246,7 +237,7 @@ struct MarketMintCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let (peer, credits) = try parsed()
+        let (peer, credits) = (to, amount.credits)
         let book = MarketBook(rules: MarketRules())
         let memo = self.memo
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)

@@ -45,19 +45,19 @@ package struct DurationArgument: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// A price: whole credits with up to six decimals (`5`, `0.25`), above zero.
-package struct PriceArgument: Sendable, CustomStringConvertible {
+/// An amount of credits (a price, a mint): whole credits with up to six decimals (`5`, `0.25`), above zero.
+package struct CreditsArgument: Sendable, CustomStringConvertible {
     package let credits: Credits
     package var micro: Int64 { credits.micro }
     package var description: String { credits.description }
 
-    package static func argument(_ text: String) throws -> PriceArgument {
+    package static func argument(_ text: String) throws -> CreditsArgument {
         let credits: Credits
         do { credits = try Credits(parsing: text) } catch { throw ValidationError("\(error)") }
         guard credits.micro > 0 else {
             throw ValidationError("must be above zero (whole credits, up to six decimals)")
         }
-        return PriceArgument(credits: credits)
+        return CreditsArgument(credits: credits)
     }
 }
 

@@ -2,10 +2,12 @@ import ArgumentParser
 import DockerEngine
 import Foundation
 import JobRunner
+import Logging
 import MarketCore
 import MarketCrypto
 import MarketFlows
 import Participant
+import ServiceLifecycle
 import Synchronization
 import Workspace
 
@@ -186,9 +188,10 @@ struct ExecuteCommand: AsyncParsableCommand {
     }
 }
 
-/// Runs `body` in a task that SIGINT cancels (Ctrl-C stops the container instead of killing us).
-/// Before the job starts (while the approval question is open, when reading the terminal cannot
-/// be interrupted) Ctrl-C removes the created container and exits at once.
+/// Runs `body` as the one service of a `ServiceGroup` that SIGINT shuts down, the shape of every
+/// long-lived process of this tool: Ctrl-C cancels the job (its container is stopped) instead of
+/// killing us. Before the job starts (while the approval question is open, when reading the
+/// terminal cannot be interrupted) Ctrl-C removes the created container and exits at once.
 enum CancelOnInterrupt {
     final class State: Sendable {
         private let container = Mutex<(id: String, docker: DockerClient)?>(nil)
@@ -198,29 +201,47 @@ enum CancelOnInterrupt {
         var pending: (id: String, docker: DockerClient)? { container.withLock { $0 } }
     }
 
-    static func run<T: Sendable>(_ body: @escaping @Sendable (State) async throws -> T) async throws -> T {
-        let state = State()
-        let task = Task { try await body(state) }
-        signal(SIGINT, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: SIGINT)
-        source.setEventHandler {
-            if let (id, docker) = state.pending {
-                Output.note("\ninterrupted before the job started: removing its container")
-                // The removal, then the exit, without blocking a thread to wait for it.
-                Task.detached {
-                    try? await docker.removeContainer(id, force: true)
-                    exit(130)
+    /// The job as a service: it ends when the job does; a graceful shutdown (SIGINT) cancels it.
+    struct JobService<T: Sendable>: Service {
+        let state: State
+        let body: @Sendable (State) async throws -> T
+        let result = Slot<T>()
+
+        final class Slot<Value: Sendable>: Sendable {
+            let value = Mutex<Value?>(nil)
+        }
+
+        func run() async throws {
+            let job = Task { try await body(state) }
+            try await withGracefulShutdownHandler {
+                let value = try await job.value
+                result.value.withLock { $0 = value }
+            } onGracefulShutdown: { [state] in
+                if let (id, docker) = state.pending {
+                    Output.note("\ninterrupted before the job started: removing its container")
+                    // The removal, then the exit, without blocking a thread to wait for it.
+                    Task.detached {
+                        try? await docker.removeContainer(id, force: true)
+                        exit(130)
+                    }
+                    return
                 }
-                return
+                Output.note("interrupted: stopping the container")
+                job.cancel()
             }
-            Output.note("interrupted: stopping the container")
-            task.cancel()
         }
-        source.resume()
-        defer {
-            source.cancel()
-            signal(SIGINT, SIG_DFL)
-        }
-        return try await task.value
+    }
+
+    static func run<T: Sendable>(_ body: @escaping @Sendable (State) async throws -> T) async throws -> T {
+        let service = JobService(state: State(), body: body)
+        var logger = Logger(label: "cmm.execute")
+        logger.logLevel = .warning
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigint], logger: logger))
+        try await group.run()
+        guard let value = service.result.value.withLock({ $0 }) else { throw CancellationError() }
+        return value
     }
 }

@@ -11,8 +11,8 @@ import UnixSignals
 struct OfferOptions: ParsableArguments {
     @Option(help: "Jobs this provider runs at once for the market (1…64).") var slots: Int?
     @Option(
-        help: "Price asked per job, whole credits (default: market.defaultPrice).", transform: PriceArgument.argument)
-    var price: PriceArgument?
+        help: "Price asked per job, whole credits (default: market.defaultPrice).", transform: CreditsArgument.argument)
+    var price: CreditsArgument?
     @Option(help: ArgumentHelp("Models offered, comma-separated (default: any).", valueName: "M,…")) var models: String?
     @Option(
         name: .customLong("min-requester-reputation"),
@@ -120,8 +120,8 @@ struct BidCommand: AsyncParsableCommand {
         abstract: "Bid on an open task by hand (needs a standing offer; the first valid bid wins).")
 
     @Option(name: .customLong("task-id"), help: "The open task.") var taskId: String
-    @Option(help: "Your price, whole credits, at most the task's maximum.", transform: PriceArgument.argument)
-    var price: PriceArgument
+    @Option(help: "Your price, whole credits, at most the task's maximum.", transform: CreditsArgument.argument)
+    var price: CreditsArgument
     @Option(
         help: "A queued bid older than this is never sent, e.g. 60s (default: 5m).",
         transform: DurationArgument.argument)

@@ -163,7 +163,7 @@ struct ReputationCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reputation",
         abstract: "A peer's reputation (yours by default): score, outcomes counted, tier, and the outcomes.")
-    @Argument(help: "The peer id (default: yours).") var peer: String?
+    @Argument(help: "The peer id (default: yours).", transform: PeerID.argument) var peer: PeerID?
     @OptionGroup var market: MarketURLOption
     @OptionGroup var output: JSONOutput
 
@@ -177,11 +177,8 @@ struct ReputationCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        if let peer {
-            do { _ = try PeerID(validating: peer) } catch { throw CLIError("'\(peer)': \(error)", exitCode: 2) }
-        }
         let link = try MarketLink(url: market.url)
-        let id = peer ?? link.me
+        let id = peer?.rawValue ?? link.me
         guard let view = try await link.peer(id) else {
             throw CLIError("the market at \(link.url) does not know peer \(id)", exitCode: 1)
         }

@@ -37,8 +37,8 @@ struct SubmitCommand: AsyncParsableCommand {
     var promptFile: String?
     @Option(
         name: .customLong("max-price"), help: "Most you pay, whole credits (held in escrow until settled).",
-        transform: PriceArgument.argument)
-    var maxPrice: PriceArgument
+        transform: CreditsArgument.argument)
+    var maxPrice: CreditsArgument
     @Option(name: .customLong("min-reputation"), help: "Only providers with at least this reputation (0…1).")
     var minReputation: Double?
     @Option(help: "The model the job needs (a provider offering it, or any).") var model: String?

@@ -159,7 +159,7 @@ struct DockerEngineTests {
                 "Dockerfile",
                 contents: Data("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"false\"]\n".utf8))
             try tar.addFile("busybox", from: URL(fileURLWithPath: DockerTestEnvironment.busyboxPath))
-            let lines = LockedLines()
+            let lines = LockedBox<[String]>([])
             await expectDockerError(.stream, containing: "returned a non-zero code") {
                 _ = try await client.buildImage(
                     context: tar.finish(), tags: ["cmm-test/failing:1"],
@@ -168,7 +168,7 @@ struct DockerEngineTests {
                     if case .output(let text) = event { lines.append(text) }
                 }
             }
-            #expect(lines.all.contains { $0.contains("Step 1/") })
+            #expect(lines.value.contains { $0.contains("Step 1/") })
         }
     }
 
@@ -185,13 +185,6 @@ struct DockerEngineTests {
             try DockerClient.Configuration(environment: ["DOCKER_HOST": "unix:///tmp/x.sock"]).socketPath
                 == "/tmp/x.sock")
     }
-}
-
-final class LockedLines: @unchecked Sendable {
-    private let lock = NSLock()
-    private var lines: [String] = []
-    func append(_ line: String) { lock.withLock { lines.append(line) } }
-    var all: [String] { lock.withLock { lines } }
 }
 
 @Suite struct MultiplexedStreamTests {
@@ -273,16 +266,17 @@ struct RegistryPullTests {
             try await client.pushImage(remote)
             try await client.removeImage(remote, force: true)
             #expect(try await client.inspectImage(remote) == nil)
-            let events = LockedLines()
+            let events = LockedBox<[String]>([])
             try await client.pullImage(remote) { progress in
                 events.append(
                     "\(progress.layer ?? "-") \(progress.status) \(progress.current ?? -1)/\(progress.total ?? -1)")
             }
             #expect(try await client.inspectImage(remote) != nil)
             #expect(
-                events.all.contains { $0.contains("Pull complete") || $0.contains("Already exists") }, "\(events.all)")
-            #expect(events.all.contains { $0.contains("Downloading") && !$0.hasSuffix("-1/-1") }, "\(events.all)")
-            #expect(events.all.contains { $0.contains("Downloaded newer image") })
+                events.value.contains { $0.contains("Pull complete") || $0.contains("Already exists") },
+                "\(events.value)")
+            #expect(events.value.contains { $0.contains("Downloading") && !$0.hasSuffix("-1/-1") }, "\(events.value)")
+            #expect(events.value.contains { $0.contains("Downloaded newer image") })
             try await client.removeImage(remote, force: true)
             await expectDockerError(.notFound, containing: "not found") {
                 try await client.pullImage("\(registry.host)/cmm-test/never-pushed:1")

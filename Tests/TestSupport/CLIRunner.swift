@@ -132,3 +132,13 @@ public final class LockedBox<Value>: @unchecked Sendable {
         }
     }
 }
+
+extension LockedBox where Value == Int {
+    /// Adds one (a counter shared by concurrent tasks).
+    public func increment() { withLock { $0 += 1 } }
+}
+
+extension LockedBox {
+    /// Appends to a list shared by concurrent tasks.
+    public func append<Element>(_ element: Element) where Value == [Element] { withLock { $0.append(element) } }
+}
