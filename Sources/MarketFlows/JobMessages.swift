@@ -99,13 +99,30 @@ public enum JobContent {
         }
     }
 
+    /// What an item of a `job.event` batch is.
+    public enum ItemKind: String, Sendable {
+        /// The job started.
+        case started
+        /// A line a command printed (or the CLI's stderr).
+        case line
+        /// A piece of Claude's words as they stream.
+        case delta
+        /// One of Claude's messages, whole.
+        case text
+        /// A tool Claude used.
+        case tool
+    }
+
+    public enum OutputStream: String, Sendable {
+        case stdout, stderr
+    }
+
     /// One item of a `job.event` batch.
     public struct Item: Codable, Sendable, Equatable {
-        /// `started`, `line` (a command's output), `text` (Claude's words), `tool` (a tool used).
-        public var kind: String
-        public var stream: String?
+        public var kind: WireEnum<ItemKind>
+        public var stream: WireEnum<OutputStream>?
         public var text: String?
-        public init(kind: String, stream: String? = nil, text: String? = nil) {
+        public init(kind: WireEnum<ItemKind>, stream: WireEnum<OutputStream>? = nil, text: String? = nil) {
             self.kind = kind
             self.stream = stream
             self.text = text
@@ -123,7 +140,7 @@ public enum JobContent {
         public var v = 1
         public var taskId: String
         /// `succeeded`, `failed`, `timed-out`, `over_budget`, `output_limit`.
-        public var state: String
+        public var state: WireEnum<JobEndState>
         public var exitCode: Int?
         /// Claude's answer, or a command's standard output (at most `maxOutputBytes`).
         public var output: String

@@ -481,22 +481,23 @@ public actor ProviderDaemon {
         }
         hooks.output = { event in
             switch event {
-            case .started: streamer.add(JobContent.Item(kind: "started"))
+            case .started: streamer.add(JobContent.Item(kind: .known(.started)))
             case .line(let stream, let text):
                 let text = clean(text)
                 if stream == .stdout && !isClaude { output.add(text) }
                 if !isClaude || stream == .stderr {
                     streamer.add(
-                        JobContent.Item(kind: "line", stream: stream == .stderr ? "stderr" : "stdout", text: text))
+                        JobContent.Item(
+                            kind: .known(.line), stream: .known(stream == .stderr ? .stderr : .stdout), text: text))
                 }
             case .event(.textDelta(let text)):
                 let ready = deltas.add(text)
-                if !ready.isEmpty { streamer.add(JobContent.Item(kind: "delta", text: clean(ready))) }
+                if !ready.isEmpty { streamer.add(JobContent.Item(kind: .known(.delta), text: clean(ready))) }
             case .event(.text(let text)):
                 let rest = deltas.flush()
-                if !rest.isEmpty { streamer.add(JobContent.Item(kind: "delta", text: clean(rest))) }
-                streamer.add(JobContent.Item(kind: "text", text: clean(text)))
-            case .event(.toolUse(let name)): streamer.add(JobContent.Item(kind: "tool", text: clean(name)))
+                if !rest.isEmpty { streamer.add(JobContent.Item(kind: .known(.delta), text: clean(rest))) }
+                streamer.add(JobContent.Item(kind: .known(.text), text: clean(text)))
+            case .event(.toolUse(let name)): streamer.add(JobContent.Item(kind: .known(.tool), text: clean(name)))
             default: break
             }
         }
@@ -528,7 +529,7 @@ public actor ProviderDaemon {
                 patchInfo = try await sendPatch(outcome, base: workspace, taskId: taskId, to: assignment.requester)
             }
             var content = JobContent.Result(
-                taskId: taskId, state: result.state.rawValue, exitCode: result.exitCode,
+                taskId: taskId, state: .known(result.state), exitCode: result.exitCode,
                 output: String(text.utf8.prefix(JobContent.maxOutputBytes)) ?? "",
                 truncated: output.truncated || text.utf8.count > JobContent.maxOutputBytes,
                 error: result.error.map(clean),

@@ -165,7 +165,7 @@ public struct RequesterMachine: Sendable {
     /// accepted unasked; any other ending is the requester's call (`accept` or `dispute`),
     /// settled by the acceptance window otherwise.
     private mutating func settle(_ result: JobContent.Result) -> [Action] {
-        if acceptsResults && result.state == "succeeded" && result.patch?.error == nil { return [.accept] }
+        if acceptsResults && result.state == .known(.succeeded) && result.patch?.error == nil { return [.accept] }
         outcome.state = .delivered
         return [.record(.delivered), .finish]
     }

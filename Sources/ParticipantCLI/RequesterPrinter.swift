@@ -59,21 +59,22 @@ struct RequesterPrinter: Sendable {
             if json { return emit(Line(type: "approved", provider: provider)) }
             Output.note("approved by the provider; running")
         case .items(let items):
-            if items.contains(where: { $0.kind != "started" }) { streamed.set() }
+            if items.contains(where: { $0.kind != .known(.started) }) { streamed.set() }
             for item in items {
                 if json {
-                    emit(Line(type: "event", stream: item.stream, text: item.text, note: item.kind))
-                } else if item.kind == "line" && item.stream == "stderr" {
-                    Output.note(item.text ?? "")
-                } else if item.kind == "delta" {
+                    emit(Line(type: "event", stream: item.stream?.rawValue, text: item.text, note: item.kind.rawValue))
+                    continue
+                }
+                switch item.kind.known {
+                case .line where item.stream == .known(.stderr): Output.note(item.text ?? "")
+                case .line: Output.line(item.text ?? "")
+                case .delta:
                     Output.stdout(Data((item.text ?? "").utf8))
                     midMessage.set()
-                } else if item.kind == "text" {
+                case .text:
                     if midMessage.take() { Output.stdout(Data("\n".utf8)) } else { Output.line(item.text ?? "") }
-                } else if item.kind == "line" {
-                    Output.line(item.text ?? "")
-                } else if item.kind == "tool" {
-                    Output.line("[tool: \(item.text ?? "")]")
+                case .tool: Output.line("[tool: \(item.text ?? "")]")
+                case .started, nil: break
                 }
             }
         case .rejected(let provider, let reason), .failed(let provider, let reason):
@@ -121,7 +122,7 @@ struct RequesterPrinter: Sendable {
         if json { return emit(Line(type: "finished", taskId: outcome.taskId, state: outcome.state.rawValue)) }
         if outcome.state == .delivered, let result = outcome.result {
             let why =
-                result.state == "succeeded" && result.patch?.error != nil
+                result.state == .known(.succeeded) && result.patch?.error != nil
                 ? "the job succeeded but its patch could not be made" : "the job ended \(result.state)"
             Output.note(
                 "\(why), so it was not accepted: `claude-max-market accept --task-id \(outcome.taskId)` "
