@@ -83,26 +83,6 @@ func submitWhenLive(_ prompt: String, daemon: Background, requester: URL, log: S
         log: root.appending(path: log))
 }
 
-/// The checks every scenario with a provider ends with: no container of the provider left
-/// running, every task final, every audit chain intact, the books balanced.
-func finish(
-    _ result: inout ScenarioResult, market: Market, homes: [URL], provider: URL, socket: String
-) async throws {
-    let owner = ParticipantPaths(environment: ["CMM_HOME": provider.path]).ownerID
-    let left = try await DockerClient.withClient(configuration: .init(socketPath: socket)) { docker in
-        try await docker.listContainers(labels: ["\(Labels.owner)=\(owner)"], all: false)
-    }
-    if !left.isEmpty { result.problems.append("\(left.count) container(s) of the provider still running") }
-    try market.waitUntilAllFinal(seconds: 30)
-    for home in homes {
-        let audit = try tool(["audit", "--verify"], home: home, check: false)
-        if audit.code != 0 { result.problems.append("audit --verify in \(home.lastPathComponent): \(audit.out)") }
-    }
-    let books = try market.verify()
-    result.accounted = books.accounted
-    if !books.balanced { result.problems.append("market verify: \(books.detail)") }
-}
-
 /// The Docker engine stopped and started again while a job runs in it: the job fails and the
 /// requester is refunded; the daemon stays up, and once the engine is back its next job runs.
 func engineRestarted(_ result: inout ScenarioResult) async throws {

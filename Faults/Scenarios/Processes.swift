@@ -65,19 +65,7 @@ func providerKilled(_ result: inout ScenarioResult) async throws {
         ["provide", "--backend", "command", "--", "cat"], home: provider, log: root.appending(path: "provide-2.log"))
     try again.waitFor("offer live", seconds: 30)
     again.stop()
-    let owner = ParticipantPaths(environment: ["CMM_HOME": provider.path]).ownerID
-    let left = try await DockerClient.withClient(configuration: .init(socketPath: dockerSocket)) { docker in
-        try await docker.listContainers(labels: ["\(Labels.owner)=\(owner)"], all: false)
-    }
-    if !left.isEmpty { result.problems.append("\(left.count) container(s) of the provider still running") }
-    try market.waitUntilAllFinal(seconds: 20)
-    for home in [provider, requester] {
-        let audit = try tool(["audit", "--verify"], home: home, check: false)
-        if audit.code != 0 { result.problems.append("audit --verify in \(home.lastPathComponent): \(audit.out)") }
-    }
-    let books = try market.verify()
-    result.accounted = books.accounted
-    if !books.balanced { result.problems.append("market verify: \(books.detail)") }
+    try await finish(&result, market: market, homes: [provider, requester], provider: provider, socket: dockerSocket)
 }
 
 /// A client whose clock is ten minutes off is refused at once, with the reason.

@@ -36,20 +36,25 @@ struct TestMarket: Sendable {
         var configuration = MarketServerConfiguration(host: "127.0.0.1", port: 0, rules: rules)
         configure(&configuration)
         let clock = TestClock()
-        let portBox = Mutex<Int?>(nil)
+        // The server says when it listens, and on which port: nothing polls for it.
+        let (listening, listened) = AsyncStream.makeStream(of: Int.self)
         let server = try MarketServer(
             configuration: configuration, store: store, logger: Logger(label: "test.market"), now: { clock.nowMs },
-            onRunning: { port in portBox.withLock { $0 = port } })
+            onRunning: { port in
+                listened.yield(port)
+                listened.finish()
+            })
         let group = ServiceGroup(
             configuration: .init(services: [.init(service: server)], logger: Logger(label: "test.group")))
-        let running = Task { try await group.run() }
-        var port: Int?
-        for _ in 0..<500 {
-            port = portBox.withLock { $0 }
-            if port != nil { break }
-            try await Task.sleep(for: .milliseconds(10))
+        let running = Task {
+            defer { listened.finish() }
+            try await group.run()
         }
-        guard let port else { throw CLIRunnerError(description: "the market did not start") }
+        var ports = listening.makeAsyncIterator()
+        guard let port = await ports.next() else {
+            _ = try? await running.value
+            throw CLIRunnerError(description: "the market did not start")
+        }
         let market = TestMarket(server: server, store: store, port: port, book: MarketBook(rules: rules), clock: clock)
         do {
             let result = try await body(market)
