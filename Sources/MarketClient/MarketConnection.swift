@@ -154,7 +154,7 @@ public final class MarketConnection: Sendable {
 
     /// The `ack`, `pong` or `error` whose body names `ref`.
     public func answer(to ref: String, timeout: Duration = .seconds(10)) async throws -> Envelope {
-        try await next(timeout: timeout) { $0.refersTo(ref) }
+        try await inbox.take(timeout: timeout, where: .answer(to: ref))
     }
 
     // MARK: Receiving
@@ -165,14 +165,14 @@ public final class MarketConnection: Sendable {
     )
         async throws -> Envelope
     {
-        try await inbox.take(timeout: timeout, where: match)
+        try await inbox.take(timeout: timeout, where: .custom(match))
     }
 
     /// The first frame of `type` (for a task, when given).
     public func next(_ type: MessageType, taskId: String? = nil, timeout: Duration = .seconds(10)) async throws
         -> Envelope
     {
-        try await next(timeout: timeout) { $0.concerns(type, taskId: taskId) }
+        try await inbox.take(timeout: timeout, where: .concerns(type, taskId: taskId))
     }
 
     /// Frames received and not yet taken.
@@ -182,7 +182,7 @@ public final class MarketConnection: Sendable {
     /// connection is closed.
     public func poll(timeout: Duration) async throws -> Envelope? {
         do {
-            return try await inbox.take(timeout: timeout) { _ in true }
+            return try await inbox.take(timeout: timeout, where: .any)
         } catch is InboxTimeout {
             return nil
         }
@@ -212,19 +212,47 @@ extension Envelope {
     }
 }
 
+/// Which frame a caller waits for. What a frame answers or concerns is read from its body once,
+/// as it arrives (`FrameSubject`), not again for every caller that looks at it.
+enum FrameMatch: Sendable {
+    case any
+    /// The market's answer (`ack`, `pong`, `error`) to message `ref`.
+    case answer(to: String)
+    /// A frame of `type` about `taskId` (any task when nil).
+    case concerns(MessageType, taskId: String?)
+    case custom(@Sendable (Envelope) -> Bool)
+
+    func matches(_ frame: Inbox.Frame) -> Bool {
+        switch self {
+        case .any: true
+        case .answer(let ref):
+            [MessageType.ack, .error, .pong].contains(frame.type) && frame.subject.ref == ref
+        case .concerns(let type, let taskId):
+            frame.type == type && (taskId == nil || frame.subject.taskId == taskId)
+        case .custom(let match): match(frame.envelope)
+        }
+    }
+}
+
 /// Frames in arrival order, and the callers waiting for one that matches.
 actor Inbox {
-    private var frames: [Envelope] = []
-    private var waiters:
-        [(id: UUID, match: @Sendable (Envelope) -> Bool, continuation: CheckedContinuation<Envelope, any Error>)] = []
+    struct Frame: Sendable {
+        let envelope: Envelope
+        let type: MessageType?
+        let subject: FrameSubject
+    }
+
+    private var frames: [Frame] = []
+    private var waiters: [(id: UUID, match: FrameMatch, continuation: CheckedContinuation<Envelope, any Error>)] = []
     private var closed = false
 
     func deliver(_ text: String) {
         guard let envelope = try? JSONDecoder().decode(Envelope.self, from: Data(text.utf8)) else { return }
-        if let index = waiters.firstIndex(where: { $0.match(envelope) }) {
+        let frame = Frame(envelope: envelope, type: envelope.messageType, subject: envelope.subject)
+        if let index = waiters.firstIndex(where: { $0.match.matches(frame) }) {
             waiters.remove(at: index).continuation.resume(returning: envelope)
         } else {
-            frames.append(envelope)
+            frames.append(frame)
         }
     }
 
@@ -236,10 +264,10 @@ actor Inbox {
         waiters.removeAll()
     }
 
-    func snapshot() -> [Envelope] { frames }
+    func snapshot() -> [Envelope] { frames.map(\.envelope) }
 
-    func take(timeout: Duration, where match: @escaping @Sendable (Envelope) -> Bool) async throws -> Envelope {
-        if let index = frames.firstIndex(where: match) { return frames.remove(at: index) }
+    func take(timeout: Duration, where match: FrameMatch) async throws -> Envelope {
+        if let index = frames.firstIndex(where: match.matches) { return frames.remove(at: index).envelope }
         if closed { throw MarketClientError("the market closed the connection") }
         let id = UUID()
         let timer = Task {
