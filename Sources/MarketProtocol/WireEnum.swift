@@ -83,13 +83,6 @@ extension Envelope {
         guard let type = messageType, [.ack, .error, .pong].contains(type) else { return false }
         return subject.ref == ref
     }
-
-    /// True for a frame of `type` about `taskId` (any task when nil).
-    public func concerns(_ type: MessageType, taskId: String?) -> Bool {
-        guard messageType == type else { return false }
-        guard let taskId else { return true }
-        return subject.taskId == taskId
-    }
 }
 
 extension Account: RawRepresentable {
