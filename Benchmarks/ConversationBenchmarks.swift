@@ -184,22 +184,29 @@ func hostFirstText(standIn: MessagesAPIStandIn, run: URL) throws -> Double {
     return elapsed
 }
 
-/// Medians of where a market job's time went: until assigned, approved, and the first text.
-final class StepTimes: @unchecked Sendable {
-    private let lock = NSLock()
-    private var rows: [(assigned: Double, approved: Double, text: Double)] = []
+/// Where one market job's time went: until assigned, approved, and the first text (seconds).
+struct StepTime {
+    var assigned: Double
+    var approved: Double
+    var text: Double
+}
+
+/// The step times of the jobs so far; `summary` prints their medians.
+typealias StepTimes = LockedBox<[StepTime]>
+
+extension LockedBox where Value == [StepTime] {
+    convenience init() { self.init([]) }
 
     func add(assigned: Double, approved: Double, text: Double) {
-        lock.withLock { rows.append((assigned, approved, text)) }
+        withLock { $0.append(StepTime(assigned: assigned, approved: approved, text: text)) }
     }
 
-    func reset() { lock.withLock { rows = [] } }
+    func reset() { value = [] }
 
     func summary(_ label: String) -> String {
-        lock.withLock {
-            String(
-                format: "  %@: assigned after %.3f s, approved after %.3f s, first text after %.3f s (medians)",
-                label, median(rows.map(\.assigned)), median(rows.map(\.approved)), median(rows.map(\.text)))
-        }
+        let rows = value
+        return String(
+            format: "  %@: assigned after %.3f s, approved after %.3f s, first text after %.3f s (medians)",
+            label, median(rows.map(\.assigned)), median(rows.map(\.approved)), median(rows.map(\.text)))
     }
 }

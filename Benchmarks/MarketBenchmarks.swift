@@ -12,10 +12,10 @@ import TestSupport
 // SQLite file, simulated peers on loopback. The server's CPU time comes from /proc, so the
 // clients' own work is not counted.
 
-/// A `market serve` child process.
+/// A `market serve` child process (TestSupport's `MarketProcess`) in a directory of its own,
+/// with the figures the benchmarks read off it.
 final class ServerProcess: @unchecked Sendable {
-    let process = Process()
-    let port: Int
+    let market: MarketProcess
     let directory: URL
 
     /// A server on `database` (`postgres://…`), or on a fresh SQLite file when nil.
@@ -23,32 +23,13 @@ final class ServerProcess: @unchecked Sendable {
         directory = FileManager.default.temporaryDirectory.appending(
             path: "cmm-bench-market-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appending(
-            path: "claude-max-market")
-        process.executableURL = binary
-        process.arguments =
-            [
-                "market", "serve", "--json", "--port", "0", "--db",
-                database ?? "sqlite:" + directory.appending(path: "m.sqlite").path, "--frame-rate", "100000",
-            ] + extra
-        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CMM_") }
-        environment["CMM_HOME"] = directory.path
-        process.environment = environment
-        let out = Pipe()
-        process.standardError = FileHandle.nullDevice
-        process.standardOutput = out
-        try process.run()
-        // The one JSON line `--json` prints once the server listens: the port it was given.
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = out.fileHandleForReading.availableData
-            guard !chunk.isEmpty else { throw MarketClientError("market serve did not start (\(binary.path))") }
-            line += chunk
-        }
-        struct Listening: Decodable { var port: Int }
-        port = try JSONDecoder().decode(Listening.self, from: line.prefix { $0 != UInt8(ascii: "\n") }).port
+        market = try MarketProcess.start(
+            db: database ?? "sqlite:" + directory.appending(path: "m.sqlite").path, home: directory,
+            extra: ["--frame-rate", "100000"] + extra, logFile: directory.appending(path: "market.log"))
     }
 
+    var process: Process { market.process }
+    var port: Int { market.port }
     var url: String { "ws://127.0.0.1:\(port)/market" }
     var sqlite: MarketDatabaseLocation { .sqlite(path: directory.appending(path: "m.sqlite").path) }
 
@@ -67,8 +48,7 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     func stop() {
-        process.terminate()
-        process.waitUntilExit()
+        market.stop()
         try? FileManager.default.removeItem(at: directory)
     }
 }

@@ -4,6 +4,7 @@ import Foundation
 import JobRunner
 import MarketCore
 import MarketCrypto
+import TestSupport
 
 // Benchmarks: each line puts our number beside a baseline measured in the same run, as a ratio
 // against the target. Run with `swift run -c release cmm-benchmarks [crypto|docker|dispatch|output|workspace|claude|gateway|market|postgres|echo|e2e|conversation|cli|all]`.
@@ -21,14 +22,7 @@ struct Row {
     var passes: Bool { higherIsBetter ? ratio >= target : ratio <= target }
 }
 
-final class Results: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: [Row] = []
-    func append(_ row: Row) { lock.withLock { stored.append(row) } }
-    var rows: [Row] { lock.withLock { stored } }
-}
-
-let results = Results()
+let results = LockedBox<[Row]>([])
 
 /// `CMM_BENCH_QUICK=1` (`scripts/bench.sh --quick`): every figure with small sizes — to prove
 /// the harness, or for a first look; the full sizes are what docs/BENCHMARKS.md records.
@@ -42,7 +36,7 @@ func print(_ items: Any..., separator: String = " ", terminator: String = "\n") 
 }
 
 func report(_ row: Row) {
-    results.append(row)
+    results.withLock { $0.append(row) }
     let comparison = row.higherIsBetter ? "≥" : "≤"
     print(
         String(
@@ -292,11 +286,13 @@ func dispatchBenchmarks(_ docker: DockerClient, runs: Int) async throws {
             baseline: median(baseline), unit: "ms", target: 0.1, higherIsBetter: false))
 }
 
-final class FirstLine: @unchecked Sendable {
-    private let lock = NSLock()
-    private var instant: ContinuousClock.Instant?
-    func mark(_ now: ContinuousClock.Instant) { lock.withLock { if instant == nil { instant = now } } }
-    var at: ContinuousClock.Instant? { lock.withLock { instant } }
+/// The first instant something happened, shared by the tasks that watch for it.
+typealias FirstLine = LockedBox<ContinuousClock.Instant?>
+
+extension LockedBox where Value == ContinuousClock.Instant? {
+    convenience init() { self.init(nil) }
+    func mark(_ now: ContinuousClock.Instant) { withLock { if $0 == nil { $0 = now } } }
+    var at: ContinuousClock.Instant? { value }
 }
 
 /// `docker run -i --rm` with the same flags: time until the echoed byte is read back.
@@ -434,4 +430,4 @@ do {
     print("benchmark failed: \(error)")
     exit(2)
 }
-print("\(results.rows.filter(\.passes).count) of \(results.rows.count) targets met")
+print("\(results.value.filter(\.passes).count) of \(results.value.count) targets met")

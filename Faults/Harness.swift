@@ -51,8 +51,8 @@ func run(_ program: String, _ arguments: [String]) throws -> (code: Int32, err: 
 }
 
 let quick = CommandLine.arguments.contains("--quick")
-let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appending(
-    path: "claude-max-market")
+/// The `claude-max-market` built beside this program.
+let binary = CLIRunner.executable
 let root = FileManager.default.temporaryDirectory.appending(path: "cmm-faults-\(UUID().uuidString.prefix(8))")
 let image = "cmm-faults/busybox:latest"
 
@@ -60,41 +60,22 @@ let image = "cmm-faults/busybox:latest"
 let dockerHosts = LockedBox<[String: String]>([:])
 
 func environment(home: URL) -> [String: String] {
-    var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("CMM_") }
-    environment["CMM_HOME"] = home.path
+    var environment = CLIRunner.baseEnvironment(home: home)
     if let host = dockerHosts.value[home.path] { environment["DOCKER_HOST"] = host }
-    environment.removeValue(forKey: "ANTHROPIC_API_KEY")
     return environment
 }
 
 /// Runs the tool to the end; its exit code and output.
 @discardableResult
 func tool(_ arguments: [String], home: URL, check: Bool = true) throws -> (code: Int32, out: String, err: String) {
-    let process = Process()
-    process.executableURL = binary
-    process.arguments = arguments
-    process.environment = environment(home: home)
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    started.withLock { $0.append(process.processIdentifier) }
-    let errData = LockedBox(Data())
-    let reader = Thread { errData.value = err.fileHandleForReading.readDataToEndOfFile() }
-    reader.start()
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    while !errData.isSet { usleep(1000) }
-    let result = (
-        process.terminationStatus, String(decoding: outData, as: UTF8.self),
-        String(decoding: errData.value, as: UTF8.self)
-    )
-    if check && result.0 != 0 {
-        throw FaultError("`claude-max-market \(arguments.joined(separator: " "))` exited \(result.0): \(result.2)")
+    let result = try CLIRunner.runProcess(
+        binary, arguments, environment: environment(home: home),
+        started: { pid in started.withLock { $0.append(pid) } })
+    if check && result.exitCode != 0 {
+        throw FaultError(
+            "`claude-max-market \(arguments.joined(separator: " "))` exited \(result.exitCode): \(result.stderr)")
     }
-    return result
+    return (result.exitCode, result.stdout, result.stderr)
 }
 
 /// Every process this run started, so that an interrupted run stops them all.
@@ -188,7 +169,7 @@ final class Market: @unchecked Sendable {
     let home: URL
     let arguments: [String]
     var port = 0
-    var server: Background?
+    var server: MarketProcess?
 
     init(name: String, arguments: [String], db: String? = nil) throws {
         home = root.appending(path: name)
@@ -203,13 +184,11 @@ final class Market: @unchecked Sendable {
     /// Starts `market serve --json` (again on the same port after the first time); the port is
     /// the one the process itself reports on stdout once it listens.
     func start() throws {
-        let name = "market-\(UUID().uuidString.prefix(6))"
-        let server = try Background(
-            ["market", "serve", "--json", "--port", String(port), "--db", db] + arguments, home: home,
-            log: home.appending(path: "\(name).log"), stdout: home.appending(path: "\(name).json"))
-        struct Listening: Decodable { var port: Int }
-        let listening = try server.firstLine(as: Listening.self, seconds: 30)
-        if port == 0 { port = listening.port }
+        let server = try MarketProcess.start(
+            db: db, home: home, port: port, extra: arguments,
+            logFile: home.appending(path: "market-\(UUID().uuidString.prefix(6)).log"))
+        started.withLock { $0.append(server.pid) }
+        if port == 0 { port = server.port }
         self.server = server
     }
 

@@ -7,11 +7,13 @@ import NIOPosix
 import TestSupport
 import Testing
 
-final class Collected: @unchecked Sendable {
-    private let lock = NSLock()
-    private var items: [JobOutput] = []
-    func add(_ output: JobOutput) { lock.withLock { items.append(output) } }
-    var all: [JobOutput] { lock.withLock { items } }
+/// What a job printed, in order.
+typealias Collected = LockedBox<[JobOutput]>
+
+extension LockedBox where Value == [JobOutput] {
+    convenience init() { self.init([]) }
+    func add(_ output: JobOutput) { withLock { $0.append(output) } }
+    var all: [JobOutput] { value }
     var lines: [String] {
         all.compactMap { if case .line(_, let text) = $0 { text } else { nil } }
     }

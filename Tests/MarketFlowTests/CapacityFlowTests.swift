@@ -13,6 +13,9 @@ import Testing
     ),
     .serialized, .heavy)
 struct CapacityFlowTests {
+    /// The real-CLI runner image, built once per test run (a fresh machine has none).
+    init() async throws { try await ClaudeCLITestEnvironment.ensureImage() }
+
     static func token(_ name: String) -> String {
         "sk-ant-oat01-" + String(repeating: name, count: 48 / name.count + 1)
     }

@@ -13,6 +13,9 @@ import Testing
     ),
     .serialized, .heavy)
 struct ConversationFlowTests {
+    /// The real-CLI runner image, built once per test run (a fresh machine has none).
+    init() async throws { try await ClaudeCLITestEnvironment.ensureImage() }
+
     static func settings(_ standIn: MessagesAPIStandIn, extra: [String] = []) -> [String] {
         [
             "docker.image=\(ClaudeCLITestEnvironment.image)", "claude.apiBaseURL=\(standIn.url)",

@@ -141,19 +141,20 @@ struct ProviderServiceTests {
 }
 
 /// The daemon's events, in order.
-final class EventLog: @unchecked Sendable {
-    private let lock = NSLock()
-    private var messages: [String] = []
+typealias EventLog = LockedBox<[String]>
 
-    func append(_ message: String) { lock.withLock { messages.append(message) } }
-    var last: String? { lock.withLock { messages.last } }
-    func contains(_ text: String) -> Bool { lock.withLock { messages.contains { $0.contains(text) } } }
+extension LockedBox where Value == [String] {
+    convenience init() { self.init([]) }
+
+    func append(_ message: String) { withLock { $0.append(message) } }
+    var last: String? { value.last }
+    func contains(_ text: String) -> Bool { value.contains { $0.contains(text) } }
 
     func waitFor(_ text: String, timeout: TimeInterval) async throws {
         let deadline = Date().addingTimeInterval(timeout)
         while !contains(text) {
             guard Date() < deadline else {
-                throw CLIRunnerError(description: "no '\(text)' within \(timeout) s: \(lock.withLock { messages })")
+                throw CLIRunnerError(description: "no '\(text)' within \(timeout) s: \(value)")
             }
             try await Task.sleep(for: .milliseconds(50))
         }

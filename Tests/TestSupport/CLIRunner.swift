@@ -76,8 +76,11 @@ public enum CLIRunner {
         }
     }
 
+    /// Runs `executable` to the end; `started` is told its PID as soon as it runs (a harness that
+    /// must stop everything it started when it is interrupted keeps it).
     public static func runProcess(
-        _ executable: URL, _ arguments: [String], environment: [String: String], stdin: Data? = nil
+        _ executable: URL, _ arguments: [String], environment: [String: String], stdin: Data? = nil,
+        started: (Int32) -> Void = { _ in }
     ) throws -> CLIResult {
         let process = Process()
         process.executableURL = executable
@@ -90,6 +93,7 @@ public enum CLIRunner {
         let input = Pipe()
         process.standardInput = input
         try process.run()
+        started(process.processIdentifier)
         if let stdin { input.fileHandleForWriting.write(stdin) }
         try input.fileHandleForWriting.close()
         // Read both pipes concurrently so that a full stderr pipe cannot block the child.

@@ -6,36 +6,54 @@ public final class MarketProcess: @unchecked Sendable {
     public let process: Process
     public let port: Int
     private let log: LockedBox<Data>
+    private let logFile: URL?
 
     public var url: String { "ws://127.0.0.1:\(port)/market" }
     public var httpBase: String { "http://127.0.0.1:\(port)" }
     public var pid: Int32 { process.processIdentifier }
-    public var output: String { String(decoding: log.value, as: UTF8.self) }
+    /// What the server wrote on stderr so far.
+    public var output: String {
+        if let logFile { return (try? String(contentsOf: logFile, encoding: .utf8)) ?? "" }
+        return String(decoding: log.value, as: UTF8.self)
+    }
 
-    private init(process: Process, port: Int, log: LockedBox<Data>) {
+    private init(process: Process, port: Int, log: LockedBox<Data>, logFile: URL?) {
         self.process = process
         self.port = port
         self.log = log
+        self.logFile = logFile
     }
 
     /// Starts `market serve --json --port 0 --db DB EXTRA…` and waits for the one JSON line it
-    /// prints on stdout once it listens: the port comes from the process itself.
+    /// prints on stdout once it listens: the port comes from the process itself. Its stderr is
+    /// kept in memory, or appended to `logFile` (a long benchmark or fault run); `environment`
+    /// is added to the test's own.
     public static func start(
-        db: String, home: URL, port: Int = 0, extra: [String] = [], timeout: TimeInterval = 30
+        db: String, home: URL, port: Int = 0, extra: [String] = [], environment: [String: String] = [:],
+        logFile: URL? = nil, timeout: TimeInterval = 30
     ) throws -> MarketProcess {
         let process = Process()
         process.executableURL = CLIRunner.executable
         process.arguments = ["market", "serve", "--json", "--port", String(port), "--db", db] + extra
-        process.environment = CLIRunner.baseEnvironment(home: home)
-        let err = Pipe()
+        process.environment = CLIRunner.baseEnvironment(home: home).merging(environment) { $1 }
         let out = Pipe()
-        process.standardError = err
         process.standardOutput = out
         process.standardInput = FileHandle.nullDevice
         let log = LockedBox(Data())
-        err.fileHandleForReading.readabilityHandler = { handle in
-            let chunk = handle.availableData
-            if !chunk.isEmpty { log.value = log.value + chunk }
+        if let logFile {
+            if !FileManager.default.fileExists(atPath: logFile.path) {
+                _ = FileManager.default.createFile(atPath: logFile.path, contents: nil)
+            }
+            let handle = try FileHandle(forWritingTo: logFile)
+            try handle.seekToEnd()
+            process.standardError = handle
+        } else {
+            let err = Pipe()
+            process.standardError = err
+            err.fileHandleForReading.readabilityHandler = { handle in
+                let chunk = handle.availableData
+                if !chunk.isEmpty { log.withLock { $0.append(chunk) } }
+            }
         }
         let listening = ListeningLine()
         out.fileHandleForReading.readabilityHandler = { handle in
@@ -44,11 +62,14 @@ public final class MarketProcess: @unchecked Sendable {
         }
         try process.run()
         if let port = listening.wait(timeout: timeout) {
-            return MarketProcess(process: process, port: port, log: log)
+            return MarketProcess(process: process, port: port, log: log, logFile: logFile)
         }
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
-        throw CLIRunnerError(description: "market serve did not start: \(String(decoding: log.value, as: UTF8.self))")
+        let said =
+            logFile.flatMap { try? String(contentsOf: $0, encoding: .utf8) }
+            ?? String(decoding: log.value, as: UTF8.self)
+        throw CLIRunnerError(description: "market serve did not start: \(said.suffix(4000))")
     }
 
     /// Sends `signal` and waits for the process to end; returns its exit status.
