@@ -1,4 +1,5 @@
 import Foundation
+import MarketCore
 
 /// The public read views (`/v1/…`, docs/openapi.yaml): the same fields for the REST API, the
 /// dashboard and `market status`. Never a payload, a result or a key beyond the public ones. The
@@ -7,10 +8,10 @@ public enum MarketViews {
     public struct ReputationView: Codable, Sendable, Equatable {
         public var score: Double
         public var samples: Int
-        public var tier: String
+        public var tier: WireEnum<Reputation.Tier>
 
         public init(
-            score: Double, samples: Int, tier: String
+            score: Double, samples: Int, tier: WireEnum<Reputation.Tier>
         ) {
             self.score = score
             self.samples = samples
@@ -55,7 +56,7 @@ public enum MarketViews {
         public var taskId: String
         public var requester: String
         public var provider: String?
-        public var state: String
+        public var state: WireEnum<TaskState>
         public var maxPrice: Int64
         public var price: Int64?
         public var minReputation: Double
@@ -67,7 +68,7 @@ public enum MarketViews {
         public var reason: String?
 
         public init(
-            taskId: String, requester: String, provider: String? = nil, state: String, maxPrice: Int64,
+            taskId: String, requester: String, provider: String? = nil, state: WireEnum<TaskState>, maxPrice: Int64,
             price: Int64? = nil, minReputation: Double, model: String? = nil, timeoutSeconds: Int64, createdMs: Int64,
             updatedMs: Int64, deadlineMs: Int64? = nil, reason: String? = nil
         ) {

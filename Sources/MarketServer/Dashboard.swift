@@ -282,7 +282,7 @@ public enum Dashboard {
     }
 
     static func reputation(_ view: MarketViews.ReputationView) -> String {
-        let tier = escape(view.tier)
+        let tier = escape(view.tier.rawValue)
         return
             "<span class=\"tier \(tier)\">\(tier)</span> \(String(format: "%.2f", view.score)) <span class=\"muted\">(\(view.samples))</span>"
     }

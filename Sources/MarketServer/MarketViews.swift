@@ -10,8 +10,8 @@ extension MarketViews {
         return ReputationView(
             score: (reputation.score(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs) * 10_000).rounded() / 10_000,
             samples: reputation.samples,
-            tier: reputation.tier(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs, newBelow: rules.holdbackJobs)
-                .rawValue)
+            tier: .known(
+                reputation.tier(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs, newBelow: rules.holdbackJobs)))
     }
 
     public static func offers(in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) throws -> [OfferView] {
@@ -31,7 +31,7 @@ extension MarketViews {
     public static func task(_ task: MarketTask) -> TaskView {
         TaskView(
             taskId: task.id, requester: task.requester.rawValue, provider: task.provider?.rawValue,
-            state: task.state.rawValue, maxPrice: task.maxPrice.micro, price: task.price?.micro,
+            state: .known(task.state), maxPrice: task.maxPrice.micro, price: task.price?.micro,
             minReputation: task.minReputation, model: task.model, timeoutSeconds: task.timeoutSeconds,
             createdMs: task.createdMs, updatedMs: task.updatedMs, deadlineMs: task.deadlineMs, reason: task.reason)
     }

@@ -66,7 +66,8 @@ struct TasksCommand: AsyncParsableCommand {
                 ["TASK", "STATE", "REQUESTER", "PROVIDER", "PRICE"],
                 tasks.map {
                     [
-                        $0.taskId, $0.state, String($0.requester.prefix(12)), String(($0.provider ?? "-").prefix(12)),
+                        $0.taskId, $0.state.rawValue, String($0.requester.prefix(12)),
+                        String(($0.provider ?? "-").prefix(12)),
                         $0.price.map { Credits(micro: $0).description } ?? "≤ \(Credits(micro: $0.maxPrice))",
                     ]
                 }))
@@ -183,7 +184,8 @@ struct ReputationCommand: AsyncParsableCommand {
             throw CLIError("the market at \(link.url) does not know peer \(id)", exitCode: 1)
         }
         let report = Report(
-            peerId: id, score: view.reputation.score, samples: view.reputation.samples, tier: view.reputation.tier,
+            peerId: id, score: view.reputation.score, samples: view.reputation.samples,
+            tier: view.reputation.tier.rawValue,
             settledJobs: view.settledJobs, outcomes: view.recentOutcomes)
         if output.json { return try Output.json(report) }
         Output.line("peer        \(id)")
