@@ -21,11 +21,16 @@ public struct JobRefusal: Error, Sendable, CustomStringConvertible {
     public var description: String { reason }
 }
 
+/// Whose job the pipeline runs: this participant's own (`execute`) or a market requester's.
+/// Recorded by its raw value in the job history (`usage --by role`).
+public enum JobRole: String, Sendable {
+    case local, market
+}
+
 /// One job, as the pipeline runs it: a local `execute` or a market job.
 public struct PipelineJob: Sendable {
     public var id: String
-    /// `local` or `market`.
-    public var role: String
+    public var role: JobRole
     public var prompt: Data
     public var backend: JobBackend
     /// The peer the job is run for (this participant for a local job).
@@ -41,7 +46,7 @@ public struct PipelineJob: Sendable {
     public var conversation: ClaudeTranscript?
 
     public init(
-        id: String, role: String, prompt: Data, backend: JobBackend, requester: String, taskID: String? = nil,
+        id: String, role: JobRole, prompt: Data, backend: JobBackend, requester: String, taskID: String? = nil,
         price: Credits? = nil, workspace: WorkspaceTree? = nil
     ) {
         self.workspace = workspace
@@ -140,7 +145,7 @@ public struct JobPipeline: Sendable {
         }
         let estimatedTokens: Int64 = job.model == nil ? 0 : limits.maxTokensPerTask
         let reservation = JobReservation(
-            id: job.id, role: job.role, backend: job.backend.name, model: job.model, requester: job.requester,
+            id: job.id, role: job.role.rawValue, backend: job.backend.name, model: job.model, requester: job.requester,
             image: sandbox.image, promptBytes: Int64(job.prompt.count), estimatedTokens: estimatedTokens)
         let reserved = ReservedFlag()
         let admit: @Sendable () async throws -> Void = {
@@ -225,7 +230,7 @@ public struct JobPipeline: Sendable {
         guard consent.optIn != nil else {
             throw JobRefusal(.consent, "not opted in: run `claude-max-market opt-in --claude-jobs` first")
         }
-        if job.role == "market", case .claude(let options) = job.backend, case .oauthToken = options.credential,
+        if job.role == .market, case .claude(let options) = job.backend, case .oauthToken = options.credential,
             !config.boolean(.marketAllowSubscriptionLogin)
         {
             throw JobRefusal(

@@ -454,7 +454,7 @@ public actor ProviderDaemon {
         let jobID = UUID().uuidString.lowercased()
         try? tasks.update(taskId, jobId: jobID, at: nowMs)
         var job = PipelineJob(
-            id: jobID, role: "market", prompt: prompt, backend: backend, requester: assignment.requester.peerId,
+            id: jobID, role: .market, prompt: prompt, backend: backend, requester: assignment.requester.peerId,
             taskID: taskId, price: Credits(micro: assignment.price), workspace: workspace)
         job.workspaceLeftOut = leftOut
         job.conversation = conversation

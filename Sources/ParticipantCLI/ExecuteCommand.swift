@@ -88,7 +88,7 @@ struct ExecuteCommand: AsyncParsableCommand {
             WorkspaceReport.packed(packed, directory: directory)
         }
         var pipelineJob = PipelineJob(
-            id: jobID, role: "local", prompt: promptData, backend: jobBackend, requester: ring.peerID.rawValue,
+            id: jobID, role: .local, prompt: promptData, backend: jobBackend, requester: ring.peerID.rawValue,
             workspace: packed?.tree)
         pipelineJob.workspaceLeftOut = packed?.leftOutSummary ?? []
         if let followUp {

@@ -57,7 +57,7 @@ struct JobPipelineTests {
                 await pool.waitUntilFull()
                 let report = try await pipeline.run(
                     PipelineJob(
-                        id: UUID().uuidString.lowercased(), role: "local", prompt: Data("cold".utf8), backend: backend,
+                        id: UUID().uuidString.lowercased(), role: .local, prompt: Data("cold".utf8), backend: backend,
                         requester: "me"),
                     pool: pool, hooks: hooks)
                 #expect(!killed.value.isEmpty)
