@@ -219,7 +219,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
     let db: Database
 
     func peer(_ id: PeerID) throws -> PeerRecord? {
-        try Row.fetchOne(db, sql: "SELECT * FROM peers WHERE id = ?", arguments: [id.rawValue]).map { row in
+        try Row.fetchOne(db, cachedSQL: "SELECT * FROM peers WHERE id = ?", arguments: [id.rawValue]).map { row in
             PeerRecord(
                 id: id, keyDocument: row["key_document"], firstSeenMs: row["first_seen"], lastSeenMs: row["last_seen"],
                 auditHead: row["audit_head"],
@@ -230,12 +230,13 @@ struct SQLiteMarketTransaction: MarketTransaction {
     }
 
     func countHandBack(of provider: PeerID) throws {
-        try db.execute(sql: "UPDATE peers SET hand_backs = hand_backs + 1 WHERE id = ?", arguments: [provider.rawValue])
+        try db.execute(
+            cachedSQL: "UPDATE peers SET hand_backs = hand_backs + 1 WHERE id = ?", arguments: [provider.rawValue])
     }
 
     func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) throws {
         try db.execute(
-            sql: """
+            cachedSQL: """
                 INSERT INTO peers (id, key_document, first_seen, last_seen) VALUES (?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET key_document = excluded.key_document, last_seen = excluded.last_seen
                 """, arguments: [id.rawValue, keyDocument, nowMs, nowMs])
@@ -243,13 +244,13 @@ struct SQLiteMarketTransaction: MarketTransaction {
 
     func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) throws {
         try db.execute(
-            sql: "UPDATE peers SET last_seen = ?, audit_head = coalesce(?, audit_head) WHERE id = ?",
+            cachedSQL: "UPDATE peers SET last_seen = ?, audit_head = coalesce(?, audit_head) WHERE id = ?",
             arguments: [nowMs, auditHead, id.rawValue])
     }
 
     func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) throws {
         try db.execute(
-            sql: "UPDATE peers SET rep_s = ?, rep_f = ?, rep_n = ?, rep_at = ?, settled_jobs = ? WHERE id = ?",
+            cachedSQL: "UPDATE peers SET rep_s = ?, rep_f = ?, rep_n = ?, rep_at = ?, settled_jobs = ? WHERE id = ?",
             arguments: [
                 reputation.successes, reputation.failures, reputation.samples, reputation.atMs, settledJobs,
                 id.rawValue,
@@ -257,13 +258,13 @@ struct SQLiteMarketTransaction: MarketTransaction {
     }
 
     func peerCount() throws -> Int {
-        try Int.fetchOne(db, sql: "SELECT count(*) FROM peers") ?? 0
+        try Int.fetchOne(db, cachedSQL: "SELECT count(*) FROM peers") ?? 0
     }
 
     func silentProviders(lastSeenBefore cutoffMs: Int64) throws -> [PeerID] {
         try String.fetchAll(
             db,
-            sql: """
+            cachedSQL: """
                 SELECT id FROM peers WHERE last_seen < ? AND (
                     id IN (SELECT provider FROM offers)
                     OR id IN (SELECT provider FROM tasks WHERE state IN ('assigned', 'running')))
@@ -273,7 +274,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
 
     func insertNonce(peer: String, nonce: String, expiresMs: Int64) throws -> Bool {
         try db.execute(
-            sql: """
+            cachedSQL: """
                 INSERT INTO nonces (peer, nonce, expires) VALUES (?, ?, ?)
                 ON CONFLICT(peer, nonce) DO NOTHING
                 """, arguments: [peer, nonce, expiresMs])
@@ -281,33 +282,33 @@ struct SQLiteMarketTransaction: MarketTransaction {
     }
 
     func nonceCount() throws -> Int {
-        try Int.fetchOne(db, sql: "SELECT count(*) FROM nonces") ?? 0
+        try Int.fetchOne(db, cachedSQL: "SELECT count(*) FROM nonces") ?? 0
     }
 
     func purgeNonces(expiredBefore nowMs: Int64) throws -> Int {
-        try db.execute(sql: "DELETE FROM nonces WHERE expires < ?", arguments: [nowMs])
+        try db.execute(cachedSQL: "DELETE FROM nonces WHERE expires < ?", arguments: [nowMs])
         return db.changesCount
     }
 
     func messageResult(peer: PeerID, id: String) throws -> String? {
         try String.fetchOne(
-            db, sql: "SELECT result FROM messages WHERE peer = ? AND id = ?", arguments: [peer.rawValue, id])
+            db, cachedSQL: "SELECT result FROM messages WHERE peer = ? AND id = ?", arguments: [peer.rawValue, id])
     }
 
     func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) throws {
         try db.execute(
-            sql: "INSERT INTO messages (peer, id, result, at) VALUES (?, ?, ?, ?)",
+            cachedSQL: "INSERT INTO messages (peer, id, result, at) VALUES (?, ?, ?, ?)",
             arguments: [peer.rawValue, id, result, nowMs])
     }
 
     func purgeMessages(before cutoffMs: Int64) throws {
-        try db.execute(sql: "DELETE FROM messages WHERE at < ?", arguments: [cutoffMs])
+        try db.execute(cachedSQL: "DELETE FROM messages WHERE at < ?", arguments: [cutoffMs])
     }
 
     func balance(_ account: Account) throws -> Credits {
         Credits(
             micro: try Int64.fetchOne(
-                db, sql: "SELECT balance FROM accounts WHERE name = ?", arguments: [account.description])
+                db, cachedSQL: "SELECT balance FROM accounts WHERE name = ?", arguments: [account.description])
                 ?? 0)
     }
 
@@ -330,25 +331,26 @@ struct SQLiteMarketTransaction: MarketTransaction {
                 .insufficientFunds, "\(debit) holds \(Credits(micro: from)), less than \(movement.amount)")
         }
         try db.execute(
-            sql: "INSERT INTO ledger (at, debit, credit, amount, kind, task_id, memo) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            cachedSQL:
+                "INSERT INTO ledger (at, debit, credit, amount, kind, task_id, memo) VALUES (?, ?, ?, ?, ?, ?, ?)",
             arguments: [nowMs, debit, credit, amount, movement.kind.rawValue, movement.taskID, movement.memo])
         let upsert = """
             INSERT INTO accounts (name, balance) VALUES (?, ?)
             ON CONFLICT(name) DO UPDATE SET balance = excluded.balance
             """
-        try db.execute(sql: upsert, arguments: [debit, newFrom])
-        try db.execute(sql: upsert, arguments: [credit, newTo])
+        try db.execute(cachedSQL: upsert, arguments: [debit, newFrom])
+        try db.execute(cachedSQL: upsert, arguments: [credit, newTo])
     }
 
     func allMovements() throws -> [(id: Int64, from: String, to: String, amountMicro: Int64)] {
-        try Row.fetchAll(db, sql: "SELECT id, debit, credit, amount FROM ledger ORDER BY id").map {
+        try Row.fetchAll(db, cachedSQL: "SELECT id, debit, credit, amount FROM ledger ORDER BY id").map {
             (id: $0["id"], from: $0["debit"], to: $0["credit"], amountMicro: $0["amount"])
         }
     }
 
     func allBalances() throws -> [String: Int64] {
         var balances: [String: Int64] = [:]
-        for row in try Row.fetchAll(db, sql: "SELECT name, balance FROM accounts") {
+        for row in try Row.fetchAll(db, cachedSQL: "SELECT name, balance FROM accounts") {
             balances[row["name"]] = row["balance"]
         }
         return balances
@@ -357,7 +359,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
     func movements(account: String, limit: Int) throws -> [Movement] {
         try Row.fetchAll(
             db,
-            sql: "SELECT * FROM ledger WHERE debit = ? OR credit = ? ORDER BY id DESC LIMIT ?",
+            cachedSQL: "SELECT * FROM ledger WHERE debit = ? OR credit = ? ORDER BY id DESC LIMIT ?",
             arguments: [account, account, limit]
         ).compactMap { row in
             guard let from = Account(row["debit"]), let to = Account(row["credit"]),
@@ -370,12 +372,12 @@ struct SQLiteMarketTransaction: MarketTransaction {
     }
 
     func offer(of provider: PeerID) throws -> Offer? {
-        try Row.fetchOne(db, sql: "SELECT * FROM offers WHERE provider = ?", arguments: [provider.rawValue]).map(
+        try Row.fetchOne(db, cachedSQL: "SELECT * FROM offers WHERE provider = ?", arguments: [provider.rawValue]).map(
             Self.offer)
     }
 
     func offers() throws -> [Offer] {
-        try Row.fetchAll(db, sql: "SELECT * FROM offers ORDER BY price, created").map(Self.offer)
+        try Row.fetchAll(db, cachedSQL: "SELECT * FROM offers ORDER BY price, created").map(Self.offer)
     }
 
     static func offer(_ row: Row) -> Offer {
@@ -392,7 +394,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
     )] {
         try Row.fetchAll(
             db,
-            sql: """
+            cachedSQL: """
                 SELECT o.*, p.rep_s, p.rep_f, p.rep_n, p.rep_at,
                     (SELECT count(*) FROM tasks t WHERE t.provider = o.provider AND t.state IN ('assigned', 'running')) AS busy
                 FROM offers o LEFT JOIN peers p ON p.id = o.provider
@@ -411,7 +413,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
 
     func putOffer(_ offer: Offer) throws {
         try db.execute(
-            sql: """
+            cachedSQL: """
                 INSERT INTO offers (provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files,
                     paused_until, paused_for)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -428,23 +430,24 @@ struct SQLiteMarketTransaction: MarketTransaction {
     }
 
     func deleteOffer(of provider: PeerID) throws -> Bool {
-        try db.execute(sql: "DELETE FROM offers WHERE provider = ?", arguments: [provider.rawValue])
+        try db.execute(cachedSQL: "DELETE FROM offers WHERE provider = ?", arguments: [provider.rawValue])
         return db.changesCount > 0
     }
 
     func busySlots(of provider: PeerID) throws -> Int {
         try Int.fetchOne(
-            db, sql: "SELECT count(*) FROM tasks WHERE provider = ? AND state IN ('assigned', 'running')",
+            db, cachedSQL: "SELECT count(*) FROM tasks WHERE provider = ? AND state IN ('assigned', 'running')",
             arguments: [provider.rawValue]) ?? 0
     }
 
     func task(_ id: String, lock: Bool) throws -> MarketTask? {
-        try String.fetchOne(db, sql: "SELECT data FROM tasks WHERE id = ?", arguments: [id]).map(TaskCoding.decode)
+        try String.fetchOne(db, cachedSQL: "SELECT data FROM tasks WHERE id = ?", arguments: [id]).map(
+            TaskCoding.decode)
     }
 
     func insertTask(_ task: MarketTask) throws {
         try db.execute(
-            sql: """
+            cachedSQL: """
                 INSERT INTO tasks (id, requester, provider, state, deadline, created, price, data)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """,
@@ -456,7 +459,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
 
     func updateTask(_ task: MarketTask) throws {
         try db.execute(
-            sql: "UPDATE tasks SET provider = ?, state = ?, deadline = ?, price = ?, data = ? WHERE id = ?",
+            cachedSQL: "UPDATE tasks SET provider = ?, state = ?, deadline = ?, price = ?, data = ? WHERE id = ?",
             arguments: [
                 task.provider?.rawValue, task.state.rawValue, task.deadlineMs, task.price?.micro,
                 try TaskCoding.encode(task), task.id,
@@ -467,12 +470,14 @@ struct SQLiteMarketTransaction: MarketTransaction {
         let limit = min(limit, Int(Int32.max))
         if let state {
             return try String.fetchAll(
-                db, sql: "SELECT data FROM tasks WHERE state = ? ORDER BY created LIMIT ?",
+                db, cachedSQL: "SELECT data FROM tasks WHERE state = ? ORDER BY created LIMIT ?",
                 arguments: [state.rawValue, limit]
             ).map(TaskCoding.decode)
         }
-        return try String.fetchAll(db, sql: "SELECT data FROM tasks ORDER BY created DESC LIMIT ?", arguments: [limit])
-            .map(TaskCoding.decode)
+        return try String.fetchAll(
+            db, cachedSQL: "SELECT data FROM tasks ORDER BY created DESC LIMIT ?", arguments: [limit]
+        )
+        .map(TaskCoding.decode)
     }
 
     func tasks(of peer: PeerID, states: [TaskState]) throws -> [MarketTask] {
@@ -481,7 +486,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
         for state in states { _ = arguments.append(contentsOf: [state.rawValue]) }
         return try String.fetchAll(
             db,
-            sql:
+            cachedSQL:
                 "SELECT data FROM tasks WHERE (provider = ? OR requester = ?) AND state IN (\(marks)) ORDER BY created",
             arguments: arguments
         ).map(TaskCoding.decode)
@@ -489,21 +494,22 @@ struct SQLiteMarketTransaction: MarketTransaction {
 
     func tasksDue(nowMs: Int64, limit: Int) throws -> [String] {
         try String.fetchAll(
-            db, sql: "SELECT id FROM tasks WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
+            db,
+            cachedSQL: "SELECT id FROM tasks WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
             arguments: [nowMs, limit])
     }
 
     func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) throws {
-        try db.execute(sql: "UPDATE tasks SET \(kind.rawValue) = ? WHERE id = ?", arguments: [frame, taskID])
+        try db.execute(cachedSQL: "UPDATE tasks SET \(kind.rawValue) = ? WHERE id = ?", arguments: [frame, taskID])
     }
 
     func frame(taskID: String, kind: TaskFrameKind) throws -> String? {
-        try String.fetchOne(db, sql: "SELECT \(kind.rawValue) FROM tasks WHERE id = ?", arguments: [taskID])
+        try String.fetchOne(db, cachedSQL: "SELECT \(kind.rawValue) FROM tasks WHERE id = ?", arguments: [taskID])
     }
 
     func putBlobChunk(_ chunk: StoredBlobChunk) throws {
         try db.execute(
-            sql: """
+            cachedSQL: """
                 INSERT INTO blob_chunks (task_id, blob, idx, count, sender, bytes, frame) VALUES (?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(task_id, blob, idx) DO UPDATE SET count = excluded.count, sender = excluded.sender,
                     bytes = excluded.bytes, frame = excluded.frame
@@ -515,49 +521,51 @@ struct SQLiteMarketTransaction: MarketTransaction {
 
     func blobChunks(taskID: String, blob: String) throws -> [String] {
         try String.fetchAll(
-            db, sql: "SELECT frame FROM blob_chunks WHERE task_id = ? AND blob = ? ORDER BY idx",
+            db, cachedSQL: "SELECT frame FROM blob_chunks WHERE task_id = ? AND blob = ? ORDER BY idx",
             arguments: [taskID, blob])
     }
 
     func blobBytes(taskID: String, blob: String, except index: Int) throws -> Int64 {
         try Int64.fetchOne(
-            db, sql: "SELECT coalesce(sum(bytes), 0) FROM blob_chunks WHERE task_id = ? AND blob = ? AND idx <> ?",
+            db,
+            cachedSQL: "SELECT coalesce(sum(bytes), 0) FROM blob_chunks WHERE task_id = ? AND blob = ? AND idx <> ?",
             arguments: [taskID, blob, index]) ?? 0
     }
 
     func blobBytes(sender: PeerID) throws -> Int64 {
         try Int64.fetchOne(
-            db, sql: "SELECT coalesce(sum(bytes), 0) FROM blob_chunks WHERE sender = ?", arguments: [sender.rawValue])
+            db, cachedSQL: "SELECT coalesce(sum(bytes), 0) FROM blob_chunks WHERE sender = ?",
+            arguments: [sender.rawValue])
             ?? 0
     }
 
     func deleteBlobChunks(taskID: String, blob: String?) throws {
         try db.execute(
-            sql: "DELETE FROM blob_chunks WHERE task_id = ? AND (? IS NULL OR blob = ?)",
+            cachedSQL: "DELETE FROM blob_chunks WHERE task_id = ? AND (? IS NULL OR blob = ?)",
             arguments: [taskID, blob, blob])
     }
 
     func taskCounts() throws -> [String: Int] {
         var counts: [String: Int] = [:]
-        for row in try Row.fetchAll(db, sql: "SELECT state, count(*) AS n FROM tasks GROUP BY state") {
+        for row in try Row.fetchAll(db, cachedSQL: "SELECT state, count(*) AS n FROM tasks GROUP BY state") {
             counts[row["state"]] = row["n"]
         }
         return counts
     }
 
     func settledVolume() throws -> Int64 {
-        try Int64.fetchOne(db, sql: "SELECT coalesce(sum(price), 0) FROM tasks WHERE state = 'settled'") ?? 0
+        try Int64.fetchOne(db, cachedSQL: "SELECT coalesce(sum(price), 0) FROM tasks WHERE state = 'settled'") ?? 0
     }
 
     func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) throws {
         try db.execute(
-            sql: "INSERT INTO outcomes (peer, task_id, role, success, at) VALUES (?, ?, ?, ?, ?)",
+            cachedSQL: "INSERT INTO outcomes (peer, task_id, role, success, at) VALUES (?, ?, ?, ?, ?)",
             arguments: [outcome.peer.rawValue, outcome.taskID, outcome.role, outcome.success, nowMs])
     }
 
     func outcomes(of peer: PeerID, limit: Int) throws -> [(outcome: ReputationOutcome, atMs: Int64)] {
         try Row.fetchAll(
-            db, sql: "SELECT * FROM outcomes WHERE peer = ? ORDER BY id DESC LIMIT ?",
+            db, cachedSQL: "SELECT * FROM outcomes WHERE peer = ? ORDER BY id DESC LIMIT ?",
             arguments: [peer.rawValue, limit]
         ).map { row in
             (
@@ -570,7 +578,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
     func providerOutcomeCounts() throws -> [(peer: PeerID, successes: Int, failures: Int)] {
         try Row.fetchAll(
             db,
-            sql: """
+            cachedSQL: """
                 SELECT peer, SUM(CASE WHEN success THEN 1 ELSE 0 END) AS s, SUM(CASE WHEN success THEN 0 ELSE 1 END) AS f
                 FROM outcomes WHERE role = 'provider' GROUP BY peer
                 """
@@ -582,13 +590,13 @@ struct SQLiteMarketTransaction: MarketTransaction {
 
     func insertTaskEvent(_ event: TaskEventRecord) throws {
         try db.execute(
-            sql: "INSERT INTO task_events (task_id, state, at, created, price) VALUES (?, ?, ?, ?, ?)",
+            cachedSQL: "INSERT INTO task_events (task_id, state, at, created, price) VALUES (?, ?, ?, ?, ?)",
             arguments: [event.taskID, event.state.rawValue, event.atMs, event.createdMs, event.price])
     }
 
     func taskEvents(sinceMs: Int64) throws -> [TaskEventRecord] {
         try Row.fetchAll(
-            db, sql: "SELECT * FROM task_events WHERE at >= ? ORDER BY at, id", arguments: [sinceMs]
+            db, cachedSQL: "SELECT * FROM task_events WHERE at >= ? ORDER BY at, id", arguments: [sinceMs]
         ).compactMap { row in
             guard let state = TaskState(rawValue: row["state"]) else { return nil }
             return TaskEventRecord(
