@@ -24,15 +24,17 @@ extension Row {
 }
 
 extension DatabaseValueConvertible {
+    /// The first column of the first row, through the cached statement.
     static func fetchOne(
         _ db: Database, cachedSQL sql: String, arguments: StatementArguments = StatementArguments()
     ) throws -> Self? {
-        try fetchOne(db.cachedStatement(sql: sql), arguments: arguments)
+        try Row.fetchOne(db, cachedSQL: sql, arguments: arguments).flatMap { $0[0] as Self? }
     }
 
+    /// The first column of every row (NULLs left out).
     static func fetchAll(
         _ db: Database, cachedSQL sql: String, arguments: StatementArguments = StatementArguments()
     ) throws -> [Self] {
-        try fetchAll(db.cachedStatement(sql: sql), arguments: arguments)
+        try Row.fetchAll(db, cachedSQL: sql, arguments: arguments).compactMap { $0[0] as Self? }
     }
 }
