@@ -107,19 +107,16 @@ nonisolated(unsafe) var privateEngine: PrivateEngine?
 final class Background: @unchecked Sendable {
     let process = Process()
     let log: URL
-    let stdout: URL?
 
-    /// The process's stdout goes to `stdout` when given (a ready file), else to `log` with its stderr.
-    init(_ arguments: [String], home: URL, log: URL, stdout: URL? = nil) throws {
+    /// The process's stdout and stderr go to `log`.
+    init(_ arguments: [String], home: URL, log: URL) throws {
         self.log = log
-        self.stdout = stdout
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        if let stdout { _ = FileManager.default.createFile(atPath: stdout.path, contents: nil) }
         process.executableURL = binary
         process.arguments = arguments
         process.environment = environment(home: home)
         let handle = try FileHandle(forWritingTo: log)
-        process.standardOutput = try stdout.map { try FileHandle(forWritingTo: $0) } ?? handle
+        process.standardOutput = handle
         process.standardError = handle
         process.standardInput = FileHandle.nullDevice
         try process.run()
@@ -136,21 +133,6 @@ final class Background: @unchecked Sendable {
             usleep(50_000)
         }
         throw FaultError("no '\(text)' within \(seconds) s: \(output.suffix(2000))")
-    }
-
-    /// The first line of the process's stdout, decoded, once it is written.
-    func firstLine<T: Decodable>(as type: T.Type, seconds: Double) throws -> T {
-        guard let stdout else { throw FaultError("the process's stdout goes to its log") }
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            let data = (try? Data(contentsOf: stdout)) ?? Data()
-            if let newline = data.firstIndex(of: UInt8(ascii: "\n")) {
-                return try JSONDecoder().decode(T.self, from: data[..<newline])
-            }
-            guard process.isRunning else { break }
-            usleep(20_000)
-        }
-        throw FaultError("no line on stdout within \(seconds) s: \(output.suffix(2000))")
     }
 
     func stop(_ signal: Int32 = SIGTERM) {

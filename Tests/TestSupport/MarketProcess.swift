@@ -12,7 +12,9 @@ public final class MarketProcess: @unchecked Sendable {
     public var httpBase: String { "http://127.0.0.1:\(port)" }
     public var pid: Int32 { process.processIdentifier }
     /// What the server wrote on stderr so far.
-    public var output: String {
+    public var output: String { Self.said(logFile: logFile, log: log) }
+
+    private static func said(logFile: URL?, log: LockedBox<Data>) -> String {
         if let logFile { return (try? String(contentsOf: logFile, encoding: .utf8)) ?? "" }
         return String(decoding: log.value, as: UTF8.self)
     }
@@ -66,10 +68,8 @@ public final class MarketProcess: @unchecked Sendable {
         }
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
-        let said =
-            logFile.flatMap { try? String(contentsOf: $0, encoding: .utf8) }
-            ?? String(decoding: log.value, as: UTF8.self)
-        throw CLIRunnerError(description: "market serve did not start: \(said.suffix(4000))")
+        throw CLIRunnerError(
+            description: "market serve did not start: \(said(logFile: logFile, log: log).suffix(4000))")
     }
 
     /// Sends `signal` and waits for the process to end; returns its exit status.
