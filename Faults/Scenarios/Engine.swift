@@ -149,11 +149,13 @@ func egressSocketRemoved(_ result: inout ScenarioResult) async throws {
     try tool(
         ["docker:build", "--tag", TestRunnerImage.name, "--file", dockerfile.path],
         home: root.appending(path: "builder"))
-    // Something on loopback for the job to reach through the proxy: it answers "pong".
+    // Something on loopback for the job to reach through the proxy: it reads a line and answers
+    // "pong". It reads first: a shell that answered and exited at once made socat's write of the
+    // job's "ping" fail (EPIPE) on a loaded machine, and the connection closed before the answer.
     let port = try LoopbackSocket.freePort()
     let echo = Process()
     echo.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    echo.arguments = ["socat", "TCP-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork", "SYSTEM:echo pong"]
+    echo.arguments = ["socat", "TCP-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork", "SYSTEM:read line; echo pong"]
     echo.standardOutput = FileHandle.nullDevice
     echo.standardError = FileHandle.nullDevice
     try echo.run()

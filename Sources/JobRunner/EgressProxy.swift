@@ -368,8 +368,11 @@ final class EndpointHandler: ChannelInboundHandler, RemovableChannelHandler {
         let proxy = self.proxy
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        // Nothing is read from the target until the tunnel is joined: a server that speaks first
+        // (its greeting can arrive with the connection) would otherwise lose it to the pipeline's end.
         ClientBootstrap(group: context.eventLoop)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .channelOption(ChannelOptions.autoRead, value: false)
             .connectTimeout(.seconds(10))
             .connect(host: target.host, port: target.port)
             .whenComplete { result in
@@ -423,7 +426,10 @@ final class EndpointHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             upstream.write(bytes, promise: nil)
         }
+        if !early.isEmpty { upstream.flush() }
         pipeline.syncOperations.removeHandler(decoder, promise: nil)
+        // The target's bytes flow from here, after the 200.
+        try? upstream.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
     }
 }
 

@@ -131,6 +131,34 @@ import Testing
         }
     }
 
+    /// A target that speaks first (a greeting sent the moment it accepts, then closed) gets its
+    /// greeting through: nothing is read from it before the tunnel is joined. Seen in the fault
+    /// suite on a loaded machine as a job whose `socat` to such a target printed nothing.
+    @Test func aTargetThatSpeaksFirstIsHeard() async throws {
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { child in
+                child.eventLoop.makeCompletedFuture { try child.pipeline.syncOperations.addHandler(Greeter()) }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = server.localAddress!.port!
+        defer { server.close(promise: nil) }
+        let policy = EgressPolicy(allowlist: ["127.0.0.1:\(port)"], byteBudget: 1 << 20)
+        try await EgressProxy.withProxy(directory: runDirectory.url.appending(path: "first"), policy: policy) {
+            proxy in
+            let heard = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for _ in 0..<64 {
+                    group.addTask {
+                        let (text, _) = try await Self.exchange(
+                            proxy.socketPath, "CONNECT 127.0.0.1:\(port) HTTP/1.1\r\n\r\n")
+                        return text.hasPrefix("HTTP/1.1 200") && text.hasSuffix("\r\n\r\ngreeting\n")
+                    }
+                }
+                return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+            }
+            #expect(heard == 64, "\(64 - heard) of 64 tunnels lost the target's greeting")
+        }
+    }
+
     /// A tunnel whose budget runs out on the upstream side closes the job's side at once too,
     /// instead of leaving the job waiting until its timeout.
     @Test func aSpentBudgetClosesBothSidesAtOnce() async throws {
@@ -169,6 +197,18 @@ import Testing
             #expect(closed.withLock { $0 } != nil, "the upstream side was closed too")
             group.cancelAll()
             try? await server.channel.close()
+        }
+    }
+}
+
+/// Says its greeting the moment a connection is up, then closes it.
+private final class Greeter: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(ByteBuffer(string: "greeting\n"))).whenComplete { _ in
+            channel.close(promise: nil)
         }
     }
 }
