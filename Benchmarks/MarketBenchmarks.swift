@@ -127,11 +127,23 @@ func marketBenchmarks() async throws {
     let framesPerLifecycle = 4.0
 
     // Full signed lifecycles: post, approve, result, accept, by 8 requester/provider pairs at once.
+    let pairs = (0..<8).map { _ in (KeyRing.inMemory(sealing: sealing), KeyRing.inMemory(sealing: sealing)) }
+    let perPair = Int(ProcessInfo.processInfo.environment["CMM_BENCH_LIFECYCLES"] ?? "250") ?? 250
+    // The baseline of group commit, in the same run: a server that commits every frame alone.
+    let single = try ServerProcess(extra: ["--commit-batch", "1"])
+    try await mint(pairs.map(\.0.peerID), single.sqlite)
+    let singleCPUBefore = single.cpuSeconds
+    let singleWall = try await runLifecycles(url: single.url, pairs: pairs, perPair: perPair, prefix: "s")
+    let singleCPU = (single.cpuSeconds - singleCPUBefore) / Double(pairs.count * perPair)
+    single.stop()
+    print(
+        String(
+            format: "  a transaction per frame (--commit-batch 1): %.0f lifecycles/s; server CPU %.0f µs per lifecycle",
+            Double(pairs.count * perPair) / singleWall, singleCPU * 1e6))
+
     let server = try ServerProcess()
     defer { server.stop() }
-    let pairs = (0..<8).map { _ in (KeyRing.inMemory(sealing: sealing), KeyRing.inMemory(sealing: sealing)) }
     try await mint(pairs.map(\.0.peerID), server.sqlite)
-    let perPair = Int(ProcessInfo.processInfo.environment["CMM_BENCH_LIFECYCLES"] ?? "250") ?? 250
     let url = server.url
     let cpuBefore = server.cpuSeconds
     let wall = try await runLifecycles(url: url, pairs: pairs, perPair: perPair, prefix: "p")
@@ -155,6 +167,10 @@ func marketBenchmarks() async throws {
         String(
             format: "  one SQLite write transaction (a nonce row) through the store: %.0f µs",
             seconds(floorTime) / Double(floorCount) * 1e6))
+    report(
+        Row(
+            name: "market: lifecycles/s, group commit / a transaction per frame", ours: lifecycles / wall,
+            baseline: lifecycles / singleWall, unit: "/s", target: 1, higherIsBetter: true))
     report(
         Row(
             name: "market: server CPU / its signature checks", ours: cpuPerLifecycle * 1e6,

@@ -96,6 +96,9 @@ struct MarketServeCommand: AsyncParsableCommand {
     @Option(help: "Reputation half-life (default: 30d).", transform: DurationArgument.argument)
     var reputationHalfLife = DurationArgument(30, .d)
     @Option(help: "Frames a second per connection before rate_limited.") var frameRate: Double = 200
+    @Option(help: "Most frames one durable transaction carries (1…10000; 1: a transaction each).") var commitBatch = 64
+    @Option(help: "How long a transaction waits for more frames (0ms…100ms).", transform: DurationArgument.argument)
+    var commitWait = DurationArgument(0, .ms)
     @Option(
         name: .customLong("frame-log"),
         help: ArgumentHelp(
@@ -122,6 +125,12 @@ struct MarketServeCommand: AsyncParsableCommand {
         guard frameRate > 0, frameRate <= 100_000 else {
             throw ValidationError("--frame-rate \(frameRate) must be 1…100000")
         }
+        guard (1...10_000).contains(commitBatch) else {
+            throw ValidationError("--commit-batch \(commitBatch) must be 1…10000")
+        }
+        guard commitWait.milliseconds <= 100 else {
+            throw ValidationError("--commit-wait \(commitWait.milliseconds)ms must be 0ms…100ms")
+        }
     }
 
     func run() async throws {
@@ -139,6 +148,7 @@ struct MarketServeCommand: AsyncParsableCommand {
         configuration.sweepIntervalMs = sweepInterval.milliseconds
         configuration.frameRate = frameRate
         configuration.frameBurst = frameRate * 2
+        configuration.groupCommit = .init(maxWrites: commitBatch, linger: .milliseconds(commitWait.milliseconds))
         configuration.dashboard = !noDashboard
         configuration.tlsCertificatePath = tlsCert
         configuration.tlsKeyPath = tlsKey

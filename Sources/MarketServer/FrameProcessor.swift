@@ -28,6 +28,8 @@ struct FrameOutput: Sendable {
 /// with nothing written or acted on exactly once (a resent message id gets the stored answer).
 final class FrameProcessor: Sendable {
     let store: any MarketStore
+    /// Where every frame's and every sweep's writes go: many of them in one durable transaction.
+    let commits: GroupCommit
     let book: MarketBook
     let configuration: MarketServerConfiguration
     let metrics: MarketMetrics
@@ -44,6 +46,7 @@ final class FrameProcessor: Sendable {
         now: @escaping @Sendable () -> Int64
     ) {
         self.store = store
+        self.commits = GroupCommit(store: store, limits: configuration.groupCommit)
         self.book = MarketBook(rules: configuration.rules)
         self.configuration = configuration
         self.metrics = metrics
@@ -154,7 +157,7 @@ final class FrameProcessor: Sendable {
         guard body.challenge == challenge else {
             throw MarketError(.authFailed, "the auth does not answer this connection's challenge")
         }
-        let pending = try await store.write { [book] tx in
+        let pending = try await commits.write { [book] tx in
             try tx.upsertPeer(peer, keyDocument: document, nowMs: nowMs)
             return try Self.pendingFrames(for: peer, book: book, in: tx, nowMs: nowMs)
         }
@@ -228,7 +231,7 @@ final class FrameProcessor: Sendable {
         if type == .ping {
             // Changes nothing, but its nonce is still spent: a replayed ping is refused like any frame.
             guard
-                try await store.write({
+                try await commits.write({
                     try $0.insertNonce(peer: peer.rawValue, nonce: envelope.nonce, expiresMs: expires)
                 })
             else { throw MarketError(.replayedNonce, "nonce already used by \(peer): replay refused") }
@@ -238,7 +241,7 @@ final class FrameProcessor: Sendable {
             ])
         }
         let action = try action(for: envelope, type: type, text: text)
-        let result = try await store.write { [book] tx -> StoreOutcome in
+        let result = try await commits.write { [book] tx -> StoreOutcome in
             guard try tx.insertNonce(peer: peer.rawValue, nonce: envelope.nonce, expiresMs: expires) else {
                 return .replayed
             }
@@ -564,7 +567,7 @@ final class FrameProcessor: Sendable {
     func sweep(purge: Bool) async throws -> [(peer: PeerID, text: String)] {
         let nowMs = now()
         let retention = configuration.messageRetentionMs
-        let (outgoing, purged, settled) = try await store.write { [book] tx in
+        let (outgoing, purged, settled) = try await commits.write { [book] tx in
             let transitions = try book.sweep(nowMs: nowMs, in: tx)
             var output = ActionOutput(ack: AckBody(ref: "", type: "sweep"))
             try Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)

@@ -1,4 +1,5 @@
 import MarketCore
+import MarketStore
 
 /// Everything `market serve` can be told, with the defaults a small community market wants.
 public struct MarketServerConfiguration: Sendable {
@@ -28,6 +29,8 @@ public struct MarketServerConfiguration: Sendable {
     public var frameLogPath: String?
     /// Sealed workspaces and patches kept for one peer at a time (bytes of base64).
     public var maxStoredBlobBytesPerPeer: Int64 = 1 << 30
+    /// How many frames one durable transaction may carry, and how long it waits for more.
+    public var groupCommit = GroupCommit.Limits()
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, rules: MarketRules = MarketRules(),

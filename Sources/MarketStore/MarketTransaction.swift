@@ -144,8 +144,19 @@ public protocol MarketTransaction {
     func taskEvents(sinceMs: Int64) throws -> [TaskEventRecord]
 
     /// Runs `body` so that what it wrote is undone when it throws, while what was written
-    /// before it (the nonce, say) stays in the transaction.
+    /// before it (the nonce, say) stays in the transaction. When the transaction itself did not
+    /// survive (the undo failed, or the database ended the whole transaction), it throws
+    /// `TransactionAborted`: nothing of the transaction can commit.
     func savepoint<T>(_ body: () throws -> T) throws -> T
+}
+
+/// The transaction is gone, not just one step of it: SQLite rolls a whole transaction back on
+/// some errors (a full disk, an I/O error), and a savepoint whose undo fails leaves nothing to
+/// commit. A group commit fails its whole batch on it.
+public struct TransactionAborted: Error, CustomStringConvertible {
+    public let underlying: any Error
+    public init(_ underlying: any Error) { self.underlying = underlying }
+    public var description: String { "the transaction was rolled back: \(underlying)" }
 }
 
 /// A task entering a state, as the flow charts count it.

@@ -820,7 +820,7 @@ struct PostgresMarketTransaction: MarketTransaction {
             try run("RELEASE SAVEPOINT step")
             return result
         } catch {
-            try run("ROLLBACK TO SAVEPOINT step")
+            do { try run("ROLLBACK TO SAVEPOINT step") } catch { throw TransactionAborted(error) }
             throw error
         }
     }

@@ -606,9 +606,15 @@ struct SQLiteMarketTransaction: MarketTransaction {
 
     func savepoint<T>(_ body: () throws -> T) throws -> T {
         var result: T?
-        try db.inSavepoint {
-            result = try body()
-            return .commit
+        do {
+            try db.inSavepoint {
+                result = try body()
+                return .commit
+            }
+        } catch {
+            // SQLite ends the whole transaction on some errors; GRDB then reports the first error.
+            guard db.isInsideTransaction else { throw TransactionAborted(error) }
+            throw error
         }
         return result!
     }

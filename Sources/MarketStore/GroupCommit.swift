@@ -1,0 +1,123 @@
+import Synchronization
+
+/// Group commit: writes from many peers applied in one durable transaction, each in a savepoint
+/// of its own, so that a write that throws changes nothing and spoils nothing else.
+///
+/// A write waits in a queue; one drainer at a time takes up to `maxWrites` of them, runs them in
+/// order in one `store.write`, and answers each only once that transaction has committed. A
+/// batch takes what queued while the one before it committed (and, with `linger`, what comes
+/// in that long after its first write): an idle market commits each write at once, a busy one
+/// commits many at a time. When the commit fails, every write of the batch fails with its error
+/// and nothing of any of them is kept; none was answered, so their senders send them again.
+public final class GroupCommit: Sendable {
+    public struct Limits: Sendable, Equatable {
+        /// The most writes one transaction carries (1: a transaction per write).
+        public var maxWrites: Int
+        /// How long a batch waits for more after its first write when fewer than `maxWrites`
+        /// are queued (zero: it takes what is there).
+        public var linger: Duration
+
+        public init(maxWrites: Int = 64, linger: Duration = .zero) {
+            self.maxWrites = max(1, maxWrites)
+            self.linger = linger
+        }
+    }
+
+    /// One queued write: run inside the batch's transaction, answered after its commit.
+    private final class Entry: Sendable {
+        /// Runs the write; `alone`, it is the transaction's only one and needs no savepoint of its
+        /// own (what it throws rolls the whole transaction back and is its answer).
+        let apply: @Sendable (any MarketTransaction, _ alone: Bool) throws -> Void
+        let finish: @Sendable ((any Error)?) -> Void
+
+        init<T: Sendable>(
+            _ body: @escaping @Sendable (any MarketTransaction) throws -> T,
+            _ continuation: CheckedContinuation<T, any Error>
+        ) {
+            let outcome = Mutex<Result<T, any Error>?>(nil)
+            apply = { tx, alone in
+                if alone {
+                    let value = try body(tx)
+                    outcome.withLock { $0 = .success(value) }
+                } else {
+                    let result: Result<T, any Error>
+                    do { result = .success(try tx.savepoint { try body(tx) }) } catch let aborted as TransactionAborted
+                    {
+                        throw aborted
+                    } catch { result = .failure(error) }
+                    outcome.withLock { $0 = result }
+                }
+            }
+            finish = { failure in
+                if let aborted = failure as? TransactionAborted {
+                    return continuation.resume(throwing: aborted.underlying)
+                }
+                if let failure { return continuation.resume(throwing: failure) }
+                // The transaction committed, so every entry of it ran.
+                continuation.resume(with: outcome.withLock { $0! })
+            }
+        }
+    }
+
+    private struct Queue {
+        var entries: [Entry] = []
+        var draining = false
+    }
+
+    private let store: any MarketStore
+    public let limits: Limits
+    private let queue = Mutex(Queue())
+    /// Writes committed, and the transactions that carried them (for the metrics).
+    private let counts = Mutex((writes: 0, transactions: 0))
+
+    public init(store: any MarketStore, limits: Limits = Limits()) {
+        self.store = store
+        self.limits = limits
+    }
+
+    /// Runs `body` in the next batch's transaction, in a savepoint of its own; returns once that
+    /// transaction has committed. A `body` that throws changes nothing and its error is thrown.
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let entry = Entry(body, continuation)
+            let drains = queue.withLock { queue in
+                queue.entries.append(entry)
+                defer { queue.draining = true }
+                return !queue.draining
+            }
+            if drains { Task { await self.drain() } }
+        }
+    }
+
+    /// Writes committed and the transactions that carried them, since the start.
+    public var committed: (writes: Int, transactions: Int) { counts.withLock { $0 } }
+
+    private func drain() async {
+        while true {
+            if limits.linger > .zero, queue.withLock({ $0.entries.count }) < limits.maxWrites {
+                try? await Task.sleep(for: limits.linger)
+            }
+            let batch = queue.withLock { queue -> [Entry] in
+                let batch = Array(queue.entries.prefix(limits.maxWrites))
+                queue.entries.removeFirst(batch.count)
+                if batch.isEmpty { queue.draining = false }
+                return batch
+            }
+            guard !batch.isEmpty else { return }
+            do {
+                let alone = batch.count == 1
+                try await store.write { tx in
+                    for entry in batch { try entry.apply(tx, alone) }
+                }
+                counts.withLock {
+                    $0.writes += batch.count
+                    $0.transactions += 1
+                }
+                for entry in batch { entry.finish(nil) }
+            } catch {
+                // The commit failed (or the one write threw): nothing of the batch was kept.
+                for entry in batch { entry.finish(error) }
+            }
+        }
+    }
+}
