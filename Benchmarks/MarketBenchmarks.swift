@@ -25,7 +25,14 @@ final class ServerProcess: @unchecked Sendable {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         market = try MarketProcess.start(
             db: database ?? "sqlite:" + directory.appending(path: "m.sqlite").path, home: directory,
-            extra: ["--frame-rate", "100000"] + extra, logFile: directory.appending(path: "market.log"))
+            extra: ["--frame-rate", "100000"] + extra + Self.experiment,
+            logFile: directory.appending(path: "market.log"))
+    }
+
+    /// `CMM_BENCH_SERVER_ARGS`: more `market serve` options for every server of the run (an
+    /// experiment, such as `--commit-batch 1`).
+    static var experiment: [String] {
+        (ProcessInfo.processInfo.environment["CMM_BENCH_SERVER_ARGS"] ?? "").split(separator: " ").map(String.init)
     }
 
     var process: Process { market.process }

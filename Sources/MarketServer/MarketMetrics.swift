@@ -10,6 +10,7 @@ final class MarketMetrics: Sendable {
     private let counters = Mutex<[String: CoreMetrics.Counter]>([:])
     private let connectionGauge: CoreMetrics.Gauge
     private let frameTimer: CoreMetrics.Timer
+    private let commitGauges: (writes: CoreMetrics.Gauge, transactions: CoreMetrics.Gauge)
 
     init() {
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -21,6 +22,10 @@ final class MarketMetrics: Sendable {
         self.factory = factory
         connectionGauge = CoreMetrics.Gauge(label: "cmm_connections", factory: factory)
         frameTimer = CoreMetrics.Timer(label: "cmm_frame_seconds", factory: factory)
+        commitGauges = (
+            CoreMetrics.Gauge(label: "cmm_committed_writes", factory: factory),
+            CoreMetrics.Gauge(label: "cmm_commit_transactions", factory: factory)
+        )
     }
 
     private func count(_ label: String, _ dimensions: [(String, String)]) {
@@ -40,6 +45,12 @@ final class MarketMetrics: Sendable {
     func settled(_ state: String) { count("cmm_settlements_total", [("state", state)]) }
     func connections(_ value: Int) { connectionGauge.record(value) }
     func frameDuration(nanoseconds: Int64) { frameTimer.recordNanoseconds(nanoseconds) }
+    /// Writes committed since the start and the transactions that carried them (their ratio is
+    /// the group commit's batch size).
+    func committed(_ counts: (writes: Int, transactions: Int)) {
+        commitGauges.writes.record(counts.writes)
+        commitGauges.transactions.record(counts.transactions)
+    }
 
     func exposition() -> String { registry.emitToString() }
 }

@@ -162,6 +162,7 @@ public final class MarketServer: Service, Sendable {
         }
         router.get("/metrics") { _, _ -> Response in
             self.metrics.connections(self.hub.authenticatedConnections)
+            self.metrics.committed(self.processor.commits.committed)
             return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                 body: .init(byteBuffer: ByteBuffer(string: self.metrics.exposition())))

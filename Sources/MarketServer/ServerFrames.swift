@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import MarketCore
 import MarketProtocol
@@ -9,11 +10,21 @@ enum ServerFrames {
 
     static func frame(_ type: MessageType, _ body: some Encodable, nowMs: Int64) -> String {
         let bodyText = json(body)
-        var nonce = [UInt8](repeating: 0, count: 16)
-        for index in nonce.indices { nonce[index] = UInt8.random(in: 0...255) }
+        // 32 random bytes from one call into the CSPRNG: 16 for the nonce, 16 for the id (a
+        // version 4 UUID; `UUID()` opens /dev/urandom each time here).
+        let random = SymmetricKey(size: .init(bitCount: 256)).withUnsafeBytes { Array($0) }
+        let nonce = Data(random[0..<16])
+        var id = Array(random[16..<32])
+        id[6] = id[6] & 0x0f | 0x40
+        id[8] = id[8] & 0x3f | 0x80
+        let uuid = UUID(
+            uuid: (
+                id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7], id[8], id[9], id[10], id[11], id[12], id[13],
+                id[14], id[15]
+            ))
         let envelope = Envelope(
-            type: type.rawValue, id: UUID().uuidString.lowercased(), from: sender, ts: nowMs,
-            nonce: Data(nonce).base64EncodedString(), body: bodyText, sig: "")
+            type: type.rawValue, id: uuid.uuidString.lowercased(), from: sender, ts: nowMs,
+            nonce: nonce.base64EncodedString(), body: bodyText, sig: "")
         return json(envelope)
     }
 

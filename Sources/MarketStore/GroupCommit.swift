@@ -3,8 +3,9 @@ import Synchronization
 /// Group commit: writes from many peers applied in one durable transaction, each in a savepoint
 /// of its own, so that a write that throws changes nothing and spoils nothing else.
 ///
-/// A write waits in a queue; one drainer at a time takes up to `maxWrites` of them, runs them in
-/// order in one `store.write`, and answers each only once that transaction has committed. A
+/// A write waits in a queue; a drainer takes up to `maxWrites` of them, runs them in order in one
+/// `store.write`, and answers each only once that transaction has committed. There are as many
+/// drainers as the store runs write transactions at once (SQLite one, PostgreSQL its pool). A
 /// batch takes what queued while the one before it committed (and, with `linger`, what comes
 /// in that long after its first write): an idle market commits each write at once, a busy one
 /// commits many at a time. When the commit fails, every write of the batch fails with its error
@@ -61,7 +62,8 @@ public final class GroupCommit: Sendable {
 
     private struct Queue {
         var entries: [Entry] = []
-        var draining = false
+        /// Batches being formed or committed now (at most the store's `writeConcurrency`).
+        var drainers = 0
     }
 
     private let store: any MarketStore
@@ -82,8 +84,9 @@ public final class GroupCommit: Sendable {
             let entry = Entry(body, continuation)
             let drains = queue.withLock { queue in
                 queue.entries.append(entry)
-                defer { queue.draining = true }
-                return !queue.draining
+                guard queue.drainers < store.writeConcurrency else { return false }
+                queue.drainers += 1
+                return true
             }
             if drains { Task { await self.drain() } }
         }
@@ -100,7 +103,7 @@ public final class GroupCommit: Sendable {
             let batch = queue.withLock { queue -> [Entry] in
                 let batch = Array(queue.entries.prefix(limits.maxWrites))
                 queue.entries.removeFirst(batch.count)
-                if batch.isEmpty { queue.draining = false }
+                if batch.isEmpty { queue.drainers -= 1 }
                 return batch
             }
             guard !batch.isEmpty else { return }

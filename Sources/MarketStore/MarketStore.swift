@@ -10,7 +10,14 @@ public protocol MarketStore: Sendable {
     func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T
     /// What `/health` names as the backend.
     var backendName: String { get }
+    /// How many write transactions may usefully run at once (a group commit keeps this many
+    /// batches in flight).
+    var writeConcurrency: Int { get }
     func close() async throws
+}
+
+extension MarketStore {
+    public var writeConcurrency: Int { 1 }
 }
 
 /// Passes frames between server instances that share one database: a frame for a peer that is

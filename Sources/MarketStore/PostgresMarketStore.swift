@@ -39,6 +39,9 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
         self.logger = logger
     }
 
+    /// Write transactions at once for a group commit: the pool, but two connections for reads.
+    public var writeConcurrency: Int { max(1, connections.withLock { $0.count } - 2) }
+
     /// Connects `size` connections (plus one listener) and creates the schema when missing.
     public static func connect(url: String, size: Int = 8, logger: Logger) async throws -> PostgresMarketStore {
         let configuration = try configuration(from: url)
@@ -504,9 +507,17 @@ struct PostgresMarketTransaction: MarketTransaction {
             INSERT INTO ledger (at, debit, credit, amount, kind, task_id, memo)
             VALUES (\(nowMs), \(debit), \(credit), \(amount), \(movement.kind.rawValue), \(movement.taskID), \(movement.memo))
             """)
-        // An UPDATE, not an upsert: PostgreSQL checks the proposed row (−amount) before ON CONFLICT.
-        if affected(try query("UPDATE accounts SET balance = balance - \(amount) WHERE name = \(debit)")) == 0 {
-            try query("INSERT INTO accounts (name, balance) VALUES (\(debit), \(-amount))")
+        if movement.from.mayGoNegative {
+            // An upsert: two transactions that both find no row must not both insert one.
+            try query(
+                """
+                INSERT INTO accounts (name, balance) VALUES (\(debit), \(-amount))
+                ON CONFLICT (name) DO UPDATE SET balance = accounts.balance - \(amount)
+                """)
+        } else {
+            // An UPDATE, not an upsert: PostgreSQL checks the proposed row (−amount) against the
+            // CHECK before ON CONFLICT. The row exists: it was read above, holding enough.
+            try query("UPDATE accounts SET balance = balance - \(amount) WHERE name = \(debit)")
         }
         do {
             try query(

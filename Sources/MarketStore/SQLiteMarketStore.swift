@@ -14,6 +14,8 @@ public final class SQLiteMarketStore: MarketStore {
         configuration.busyMode = .timeout(15)
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            // Statement journals (a savepoint's undo) in memory, not a temporary file each.
+            try db.execute(sql: "PRAGMA temp_store = MEMORY")
         }
         let url = URL(fileURLWithPath: path)
         try FileManager.default.createDirectory(

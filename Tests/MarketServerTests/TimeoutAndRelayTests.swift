@@ -289,6 +289,15 @@ import Testing
             #expect(metrics.contains(#"cmm_frames_total{type="task.post"} 1"#))
             #expect(metrics.contains("cmm_matches_total 1"))
             #expect(metrics.contains("cmm_frame_seconds_bucket"))
+            // The group commit's counts: every write committed, in as many transactions or fewer.
+            func gauge(_ name: String) -> Double? {
+                metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap {
+                    Double($0.split(separator: " ")[1])
+                }
+            }
+            let writes = gauge("cmm_committed_writes") ?? 0
+            let transactions = gauge("cmm_commit_transactions") ?? 0
+            #expect(transactions >= 1 && writes >= transactions, "\(writes) writes in \(transactions) transactions")
         }
     }
 
