@@ -254,7 +254,8 @@ let package = Package(
             name: "MarketStoreTests",
             dependencies: [
                 "MarketStore", "MarketCore", "MarketProtocol", "TestSupport",
-                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Logging", package: "swift-log"), .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ]
         ),
         .testTarget(

@@ -309,7 +309,70 @@ extension MarketSchema {
         CREATE TABLE IF NOT EXISTS relay (
             id BIGSERIAL PRIMARY KEY, peer TEXT NOT NULL, text TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())
         """,
+        // The task's fields as columns (`TaskRow`), filled from the JSON document each row kept
+        // until now, which then goes.
+        """
+        ALTER TABLE tasks ADD COLUMN IF NOT EXISTS max_price BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS cap BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS min_reputation DOUBLE PRECISION NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS model TEXT, ADD COLUMN IF NOT EXISTS timeout_seconds BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS updated BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS rejections BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS faults BIGINT NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS excluded TEXT NOT NULL DEFAULT '', ADD COLUMN IF NOT EXISTS result_hash TEXT,
+            ADD COLUMN IF NOT EXISTS reason TEXT, ADD COLUMN IF NOT EXISTS dispute TEXT,
+            ADD COLUMN IF NOT EXISTS ws_bytes BIGINT, ADD COLUMN IF NOT EXISTS ws_files BIGINT,
+            ADD COLUMN IF NOT EXISTS ws_archive_bytes BIGINT, ADD COLUMN IF NOT EXISTS conversation_bytes BIGINT
+        """,
+        """
+        DO $$ BEGIN
+        IF EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'tasks' AND column_name = 'data') THEN
+            UPDATE tasks SET
+                max_price = (data::jsonb #>> '{maxPrice,micro}')::BIGINT, cap = (data::jsonb #>> '{cap,micro}')::BIGINT,
+                min_reputation = (data::jsonb ->> 'minReputation')::DOUBLE PRECISION, model = data::jsonb ->> 'model',
+                timeout_seconds = (data::jsonb ->> 'timeoutSeconds')::BIGINT,
+                updated = (data::jsonb ->> 'updatedMs')::BIGINT, rejections = (data::jsonb ->> 'rejections')::BIGINT,
+                faults = (data::jsonb ->> 'faults')::BIGINT,
+                excluded = coalesce((SELECT string_agg(value, ',') FROM jsonb_array_elements_text(data::jsonb -> 'excluded')), ''),
+                result_hash = data::jsonb ->> 'resultHash', reason = data::jsonb ->> 'reason',
+                dispute = data::jsonb ->> 'dispute', ws_bytes = (data::jsonb ->> 'workspaceBytes')::BIGINT,
+                ws_files = (data::jsonb ->> 'workspaceFiles')::BIGINT,
+                ws_archive_bytes = (data::jsonb ->> 'workspaceArchiveBytes')::BIGINT,
+                conversation_bytes = (data::jsonb ->> 'conversationBytes')::BIGINT;
+            ALTER TABLE tasks DROP COLUMN data;
+        END IF;
+        END $$
+        """,
     ]
+}
+
+extension TaskRow {
+    static let postgresInsert = insert { "$\($0)" }
+    static let postgresUpdate = update { "$\($0)" }
+
+    static func bindings(_ values: [Value]) -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: values.count)
+        for value in values {
+            switch value {
+            case .text(let text): bindings.append(text)
+            case .integer(let number): bindings.append(number)
+            case .real(let number): bindings.append(number)
+            case .null: bindings.appendNull()
+            }
+        }
+        return bindings
+    }
+
+    /// The task of a row selected with `selectSQL`.
+    static func task(_ row: PostgresRow) throws -> MarketTask {
+        let fields = try row.decode(
+            (
+                String, String, Int64, Int64, Double, String?, Int64, String, String?, Int64?, Int64, Int64, Int64?,
+                Int64, Int64, String, String?, String?, String?, Int64?, Int64?, Int64?, Int64?
+            ).self)
+        return try task(fields)
+    }
 }
 
 /// `MarketTransaction` on one PostgreSQL connection inside BEGIN … COMMIT.
@@ -659,20 +722,16 @@ struct PostgresMarketTransaction: MarketTransaction {
     // MARK: Tasks
 
     func task(_ id: String, lock: Bool) throws -> MarketTask? {
-        let sql: PostgresQuery =
-            lock ? "SELECT data FROM tasks WHERE id = \(id) FOR UPDATE" : "SELECT data FROM tasks WHERE id = \(id)"
-        return try query(sql).rows.first.map { try TaskCoding.decode(try $0.decode(String.self)) }
+        var bindings = PostgresBindings()
+        bindings.append(id)
+        let sql = TaskRow.selectSQL + " WHERE id = $1" + (lock ? " FOR UPDATE" : "")
+        return try query(PostgresQuery(unsafeSQL: sql, binds: bindings)).rows.first.map(TaskRow.task)
     }
 
     func insertTask(_ task: MarketTask) throws {
-        let data = try TaskCoding.encode(task)
         do {
             try query(
-                """
-                INSERT INTO tasks (id, requester, provider, state, deadline, created, price, data)
-                VALUES (\(task.id), \(task.requester.rawValue), \(task.provider?.rawValue), \(task.state.rawValue),
-                        \(task.deadlineMs), \(task.createdMs), \(task.price?.micro), \(data))
-                """)
+                PostgresQuery(unsafeSQL: TaskRow.postgresInsert, binds: TaskRow.bindings(TaskRow.values(of: task))))
         } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
             throw MarketError(.duplicateTask, "task \(task.id) already exists: choose a new taskId")
         }
@@ -680,30 +739,30 @@ struct PostgresMarketTransaction: MarketTransaction {
 
     func updateTask(_ task: MarketTask) throws {
         try query(
-            """
-            UPDATE tasks SET provider = \(task.provider?.rawValue), state = \(task.state.rawValue), deadline = \(task.deadlineMs),
-            price = \(task.price?.micro), data = \(try TaskCoding.encode(task)) WHERE id = \(task.id)
-            """)
+            PostgresQuery(unsafeSQL: TaskRow.postgresUpdate, binds: TaskRow.bindings(TaskRow.updateValues(of: task))))
     }
 
     func tasks(state: TaskState?, limit: Int) throws -> [MarketTask] {
         let limit = min(limit, Int(Int32.max))
-        let sql: PostgresQuery =
-            if let state {
-                "SELECT data FROM tasks WHERE state = \(state.rawValue) ORDER BY created LIMIT \(limit)"
-            } else {
-                "SELECT data FROM tasks ORDER BY created DESC LIMIT \(limit)"
-            }
-        return try query(sql).rows.map { try TaskCoding.decode(try $0.decode(String.self)) }
+        var bindings = PostgresBindings()
+        let sql: String
+        if let state {
+            bindings.append(state.rawValue)
+            bindings.append(limit)
+            sql = TaskRow.selectSQL + " WHERE state = $1 ORDER BY created LIMIT $2"
+        } else {
+            bindings.append(limit)
+            sql = TaskRow.selectSQL + " ORDER BY created DESC LIMIT $1"
+        }
+        return try query(PostgresQuery(unsafeSQL: sql, binds: bindings)).rows.map(TaskRow.task)
     }
 
     func tasks(of peer: PeerID, states: [TaskState]) throws -> [MarketTask] {
-        try query(
-            """
-            SELECT data FROM tasks WHERE (provider = \(peer.rawValue) OR requester = \(peer.rawValue))
-            AND state = ANY(\(states.map(\.rawValue))) ORDER BY created
-            """
-        ).rows.map { try TaskCoding.decode(try $0.decode(String.self)) }
+        var bindings = PostgresBindings()
+        bindings.append(peer.rawValue)
+        bindings.append(states.map(\.rawValue))
+        let sql = TaskRow.selectSQL + " WHERE (provider = $1 OR requester = $1) AND state = ANY($2) ORDER BY created"
+        return try query(PostgresQuery(unsafeSQL: sql, binds: bindings)).rows.map(TaskRow.task)
     }
 
     func tasksDue(nowMs: Int64, limit: Int) throws -> [String] {

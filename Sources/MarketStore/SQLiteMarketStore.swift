@@ -70,12 +70,10 @@ public final class SQLiteMarketStore: MarketStore {
             try db.execute(sql: MarketSchema.sqliteWorkspaces)
         }
         migrator.registerMigration("v4-capacity") { db in
-            try db.execute(
-                sql: """
-                    ALTER TABLE offers ADD COLUMN paused_until INTEGER;
-                    ALTER TABLE offers ADD COLUMN paused_for TEXT;
-                    ALTER TABLE peers ADD COLUMN hand_backs INTEGER NOT NULL DEFAULT 0;
-                    """)
+            try db.execute(sql: MarketSchema.sqliteCapacity)
+        }
+        migrator.registerMigration("v5-task-columns") { db in
+            try db.execute(sql: MarketSchema.sqliteTaskColumns)
         }
         return migrator
     }
@@ -83,6 +81,45 @@ public final class SQLiteMarketStore: MarketStore {
 
 /// The schema, shared in shape by both backends (types differ).
 enum MarketSchema {
+    static let sqliteCapacity = """
+        ALTER TABLE offers ADD COLUMN paused_until INTEGER;
+        ALTER TABLE offers ADD COLUMN paused_for TEXT;
+        ALTER TABLE peers ADD COLUMN hand_backs INTEGER NOT NULL DEFAULT 0;
+        """
+
+    /// The task's fields as columns (`TaskRow`), filled from the JSON document each row kept
+    /// until now, which then goes.
+    static let sqliteTaskColumns = """
+        ALTER TABLE tasks ADD COLUMN max_price INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN cap INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN min_reputation REAL NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN model TEXT;
+        ALTER TABLE tasks ADD COLUMN timeout_seconds INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN updated INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN rejections INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN faults INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE tasks ADD COLUMN excluded TEXT NOT NULL DEFAULT '';
+        ALTER TABLE tasks ADD COLUMN result_hash TEXT;
+        ALTER TABLE tasks ADD COLUMN reason TEXT;
+        ALTER TABLE tasks ADD COLUMN dispute TEXT;
+        ALTER TABLE tasks ADD COLUMN ws_bytes INTEGER;
+        ALTER TABLE tasks ADD COLUMN ws_files INTEGER;
+        ALTER TABLE tasks ADD COLUMN ws_archive_bytes INTEGER;
+        ALTER TABLE tasks ADD COLUMN conversation_bytes INTEGER;
+        UPDATE tasks SET
+            max_price = json_extract(data, '$.maxPrice.micro'), cap = json_extract(data, '$.cap.micro'),
+            min_reputation = json_extract(data, '$.minReputation'), model = json_extract(data, '$.model'),
+            timeout_seconds = json_extract(data, '$.timeoutSeconds'), updated = json_extract(data, '$.updatedMs'),
+            rejections = json_extract(data, '$.rejections'), faults = json_extract(data, '$.faults'),
+            excluded = coalesce((SELECT group_concat(value, ',') FROM json_each(data, '$.excluded')), ''),
+            result_hash = json_extract(data, '$.resultHash'), reason = json_extract(data, '$.reason'),
+            dispute = json_extract(data, '$.dispute'), ws_bytes = json_extract(data, '$.workspaceBytes'),
+            ws_files = json_extract(data, '$.workspaceFiles'),
+            ws_archive_bytes = json_extract(data, '$.workspaceArchiveBytes'),
+            conversation_bytes = json_extract(data, '$.conversationBytes');
+        ALTER TABLE tasks DROP COLUMN data;
+        """
+
     static let sqliteWorkspaces = """
         ALTER TABLE offers ADD COLUMN max_ws_bytes INTEGER;
         ALTER TABLE offers ADD COLUMN max_ws_files INTEGER;
@@ -197,24 +234,37 @@ enum MarketSchema {
         """
 }
 
-/// Task rows keep the whole task as JSON beside the columns that are queried.
+/// An offer's models as one column: the names joined by commas.
 enum TaskCoding {
-    static let encoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return encoder
-    }()
-
-    static func encode(_ task: MarketTask) throws -> String {
-        String(decoding: try encoder.encode(task), as: UTF8.self)
-    }
-
-    static func decode(_ text: String) throws -> MarketTask {
-        try JSONDecoder().decode(MarketTask.self, from: Data(text.utf8))
-    }
-
     static func models(_ list: [String]) -> String { list.joined(separator: ",") }
     static func models(_ text: String) -> [String] { text.split(separator: ",").map(String.init) }
+}
+
+extension TaskRow.Value: DatabaseValueConvertible {
+    var databaseValue: DatabaseValue {
+        switch self {
+        case .text(let text): text.databaseValue
+        case .integer(let value): value.databaseValue
+        case .real(let value): value.databaseValue
+        case .null: .null
+        }
+    }
+
+    static func fromDatabaseValue(_ dbValue: DatabaseValue) -> TaskRow.Value? { nil }
+}
+
+extension TaskRow {
+    static let sqliteInsert = insert { _ in "?" }
+    static let sqliteUpdate = update { _ in "?" }
+
+    /// The task of a row selected with `selectSQL`, its columns read by position.
+    static func task(_ row: Row) throws -> MarketTask {
+        try task(
+            (
+                row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11],
+                row[12], row[13], row[14], row[15], row[16], row[17], row[18], row[19], row[20], row[21], row[22]
+            ))
+    }
 }
 
 struct SQLiteMarketTransaction: MarketTransaction {
@@ -443,55 +493,45 @@ struct SQLiteMarketTransaction: MarketTransaction {
     }
 
     func task(_ id: String, lock: Bool) throws -> MarketTask? {
-        try String.fetchOne(db, cachedSQL: "SELECT data FROM tasks WHERE id = ?", arguments: [id]).map(
-            TaskCoding.decode)
+        try Row.fetchOne(db, cachedSQL: TaskRow.selectSQL + " WHERE id = ?", arguments: [id]).map(TaskRow.task)
     }
 
     func insertTask(_ task: MarketTask) throws {
-        try db.execute(
-            cachedSQL: """
-                INSERT INTO tasks (id, requester, provider, state, deadline, created, price, data)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-            arguments: [
-                task.id, task.requester.rawValue, task.provider?.rawValue, task.state.rawValue, task.deadlineMs,
-                task.createdMs, task.price?.micro, try TaskCoding.encode(task),
-            ])
+        do {
+            try db.execute(cachedSQL: TaskRow.sqliteInsert, arguments: StatementArguments(TaskRow.values(of: task)))
+        } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY {
+            throw MarketError(.duplicateTask, "task \(task.id) already exists: choose a new taskId")
+        }
     }
 
     func updateTask(_ task: MarketTask) throws {
-        try db.execute(
-            cachedSQL: "UPDATE tasks SET provider = ?, state = ?, deadline = ?, price = ?, data = ? WHERE id = ?",
-            arguments: [
-                task.provider?.rawValue, task.state.rawValue, task.deadlineMs, task.price?.micro,
-                try TaskCoding.encode(task), task.id,
-            ])
+        try db.execute(cachedSQL: TaskRow.sqliteUpdate, arguments: StatementArguments(TaskRow.updateValues(of: task)))
     }
 
     func tasks(state: TaskState?, limit: Int) throws -> [MarketTask] {
         let limit = min(limit, Int(Int32.max))
         if let state {
-            return try String.fetchAll(
-                db, cachedSQL: "SELECT data FROM tasks WHERE state = ? ORDER BY created LIMIT ?",
+            return try Row.fetchAll(
+                db, cachedSQL: TaskRow.selectSQL + " WHERE state = ? ORDER BY created LIMIT ?",
                 arguments: [state.rawValue, limit]
-            ).map(TaskCoding.decode)
+            ).map(TaskRow.task)
         }
-        return try String.fetchAll(
-            db, cachedSQL: "SELECT data FROM tasks ORDER BY created DESC LIMIT ?", arguments: [limit]
+        return try Row.fetchAll(
+            db, cachedSQL: TaskRow.selectSQL + " ORDER BY created DESC LIMIT ?", arguments: [limit]
         )
-        .map(TaskCoding.decode)
+        .map(TaskRow.task)
     }
 
     func tasks(of peer: PeerID, states: [TaskState]) throws -> [MarketTask] {
         let marks = states.map { _ in "?" }.joined(separator: ",")
         var arguments: StatementArguments = [peer.rawValue, peer.rawValue]
         for state in states { _ = arguments.append(contentsOf: [state.rawValue]) }
-        return try String.fetchAll(
+        return try Row.fetchAll(
             db,
             cachedSQL:
-                "SELECT data FROM tasks WHERE (provider = ? OR requester = ?) AND state IN (\(marks)) ORDER BY created",
+                TaskRow.selectSQL + " WHERE (provider = ? OR requester = ?) AND state IN (\(marks)) ORDER BY created",
             arguments: arguments
-        ).map(TaskCoding.decode)
+        ).map(TaskRow.task)
     }
 
     func tasksDue(nowMs: Int64, limit: Int) throws -> [String] {
