@@ -394,10 +394,23 @@ struct PostgresMarketTransaction: MarketTransaction {
         do {
             return try Self.wait(for: connection.query(query, logger: logger), timeout: timeout)
         } catch let error as PSQLError {
-            if error.serverInfo?[.sqlState] == "23514" {
-                throw MarketError(.insufficientFunds, "the movement would take an account below zero")
-            }
+            if error.serverInfo?[.sqlState] == "23514" { throw Self.checkViolation(error.serverInfo?[.constraintName]) }
             throw error
+        }
+    }
+
+    /// A CHECK the books refused, told apart by the constraint's name (PostgreSQL's own names for
+    /// the schema's unnamed CHECKs).
+    static func checkViolation(_ constraint: String?) -> MarketError {
+        switch constraint {
+        case "accounts_check":
+            MarketError(.insufficientFunds, "the movement would take an account below zero")
+        case "ledger_amount_check":
+            MarketError(.invalidAmount, "a ledger movement must be positive")
+        case "ledger_check":
+            MarketError(.invalidAmount, "a ledger movement must go from one account to another")
+        default:
+            MarketError(.internalError, "the books refused a write (constraint \(constraint ?? "unnamed"))")
         }
     }
 
@@ -548,6 +561,9 @@ struct PostgresMarketTransaction: MarketTransaction {
                 ?? 0)
     }
 
+    /// One statement, one round trip: the debit (which takes the account's row lock and, unless
+    /// it is the mint's, happens only when the account holds enough), then the credit and the
+    /// ledger row, both only when the debit did. Concurrent movements on one account add up.
     func insertMovement(_ movement: Movement, nowMs: Int64) throws {
         let amount = movement.amount.micro
         guard amount > 0 else {
@@ -555,41 +571,46 @@ struct PostgresMarketTransaction: MarketTransaction {
         }
         let debit = movement.from.description
         let credit = movement.to.description
-        // Lock the debited row, then move by increments: concurrent movements on one account add up.
-        let from =
-            try query("SELECT balance FROM accounts WHERE name = \(debit) FOR UPDATE").rows.first?.decode(Int64.self)
-            ?? 0
-        let (remaining, overflow) = from.subtractingReportingOverflow(amount)
-        guard !overflow else { throw MarketError(.invalidAmount, "moving \(movement.amount) overflows \(debit)") }
-        if remaining < 0, !movement.from.mayGoNegative {
-            throw MarketError(
-                .insufficientFunds, "\(debit) holds \(Credits(micro: from)), less than \(movement.amount)")
-        }
-        try query(
+        var bindings = PostgresBindings(capacity: 7)
+        bindings.append(debit)  // $1
+        bindings.append(credit)  // $2
+        bindings.append(amount)  // $3
+        bindings.append(nowMs)  // $4
+        bindings.append(movement.kind.rawValue)  // $5
+        bindings.append(movement.taskID)  // $6
+        bindings.append(movement.memo)  // $7
+        let debitStep =
+            movement.from.mayGoNegative
+            // The mint's row may not exist yet: an upsert (two transactions that both find no row
+            // must not both insert one). Its CHECK allows it below zero.
+            ? """
+            INSERT INTO accounts (name, balance) VALUES ($1, -$3::BIGINT)
+            ON CONFLICT (name) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance RETURNING 1
             """
-            INSERT INTO ledger (at, debit, credit, amount, kind, task_id, memo)
-            VALUES (\(nowMs), \(debit), \(credit), \(amount), \(movement.kind.rawValue), \(movement.taskID), \(movement.memo))
-            """)
-        if movement.from.mayGoNegative {
-            // An upsert: two transactions that both find no row must not both insert one.
-            try query(
-                """
-                INSERT INTO accounts (name, balance) VALUES (\(debit), \(-amount))
-                ON CONFLICT (name) DO UPDATE SET balance = accounts.balance - \(amount)
-                """)
-        } else {
-            // An UPDATE, not an upsert: PostgreSQL checks the proposed row (−amount) against the
-            // CHECK before ON CONFLICT. The row exists: it was read above, holding enough.
-            try query("UPDATE accounts SET balance = balance - \(amount) WHERE name = \(debit)")
-        }
+            // An UPDATE, not an upsert, for any other account: PostgreSQL checks a proposed row
+            // (−amount) against the CHECK before ON CONFLICT.
+            : "UPDATE accounts SET balance = balance - $3 WHERE name = $1 AND balance >= $3 RETURNING 1"
+        let sql = """
+            WITH debit AS (\(debitStep)),
+            credit AS (
+                INSERT INTO accounts (name, balance) SELECT $2, $3 FROM debit
+                ON CONFLICT (name) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance RETURNING 1),
+            entry AS (
+                INSERT INTO ledger (at, debit, credit, amount, kind, task_id, memo)
+                SELECT $4, $1, $2, $3, $5, $6, $7 FROM debit RETURNING 1)
+            SELECT count(*)::INT FROM debit
+            """
+        let moved: Int
         do {
-            try query(
-                """
-                INSERT INTO accounts (name, balance) VALUES (\(credit), \(amount))
-                ON CONFLICT (name) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance
-                """)
+            moved = try query(PostgresQuery(unsafeSQL: sql, binds: bindings)).rows.first?.decode(Int.self) ?? 0
         } catch let error as PSQLError where error.serverInfo?[.sqlState] == "22003" {
-            throw MarketError(.invalidAmount, "moving \(movement.amount) overflows \(credit)")
+            throw MarketError(.invalidAmount, "moving \(movement.amount) overflows an account")
+        }
+        guard moved == 1 else {
+            // Nothing moved. Only now is the balance read, for the message.
+            let held = try query("SELECT balance FROM accounts WHERE name = \(debit)").rows.first?.decode(Int64.self)
+            throw MarketError(
+                .insufficientFunds, "\(debit) holds \(Credits(micro: held ?? 0)), less than \(movement.amount)")
         }
     }
 

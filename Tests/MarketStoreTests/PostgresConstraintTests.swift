@@ -1,0 +1,52 @@
+import Foundation
+import Logging
+import MarketCore
+import PostgresNIO
+import TestSupport
+import Testing
+
+@testable import MarketStore
+
+/// PostgreSQL's CHECK violations reach the market as the refusal each one means, told apart by
+/// the constraint's name (they were all `insufficient_funds` before), and a ledger movement is
+/// one statement that moves nothing when the debited account holds too little.
+@Suite(.enabled(if: PostgresTestDatabase.shouldRun)) struct PostgresConstraintTests {
+    static let peer = PeerID(digestPrefix: [UInt8](repeating: 42, count: 20))
+
+    @Test(arguments: [
+        ("UPDATE accounts SET balance = -1 WHERE name = 'peer:\(peer)'", MarketError.Code.insufficientFunds),
+        (
+            "INSERT INTO ledger (at, debit, credit, amount, kind) VALUES (0, 'mint', 'peer:x', 0, 'mint')",
+            .invalidAmount
+        ),
+        (
+            "INSERT INTO ledger (at, debit, credit, amount, kind) VALUES (0, 'mint', 'mint', 5, 'mint')",
+            .invalidAmount
+        ),
+    ])
+    func checkViolationsAreToldApartByName(statement: String, code: MarketError.Code) async throws {
+        let store = try await PostgresMarketStore.connect(
+            url: try PostgresTestDatabase.create(), size: 2, logger: Logger(label: "test.postgres"))
+        defer { Task { try? await store.close() } }
+        let book = MarketBook(rules: MarketRules())
+        try await store.write { tx in
+            _ = try book.mint(to: Self.peer, amount: Credits(micro: 5), memo: "seed", nowMs: 0, in: tx)
+        }
+        do {
+            try await store.write { tx in try (tx as! PostgresMarketTransaction).run(statement) }
+            Issue.record("\(statement) was accepted")
+        } catch let error as MarketError {
+            #expect(error.code == code, "\(statement): \(error)")
+        }
+        let movement = Movement(from: .peer(Self.peer), to: .market, amount: Credits(micro: 6), kind: .fee)
+        do {
+            try await store.write { try $0.insertMovement(movement, nowMs: 1) }
+            Issue.record("a movement of more than the account holds was accepted")
+        } catch let error as MarketError {
+            #expect(error.code == .insufficientFunds && error.message.contains("peer:\(Self.peer) holds"), "\(error)")
+        }
+        let balances = try await store.read { try $0.allBalances() }
+        #expect(balances["peer:\(Self.peer)"] == 5 && balances["market"] == nil, "nothing moved: \(balances)")
+        #expect(try await store.read { try $0.allMovements().count } == 1)
+    }
+}
