@@ -54,9 +54,13 @@ final class ServerProcess: @unchecked Sendable {
         return (Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
     }
 
+    /// Stops the server and removes its directory (kept, with its log, when
+    /// `CMM_BENCH_KEEP_LOGS` is set).
     func stop() {
         market.stop()
-        try? FileManager.default.removeItem(at: directory)
+        if ProcessInfo.processInfo.environment["CMM_BENCH_KEEP_LOGS"] == nil {
+            try? FileManager.default.removeItem(at: directory)
+        }
     }
 }
 

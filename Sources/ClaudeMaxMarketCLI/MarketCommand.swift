@@ -96,7 +96,8 @@ struct MarketServeCommand: AsyncParsableCommand {
     @Option(help: "Reputation half-life (default: 30d).", transform: DurationArgument.argument)
     var reputationHalfLife = DurationArgument(30, .d)
     @Option(help: "Frames a second per connection before rate_limited.") var frameRate: Double = 200
-    @Option(help: "Most frames one durable transaction carries (1…10000; 1: a transaction each).") var commitBatch = 64
+    @Option(help: "Most frames one durable transaction carries (1…10000; default: 64 on SQLite, 1 on PostgreSQL).")
+    var commitBatch: Int?
     @Option(help: "How long a transaction waits for more frames (0ms…100ms).", transform: DurationArgument.argument)
     var commitWait = DurationArgument(0, .ms)
     @Option(
@@ -125,7 +126,7 @@ struct MarketServeCommand: AsyncParsableCommand {
         guard frameRate > 0, frameRate <= 100_000 else {
             throw ValidationError("--frame-rate \(frameRate) must be 1…100000")
         }
-        guard (1...10_000).contains(commitBatch) else {
+        if let commitBatch, !(1...10_000).contains(commitBatch) {
             throw ValidationError("--commit-batch \(commitBatch) must be 1…10000")
         }
         guard commitWait.milliseconds <= 100 else {
@@ -148,7 +149,8 @@ struct MarketServeCommand: AsyncParsableCommand {
         configuration.sweepIntervalMs = sweepInterval.milliseconds
         configuration.frameRate = frameRate
         configuration.frameBurst = frameRate * 2
-        configuration.groupCommit = .init(maxWrites: commitBatch, linger: .milliseconds(commitWait.milliseconds))
+        configuration.commitBatch = commitBatch
+        configuration.commitWait = .milliseconds(commitWait.milliseconds)
         configuration.dashboard = !noDashboard
         configuration.tlsCertificatePath = tlsCert
         configuration.tlsKeyPath = tlsKey

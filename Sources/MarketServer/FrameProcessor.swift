@@ -46,7 +46,7 @@ final class FrameProcessor: Sendable {
         now: @escaping @Sendable () -> Int64
     ) {
         self.store = store
-        self.commits = GroupCommit(store: store, limits: configuration.groupCommit)
+        self.commits = GroupCommit(store: store, limits: configuration.groupCommit(on: store))
         self.book = MarketBook(rules: configuration.rules)
         self.configuration = configuration
         self.metrics = metrics
@@ -103,7 +103,7 @@ final class FrameProcessor: Sendable {
             if case .authenticated = session {} else if error.code == .authFailed { output.close = true }
             return output
         } catch {
-            logger.error("frame failed", metadata: ["error": "\(error)"])
+            logger.error("frame failed", metadata: ["error": "\(StoreFailure.describe(error))"])
             metrics.error(MarketError.Code.internalError.rawValue)
             let refusal = MarketError(.internalError, "the market could not process this frame; nothing was changed")
             return FrameOutput(replies: [ServerFrames.error(refusal, ref: envelope?.id, nowMs: nowMs)])

@@ -29,8 +29,18 @@ public struct MarketServerConfiguration: Sendable {
     public var frameLogPath: String?
     /// Sealed workspaces and patches kept for one peer at a time (bytes of base64).
     public var maxStoredBlobBytesPerPeer: Int64 = 1 << 30
-    /// How many frames one durable transaction may carry, and how long it waits for more.
-    public var groupCommit = GroupCommit.Limits()
+    /// How many frames one durable transaction may carry (nil: the store's default, 64 on
+    /// SQLite, one on PostgreSQL), and how long a batch waits for more.
+    public var commitBatch: Int?
+    public var commitWait: Duration = .zero
+
+    /// The group commit's limits on `store`.
+    func groupCommit(on store: any MarketStore) -> GroupCommit.Limits {
+        var limits = store.groupCommitDefaults
+        if let commitBatch { limits.maxWrites = max(1, commitBatch) }
+        limits.linger = commitWait
+        return limits
+    }
 
     public init(
         host: String = "127.0.0.1", port: Int = 8080, rules: MarketRules = MarketRules(),

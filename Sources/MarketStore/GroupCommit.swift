@@ -72,9 +72,10 @@ public final class GroupCommit: Sendable {
     /// Writes committed, and the transactions that carried them (for the metrics).
     private let counts = Mutex((writes: 0, transactions: 0))
 
-    public init(store: any MarketStore, limits: Limits = Limits()) {
+    /// `limits` nil: the store's own defaults (`groupCommitDefaults`).
+    public init(store: any MarketStore, limits: Limits? = nil) {
         self.store = store
-        self.limits = limits
+        self.limits = limits ?? store.groupCommitDefaults
     }
 
     /// Runs `body` in the next batch's transaction, in a savepoint of its own; returns once that

@@ -13,11 +13,14 @@ public protocol MarketStore: Sendable {
     /// How many write transactions may usefully run at once (a group commit keeps this many
     /// batches in flight).
     var writeConcurrency: Int { get }
+    /// The group commit's limits when `market serve` is not told otherwise.
+    var groupCommitDefaults: GroupCommit.Limits { get }
     func close() async throws
 }
 
 extension MarketStore {
     public var writeConcurrency: Int { 1 }
+    public var groupCommitDefaults: GroupCommit.Limits { GroupCommit.Limits() }
 }
 
 /// Passes frames between server instances that share one database: a frame for a peer that is

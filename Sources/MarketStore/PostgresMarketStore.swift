@@ -41,6 +41,9 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
 
     /// Write transactions at once for a group commit: the pool, but two connections for reads.
     public var writeConcurrency: Int { max(1, connections.withLock { $0.count } - 2) }
+    /// A frame a transaction: measured, batching gained nothing here (what costs is a statement's
+    /// round trip, not a commit), and a batch would hold its rows' locks across many frames.
+    public var groupCommitDefaults: GroupCommit.Limits { GroupCommit.Limits(maxWrites: 1) }
 
     /// Connects `size` connections (plus one listener) and creates the schema when missing.
     public static func connect(url: String, size: Int = 8, logger: Logger) async throws -> PostgresMarketStore {
@@ -145,11 +148,7 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
                         if connection.isClosed || (try? tx.with(timeout: .seconds(5)).run("ROLLBACK")) == nil {
                             let _: EventLoopFuture<Void> = connection.close()
                         }
-                        if attempt < 8, let code = (error as? PSQLError)?.serverInfo?[.sqlState],
-                            code == "40P01" || code == "40001"
-                        {
-                            continue
-                        }
+                        if attempt < 8, PostgresMarketTransaction.isTransient(error) { continue }
                         throw error
                     }
                 }
@@ -229,6 +228,16 @@ final class RelayCursor: Sendable {
             if state.seen.count > 20_000 { state.seen = state.seen.filter { $0 > state.last - 10_000 } }
             return true
         }
+    }
+}
+
+/// What a log may say of a store's error: PostgreSQL's own code and message (postgres-nio's
+/// description hides both), never the statement's values.
+public enum StoreFailure {
+    public static func describe(_ error: any Error) -> String {
+        guard let error = error as? PSQLError else { return "\(error)" }
+        guard let info = error.serverInfo else { return "PostgreSQL: \(error.code)" }
+        return "PostgreSQL \(info[.sqlState] ?? "?"): \(info[.message] ?? "")"
     }
 }
 
@@ -911,8 +920,19 @@ struct PostgresMarketTransaction: MarketTransaction {
             try run("RELEASE SAVEPOINT step")
             return result
         } catch {
+            // A deadlock or a serialization failure is the whole transaction's to retry, not
+            // this step's to report: the caller's retry runs every step again.
+            if Self.isTransient(error) { throw TransactionAborted(error) }
             do { try run("ROLLBACK TO SAVEPOINT step") } catch { throw TransactionAborted(error) }
             throw error
         }
+    }
+
+    /// A deadlock (40P01) or a serialization failure (40001): running the transaction again may succeed.
+    static func isTransient(_ error: any Error) -> Bool {
+        let code = ((error as? TransactionAborted)?.underlying ?? error as? PSQLError).flatMap {
+            ($0 as? PSQLError)?.serverInfo?[.sqlState]
+        }
+        return code == "40P01" || code == "40001"
     }
 }

@@ -7,6 +7,8 @@ public final class MarketProcess: @unchecked Sendable {
     public let port: Int
     private let log: LockedBox<Data>
     private let logFile: URL?
+    /// Signalled when the stderr pipe reaches its end (nil: stderr goes to `logFile`).
+    private let stderrEnded: DispatchSemaphore?
 
     public var url: String { "ws://127.0.0.1:\(port)/market" }
     public var httpBase: String { "http://127.0.0.1:\(port)" }
@@ -19,11 +21,12 @@ public final class MarketProcess: @unchecked Sendable {
         return String(decoding: log.value, as: UTF8.self)
     }
 
-    private init(process: Process, port: Int, log: LockedBox<Data>, logFile: URL?) {
+    private init(process: Process, port: Int, log: LockedBox<Data>, logFile: URL?, stderrEnded: DispatchSemaphore?) {
         self.process = process
         self.port = port
         self.log = log
         self.logFile = logFile
+        self.stderrEnded = stderrEnded
     }
 
     /// Starts `market serve --json --port 0 --db DB EXTRA…` and waits for the one JSON line it
@@ -42,6 +45,7 @@ public final class MarketProcess: @unchecked Sendable {
         process.standardOutput = out
         process.standardInput = FileHandle.nullDevice
         let log = LockedBox(Data())
+        var stderrEnded: DispatchSemaphore?
         if let logFile {
             if !FileManager.default.fileExists(atPath: logFile.path) {
                 _ = FileManager.default.createFile(atPath: logFile.path, contents: nil)
@@ -52,9 +56,16 @@ public final class MarketProcess: @unchecked Sendable {
         } else {
             let err = Pipe()
             process.standardError = err
+            let ended = DispatchSemaphore(value: 0)
+            stderrEnded = ended
             err.fileHandleForReading.readabilityHandler = { handle in
                 let chunk = handle.availableData
-                if !chunk.isEmpty { log.withLock { $0.append(chunk) } }
+                if chunk.isEmpty {
+                    handle.readabilityHandler = nil
+                    ended.signal()
+                } else {
+                    log.withLock { $0.append(chunk) }
+                }
             }
         }
         let listening = ListeningLine()
@@ -64,7 +75,7 @@ public final class MarketProcess: @unchecked Sendable {
         }
         try process.run()
         if let port = listening.wait(timeout: timeout) {
-            return MarketProcess(process: process, port: port, log: log, logFile: logFile)
+            return MarketProcess(process: process, port: port, log: log, logFile: logFile, stderrEnded: stderrEnded)
         }
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
@@ -82,6 +93,9 @@ public final class MarketProcess: @unchecked Sendable {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
+        // What it wrote last (its "market stopped") is read before `output` is: the pipe's reader
+        // runs on its own and was seen to lag the process's exit.
+        if stderrEnded?.wait(timeout: .now() + 5) == .success { stderrEnded?.signal() }  // for a later stop
         return process.terminationStatus
     }
 
