@@ -343,7 +343,8 @@ extension MarketSchema {
                 timeout_seconds = (data::jsonb ->> 'timeoutSeconds')::BIGINT,
                 updated = (data::jsonb ->> 'updatedMs')::BIGINT, rejections = (data::jsonb ->> 'rejections')::BIGINT,
                 faults = (data::jsonb ->> 'faults')::BIGINT,
-                excluded = coalesce((SELECT string_agg(value, ',') FROM jsonb_array_elements_text(data::jsonb -> 'excluded')), ''),
+                excluded = coalesce((SELECT string_agg(value, ',' ORDER BY n)
+                    FROM jsonb_array_elements_text(data::jsonb -> 'excluded') WITH ORDINALITY AS e(value, n)), ''),
                 result_hash = data::jsonb ->> 'resultHash', reason = data::jsonb ->> 'reason',
                 dispute = data::jsonb ->> 'dispute', ws_bytes = (data::jsonb ->> 'workspaceBytes')::BIGINT,
                 ws_files = (data::jsonb ->> 'workspaceFiles')::BIGINT,
@@ -930,9 +931,8 @@ struct PostgresMarketTransaction: MarketTransaction {
 
     /// A deadlock (40P01) or a serialization failure (40001): running the transaction again may succeed.
     static func isTransient(_ error: any Error) -> Bool {
-        let code = ((error as? TransactionAborted)?.underlying ?? error as? PSQLError).flatMap {
-            ($0 as? PSQLError)?.serverInfo?[.sqlState]
-        }
+        let underlying = (error as? TransactionAborted)?.underlying ?? error
+        let code = (underlying as? PSQLError)?.serverInfo?[.sqlState]
         return code == "40P01" || code == "40001"
     }
 }

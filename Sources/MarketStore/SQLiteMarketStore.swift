@@ -111,7 +111,8 @@ enum MarketSchema {
             min_reputation = json_extract(data, '$.minReputation'), model = json_extract(data, '$.model'),
             timeout_seconds = json_extract(data, '$.timeoutSeconds'), updated = json_extract(data, '$.updatedMs'),
             rejections = json_extract(data, '$.rejections'), faults = json_extract(data, '$.faults'),
-            excluded = coalesce((SELECT group_concat(value, ',') FROM json_each(data, '$.excluded')), ''),
+            excluded = coalesce(
+                (SELECT group_concat(value, ',') FROM (SELECT value FROM json_each(data, '$.excluded') ORDER BY key)), ''),
             result_hash = json_extract(data, '$.resultHash'), reason = json_extract(data, '$.reason'),
             dispute = json_extract(data, '$.dispute'), ws_bytes = json_extract(data, '$.workspaceBytes'),
             ws_files = json_extract(data, '$.workspaceFiles'),
