@@ -105,6 +105,17 @@ func runLifecycles(url: String, pairs: [(KeyRing, KeyRing)], perPair: Int, prefi
     return seconds(ContinuousClock.now - start)
 }
 
+/// Mints for the requesters, runs the lifecycles on `server`, and returns the wall time and the
+/// server's CPU seconds per lifecycle.
+func measuredLifecycles(
+    on server: ServerProcess, pairs: [(KeyRing, KeyRing)], perPair: Int, prefix: String
+) async throws -> (wall: Double, cpuPerLifecycle: Double) {
+    try await mint(pairs.map(\.0.peerID), server.sqlite)
+    let cpuBefore = server.cpuSeconds
+    let wall = try await runLifecycles(url: server.url, pairs: pairs, perPair: perPair, prefix: prefix)
+    return (wall, (server.cpuSeconds - cpuBefore) / Double(pairs.count * perPair))
+}
+
 /// One signed lifecycle; each frame's id is the task id with a suffix.
 func lifecycle(requester r: MarketConnection, provider p: MarketConnection, taskID id: String, model: String)
     async throws
@@ -142,10 +153,7 @@ func marketBenchmarks() async throws {
     let perPair = Int(ProcessInfo.processInfo.environment["CMM_BENCH_LIFECYCLES"] ?? "250") ?? 250
     // The baseline of group commit, in the same run: a server that commits every frame alone.
     let single = try ServerProcess(extra: ["--commit-batch", "1"])
-    try await mint(pairs.map(\.0.peerID), single.sqlite)
-    let singleCPUBefore = single.cpuSeconds
-    let singleWall = try await runLifecycles(url: single.url, pairs: pairs, perPair: perPair, prefix: "s")
-    let singleCPU = (single.cpuSeconds - singleCPUBefore) / Double(pairs.count * perPair)
+    let (singleWall, singleCPU) = try await measuredLifecycles(on: single, pairs: pairs, perPair: perPair, prefix: "s")
     single.stop()
     print(
         String(
@@ -154,12 +162,9 @@ func marketBenchmarks() async throws {
 
     let server = try ServerProcess()
     defer { server.stop() }
-    try await mint(pairs.map(\.0.peerID), server.sqlite)
     let url = server.url
-    let cpuBefore = server.cpuSeconds
-    let wall = try await runLifecycles(url: url, pairs: pairs, perPair: perPair, prefix: "p")
+    let (wall, cpuPerLifecycle) = try await measuredLifecycles(on: server, pairs: pairs, perPair: perPair, prefix: "p")
     let lifecycles = Double(pairs.count * perPair)
-    let cpuPerLifecycle = (server.cpuSeconds - cpuBefore) / lifecycles
     print(
         String(
             format:

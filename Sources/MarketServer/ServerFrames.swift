@@ -12,16 +12,11 @@ enum ServerFrames {
         let bodyText = json(body)
         // 32 random bytes from one call into the CSPRNG: 16 for the nonce, 16 for the id (a
         // version 4 UUID; `UUID()` opens /dev/urandom each time here).
-        let random = SymmetricKey(size: .init(bitCount: 256)).withUnsafeBytes { Array($0) }
+        var random = SymmetricKey(size: .init(bitCount: 256)).withUnsafeBytes { Array($0) }
         let nonce = Data(random[0..<16])
-        var id = Array(random[16..<32])
-        id[6] = id[6] & 0x0f | 0x40
-        id[8] = id[8] & 0x3f | 0x80
-        let uuid = UUID(
-            uuid: (
-                id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7], id[8], id[9], id[10], id[11], id[12], id[13],
-                id[14], id[15]
-            ))
+        random[16 + 6] = random[16 + 6] & 0x0f | 0x40
+        random[16 + 8] = random[16 + 8] & 0x3f | 0x80
+        let uuid = random.withUnsafeBytes { UUID(uuid: $0.loadUnaligned(fromByteOffset: 16, as: uuid_t.self)) }
         let envelope = Envelope(
             type: type.rawValue, id: uuid.uuidString.lowercased(), from: sender, ts: nowMs,
             nonce: nonce.base64EncodedString(), body: bodyText, sig: "")

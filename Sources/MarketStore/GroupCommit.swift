@@ -72,10 +72,10 @@ public final class GroupCommit: Sendable {
     /// Writes committed, and the transactions that carried them (for the metrics).
     private let counts = Mutex((writes: 0, transactions: 0))
 
-    /// `limits` nil: the store's own defaults (`groupCommitDefaults`).
-    public init(store: any MarketStore, limits: Limits? = nil) {
+    /// `limits`: the store's `groupCommitDefaults` unless the operator said otherwise.
+    public init(store: any MarketStore, limits: Limits) {
         self.store = store
-        self.limits = limits ?? store.groupCommitDefaults
+        self.limits = limits
     }
 
     /// Runs `body` in the next batch's transaction, in a savepoint of its own; returns once that

@@ -677,7 +677,7 @@ struct PostgresMarketTransaction: MarketTransaction {
             try row.decode((String, Int64, Int, String, Double, Int64, Int64?, Int64?, Int64?, String?).self)
         var offer = Offer(
             provider: try PeerID(validating: provider), price: Credits(micro: price), slots: slots,
-            models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created,
+            models: OfferModels.models(models), minRequesterReputation: minimum, createdMs: created,
             maxWorkspaceBytes: maxBytes, maxWorkspaceFiles: maxFiles)
         offer.pausedUntilMs = pausedUntil
         offer.pausedFor = pausedFor
@@ -718,7 +718,7 @@ struct PostgresMarketTransaction: MarketTransaction {
                     ).self)
             var offer = Offer(
                 provider: try PeerID(validating: provider), price: Credits(micro: price), slots: slots,
-                models: TaskCoding.models(models), minRequesterReputation: minimum, createdMs: created,
+                models: OfferModels.models(models), minRequesterReputation: minimum, createdMs: created,
                 maxWorkspaceBytes: maxBytes, maxWorkspaceFiles: maxFiles)
             offer.pausedUntilMs = until
             offer.pausedFor = pausedFor
@@ -731,7 +731,7 @@ struct PostgresMarketTransaction: MarketTransaction {
             """
             INSERT INTO offers (provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files,
                     paused_until, paused_for)
-            VALUES (\(offer.provider.rawValue), \(offer.price.micro), \(offer.slots), \(TaskCoding.models(offer.models)),
+            VALUES (\(offer.provider.rawValue), \(offer.price.micro), \(offer.slots), \(OfferModels.models(offer.models)),
                     \(offer.minRequesterReputation), \(offer.createdMs), \(offer.maxWorkspaceBytes), \(offer.maxWorkspaceFiles),
                     \(offer.pausedUntilMs), \(offer.pausedFor))
             ON CONFLICT (provider) DO UPDATE SET price = EXCLUDED.price, slots = EXCLUDED.slots, models = EXCLUDED.models,

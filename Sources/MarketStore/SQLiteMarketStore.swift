@@ -236,12 +236,12 @@ enum MarketSchema {
 }
 
 /// An offer's models as one column: the names joined by commas.
-enum TaskCoding {
+enum OfferModels {
     static func models(_ list: [String]) -> String { list.joined(separator: ",") }
     static func models(_ text: String) -> [String] { text.split(separator: ",").map(String.init) }
 }
 
-extension TaskRow.Value: DatabaseValueConvertible {
+extension TaskRow.Value {
     var databaseValue: DatabaseValue {
         switch self {
         case .text(let text): text.databaseValue
@@ -250,8 +250,6 @@ extension TaskRow.Value: DatabaseValueConvertible {
         case .null: .null
         }
     }
-
-    static func fromDatabaseValue(_ dbValue: DatabaseValue) -> TaskRow.Value? { nil }
 }
 
 extension TaskRow {
@@ -436,7 +434,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
     static func offer(_ row: Row) -> Offer {
         Offer(
             provider: try! PeerID(validating: row["provider"]), price: Credits(micro: row["price"]),
-            slots: row["slots"], models: TaskCoding.models(row["models"] as String),
+            slots: row["slots"], models: OfferModels.models(row["models"] as String),
             minRequesterReputation: row["min_requester_rep"], createdMs: row["created"],
             maxWorkspaceBytes: row["max_ws_bytes"], maxWorkspaceFiles: row["max_ws_files"],
             pausedUntilMs: row["paused_until"], pausedFor: row["paused_for"])
@@ -476,7 +474,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
                     paused_until = excluded.paused_until, paused_for = excluded.paused_for
                 """,
             arguments: [
-                offer.provider.rawValue, offer.price.micro, offer.slots, TaskCoding.models(offer.models),
+                offer.provider.rawValue, offer.price.micro, offer.slots, OfferModels.models(offer.models),
                 offer.minRequesterReputation, offer.createdMs, offer.maxWorkspaceBytes, offer.maxWorkspaceFiles,
                 offer.pausedUntilMs, offer.pausedFor,
             ])
@@ -499,14 +497,18 @@ struct SQLiteMarketTransaction: MarketTransaction {
 
     func insertTask(_ task: MarketTask) throws {
         do {
-            try db.execute(cachedSQL: TaskRow.sqliteInsert, arguments: StatementArguments(TaskRow.values(of: task)))
+            try db.execute(
+                cachedSQL: TaskRow.sqliteInsert,
+                arguments: StatementArguments(TaskRow.values(of: task).map(\.databaseValue)))
         } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY {
             throw MarketError(.duplicateTask, "task \(task.id) already exists: choose a new taskId")
         }
     }
 
     func updateTask(_ task: MarketTask) throws {
-        try db.execute(cachedSQL: TaskRow.sqliteUpdate, arguments: StatementArguments(TaskRow.updateValues(of: task)))
+        try db.execute(
+            cachedSQL: TaskRow.sqliteUpdate,
+            arguments: StatementArguments(TaskRow.updateValues(of: task).map(\.databaseValue)))
     }
 
     func tasks(state: TaskState?, limit: Int) throws -> [MarketTask] {
