@@ -74,7 +74,8 @@ func mint(_ peers: [PeerID], _ location: MarketDatabaseLocation) async throws {
         let book = MarketBook(rules: MarketRules())
         try await store.write { tx in
             for peer in peers {
-                _ = try book.mint(to: peer, amount: try Credits(whole: 1_000_000), memo: "bench", nowMs: 0, in: tx)
+                _ = try await book.mint(
+                    to: peer, amount: try Credits(whole: 1_000_000), memo: "bench", nowMs: 0, in: tx)
             }
         }
     }
@@ -175,7 +176,7 @@ func marketBenchmarks() async throws {
     let floorCount = 2000
     let floorTime = try await clock.measure {
         for index in 0..<floorCount {
-            _ = try await floorStore.write { try $0.insertNonce(peer: "p", nonce: "n\(index)", expiresMs: 1) }
+            _ = try await floorStore.write { try await $0.insertNonce(peer: "p", nonce: "n\(index)", expiresMs: 1) }
         }
     }
     try await floorStore.close()

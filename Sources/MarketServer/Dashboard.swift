@@ -17,8 +17,8 @@ public struct DashboardSnapshot: Sendable {
     public static func read(
         in tx: some MarketTransaction, book: MarketBook, backend: String, connections: Int, uptimeSeconds: Int64,
         nowMs: Int64
-    ) throws -> DashboardSnapshot {
-        DashboardSnapshot(
+    ) async throws -> DashboardSnapshot {
+        await DashboardSnapshot(
             stats: try MarketViews.stats(
                 in: tx, book: book, backend: backend, connections: connections, uptimeSeconds: uptimeSeconds,
                 nowMs: nowMs),

@@ -56,7 +56,7 @@ final class FrameProcessor: Sendable {
     }
 
     func loadNonceCount() async throws {
-        let count = try await store.read { try $0.nonceCount() }
+        let count = try await store.read { try await $0.nonceCount() }
         nonceCount.store(count, ordering: .relaxed)
     }
 
@@ -158,8 +158,8 @@ final class FrameProcessor: Sendable {
             throw MarketError(.authFailed, "the auth does not answer this connection's challenge")
         }
         let pending = try await commits.write { [book] tx in
-            try tx.upsertPeer(peer, keyDocument: document, nowMs: nowMs)
-            return try Self.pendingFrames(for: peer, book: book, in: tx, nowMs: nowMs)
+            try await tx.upsertPeer(peer, keyDocument: document, nowMs: nowMs)
+            return try await Self.pendingFrames(for: peer, book: book, in: tx, nowMs: nowMs)
         }
         session = .authenticated(peer: peer, key: key)
         let ack = ServerFrames.frame(
@@ -169,34 +169,34 @@ final class FrameProcessor: Sendable {
 
     /// What a party missed while away: its tasks' assignments, and the stored payload or result.
     static func pendingFrames(for peer: PeerID, book: MarketBook, in tx: some MarketTransaction, nowMs: Int64)
-        throws -> [String]
+        async throws -> [String]
     {
         var frames: [String] = []
-        for task in try tx.tasks(of: peer, states: [.assigned, .running, .delivered]) {
-            if let assigned = try assignedFrame(task, in: tx, nowMs: nowMs) { frames.append(assigned) }
+        for task in try await tx.tasks(of: peer, states: [.assigned, .running, .delivered]) {
+            if let assigned = try await assignedFrame(task, in: tx, nowMs: nowMs) { frames.append(assigned) }
             if task.provider == peer, task.state != .delivered,
-                let payload = try tx.frame(taskID: task.id, kind: .payload)
+                let payload = try await tx.frame(taskID: task.id, kind: .payload)
             {
                 frames.append(payload)
-                if task.workspaceBytes != nil { frames += try tx.blobChunks(taskID: task.id, blob: "workspace") }
+                if task.workspaceBytes != nil { await frames += try tx.blobChunks(taskID: task.id, blob: "workspace") }
                 if task.conversationBytes != nil {
-                    frames += try tx.blobChunks(taskID: task.id, blob: "conversation")
+                    await frames += try tx.blobChunks(taskID: task.id, blob: "conversation")
                 }
             }
             if task.requester == peer, task.state == .delivered,
-                let result = try tx.frame(taskID: task.id, kind: .result)
+                let result = try await tx.frame(taskID: task.id, kind: .result)
             {
-                frames += try tx.blobChunks(taskID: task.id, blob: "patch")
-                frames += try tx.blobChunks(taskID: task.id, blob: "transcript")
+                await frames += try tx.blobChunks(taskID: task.id, blob: "patch")
+                await frames += try tx.blobChunks(taskID: task.id, blob: "transcript")
                 frames.append(result)
             }
         }
         return frames
     }
 
-    static func assignedFrame(_ task: MarketTask, in tx: some MarketTransaction, nowMs: Int64) throws -> String? {
+    static func assignedFrame(_ task: MarketTask, in tx: some MarketTransaction, nowMs: Int64) async throws -> String? {
         guard let provider = task.provider, let price = task.price,
-            let requesterRecord = try tx.peer(task.requester), let providerRecord = try tx.peer(provider)
+            let requesterRecord = try await tx.peer(task.requester), let providerRecord = try await tx.peer(provider)
         else { return nil }
         let body = AssignedBody(
             taskId: task.id, requester: task.requester.rawValue, provider: provider.rawValue, price: price.micro,
@@ -232,7 +232,7 @@ final class FrameProcessor: Sendable {
             // Changes nothing, but its nonce is still spent: a replayed ping is refused like any frame.
             guard
                 try await commits.write({
-                    try $0.insertNonce(peer: peer.rawValue, nonce: envelope.nonce, expiresMs: expires)
+                    try await $0.insertNonce(peer: peer.rawValue, nonce: envelope.nonce, expiresMs: expires)
                 })
             else { throw MarketError(.replayedNonce, "nonce already used by \(peer): replay refused") }
             nonceCount.add(1, ordering: .relaxed)
@@ -242,15 +242,15 @@ final class FrameProcessor: Sendable {
         }
         let action = try action(for: envelope, type: type, text: text)
         let result = try await commits.write { [book] tx -> StoreOutcome in
-            guard try tx.insertNonce(peer: peer.rawValue, nonce: envelope.nonce, expiresMs: expires) else {
+            guard try await tx.insertNonce(peer: peer.rawValue, nonce: envelope.nonce, expiresMs: expires) else {
                 return .replayed
             }
-            if let previous = try tx.messageResult(peer: peer, id: envelope.id) { return .duplicate(previous) }
+            if let previous = try await tx.messageResult(peer: peer, id: envelope.id) { return .duplicate(previous) }
             do {
-                return try tx.savepoint {
-                    var output = try action(book, tx, peer, envelope, nowMs)
+                return try await tx.savepoint {
+                    var output = try await action(book, tx, peer, envelope, nowMs)
                     let ack = ServerFrames.frame(.ack, output.ack, nowMs: nowMs)
-                    try tx.recordMessage(peer: peer, id: envelope.id, result: ack, nowMs: nowMs)
+                    try await tx.recordMessage(peer: peer, id: envelope.id, result: ack, nowMs: nowMs)
                     output.replies.insert(ack, at: 0)
                     return .done(output.replies, output.outgoing, output.matched, output.settled)
                 }
@@ -283,7 +283,8 @@ final class FrameProcessor: Sendable {
     }
 
     /// The store work of one message type, run inside the frame's transaction.
-    typealias Action = @Sendable (MarketBook, any MarketTransaction, PeerID, Envelope, Int64) throws -> ActionOutput
+    typealias Action =
+        @Sendable (MarketBook, any MarketTransaction, PeerID, Envelope, Int64) async throws -> ActionOutput
 
     struct ActionOutput: Sendable {
         var ack: AckBody
@@ -305,41 +306,41 @@ final class FrameProcessor: Sendable {
         case .offerAdvertise:
             let advertise = try body(AdvertiseBody.self)
             return { book, tx, peer, _, nowMs in
-                let (offer, assignments) = try book.advertise(advertise, from: peer, nowMs: nowMs, in: tx)
+                let (offer, assignments) = try await book.advertise(advertise, from: peer, nowMs: nowMs, in: tx)
                 var output = ActionOutput(
                     ack: AckBody(
                         ref: ref, type: type.rawValue, state: .advertised,
                         note: "\(offer.slots) slots at \(offer.price)"))
-                try Self.notify(assignments, into: &output, in: tx, nowMs: nowMs)
+                try await Self.notify(assignments, into: &output, in: tx, nowMs: nowMs)
                 return output
             }
         case .offerWithdraw:
             return { book, tx, peer, _, _ in
-                let removed = try book.withdraw(peer, in: tx)
+                let removed = try await book.withdraw(peer, in: tx)
                 return ActionOutput(ack: AckBody(ref: ref, type: type.rawValue, state: removed ? .withdrawn : .noOffer))
             }
         case .taskPost:
             let post = try body(PostBody.self)
             return { book, tx, peer, _, nowMs in
-                let outcome = try book.post(post, from: peer, nowMs: nowMs, in: tx)
+                let outcome = try await book.post(post, from: peer, nowMs: nowMs, in: tx)
                 var output = ActionOutput(
                     ack: AckBody(
                         ref: ref, type: type.rawValue, taskId: post.taskId, state: .task(outcome.task.state),
                         note: outcome.whyUnmatched))
                 if let assignment = outcome.assignment {
-                    try Self.notify([assignment], into: &output, in: tx, nowMs: nowMs)
+                    try await Self.notify([assignment], into: &output, in: tx, nowMs: nowMs)
                 } else {
-                    try Self.broadcastOpen(outcome.task, into: &output, in: tx, nowMs: nowMs)
+                    try await Self.broadcastOpen(outcome.task, into: &output, in: tx, nowMs: nowMs)
                 }
                 return output
             }
         case .bidPlace:
             let bid = try body(BidBody.self)
             return { book, tx, peer, _, nowMs in
-                let transition = try book.bid(bid, from: peer, nowMs: nowMs, in: tx)
+                let transition = try await book.bid(bid, from: peer, nowMs: nowMs, in: tx)
                 var output = ActionOutput(
                     ack: AckBody(ref: ref, type: type.rawValue, taskId: bid.taskId, state: .task(.assigned)))
-                try Self.notify([transition], into: &output, in: tx, nowMs: nowMs)
+                try await Self.notify([transition], into: &output, in: tx, nowMs: nowMs)
                 return output
             }
         case .taskCancel, .jobApproved, .jobAccept:
@@ -351,13 +352,13 @@ final class FrameProcessor: Sendable {
                     case .jobApproved: .approve(by: peer)
                     default: .accept(by: peer)
                     }
-                let transitions = try book.apply(event, toTask: taskRef.taskId, nowMs: nowMs, in: tx)
+                let transitions = try await book.apply(event, toTask: taskRef.taskId, nowMs: nowMs, in: tx)
                 var output = ActionOutput(
                     ack: AckBody(
                         ref: ref, type: type.rawValue, taskId: taskRef.taskId,
                         state: transitions.last.map { .task($0.task.state) }))
                 if type == .jobApproved { output.outgoing.append((transitions[0].task.requester, text)) }
-                try Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
+                try await Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
                 return output
             }
         case .jobRejected, .jobFailed, .jobDispute, .jobHandback:
@@ -370,8 +371,8 @@ final class FrameProcessor: Sendable {
                     case .jobHandback: .handBack(by: peer, reason: reason.reason)
                     default: .dispute(by: peer, reason: reason.reason)
                     }
-                let before = try tx.task(reason.taskId, lock: false)
-                let transitions = try book.apply(event, toTask: reason.taskId, nowMs: nowMs, in: tx)
+                let before = try await tx.task(reason.taskId, lock: false)
+                let transitions = try await book.apply(event, toTask: reason.taskId, nowMs: nowMs, in: tx)
                 var output = ActionOutput(
                     ack: AckBody(
                         ref: ref, type: type.rawValue, taskId: reason.taskId,
@@ -381,15 +382,15 @@ final class FrameProcessor: Sendable {
                     let other = type == .jobDispute ? before.provider : before.requester
                     if let other { output.outgoing.append((other, text)) }
                 }
-                try Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
+                try await Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
                 return output
             }
         case .payloadDeliver:
             let sealed = try body(SealedBody.self)
             return { _, tx, peer, _, _ in
-                let task = try Self.partyTask(
+                let task = try await Self.partyTask(
                     sealed.taskId, peer: peer, requester: true, states: [.assigned, .running], in: tx)
-                try tx.setFrame(taskID: task.id, kind: .payload, frame: text)
+                try await tx.setFrame(taskID: task.id, kind: .payload, frame: text)
                 var output = ActionOutput(
                     ack: AckBody(ref: ref, type: type.rawValue, taskId: task.id, state: .task(task.state)))
                 if let provider = task.provider { output.outgoing.append((provider, text)) }
@@ -400,7 +401,7 @@ final class FrameProcessor: Sendable {
             let maxPerPeer = configuration.maxStoredBlobBytesPerPeer
             return { _, tx, peer, _, _ in
                 let fromRequester = chunk.blob.fromRequester
-                let task = try Self.partyTask(
+                let task = try await Self.partyTask(
                     chunk.taskId, peer: peer, requester: fromRequester,
                     states: fromRequester ? [.assigned, .running] : [.running],
                     in: tx)
@@ -422,19 +423,19 @@ final class FrameProcessor: Sendable {
                     bound = Self.sealedBound(WireLimits.maxTranscriptBytes)
                 }
                 let bytes = Int64(chunk.sealed.utf8.count)
-                let stored = try tx.blobBytes(taskID: task.id, blob: chunk.blob.rawValue, except: chunk.index)
+                let stored = try await tx.blobBytes(taskID: task.id, blob: chunk.blob.rawValue, except: chunk.index)
                 guard stored + bytes <= bound else {
                     throw MarketError(
                         .workspaceTooLarge,
                         "the \(chunk.blob.rawValue) of task \(task.id) would hold \(stored + bytes) bytes of sealed base64; at most \(bound) are kept"
                     )
                 }
-                guard try tx.blobBytes(sender: peer) + bytes <= maxPerPeer else {
+                guard try await tx.blobBytes(sender: peer) + bytes <= maxPerPeer else {
                     throw MarketError(
                         .workspaceTooLarge,
                         "the market keeps at most \(maxPerPeer) bytes of workspaces, patches and transcripts per peer")
                 }
-                try tx.putBlobChunk(
+                try await tx.putBlobChunk(
                     StoredBlobChunk(
                         taskID: task.id, blob: chunk.blob.rawValue, index: chunk.index, count: chunk.count,
                         sender: peer,
@@ -447,7 +448,8 @@ final class FrameProcessor: Sendable {
         case .jobEvent:
             let sealed = try body(SealedBody.self)
             return { _, tx, peer, _, _ in
-                let task = try Self.partyTask(sealed.taskId, peer: peer, requester: false, states: [.running], in: tx)
+                let task = try await Self.partyTask(
+                    sealed.taskId, peer: peer, requester: false, states: [.running], in: tx)
                 var output = ActionOutput(ack: AckBody(ref: ref, type: type.rawValue, taskId: task.id))
                 output.outgoing.append((task.requester, text))
                 return output
@@ -455,20 +457,20 @@ final class FrameProcessor: Sendable {
         case .jobResult:
             let result = try body(ResultBody.self)
             return { book, tx, peer, _, nowMs in
-                let transitions = try book.apply(
+                let transitions = try await book.apply(
                     .deliver(by: peer, resultHash: result.resultHash), toTask: result.taskId, nowMs: nowMs, in: tx)
-                try tx.setFrame(taskID: result.taskId, kind: .result, frame: text)
+                try await tx.setFrame(taskID: result.taskId, kind: .result, frame: text)
                 var output = ActionOutput(
                     ack: AckBody(ref: ref, type: type.rawValue, taskId: result.taskId, state: .task(.delivered)))
                 output.outgoing.append((transitions[0].task.requester, text))
                 // The requester's pieces (workspace, conversation) are of no more use once delivered.
-                try Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
+                try await Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
                 return output
             }
         case .heartbeat:
             let heartbeat = try body(HeartbeatBody.self)
             return { _, tx, peer, _, nowMs in
-                try tx.touchPeer(peer, nowMs: nowMs, auditHead: heartbeat.auditHead)
+                try await tx.touchPeer(peer, nowMs: nowMs, auditHead: heartbeat.auditHead)
                 return ActionOutput(ack: AckBody(ref: ref, type: type.rawValue))
             }
         case .hello, .auth:
@@ -487,8 +489,8 @@ final class FrameProcessor: Sendable {
     /// The task, checked: it exists, the peer is the named party, and it is in one of `states`.
     static func partyTask(
         _ id: String, peer: PeerID, requester: Bool, states: [TaskState], in tx: some MarketTransaction
-    ) throws -> MarketTask {
-        guard let task = try tx.task(id, lock: false) else { throw MarketError(.unknownTask, "no task \(id)") }
+    ) async throws -> MarketTask {
+        guard let task = try await tx.task(id, lock: false) else { throw MarketError(.unknownTask, "no task \(id)") }
         let party = requester ? task.requester : task.provider
         guard party == peer else {
             throw MarketError(
@@ -505,18 +507,20 @@ final class FrameProcessor: Sendable {
     /// The market's own frames for what transitions did: assignments, re-openings, settlements.
     static func notify(
         _ transitions: [TaskTransition], into output: inout ActionOutput, in tx: some MarketTransaction, nowMs: Int64
-    ) throws {
+    ) async throws {
         for transition in transitions {
             let task = transition.task
             // Pieces sealed to one provider are of no use to the next, and none outlive the task.
             if task.state.isFinal || task.state == .open {
-                try tx.deleteBlobChunks(taskID: task.id, blob: nil)
+                try await tx.deleteBlobChunks(taskID: task.id, blob: nil)
             } else if task.state == .delivered || task.state == .disputed {
-                if task.workspaceBytes != nil { try tx.deleteBlobChunks(taskID: task.id, blob: "workspace") }
-                if task.conversationBytes != nil { try tx.deleteBlobChunks(taskID: task.id, blob: "conversation") }
+                if task.workspaceBytes != nil { try await tx.deleteBlobChunks(taskID: task.id, blob: "workspace") }
+                if task.conversationBytes != nil {
+                    try await tx.deleteBlobChunks(taskID: task.id, blob: "conversation")
+                }
             }
             if task.state == .assigned, transition.before == .open,
-                let frame = try assignedFrame(task, in: tx, nowMs: nowMs)
+                let frame = try await assignedFrame(task, in: tx, nowMs: nowMs)
             {
                 output.outgoing.append((task.requester, frame))
                 if let provider = task.provider { output.outgoing.append((provider, frame)) }
@@ -538,7 +542,7 @@ final class FrameProcessor: Sendable {
                 if task.state.isFinal { output.settled.append(task.state.rawValue) }
             }
             if transition.reopened && task.state == .open {
-                try broadcastOpen(task, into: &output, in: tx, nowMs: nowMs)
+                try await broadcastOpen(task, into: &output, in: tx, nowMs: nowMs)
             }
         }
     }
@@ -547,7 +551,7 @@ final class FrameProcessor: Sendable {
     static func broadcastOpen(
         _ task: MarketTask, into output: inout ActionOutput, in tx: some MarketTransaction, nowMs: Int64
     )
-        throws
+        async throws
     {
         let body = OpenTaskBody(
             taskId: task.id, requester: task.requester.rawValue, maxPrice: task.cap.micro,
@@ -555,7 +559,7 @@ final class FrameProcessor: Sendable {
             model: task.model, timeoutSeconds: task.timeoutSeconds, expiresMs: task.deadlineMs,
             workspaceBytes: task.workspaceBytes, workspaceFiles: task.workspaceFiles)
         let frame = ServerFrames.frame(.taskOpen, body, nowMs: nowMs)
-        for offer in try tx.offers()
+        for offer in try await tx.offers()
         where offer.provider != task.requester && !task.excluded.contains(offer.provider) {
             output.outgoing.append((offer.provider, frame))
         }
@@ -568,13 +572,13 @@ final class FrameProcessor: Sendable {
         let nowMs = now()
         let retention = configuration.messageRetentionMs
         let (outgoing, purged, settled) = try await commits.write { [book] tx in
-            let transitions = try book.sweep(nowMs: nowMs, in: tx)
+            let transitions = try await book.sweep(nowMs: nowMs, in: tx)
             var output = ActionOutput(ack: AckBody(ref: "", type: "sweep"))
-            try Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
+            try await Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
             var purged = 0
             if purge {
-                purged = try tx.purgeNonces(expiredBefore: nowMs)
-                try tx.purgeMessages(before: nowMs - retention)
+                purged = try await tx.purgeNonces(expiredBefore: nowMs)
+                try await tx.purgeMessages(before: nowMs - retention)
             }
             return (output.outgoing, purged, output.settled)
         }

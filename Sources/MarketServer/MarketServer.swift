@@ -169,13 +169,13 @@ public final class MarketServer: Service, Sendable {
         }
         router.get("/v1/flow") { _, _ -> Response in
             let nowMs = self.now()
-            return Self.json(try await self.store.read { try MarketViews.flow(in: $0, nowMs: nowMs) })
+            return Self.json(try await self.store.read { try await MarketViews.flow(in: $0, nowMs: nowMs) })
         }
         router.get("/v1/providers") { _, _ -> Response in
             let rules = self.configuration.rules
             let nowMs = self.now()
             return Self.json(
-                try await self.store.read { try MarketViews.providers(in: $0, rules: rules, nowMs: nowMs) })
+                try await self.store.read { try await MarketViews.providers(in: $0, rules: rules, nowMs: nowMs) })
         }
         if configuration.dashboard {
             router.get("/") { request, _ -> Response in
@@ -204,7 +204,8 @@ public final class MarketServer: Service, Sendable {
         router.get("/v1/offers") { _, _ -> Response in
             let rules = self.configuration.rules
             let nowMs = self.now()
-            return Self.json(try await self.store.read { try MarketViews.offers(in: $0, rules: rules, nowMs: nowMs) })
+            return Self.json(
+                try await self.store.read { try await MarketViews.offers(in: $0, rules: rules, nowMs: nowMs) })
         }
         router.get("/v1/tasks") { request, _ -> Response in
             let stateText = request.uri.queryParameters.get("state")
@@ -219,7 +220,9 @@ public final class MarketServer: Service, Sendable {
             guard let limit = Int(limitText), (1...1000).contains(limit) else {
                 return Self.problem(.badRequest, "limit '\(WireField.printable(limitText))' must be 1…1000")
             }
-            let tasks = try await self.store.read { try $0.tasks(state: state, limit: limit).map(MarketViews.task) }
+            let tasks = try await self.store.read {
+                try await $0.tasks(state: state, limit: limit).map(MarketViews.task)
+            }
             return Self.json(tasks)
         }
         router.get("/v1/peers/:id") { _, context -> Response in
@@ -230,7 +233,9 @@ public final class MarketServer: Service, Sendable {
             let rules = self.configuration.rules
             let nowMs = self.now()
             guard
-                let view = try await self.store.read({ try MarketViews.peer(peer, in: $0, rules: rules, nowMs: nowMs) })
+                let view = try await self.store.read({
+                    try await MarketViews.peer(peer, in: $0, rules: rules, nowMs: nowMs)
+                })
             else { return Self.problem(.notFound, "no peer \(peer) has connected to this market") }
             return Self.json(view)
         }
@@ -240,21 +245,21 @@ public final class MarketServer: Service, Sendable {
     /// Everything the dashboard shows, in one read.
     public func dashboardSnapshot() async throws -> DashboardSnapshot {
         try await readWithServerFacts { tx, book, backend, connections, uptime, nowMs in
-            try DashboardSnapshot.read(
+            try await DashboardSnapshot.read(
                 in: tx, book: book, backend: backend, connections: connections, uptimeSeconds: uptime, nowMs: nowMs)
         }
     }
 
     /// A read of the store beside what only the server knows: its backend, live connections, uptime.
     func readWithServerFacts<T: Sendable>(
-        _ body: @escaping @Sendable (any MarketTransaction, MarketBook, String, Int, Int64, Int64) throws -> T
+        _ body: @escaping @Sendable (any MarketTransaction, MarketBook, String, Int, Int64, Int64) async throws -> T
     ) async throws -> T {
         let book = processor.book
         let backend = store.backendName
         let connections = hub.authenticatedConnections
         let nowMs = now()
         let uptime = (nowMs - startedMs) / 1000
-        return try await store.read { try body($0, book, backend, connections, uptime, nowMs) }
+        return try await store.read { try await body($0, book, backend, connections, uptime, nowMs) }
     }
 
     /// Server-sent events: `update` whenever the market changed (checked four times a second),
@@ -287,7 +292,7 @@ public final class MarketServer: Service, Sendable {
 
     public func stats() async throws -> MarketViews.StatsView {
         try await readWithServerFacts { tx, book, backend, connections, uptime, nowMs in
-            try MarketViews.stats(
+            try await MarketViews.stats(
                 in: tx, book: book, backend: backend, connections: connections, uptimeSeconds: uptime, nowMs: nowMs)
         }
     }

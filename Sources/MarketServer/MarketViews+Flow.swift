@@ -4,7 +4,7 @@ import MarketProtocol
 import MarketStore
 
 extension MarketViews {
-    public static func flow(in tx: some MarketTransaction, nowMs: Int64) throws -> FlowView {
+    public static func flow(in tx: some MarketTransaction, nowMs: Int64) async throws -> FlowView {
         let hourMs: Int64 = 3_600_000
         let end = (nowMs / hourMs + 1) * hourMs
         let start = end - 24 * hourMs
@@ -15,7 +15,7 @@ extension MarketViews {
         }
         var prices: [[Int64]] = Array(repeating: [], count: 24)
         var matchTimes: [Int64] = []
-        for event in try tx.taskEvents(sinceMs: start) {
+        for event in try await tx.taskEvents(sinceMs: start) {
             let index = Int((event.atMs - start) / hourMs)
             guard hours.indices.contains(index) else { continue }
             switch event.state {
@@ -38,23 +38,26 @@ extension MarketViews {
             matchedInWindow: matchTimes.count)
     }
 
-    public static func providers(in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) throws
+    public static func providers(in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) async throws
         -> [ProviderView]
     {
-        let offering = Set(try tx.offers().map(\.provider))
+        let offering = Set(try await tx.offers().map(\.provider))
         var counts: [PeerID: (successes: Int, failures: Int)] = [:]
-        for row in try tx.providerOutcomeCounts() { counts[row.peer] = (row.successes, row.failures) }
+        for row in try await tx.providerOutcomeCounts() { counts[row.peer] = (row.successes, row.failures) }
         for provider in offering where counts[provider] == nil { counts[provider] = (0, 0) }
-        return try counts.map { provider, count in
-            let record = try tx.peer(provider)
+        var views: [ProviderView] = []
+        for (provider, count) in counts {
+            let record = try await tx.peer(provider)
             let total = count.successes + count.failures
-            return ProviderView(
-                provider: provider.rawValue, reputation: reputation(record, rules: rules, nowMs: nowMs),
-                settledJobs: record?.settledJobs ?? 0, handBacks: record?.handBacks ?? 0, successes: count.successes,
-                failures: count.failures,
-                failureRate: total == 0 ? 0 : Double(count.failures) / Double(total),
-                hasOffer: offering.contains(provider))
-        }.sorted {
+            views.append(
+                ProviderView(
+                    provider: provider.rawValue, reputation: reputation(record, rules: rules, nowMs: nowMs),
+                    settledJobs: record?.settledJobs ?? 0, handBacks: record?.handBacks ?? 0,
+                    successes: count.successes, failures: count.failures,
+                    failureRate: total == 0 ? 0 : Double(count.failures) / Double(total),
+                    hasOffer: offering.contains(provider)))
+        }
+        return views.sorted {
             ($0.reputation.score, $0.settledJobs, $0.provider) > ($1.reputation.score, $1.settledJobs, $1.provider)
         }
     }

@@ -14,18 +14,23 @@ extension MarketViews {
                 reputation.tier(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs, newBelow: rules.holdbackJobs)))
     }
 
-    public static func offers(in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) throws -> [OfferView] {
-        try tx.offers().map { offer in
-            let busy = try tx.busySlots(of: offer.provider)
-            return OfferView(
-                provider: offer.provider.rawValue, price: offer.price.micro, priceText: offer.price.description,
-                slots: offer.slots, freeSlots: max(0, offer.slots - busy), models: offer.models,
-                minRequesterReputation: offer.minRequesterReputation,
-                reputation: reputation(try tx.peer(offer.provider), rules: rules, nowMs: nowMs),
-                createdMs: offer.createdMs,
-                pausedUntilMs: offer.isPaused(atMs: nowMs) ? offer.pausedUntilMs : nil,
-                pausedFor: offer.isPaused(atMs: nowMs) ? offer.pausedFor : nil)
+    public static func offers(in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) async throws
+        -> [OfferView]
+    {
+        var views: [OfferView] = []
+        for offer in try await tx.offers() {
+            let busy = try await tx.busySlots(of: offer.provider)
+            let standing = reputation(try await tx.peer(offer.provider), rules: rules, nowMs: nowMs)
+            views.append(
+                OfferView(
+                    provider: offer.provider.rawValue, price: offer.price.micro, priceText: offer.price.description,
+                    slots: offer.slots, freeSlots: max(0, offer.slots - busy), models: offer.models,
+                    minRequesterReputation: offer.minRequesterReputation,
+                    reputation: standing, createdMs: offer.createdMs,
+                    pausedUntilMs: offer.isPaused(atMs: nowMs) ? offer.pausedUntilMs : nil,
+                    pausedFor: offer.isPaused(atMs: nowMs) ? offer.pausedFor : nil))
         }
+        return views
     }
 
     public static func task(_ task: MarketTask) -> TaskView {
@@ -36,16 +41,16 @@ extension MarketViews {
             createdMs: task.createdMs, updatedMs: task.updatedMs, deadlineMs: task.deadlineMs, reason: task.reason)
     }
 
-    public static func peer(_ id: PeerID, in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) throws
+    public static func peer(_ id: PeerID, in tx: some MarketTransaction, rules: MarketRules, nowMs: Int64) async throws
         -> PeerView?
     {
-        guard let record = try tx.peer(id) else { return nil }
+        guard let record = try await tx.peer(id) else { return nil }
         var escrow: Int64 = 0
-        for task in try tx.tasks(of: id, states: [.open, .assigned, .running, .delivered, .disputed])
+        for task in try await tx.tasks(of: id, states: [.open, .assigned, .running, .delivered, .disputed])
         where task.requester == id {
-            escrow += try tx.balance(.escrow(taskID: task.id)).micro
+            await escrow += try tx.balance(.escrow(taskID: task.id)).micro
         }
-        return PeerView(
+        return await PeerView(
             peerId: id.rawValue, keyDocument: record.keyDocument,
             reputation: reputation(record, rules: rules, nowMs: nowMs), settledJobs: record.settledJobs,
             handBacks: record.handBacks, firstSeenMs: record.firstSeenMs, lastSeenMs: record.lastSeenMs,
@@ -60,16 +65,16 @@ extension MarketViews {
     public static func stats(
         in tx: some MarketTransaction, book: MarketBook, backend: String, connections: Int, uptimeSeconds: Int64,
         nowMs: Int64
-    ) throws -> StatsView {
-        let audit = try book.audit(in: tx)
-        let offers = try Self.offers(in: tx, rules: book.rules, nowMs: nowMs)
-        var tasks = try tx.taskCounts()
+    ) async throws -> StatsView {
+        let audit = try await book.audit(in: tx)
+        let offers = try await Self.offers(in: tx, rules: book.rules, nowMs: nowMs)
+        var tasks = try await tx.taskCounts()
         for state in TaskState.allCases where tasks[state.rawValue] == nil { tasks[state.rawValue] = 0 }
-        return StatsView(
+        return await StatsView(
             version: ToolVersion.current, backend: backend, peers: try tx.peerCount(), connections: connections,
             offers: offers.count, freeSlots: offers.map(\.freeSlots).reduce(0, +), tasks: tasks,
             minted: audit.minted.micro, inEscrow: audit.inEscrow.micro, heldBack: audit.heldBack.micro,
-            fees: audit.fees.micro, settledVolume: try tx.settledVolume(), ledgerBalanced: audit.balanced,
+            fees: audit.fees.micro, settledVolume: try await tx.settledVolume(), ledgerBalanced: audit.balanced,
             discrepancies: audit.discrepancies.count, uptimeSeconds: uptimeSeconds)
     }
 }

@@ -28,21 +28,22 @@ public final class GroupCommit: Sendable {
     private final class Entry: Sendable {
         /// Runs the write; `alone`, it is the transaction's only one and needs no savepoint of its
         /// own (what it throws rolls the whole transaction back and is its answer).
-        let apply: @Sendable (any MarketTransaction, _ alone: Bool) throws -> Void
+        let apply: @Sendable (any MarketTransaction, _ alone: Bool) async throws -> Void
         let finish: @Sendable ((any Error)?) -> Void
 
         init<T: Sendable>(
-            _ body: @escaping @Sendable (any MarketTransaction) throws -> T,
+            _ body: @escaping @Sendable (any MarketTransaction) async throws -> T,
             _ continuation: CheckedContinuation<T, any Error>
         ) {
             let outcome = Mutex<Result<T, any Error>?>(nil)
             apply = { tx, alone in
                 if alone {
-                    let value = try body(tx)
+                    let value = try await body(tx)
                     outcome.withLock { $0 = .success(value) }
                 } else {
                     let result: Result<T, any Error>
-                    do { result = .success(try tx.savepoint { try body(tx) }) } catch let aborted as TransactionAborted
+                    do { result = .success(try await tx.savepoint { try await body(tx) }) } catch let aborted
+                        as TransactionAborted
                     {
                         throw aborted
                     } catch { result = .failure(error) }
@@ -80,7 +81,9 @@ public final class GroupCommit: Sendable {
 
     /// Runs `body` in the next batch's transaction, in a savepoint of its own; returns once that
     /// transaction has committed. A `body` that throws changes nothing and its error is thrown.
-    public func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T) async throws
+        -> T
+    {
         try await withCheckedThrowingContinuation { continuation in
             let entry = Entry(body, continuation)
             let drains = queue.withLock { queue in
@@ -111,7 +114,7 @@ public final class GroupCommit: Sendable {
             do {
                 let alone = batch.count == 1
                 try await store.write { tx in
-                    for entry in batch { try entry.apply(tx, alone) }
+                    for entry in batch { try await entry.apply(tx, alone) }
                 }
                 counts.withLock {
                     $0.writes += batch.count

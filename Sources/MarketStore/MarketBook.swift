@@ -27,46 +27,46 @@ public struct MarketBook: Sendable {
     // MARK: Money
 
     public func mint(to peer: PeerID, amount: Credits, memo: String, nowMs: Int64, in tx: some MarketTransaction)
-        throws -> Credits
+        async throws -> Credits
     {
         guard amount.micro > 0 else {
             throw MarketError(.invalidAmount, "amount \(amount) must be above zero")
         }
-        let minted = -(try tx.balance(.mint).micro)
+        let minted = -(try await tx.balance(.mint).micro)
         guard amount.micro <= Self.maxSupply - minted else {
             throw MarketError(
                 .invalidAmount,
                 "minting \(amount) would take the supply past \(Credits(micro: Self.maxSupply)) (now \(Credits(micro: minted)))"
             )
         }
-        try tx.insertMovement(
+        try await tx.insertMovement(
             Movement(from: .mint, to: .peer(peer), amount: amount, kind: .mint, memo: memo), nowMs: nowMs)
-        return try tx.balance(.peer(peer))
+        return try await tx.balance(.peer(peer))
     }
 
     // MARK: Offers
 
     public func advertise(_ body: AdvertiseBody, from provider: PeerID, nowMs: Int64, in tx: some MarketTransaction)
-        throws -> (offer: Offer, assignments: [TaskTransition])
+        async throws -> (offer: Offer, assignments: [TaskTransition])
     {
-        let previous = try tx.offer(of: provider)
+        let previous = try await tx.offer(of: provider)
         let offer = Offer(
             provider: provider, price: Credits(micro: body.price), slots: body.slots, models: body.models ?? [],
             minRequesterReputation: body.minRequesterReputation ?? 0, createdMs: previous?.createdMs ?? nowMs,
             maxWorkspaceBytes: body.maxWorkspaceBytes, maxWorkspaceFiles: body.maxWorkspaceFiles,
             pausedUntilMs: body.pausedUntilMs, pausedFor: body.pausedFor)
-        try tx.putOffer(offer)
+        try await tx.putOffer(offer)
         // A paused offer takes nothing until its capacity returns (the provider advertises again then).
         if offer.isPaused(atMs: nowMs) { return (offer, []) }
         // A new offer may fit tasks that are already waiting: oldest first, while slots last. Tasks
         // it cannot take are skipped before any lock is taken.
         var assignments: [TaskTransition] = []
-        var busy = try tx.busySlots(of: provider)
-        for task in try tx.tasks(state: .open, limit: 200) where busy < offer.slots {
+        var busy = try await tx.busySlots(of: provider)
+        for task in try await tx.tasks(state: .open, limit: 200) where busy < offer.slots {
             guard offer.price <= task.cap, task.requester != provider, !task.excluded.contains(provider),
                 offer.runs(model: task.model), offer.takes(task)
             else { continue }
-            if let transition = try matchOpenTask(task.id, nowMs: nowMs, only: provider, in: tx) {
+            if let transition = try await matchOpenTask(task.id, nowMs: nowMs, only: provider, in: tx) {
                 assignments.append(transition)
                 busy += 1
             }
@@ -74,16 +74,16 @@ public struct MarketBook: Sendable {
         return (offer, assignments)
     }
 
-    public func withdraw(_ provider: PeerID, in tx: some MarketTransaction) throws -> Bool {
-        try tx.deleteOffer(of: provider)
+    public func withdraw(_ provider: PeerID, in tx: some MarketTransaction) async throws -> Bool {
+        try await tx.deleteOffer(of: provider)
     }
 
     // MARK: Tasks
 
     public func post(_ body: PostBody, from requester: PeerID, nowMs: Int64, in tx: some MarketTransaction)
-        throws -> PostOutcome
+        async throws -> PostOutcome
     {
-        if try tx.task(body.taskId, lock: false) != nil {
+        if try await tx.task(body.taskId, lock: false) != nil {
             throw MarketError(.duplicateTask, "task \(body.taskId) already exists: choose a new taskId")
         }
         let expiresMs = body.expiresInSeconds.map { $0 * 1000 } ?? rules.openTimeoutMs
@@ -95,92 +95,97 @@ public struct MarketBook: Sendable {
         task.workspaceFiles = body.workspaceFiles
         task.workspaceArchiveBytes = body.workspaceArchiveBytes
         task.conversationBytes = body.conversationBytes
-        let available = try tx.balance(.peer(requester))
+        let available = try await tx.balance(.peer(requester))
         guard available >= task.maxPrice else {
             throw MarketError(
                 .insufficientFunds, "maxPrice \(task.maxPrice) is more than the available balance \(available)")
         }
-        try tx.insertTask(task)
-        try tx.insertTaskEvent(
+        try await tx.insertTask(task)
+        try await tx.insertTaskEvent(
             TaskEventRecord(taskID: task.id, state: .open, atMs: nowMs, createdMs: nowMs, price: nil))
-        try tx.insertMovement(
+        try await tx.insertMovement(
             Movement(
                 from: .peer(requester), to: .escrow(taskID: task.id), amount: task.maxPrice, kind: .escrowLock,
                 taskID: task.id),
             nowMs: nowMs)
-        if let assignment = try matchOpenTask(task.id, nowMs: nowMs, only: nil, in: tx) {
+        if let assignment = try await matchOpenTask(task.id, nowMs: nowMs, only: nil, in: tx) {
             return PostOutcome(task: assignment.task, assignment: assignment, whyUnmatched: nil)
         }
         let why = Matching.whyNoMatch(
-            among: try candidates(in: tx, nowMs: nowMs), for: task,
-            requesterReputation: try reputationScore(of: requester, nowMs: nowMs, in: tx))
+            among: try await candidates(in: tx, nowMs: nowMs), for: task,
+            requesterReputation: try await reputationScore(of: requester, nowMs: nowMs, in: tx))
         return PostOutcome(task: task, assignment: nil, whyUnmatched: why)
     }
 
     /// `bid.place`: the first valid bid on an open task wins it.
     public func bid(_ body: BidBody, from provider: PeerID, nowMs: Int64, in tx: some MarketTransaction)
-        throws -> TaskTransition
+        async throws -> TaskTransition
     {
-        guard let task = try tx.task(body.taskId, lock: true) else {
+        guard let task = try await tx.task(body.taskId, lock: true) else {
             throw MarketError(.unknownTask, "no task \(body.taskId)")
         }
         guard task.state == .open else {
             throw MarketError(.invalidState, "task \(task.id) is \(task.state.rawValue): it takes no more bids")
         }
-        guard var candidate = try candidates(in: tx, nowMs: nowMs, provider: provider, lock: true).first else {
+        guard var candidate = try await candidates(in: tx, nowMs: nowMs, provider: provider, lock: true).first else {
             throw MarketError(.noOffer, "\(provider) has no standing offer: send offer.advertise before bidding")
         }
         candidate.offer.price = Credits(micro: body.price)
         let offer = candidate.offer
         if let refusal = Matching.ineligibility(
-            of: candidate, for: task, requesterReputation: try reputationScore(of: task.requester, nowMs: nowMs, in: tx)
+            of: candidate, for: task,
+            requesterReputation: try await reputationScore(of: task.requester, nowMs: nowMs, in: tx)
         ) {
             throw refusal
         }
-        let transition = try machine.apply(.assign(provider: provider, price: offer.price), to: task, nowMs: nowMs)
-        try write(transition, nowMs: nowMs, in: tx)
+        let transition = try await machine.apply(
+            .assign(provider: provider, price: offer.price), to: task, nowMs: nowMs)
+        try await write(transition, nowMs: nowMs, in: tx)
         return transition
     }
 
     /// Any other event on a task; a re-opened task is matched again at once.
     public func apply(_ event: TaskEvent, toTask id: String, nowMs: Int64, in tx: some MarketTransaction)
-        throws -> [TaskTransition]
+        async throws -> [TaskTransition]
     {
-        guard let task = try tx.task(id, lock: true) else { throw MarketError(.unknownTask, "no task \(id)") }
+        guard let task = try await tx.task(id, lock: true) else { throw MarketError(.unknownTask, "no task \(id)") }
         var standing: ProviderStanding?
         if let provider = task.provider {
             standing = ProviderStanding(
-                settledJobs: try tx.peer(provider)?.settledJobs ?? 0, heldBack: try tx.balance(.held(provider)))
+                settledJobs: try await tx.peer(provider)?.settledJobs ?? 0,
+                heldBack: try await tx.balance(.held(provider)))
         }
         let transition = try machine.apply(event, to: task, nowMs: nowMs, provider: standing)
-        try write(transition, nowMs: nowMs, in: tx)
+        try await write(transition, nowMs: nowMs, in: tx)
         var transitions = [transition]
-        if transition.reopened, let rematch = try matchOpenTask(id, nowMs: nowMs, only: nil, in: tx) {
+        if transition.reopened, let rematch = try await matchOpenTask(id, nowMs: nowMs, only: nil, in: tx) {
             transitions.append(rematch)
         }
         return transitions
     }
 
     /// Timeouts and silent providers, as of `nowMs`: every due task takes its deadline path.
-    public func sweep(nowMs: Int64, limit: Int = 500, in tx: some MarketTransaction) throws -> [TaskTransition] {
+    public func sweep(nowMs: Int64, limit: Int = 500, in tx: some MarketTransaction) async throws -> [TaskTransition] {
         var transitions: [TaskTransition] = []
         // Each task is locked and looked at again before it moves: another instance on the same
         // books may have swept it, or a message moved it, since the list was read.
-        for provider in try tx.silentProviders(lastSeenBefore: nowMs - rules.heartbeatTimeoutMs) {
-            _ = try tx.deleteOffer(of: provider)
-            for task in try tx.tasks(of: provider, states: [.assigned, .running]) where task.provider == provider {
-                guard let current = try tx.task(task.id, lock: true), current.provider == provider,
+        for provider in try await tx.silentProviders(lastSeenBefore: nowMs - rules.heartbeatTimeoutMs) {
+            _ = try await tx.deleteOffer(of: provider)
+            for task in try await tx.tasks(of: provider, states: [.assigned, .running]) where task.provider == provider
+            {
+                guard let current = try await tx.task(task.id, lock: true), current.provider == provider,
                     current.state.holdsSlot
                 else { continue }
-                transitions += try apply(.providerSilent, toTask: task.id, nowMs: nowMs, in: tx)
+                transitions += try await apply(.providerSilent, toTask: task.id, nowMs: nowMs, in: tx)
             }
         }
-        for id in try tx.tasksDue(nowMs: nowMs, limit: limit) {
-            guard let task = try tx.task(id, lock: true), !task.state.isFinal, let deadline = task.deadlineMs,
+        for id in try await tx.tasksDue(nowMs: nowMs, limit: limit) {
+            guard let task = try await tx.task(id, lock: true), !task.state.isFinal, let deadline = task.deadlineMs,
                 deadline <= nowMs
             else { continue }
-            let waitingForPayload = try task.state == .assigned && tx.frame(taskID: id, kind: .payload) == nil
-            transitions += try apply(
+            let waitingForPayload =
+                task.state == .assigned ? try await tx.frame(taskID: id, kind: .payload) == nil : false
+            transitions += try await apply(
                 waitingForPayload ? .payloadMissing : .deadlinePassed, toTask: id, nowMs: nowMs, in: tx)
         }
         return transitions
@@ -191,23 +196,23 @@ public struct MarketBook: Sendable {
     /// Matches one open task against the standing offers (or only `provider`'s); assigns it to
     /// the best and returns the assignment, or nil when none fits.
     func matchOpenTask(_ id: String, nowMs: Int64, only provider: PeerID?, in tx: some MarketTransaction)
-        throws -> TaskTransition?
+        async throws -> TaskTransition?
     {
-        guard let task = try tx.task(id, lock: true), task.state == .open else { return nil }
-        let pool = try candidates(in: tx, nowMs: nowMs, maxPrice: task.cap, provider: provider, lock: true)
-        let requesterScore = try reputationScore(of: task.requester, nowMs: nowMs, in: tx)
+        guard let task = try await tx.task(id, lock: true), task.state == .open else { return nil }
+        let pool = try await candidates(in: tx, nowMs: nowMs, maxPrice: task.cap, provider: provider, lock: true)
+        let requesterScore = try await reputationScore(of: task.requester, nowMs: nowMs, in: tx)
         guard let best = Matching.best(among: pool, for: task, requesterReputation: requesterScore) else { return nil }
-        let transition = try machine.apply(
+        let transition = try await machine.apply(
             .assign(provider: best.offer.provider, price: best.offer.price), to: task, nowMs: nowMs)
-        try write(transition, nowMs: nowMs, in: tx)
+        try await write(transition, nowMs: nowMs, in: tx)
         return transition
     }
 
     func candidates(
         in tx: some MarketTransaction, nowMs: Int64, maxPrice: Credits? = nil, provider: PeerID? = nil,
         lock: Bool = false
-    ) throws -> [OfferCandidate] {
-        try tx.offerCandidates(maxPrice: maxPrice, provider: provider, lock: lock).map {
+    ) async throws -> [OfferCandidate] {
+        try await tx.offerCandidates(maxPrice: maxPrice, provider: provider, lock: lock).map {
             OfferCandidate(
                 offer: $0.offer, busySlots: $0.busySlots,
                 providerReputation: $0.reputation.score(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs),
@@ -215,40 +220,40 @@ public struct MarketBook: Sendable {
         }
     }
 
-    public func reputationScore(of peer: PeerID, nowMs: Int64, in tx: some MarketTransaction) throws -> Double {
-        try tx.peer(peer)?.reputation.score(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs) ?? 0.5
+    public func reputationScore(of peer: PeerID, nowMs: Int64, in tx: some MarketTransaction) async throws -> Double {
+        try await tx.peer(peer)?.reputation.score(atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs) ?? 0.5
     }
 
     /// Writes one transition: the task, its ledger rows, the outcomes and the provider's count.
-    func write(_ transition: TaskTransition, nowMs: Int64, in tx: some MarketTransaction) throws {
-        try tx.updateTask(transition.task)
+    func write(_ transition: TaskTransition, nowMs: Int64, in tx: some MarketTransaction) async throws {
+        try await tx.updateTask(transition.task)
         if transition.task.state != transition.before {
-            try tx.insertTaskEvent(
+            try await tx.insertTaskEvent(
                 TaskEventRecord(
                     taskID: transition.task.id, state: transition.task.state, atMs: nowMs,
                     createdMs: transition.task.createdMs, price: transition.task.price?.micro))
         }
-        for movement in transition.movements { try tx.insertMovement(movement, nowMs: nowMs) }
-        if let provider = transition.handedBackBy { try tx.countHandBack(of: provider) }
+        for movement in transition.movements { try await tx.insertMovement(movement, nowMs: nowMs) }
+        if let provider = transition.handedBackBy { try await tx.countHandBack(of: provider) }
         for outcome in transition.outcomes {
-            try tx.insertOutcome(outcome, nowMs: nowMs)
-            guard let record = try tx.peer(outcome.peer) else { continue }
+            try await tx.insertOutcome(outcome, nowMs: nowMs)
+            guard let record = try await tx.peer(outcome.peer) else { continue }
             let reputation = record.reputation.recording(
                 success: outcome.success, atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs)
             let settled = record.settledJobs + (transition.providerSettled && outcome.role == "provider" ? 1 : 0)
-            try tx.updateStanding(outcome.peer, reputation: reputation, settledJobs: settled)
+            try await tx.updateStanding(outcome.peer, reputation: reputation, settledJobs: settled)
         }
     }
 
     // MARK: Checks
 
     /// `market verify`: the ledger balances, every row's sides are sound, final tasks hold nothing.
-    public func audit(in tx: some MarketTransaction) throws -> LedgerAudit {
+    public func audit(in tx: some MarketTransaction) async throws -> LedgerAudit {
         var finalTasks = Set<String>()
         for state in TaskState.allCases where state.isFinal {
-            for task in try tx.tasks(state: state, limit: Int.max) { finalTasks.insert(task.id) }
+            for task in try await tx.tasks(state: state, limit: Int.max) { finalTasks.insert(task.id) }
         }
         return LedgerAudit.check(
-            movements: try tx.allMovements(), balances: try tx.allBalances(), finalTasks: finalTasks)
+            movements: try await tx.allMovements(), balances: try await tx.allBalances(), finalTasks: finalTasks)
     }
 }

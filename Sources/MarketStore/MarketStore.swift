@@ -5,9 +5,9 @@ import MarketCore
 /// PostgreSQL for several servers on one database). Every operation is one transaction.
 public protocol MarketStore: Sendable {
     /// Runs `body` in one write transaction: everything it wrote, or nothing.
-    func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T
+    func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T) async throws -> T
     /// Runs `body` on a consistent snapshot.
-    func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T
+    func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T) async throws -> T
     /// What `/health` names as the backend.
     var backendName: String { get }
     /// How many write transactions may usefully run at once (a group commit keeps this many

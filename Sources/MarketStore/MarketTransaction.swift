@@ -58,96 +58,98 @@ public struct MarketCounts: Sendable, Equatable, Codable {
 /// One write (or read) transaction of the market's storage: the small port every backend
 /// implements in its own SQL. The rules that use it (`MarketBook`) are written once.
 ///
-/// Synchronous on purpose: SQLite (GRDB) runs it inside its writer's closure; PostgreSQL runs it
-/// on a thread of its own that holds one connection for the whole transaction.
+/// Async, so that no thread waits on a statement: on PostgreSQL a transaction runs on its
+/// connection's event loop (`EventLoopTaskExecutor`) and each statement is a suspension, not a
+/// blocked thread. SQLite's statements never suspend: its transaction runs to its end on GRDB's
+/// writer thread (`InlineTaskExecutor`), as a synchronous closure did.
 public protocol MarketTransaction {
     // Peers
-    func peer(_ id: PeerID) throws -> PeerRecord?
-    func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) throws
-    func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) throws
-    func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) throws
+    func peer(_ id: PeerID) async throws -> PeerRecord?
+    func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) async throws
+    func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) async throws
+    func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) async throws
     /// Counts one capacity hand-back for the provider.
-    func countHandBack(of provider: PeerID) throws
-    func peerCount() throws -> Int
+    func countHandBack(of provider: PeerID) async throws
+    func peerCount() async throws -> Int
     /// Peers that have an offer or a task holding a slot and were last seen before `cutoffMs`.
-    func silentProviders(lastSeenBefore cutoffMs: Int64) throws -> [PeerID]
+    func silentProviders(lastSeenBefore cutoffMs: Int64) async throws -> [PeerID]
 
     // Replay cache and idempotency
     /// Records the nonce; false when the peer already used it and the entry is still live.
-    func insertNonce(peer: String, nonce: String, expiresMs: Int64) throws -> Bool
-    func nonceCount() throws -> Int
+    func insertNonce(peer: String, nonce: String, expiresMs: Int64) async throws -> Bool
+    func nonceCount() async throws -> Int
     /// Forgets nonces whose frames can no longer be accepted: `expires < nowMs`.
-    func purgeNonces(expiredBefore nowMs: Int64) throws -> Int
+    func purgeNonces(expiredBefore nowMs: Int64) async throws -> Int
     /// The stored answer to a message id this peer sent before, if any.
-    func messageResult(peer: PeerID, id: String) throws -> String?
-    func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) throws
-    func purgeMessages(before cutoffMs: Int64) throws
+    func messageResult(peer: PeerID, id: String) async throws -> String?
+    func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) async throws
+    func purgeMessages(before cutoffMs: Int64) async throws
 
     // Ledger
-    func balance(_ account: Account) throws -> Credits
+    func balance(_ account: Account) async throws -> Credits
     /// Writes one ledger row and both balances. Refuses (`insufficient_funds`) when the debited
     /// account is not the mint and would go below zero.
-    func insertMovement(_ movement: Movement, nowMs: Int64) throws
-    func allMovements() throws -> [(id: Int64, from: String, to: String, amountMicro: Int64)]
-    func allBalances() throws -> [String: Int64]
-    func movements(account: String, limit: Int) throws -> [Movement]
+    func insertMovement(_ movement: Movement, nowMs: Int64) async throws
+    func allMovements() async throws -> [(id: Int64, from: String, to: String, amountMicro: Int64)]
+    func allBalances() async throws -> [String: Int64]
+    func movements(account: String, limit: Int) async throws -> [Movement]
 
     // Offers
-    func offer(of provider: PeerID) throws -> Offer?
+    func offer(of provider: PeerID) async throws -> Offer?
     /// Every offer, cheapest first.
-    func offers() throws -> [Offer]
+    func offers() async throws -> [Offer]
     /// Offers as matching needs them, in one query: each with its provider's busy slots and
     /// reputation sums; only those priced at most `maxPrice` and (when given) of `provider`.
     /// With `lock`, the offer rows stay locked until the transaction ends.
-    func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) throws -> [(
+    func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) async throws -> [(
         offer: Offer, busySlots: Int, reputation: Reputation
     )]
-    func putOffer(_ offer: Offer) throws
-    func deleteOffer(of provider: PeerID) throws -> Bool
-    func busySlots(of provider: PeerID) throws -> Int
+    func putOffer(_ offer: Offer) async throws
+    func deleteOffer(of provider: PeerID) async throws -> Bool
+    func busySlots(of provider: PeerID) async throws -> Int
 
     // Tasks
     /// With `lock`, the row stays locked until the transaction ends.
-    func task(_ id: String, lock: Bool) throws -> MarketTask?
-    func insertTask(_ task: MarketTask) throws
-    func updateTask(_ task: MarketTask) throws
-    func tasks(state: TaskState?, limit: Int) throws -> [MarketTask]
-    func tasks(of peer: PeerID, states: [TaskState]) throws -> [MarketTask]
+    func task(_ id: String, lock: Bool) async throws -> MarketTask?
+    func insertTask(_ task: MarketTask) async throws
+    func updateTask(_ task: MarketTask) async throws
+    func tasks(state: TaskState?, limit: Int) async throws -> [MarketTask]
+    func tasks(of peer: PeerID, states: [TaskState]) async throws -> [MarketTask]
     /// Ids of non-final tasks whose deadline is at or before `nowMs`, oldest deadline first.
-    func tasksDue(nowMs: Int64, limit: Int) throws -> [String]
-    func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) throws
-    func frame(taskID: String, kind: TaskFrameKind) throws -> String?
+    func tasksDue(nowMs: Int64, limit: Int) async throws -> [String]
+    func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) async throws
+    func frame(taskID: String, kind: TaskFrameKind) async throws -> String?
     /// Pieces of a sealed workspace or patch, kept (ciphertext, as signed) until the task leaves
     /// the states that need them; idempotent by (task, blob, index).
-    func putBlobChunk(_ chunk: StoredBlobChunk) throws
-    func blobChunks(taskID: String, blob: String) throws -> [String]
+    func putBlobChunk(_ chunk: StoredBlobChunk) async throws
+    func blobChunks(taskID: String, blob: String) async throws -> [String]
     /// Bytes stored for one blob of a task, not counting piece `index` (which a resend replaces).
-    func blobBytes(taskID: String, blob: String, except index: Int) throws -> Int64
+    func blobBytes(taskID: String, blob: String, except index: Int) async throws -> Int64
     /// Bytes stored for everything one peer sent.
-    func blobBytes(sender: PeerID) throws -> Int64
+    func blobBytes(sender: PeerID) async throws -> Int64
     /// Removes one blob of a task, or (nil) all of them.
-    func deleteBlobChunks(taskID: String, blob: String?) throws
-    func taskCounts() throws -> [String: Int]
-    func settledVolume() throws -> Int64
+    func deleteBlobChunks(taskID: String, blob: String?) async throws
+    func taskCounts() async throws -> [String: Int]
+    func settledVolume() async throws -> Int64
 
     // Reputation history
-    func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) throws
-    func outcomes(of peer: PeerID, limit: Int) throws -> [(outcome: ReputationOutcome, atMs: Int64)]
+    func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) async throws
+    func outcomes(of peer: PeerID, limit: Int) async throws -> [(outcome: ReputationOutcome, atMs: Int64)]
 
     /// Every provider that has an outcome: its successes and failures as a provider.
-    func providerOutcomeCounts() throws -> [(peer: PeerID, successes: Int, failures: Int)]
+    func providerOutcomeCounts() async throws -> [(peer: PeerID, successes: Int, failures: Int)]
 
     // Flow history (the dashboard's charts)
     /// One row per state a task entered, written with the change.
-    func insertTaskEvent(_ event: TaskEventRecord) throws
+    func insertTaskEvent(_ event: TaskEventRecord) async throws
     /// Events at or after `sinceMs`, oldest first.
-    func taskEvents(sinceMs: Int64) throws -> [TaskEventRecord]
+    func taskEvents(sinceMs: Int64) async throws -> [TaskEventRecord]
 
     /// Runs `body` so that what it wrote is undone when it throws, while what was written
     /// before it (the nonce, say) stays in the transaction. When the transaction itself did not
     /// survive (the undo failed, or the database ended the whole transaction), it throws
     /// `TransactionAborted`: nothing of the transaction can commit.
-    func savepoint<T>(_ body: () throws -> T) throws -> T
+    func savepoint<T>(_ body: () async throws -> T) async throws -> T
 }
 
 /// The transaction is gone, not just one step of it: SQLite rolls a whole transaction back on

@@ -8,63 +8,70 @@ import Synchronization
 
 /// The market's books on PostgreSQL, for several `market serve` processes on one database.
 ///
-/// A transaction runs the same synchronous `MarketTransaction` code as SQLite, on a thread of
-/// its own (`NIOThreadPool`, never the concurrency pool) that holds one connection from BEGIN
-/// to COMMIT. Rows that decide a race are locked (`SELECT … FOR UPDATE`), so exactly one of two
-/// instances wins a task; a deadlock or serialization failure is retried from the start.
+/// Connections come from postgres-nio's own pool (`PostgresClient`), which replaces a connection
+/// that closed (PostgreSQL restarted, the network dropped it). A transaction holds one connection
+/// from BEGIN to COMMIT and runs on that connection's event loop (`EventLoopTaskExecutor`): each
+/// statement is a suspension of the transaction, never a thread blocked on an answer, and every
+/// statement is a named prepared statement of its connection (`PreparedStatements`). Rows that
+/// decide a race are locked (`SELECT … FOR UPDATE`), so exactly one of two instances wins a task;
+/// a deadlock or serialization failure is retried from the start.
 public final class PostgresMarketStore: MarketStore, MarketRelay {
     public var backendName: String { "postgres" }
-    /// One connection per worker thread; a connection found closed (PostgreSQL restarted, the
-    /// network dropped it) is replaced before its next transaction.
-    private let connections: Mutex<[PostgresConnection]>
-    private let free: Mutex<[Int]>
-    private let available: DispatchSemaphore
-    let threads: NIOThreadPool
+    let client: PostgresClient
+    /// `client.run()`, for as long as the store is open.
+    private let running: Task<Void, Never>
+    let size: Int
     let logger: Logger
     let configuration: PostgresConnection.Configuration
     /// The connection that LISTENs for messages to peers connected here (replaced likewise).
     private let listener: Mutex<PostgresConnection>
+    /// How long one transaction may take before its connection is closed: a connection whose
+    /// server stopped answering must not hold a frame (and its row locks) forever.
+    static let transactionTimeout = TimeAmount.seconds(30)
 
     init(
-        connections: [PostgresConnection], listener: PostgresConnection,
+        client: PostgresClient, size: Int, listener: PostgresConnection,
         configuration: PostgresConnection.Configuration, logger: Logger
     ) {
-        self.connections = Mutex(connections)
+        self.client = client
+        self.running = Task { await client.run() }
+        self.size = size
         self.listener = Mutex(listener)
         self.configuration = configuration
-        self.free = Mutex(Array(connections.indices))
-        self.available = DispatchSemaphore(value: connections.count)
-        self.threads = NIOThreadPool(numberOfThreads: connections.count)
-        self.threads.start()
         self.logger = logger
     }
 
     /// Write transactions at once for a group commit: the pool, but two connections for reads.
-    public var writeConcurrency: Int { max(1, connections.withLock { $0.count } - 2) }
+    public var writeConcurrency: Int { max(1, size - 2) }
     /// A frame a transaction: measured, batching gained nothing here (what costs is a statement's
     /// round trip, not a commit), and a batch would hold its rows' locks across many frames.
     public var groupCommitDefaults: GroupCommit.Limits { GroupCommit.Limits(maxWrites: 1) }
 
-    /// Connects `size` connections (plus one listener) and creates the schema when missing.
+    /// Opens a pool of `size` connections (plus one listener) and creates the schema when missing.
     public static func connect(url: String, size: Int = 8, logger: Logger) async throws -> PostgresMarketStore {
         let configuration = try configuration(from: url)
-        var connections: [PostgresConnection] = []
+        let listener: PostgresConnection
         do {
-            for index in 0...size {
-                connections.append(
-                    try await PostgresConnection.connect(configuration: configuration, id: index, logger: logger))
-            }
+            listener = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
         } catch {
-            for connection in connections { try? await connection.close() }
             throw MarketError(
                 .unavailable,
                 "cannot connect to PostgreSQL at \(MarketDatabaseLocation.postgres(url: url)): \(String(reflecting: error))"
             )
         }
+        var options = PostgresClient.Configuration(
+            host: configuration.host ?? "localhost", port: configuration.port ?? 5432,
+            username: configuration.username, password: configuration.password, database: configuration.database,
+            tls: .disable)
+        options.options.minimumConnections = size
+        options.options.maximumConnections = size
         let store = PostgresMarketStore(
-            connections: Array(connections.dropFirst()), listener: connections[0], configuration: configuration,
-            logger: logger)
-        try await store.migrate()
+            client: PostgresClient(configuration: options, backgroundLogger: logger), size: size, listener: listener,
+            configuration: configuration, logger: logger)
+        do { try await store.migrate() } catch {
+            try? await store.close()
+            throw error
+        }
         return store
     }
 
@@ -80,86 +87,80 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
             password: components.password, database: database.isEmpty ? nil : database, tls: .disable)
     }
 
+    /// On the listener's connection, before any transaction: one migrator at a time across
+    /// instances, and nothing prepared (each statement runs once).
     func migrate() async throws {
-        try await threads.runIfActive { [self] in
-            try withConnection { connection in
-                // One migrator at a time across instances.
-                _ = try connection.query("SELECT pg_advisory_lock(734205)", logger: logger).wait()
-                defer { _ = try? connection.query("SELECT pg_advisory_unlock(734205)", logger: logger).wait() }
-                for statement in MarketSchema.postgres {
-                    _ = try connection.query(PostgresQuery(unsafeSQL: statement), logger: logger).wait()
-                }
+        let connection = listener.withLock { $0 }
+        _ = try await connection.query("SELECT pg_advisory_lock(734205)", logger: logger).get()
+        do {
+            for statement in MarketSchema.postgres {
+                _ = try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger).get()
             }
+        } catch {
+            _ = try? await connection.query("SELECT pg_advisory_unlock(734205)", logger: logger).get()
+            throw error
         }
+        _ = try await connection.query("SELECT pg_advisory_unlock(734205)", logger: logger).get()
     }
 
-    private func withConnection<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
-        available.wait()
-        let index = free.withLock { $0.removeLast() }
-        defer {
-            free.withLock { $0.append(index) }
-            available.signal()
-        }
-        var connection = connections.withLock { $0[index] }
-        if connection.isClosed {
-            // Not retried here: a transaction cut off mid-way is answered with an error, and the
-            // client sends the same message id again, which the market acts on once.
-            do {
-                connection = try PostgresMarketTransaction.wait(
-                    for: PostgresConnection.connect(
-                        on: MultiThreadedEventLoopGroup.singleton.any(), configuration: configuration, id: index + 1,
-                        logger: logger),
-                    timeout: .seconds(10))
-            } catch {
-                throw MarketError(.unavailable, "the market's database is unreachable; try again shortly")
-            }
-            logger.info("reconnected to PostgreSQL", metadata: ["connection": "\(index + 1)"])
-            connections.withLock { $0[index] = connection }
-        }
-        return try body(connection)
-    }
-
-    public func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
-        try await transaction(body)
-    }
-
-    public func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
-        try await transaction(body)
-    }
-
-    private func transaction<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T) async throws
         -> T
     {
-        try await threads.runIfActive { [self] in
-            try withConnection { connection in
-                var attempt = 0
-                while true {
-                    attempt += 1
-                    let tx = PostgresMarketTransaction(connection: connection, logger: logger)
-                    do {
-                        try tx.run("BEGIN")
-                        let result = try body(tx)
-                        try tx.run("COMMIT")
-                        return result
-                    } catch {
-                        // A connection cut off mid-transaction may never answer the ROLLBACK:
-                        // it gets a few seconds, then the connection is dropped (the next
-                        // transaction on this slot connects again).
-                        if connection.isClosed || (try? tx.with(timeout: .seconds(5)).run("ROLLBACK")) == nil {
-                            let _: EventLoopFuture<Void> = connection.close()
-                        }
-                        if attempt < 8, PostgresMarketTransaction.isTransient(error) { continue }
-                        throw error
+        try await transaction(body)
+    }
+
+    public func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T) async throws
+        -> T
+    {
+        try await transaction(body)
+    }
+
+    private func transaction<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T)
+        async throws -> T
+    {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                return try await client.withConnection { [logger] connection in
+                    try await withTaskExecutorPreference(EventLoopTaskExecutor(connection.eventLoop)) {
+                        try await Self.transaction(body, on: connection, logger: logger)
                     }
                 }
+            } catch  where attempt < 8 && PostgresMarketTransaction.isTransient(error) {
+                continue
             }
+        }
+    }
+
+    /// BEGIN, `body`, COMMIT on `connection`; ROLLBACK when anything throws. A transaction that
+    /// outlives `transactionTimeout` loses its connection, which fails what it waits for.
+    private static func transaction<T: Sendable>(
+        _ body: @Sendable (any MarketTransaction) async throws -> T, on connection: PostgresConnection, logger: Logger
+    ) async throws -> T {
+        let watchdog = connection.eventLoop.scheduleTask(in: transactionTimeout) {
+            let _: EventLoopFuture<Void> = connection.close()
+        }
+        defer { watchdog.cancel() }
+        let tx = PostgresMarketTransaction(connection: connection, logger: logger)
+        do {
+            try await tx.run("BEGIN")
+            let result = try await body(tx)
+            try await tx.run("COMMIT")
+            return result
+        } catch {
+            if !connection.isClosed { _ = try? await tx.run("ROLLBACK") }
+            if connection.isClosed, !(error is MarketError) {
+                throw MarketError(.unavailable, "the market's database did not answer; try again shortly")
+            }
+            throw error
         }
     }
 
     public func close() async throws {
-        for connection in connections.withLock({ $0 }) { try? await connection.close() }
+        running.cancel()
+        await running.value
         try? await listener.withLock { $0 }.close()
-        try? await threads.shutdownGracefully()
     }
 
     // MARK: Messages between instances
@@ -167,7 +168,7 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
     /// Queues `text` for `peer` on whichever instance it is connected to; returns the relay id.
     public func publish(_ text: String, to peer: PeerID) async throws {
         try await write { tx in
-            try (tx as! PostgresMarketTransaction).relay(text, to: peer)
+            try await (tx as! PostgresMarketTransaction).relay(text, to: peer)
         }
     }
 
@@ -175,18 +176,20 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
     /// the listening connection is lost it connects again, and delivers what was published
     /// meanwhile (the relay table keeps five minutes of messages).
     public func listen(_ deliver: @escaping @Sendable (PeerID, String) -> Void) async throws {
-        let relay = RelayCursor(after: try await read { try ($0 as! PostgresMarketTransaction).lastRelayID() })
+        let relay = RelayCursor(after: try await read { try await ($0 as! PostgresMarketTransaction).lastRelayID() })
         var backoff = Duration.milliseconds(100)
         while !Task.isCancelled {
             do {
                 try await listener.withLock { $0 }.listen(on: "cmm_relay") { notifications in
                     backoff = .milliseconds(100)
                     // Listening again: what came while no one listened goes first.
-                    let missed = try await read { try ($0 as! PostgresMarketTransaction).relayed(after: relay.last) }
+                    let missed = try await read {
+                        try await ($0 as! PostgresMarketTransaction).relayed(after: relay.last)
+                    }
                     for row in missed where relay.first(row.id) { Self.deliver(row.peer, row.text, deliver) }
                     for try await notification in notifications {
                         guard let id = Int64(notification.payload), relay.first(id) else { continue }
-                        let row = try await read { tx in try (tx as! PostgresMarketTransaction).relayed(id) }
+                        let row = try await read { tx in try await (tx as! PostgresMarketTransaction).relayed(id) }
                         if let row { Self.deliver(row.peer, row.text, deliver) }
                     }
                 }
@@ -389,20 +392,12 @@ extension TaskRow {
 struct PostgresMarketTransaction: MarketTransaction {
     let connection: PostgresConnection
     let logger: Logger
-    /// How long one statement may take before the database counts as unreachable: a
-    /// connection PostgreSQL dropped mid-statement must not hold a worker thread forever.
-    var timeout: TimeAmount = .seconds(20)
 
-    func with(timeout: TimeAmount) -> PostgresMarketTransaction {
-        var copy = self
-        copy.timeout = timeout
-        return copy
-    }
-
+    /// The rows of `query`, run as its connection's named prepared statement (`PreparedStatements`).
     @discardableResult
-    func query(_ query: PostgresQuery) throws -> PostgresQueryResult {
+    func query(_ query: PostgresQuery) async throws -> [PostgresRow] {
         do {
-            return try Self.wait(for: connection.query(query, logger: logger), timeout: timeout)
+            return try await PreparedStatements.rows(of: query, on: connection, logger: logger)
         } catch let error as PSQLError {
             if error.serverInfo?[.sqlState] == "23514" { throw Self.checkViolation(error.serverInfo?[.constraintName]) }
             throw error
@@ -424,64 +419,45 @@ struct PostgresMarketTransaction: MarketTransaction {
         }
     }
 
-    func run(_ sql: String) throws {
-        try query(PostgresQuery(unsafeSQL: sql))
+    func run(_ sql: String) async throws {
+        try await query(PostgresQuery(unsafeSQL: sql))
     }
 
-    /// `future.wait()`, failing with `unavailable` after `timeout`.
-    static func wait<T: Sendable>(for future: EventLoopFuture<T>, timeout: TimeAmount) throws -> T {
-        let promise = future.eventLoop.makePromise(of: T.self)
-        let once = Once()
-        @Sendable func complete(_ result: Result<T, any Error>) {
-            if once.claim() { promise.completeWith(result) }
-        }
-        let timer = future.eventLoop.scheduleTask(in: timeout) {
-            complete(.failure(MarketError(.unavailable, "the market's database did not answer; try again shortly")))
-        }
-        future.whenComplete { result in
-            timer.cancel()
-            complete(result)
-        }
-        return try promise.futureResult.wait()
-    }
-
-    func affected(_ result: PostgresQueryResult) -> Int { result.metadata.rows ?? 0 }
-
-    func relay(_ text: String, to peer: PeerID) throws {
-        let result = try query("INSERT INTO relay (peer, text) VALUES (\(peer.rawValue), \(text)) RETURNING id")
-        let id = try result.rows.first!.decode(Int64.self)
-        try run("NOTIFY cmm_relay, '\(id)'")
-        try query("DELETE FROM relay WHERE at < now() - interval '5 minutes'")
+    func relay(_ text: String, to peer: PeerID) async throws {
+        let id = try await query("INSERT INTO relay (peer, text) VALUES (\(peer.rawValue), \(text)) RETURNING id")
+            .first!.decode(Int64.self)
+        try await query("SELECT pg_notify('cmm_relay', \(String(id)))")
+        try await query("DELETE FROM relay WHERE at < now() - interval '5 minutes'")
     }
 
     /// The newest relay message's id (0 when there is none).
-    func lastRelayID() throws -> Int64 {
-        try query("SELECT COALESCE(MAX(id), 0) FROM relay").rows.first!.decode(Int64.self)
+    func lastRelayID() async throws -> Int64 {
+        try await query("SELECT COALESCE(MAX(id), 0) FROM relay").first!.decode(Int64.self)
     }
 
     /// Relay messages published after `id`, oldest first.
-    func relayed(after id: Int64) throws -> [(id: Int64, peer: String, text: String)] {
-        try query("SELECT id, peer, text FROM relay WHERE id > \(id) ORDER BY id LIMIT 10000").rows.map {
+    func relayed(after id: Int64) async throws -> [(id: Int64, peer: String, text: String)] {
+        try await query("SELECT id, peer, text FROM relay WHERE id > \(id) ORDER BY id LIMIT 10000").map {
             let (id, peer, text) = try $0.decode((Int64, String, String).self)
             return (id, peer, text)
         }
     }
 
-    func relayed(_ id: Int64) throws -> (peer: String, text: String)? {
-        try query("SELECT peer, text FROM relay WHERE id = \(id)").rows.first.map {
+    func relayed(_ id: Int64) async throws -> (peer: String, text: String)? {
+        try await query("SELECT peer, text FROM relay WHERE id = \(id)").first.map {
             try $0.decode((String, String).self)
         }
     }
 
     // MARK: Peers
 
-    func peer(_ id: PeerID) throws -> PeerRecord? {
-        try query(
+    func peer(_ id: PeerID) async throws -> PeerRecord? {
+        try await query(
             """
             SELECT key_document, first_seen, last_seen, audit_head, rep_s, rep_f, rep_n, rep_at, settled_jobs, hand_backs
             FROM peers WHERE id = \(id.rawValue)
             """
-        ).rows.first.map { row in
+        ).first.map { row in
             let (document, first, last, head, s, f, n, at, settled, handBacks) = try row.decode(
                 (String, Int64, Int64, String?, Double, Double, Int, Int64, Int, Int).self)
             return PeerRecord(
@@ -491,82 +467,83 @@ struct PostgresMarketTransaction: MarketTransaction {
         }
     }
 
-    func countHandBack(of provider: PeerID) throws {
-        try query("UPDATE peers SET hand_backs = hand_backs + 1 WHERE id = \(provider.rawValue)")
+    func countHandBack(of provider: PeerID) async throws {
+        try await query("UPDATE peers SET hand_backs = hand_backs + 1 WHERE id = \(provider.rawValue)")
     }
 
-    func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) throws {
-        try query(
+    func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) async throws {
+        try await query(
             """
             INSERT INTO peers (id, key_document, first_seen, last_seen) VALUES (\(id.rawValue), \(keyDocument), \(nowMs), \(nowMs))
             ON CONFLICT (id) DO UPDATE SET key_document = EXCLUDED.key_document, last_seen = EXCLUDED.last_seen
             """)
     }
 
-    func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) throws {
-        try query(
+    func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) async throws {
+        try await query(
             "UPDATE peers SET last_seen = \(nowMs), audit_head = coalesce(\(auditHead), audit_head) WHERE id = \(id.rawValue)"
         )
     }
 
-    func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) throws {
-        try query(
+    func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) async throws {
+        try await query(
             """
             UPDATE peers SET rep_s = \(reputation.successes), rep_f = \(reputation.failures), rep_n = \(reputation.samples),
             rep_at = \(reputation.atMs), settled_jobs = \(settledJobs) WHERE id = \(id.rawValue)
             """)
     }
 
-    func peerCount() throws -> Int {
-        try query("SELECT count(*)::INT FROM peers").rows.first!.decode(Int.self)
+    func peerCount() async throws -> Int {
+        try await query("SELECT count(*)::INT FROM peers").first!.decode(Int.self)
     }
 
-    func silentProviders(lastSeenBefore cutoffMs: Int64) throws -> [PeerID] {
-        try query(
+    func silentProviders(lastSeenBefore cutoffMs: Int64) async throws -> [PeerID] {
+        try await query(
             """
             SELECT id FROM peers WHERE last_seen < \(cutoffMs) AND (
                 id IN (SELECT provider FROM offers)
                 OR id IN (SELECT provider FROM tasks WHERE state IN ('assigned', 'running')))
             """
-        ).rows.compactMap { try? PeerID(validating: try $0.decode(String.self)) }
+        ).compactMap { try? PeerID(validating: try $0.decode(String.self)) }
     }
 
     // MARK: Replay cache and idempotency
 
-    func insertNonce(peer: String, nonce: String, expiresMs: Int64) throws -> Bool {
-        affected(
-            try query(
-                "INSERT INTO nonces (peer, nonce, expires) VALUES (\(peer), \(nonce), \(expiresMs)) ON CONFLICT DO NOTHING"
-            ))
-            == 1
+    func insertNonce(peer: String, nonce: String, expiresMs: Int64) async throws -> Bool {
+        try await query(
+            "INSERT INTO nonces (peer, nonce, expires) VALUES (\(peer), \(nonce), \(expiresMs)) ON CONFLICT DO NOTHING RETURNING 1"
+        ).count == 1
     }
 
-    func nonceCount() throws -> Int {
-        try query("SELECT count(*)::INT FROM nonces").rows.first!.decode(Int.self)
+    func nonceCount() async throws -> Int {
+        try await query("SELECT count(*)::INT FROM nonces").first!.decode(Int.self)
     }
 
-    func purgeNonces(expiredBefore nowMs: Int64) throws -> Int {
-        affected(try query("DELETE FROM nonces WHERE expires < \(nowMs)"))
+    func purgeNonces(expiredBefore nowMs: Int64) async throws -> Int {
+        try await query(
+            "WITH gone AS (DELETE FROM nonces WHERE expires < \(nowMs) RETURNING 1) SELECT count(*)::INT FROM gone"
+        ).first!.decode(Int.self)
     }
 
-    func messageResult(peer: PeerID, id: String) throws -> String? {
-        try query("SELECT result FROM messages WHERE peer = \(peer.rawValue) AND id = \(id)").rows.first?.decode(
+    func messageResult(peer: PeerID, id: String) async throws -> String? {
+        try await query("SELECT result FROM messages WHERE peer = \(peer.rawValue) AND id = \(id)").first?.decode(
             String.self)
     }
 
-    func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) throws {
-        try query("INSERT INTO messages (peer, id, result, at) VALUES (\(peer.rawValue), \(id), \(result), \(nowMs))")
+    func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) async throws {
+        try await query(
+            "INSERT INTO messages (peer, id, result, at) VALUES (\(peer.rawValue), \(id), \(result), \(nowMs))")
     }
 
-    func purgeMessages(before cutoffMs: Int64) throws {
-        try query("DELETE FROM messages WHERE at < \(cutoffMs)")
+    func purgeMessages(before cutoffMs: Int64) async throws {
+        try await query("DELETE FROM messages WHERE at < \(cutoffMs)")
     }
 
     // MARK: Ledger
 
-    func balance(_ account: Account) throws -> Credits {
+    func balance(_ account: Account) async throws -> Credits {
         Credits(
-            micro: try query("SELECT balance FROM accounts WHERE name = \(account.description)").rows.first?.decode(
+            micro: try await query("SELECT balance FROM accounts WHERE name = \(account.description)").first?.decode(
                 Int64.self)
                 ?? 0)
     }
@@ -574,7 +551,7 @@ struct PostgresMarketTransaction: MarketTransaction {
     /// One statement, one round trip: the debit (which takes the account's row lock and, unless
     /// it is the mint's, happens only when the account holds enough), then the credit and the
     /// ledger row, both only when the debit did. Concurrent movements on one account add up.
-    func insertMovement(_ movement: Movement, nowMs: Int64) throws {
+    func insertMovement(_ movement: Movement, nowMs: Int64) async throws {
         let amount = movement.amount.micro
         guard amount > 0 else {
             throw MarketError(.invalidAmount, "a ledger movement must be positive, not \(movement.amount)")
@@ -612,41 +589,41 @@ struct PostgresMarketTransaction: MarketTransaction {
             """
         let moved: Int
         do {
-            moved = try query(PostgresQuery(unsafeSQL: sql, binds: bindings)).rows.first?.decode(Int.self) ?? 0
+            moved = try await query(PostgresQuery(unsafeSQL: sql, binds: bindings)).first?.decode(Int.self) ?? 0
         } catch let error as PSQLError where error.serverInfo?[.sqlState] == "22003" {
             throw MarketError(.invalidAmount, "moving \(movement.amount) overflows an account")
         }
         guard moved == 1 else {
             // Nothing moved. Only now is the balance read, for the message.
-            let held = try query("SELECT balance FROM accounts WHERE name = \(debit)").rows.first?.decode(Int64.self)
+            let held = try await query("SELECT balance FROM accounts WHERE name = \(debit)").first?.decode(Int64.self)
             throw MarketError(
                 .insufficientFunds, "\(debit) holds \(Credits(micro: held ?? 0)), less than \(movement.amount)")
         }
     }
 
-    func allMovements() throws -> [(id: Int64, from: String, to: String, amountMicro: Int64)] {
-        try query("SELECT id, debit, credit, amount FROM ledger ORDER BY id").rows.map { row in
+    func allMovements() async throws -> [(id: Int64, from: String, to: String, amountMicro: Int64)] {
+        try await query("SELECT id, debit, credit, amount FROM ledger ORDER BY id").map { row in
             let (id, from, to, amount) = try row.decode((Int64, String, String, Int64).self)
             return (id, from, to, amount)
         }
     }
 
-    func allBalances() throws -> [String: Int64] {
+    func allBalances() async throws -> [String: Int64] {
         var balances: [String: Int64] = [:]
-        for row in try query("SELECT name, balance FROM accounts").rows {
+        for row in try await query("SELECT name, balance FROM accounts") {
             let (name, balance) = try row.decode((String, Int64).self)
             balances[name] = balance
         }
         return balances
     }
 
-    func movements(account: String, limit: Int) throws -> [Movement] {
-        try query(
+    func movements(account: String, limit: Int) async throws -> [Movement] {
+        try await query(
             """
             SELECT debit, credit, amount, kind, task_id, memo FROM ledger WHERE debit = \(account) OR credit = \(account)
             ORDER BY id DESC LIMIT \(limit)
             """
-        ).rows.compactMap { row in
+        ).compactMap { row in
             let (debit, credit, amount, kind, task, memo) = try row.decode(
                 (String, String, Int64, String, String?, String?).self)
             guard let from = Account(debit), let to = Account(credit), let kind = MovementKind(rawValue: kind) else {
@@ -658,18 +635,18 @@ struct PostgresMarketTransaction: MarketTransaction {
 
     // MARK: Offers
 
-    func offer(of provider: PeerID) throws -> Offer? {
-        try query(
+    func offer(of provider: PeerID) async throws -> Offer? {
+        try await query(
             "SELECT provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files, paused_until, paused_for FROM offers WHERE provider = \(provider.rawValue)"
         )
-        .rows.first.map(Self.offer)
+        .first.map(Self.offer)
     }
 
-    func offers() throws -> [Offer] {
-        try query(
+    func offers() async throws -> [Offer] {
+        try await query(
             "SELECT provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files, paused_until, paused_for FROM offers ORDER BY price, created"
         )
-        .rows.map(Self.offer)
+        .map(Self.offer)
     }
 
     static func offer(_ row: PostgresRow) throws -> Offer {
@@ -684,7 +661,7 @@ struct PostgresMarketTransaction: MarketTransaction {
         return offer
     }
 
-    func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) throws -> [(
+    func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) async throws -> [(
         offer: Offer, busySlots: Int, reputation: Reputation
     )] {
         let limit = maxPrice?.micro ?? Int64.max
@@ -706,7 +683,7 @@ struct PostgresMarketTransaction: MarketTransaction {
             FROM offers o LEFT JOIN peers p ON p.id = o.provider
             WHERE o.price <= \(limit) AND (\(only)::TEXT IS NULL OR o.provider = \(only))
             """
-        return try query(sql).rows.map { row in
+        return try await query(sql).map { row in
             let (
                 provider, price, slots, models, minimum, created, busy, s, f, n, at, maxBytes, maxFiles, until,
                 pausedFor
@@ -726,8 +703,8 @@ struct PostgresMarketTransaction: MarketTransaction {
         }
     }
 
-    func putOffer(_ offer: Offer) throws {
-        try query(
+    func putOffer(_ offer: Offer) async throws {
+        try await query(
             """
             INSERT INTO offers (provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files,
                     paused_until, paused_for)
@@ -740,40 +717,40 @@ struct PostgresMarketTransaction: MarketTransaction {
             """)
     }
 
-    func deleteOffer(of provider: PeerID) throws -> Bool {
-        affected(try query("DELETE FROM offers WHERE provider = \(provider.rawValue)")) > 0
+    func deleteOffer(of provider: PeerID) async throws -> Bool {
+        try await query("DELETE FROM offers WHERE provider = \(provider.rawValue) RETURNING 1").count > 0
     }
 
-    func busySlots(of provider: PeerID) throws -> Int {
-        try query(
+    func busySlots(of provider: PeerID) async throws -> Int {
+        try await query(
             "SELECT count(*)::INT FROM tasks WHERE provider = \(provider.rawValue) AND state IN ('assigned', 'running')"
-        ).rows.first!.decode(Int.self)
+        ).first!.decode(Int.self)
     }
 
     // MARK: Tasks
 
-    func task(_ id: String, lock: Bool) throws -> MarketTask? {
+    func task(_ id: String, lock: Bool) async throws -> MarketTask? {
         var bindings = PostgresBindings()
         bindings.append(id)
         let sql = TaskRow.selectSQL + " WHERE id = $1" + (lock ? " FOR UPDATE" : "")
-        return try query(PostgresQuery(unsafeSQL: sql, binds: bindings)).rows.first.map(TaskRow.task)
+        return try await query(PostgresQuery(unsafeSQL: sql, binds: bindings)).first.map(TaskRow.task)
     }
 
-    func insertTask(_ task: MarketTask) throws {
+    func insertTask(_ task: MarketTask) async throws {
         do {
-            try query(
+            try await query(
                 PostgresQuery(unsafeSQL: TaskRow.postgresInsert, binds: TaskRow.bindings(TaskRow.values(of: task))))
         } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
             throw MarketError(.duplicateTask, "task \(task.id) already exists: choose a new taskId")
         }
     }
 
-    func updateTask(_ task: MarketTask) throws {
-        try query(
+    func updateTask(_ task: MarketTask) async throws {
+        try await query(
             PostgresQuery(unsafeSQL: TaskRow.postgresUpdate, binds: TaskRow.bindings(TaskRow.updateValues(of: task))))
     }
 
-    func tasks(state: TaskState?, limit: Int) throws -> [MarketTask] {
+    func tasks(state: TaskState?, limit: Int) async throws -> [MarketTask] {
         let limit = min(limit, Int(Int32.max))
         var bindings = PostgresBindings()
         let sql: String
@@ -785,41 +762,41 @@ struct PostgresMarketTransaction: MarketTransaction {
             bindings.append(limit)
             sql = TaskRow.selectSQL + " ORDER BY created DESC LIMIT $1"
         }
-        return try query(PostgresQuery(unsafeSQL: sql, binds: bindings)).rows.map(TaskRow.task)
+        return try await query(PostgresQuery(unsafeSQL: sql, binds: bindings)).map(TaskRow.task)
     }
 
-    func tasks(of peer: PeerID, states: [TaskState]) throws -> [MarketTask] {
+    func tasks(of peer: PeerID, states: [TaskState]) async throws -> [MarketTask] {
         var bindings = PostgresBindings()
         bindings.append(peer.rawValue)
         bindings.append(states.map(\.rawValue))
         let sql = TaskRow.selectSQL + " WHERE (provider = $1 OR requester = $1) AND state = ANY($2) ORDER BY created"
-        return try query(PostgresQuery(unsafeSQL: sql, binds: bindings)).rows.map(TaskRow.task)
+        return try await query(PostgresQuery(unsafeSQL: sql, binds: bindings)).map(TaskRow.task)
     }
 
-    func tasksDue(nowMs: Int64, limit: Int) throws -> [String] {
-        try query(
+    func tasksDue(nowMs: Int64, limit: Int) async throws -> [String] {
+        try await query(
             "SELECT id FROM tasks WHERE deadline IS NOT NULL AND deadline <= \(nowMs) ORDER BY deadline LIMIT \(limit)"
-        ).rows.map { try $0.decode(String.self) }
+        ).map { try $0.decode(String.self) }
     }
 
-    func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) throws {
+    func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) async throws {
         switch kind {
-        case .payload: try query("UPDATE tasks SET payload = \(frame) WHERE id = \(taskID)")
-        case .result: try query("UPDATE tasks SET result = \(frame) WHERE id = \(taskID)")
+        case .payload: try await query("UPDATE tasks SET payload = \(frame) WHERE id = \(taskID)")
+        case .result: try await query("UPDATE tasks SET result = \(frame) WHERE id = \(taskID)")
         }
     }
 
-    func frame(taskID: String, kind: TaskFrameKind) throws -> String? {
+    func frame(taskID: String, kind: TaskFrameKind) async throws -> String? {
         let sql: PostgresQuery =
             switch kind {
             case .payload: "SELECT payload FROM tasks WHERE id = \(taskID)"
             case .result: "SELECT result FROM tasks WHERE id = \(taskID)"
             }
-        return try query(sql).rows.first?.decode(String?.self)
+        return try await query(sql).first?.decode(String?.self)
     }
 
-    func putBlobChunk(_ chunk: StoredBlobChunk) throws {
-        try query(
+    func putBlobChunk(_ chunk: StoredBlobChunk) async throws {
+        try await query(
             """
             INSERT INTO blob_chunks (task_id, blob, idx, count, sender, bytes, frame)
             VALUES (\(chunk.taskID), \(chunk.blob), \(chunk.index), \(chunk.count), \(chunk.sender.rawValue), \(chunk.bytes),
@@ -829,102 +806,103 @@ struct PostgresMarketTransaction: MarketTransaction {
             """)
     }
 
-    func blobChunks(taskID: String, blob: String) throws -> [String] {
-        try query("SELECT frame FROM blob_chunks WHERE task_id = \(taskID) AND blob = \(blob) ORDER BY idx").rows.map {
+    func blobChunks(taskID: String, blob: String) async throws -> [String] {
+        try await query("SELECT frame FROM blob_chunks WHERE task_id = \(taskID) AND blob = \(blob) ORDER BY idx").map {
             try $0.decode(String.self)
         }
     }
 
-    func blobBytes(taskID: String, blob: String, except index: Int) throws -> Int64 {
-        try query(
+    func blobBytes(taskID: String, blob: String, except index: Int) async throws -> Int64 {
+        try await query(
             "SELECT coalesce(sum(bytes), 0)::BIGINT FROM blob_chunks WHERE task_id = \(taskID) AND blob = \(blob) AND idx <> \(index)"
-        ).rows.first?.decode(Int64.self) ?? 0
+        ).first?.decode(Int64.self) ?? 0
     }
 
-    func blobBytes(sender: PeerID) throws -> Int64 {
-        try query("SELECT coalesce(sum(bytes), 0)::BIGINT FROM blob_chunks WHERE sender = \(sender.rawValue)").rows
+    func blobBytes(sender: PeerID) async throws -> Int64 {
+        try await query("SELECT coalesce(sum(bytes), 0)::BIGINT FROM blob_chunks WHERE sender = \(sender.rawValue)")
             .first?.decode(Int64.self) ?? 0
     }
 
-    func deleteBlobChunks(taskID: String, blob: String?) throws {
-        try query("DELETE FROM blob_chunks WHERE task_id = \(taskID) AND (\(blob)::TEXT IS NULL OR blob = \(blob))")
+    func deleteBlobChunks(taskID: String, blob: String?) async throws {
+        try await query(
+            "DELETE FROM blob_chunks WHERE task_id = \(taskID) AND (\(blob)::TEXT IS NULL OR blob = \(blob))")
     }
 
-    func taskCounts() throws -> [String: Int] {
+    func taskCounts() async throws -> [String: Int] {
         var counts: [String: Int] = [:]
-        for row in try query("SELECT state, count(*)::INT FROM tasks GROUP BY state").rows {
+        for row in try await query("SELECT state, count(*)::INT FROM tasks GROUP BY state") {
             let (state, count) = try row.decode((String, Int).self)
             counts[state] = count
         }
         return counts
     }
 
-    func settledVolume() throws -> Int64 {
-        try query("SELECT coalesce(sum(price), 0)::BIGINT FROM tasks WHERE state = 'settled'").rows.first!.decode(
+    func settledVolume() async throws -> Int64 {
+        try await query("SELECT coalesce(sum(price), 0)::BIGINT FROM tasks WHERE state = 'settled'").first!.decode(
             Int64.self)
     }
 
     // MARK: Reputation history
 
-    func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) throws {
-        try query(
+    func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) async throws {
+        try await query(
             """
             INSERT INTO outcomes (peer, task_id, role, success, at)
             VALUES (\(outcome.peer.rawValue), \(outcome.taskID), \(outcome.role), \(outcome.success), \(nowMs))
             """)
     }
 
-    func outcomes(of peer: PeerID, limit: Int) throws -> [(outcome: ReputationOutcome, atMs: Int64)] {
-        try query(
+    func outcomes(of peer: PeerID, limit: Int) async throws -> [(outcome: ReputationOutcome, atMs: Int64)] {
+        try await query(
             "SELECT task_id, role, success, at FROM outcomes WHERE peer = \(peer.rawValue) ORDER BY id DESC LIMIT \(limit)"
-        ).rows.map { row in
+        ).map { row in
             let (task, role, success, at) = try row.decode((String, String, Bool, Int64).self)
             return (ReputationOutcome(peer: peer, success: success, taskID: task, role: role), at)
         }
     }
 
-    func providerOutcomeCounts() throws -> [(peer: PeerID, successes: Int, failures: Int)] {
-        try query(
+    func providerOutcomeCounts() async throws -> [(peer: PeerID, successes: Int, failures: Int)] {
+        try await query(
             """
             SELECT peer, SUM(CASE WHEN success THEN 1 ELSE 0 END)::BIGINT, SUM(CASE WHEN success THEN 0 ELSE 1 END)::BIGINT
             FROM outcomes WHERE role = 'provider' GROUP BY peer
             """
-        ).rows.compactMap { row in
+        ).compactMap { row in
             let (peer, successes, failures) = try row.decode((String, Int64, Int64).self)
             guard let id = try? PeerID(validating: peer) else { return nil }
             return (id, Int(successes), Int(failures))
         }
     }
 
-    func insertTaskEvent(_ event: TaskEventRecord) throws {
-        try query(
+    func insertTaskEvent(_ event: TaskEventRecord) async throws {
+        try await query(
             """
             INSERT INTO task_events (task_id, state, at, created, price)
             VALUES (\(event.taskID), \(event.state.rawValue), \(event.atMs), \(event.createdMs), \(event.price))
             """)
     }
 
-    func taskEvents(sinceMs: Int64) throws -> [TaskEventRecord] {
-        try query(
+    func taskEvents(sinceMs: Int64) async throws -> [TaskEventRecord] {
+        try await query(
             "SELECT task_id, state, at, created, price FROM task_events WHERE at >= \(sinceMs) ORDER BY at, id"
-        ).rows.compactMap { row in
+        ).compactMap { row in
             let (task, state, at, created, price) = try row.decode((String, String, Int64, Int64, Int64?).self)
             guard let state = TaskState(rawValue: state) else { return nil }
             return TaskEventRecord(taskID: task, state: state, atMs: at, createdMs: created, price: price)
         }
     }
 
-    func savepoint<T>(_ body: () throws -> T) throws -> T {
-        try run("SAVEPOINT step")
+    func savepoint<T>(_ body: () async throws -> T) async throws -> T {
+        try await run("SAVEPOINT step")
         do {
-            let result = try body()
-            try run("RELEASE SAVEPOINT step")
+            let result = try await body()
+            try await run("RELEASE SAVEPOINT step")
             return result
         } catch {
             // A deadlock or a serialization failure is the whole transaction's to retry, not
             // this step's to report: the caller's retry runs every step again.
             if Self.isTransient(error) { throw TransactionAborted(error) }
-            do { try run("ROLLBACK TO SAVEPOINT step") } catch { throw TransactionAborted(error) }
+            do { try await run("ROLLBACK TO SAVEPOINT step") } catch { throw TransactionAborted(error) }
             throw error
         }
     }

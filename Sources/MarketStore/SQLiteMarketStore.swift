@@ -27,31 +27,38 @@ public final class SQLiteMarketStore: MarketStore {
         try Self.migrator.migrate(pool)
     }
 
-    public func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
-        try await pool.writeWithoutTransaction { db in
-            var result: T?
-            try db.inTransaction(.immediate) {
-                result = try body(SQLiteMarketTransaction(db: db))
-                return .commit
-            }
-            return result!
-        }
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T) async throws
+        -> T
+    {
+        try await pool.writeWithoutTransaction { db in try Self.transaction(db, body) }
     }
 
     /// The synchronous form, for commands that are not async.
-    public func writeNow<T>(_ body: (any MarketTransaction) throws -> T) throws -> T {
-        try pool.writeWithoutTransaction { db in
-            var result: T?
-            try db.inTransaction(.immediate) {
-                result = try body(SQLiteMarketTransaction(db: db))
-                return .commit
-            }
-            return result!
+    public func writeNow<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T) throws -> T
+    {
+        try pool.writeWithoutTransaction { db in try Self.transaction(db, body) }
+    }
+
+    public func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T) async throws
+        -> T
+    {
+        try await pool.read { db in
+            let tx = Unchecked(SQLiteMarketTransaction(db: db))
+            return try InlineTaskExecutor.run { try await body(tx.value) }
         }
     }
 
-    public func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) throws -> T) async throws -> T {
-        try await pool.read { db in try body(SQLiteMarketTransaction(db: db)) }
+    /// `body` in one immediate transaction, run to its end on this (GRDB's writer) thread.
+    private static func transaction<T: Sendable>(
+        _ db: Database, _ body: @escaping @Sendable (any MarketTransaction) async throws -> T
+    ) throws -> T {
+        var result: T?
+        try db.inTransaction(.immediate) {
+            let tx = Unchecked(SQLiteMarketTransaction(db: db))
+            result = try InlineTaskExecutor.run { try await body(tx.value) }
+            return .commit
+        }
+        return result!
     }
 
     public func close() async throws {
@@ -77,6 +84,13 @@ public final class SQLiteMarketStore: MarketStore {
         }
         return migrator
     }
+}
+
+/// A value handed to a task that runs on the thread it was made on (`InlineTaskExecutor`):
+/// GRDB's `Database` is not `Sendable`, and needs not be here.
+struct Unchecked<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 /// The schema, shared in shape by both backends (types differ).
@@ -269,7 +283,7 @@ extension TaskRow {
 struct SQLiteMarketTransaction: MarketTransaction {
     let db: Database
 
-    func peer(_ id: PeerID) throws -> PeerRecord? {
+    func peer(_ id: PeerID) async throws -> PeerRecord? {
         try Row.fetchOne(db, cachedSQL: "SELECT * FROM peers WHERE id = ?", arguments: [id.rawValue]).map { row in
             PeerRecord(
                 id: id, keyDocument: row["key_document"], firstSeenMs: row["first_seen"], lastSeenMs: row["last_seen"],
@@ -280,12 +294,12 @@ struct SQLiteMarketTransaction: MarketTransaction {
         }
     }
 
-    func countHandBack(of provider: PeerID) throws {
+    func countHandBack(of provider: PeerID) async throws {
         try db.execute(
             cachedSQL: "UPDATE peers SET hand_backs = hand_backs + 1 WHERE id = ?", arguments: [provider.rawValue])
     }
 
-    func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) throws {
+    func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) async throws {
         try db.execute(
             cachedSQL: """
                 INSERT INTO peers (id, key_document, first_seen, last_seen) VALUES (?, ?, ?, ?)
@@ -293,13 +307,13 @@ struct SQLiteMarketTransaction: MarketTransaction {
                 """, arguments: [id.rawValue, keyDocument, nowMs, nowMs])
     }
 
-    func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) throws {
+    func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) async throws {
         try db.execute(
             cachedSQL: "UPDATE peers SET last_seen = ?, audit_head = coalesce(?, audit_head) WHERE id = ?",
             arguments: [nowMs, auditHead, id.rawValue])
     }
 
-    func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) throws {
+    func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) async throws {
         try db.execute(
             cachedSQL: "UPDATE peers SET rep_s = ?, rep_f = ?, rep_n = ?, rep_at = ?, settled_jobs = ? WHERE id = ?",
             arguments: [
@@ -308,11 +322,11 @@ struct SQLiteMarketTransaction: MarketTransaction {
             ])
     }
 
-    func peerCount() throws -> Int {
+    func peerCount() async throws -> Int {
         try Int.fetchOne(db, cachedSQL: "SELECT count(*) FROM peers") ?? 0
     }
 
-    func silentProviders(lastSeenBefore cutoffMs: Int64) throws -> [PeerID] {
+    func silentProviders(lastSeenBefore cutoffMs: Int64) async throws -> [PeerID] {
         try String.fetchAll(
             db,
             cachedSQL: """
@@ -323,7 +337,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
         ).compactMap { try? PeerID(validating: $0) }
     }
 
-    func insertNonce(peer: String, nonce: String, expiresMs: Int64) throws -> Bool {
+    func insertNonce(peer: String, nonce: String, expiresMs: Int64) async throws -> Bool {
         try db.execute(
             cachedSQL: """
                 INSERT INTO nonces (peer, nonce, expires) VALUES (?, ?, ?)
@@ -332,46 +346,46 @@ struct SQLiteMarketTransaction: MarketTransaction {
         return db.changesCount == 1
     }
 
-    func nonceCount() throws -> Int {
+    func nonceCount() async throws -> Int {
         try Int.fetchOne(db, cachedSQL: "SELECT count(*) FROM nonces") ?? 0
     }
 
-    func purgeNonces(expiredBefore nowMs: Int64) throws -> Int {
+    func purgeNonces(expiredBefore nowMs: Int64) async throws -> Int {
         try db.execute(cachedSQL: "DELETE FROM nonces WHERE expires < ?", arguments: [nowMs])
         return db.changesCount
     }
 
-    func messageResult(peer: PeerID, id: String) throws -> String? {
+    func messageResult(peer: PeerID, id: String) async throws -> String? {
         try String.fetchOne(
             db, cachedSQL: "SELECT result FROM messages WHERE peer = ? AND id = ?", arguments: [peer.rawValue, id])
     }
 
-    func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) throws {
+    func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) async throws {
         try db.execute(
             cachedSQL: "INSERT INTO messages (peer, id, result, at) VALUES (?, ?, ?, ?)",
             arguments: [peer.rawValue, id, result, nowMs])
     }
 
-    func purgeMessages(before cutoffMs: Int64) throws {
+    func purgeMessages(before cutoffMs: Int64) async throws {
         try db.execute(cachedSQL: "DELETE FROM messages WHERE at < ?", arguments: [cutoffMs])
     }
 
-    func balance(_ account: Account) throws -> Credits {
+    func balance(_ account: Account) async throws -> Credits {
         Credits(
             micro: try Int64.fetchOne(
                 db, cachedSQL: "SELECT balance FROM accounts WHERE name = ?", arguments: [account.description])
                 ?? 0)
     }
 
-    func insertMovement(_ movement: Movement, nowMs: Int64) throws {
+    func insertMovement(_ movement: Movement, nowMs: Int64) async throws {
         let debit = movement.from.description
         let credit = movement.to.description
         let amount = movement.amount.micro
         guard amount > 0 else {
             throw MarketError(.invalidAmount, "a ledger movement must be positive, not \(movement.amount)")
         }
-        let from = try balance(movement.from).micro
-        let to = try balance(movement.to).micro
+        let from = try await balance(movement.from).micro
+        let to = try await balance(movement.to).micro
         let (newFrom, overflowFrom) = from.subtractingReportingOverflow(amount)
         let (newTo, overflowTo) = to.addingReportingOverflow(amount)
         guard !overflowFrom, !overflowTo else {
@@ -393,13 +407,13 @@ struct SQLiteMarketTransaction: MarketTransaction {
         try db.execute(cachedSQL: upsert, arguments: [credit, newTo])
     }
 
-    func allMovements() throws -> [(id: Int64, from: String, to: String, amountMicro: Int64)] {
+    func allMovements() async throws -> [(id: Int64, from: String, to: String, amountMicro: Int64)] {
         try Row.fetchAll(db, cachedSQL: "SELECT id, debit, credit, amount FROM ledger ORDER BY id").map {
             (id: $0["id"], from: $0["debit"], to: $0["credit"], amountMicro: $0["amount"])
         }
     }
 
-    func allBalances() throws -> [String: Int64] {
+    func allBalances() async throws -> [String: Int64] {
         var balances: [String: Int64] = [:]
         for row in try Row.fetchAll(db, cachedSQL: "SELECT name, balance FROM accounts") {
             balances[row["name"]] = row["balance"]
@@ -407,7 +421,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
         return balances
     }
 
-    func movements(account: String, limit: Int) throws -> [Movement] {
+    func movements(account: String, limit: Int) async throws -> [Movement] {
         try Row.fetchAll(
             db,
             cachedSQL: "SELECT * FROM ledger WHERE debit = ? OR credit = ? ORDER BY id DESC LIMIT ?",
@@ -422,12 +436,12 @@ struct SQLiteMarketTransaction: MarketTransaction {
         }
     }
 
-    func offer(of provider: PeerID) throws -> Offer? {
+    func offer(of provider: PeerID) async throws -> Offer? {
         try Row.fetchOne(db, cachedSQL: "SELECT * FROM offers WHERE provider = ?", arguments: [provider.rawValue]).map(
             Self.offer)
     }
 
-    func offers() throws -> [Offer] {
+    func offers() async throws -> [Offer] {
         try Row.fetchAll(db, cachedSQL: "SELECT * FROM offers ORDER BY price, created").map(Self.offer)
     }
 
@@ -440,7 +454,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
             pausedUntilMs: row["paused_until"], pausedFor: row["paused_for"])
     }
 
-    func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) throws -> [(
+    func offerCandidates(maxPrice: Credits?, provider: PeerID?, lock: Bool) async throws -> [(
         offer: Offer, busySlots: Int, reputation: Reputation
     )] {
         try Row.fetchAll(
@@ -462,7 +476,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
         }
     }
 
-    func putOffer(_ offer: Offer) throws {
+    func putOffer(_ offer: Offer) async throws {
         try db.execute(
             cachedSQL: """
                 INSERT INTO offers (provider, price, slots, models, min_requester_rep, created, max_ws_bytes, max_ws_files,
@@ -480,22 +494,22 @@ struct SQLiteMarketTransaction: MarketTransaction {
             ])
     }
 
-    func deleteOffer(of provider: PeerID) throws -> Bool {
+    func deleteOffer(of provider: PeerID) async throws -> Bool {
         try db.execute(cachedSQL: "DELETE FROM offers WHERE provider = ?", arguments: [provider.rawValue])
         return db.changesCount > 0
     }
 
-    func busySlots(of provider: PeerID) throws -> Int {
+    func busySlots(of provider: PeerID) async throws -> Int {
         try Int.fetchOne(
             db, cachedSQL: "SELECT count(*) FROM tasks WHERE provider = ? AND state IN ('assigned', 'running')",
             arguments: [provider.rawValue]) ?? 0
     }
 
-    func task(_ id: String, lock: Bool) throws -> MarketTask? {
+    func task(_ id: String, lock: Bool) async throws -> MarketTask? {
         try Row.fetchOne(db, cachedSQL: TaskRow.selectSQL + " WHERE id = ?", arguments: [id]).map(TaskRow.task)
     }
 
-    func insertTask(_ task: MarketTask) throws {
+    func insertTask(_ task: MarketTask) async throws {
         do {
             try db.execute(
                 cachedSQL: TaskRow.sqliteInsert,
@@ -505,13 +519,13 @@ struct SQLiteMarketTransaction: MarketTransaction {
         }
     }
 
-    func updateTask(_ task: MarketTask) throws {
+    func updateTask(_ task: MarketTask) async throws {
         try db.execute(
             cachedSQL: TaskRow.sqliteUpdate,
             arguments: StatementArguments(TaskRow.updateValues(of: task).map(\.databaseValue)))
     }
 
-    func tasks(state: TaskState?, limit: Int) throws -> [MarketTask] {
+    func tasks(state: TaskState?, limit: Int) async throws -> [MarketTask] {
         let limit = min(limit, Int(Int32.max))
         if let state {
             return try Row.fetchAll(
@@ -525,7 +539,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
         .map(TaskRow.task)
     }
 
-    func tasks(of peer: PeerID, states: [TaskState]) throws -> [MarketTask] {
+    func tasks(of peer: PeerID, states: [TaskState]) async throws -> [MarketTask] {
         let marks = states.map { _ in "?" }.joined(separator: ",")
         var arguments: StatementArguments = [peer.rawValue, peer.rawValue]
         for state in states { _ = arguments.append(contentsOf: [state.rawValue]) }
@@ -537,22 +551,22 @@ struct SQLiteMarketTransaction: MarketTransaction {
         ).map(TaskRow.task)
     }
 
-    func tasksDue(nowMs: Int64, limit: Int) throws -> [String] {
+    func tasksDue(nowMs: Int64, limit: Int) async throws -> [String] {
         try String.fetchAll(
             db,
             cachedSQL: "SELECT id FROM tasks WHERE deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?",
             arguments: [nowMs, limit])
     }
 
-    func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) throws {
+    func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) async throws {
         try db.execute(cachedSQL: "UPDATE tasks SET \(kind.rawValue) = ? WHERE id = ?", arguments: [frame, taskID])
     }
 
-    func frame(taskID: String, kind: TaskFrameKind) throws -> String? {
+    func frame(taskID: String, kind: TaskFrameKind) async throws -> String? {
         try String.fetchOne(db, cachedSQL: "SELECT \(kind.rawValue) FROM tasks WHERE id = ?", arguments: [taskID])
     }
 
-    func putBlobChunk(_ chunk: StoredBlobChunk) throws {
+    func putBlobChunk(_ chunk: StoredBlobChunk) async throws {
         try db.execute(
             cachedSQL: """
                 INSERT INTO blob_chunks (task_id, blob, idx, count, sender, bytes, frame) VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -564,33 +578,33 @@ struct SQLiteMarketTransaction: MarketTransaction {
             ])
     }
 
-    func blobChunks(taskID: String, blob: String) throws -> [String] {
+    func blobChunks(taskID: String, blob: String) async throws -> [String] {
         try String.fetchAll(
             db, cachedSQL: "SELECT frame FROM blob_chunks WHERE task_id = ? AND blob = ? ORDER BY idx",
             arguments: [taskID, blob])
     }
 
-    func blobBytes(taskID: String, blob: String, except index: Int) throws -> Int64 {
+    func blobBytes(taskID: String, blob: String, except index: Int) async throws -> Int64 {
         try Int64.fetchOne(
             db,
             cachedSQL: "SELECT coalesce(sum(bytes), 0) FROM blob_chunks WHERE task_id = ? AND blob = ? AND idx <> ?",
             arguments: [taskID, blob, index]) ?? 0
     }
 
-    func blobBytes(sender: PeerID) throws -> Int64 {
+    func blobBytes(sender: PeerID) async throws -> Int64 {
         try Int64.fetchOne(
             db, cachedSQL: "SELECT coalesce(sum(bytes), 0) FROM blob_chunks WHERE sender = ?",
             arguments: [sender.rawValue])
             ?? 0
     }
 
-    func deleteBlobChunks(taskID: String, blob: String?) throws {
+    func deleteBlobChunks(taskID: String, blob: String?) async throws {
         try db.execute(
             cachedSQL: "DELETE FROM blob_chunks WHERE task_id = ? AND (? IS NULL OR blob = ?)",
             arguments: [taskID, blob, blob])
     }
 
-    func taskCounts() throws -> [String: Int] {
+    func taskCounts() async throws -> [String: Int] {
         var counts: [String: Int] = [:]
         for row in try Row.fetchAll(db, cachedSQL: "SELECT state, count(*) AS n FROM tasks GROUP BY state") {
             counts[row["state"]] = row["n"]
@@ -598,17 +612,17 @@ struct SQLiteMarketTransaction: MarketTransaction {
         return counts
     }
 
-    func settledVolume() throws -> Int64 {
+    func settledVolume() async throws -> Int64 {
         try Int64.fetchOne(db, cachedSQL: "SELECT coalesce(sum(price), 0) FROM tasks WHERE state = 'settled'") ?? 0
     }
 
-    func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) throws {
+    func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) async throws {
         try db.execute(
             cachedSQL: "INSERT INTO outcomes (peer, task_id, role, success, at) VALUES (?, ?, ?, ?, ?)",
             arguments: [outcome.peer.rawValue, outcome.taskID, outcome.role, outcome.success, nowMs])
     }
 
-    func outcomes(of peer: PeerID, limit: Int) throws -> [(outcome: ReputationOutcome, atMs: Int64)] {
+    func outcomes(of peer: PeerID, limit: Int) async throws -> [(outcome: ReputationOutcome, atMs: Int64)] {
         try Row.fetchAll(
             db, cachedSQL: "SELECT * FROM outcomes WHERE peer = ? ORDER BY id DESC LIMIT ?",
             arguments: [peer.rawValue, limit]
@@ -620,7 +634,7 @@ struct SQLiteMarketTransaction: MarketTransaction {
         }
     }
 
-    func providerOutcomeCounts() throws -> [(peer: PeerID, successes: Int, failures: Int)] {
+    func providerOutcomeCounts() async throws -> [(peer: PeerID, successes: Int, failures: Int)] {
         try Row.fetchAll(
             db,
             cachedSQL: """
@@ -633,13 +647,13 @@ struct SQLiteMarketTransaction: MarketTransaction {
         }
     }
 
-    func insertTaskEvent(_ event: TaskEventRecord) throws {
+    func insertTaskEvent(_ event: TaskEventRecord) async throws {
         try db.execute(
             cachedSQL: "INSERT INTO task_events (task_id, state, at, created, price) VALUES (?, ?, ?, ?, ?)",
             arguments: [event.taskID, event.state.rawValue, event.atMs, event.createdMs, event.price])
     }
 
-    func taskEvents(sinceMs: Int64) throws -> [TaskEventRecord] {
+    func taskEvents(sinceMs: Int64) async throws -> [TaskEventRecord] {
         try Row.fetchAll(
             db, cachedSQL: "SELECT * FROM task_events WHERE at >= ? ORDER BY at, id", arguments: [sinceMs]
         ).compactMap { row in
@@ -649,18 +663,20 @@ struct SQLiteMarketTransaction: MarketTransaction {
         }
     }
 
-    func savepoint<T>(_ body: () throws -> T) throws -> T {
-        var result: T?
+    func savepoint<T>(_ body: () async throws -> T) async throws -> T {
+        try db.execute(cachedSQL: "SAVEPOINT step")
         do {
-            try db.inSavepoint {
-                result = try body()
-                return .commit
-            }
+            let result = try await body()
+            try db.execute(cachedSQL: "RELEASE SAVEPOINT step")
+            return result
         } catch {
-            // SQLite ends the whole transaction on some errors; GRDB then reports the first error.
+            // SQLite ends the whole transaction on some errors (a full disk, an I/O error).
             guard db.isInsideTransaction else { throw TransactionAborted(error) }
+            do {
+                try db.execute(cachedSQL: "ROLLBACK TO SAVEPOINT step")
+                try db.execute(cachedSQL: "RELEASE SAVEPOINT step")
+            } catch { throw TransactionAborted(error) }
             throw error
         }
-        return result!
     }
 }

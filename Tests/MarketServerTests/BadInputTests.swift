@@ -17,7 +17,7 @@ import Testing
             let carol = TestMarket.newPeer()
             try await market.mint(alice.peerID, 10)
             try await market.mint(bob.peerID, 10)
-            let before = try await market.store.read { (try $0.allBalances(), try $0.allMovements().count) }
+            let before = try await market.store.read { (try await $0.allBalances(), try await $0.allMovements().count) }
             try await market.connect(alice) { a in
                 let now = market.clock.nowMs
                 // Framing and envelope checks.
@@ -101,7 +101,7 @@ import Testing
                 #expect(pong.type == "pong")
             }
             // Only the three accepted actions moved money: escrow lock, then the difference refund.
-            let after = try await market.store.read { (try $0.allBalances(), try $0.allMovements().count) }
+            let after = try await market.store.read { (try await $0.allBalances(), try await $0.allMovements().count) }
             #expect(after.1 == before.1 + 2)
             #expect(after.0["peer:\(bob.peerID)"] == before.0["peer:\(bob.peerID)"])
             #expect(try await market.audit().balanced)
@@ -152,7 +152,7 @@ import Testing
                 #expect(try await connection.refused(.hello, HelloBody(keyDocument: document)) == "auth_failed")
             }
             #expect(
-                try await market.store.read { try $0.peer(alice.peerID) } == nil,
+                try await market.store.read { try await $0.peer(alice.peerID) } == nil,
                 "no failed handshake registered a peer")
         }
     }

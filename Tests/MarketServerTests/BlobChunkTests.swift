@@ -38,7 +38,7 @@ import Testing
                     try await p.ok(
                         .offerAdvertise,
                         AdvertiseBody(price: micro(1), slots: 1, maxWorkspaceBytes: 1 << 20, maxWorkspaceFiles: 10))
-                    #expect(try await market.store.read { try $0.task("ws1", lock: false)?.state } == .assigned)
+                    #expect(try await market.store.read { try await $0.task("ws1", lock: false)?.state } == .assigned)
 
                     // Bad pieces change nothing.
                     #expect(
@@ -69,7 +69,9 @@ import Testing
                                 BlobChunkBody(taskId: "ws1", blob: .workspace, index: 0, count: 1, sealed: Self.piece))
                                 == "not_a_party")
                     }
-                    #expect(try await market.store.read { try $0.blobChunks(taskID: "ws1", blob: "workspace") }.isEmpty)
+                    #expect(
+                        try await market.store.read { try await $0.blobChunks(taskID: "ws1", blob: "workspace") }
+                            .isEmpty)
 
                     // A good piece is kept, a resend of its index replaces it, and it is dropped
                     // when the task re-opens for another provider.
@@ -80,9 +82,12 @@ import Testing
                         .blobChunk,
                         BlobChunkBody(taskId: "ws1", blob: .workspace, index: 0, count: 2, sealed: Self.piece))
                     #expect(
-                        try await market.store.read { try $0.blobChunks(taskID: "ws1", blob: "workspace") }.count == 1)
+                        try await market.store.read { try await $0.blobChunks(taskID: "ws1", blob: "workspace") }.count
+                            == 1)
                     try await p.ok(.jobRejected, ReasonBody(taskId: "ws1", reason: "not today"))
-                    #expect(try await market.store.read { try $0.blobChunks(taskID: "ws1", blob: "workspace") }.isEmpty)
+                    #expect(
+                        try await market.store.read { try await $0.blobChunks(taskID: "ws1", blob: "workspace") }
+                            .isEmpty)
 
                     // A task posted without a workspace takes no pieces.
                     try await r.ok(.taskPost, PostBody(taskId: "plain", maxPrice: micro(2)))
@@ -114,7 +119,7 @@ import Testing
                 try await market.connect(provider) { p in
                     try await p.ok(.offerAdvertise, AdvertiseBody(price: micro(1), slots: 1))
                     try await r.ok(.taskPost, PostBody(taskId: "fu1", maxPrice: micro(2), conversationBytes: 4096))
-                    #expect(try await market.store.read { try $0.task("fu1", lock: false)?.state } == .assigned)
+                    #expect(try await market.store.read { try await $0.task("fu1", lock: false)?.state } == .assigned)
                     func piece(_ blob: BlobChunkBody.Blob, _ sealed: String = Self.piece, count: Int = 1)
                         -> BlobChunkBody
                     {
@@ -138,12 +143,15 @@ import Testing
                             usage: JobUsage(inputTokens: 1, outputTokens: 1)))
                     // Delivered: the requester's pieces are no longer needed, the provider's are.
                     #expect(
-                        try await market.store.read { try $0.blobChunks(taskID: "fu1", blob: "conversation") }.isEmpty)
+                        try await market.store.read { try await $0.blobChunks(taskID: "fu1", blob: "conversation") }
+                            .isEmpty)
                     #expect(
-                        try await market.store.read { try $0.blobChunks(taskID: "fu1", blob: "transcript") }.count == 1)
+                        try await market.store.read { try await $0.blobChunks(taskID: "fu1", blob: "transcript") }.count
+                            == 1)
                     try await r.ok(.jobAccept, TaskRefBody(taskId: "fu1"))
                     #expect(
-                        try await market.store.read { try $0.blobChunks(taskID: "fu1", blob: "transcript") }.isEmpty)
+                        try await market.store.read { try await $0.blobChunks(taskID: "fu1", blob: "transcript") }
+                            .isEmpty)
 
                     // A task posted as no follow-up takes no conversation.
                     try await r.ok(.taskPost, PostBody(taskId: "new1", maxPrice: micro(2)))

@@ -81,7 +81,7 @@ import Testing
             let after = try await market.audit()
             #expect(after.balanced && after.minted == before.minted)
             #expect(after.accountsTotal == before.accountsTotal)
-            let tasks = try await market.store.read { try $0.tasks(state: nil, limit: 10) }
+            let tasks = try await market.store.read { try await $0.tasks(state: nil, limit: 10) }
             #expect(tasks.allSatisfy { $0.state == .cancelled }, "\(tasks.map(\.state))")
         }
     }

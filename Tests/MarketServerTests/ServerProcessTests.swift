@@ -181,7 +181,7 @@ import Testing
         #expect(verify.exitCode == 0)
         let store = try SQLiteMarketStore(path: directory.file("market.sqlite").path)
         let (balance, record) = try await store.read {
-            (try $0.balance(.peer(requester.peerID)), try $0.peer(provider.peerID))
+            await (try $0.balance(.peer(requester.peerID)), try $0.peer(provider.peerID))
         }
         try await store.close()
         #expect(balance == (try Credits(whole: 10)), "everything in escrow went back")

@@ -75,21 +75,21 @@ struct TestMarket: Sendable {
         let book = self.book
         let nowMs = clock.nowMs
         _ = try await store.write {
-            try book.mint(to: peer, amount: try Credits(whole: whole), memo: "test", nowMs: nowMs, in: $0)
+            try await book.mint(to: peer, amount: try Credits(whole: whole), memo: "test", nowMs: nowMs, in: $0)
         }
     }
 
     func balance(_ account: Account) async throws -> Credits {
-        try await store.read { try $0.balance(account) }
+        try await store.read { try await $0.balance(account) }
     }
 
     func task(_ id: String) async throws -> MarketTask? {
-        try await store.read { try $0.task(id, lock: false) }
+        try await store.read { try await $0.task(id, lock: false) }
     }
 
     func audit() async throws -> LedgerAudit {
         let book = self.book
-        return try await store.read { try book.audit(in: $0) }
+        return try await store.read { try await book.audit(in: $0) }
     }
 
     @discardableResult

@@ -35,9 +35,9 @@ import Testing
                 #expect(settlement.state == "open", "back on the book for another provider")
                 #expect(settlement.reason == "the provider went silent")
             }
-            let offers = try await market.store.read { try $0.offers() }
+            let offers = try await market.store.read { try await $0.offers() }
             #expect(offers.isEmpty)
-            let record = try #require(try await market.store.read { try $0.peer(provider.peerID) })
+            let record = try #require(try await market.store.read { try await $0.peer(provider.peerID) })
             #expect(record.reputation.failures == 1 && record.reputation.samples == 1)
             // No one else offers: the task expires and everything in escrow goes back.
             market.clock.advance(seconds: 121)
@@ -59,9 +59,10 @@ import Testing
                     await market.server.sweepOnce()
                 }
             }
-            #expect(try await market.store.read { try $0.offers() }.count == 1)
+            #expect(try await market.store.read { try await $0.offers() }.count == 1)
             #expect(
-                try await market.store.read { try $0.peer(provider.peerID)?.auditHead } == "head-signed-by-the-provider"
+                try await market.store.read { try await $0.peer(provider.peerID)?.auditHead }
+                    == "head-signed-by-the-provider"
             )
         }
     }
@@ -85,10 +86,10 @@ import Testing
             try await session.waitUntilConnected(timeout: .seconds(10))
             try await session.request(.offerAdvertise, AdvertiseBody(price: micro(4), slots: 1))
             try await Task.sleep(for: .seconds(8))
-            #expect(try await market.store.read { try $0.offers() }.count == 1, "the offer outlived the timeout")
+            #expect(try await market.store.read { try await $0.offers() }.count == 1, "the offer outlived the timeout")
             runner.cancel()
             try await Task.sleep(for: .seconds(5))
-            #expect(try await market.store.read { try $0.offers() }.isEmpty, "a silent provider still loses it")
+            #expect(try await market.store.read { try await $0.offers() }.isEmpty, "a silent provider still loses it")
         }
     }
 

@@ -20,7 +20,7 @@ import Testing
     func seeded(_ target: StoreTarget) async throws -> any MarketStore {
         let store = try await target.make(in: directory)
         for peer in Self.peers {
-            try await store.write { try $0.upsertPeer(peer, keyDocument: "{}", nowMs: 0) }
+            try await store.write { try await $0.upsertPeer(peer, keyDocument: "{}", nowMs: 0) }
         }
         return store
     }
@@ -37,7 +37,7 @@ import Testing
                 group.addTask {
                     do {
                         let answer = try await commits.write { tx in
-                            _ = try book.mint(
+                            _ = try await book.mint(
                                 to: Self.peers[index % 4], amount: Self.amount(index), memo: "w", nowMs: 1, in: tx)
                             if index % 5 == 0 { throw Refused() }
                             return index * 10
@@ -54,9 +54,9 @@ import Testing
         for (index, answer) in answers {
             #expect(answer == (index % 5 == 0 ? nil : index * 10), "write \(index) got \(String(describing: answer))")
         }
-        let audit = try await store.read { try book.audit(in: $0) }
+        let audit = try await store.read { try await book.audit(in: $0) }
         #expect(audit.balanced, "\(audit.discrepancies)")
-        let kept = Set(try await store.read { try $0.allMovements().map(\.amountMicro) })
+        let kept = Set(try await store.read { try await $0.allMovements().map(\.amountMicro) })
         let expected = Set((0..<300).filter { $0 % 5 != 0 }.map { Self.amount($0).micro })
         #expect(kept == expected, "only the 240 writes that did not throw were kept")
         #expect(audit.minted.micro == expected.reduce(0, +))
@@ -81,7 +81,7 @@ import Testing
                 group.addTask {
                     do {
                         try await commits.write { tx in
-                            _ = try book.mint(
+                            _ = try await book.mint(
                                 to: Self.peers[index % 4], amount: Self.amount(index), memo: "b", nowMs: 1, in: tx)
                             if index == 7 { throw TransactionAborted(Refused()) }
                         }
@@ -94,11 +94,11 @@ import Testing
             return await group.reduce(into: [String]()) { if let failure = $1 { $0.append(failure) } }
         }
         #expect(failures == Array(repeating: "Refused", count: 10), "every write of the batch failed: \(failures)")
-        #expect(try await store.read { try $0.allMovements().count } == 0, "nothing of the batch was kept")
+        #expect(try await store.read { try await $0.allMovements().count } == 0, "nothing of the batch was kept")
         try await commits.write { tx in
-            _ = try book.mint(to: Self.peers[0], amount: Self.amount(99), memo: "after", nowMs: 2, in: tx)
+            _ = try await book.mint(to: Self.peers[0], amount: Self.amount(99), memo: "after", nowMs: 2, in: tx)
         }
-        #expect(try await store.read { try $0.allMovements().map(\.amountMicro) } == [Self.amount(99).micro])
+        #expect(try await store.read { try await $0.allMovements().map(\.amountMicro) } == [Self.amount(99).micro])
         #expect(commits.committed == (writes: 1, transactions: 1))
     }
 }

@@ -27,8 +27,8 @@ import Testing
         var taskIDs: [String] = []
         for peer in Self.peers {
             try await store.write { tx in
-                try tx.upsertPeer(peer, keyDocument: "{}", nowMs: 0)
-                _ = try book.mint(to: peer, amount: Credits(micro: 1_000_000_000), memo: "seed", nowMs: 0, in: tx)
+                try await tx.upsertPeer(peer, keyDocument: "{}", nowMs: 0)
+                _ = try await book.mint(to: peer, amount: Credits(micro: 1_000_000_000), memo: "seed", nowMs: 0, in: tx)
             }
         }
         let minted = Credits(micro: 6_000_000_000)
@@ -48,51 +48,56 @@ import Testing
             let at = nowMs
             // Mostly the party that may act, sometimes anyone: both paths get exercised.
             if (5...12).contains(operation), Int.random(in: 0..<10, using: &random) < 8,
-                let current = try await store.read({ try $0.task(task, lock: false) })
+                let current = try await store.read({ try await $0.task(task, lock: false) })
             {
                 let byProvider = [5, 6, 7, 10].contains(operation)
                 peer = (byProvider ? current.provider : current.requester) ?? peer
             }
             let actor = peer
-            let before = try await store.read { (try $0.allBalances(), try $0.allMovements().count) }
+            let before = try await store.read { (try await $0.allBalances(), try await $0.allMovements().count) }
             do {
                 try await store.write { tx in
                     switch operation {
                     case 0:
-                        _ = try book.advertise(
+                        _ = try await book.advertise(
                             AdvertiseBody(price: max(price, 1) / 4, slots: Int.random(in: 1...2)), from: actor,
                             nowMs: at, in: tx)
-                    case 1: _ = try book.withdraw(actor, in: tx)
+                    case 1: _ = try await book.withdraw(actor, in: tx)
                     case 2, 3:
                         let body = PostBody(taskId: "t\(step)", maxPrice: price)
                         try body.validate(limits: WireLimits())
-                        _ = try book.post(body, from: actor, nowMs: at, in: tx)
+                        _ = try await book.post(body, from: actor, nowMs: at, in: tx)
                     case 4:
-                        _ = try book.bid(
+                        _ = try await book.bid(
                             BidBody(taskId: task, price: max(price, 1) / 8), from: actor, nowMs: at, in: tx)
-                    case 5: _ = try book.apply(.approve(by: actor), toTask: task, nowMs: at, in: tx)
-                    case 6: _ = try book.apply(.reject(by: actor, reason: "no"), toTask: task, nowMs: at, in: tx)
-                    case 7: _ = try book.apply(.deliver(by: actor, resultHash: hash), toTask: task, nowMs: at, in: tx)
-                    case 8: _ = try book.apply(.accept(by: actor), toTask: task, nowMs: at, in: tx)
-                    case 9: _ = try book.apply(.dispute(by: actor, reason: "bad"), toTask: task, nowMs: at, in: tx)
-                    case 10: _ = try book.apply(.fail(by: actor, reason: "crash"), toTask: task, nowMs: at, in: tx)
-                    case 11: _ = try book.apply(.cancel(by: actor), toTask: task, nowMs: at, in: tx)
+                    case 5: _ = try await book.apply(.approve(by: actor), toTask: task, nowMs: at, in: tx)
+                    case 6: _ = try await book.apply(.reject(by: actor, reason: "no"), toTask: task, nowMs: at, in: tx)
+                    case 7:
+                        _ = try await book.apply(.deliver(by: actor, resultHash: hash), toTask: task, nowMs: at, in: tx)
+                    case 8: _ = try await book.apply(.accept(by: actor), toTask: task, nowMs: at, in: tx)
+                    case 9:
+                        _ = try await book.apply(.dispute(by: actor, reason: "bad"), toTask: task, nowMs: at, in: tx)
+                    case 10:
+                        _ = try await book.apply(.fail(by: actor, reason: "crash"), toTask: task, nowMs: at, in: tx)
+                    case 11: _ = try await book.apply(.cancel(by: actor), toTask: task, nowMs: at, in: tx)
                     case 12:
-                        _ = try book.apply(
+                        _ = try await book.apply(
                             .resolve(forProvider: Bool.random(), memo: "op"), toTask: task, nowMs: at, in: tx)
-                    default: _ = try book.sweep(nowMs: at, in: tx)
+                    default: _ = try await book.sweep(nowMs: at, in: tx)
                     }
                 }
             } catch is MarketError {
                 refusals += 1
-                let after = try await store.read { (try $0.allBalances(), try $0.allMovements().count) }
+                let after = try await store.read { (try await $0.allBalances(), try await $0.allMovements().count) }
                 #expect(
                     after.0 == before.0 && after.1 == before.1, "a refused operation \(operation) changed the books")
             }
-            if operation == 2 || operation == 3, try await store.read({ try $0.task("t\(step)", lock: false) }) != nil {
+            if operation == 2 || operation == 3,
+                try await store.read({ try await $0.task("t\(step)", lock: false) }) != nil
+            {
                 taskIDs.append("t\(step)")
             }
-            let audit = try await store.read { try book.audit(in: $0) }
+            let audit = try await store.read { try await book.audit(in: $0) }
             #expect(audit.balanced, "step \(step): \(audit.discrepancies)")
             #expect(audit.minted == minted)
         }
@@ -101,14 +106,14 @@ import Testing
         for _ in 0..<12 {
             nowMs += 3_600_000
             let at = nowMs
-            _ = try await store.write { try book.sweep(nowMs: at, in: $0) }
+            _ = try await store.write { try await book.sweep(nowMs: at, in: $0) }
         }
         let (tasks, audit) = try await store.read { tx in
-            (try tx.tasks(state: nil, limit: 10_000), try book.audit(in: tx))
+            await (try tx.tasks(state: nil, limit: 10_000), try book.audit(in: tx))
         }
         for task in tasks {
             #expect(task.state.isFinal, "task \(task.id) is still \(task.state)")
-            #expect(try await store.read { try $0.balance(.escrow(taskID: task.id)) } == .zero)
+            #expect(try await store.read { try await $0.balance(.escrow(taskID: task.id)) } == .zero)
         }
         let states = Set(tasks.map(\.state))
         #expect(states.isSuperset(of: [.settled, .refunded]), "the run reached settlement and refunds: \(states)")

@@ -30,24 +30,24 @@ import Testing
         defer { Task { try? await store.close() } }
         let book = MarketBook(rules: MarketRules())
         try await store.write { tx in
-            _ = try book.mint(to: Self.peer, amount: Credits(micro: 5), memo: "seed", nowMs: 0, in: tx)
+            _ = try await book.mint(to: Self.peer, amount: Credits(micro: 5), memo: "seed", nowMs: 0, in: tx)
         }
         do {
-            try await store.write { tx in try (tx as! PostgresMarketTransaction).run(statement) }
+            try await store.write { tx in try await (tx as! PostgresMarketTransaction).run(statement) }
             Issue.record("\(statement) was accepted")
         } catch let error as MarketError {
             #expect(error.code == code, "\(statement): \(error)")
         }
         let movement = Movement(from: .peer(Self.peer), to: .market, amount: Credits(micro: 6), kind: .fee)
         do {
-            try await store.write { try $0.insertMovement(movement, nowMs: 1) }
+            try await store.write { try await $0.insertMovement(movement, nowMs: 1) }
             Issue.record("a movement of more than the account holds was accepted")
         } catch let error as MarketError {
             #expect(error.code == .insufficientFunds && error.message.contains("peer:\(Self.peer) holds"), "\(error)")
         }
-        let balances = try await store.read { try $0.allBalances() }
+        let balances = try await store.read { try await $0.allBalances() }
         #expect(balances["peer:\(Self.peer)"] == 5 && balances["market"] == nil, "nothing moved: \(balances)")
-        #expect(try await store.read { try $0.allMovements().count } == 1)
+        #expect(try await store.read { try await $0.allMovements().count } == 1)
     }
 
     /// Two batches that lock two rows in opposite orders deadlock; PostgreSQL ends one of them
@@ -58,13 +58,13 @@ import Testing
             url: try PostgresTestDatabase.create(), size: 4, logger: Logger(label: "test.postgres"))
         defer { Task { try? await store.close() } }
         try await store.write { tx in
-            try (tx as! PostgresMarketTransaction).run("INSERT INTO accounts VALUES ('x', 0), ('y', 0)")
+            try await (tx as! PostgresMarketTransaction).run("INSERT INTO accounts VALUES ('x', 0), ('y', 0)")
         }
-        @Sendable func bump(_ row: String, wait: Bool) -> @Sendable (any MarketTransaction) throws -> Void {
+        @Sendable func bump(_ row: String, wait: Bool) -> @Sendable (any MarketTransaction) async throws -> Void {
             { tx in
                 let tx = tx as! PostgresMarketTransaction
-                try tx.run("UPDATE accounts SET balance = balance + 1 WHERE name = '\(row)'")
-                if wait { try tx.run("SELECT pg_sleep(0.3)") }
+                try await tx.run("UPDATE accounts SET balance = balance + 1 WHERE name = '\(row)'")
+                if wait { try await tx.run("SELECT pg_sleep(0.3)") }
             }
         }
         // Two group commits, each gathering its two writes into one batch (the wait), in
@@ -79,7 +79,7 @@ import Testing
             group.addTask { try await second.write(bump("x", wait: false)) }
             try await group.waitForAll()
         }
-        let balances = try await store.read { try $0.allBalances() }
+        let balances = try await store.read { try await $0.allBalances() }
         #expect(balances["x"] == 2 && balances["y"] == 2, "\(balances)")
         #expect(first.committed.transactions == 1 && second.committed.transactions == 1)
     }

@@ -94,9 +94,9 @@ import Testing
         // Back to the shape of before: the document column, and a row that has only it.
         try await store.write { tx in
             let tx = tx as! PostgresMarketTransaction
-            try tx.query("ALTER TABLE tasks ADD COLUMN data TEXT")
+            try await tx.query("ALTER TABLE tasks ADD COLUMN data TEXT")
             let task = Self.full
-            try tx.query(
+            try await tx.query(
                 """
                 INSERT INTO tasks (id, requester, provider, state, deadline, created, price, data)
                 VALUES (\(task.id), \(task.requester.rawValue), \(task.provider?.rawValue), \(task.state.rawValue),
@@ -106,38 +106,38 @@ import Testing
         try await store.migrate()
         try await Self.checkMigratedAndRoundTrips(store, expecting: [Self.full])
         let left = try await store.read { tx in
-            try (tx as! PostgresMarketTransaction).query(
+            try await (tx as! PostgresMarketTransaction).query(
                 "SELECT count(*)::INT FROM information_schema.columns WHERE table_name = 'tasks' AND column_name = 'data'"
-            ).rows.first!.decode(Int.self)
+            ).first!.decode(Int.self)
         }
         #expect(left == 0, "the document column is gone")
         // A second start finds nothing to migrate and changes nothing.
         try await store.migrate()
-        #expect(try await store.read { try $0.task("t-full", lock: false) } == Self.full)
+        #expect(try await store.read { try await $0.task("t-full", lock: false) } == Self.full)
     }
 
     /// Every migrated task reads back whole; then a full task changes and reads back whole.
     static func checkMigratedAndRoundTrips(_ store: any MarketStore, expecting tasks: [MarketTask]) async throws {
         for task in tasks {
-            let read = try await store.read { try $0.task(task.id, lock: false) }
+            let read = try await store.read { try await $0.task(task.id, lock: false) }
             #expect(read == task, "\(task.id) after the migration: \(String(describing: read))")
         }
         var new = Self.full
         new.id = "t-new"
         let inserted = new
-        try await store.write { try $0.insertTask(inserted) }
+        try await store.write { try await $0.insertTask(inserted) }
         new.state = .settled
         new.deadlineMs = nil
         new.excluded = []
         new.reason = nil
         new.price = nil
         let changed = new
-        try await store.write { try $0.updateTask(changed) }
-        #expect(try await store.read { try $0.task("t-new", lock: false) } == changed)
-        let listed = try await store.read { try $0.tasks(of: changed.requester, states: [.settled]) }
+        try await store.write { try await $0.updateTask(changed) }
+        #expect(try await store.read { try await $0.task("t-new", lock: false) } == changed)
+        let listed = try await store.read { try await $0.tasks(of: changed.requester, states: [.settled]) }
         #expect(listed == [changed])
         await #expect(throws: MarketError.self, "a second task with the id is refused on both backends") {
-            try await store.write { try $0.insertTask(changed) }
+            try await store.write { try await $0.insertTask(changed) }
         }
     }
 }
