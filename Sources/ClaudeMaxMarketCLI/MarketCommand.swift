@@ -203,7 +203,7 @@ struct MarketVerifyCommand: AsyncParsableCommand {
 
     func run() async throws {
         let book = MarketBook(rules: MarketRules())
-        let audit = try await database.withStore { store in try await store.read { try await book.audit(in: $0) } }
+        let audit = try await database.withStore { try await book.audit(on: $0) }
         if output.json {
             try Output.json(audit)
         } else {
@@ -253,8 +253,8 @@ struct MarketMintCommand: AsyncParsableCommand {
         let book = MarketBook(rules: MarketRules())
         let memo = self.memo
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
-        let balance = try await database.withStore { store in
-            try await store.write { try await book.mint(to: peer, amount: credits, memo: memo, nowMs: nowMs, in: $0) }
+        let balance = try await database.withStore {
+            try await book.mint(to: peer, amount: credits, memo: memo, nowMs: nowMs, on: $0)
         }
         let report = Report(
             peer: peer.rawValue, amount: credits.description, balance: balance.description, balanceMicro: balance.micro)
@@ -290,11 +290,8 @@ struct MarketResolveCommand: AsyncParsableCommand {
         let book = MarketBook(rules: MarketRules())
         let (taskID, forProvider, memo) = (self.taskID, side == "provider", self.memo)
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
-        let transitions = try await database.withStore { store in
-            try await store.write {
-                try await book.apply(
-                    .resolve(forProvider: forProvider, memo: memo), toTask: taskID, nowMs: nowMs, in: $0)
-            }
+        let transitions = try await database.withStore {
+            try await book.apply(.resolve(forProvider: forProvider, memo: memo), toTask: taskID, nowMs: nowMs, on: $0)
         }
         Output.line("task \(taskID) is \(transitions.last?.task.state.rawValue ?? "unchanged")")
     }

@@ -257,3 +257,24 @@ public struct MarketBook: Sendable {
             movements: try await tx.allMovements(), balances: try await tx.allBalances(), finalTasks: finalTasks)
     }
 }
+
+// MARK: Operator commands
+
+/// The operator's commands (`market verify`, `mint`, `resolve`), each one transaction on `store`.
+extension MarketBook {
+    public func audit(on store: any MarketStore) async throws -> LedgerAudit {
+        try await store.read { try await self.audit(in: $0) }
+    }
+
+    public func mint(to peer: PeerID, amount: Credits, memo: String, nowMs: Int64, on store: any MarketStore)
+        async throws -> Credits
+    {
+        try await store.write { try await self.mint(to: peer, amount: amount, memo: memo, nowMs: nowMs, in: $0) }
+    }
+
+    public func apply(_ event: TaskEvent, toTask id: String, nowMs: Int64, on store: any MarketStore) async throws
+        -> [TaskTransition]
+    {
+        try await store.write { try await self.apply(event, toTask: id, nowMs: nowMs, in: $0) }
+    }
+}

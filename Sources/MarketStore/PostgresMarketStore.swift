@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import MarketCore
 import NIOCore
-import NIOPosix
 import PostgresNIO
 import Synchronization
 
