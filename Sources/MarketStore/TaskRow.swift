@@ -1,8 +1,8 @@
 import MarketCore
 
-/// A task as a row: one column per field, the same names and order on both backends, so that
-/// neither reads or writes a JSON document per task. Each backend binds `values(of:)` with its own
-/// placeholders and reads a row back through `task(_:)` from the columns in `columns`' order.
+/// A task as a row: one column per field, so that neither backend reads or writes a JSON
+/// document per task. `values(of:)` binds a task in `columns`' order and `task(_:)` reads a row
+/// of `selectSQL` back.
 enum TaskRow {
     /// The columns, in the order of `values(of:)` and of `Fields`.
     static let columns = [
@@ -15,19 +15,8 @@ enum TaskRow {
     /// Every column of the task, for a WHERE to follow.
     static let selectSQL = "SELECT \(list) FROM tasks"
 
-    /// One value of a task row, as both backends bind it.
-    enum Value: Sendable, Equatable {
-        case text(String)
-        case integer(Int64)
-        case real(Double)
-        case null
-
-        static func optional(_ value: Int64?) -> Value { value.map(Value.integer) ?? .null }
-        static func optional(_ value: String?) -> Value { value.map(Value.text) ?? .null }
-    }
-
     /// The row of `task`, in `columns`' order.
-    static func values(of task: MarketTask) -> [Value] {
+    static func values(of task: MarketTask) -> [SQLValue] {
         [
             .text(task.id), .text(task.requester.rawValue), .integer(task.maxPrice.micro), .integer(task.cap.micro),
             .real(task.minReputation), .optional(task.model), .integer(task.timeoutSeconds), .text(task.state.rawValue),
@@ -90,20 +79,30 @@ enum TaskRow {
         return peers
     }
 
-    /// `UPDATE tasks SET requester = ?, … WHERE id = ?`: every column but the id, then the id,
-    /// with `placeholder(n)` for the n-th value (1-based).
-    static func update(placeholder: (Int) -> String) -> String {
-        let sets = columns.dropFirst().enumerated().map { "\($0.element) = \(placeholder($0.offset + 1))" }
-        return "UPDATE tasks SET \(sets.joined(separator: ", ")) WHERE id = \(placeholder(columns.count))"
-    }
+    /// `UPDATE tasks SET requester = $1, … WHERE id = $23`: every column but the id, then the id.
+    static let updateSQL: SQL = {
+        let sets = columns.dropFirst().enumerated().map { "\($0.element) = $\($0.offset + 1)" }
+        return SQL("UPDATE tasks SET \(sets.joined(separator: ", ")) WHERE id = $\(columns.count)")
+    }()
 
-    /// `INSERT INTO tasks (…) VALUES (…)` with `placeholder(n)` for the n-th value (1-based).
-    static func insert(placeholder: (Int) -> String) -> String {
-        "INSERT INTO tasks (\(list)) VALUES (\((1...columns.count).map(placeholder).joined(separator: ", ")))"
+    static let insertSQL = SQL(
+        "INSERT INTO tasks (\(list)) VALUES (\((1...columns.count).map { "$\($0)" }.joined(separator: ", ")))")
+
+    /// The task of a row selected with `selectSQL`.
+    static func task(_ row: SQLRow) throws -> MarketTask {
+        try task(
+            (
+                try row.text(0), try row.text(1), try row.int64(2), try row.int64(3), try row.double(4),
+                try row.optionalText(5), try row.int64(6), try row.text(7), try row.optionalText(8),
+                try row.optionalInt64(9), try row.int64(10), try row.int64(11), try row.optionalInt64(12),
+                try row.int64(13), try row.int64(14), try row.text(15), try row.optionalText(16),
+                try row.optionalText(17), try row.optionalText(18), try row.optionalInt64(19),
+                try row.optionalInt64(20), try row.optionalInt64(21), try row.optionalInt64(22)
+            ))
     }
 
     /// The values `update` binds: every column but the id, then the id.
-    static func updateValues(of task: MarketTask) -> [Value] {
+    static func updateValues(of task: MarketTask) -> [SQLValue] {
         let values = values(of: task)
         return Array(values.dropFirst()) + [values[0]]
     }

@@ -41,12 +41,12 @@ import Testing
             #expect(try await store.read { try await $0.peerCount() } == 1)
         }
         let prepared = try await store.read { tx in
-            try await (tx as! PostgresMarketTransaction).query(
+            try await (tx as! SQLMarketTransaction).postgres.query(
                 "SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'cmm_%'"
             ).map { try $0.decode((String, String).self) }
         }
         let upserts = prepared.filter { $0.1.hasPrefix("INSERT INTO peers") }
-        let counts = prepared.filter { $0.1 == "SELECT count(*)::INT FROM peers" }
+        let counts = prepared.filter { $0.1 == SQLMarketTransaction.peerCountSQL.postgres }
         #expect(upserts.count == 1 && counts.count == 1, "\(prepared)")
         #expect(prepared.allSatisfy { PreparedStatements.names.contains($0.0) })
     }
