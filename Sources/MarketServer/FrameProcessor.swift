@@ -241,31 +241,43 @@ final class FrameProcessor: Sendable {
             ])
         }
         let action = try action(for: envelope, type: type, text: text)
-        let result = try await commits.write { [book] tx -> StoreOutcome in
-            guard try await tx.insertNonce(peer: peer.rawValue, nonce: envelope.nonce, expiresMs: expires) else {
-                return .replayed
-            }
-            if let previous = try await tx.messageResult(peer: peer, id: envelope.id) { return .duplicate(previous) }
-            do {
-                return try await tx.savepoint {
-                    var output = try await action(book, tx, peer, envelope, nowMs)
-                    let ack = ServerFrames.frame(.ack, output.ack, nowMs: nowMs)
-                    try await tx.recordMessage(peer: peer, id: envelope.id, result: ack, nowMs: nowMs)
-                    output.replies.insert(ack, at: 0)
-                    return .done(output.replies, output.outgoing, output.matched, output.settled)
+        let result: StoreOutcome
+        do {
+            // The nonce, the action and the answer are one write: a refusal undoes all of it (the
+            // write's savepoint in a batch, its transaction when alone), so no savepoint of its
+            // own is needed on the path every accepted frame takes.
+            result = try await commits.write { [book] tx -> StoreOutcome in
+                switch try await tx.claim(
+                    nonce: envelope.nonce, peer: peer, expiresMs: expires, messageID: envelope.id)
+                {
+                case .replayed: return .replayed
+                case .answered(let previous): return .duplicate(previous)
+                case .fresh: break
                 }
-            } catch let error as MarketError {
-                return .refused(error)
+                var output: ActionOutput
+                do { output = try await action(book, tx, peer, envelope, nowMs) } catch let error as MarketError {
+                    throw Refusal(error: error)
+                }
+                let ack = ServerFrames.frame(.ack, output.ack, nowMs: nowMs)
+                try await tx.recordMessage(peer: peer, id: envelope.id, result: ack, nowMs: nowMs)
+                output.replies.insert(ack, at: 0)
+                return .done(output.replies, output.outgoing, output.matched, output.settled)
             }
+        } catch let refusal as Refusal {
+            // A refused frame's nonce is still spent before the refusal is answered, so that the
+            // same frame sent again is a replay, not a second try. (A copy that spent it first
+            // changes nothing of this answer.)
+            _ = try await commits.write {
+                try await $0.insertNonce(peer: peer.rawValue, nonce: envelope.nonce, expiresMs: expires)
+            }
+            nonceCount.add(1, ordering: .relaxed)
+            throw refusal.error
         }
         switch result {
         case .replayed:
             throw MarketError(.replayedNonce, "nonce already used by \(peer): replay refused")
         case .duplicate(let ack):
             return FrameOutput(replies: [ack])
-        case .refused(let error):
-            nonceCount.add(1, ordering: .relaxed)
-            throw error
         case .done(let replies, let outgoing, let matched, let settled):
             nonceCount.add(1, ordering: .relaxed)
             if type != .heartbeat { changes.add(1, ordering: .relaxed) }
@@ -275,10 +287,14 @@ final class FrameProcessor: Sendable {
         }
     }
 
+    /// The market's rules refused a frame's action (not the store failing under it).
+    struct Refusal: Error {
+        let error: MarketError
+    }
+
     enum StoreOutcome: Sendable {
         case replayed
         case duplicate(String)
-        case refused(MarketError)
         case done([String], [(peer: PeerID, text: String)], Int, [String])
     }
 

@@ -150,11 +150,7 @@ public struct MarketBook: Sendable {
     {
         guard let task = try await tx.task(id, lock: true) else { throw MarketError(.unknownTask, "no task \(id)") }
         var standing: ProviderStanding?
-        if let provider = task.provider {
-            standing = ProviderStanding(
-                settledJobs: try await tx.peer(provider)?.settledJobs ?? 0,
-                heldBack: try await tx.balance(.held(provider)))
-        }
+        if let provider = task.provider { standing = try await tx.standing(of: provider) }
         let transition = try machine.apply(event, to: task, nowMs: nowMs, provider: standing)
         try await write(transition, nowMs: nowMs, in: tx)
         var transitions = [transition]

@@ -71,6 +71,8 @@ public protocol MarketTransaction {
     /// Counts one capacity hand-back for the provider.
     func countHandBack(of provider: PeerID) async throws
     func peerCount() async throws -> Int
+    /// What settlement needs of a provider: its settled jobs and what the market holds back of its earnings.
+    func standing(of provider: PeerID) async throws -> ProviderStanding
     /// Peers that have an offer or a task holding a slot and were last seen before `cutoffMs`.
     func silentProviders(lastSeenBefore cutoffMs: Int64) async throws -> [PeerID]
 
@@ -82,6 +84,9 @@ public protocol MarketTransaction {
     func purgeNonces(expiredBefore nowMs: Int64) async throws -> Int
     /// The stored answer to a message id this peer sent before, if any.
     func messageResult(peer: PeerID, id: String) async throws -> String?
+    /// What a frame's transaction does first, in one step: spends the nonce (`insertNonce`) and,
+    /// when it was fresh, looks up the answer to the message id (`messageResult`).
+    func claim(nonce: String, peer: PeerID, expiresMs: Int64, messageID: String) async throws -> FrameClaim
     func recordMessage(peer: PeerID, id: String, result: String, nowMs: Int64) async throws
     func purgeMessages(before cutoffMs: Int64) async throws
 
@@ -150,6 +155,16 @@ public protocol MarketTransaction {
     /// survive (the undo failed, or the database ended the whole transaction), it throws
     /// `TransactionAborted`: nothing of the transaction can commit.
     func savepoint<T>(_ body: () async throws -> T) async throws -> T
+}
+
+/// What became of a frame's nonce and message id (`MarketTransaction.claim`).
+public enum FrameClaim: Sendable, Equatable {
+    /// The nonce is spent now and the message is new.
+    case fresh
+    /// The peer used the nonce before: a replay.
+    case replayed
+    /// A new nonce on a message id already answered (a resend): its stored answer.
+    case answered(String)
 }
 
 /// The transaction is gone, not just one step of it: SQLite rolls a whole transaction back on

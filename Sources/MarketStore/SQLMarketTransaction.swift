@@ -102,6 +102,16 @@ struct SQLMarketTransaction: MarketTransaction {
             ])
     }
 
+    static let standingSQL = SQL(
+        "SELECT (SELECT settled_jobs FROM peers WHERE id = $1), (SELECT balance FROM accounts WHERE name = $2)")
+
+    func standing(of provider: PeerID) async throws -> ProviderStanding {
+        let held = Account.held(provider).description
+        let row = try await one(Self.standingSQL, [.text(provider.rawValue), .text(held)])
+        return ProviderStanding(
+            settledJobs: try row?.optionalInt(0) ?? 0, heldBack: Credits(micro: try row?.optionalInt64(1) ?? 0))
+    }
+
     static let peerCountSQL = SQL("SELECT count(*) FROM peers")
 
     func peerCount() async throws -> Int {
@@ -147,6 +157,32 @@ struct SQLMarketTransaction: MarketTransaction {
 
     func messageResult(peer: PeerID, id: String) async throws -> String? {
         try await one(Self.messageResultSQL, [.text(peer.rawValue), .text(id)])?.text(0)
+    }
+
+    /// PostgreSQL: the nonce and the message's answer in one statement (one round trip); the
+    /// answer is read only when the nonce was fresh. SQLite, which has no writing CTEs, takes two.
+    static let claimSQL = SQL(
+        """
+        WITH spent AS (
+            INSERT INTO nonces (peer, nonce, expires) VALUES ($1, $2, $3) ON CONFLICT (peer, nonce) DO NOTHING RETURNING 1)
+        SELECT (SELECT count(*) FROM spent), (SELECT result FROM messages WHERE peer = $1 AND id = $4)
+        """)
+
+    func claim(nonce: String, peer: PeerID, expiresMs: Int64, messageID: String) async throws -> FrameClaim {
+        let fresh: Bool
+        let answer: String?
+        switch dialect {
+        case .postgres:
+            let row = try await one(
+                Self.claimSQL, [.text(peer.rawValue), .text(nonce), .integer(expiresMs), .text(messageID)])
+            fresh = try row?.int64(0) == 1
+            answer = try row?.optionalText(1)
+        case .sqlite:
+            fresh = try await insertNonce(peer: peer.rawValue, nonce: nonce, expiresMs: expiresMs)
+            answer = fresh ? try await messageResult(peer: peer, id: messageID) : nil
+        }
+        guard fresh else { return .replayed }
+        return answer.map(FrameClaim.answered) ?? .fresh
     }
 
     static let recordMessageSQL = SQL("INSERT INTO messages (peer, id, result, at) VALUES ($1, $2, $3, $4)")

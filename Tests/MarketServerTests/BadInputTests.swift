@@ -184,4 +184,24 @@ import Testing
             #expect(try await market.audit().balanced)
         }
     }
+
+    /// A refused frame changes nothing but its nonce: the same frame again is a replay, not a second
+    /// try (the refusal's nonce is spent in a transaction of its own, before it is answered).
+    @Test func aRefusedFrameSpendsItsNonce() async throws {
+        let alice = TestMarket.newPeer()
+        try await TestMarket.with { market in
+            try await market.mint(alice.peerID, 1)
+            try await market.connect(alice) { connection in
+                let frame = try alice.forged(
+                    type: "task.post", body: "{\"maxPrice\":5000000,\"taskId\":\"r2\"}", ts: market.clock.nowMs,
+                    id: "m2")
+                #expect(try await connection.refusedRaw(frame, ref: "m2") == "insufficient_funds")
+                try await market.mint(alice.peerID, 10)
+                #expect(try await connection.refusedRaw(frame, ref: "m2") == "replayed_nonce")
+            }
+            #expect(try await market.store.read { try await $0.task("r2", lock: false) } == nil)
+            #expect(try await market.balance(.peer(alice.peerID)) == Credits(whole: 11))
+            #expect(try await market.audit().balanced)
+        }
+    }
 }

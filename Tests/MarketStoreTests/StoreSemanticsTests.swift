@@ -119,6 +119,37 @@ import Testing
         #expect(try await store.read { try await $0.allMovements().count } == 81)
     }
 
+    /// A frame's first step: a fresh nonce on a new message, a fresh nonce on a message already
+    /// answered (its answer), and a nonce spent before (a replay, whatever the message), the same
+    /// on both stores; and a provider's standing read in one step.
+    @Test(arguments: StoreTarget.enabled)
+    func aFramesNonceAndMessageAreClaimedInOneStep(target: StoreTarget) async throws {
+        let store = try await seeded(target)
+        defer { Task { try? await store.close() } }
+        let claims = try await store.write { tx in
+            let first = try await tx.claim(nonce: "n1", peer: Self.peer, expiresMs: 100, messageID: "m1")
+            try await tx.recordMessage(peer: Self.peer, id: "m1", result: "ack-1", nowMs: 1)
+            return [
+                first,
+                try await tx.claim(nonce: "n2", peer: Self.peer, expiresMs: 100, messageID: "m1"),
+                try await tx.claim(nonce: "n1", peer: Self.peer, expiresMs: 100, messageID: "m2"),
+                try await tx.claim(nonce: "n1", peer: Self.other, expiresMs: 100, messageID: "m1"),
+            ]
+        }
+        #expect(claims == [.fresh, .answered("ack-1"), .replayed, .fresh], "\(target)")
+        #expect(try await store.read { try await $0.nonceCount() } == 3)
+        let standing = try await store.write { tx in
+            try await tx.upsertPeer(Self.peer, keyDocument: "{}", nowMs: 1)
+            try await tx.updateStanding(Self.peer, reputation: Reputation(), settledJobs: 4)
+            try await tx.insertMovement(
+                Movement(from: .peer(Self.peer), to: .held(Self.peer), amount: Credits(micro: 3), kind: .holdback),
+                nowMs: 2)
+            return (try await tx.standing(of: Self.peer), try await tx.standing(of: Self.other))
+        }
+        #expect(standing.0 == ProviderStanding(settledJobs: 4, heldBack: Credits(micro: 3)), "\(target)")
+        #expect(standing.1 == ProviderStanding(settledJobs: 0, heldBack: .zero), "\(target)")
+    }
+
     /// Both stores record the migrations they applied in one table, and a store opened again on
     /// the same books applies none.
     @Test(arguments: StoreTarget.enabled)
