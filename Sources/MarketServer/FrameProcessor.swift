@@ -195,9 +195,9 @@ final class FrameProcessor: Sendable {
     }
 
     static func assignedFrame(_ task: MarketTask, in tx: some MarketTransaction, nowMs: Int64) async throws -> String? {
-        guard let provider = task.provider, let price = task.price,
-            let requesterRecord = try await tx.peer(task.requester), let providerRecord = try await tx.peer(provider)
-        else { return nil }
+        guard let provider = task.provider, let price = task.price else { return nil }
+        let records = try await tx.peers(task.requester, provider)
+        guard let requesterRecord = records[task.requester], let providerRecord = records[provider] else { return nil }
         let body = AssignedBody(
             taskId: task.id, requester: task.requester.rawValue, provider: provider.rawValue, price: price.micro,
             requesterKeyDocument: requesterRecord.keyDocument, providerKeyDocument: providerRecord.keyDocument)

@@ -83,9 +83,6 @@ public struct MarketBook: Sendable {
     public func post(_ body: PostBody, from requester: PeerID, nowMs: Int64, in tx: some MarketTransaction)
         async throws -> PostOutcome
     {
-        if try await tx.task(body.taskId, lock: false) != nil {
-            throw MarketError(.duplicateTask, "task \(body.taskId) already exists: choose a new taskId")
-        }
         let expiresMs = body.expiresInSeconds.map { $0 * 1000 } ?? rules.openTimeoutMs
         var task = MarketTask(
             id: body.taskId, requester: requester, maxPrice: Credits(micro: body.maxPrice),
@@ -95,20 +92,20 @@ public struct MarketBook: Sendable {
         task.workspaceFiles = body.workspaceFiles
         task.workspaceArchiveBytes = body.workspaceArchiveBytes
         task.conversationBytes = body.conversationBytes
-        let available = try await tx.balance(.peer(requester))
-        guard available >= task.maxPrice else {
-            throw MarketError(
-                .insufficientFunds, "maxPrice \(task.maxPrice) is more than the available balance \(available)")
+        // The insert refuses a task id already taken (`duplicate_task`), and the escrow movement an
+        // account that holds too little: neither needs a read before it.
+        try await tx.insertTask(
+            task, entering: TaskEventRecord(taskID: task.id, state: .open, atMs: nowMs, createdMs: nowMs, price: nil))
+        do {
+            try await tx.insertMovement(
+                Movement(
+                    from: .peer(requester), to: .escrow(taskID: task.id), amount: task.maxPrice, kind: .escrowLock,
+                    taskID: task.id),
+                nowMs: nowMs)
+        } catch let error as MarketError where error.code == .insufficientFunds {
+            throw MarketError(.insufficientFunds, "maxPrice \(task.maxPrice) cannot go into escrow: \(error.message)")
         }
-        try await tx.insertTask(task)
-        try await tx.insertTaskEvent(
-            TaskEventRecord(taskID: task.id, state: .open, atMs: nowMs, createdMs: nowMs, price: nil))
-        try await tx.insertMovement(
-            Movement(
-                from: .peer(requester), to: .escrow(taskID: task.id), amount: task.maxPrice, kind: .escrowLock,
-                taskID: task.id),
-            nowMs: nowMs)
-        if let assignment = try await matchOpenTask(task.id, nowMs: nowMs, only: nil, in: tx) {
+        if let assignment = try await matchOpenTask(task, nowMs: nowMs, only: nil, in: tx) {
             return PostOutcome(task: assignment.task, assignment: assignment, whyUnmatched: nil)
         }
         let why = Matching.whyNoMatch(
@@ -154,7 +151,9 @@ public struct MarketBook: Sendable {
         let transition = try machine.apply(event, to: task, nowMs: nowMs, provider: standing)
         try await write(transition, nowMs: nowMs, in: tx)
         var transitions = [transition]
-        if transition.reopened, let rematch = try await matchOpenTask(id, nowMs: nowMs, only: nil, in: tx) {
+        if transition.reopened,
+            let rematch = try await matchOpenTask(transition.task, nowMs: nowMs, only: nil, in: tx)
+        {
             transitions.append(rematch)
         }
         return transitions
@@ -194,7 +193,15 @@ public struct MarketBook: Sendable {
     func matchOpenTask(_ id: String, nowMs: Int64, only provider: PeerID?, in tx: some MarketTransaction)
         async throws -> TaskTransition?
     {
-        guard let task = try await tx.task(id, lock: true), task.state == .open else { return nil }
+        guard let task = try await tx.task(id, lock: true) else { return nil }
+        return try await matchOpenTask(task, nowMs: nowMs, only: provider, in: tx)
+    }
+
+    /// The same for a task this transaction holds already (read with its lock, or inserted).
+    func matchOpenTask(_ task: MarketTask, nowMs: Int64, only provider: PeerID?, in tx: some MarketTransaction)
+        async throws -> TaskTransition?
+    {
+        guard task.state == .open else { return nil }
         let pool = try await candidates(in: tx, nowMs: nowMs, maxPrice: task.cap, provider: provider, lock: true)
         let requesterScore = try await reputationScore(of: task.requester, nowMs: nowMs, in: tx)
         guard let best = Matching.best(among: pool, for: task, requesterReputation: requesterScore) else { return nil }
@@ -222,22 +229,34 @@ public struct MarketBook: Sendable {
 
     /// Writes one transition: the task, its ledger rows, the outcomes and the provider's count.
     func write(_ transition: TaskTransition, nowMs: Int64, in tx: some MarketTransaction) async throws {
-        try await tx.updateTask(transition.task)
-        if transition.task.state != transition.before {
-            try await tx.insertTaskEvent(
-                TaskEventRecord(
-                    taskID: transition.task.id, state: transition.task.state, atMs: nowMs,
-                    createdMs: transition.task.createdMs, price: transition.task.price?.micro))
-        }
+        let task = transition.task
+        try await tx.updateTask(
+            task,
+            entering: task.state == transition.before
+                ? nil
+                : TaskEventRecord(
+                    taskID: task.id, state: task.state, atMs: nowMs, createdMs: task.createdMs,
+                    price: task.price?.micro))
         for movement in transition.movements { try await tx.insertMovement(movement, nowMs: nowMs) }
         if let provider = transition.handedBackBy { try await tx.countHandBack(of: provider) }
+        // A task's outcomes are its parties': their records in one read.
+        var records: [PeerID: PeerRecord] = [:]
+        if let first = transition.outcomes.first, let last = transition.outcomes.last {
+            records = try await tx.peers(first.peer, last.peer)
+        }
         for outcome in transition.outcomes {
-            try await tx.insertOutcome(outcome, nowMs: nowMs)
-            guard let record = try await tx.peer(outcome.peer) else { continue }
-            let reputation = record.reputation.recording(
+            var found = records[outcome.peer]
+            if found == nil { found = try await tx.peer(outcome.peer) }
+            guard var record = found else {
+                try await tx.insertOutcome(outcome, nowMs: nowMs)
+                continue
+            }
+            record.reputation = record.reputation.recording(
                 success: outcome.success, atMs: nowMs, halfLifeMs: rules.reputationHalfLifeMs)
-            let settled = record.settledJobs + (transition.providerSettled && outcome.role == "provider" ? 1 : 0)
-            try await tx.updateStanding(outcome.peer, reputation: reputation, settledJobs: settled)
+            record.settledJobs += transition.providerSettled && outcome.role == "provider" ? 1 : 0
+            records[outcome.peer] = record
+            try await tx.recordOutcome(
+                outcome, nowMs: nowMs, reputation: record.reputation, settledJobs: record.settledJobs)
         }
     }
 

@@ -65,6 +65,8 @@ public struct MarketCounts: Sendable, Equatable, Codable {
 public protocol MarketTransaction {
     // Peers
     func peer(_ id: PeerID) async throws -> PeerRecord?
+    /// Two peers in one step (a task's parties), by id; the same id twice reads one.
+    func peers(_ first: PeerID, _ second: PeerID) async throws -> [PeerID: PeerRecord]
     func upsertPeer(_ id: PeerID, keyDocument: String, nowMs: Int64) async throws
     func touchPeer(_ id: PeerID, nowMs: Int64, auditHead: String?) async throws
     func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) async throws
@@ -116,8 +118,10 @@ public protocol MarketTransaction {
     // Tasks
     /// With `lock`, the row stays locked until the transaction ends.
     func task(_ id: String, lock: Bool) async throws -> MarketTask?
-    func insertTask(_ task: MarketTask) async throws
-    func updateTask(_ task: MarketTask) async throws
+    /// Inserts the task and, with `event`, the row of the state it enters, in one step.
+    func insertTask(_ task: MarketTask, entering event: TaskEventRecord?) async throws
+    /// Updates the task and, with `event`, records the state it enters, in one step.
+    func updateTask(_ task: MarketTask, entering event: TaskEventRecord?) async throws
     func tasks(state: TaskState?, limit: Int) async throws -> [MarketTask]
     func tasks(of peer: PeerID, states: [TaskState]) async throws -> [MarketTask]
     /// Ids of non-final tasks whose deadline is at or before `nowMs`, oldest deadline first.
@@ -139,6 +143,9 @@ public protocol MarketTransaction {
 
     // Reputation history
     func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) async throws
+    /// `insertOutcome` and `updateStanding` of the outcome's peer, in one step.
+    func recordOutcome(_ outcome: ReputationOutcome, nowMs: Int64, reputation: Reputation, settledJobs: Int)
+        async throws
     func outcomes(of peer: PeerID, limit: Int) async throws -> [(outcome: ReputationOutcome, atMs: Int64)]
 
     /// Every provider that has an outcome: its successes and failures as a provider.
@@ -155,6 +162,11 @@ public protocol MarketTransaction {
     /// survive (the undo failed, or the database ended the whole transaction), it throws
     /// `TransactionAborted`: nothing of the transaction can commit.
     func savepoint<T>(_ body: () async throws -> T) async throws -> T
+}
+
+extension MarketTransaction {
+    public func insertTask(_ task: MarketTask) async throws { try await insertTask(task, entering: nil) }
+    public func updateTask(_ task: MarketTask) async throws { try await updateTask(task, entering: nil) }
 }
 
 /// What became of a frame's nonce and message id (`MarketTransaction.claim`).

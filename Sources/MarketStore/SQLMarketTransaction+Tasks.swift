@@ -10,16 +10,27 @@ extension SQLMarketTransaction {
         try await one(lock ? Self.lockedTaskSQL : Self.taskSQL, [.text(id)]).map(TaskRow.task)
     }
 
-    func insertTask(_ task: MarketTask) async throws {
+    static let insertEnteringSQL = SQL.Pair(TaskRow.insertSQL, then: insertTaskEventSQL)
+    static let updateEnteringSQL = SQL.Pair(TaskRow.updateSQL, then: insertTaskEventSQL)
+
+    func insertTask(_ task: MarketTask, entering event: TaskEventRecord?) async throws {
         do {
-            try await rows(TaskRow.insertSQL, TaskRow.values(of: task))
+            if let event {
+                try await write(Self.insertEnteringSQL, TaskRow.values(of: task), Self.values(of: event))
+            } else {
+                try await rows(TaskRow.insertSQL, TaskRow.values(of: task))
+            }
         } catch  where session.failure(of: error) == .duplicate {
             throw MarketError(.duplicateTask, "task \(task.id) already exists: choose a new taskId")
         }
     }
 
-    func updateTask(_ task: MarketTask) async throws {
-        try await rows(TaskRow.updateSQL, TaskRow.updateValues(of: task))
+    func updateTask(_ task: MarketTask, entering event: TaskEventRecord?) async throws {
+        if let event {
+            try await write(Self.updateEnteringSQL, TaskRow.updateValues(of: task), Self.values(of: event))
+        } else {
+            try await rows(TaskRow.updateSQL, TaskRow.updateValues(of: task))
+        }
     }
 
     static let tasksInStateSQL = SQL(TaskRow.selectSQL + " WHERE state = $1 ORDER BY created LIMIT $2")
@@ -139,13 +150,25 @@ extension SQLMarketTransaction {
     static let insertOutcomeSQL = SQL(
         "INSERT INTO outcomes (peer, task_id, role, success, at) VALUES ($1, $2, $3, $4, $5)")
 
+    static func values(of outcome: ReputationOutcome, nowMs: Int64) -> [SQLValue] {
+        [
+            .text(outcome.peer.rawValue), .text(outcome.taskID), .text(outcome.role), .boolean(outcome.success),
+            .integer(nowMs),
+        ]
+    }
+
     func insertOutcome(_ outcome: ReputationOutcome, nowMs: Int64) async throws {
-        try await rows(
-            Self.insertOutcomeSQL,
-            [
-                .text(outcome.peer.rawValue), .text(outcome.taskID), .text(outcome.role), .boolean(outcome.success),
-                .integer(nowMs),
-            ])
+        try await rows(Self.insertOutcomeSQL, Self.values(of: outcome, nowMs: nowMs))
+    }
+
+    static let recordOutcomeSQL = SQL.Pair(insertOutcomeSQL, then: updateStandingSQL)
+
+    func recordOutcome(_ outcome: ReputationOutcome, nowMs: Int64, reputation: Reputation, settledJobs: Int)
+        async throws
+    {
+        try await write(
+            Self.recordOutcomeSQL, Self.values(of: outcome, nowMs: nowMs),
+            Self.standingValues(outcome.peer, reputation: reputation, settledJobs: settledJobs))
     }
 
     static let outcomesSQL = SQL(
@@ -179,13 +202,15 @@ extension SQLMarketTransaction {
     static let insertTaskEventSQL = SQL(
         "INSERT INTO task_events (task_id, state, at, created, price) VALUES ($1, $2, $3, $4, $5)")
 
+    static func values(of event: TaskEventRecord) -> [SQLValue] {
+        [
+            .text(event.taskID), .text(event.state.rawValue), .integer(event.atMs), .integer(event.createdMs),
+            .optional(event.price),
+        ]
+    }
+
     func insertTaskEvent(_ event: TaskEventRecord) async throws {
-        try await rows(
-            Self.insertTaskEventSQL,
-            [
-                .text(event.taskID), .text(event.state.rawValue), .integer(event.atMs), .integer(event.createdMs),
-                .optional(event.price),
-            ])
+        try await rows(Self.insertTaskEventSQL, Self.values(of: event))
     }
 
     static let taskEventsSQL = SQL(

@@ -58,13 +58,34 @@ struct SQLMarketTransaction: MarketTransaction {
 
     func peer(_ id: PeerID) async throws -> PeerRecord? {
         guard let row = try await one(Self.peerSQL, [.text(id.rawValue)]) else { return nil }
-        return PeerRecord(
+        return try Self.peer(id, row)
+    }
+
+    /// The peer in a row's first ten columns (`peerSQL`'s).
+    static func peer(_ id: PeerID, _ row: SQLRow) throws -> PeerRecord {
+        PeerRecord(
             id: id, keyDocument: try row.text(0), firstSeenMs: try row.int64(1), lastSeenMs: try row.int64(2),
             auditHead: try row.optionalText(3),
             reputation: Reputation(
                 successes: try row.double(4), failures: try row.double(5), samples: try row.int(6),
                 atMs: try row.int64(7)),
             settledJobs: try row.int(8), handBacks: try row.int(9))
+    }
+
+    static let peersSQL = SQL(
+        """
+        SELECT key_document, first_seen, last_seen, audit_head, rep_s, rep_f, rep_n, rep_at, settled_jobs, hand_backs, id
+        FROM peers WHERE id = $1 OR id = $2
+        """)
+
+    func peers(_ first: PeerID, _ second: PeerID) async throws -> [PeerID: PeerRecord] {
+        var records: [PeerID: PeerRecord] = [:]
+        for row in try await rows(Self.peersSQL, [.text(first.rawValue), .text(second.rawValue)]) {
+            let id = try row.text(10)
+            guard let peer = [first, second].first(where: { $0.rawValue == id }) else { continue }
+            records[peer] = try Self.peer(peer, row)
+        }
+        return records
     }
 
     static let countHandBackSQL = SQL("UPDATE peers SET hand_backs = hand_backs + 1 WHERE id = $1")
@@ -93,13 +114,16 @@ struct SQLMarketTransaction: MarketTransaction {
     static let updateStandingSQL = SQL(
         "UPDATE peers SET rep_s = $1, rep_f = $2, rep_n = $3, rep_at = $4, settled_jobs = $5 WHERE id = $6")
 
+    static func standingValues(_ id: PeerID, reputation: Reputation, settledJobs: Int) -> [SQLValue] {
+        [
+            .real(reputation.successes), .real(reputation.failures), .int(reputation.samples),
+            .integer(reputation.atMs), .int(settledJobs), .text(id.rawValue),
+        ]
+    }
+
     func updateStanding(_ id: PeerID, reputation: Reputation, settledJobs: Int) async throws {
         try await rows(
-            Self.updateStandingSQL,
-            [
-                .real(reputation.successes), .real(reputation.failures), .int(reputation.samples),
-                .integer(reputation.atMs), .int(settledJobs), .text(id.rawValue),
-            ])
+            Self.updateStandingSQL, Self.standingValues(id, reputation: reputation, settledJobs: settledJobs))
     }
 
     static let standingSQL = SQL(
@@ -330,6 +354,17 @@ struct SQLMarketTransaction: MarketTransaction {
 
     func busySlots(of provider: PeerID) async throws -> Int {
         try await one(Self.busySlotsSQL, [.text(provider.rawValue)])?.int(0) ?? 0
+    }
+
+    /// Two writes in one step: one round trip on PostgreSQL (`SQL.Pair`), two statements on SQLite.
+    func write(_ pair: SQL.Pair, _ first: [SQLValue], _ second: [SQLValue]) async throws {
+        switch dialect {
+        case .postgres:
+            try await rows(pair.joined, first + second)
+        case .sqlite:
+            try await rows(pair.first, first)
+            try await rows(pair.second, second)
+        }
     }
 
     // MARK: Savepoints

@@ -36,6 +36,59 @@ struct SQL: Sendable, Hashable {
         }
     }
 
+    /// Two writes as one statement on PostgreSQL (`WITH step AS (first) second`, the second's
+    /// parameters numbered after the first's: one round trip) and two on SQLite, which has no
+    /// writing CTEs. Only for writes that do not read each other's rows: PostgreSQL runs both
+    /// parts of one statement on the same snapshot.
+    struct Pair: Sendable {
+        let first: SQL
+        let second: SQL
+        /// The first statement's parameters: the values of the first come first.
+        let split: Int
+        let joined: SQL
+
+        init(_ first: SQL, then second: SQL) {
+            self.first = first
+            self.second = second
+            split = first.highestParameter
+            joined = SQL(
+                postgres: "WITH step AS (\(first.postgres)) \(second.shifted(by: split))", sqlite: "")
+        }
+    }
+
+    /// The highest `$n` the statement names.
+    var highestParameter: Int {
+        var highest = 0
+        Self.scanParameters(postgres) { highest = max(highest, $0) }
+        return highest
+    }
+
+    /// The PostgreSQL text with every `$n` as `$(n + offset)`.
+    func shifted(by offset: Int) -> String {
+        var result = ""
+        var rest = Substring(postgres)
+        while let dollar = rest.firstIndex(of: "$") {
+            result += rest[..<dollar]
+            let digits = rest[rest.index(after: dollar)...].prefix { $0.isASCII && $0.isNumber }
+            if let number = Int(digits) {
+                result += "$\(number + offset)"
+            } else {
+                result += "$"
+            }
+            rest = rest[rest.index(dollar, offsetBy: 1 + digits.count)...]
+        }
+        return result + rest
+    }
+
+    private static func scanParameters(_ text: String, _ found: (Int) -> Void) {
+        var rest = Substring(text)
+        while let dollar = rest.firstIndex(of: "$") {
+            let digits = rest[rest.index(after: dollar)...].prefix { $0.isASCII && $0.isNumber }
+            if let number = Int(digits) { found(number) }
+            rest = rest[rest.index(dollar, offsetBy: 1 + digits.count)...]
+        }
+    }
+
     /// `$n` as `?n`: SQLite reads `$1` as a parameter *named* "$1", numbered by first appearance.
     static func sqliteParameters(_ text: String) -> String {
         var result = ""

@@ -150,6 +150,54 @@ import Testing
         #expect(standing.1 == ProviderStanding(settledJobs: 0, heldBack: .zero), "\(target)")
     }
 
+    /// The writes that go as one statement on PostgreSQL (`SQL.Pair`) land whole on both stores: a
+    /// task with the state it enters, an outcome with its peer's standing; a duplicate task leaves
+    /// no event behind; two peers are read in one step.
+    @Test(arguments: StoreTarget.enabled)
+    func pairedWritesLandWhole(target: StoreTarget) async throws {
+        let store = try await target.make(in: directory)
+        defer { Task { try? await store.close() } }
+        var task = MarketTask(
+            id: "t-2", requester: Self.peer, maxPrice: Credits(micro: 3), minReputation: 0, model: nil,
+            timeoutSeconds: 60, createdMs: 1, deadlineMs: 100)
+        let opened = TaskEventRecord(taskID: "t-2", state: .open, atMs: 1, createdMs: 1, price: nil)
+        try await store.write { [task] in try await $0.insertTask(task, entering: opened) }
+        do {
+            try await store.write { [task] in try await $0.insertTask(task, entering: opened) }
+            Issue.record("\(target): a duplicate task was accepted")
+        } catch let error as MarketError {
+            #expect(error.code == .duplicateTask, "\(error)")
+        }
+        task.state = .cancelled
+        let cancelled = TaskEventRecord(taskID: "t-2", state: .cancelled, atMs: 5, createdMs: 1, price: 2)
+        try await store.write { [task] in try await $0.updateTask(task, entering: cancelled) }
+        #expect(try await store.read { try await $0.task("t-2", lock: false) } == task)
+        #expect(try await store.read { try await $0.taskEvents(sinceMs: 0) } == [opened, cancelled], "\(target)")
+
+        let outcome = ReputationOutcome(peer: Self.peer, success: true, taskID: "t-2", role: "provider")
+        let reputation = Reputation(successes: 1, failures: 0, samples: 1, atMs: 5)
+        let records = try await store.write { tx in
+            try await tx.upsertPeer(Self.peer, keyDocument: "{\"p\":1}", nowMs: 1)
+            try await tx.upsertPeer(Self.other, keyDocument: "{\"p\":2}", nowMs: 1)
+            try await tx.recordOutcome(outcome, nowMs: 5, reputation: reputation, settledJobs: 1)
+            return try await tx.peers(Self.peer, Self.other)
+        }
+        #expect(records[Self.peer]?.reputation == reputation && records[Self.peer]?.settledJobs == 1, "\(target)")
+        #expect(records[Self.other]?.keyDocument == "{\"p\":2}" && records.count == 2)
+        #expect(try await store.read { try await $0.peers(Self.other, Self.other).keys.sorted() } == [Self.other])
+        let outcomes = try await store.read { try await $0.outcomes(of: Self.peer, limit: 5) }
+        #expect(outcomes.map(\.outcome) == [outcome] && outcomes.map(\.atMs) == [5])
+    }
+
+    /// A pair's second statement is numbered after its first: `$n` moves, `$$` and text stay.
+    @Test func aPairNumbersItsSecondStatementAfterItsFirst() {
+        let pair = SQL.Pair(SQL("UPDATE a SET x = $1 WHERE id = $2"), then: SQL("INSERT INTO b VALUES ($1, '$', $10)"))
+        #expect(pair.split == 2)
+        #expect(
+            pair.joined.postgres
+                == "WITH step AS (UPDATE a SET x = $1 WHERE id = $2) INSERT INTO b VALUES ($3, '$', $12)")
+    }
+
     /// Both stores record the migrations they applied in one table, and a store opened again on
     /// the same books applies none.
     @Test(arguments: StoreTarget.enabled)
