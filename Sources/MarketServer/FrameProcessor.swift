@@ -346,7 +346,8 @@ final class FrameProcessor: Sendable {
                 if let assignment = outcome.assignment {
                     try await Self.notify([assignment], into: &output, in: tx, nowMs: nowMs)
                 } else {
-                    try await Self.broadcastOpen(outcome.task, into: &output, in: tx, nowMs: nowMs)
+                    try await Self.broadcastOpen(
+                        outcome.task, to: outcome.offeredBy, into: &output, in: tx, nowMs: nowMs)
                 }
                 return output
             }
@@ -563,21 +564,22 @@ final class FrameProcessor: Sendable {
         }
     }
 
-    /// An open task goes to every provider with a standing offer (the hub drops it for those not connected).
+    /// An open task goes to every provider with a standing offer (the hub drops it for those not
+    /// connected): `providers` when the caller has read them already.
     static func broadcastOpen(
-        _ task: MarketTask, into output: inout ActionOutput, in tx: some MarketTransaction, nowMs: Int64
-    )
-        async throws
-    {
+        _ task: MarketTask, to providers: [PeerID]? = nil, into output: inout ActionOutput,
+        in tx: some MarketTransaction, nowMs: Int64
+    ) async throws {
         let body = OpenTaskBody(
             taskId: task.id, requester: task.requester.rawValue, maxPrice: task.cap.micro,
             minReputation: task.minReputation,
             model: task.model, timeoutSeconds: task.timeoutSeconds, expiresMs: task.deadlineMs,
             workspaceBytes: task.workspaceBytes, workspaceFiles: task.workspaceFiles)
         let frame = ServerFrames.frame(.taskOpen, body, nowMs: nowMs)
-        for offer in try await tx.offers()
-        where offer.provider != task.requester && !task.excluded.contains(offer.provider) {
-            output.outgoing.append((offer.provider, frame))
+        let recipients: [PeerID]
+        if let providers { recipients = providers } else { recipients = try await tx.offers().map(\.provider) }
+        for provider in recipients where provider != task.requester && !task.excluded.contains(provider) {
+            output.outgoing.append((provider, frame))
         }
     }
 

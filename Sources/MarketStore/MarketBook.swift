@@ -22,6 +22,9 @@ public struct MarketBook: Sendable {
         public var assignment: TaskTransition?
         /// Why no standing offer fitted, for the requester.
         public var whyUnmatched: String?
+        /// Unmatched: the providers of every standing offer (read for `whyUnmatched`), whom the
+        /// open task goes to.
+        public var offeredBy: [PeerID] = []
     }
 
     // MARK: Money
@@ -108,10 +111,11 @@ public struct MarketBook: Sendable {
         if let assignment = try await matchOpenTask(task, nowMs: nowMs, only: nil, in: tx) {
             return PostOutcome(task: assignment.task, assignment: assignment, whyUnmatched: nil)
         }
+        let standing = try await candidates(in: tx, nowMs: nowMs)
         let why = Matching.whyNoMatch(
-            among: try await candidates(in: tx, nowMs: nowMs), for: task,
+            among: standing, for: task,
             requesterReputation: try await reputationScore(of: requester, nowMs: nowMs, in: tx))
-        return PostOutcome(task: task, assignment: nil, whyUnmatched: why)
+        return PostOutcome(task: task, assignment: nil, whyUnmatched: why, offeredBy: standing.map(\.offer.provider))
     }
 
     /// `bid.place`: the first valid bid on an open task wins it.
