@@ -48,16 +48,8 @@ final class ServerProcess: @unchecked Sendable {
         return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    /// The same to the nanosecond, from every thread's scheduler statistics (`cpuSeconds` counts
-    /// clock ticks of 10 ms, too coarse for one burst).
-    var preciseCPUSeconds: Double {
-        let tasks = "/proc/\(process.processIdentifier)/task"
-        let threads = (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? []
-        return threads.reduce(0) { sum, thread in
-            let stat = (try? String(contentsOfFile: "\(tasks)/\(thread)/schedstat", encoding: .utf8)) ?? ""
-            return sum + (Double(stat.split(separator: " ").first ?? "") ?? 0) / 1e9
-        }
-    }
+    /// The same to the nanosecond (`cpuSeconds` counts clock ticks of 10 ms, too coarse for one burst).
+    var preciseCPUSeconds: Double { threadCPUSeconds(of: "\(process.processIdentifier)") }
 
     var rssMB: Double {
         let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
@@ -72,6 +64,17 @@ final class ServerProcess: @unchecked Sendable {
         if ProcessInfo.processInfo.environment["CMM_BENCH_KEEP_LOGS"] == nil {
             try? FileManager.default.removeItem(at: directory)
         }
+    }
+}
+
+/// A process's CPU time to the nanosecond, summed over its threads' scheduler statistics
+/// (`self` for this one).
+func threadCPUSeconds(of pid: String) -> Double {
+    let tasks = "/proc/\(pid)/task"
+    let threads = (try? FileManager.default.contentsOfDirectory(atPath: tasks)) ?? []
+    return threads.reduce(0) { sum, thread in
+        let stat = (try? String(contentsOfFile: "\(tasks)/\(thread)/schedstat", encoding: .utf8)) ?? ""
+        return sum + (Double(stat.split(separator: " ").first ?? "") ?? 0) / 1e9
     }
 }
 
@@ -245,7 +248,7 @@ func marketBenchmarks() async throws {
     defer { fanServer.stop() }
     let idleRSS = fanServer.rssMB
     let peers = Int(ProcessInfo.processInfo.environment["CMM_BENCH_PEERS"] ?? "1000") ?? 1000
-    let rounds = ProcessInfo.processInfo.environment["CMM_BENCH_QUICK"] == nil ? 5 : 2
+    let rounds = scaled(5, quick: 2)
     let poster = KeyRing.inMemory(sealing: sealing)
     try await mint([poster.peerID], fanServer.sqlite)
     let fanURL = fanServer.url
@@ -254,6 +257,7 @@ func marketBenchmarks() async throws {
     let arrivals = LockedBox<[[ContinuousClock.Instant]]>(Array(repeating: [], count: rounds))
     let posted = LockedBox<[ContinuousClock.Instant]>([])
     let serverCPU = LockedBox<[Double]>([])
+    let clientCPU = LockedBox<[Double]>([])
     var connectedRSS = 0.0
     try await withThrowingTaskGroup(of: Void.self) { group in
         for _ in 0..<peers {
@@ -277,11 +281,12 @@ func marketBenchmarks() async throws {
         connectedRSS = fanServer.rssMB
         try await MarketConnection.with(url: fanURL, keys: poster) { r in
             for round in 0..<rounds {
-                let cpuBefore = fanServer.preciseCPUSeconds
+                let cpuBefore = (fanServer.preciseCPUSeconds, threadCPUSeconds(of: "self"))
                 posted.append(ContinuousClock.now)
                 try await r.request(.taskPost, PostBody(taskId: "fan\(round)", maxPrice: 1_000_000)).throwIfError()
                 while arrivals.value[round].count < peers { try await Task.sleep(for: .milliseconds(5)) }
-                serverCPU.append(fanServer.preciseCPUSeconds - cpuBefore)
+                serverCPU.append(fanServer.preciseCPUSeconds - cpuBefore.0)
+                clientCPU.append(threadCPUSeconds(of: "self") - cpuBefore.1)
                 try await Task.sleep(for: .milliseconds(300))
             }
         }
@@ -295,7 +300,9 @@ func marketBenchmarks() async throws {
         "  fan-out p99 per post: "
             + perRound.map { String(format: "%.1f", percentile($0, 0.99)) }.joined(separator: ", ")
             + " ms; the server's CPU per post: "
-            + serverCPU.value.map { String(format: "%.1f", $0 * 1000) }.joined(separator: ", ") + " ms")
+            + serverCPU.value.map { String(format: "%.1f", $0 * 1000) }.joined(separator: ", ")
+            + " ms; the peers' (this process): "
+            + clientCPU.value.map { String(format: "%.1f", $0 * 1000) }.joined(separator: ", ") + " ms")
     report(
         Row(
             name: "market: fan-out to \(peers) peers, p99 (vs 50 ms)", ours: percentile(perRound.flatMap { $0 }, 0.99),
