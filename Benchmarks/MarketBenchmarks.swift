@@ -17,14 +17,17 @@ import TestSupport
 final class ServerProcess: @unchecked Sendable {
     let market: MarketProcess
     let directory: URL
+    /// The books it serves, as `--db` takes them.
+    let database: String
 
     /// A server on `database` (`postgres://…`), or on a fresh SQLite file when nil.
     init(database: String? = nil, extra: [String] = []) throws {
         directory = FileManager.default.temporaryDirectory.appending(
             path: "cmm-bench-market-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        self.database = database ?? "sqlite:" + directory.appending(path: "m.sqlite").path
         market = try MarketProcess.start(
-            db: database ?? "sqlite:" + directory.appending(path: "m.sqlite").path, home: directory,
+            db: self.database, home: directory,
             extra: ["--frame-rate", "100000"] + extra + Self.experiment,
             logFile: directory.appending(path: "market.log"))
     }
@@ -76,6 +79,15 @@ func threadCPUSeconds(of pid: String) -> Double {
         let stat = (try? String(contentsOfFile: "\(tasks)/\(thread)/schedstat", encoding: .utf8)) ?? ""
         return sum + (Double(stat.split(separator: " ").first ?? "") ?? 0) / 1e9
     }
+}
+
+/// `market verify` on a benchmark's books (it reads a WAL snapshot, so the server may still be
+/// running); a run that leaves them unbalanced fails the benchmark.
+func verifyBooks(_ database: String) throws {
+    let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        .appending(path: "claude-max-market").path
+    let (status, output) = try runProcess([binary, "market", "verify", "--db", database], withErrors: true)
+    guard status == 0 else { throw BenchmarkError("market verify failed on \(database): \(output.suffix(600))") }
 }
 
 func percentile(_ values: [Double], _ p: Double) -> Double {
@@ -169,6 +181,7 @@ func marketBenchmarks() async throws {
     // The baseline of group commit, in the same run: a server that commits every frame alone.
     let single = try ServerProcess(extra: ["--commit-batch", "1"])
     let (singleWall, singleCPU) = try await measuredLifecycles(on: single, pairs: pairs, perPair: perPair, prefix: "s")
+    try verifyBooks(single.database)
     single.stop()
     print(
         String(
@@ -315,6 +328,9 @@ func marketBenchmarks() async throws {
         Row(
             name: "market: RSS with \(peers) idle peers (vs 150 MB)", ours: connectedRSS, baseline: 150, unit: "MB",
             target: 1, higherIsBetter: false))
+    try verifyBooks(server.database)
+    try verifyBooks(fanServer.database)
+    print("  market verify: the books balance after every run (frame by frame, group commit, fan-out)")
 }
 
 /// Opens one authenticated connection per key ring, nested, and runs `body` with all of them.
