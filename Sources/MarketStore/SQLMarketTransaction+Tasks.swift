@@ -15,22 +15,14 @@ extension SQLMarketTransaction {
 
     func insertTask(_ task: MarketTask, entering event: TaskEventRecord?) async throws {
         do {
-            if let event {
-                try await write(Self.insertEnteringSQL, TaskRow.values(of: task), Self.values(of: event))
-            } else {
-                try await rows(TaskRow.insertSQL, TaskRow.values(of: task))
-            }
+            try await write(Self.insertEnteringSQL, TaskRow.values(of: task), event.map(Self.values))
         } catch  where session.failure(of: error) == .duplicate {
             throw MarketError(.duplicateTask, "task \(task.id) already exists: choose a new taskId")
         }
     }
 
     func updateTask(_ task: MarketTask, entering event: TaskEventRecord?) async throws {
-        if let event {
-            try await write(Self.updateEnteringSQL, TaskRow.updateValues(of: task), Self.values(of: event))
-        } else {
-            try await rows(TaskRow.updateSQL, TaskRow.updateValues(of: task))
-        }
+        try await write(Self.updateEnteringSQL, TaskRow.updateValues(of: task), event.map(Self.values))
     }
 
     static let tasksInStateSQL = SQL(TaskRow.selectSQL + " WHERE state = $1 ORDER BY created LIMIT $2")

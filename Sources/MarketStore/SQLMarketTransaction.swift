@@ -356,8 +356,13 @@ struct SQLMarketTransaction: MarketTransaction {
         try await one(Self.busySlotsSQL, [.text(provider.rawValue)])?.int(0) ?? 0
     }
 
-    /// Two writes in one step: one round trip on PostgreSQL (`SQL.Pair`), two statements on SQLite.
-    func write(_ pair: SQL.Pair, _ first: [SQLValue], _ second: [SQLValue]) async throws {
+    /// Two writes in one step: one round trip on PostgreSQL (`SQL.Pair`), two statements on SQLite;
+    /// without values for the second, the first alone.
+    func write(_ pair: SQL.Pair, _ first: [SQLValue], _ second: [SQLValue]?) async throws {
+        guard let second else {
+            try await rows(pair.first, first)
+            return
+        }
         switch dialect {
         case .postgres:
             try await rows(pair.joined, first + second)

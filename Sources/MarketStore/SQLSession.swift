@@ -59,50 +59,31 @@ struct SQL: Sendable, Hashable {
     /// The highest `$n` the statement names.
     var highestParameter: Int {
         var highest = 0
-        Self.scanParameters(postgres) { highest = max(highest, $0) }
+        _ = Self.renumbered(postgres) { number in
+            highest = max(highest, number)
+            return ""
+        }
         return highest
     }
 
     /// The PostgreSQL text with every `$n` as `$(n + offset)`.
-    func shifted(by offset: Int) -> String {
+    func shifted(by offset: Int) -> String { Self.renumbered(postgres) { "$\($0 + offset)" } }
+
+    /// `$n` as `?n`: SQLite reads `$1` as a parameter *named* "$1", numbered by first appearance.
+    static func sqliteParameters(_ text: String) -> String { renumbered(text) { "?\($0)" } }
+
+    /// `text` with every parameter `$n` written as `replacement(n)`; a `$` without digits stays.
+    private static func renumbered(_ text: String, _ replacement: (Int) -> String) -> String {
         var result = ""
-        var rest = Substring(postgres)
+        result.reserveCapacity(text.utf8.count)
+        var rest = Substring(text)
         while let dollar = rest.firstIndex(of: "$") {
             result += rest[..<dollar]
             let digits = rest[rest.index(after: dollar)...].prefix { $0.isASCII && $0.isNumber }
-            if let number = Int(digits) {
-                result += "$\(number + offset)"
-            } else {
-                result += "$"
-            }
+            result += Int(digits).map(replacement) ?? "$" + digits
             rest = rest[rest.index(dollar, offsetBy: 1 + digits.count)...]
         }
         return result + rest
-    }
-
-    private static func scanParameters(_ text: String, _ found: (Int) -> Void) {
-        var rest = Substring(text)
-        while let dollar = rest.firstIndex(of: "$") {
-            let digits = rest[rest.index(after: dollar)...].prefix { $0.isASCII && $0.isNumber }
-            if let number = Int(digits) { found(number) }
-            rest = rest[rest.index(dollar, offsetBy: 1 + digits.count)...]
-        }
-    }
-
-    /// `$n` as `?n`: SQLite reads `$1` as a parameter *named* "$1", numbered by first appearance.
-    static func sqliteParameters(_ text: String) -> String {
-        var result = ""
-        result.reserveCapacity(text.utf8.count)
-        var previous: Character?
-        for character in text {
-            if previous == "$", character.isASCII, character.isNumber {
-                result.removeLast()
-                result.append("?")
-            }
-            result.append(character)
-            previous = character
-        }
-        return result
     }
 }
 

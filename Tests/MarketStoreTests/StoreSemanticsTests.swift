@@ -13,6 +13,13 @@ import Testing
     static let peer = PeerID(digestPrefix: [UInt8](repeating: 42, count: 20))
     static let other = PeerID(digestPrefix: [UInt8](repeating: 7, count: 20))
 
+    /// An open task of `peer`'s, as the cases below insert it.
+    static func task(_ id: String) -> MarketTask {
+        MarketTask(
+            id: id, requester: peer, maxPrice: Credits(micro: 3), minReputation: 0, model: nil, timeoutSeconds: 60,
+            createdMs: 1, deadlineMs: 100)
+    }
+
     func seeded(_ target: StoreTarget, with amount: Int64 = 5) async throws -> any MarketStore {
         let store = try await target.make(in: directory)
         let book = MarketBook(rules: MarketRules())
@@ -82,9 +89,7 @@ import Testing
     func aDuplicateTaskIsRefused(target: StoreTarget) async throws {
         let store = try await target.make(in: directory)
         defer { Task { try? await store.close() } }
-        let task = MarketTask(
-            id: "t-1", requester: Self.peer, maxPrice: Credits(micro: 3), minReputation: 0, model: nil,
-            timeoutSeconds: 60, createdMs: 1, deadlineMs: 100)
+        let task = Self.task("t-1")
         try await store.write { try await $0.insertTask(task) }
         var twin = task
         twin.maxPrice = Credits(micro: 9)
@@ -157,9 +162,7 @@ import Testing
     func pairedWritesLandWhole(target: StoreTarget) async throws {
         let store = try await target.make(in: directory)
         defer { Task { try? await store.close() } }
-        var task = MarketTask(
-            id: "t-2", requester: Self.peer, maxPrice: Credits(micro: 3), minReputation: 0, model: nil,
-            timeoutSeconds: 60, createdMs: 1, deadlineMs: 100)
+        var task = Self.task("t-2")
         let opened = TaskEventRecord(taskID: "t-2", state: .open, atMs: 1, createdMs: 1, price: nil)
         try await store.write { [task] in try await $0.insertTask(task, entering: opened) }
         do {
