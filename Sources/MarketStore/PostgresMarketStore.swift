@@ -62,7 +62,11 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
             host: configuration.host ?? "localhost", port: configuration.port ?? 5432,
             username: configuration.username, password: configuration.password, database: configuration.database,
             tls: .disable)
-        options.options.minimumConnections = size
+        // No minimum: postgres-nio 1.33.2's pool, while reconnections fail, drops the failed ones
+        // below its minimum and then stops the process on a precondition (`minimum <= active`,
+        // PoolStateMachine+ConnectionGroup.swift:163) at the next lease it cannot serve; seen as
+        // a SIGILL of a server whose PostgreSQL restarted under load. Connections open on demand
+        // and close after the pool's idle timeout instead.
         options.options.maximumConnections = size
         let store = PostgresMarketStore(
             client: PostgresClient(configuration: options, backgroundLogger: logger), size: size, listener: listener,
