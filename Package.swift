@@ -213,7 +213,8 @@ let package = Package(
                 "MarketCore", "MarketProtocol", "MarketCrypto", "Workspace",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
-            path: "Fuzz"
+            path: "Fuzz",
+            exclude: ["patch.dict", "tar.dict"]
         ),
         .target(
             name: "TestSupport",

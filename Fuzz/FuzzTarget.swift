@@ -8,8 +8,10 @@ import Workspace
 // A coverage-guided fuzzer (libFuzzer) for the parsers that meet hostile bytes first: the
 // envelope (JSON, the signed frame), its bodies, the sealed file header, sealed files and
 // armor, a workspace archive (strict, as a provider reads a requester's; lenient, as it reads
-// what a job left) and a workspace patch (as a requester reads a result's). Built by `scripts/fuzz.sh` with `-sanitize=fuzzer`; the first input byte picks the
-// parser. Every input must end in a value or a thrown error — never a crash, a trap or a hang.
+// what a job left), a workspace patch (as a requester reads a result's) and applying one to a
+// scratch tree. Built by `scripts/fuzz.sh` with `-sanitize=fuzzer`; `CMM_FUZZ_TARGET` picks one
+// target, or the first input byte picks the parser. Every input must end in a value or a
+// thrown error — never a crash, a trap or a hang.
 
 /// One sealing key set and identity for every input (RSA key generation is slow).
 let ring = KeyRing.inMemory(sealing: try! SealingKeySet.generate(at: Date()))
@@ -26,7 +28,17 @@ struct FuzzReplayCache: ReplayCache {
     func insert(peer: String, nonce: String, expiresAtMs: Int64, nowMs: Int64) -> ReplayCacheResult { .inserted }
 }
 
+/// The parser this run fuzzes (`CMM_FUZZ_TARGET`): `tar`, `patch`, `apply`, or `all` (the
+/// default), where the first byte of an input picks one.
+let fuzzTarget = ProcessInfo.processInfo.environment["CMM_FUZZ_TARGET"] ?? "all"
+
 func fuzzOne(_ input: Data) {
+    switch fuzzTarget {
+    case "tar": return fuzzTar(input)
+    case "patch": return fuzzPatch(input)
+    case "apply": return fuzzApply(input)
+    default: break
+    }
     guard let selector = input.first else { return }
     let bytes = input.dropFirst()
     switch selector % 8 {

@@ -118,7 +118,8 @@ enum GitObjects {
         }
         var index = 2
         var output: [UInt8] = []
-        output.reserveCapacity(expectedSize)
+        // The size is the patch's claim: nothing is reserved past what the bytes could hold.
+        output.reserveCapacity(min(expectedSize, bytes.count))
         while true {
             guard index + 5 <= bytes.count else { throw WorkspaceError(.badPatch, "a binary patch is cut short") }
             let header = bytes[index]

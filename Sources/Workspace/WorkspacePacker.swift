@@ -60,7 +60,9 @@ public struct WorkspacePacker: Sendable {
         let tracked = try options.includeIgnored ? nil : GitFiles.list(in: root)
         var walk = Walk(root: root, allowed: tracked, options: options)
         try walk.visit("")
-        var entries = walk.entries
+        // Links are judged against the whole tree, as the kernel would follow them.
+        var (entries, dropped) = WorkspaceTree.droppingLinksThatEscape(walk.entries)
+        for link in dropped { walk.leftOut.append(LeftOut(path: link.path, reason: link.outcome.leftOutReason)) }
         if tracked != nil {
             // In a git work tree only the directories that hold something sent are kept.
             let needed = Set(
@@ -139,7 +141,7 @@ public struct WorkspacePacker: Sendable {
                         continue
                     }
                     guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + path),
-                        WorkspaceTree.resolve(link: path, target: target) != nil
+                        LinkResolver.isPlausible(target)
                     else {
                         leftOut.append(LeftOut(path: path, reason: "links pointing outside the directory"))
                         continue

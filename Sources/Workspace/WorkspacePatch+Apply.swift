@@ -4,226 +4,85 @@ import Foundation
 import Glibc
 #endif
 
-/// Reading a patch back (from a result, so from someone else) and applying it to a directory.
+/// Applying a patch (from a result, so from someone else) to the requester's directory: what
+/// `git apply` applies, checked first as a whole, then written so that a refusal leaves nothing
+/// behind and the count reported is what landed.
 extension WorkspacePatch {
-    /// One file's part of a patch, read back.
-    struct FilePatch {
-        var path: String
-        var oldMode: String?
-        var newMode: String?
-        var oldID: String?
-        var newID: String?
-        var isNew = false
-        var isDeleted = false
-        var hunks: [Hunk] = []
-        var literal: Data?
-
-        struct Hunk {
-            var oldStart: Int
-            var lines: [(kind: UInt8, text: Data, noNewline: Bool)]
-        }
-    }
-
-    /// Reads a patch made by `make`; a patch that is malformed, or names a path that is absolute,
-    /// climbs out or lies inside `.git`, is refused whole.
-    public init(parsing data: Data, maxFiles: Int = 100_000) throws(WorkspaceError) {
-        let (baseHash, patches) = try Self.parse(data, maxFiles: maxFiles)
-        self.init(
-            data: data, baseHash: baseHash,
-            files: patches.map {
-                FileChange(
-                    path: $0.path, kind: $0.isNew ? .added : $0.isDeleted ? .deleted : .modified,
-                    linesAdded: $0.hunks.reduce(0) { $0 + $1.lines.count { $0.kind == UInt8(ascii: "+") } },
-                    linesRemoved: $0.hunks.reduce(0) { $0 + $1.lines.count { $0.kind == UInt8(ascii: "-") } },
-                    binary: $0.literal != nil)
-            })
-    }
-
-    static func parse(_ data: Data, maxFiles: Int) throws(WorkspaceError) -> (String, [FilePatch]) {
-        var lines = data.split(separator: 0x0a, omittingEmptySubsequences: false).map { Data($0) }
-        if lines.last?.isEmpty == true { lines.removeLast() }
-        var baseHash = ""
-        var patches: [FilePatch] = []
-        var index = 0
-        func text(_ line: Data) -> String { String(decoding: line, as: UTF8.self) }
-        while index < lines.count {
-            let line = text(lines[index])
-            if line.hasPrefix(Self.headerPrefix) {
-                baseHash = String(line.dropFirst(Self.headerPrefix.count))
-                index += 1
-                continue
-            }
-            guard line.hasPrefix("diff --git a/") else {
-                throw WorkspaceError(.badPatch, "line \(index + 1) of the patch is not part of a file's section")
-            }
-            let rest = line.dropFirst("diff --git a/".count)
-            let half = (rest.utf8.count - 3) / 2
-            let path = String(decoding: rest.utf8.prefix(half), as: UTF8.self)
-            guard rest.utf8.count >= 3, rest == path + " b/" + path else {
-                throw WorkspaceError(
-                    .badPatch, "line \(index + 1) names two different paths (renames are not made here)")
-            }
-            try WorkspaceTree.check(path: path)
-            guard !Self.isGitInternal(path) else {
-                throw WorkspaceError(.conflict, "the patch changes \(path), inside .git: refused")
-            }
-            var file = FilePatch(path: path)
-            index += 1
-            while index < lines.count, !text(lines[index]).hasPrefix("diff --git ") {
-                let line = text(lines[index])
-                index += 1
-                if line.hasPrefix("new file mode ") {
-                    file.isNew = true
-                    file.newMode = String(line.dropFirst(14))
-                } else if line.hasPrefix("deleted file mode ") {
-                    file.isDeleted = true
-                    file.oldMode = String(line.dropFirst(18))
-                } else if line.hasPrefix("old mode ") {
-                    file.oldMode = String(line.dropFirst(9))
-                } else if line.hasPrefix("new mode ") {
-                    file.newMode = String(line.dropFirst(9))
-                } else if line.hasPrefix("index ") {
-                    let ids = line.dropFirst(6).split(separator: " ")[0].split(
-                        separator: ".", omittingEmptySubsequences: true)
-                    guard ids.count == 2, ids.allSatisfy({ $0.count == 40 && $0.allSatisfy(\.isHexDigit) }) else {
-                        throw WorkspaceError(.badPatch, "\(path): the index line lacks full blob ids")
-                    }
-                    file.oldID = String(ids[0])
-                    file.newID = String(ids[1])
-                    if file.oldMode == nil, let mode = line.split(separator: " ").dropFirst(2).first {
-                        file.oldMode = String(mode)
-                        file.newMode = String(mode)
-                    }
-                } else if line.hasPrefix("--- ") || line.hasPrefix("+++ ") {
-                    continue
-                } else if line == "GIT binary patch" {
-                    guard index < lines.count, text(lines[index]).hasPrefix("literal "),
-                        let size = Int(text(lines[index]).dropFirst(8)), size >= 0
-                    else { throw WorkspaceError(.badPatch, "\(path): only literal binary patches are read") }
-                    index += 1
-                    var encoded: [Substring] = []
-                    while index < lines.count, !lines[index].isEmpty {
-                        encoded.append(Substring(text(lines[index])))
-                        index += 1
-                    }
-                    index += 1
-                    // A reverse hunk may follow; it is not needed.
-                    if index < lines.count,
-                        text(lines[index]).hasPrefix("literal ") || text(lines[index]).hasPrefix("delta ")
-                    {
-                        index += 1
-                        while index < lines.count, !lines[index].isEmpty { index += 1 }
-                        index += 1
-                    }
-                    file.literal = try GitObjects.unzlibStored(
-                        GitObjects.decodeBase85(lines: encoded), expectedSize: size)
-                } else if line.hasPrefix("@@ -") {
-                    let header = line.split(separator: " ")
-                    guard header.count >= 3, let start = Int(header[1].dropFirst().split(separator: ",")[0]) else {
-                        throw WorkspaceError(.badPatch, "\(path): a hunk header is malformed")
-                    }
-                    var hunk = FilePatch.Hunk(oldStart: start, lines: [])
-                    while index < lines.count, let first = lines[index].first,
-                        first == UInt8(ascii: " ") || first == UInt8(ascii: "-") || first == UInt8(ascii: "+")
-                            || first == UInt8(ascii: "\\")
-                    {
-                        if first == UInt8(ascii: "\\") {
-                            if !hunk.lines.isEmpty { hunk.lines[hunk.lines.count - 1].noNewline = true }
-                        } else {
-                            hunk.lines.append((first, Data(lines[index].dropFirst()), false))
-                        }
-                        index += 1
-                    }
-                    file.hunks.append(hunk)
-                } else if line.isEmpty {
-                    continue
-                } else {
-                    throw WorkspaceError(
-                        .badPatch, "\(path): a line of the patch is not understood: \(line.prefix(60))")
-                }
-            }
-            patches.append(file)
-            guard patches.count <= maxFiles else {
-                throw WorkspaceError(.tooLarge, "the patch changes more than \(maxFiles) files")
-            }
-        }
-        return (baseHash, patches)
-    }
-
     /// What applying did.
     public struct Applied: Sendable {
         public var written: [String]
         public var deleted: [String]
     }
 
-    /// Applies the patch to `directory`. Every file is checked first: its path stays inside
-    /// (no `..`, nothing inside `.git`, no link on the way), and what is there now is what the
-    /// patch was made against (its blob id); any refusal changes nothing. Then new contents are
-    /// written beside their files and renamed into place.
+    /// One path's change, its sections joined: a change of kind (file to link and back) is a
+    /// deletion and an addition of the same path.
+    struct PathChange {
+        var path: String
+        /// The blob id and kind that must be there now; nil for an addition.
+        var expected: (id: String, isLink: Bool)?
+        /// The sections that make the new contents (the addition's when the kind changes).
+        var source: FilePatch
+        /// What will be there: nil for a deletion.
+        var result: (contents: Data, isLink: Bool, executable: Bool)?
+    }
+
+    /// Applies the patch to `directory`. Every change is checked first: its path stays inside
+    /// (nothing inside `.git`, no link on the way), what is there now is what the patch was made
+    /// against (its blob id), and every link the patch makes lands inside once the whole patch is
+    /// applied (resolved as the kernel would, through the links already there); any refusal
+    /// changes nothing. New contents are staged in a private directory under `directory`, then
+    /// deletions, then renames into place.
     public func apply(to directory: URL) throws(WorkspaceError) -> Applied {
         let root = directory.standardizedFileURL.path
-        let (_, patches) = try Self.parse(data, maxFiles: 1_000_000)
-        struct Planned {
-            var path: String
-            var contents: Data?
-            var symlink: Bool
-            var executable: Bool
-        }
-        var plan: [Planned] = []
+        let disk = DiskView(root: root)
+        var changes = try Self.changes(Self.parse(data, maxFiles: 1_000_000).1)
+        let byPath = Dictionary(changes.enumerated().map { ($1.path, $0) }) { first, _ in first }
+        let deletions = Set(changes.filter { $0.source.isDeleted }.map(\.path))
         var conflicts: [String] = []
-        for file in patches {
-            let absolute = root + "/" + file.path
-            try Self.checkAncestors(of: file.path, root: root)
-            var info = stat()
-            let exists = lstat(absolute, &info) == 0
-            let current: Data?
-            if exists {
-                switch info.st_mode & S_IFMT {
-                case S_IFREG: current = FileManager.default.contents(atPath: absolute)
-                case S_IFLNK:
-                    current = (try? FileManager.default.destinationOfSymbolicLink(atPath: absolute)).map {
-                        Data($0.utf8)
-                    }
-                default: throw WorkspaceError(.conflict, "\(file.path) is neither a file nor a link here: refused")
-                }
-            } else {
-                current = nil
-            }
-            if file.isNew {
-                if exists { conflicts.append("\(file.path) (exists here; the patch adds it)") }
-            } else if current == nil {
-                conflicts.append("\(file.path) (missing here)")
-                continue
-            } else if let oldID = file.oldID, GitObjects.blobID(current!) != oldID {
-                conflicts.append("\(file.path) (changed since the job was sent)")
-                continue
-            }
-            if file.isDeleted {
-                plan.append(Planned(path: file.path, contents: nil, symlink: false, executable: false))
-                continue
-            }
-            let mode = file.newMode ?? file.oldMode ?? "100644"
-            guard ["100644", "100755", "120000"].contains(mode) else {
-                throw WorkspaceError(.badPatch, "\(file.path): mode \(mode) is not a file or link mode")
-            }
-            var contents = current ?? Data()
-            if let literal = file.literal {
-                contents = literal
-            } else if !file.hunks.isEmpty {
-                contents = try Self.applyHunks(file.hunks, to: contents, path: file.path)
-            }
-            if let newID = file.newID, GitObjects.blobID(contents) != newID {
-                throw WorkspaceError(.badPatch, "\(file.path): the patched contents do not match the patch's blob id")
-            }
-            if mode == "120000" {
-                let target = String(decoding: contents, as: UTF8.self)
-                guard WorkspaceTree.resolve(link: file.path, target: target) != nil else {
+        for index in changes.indices {
+            let change = changes[index]
+            let writes = !change.source.isDeleted
+            for ancestor in Self.ancestors(of: change.path) {
+                if writes, let other = byPath[ancestor], !changes[other].source.isDeleted {
                     throw WorkspaceError(
-                        .conflict, "the patch makes \(file.path) a link pointing outside (\(target)): refused")
+                        .conflict, "the patch writes \(change.path) below \(ancestor), which it makes a file or link")
+                }
+                switch disk.node(at: ancestor) {
+                case .absent, .directory: continue
+                default:
+                    guard writes, deletions.contains(ancestor) else {
+                        throw WorkspaceError(
+                            .conflict,
+                            "\(change.path) lies below \(ancestor), which is not a directory here: refused")
+                    }
                 }
             }
-            plan.append(
-                Planned(path: file.path, contents: contents, symlink: mode == "120000", executable: mode == "100755"))
+            let current = disk.node(at: change.path)
+            if let expected = change.expected {
+                let here: Data?
+                switch current {
+                case .file where !expected.isLink: here = disk.contents(of: change.path)
+                case .link(let target) where expected.isLink: here = Data(target.utf8)
+                case .absent:
+                    conflicts.append("\(change.path) (missing here)")
+                    continue
+                default: here = nil
+                }
+                guard let here, GitObjects.blobID(here) == expected.id else {
+                    conflicts.append("\(change.path) (changed since the job was sent)")
+                    continue
+                }
+                if writes { changes[index].result = try Self.newContents(change.source, from: here) }
+            } else {
+                switch current {
+                case .absent: break
+                case .directory where disk.holdsOnly(deletions, below: change.path): break
+                default:
+                    conflicts.append("\(change.path) (exists here; the patch adds it)")
+                    continue
+                }
+                changes[index].result = try Self.newContents(change.source, from: Data())
+            }
         }
         if !conflicts.isEmpty {
             throw WorkspaceError(
@@ -231,71 +90,163 @@ extension WorkspacePatch {
                 "the directory changed since the job was sent; nothing was applied: "
                     + conflicts.joined(separator: ", "))
         }
-        // Phase one: everything new is written beside its place; a failure removes it all.
-        var staged: [(temporary: String, path: String)] = []
-        var created: [String] = []
-        do {
-            for item in plan {
-                guard let contents = item.contents else { continue }
-                let absolute = root + "/" + item.path
-                let parent = (absolute as NSString).deletingLastPathComponent
-                created += try Self.makeDirectories(parent, root: root)
-                let temporary = parent + "/.cmm-apply-\(UUID().uuidString.prefix(8))"
-                if item.symlink {
-                    guard symlink(String(decoding: contents, as: UTF8.self), temporary) == 0 else {
-                        throw WorkspaceError(
-                            .io, "cannot make the link \(item.path): \(String(cString: strerror(errno)))")
-                    }
-                } else {
-                    guard FileManager.default.createFile(atPath: temporary, contents: contents) else {
-                        throw WorkspaceError(.io, "cannot write \(item.path)")
-                    }
-                    chmod(temporary, item.executable ? 0o755 : 0o644)
-                }
-                staged.append((temporary, absolute))
-            }
-        } catch {
-            for item in staged { unlink(item.temporary) }
-            for directory in created.reversed() { rmdir(directory) }
-            throw error as! WorkspaceError
-        }
-        // Phase two: renames and removals, which do not fail for want of space.
-        for item in staged { rename(item.temporary, item.path) }
-        var deleted: [String] = []
-        for item in plan where item.contents == nil {
-            unlink(root + "/" + item.path)
-            deleted.append(item.path)
-        }
-        return Applied(written: plan.filter { $0.contents != nil }.map(\.path), deleted: deleted)
+        try Self.checkLinks(changes, byPath: byPath, disk: disk)
+        return try Self.write(changes, root: root, disk: disk)
     }
 
-    /// Every directory on the way to `path` must be a real directory inside `root`, not a link.
-    static func checkAncestors(of path: String, root: String) throws(WorkspaceError) {
-        var current = root
-        for component in path.split(separator: "/").dropLast() {
-            current += "/" + component
-            var info = stat()
-            if lstat(current, &info) != 0 { return }  // made when applying
-            guard info.st_mode & S_IFMT == S_IFDIR else {
+    /// Joins each path's sections; `parse` let a path appear twice only as a deletion followed
+    /// by an addition.
+    static func changes(_ sections: [FilePatch]) -> [PathChange] {
+        var changes: [PathChange] = []
+        var byPath: [String: Int] = [:]
+        for section in sections {
+            let expected = section.isNew ? nil : section.oldID.map { ($0, section.oldMode == "120000") }
+            if let earlier = byPath[section.path] {
+                changes[earlier].source = section
+            } else {
+                byPath[section.path] = changes.count
+                changes.append(PathChange(path: section.path, expected: expected, source: section))
+            }
+        }
+        return changes
+    }
+
+    /// The contents a section makes of `old`, held to the section's new blob id.
+    static func newContents(_ file: FilePatch, from old: Data) throws(WorkspaceError) -> (
+        contents: Data, isLink: Bool, executable: Bool
+    ) {
+        var contents = file.isNew ? Data() : old
+        if let literal = file.literal {
+            contents = literal
+        } else if !file.hunks.isEmpty {
+            contents = try Self.applyHunks(file.hunks, to: contents, path: file.path)
+        }
+        guard GitObjects.blobID(contents) == file.newID else {
+            throw WorkspaceError(.badPatch, "\(file.path): the patched contents do not match the patch's blob id")
+        }
+        let mode = file.newMode ?? "100644"
+        return (contents, mode == "120000", mode == "100755")
+    }
+
+    /// Every link the patch makes must land inside, and outside `.git`, in the tree as it will
+    /// be: the patch's own entries over what the directory holds now.
+    static func checkLinks(_ changes: [PathChange], byPath: [String: Int], disk: DiskView) throws(WorkspaceError) {
+        let implied = Set(changes.filter { $0.result != nil }.flatMap { Self.ancestors(of: $0.path) })
+        var resolver = LinkResolver { path in
+            if let index = byPath[path] {
+                guard let result = changes[index].result else { return .absent }
+                return result.isLink ? .link(String(decoding: result.contents, as: UTF8.self)) : .file
+            }
+            if implied.contains(path) { return .directory }
+            // Nothing is below what the patch deletes or makes a file or link.
+            if Self.ancestors(of: path).contains(where: { byPath[$0] != nil }) { return .absent }
+            return disk.node(at: path).pathNode
+        }
+        for change in changes {
+            guard let result = change.result, result.isLink else { continue }
+            let target = String(decoding: result.contents, as: UTF8.self)
+            if let refusal = resolver.resolve(link: change.path, target: target).refusal {
                 throw WorkspaceError(
                     .conflict,
-                    "\(path) lies below \(current.dropFirst(root.count + 1)), which is not a directory here: refused")
+                    "the patch makes \(change.path) a link that \(refusal) (\(target.debugDescription)): refused")
             }
         }
     }
 
-    static func makeDirectories(_ directory: String, root: String) throws(WorkspaceError) -> [String] {
-        var created: [String] = []
-        var current = root
-        for component in directory.dropFirst(root.count).split(separator: "/") {
-            current += "/" + component
-            if mkdir(current, 0o755) == 0 {
-                created.append(current)
-            } else if errno != EEXIST {
-                throw WorkspaceError(.io, "cannot make the directory \(current): \(String(cString: strerror(errno)))")
+    /// Stages, deletes, renames. Nothing the directory holds is touched until every new file is
+    /// staged; after that, what is reported is what landed.
+    static func write(_ changes: [PathChange], root: String, disk: DiskView) throws(WorkspaceError) -> Applied {
+        let staging = root + "/.cmm-apply-" + UUID().uuidString.prefix(8)
+        guard mkdir(staging, 0o700) == 0 else {
+            throw WorkspaceError(.io, "cannot make a staging directory in \(root): \(String(cString: strerror(errno)))")
+        }
+        defer { Self.removeStaging(staging) }
+        var staged: [(temporary: String, change: PathChange)] = []
+        for (number, change) in changes.enumerated() {
+            guard let result = change.result else { continue }
+            let temporary = staging + "/\(number)"
+            if result.isLink {
+                guard symlink(String(decoding: result.contents, as: UTF8.self), temporary) == 0 else {
+                    throw WorkspaceError(
+                        .io, "cannot make the link \(change.path): \(String(cString: strerror(errno)))")
+                }
+            } else {
+                guard FileManager.default.createFile(atPath: temporary, contents: result.contents) else {
+                    throw WorkspaceError(.io, "cannot write \(change.path)")
+                }
+                chmod(temporary, result.executable ? 0o755 : 0o644)
+            }
+            staged.append((temporary, change))
+        }
+        var applied = Applied(written: [], deleted: [])
+        var failures: [String] = []
+        var needed = Set<String>()
+        for item in staged { needed.formUnion(Self.ancestors(of: item.change.path)) }
+        for change in changes where change.source.isDeleted {
+            if unlink(root + "/" + change.path) == 0 {
+                applied.deleted.append(change.path)
+            } else {
+                failures.append("\(change.path) (not deleted: \(String(cString: strerror(errno))))")
             }
         }
-        return created
+        // Directories the deletions emptied go, as git removes them, unless something new
+        // lands below them; a directory that a file or link replaces goes whole (it held only
+        // what the patch deleted, and empty directories).
+        for change in changes where change.source.isDeleted {
+            for ancestor in Self.ancestors(of: change.path).reversed() where !needed.contains(ancestor) {
+                if rmdir(root + "/" + ancestor) != 0 { break }
+            }
+        }
+        for item in staged where disk.node(at: item.change.path) == .directory {
+            disk.removeEmptyDirectories(item.change.path)
+        }
+        for item in staged {
+            let target = root + "/" + item.change.path
+            do throws(WorkspaceError) {
+                try Self.makeDirectories(for: item.change.path, root: root)
+                guard rename(item.temporary, target) == 0 else {
+                    throw WorkspaceError(.io, String(cString: strerror(errno)))
+                }
+                applied.written.append(item.change.path)
+            } catch {
+                failures.append("\(item.change.path) (not written: \(error.message))")
+            }
+        }
+        if !failures.isEmpty {
+            throw WorkspaceError(
+                .io,
+                "applied in part: \(applied.written.count) written, \(applied.deleted.count) deleted; "
+                    + failures.joined(separator: ", "))
+        }
+        return applied
+    }
+
+    static func removeStaging(_ staging: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? [] {
+            unlink(staging + "/" + name)
+        }
+        rmdir(staging)
+    }
+
+    /// "a", "a/b" for "a/b/c": the directories on the way, shortest first.
+    static func ancestors(of path: String) -> [String] {
+        var ancestors: [String] = []
+        var index = path.startIndex
+        while let slash = path[index...].firstIndex(of: "/") {
+            ancestors.append(String(path[..<slash]))
+            index = path.index(after: slash)
+        }
+        return ancestors
+    }
+
+    static func makeDirectories(for path: String, root: String) throws(WorkspaceError) {
+        for ancestor in Self.ancestors(of: path) {
+            let absolute = root + "/" + ancestor
+            if mkdir(absolute, 0o755) != 0, errno != EEXIST {
+                throw WorkspaceError(
+                    .io, "cannot make the directory \(ancestor): \(String(cString: strerror(errno)))")
+            }
+        }
     }
 
     static func applyHunks(_ hunks: [FilePatch.Hunk], to old: Data, path: String) throws(WorkspaceError) -> Data {
@@ -334,5 +285,85 @@ extension WorkspacePatch {
             if newline { data.append(0x0a) }
         }
         return data
+    }
+}
+
+/// The requester's directory as applying sees it: a path is looked at only through real
+/// directories (`lstat` on each one on the way), so no link already there is ever followed.
+final class DiskView {
+    enum Node: Equatable {
+        case absent
+        case directory
+        case file
+        case link(String)
+        /// A FIFO, a device or a socket: nothing a patch may replace.
+        case other
+
+        var pathNode: PathNode {
+            switch self {
+            case .absent: .absent
+            case .directory: .directory
+            case .file, .other: .file
+            case .link(let target): .link(target)
+            }
+        }
+    }
+
+    let root: String
+    private var nodes: [String: Node] = [:]
+
+    init(root: String) {
+        self.root = root
+    }
+
+    func node(at path: String) -> Node {
+        if let known = nodes[path] { return known }
+        var node = Node.absent
+        if WorkspacePatch.ancestors(of: path).allSatisfy({ self.node(at: $0) == .directory }) {
+            var info = stat()
+            if lstat(root + "/" + path, &info) == 0 {
+                switch info.st_mode & S_IFMT {
+                case S_IFDIR: node = .directory
+                case S_IFREG: node = .file
+                case S_IFLNK:
+                    node =
+                        (try? FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + path)).map {
+                            .link($0)
+                        } ?? .other
+                default: node = .other
+                }
+            }
+        }
+        nodes[path] = node
+        return node
+    }
+
+    func contents(of path: String) -> Data? {
+        FileManager.default.contents(atPath: root + "/" + path)
+    }
+
+    /// Whether everything below the directory `path` that is not a directory is in `paths`
+    /// (what the patch deletes): it stops at the first thing that is not.
+    func holdsOnly(_ paths: Set<String>, below path: String) -> Bool {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: root + "/" + path) else { return false }
+        for name in names {
+            let child = path + "/" + name
+            switch node(at: child) {
+            case .directory: if !holdsOnly(paths, below: child) { return false }
+            default: if !paths.contains(child) { return false }
+            }
+        }
+        return true
+    }
+
+    /// Removes the directory `path` and the empty directories below it, deepest first.
+    func removeEmptyDirectories(_ path: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: root + "/" + path)) ?? [] {
+            var info = stat()
+            if lstat(root + "/" + path + "/" + name, &info) == 0, info.st_mode & S_IFMT == S_IFDIR {
+                removeEmptyDirectories(path + "/" + name)
+            }
+        }
+        rmdir(root + "/" + path)
     }
 }

@@ -71,16 +71,18 @@ public struct WorkspacePatch: Sendable, Equatable {
             line("index \(oldID)..\(newID)")
         } else {
             kind = .modified
-            let oldMode = before!.gitMode
-            let newMode = after!.gitMode
+            let oldMode = before?.gitMode ?? ""
+            let newMode = after?.gitMode ?? ""
             if oldMode != newMode {
                 line("old mode \(oldMode)")
                 line("new mode \(newMode)")
             }
+            // A change of mode alone names its blob too (git apply takes the line), so that every
+            // section says what it was made against.
+            line("index \(oldID)..\(newID)" + (oldMode == newMode ? " \(newMode)" : ""))
             if oldContents == newContents {
                 return FileChange(path: path, kind: kind, linesAdded: 0, linesRemoved: 0, binary: false)
             }
-            line("index \(oldID)..\(newID)" + (oldMode == newMode ? " \(newMode)" : ""))
         }
         let binary = !(isText(oldContents) && isText(newContents))
         if binary {

@@ -36,10 +36,13 @@ extension WorkspaceTree {
         var reader = TarReader(data: data)
         var entries: [WorkspaceEntry] = []
         var files: [String: Data] = [:]
-        var skipped: [Skipped] = []
+        // What was left out, with its place in the archive, so that the list keeps its order.
+        var skipped: [(position: Int, skipped: Skipped)] = []
+        var positions: [String: Int] = [:]
         var bytes: Int64 = 0
         var count = 0
         while let header = try reader.next() {
+            let position = positions.count + skipped.count
             var path = header.path
             if lenient {
                 while path.hasPrefix("./") { path.removeFirst(2) }
@@ -63,16 +66,13 @@ extension WorkspaceTree {
             case "5":
                 entry = WorkspaceEntry(path: path, kind: .directory, mode: mode & 0o777)
             case "2":
-                if lenient && WorkspaceTree.resolve(link: path, target: header.linkName) == nil {
-                    skipped.append(Skipped(path: path, reason: "a link pointing outside (\(header.linkName))"))
-                    continue
-                }
                 entry = WorkspaceEntry(path: path, kind: .symlink(header.linkName))
             case "1" where lenient:
                 var target = header.linkName
                 while target.hasPrefix("./") { target.removeFirst(2) }
                 guard let contents = files[target] else {
-                    skipped.append(Skipped(path: path, reason: "a hard link to \(target), which is not a file"))
+                    skipped.append(
+                        (position, Skipped(path: path, reason: "a hard link to \(target), which is not a file")))
                     continue
                 }
                 entry = WorkspaceEntry(path: path, kind: .file(contents), mode: mode & 0o777)
@@ -84,7 +84,7 @@ extension WorkspaceTree {
                         "\(path.debugDescription) is of tar type \(header.type.debugDescription): only directories, regular files and symbolic links are allowed"
                     )
                 }
-                skipped.append(Skipped(path: path, reason: "a device or FIFO"))
+                skipped.append((position, Skipped(path: path, reason: "a device or FIFO")))
                 continue
             default:
                 throw WorkspaceError(
@@ -101,8 +101,19 @@ extension WorkspaceTree {
                 throw WorkspaceError(.tooLarge, "the archive holds more than \(limits.maxBytes) bytes")
             }
             entries.append(entry)
+            positions[path] = position
         }
-        return (try WorkspaceTree(entries: entries), skipped)
+        guard lenient else { return (try WorkspaceTree(entries: entries), []) }
+        // Links are judged once the whole tree is known: one may climb through another.
+        let (kept, dropped) = droppingLinksThatEscape(entries)
+        for link in dropped {
+            skipped.append(
+                (
+                    positions[link.path] ?? 0,
+                    Skipped(path: link.path, reason: "a link that \(link.outcome.refusal ?? "")")
+                ))
+        }
+        return (try WorkspaceTree(entries: kept), skipped.sorted { $0.position < $1.position }.map(\.skipped))
     }
 }
 
@@ -285,9 +296,10 @@ struct TarReader {
         var records: [String: String] = [:]
         var index = 0
         while index < bytes.count {
-            guard let space = bytes[index...].firstIndex(of: 0x20),
-                let length = Int(String(decoding: bytes[index..<space], as: UTF8.self)), length > 0,
-                index + length <= bytes.count, bytes[index + length - 1] == 0x0a
+            // The length is the peer's: compared with what is left, never added to an index.
+            guard let space = bytes[index...].firstIndex(of: 0x20), space - index <= 20,
+                let length = Int(String(decoding: bytes[index..<space], as: UTF8.self)),
+                length >= space - index + 2, length <= bytes.count - index, bytes[index + length - 1] == 0x0a
             else { throw WorkspaceError(.badArchive, "a PAX header is malformed") }
             let record = try text(Array(bytes[(space + 1)..<(index + length - 1)]), field: "PAX record")
             if let equals = record.firstIndex(of: "=") {

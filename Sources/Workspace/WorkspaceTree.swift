@@ -74,6 +74,7 @@ public struct WorkspaceTree: Sendable, Equatable {
             }
             byPath[entry.path] = entry.kind
         }
+        var resolver = LinkResolver(entries: entries)
         for entry in entries {
             var parent = entry.path
             while let slash = parent.lastIndex(of: "/") {
@@ -82,8 +83,10 @@ public struct WorkspaceTree: Sendable, Equatable {
                     throw WorkspaceError(.badEntry, "\(entry.path) lies below \(parent), which is not a directory")
                 }
             }
-            if case .symlink(let target) = entry.kind {
-                try Self.check(link: entry.path, target: target)
+            if case .symlink(let target) = entry.kind,
+                let refusal = resolver.resolve(link: entry.path, target: target).refusal
+            {
+                throw WorkspaceError(.badEntry, "the link \(entry.path) -> \(target) \(refusal)")
             }
         }
         self.entries = entries.sorted { $0.path.utf8.lexicographicallyPrecedes($1.path.utf8) }
@@ -144,32 +147,6 @@ public struct WorkspaceTree: Sendable, Equatable {
             }
         }
     }
-
-    /// A link's target must be relative and, read from the link's own directory, stay inside.
-    public static func check(link path: String, target: String) throws(WorkspaceError) {
-        guard resolve(link: path, target: target) != nil else {
-            throw WorkspaceError(.badEntry, "the link \(path) -> \(target) points outside the workspace")
-        }
-    }
-
-    /// Where a link's target lands, relative to the root (lexically, as a tree of directories);
-    /// nil when it is absolute, empty, has a control character or climbs out of the root.
-    public static func resolve(link path: String, target: String) -> String? {
-        guard !target.isEmpty, !target.hasPrefix("/"), target.utf8.count <= WorkspaceLimits.maxPathBytes,
-            !target.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f })
-        else { return nil }
-        var components = path.split(separator: "/").dropLast().map(String.init)
-        for component in target.split(separator: "/") {
-            switch component {
-            case ".": continue
-            case "..":
-                guard !components.isEmpty else { return nil }
-                components.removeLast()
-            default: components.append(String(component))
-            }
-        }
-        return components.joined(separator: "/")
-    }
 }
 
 /// What was wrong with a workspace, an archive or a patch.
@@ -223,18 +200,17 @@ extension WorkspaceTree {
     /// directory is left out and listed, like any other link that escapes.
     public func subtree(under directory: String) -> (tree: WorkspaceTree, skipped: [Skipped]) {
         let prefix = directory + "/"
-        var kept: [WorkspaceEntry] = []
-        var skipped: [Skipped] = []
-        for var entry in entries where entry.path.hasPrefix(prefix) {
+        let below = entries.filter { $0.path.hasPrefix(prefix) }.map { entry in
+            var entry = entry
             entry.path.removeFirst(prefix.count)
-            if case .symlink(let target) = entry.kind, Self.resolve(link: entry.path, target: target) == nil {
-                skipped.append(Skipped(path: entry.path, reason: "a link pointing outside (\(target))"))
-                continue
-            }
-            kept.append(entry)
+            return entry
         }
+        let (kept, dropped) = Self.droppingLinksThatEscape(below)
         // Every path was checked as part of the whole tree and keeps its shape below it.
-        return ((try? WorkspaceTree(entries: kept)) ?? .empty, skipped)
+        return (
+            (try? WorkspaceTree(entries: kept)) ?? .empty,
+            dropped.map { Skipped(path: $0.path, reason: "a link that \($0.outcome.refusal ?? "")") }
+        )
     }
 }
 
