@@ -166,7 +166,9 @@ public final class ClaudeGateway: Sendable {
     public func waitUntilOverBudget() async -> Bool { await waitForStop() == .overBudget }
 
     /// Input (with cache reads and writes) and output tokens: what the budget counts.
-    static func total(_ usage: [String: ModelUsage]) -> Int64 { usage.values.reduce(0) { $0 + $1.allTokens } }
+    static func total(_ usage: [String: ModelUsage]) -> Int64 {
+        usage.values.reduce(0) { $0.saturatingAdd($1.allTokens) }
+    }
 
     private func record(_ decision: GatewayDecision) {
         state.withLock { $0.decisions.add(decision, passed: decision.forwarded) }

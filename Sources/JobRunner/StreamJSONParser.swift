@@ -11,16 +11,28 @@ public struct ModelUsage: Codable, Sendable, Equatable {
     public init() {}
 
     /// Input (with cache reads and writes) and output tokens: what a token budget counts.
-    public var allTokens: Int64 { inputTokens + outputTokens + cacheReadInputTokens + cacheCreationInputTokens }
+    public var allTokens: Int64 {
+        inputTokens.saturatingAdd(outputTokens).saturatingAdd(cacheReadInputTokens).saturatingAdd(
+            cacheCreationInputTokens)
+    }
 
+    /// Counts read from a job's output are its claims: summed without trapping.
     public static func + (lhs: ModelUsage, rhs: ModelUsage) -> ModelUsage {
         var sum = lhs
-        sum.inputTokens += rhs.inputTokens
-        sum.outputTokens += rhs.outputTokens
-        sum.cacheReadInputTokens += rhs.cacheReadInputTokens
-        sum.cacheCreationInputTokens += rhs.cacheCreationInputTokens
+        sum.inputTokens = sum.inputTokens.saturatingAdd(rhs.inputTokens)
+        sum.outputTokens = sum.outputTokens.saturatingAdd(rhs.outputTokens)
+        sum.cacheReadInputTokens = sum.cacheReadInputTokens.saturatingAdd(rhs.cacheReadInputTokens)
+        sum.cacheCreationInputTokens = sum.cacheCreationInputTokens.saturatingAdd(rhs.cacheCreationInputTokens)
         sum.costUSD += rhs.costUSD
         return sum
+    }
+}
+
+extension Int64 {
+    /// The sum, or the bound it passed.
+    public func saturatingAdd(_ other: Int64) -> Int64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? (other > 0 ? .max : .min) : sum
     }
 }
 
@@ -183,5 +195,7 @@ public struct StreamJSONParser: Sendable {
         return entry
     }
 
-    static func int(_ value: Any?) -> Int64 { (value as? NSNumber)?.int64Value ?? 0 }
+    /// A token count as a job printed it: never below zero, never past a trillion (a number
+    /// of 1e300 or -2^63 reads as one of those bounds, not as a trap further on).
+    static func int(_ value: Any?) -> Int64 { Swift.min(Swift.max((value as? NSNumber)?.int64Value ?? 0, 0), 1 << 40) }
 }

@@ -67,6 +67,31 @@ enum Fixtures {
             ])
     }
 
+    /// A job prints what it likes: counts past Int64, negative or of 1e300 are bounded, and sums
+    /// of many of them do not trap (a total of two such counts crashed the parser's callers).
+    @Test func hostileUsageCountsAreBoundedAndSumWithoutTrapping() throws {
+        var parser = StreamJSONParser()
+        for (index, count) in ["9223372036854775807", "-9223372036854775808", "1e300", "18446744073709551615"]
+            .enumerated()
+        {
+            _ = parser.parse(
+                line:
+                    #"{"type":"assistant","message":{"id":"m\#(index)","content":[],"usage":{"input_tokens":\#(count),"output_tokens":\#(count),"cache_read_input_tokens":\#(count)}}}"#
+            )
+        }
+        #expect(parser.assistantUsage.inputTokens >= 0 && parser.assistantUsage.inputTokens <= 4 << 40)
+        _ = parser.parse(
+            line:
+                #"{"type":"result","subtype":"success","usage":{"input_tokens":9223372036854775807,"output_tokens":9223372036854775807}}"#
+        )
+        let result = try #require(parser.result)
+        #expect(result.total.allTokens == 2 << 40)
+        var many = ModelUsage()
+        many.inputTokens = .max
+        #expect((many + many).inputTokens == .max)
+        #expect(many.allTokens == .max)
+    }
+
     @Test func maxTurnsIsAnErrorWithItsReason() throws {
         let (parser, _) = try Fixtures.parse("error-max-turns")
         let result = try #require(parser.result)
