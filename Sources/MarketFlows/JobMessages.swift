@@ -261,8 +261,12 @@ public enum SealedBlob {
         /// The first contradiction, kept: nothing opens after it.
         public private(set) var refusal: Refusal?
 
-        public init(maxBytes: Int64 = WireLimits.maxBlobBytes) {
+        /// The setting `maxBytes` comes from, named when pieces go over it.
+        public let limitName: String?
+
+        public init(maxBytes: Int64 = WireLimits.maxBlobBytes, limitName: String? = nil) {
             self.maxBytes = min(max(maxBytes, 0), WireLimits.maxBlobBytes)
+            self.limitName = limitName
         }
 
         /// The most sealed base64 the pieces may hold together.
@@ -301,7 +305,7 @@ public enum SealedBlob {
             guard total <= maxCharacters else {
                 throw Refusal(
                     description:
-                        "the \(body.blob.rawValue)'s pieces hold \(total) characters with \(what); a blob of at most \(maxBytes) bytes holds at most \(maxCharacters)"
+                        "the \(body.blob.rawValue)'s pieces hold \(total) characters with \(what); \(limitName ?? "the blob's limit") allows \(maxBytes) bytes, which seal to at most \(maxCharacters)"
                 )
             }
             count = body.count

@@ -410,8 +410,12 @@ public actor ProviderDaemon {
         }
         let config = reloadConfig() ?? basePipeline.config
         // The archive of a workspace within the config's limits is checked by them once read.
-        let maxBytes = body.blob == .conversation ? config.bytes(.maxTranscriptBytes) : WireLimits.maxBlobBytes
-        var pieces = inputPieces[body.taskId]?[body.blob] ?? SealedBlob.Assembler(maxBytes: maxBytes)
+        let fresh =
+            body.blob == .conversation
+            ? SealedBlob.Assembler(
+                maxBytes: config.bytes(.maxTranscriptBytes), limitName: ConfigKey.maxTranscriptBytes.name)
+            : SealedBlob.Assembler()
+        var pieces = inputPieces[body.taskId]?[body.blob] ?? fresh
         do {
             try pieces.add(body)
         } catch {

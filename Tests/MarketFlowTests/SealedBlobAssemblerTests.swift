@@ -80,7 +80,8 @@ import Testing
         let limit = WireLimits.sealedCharacters(plaintext: 10)
         let big = String(repeating: "A", count: Int(limit) + 4)
         let why = Self.refusal { () throws(SealedBlob.Assembler.Refusal) in try small.add(Self.piece(0, of: 1, big)) }
-        #expect(why?.contains("a blob of at most 10 bytes holds at most \(limit)") == true, "\(why ?? "")")
+        #expect(
+            why?.contains("the blob's limit allows 10 bytes, which seal to at most \(limit)") == true, "\(why ?? "")")
 
         // The size the blob was announced with: its pieces may not hold more than it seals to.
         var assembler = SealedBlob.Assembler()
