@@ -43,7 +43,7 @@ func workspaceBenchmarks(_ docker: DockerClient) async throws {
         let (info, chunks) = try SealedBlob.seal(archive, to: document, purpose: .payload)
         var assembler = SealedBlob.Assembler()
         for (index, chunk) in chunks.enumerated() {
-            _ = assembler.add(
+            try assembler.add(
                 .init(taskId: "bench", blob: .workspace, index: index, count: chunks.count, sealed: chunk))
         }
         let opened = try assembler.open(info, keys: keys)

@@ -206,6 +206,30 @@ extension Envelope {
         try JSONDecoder().decode(T.self, from: Data(body.utf8))
     }
 
+    /// The body of a frame another peer (or the market) wrote, decoded and checked by the
+    /// rules the market checks what it receives with (`WireBody.validate`): a participant acts
+    /// only on bodies that pass them. The error says which frame and why.
+    public func checkedBody<T: WireBody>(_ type: T.Type, limits: WireLimits = WireLimits()) throws(MarketClientError)
+        -> T
+    {
+        let decoded: T
+        do {
+            decoded = try decodeBody(T.self)
+        } catch {
+            throw MarketClientError(
+                "a \(WireField.printable(self.type)) frame (id \(WireField.printable(id))) whose body is not a \(T.self): \(error)"
+            )
+        }
+        do {
+            try decoded.validate(limits: limits)
+        } catch {
+            throw MarketClientError(
+                "a \(WireField.printable(self.type)) frame (id \(WireField.printable(id))) was refused: \(error.message)"
+            )
+        }
+        return decoded
+    }
+
     /// The market's refusal, typed as the market raised it (its code and message).
     public func throwIfError() throws(MarketError) {
         if let body = errorBody { throw body.error }

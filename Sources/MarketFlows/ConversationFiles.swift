@@ -5,7 +5,8 @@ import MarketCore
 /// A requester's conversations on disk, one per task (or local job): the transcript that came
 /// back (`ID.jsonl`), the one sent with a follow-up (`ID.sent.jsonl`, to seal again if the task
 /// moves to another provider), and which earlier task it continues (`ID.json`). The provider
-/// keeps none of this; the requester owns the conversation. Files 0600 in a 0700 directory.
+/// keeps none of this; the requester owns the conversation. A transcript refused on arrival
+/// leaves why (`ID.jsonl.refused`). Files 0600 in a 0700 directory.
 public struct ConversationFiles: Sendable {
     public let directory: URL
     let files: PrivateFiles
@@ -50,6 +51,14 @@ public struct ConversationFiles: Sendable {
         guard let meta = try meta(id), let data = try? Data(contentsOf: try files.url(id, ".jsonl")) else { return nil }
         return try ClaudeTranscript(checking: data, sessionID: meta.sessionId, maxBytes: maxBytes)
     }
+
+    /// The transcript came back and was refused (not the one the result named, or not a valid
+    /// transcript): why, so that `result` says it instead of waiting for another.
+    public func saveRefusal(_ reason: String, for id: String) throws {
+        try files.saveRefusal(reason, for: id, suffix: ".jsonl.refused")
+    }
+
+    public func refusal(_ id: String) -> String? { files.refusal(id, suffix: ".jsonl.refused") }
 
     /// The tasks (or jobs) of a conversation up to `id`, oldest first.
     public func chain(_ id: String) throws -> [String] {

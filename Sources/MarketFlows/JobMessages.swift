@@ -78,6 +78,11 @@ public enum JobContent {
         public var bytes: Int64
         public var sha256: String
         public var chunks: Int
+        public init(bytes: Int64, sha256: String, chunks: Int) {
+            self.bytes = bytes
+            self.sha256 = sha256
+            self.chunks = chunks
+        }
     }
 
     /// What a result says of a workspace job's change: the patch (nil blob: nothing changed)
@@ -161,6 +166,18 @@ public enum JobContent {
     /// well below that.
     public static let maxOutputBytes = 600_000
 
+    /// At most `maxBytes` of `text`'s UTF-8, cut before a scalar that does not fit whole (a cut
+    /// inside one would not be text at all).
+    public static func prefix(_ text: String, maxBytes: Int) -> String {
+        let utf8 = text.utf8
+        guard utf8.count > maxBytes else { return text }
+        var end = utf8.index(utf8.startIndex, offsetBy: max(0, maxBytes))
+        while end > utf8.startIndex && end.samePosition(in: text.unicodeScalars) == nil {
+            end = utf8.index(before: end)
+        }
+        return String(text.unicodeScalars[..<end])
+    }
+
     public static func encode(_ value: some Encodable) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -204,30 +221,136 @@ public enum SealedBlob {
         )
     }
 
-    /// Pieces as they arrive (any order, resends replace), for one blob.
-    public struct Assembler: Sendable {
-        private var pieces: [Int: String] = [:]
-        private var count: Int?
-        public init() {}
+    /// Whether every blob `needed` names is whole in `pieces`; throws, naming the blob, when one
+    /// can never be (its pieces contradict it or each other).
+    public static func complete(
+        _ needed: [(BlobChunkBody.Blob, JobContent.BlobInfo)], in pieces: [BlobChunkBody.Blob: Assembler]
+    ) throws(Assembler.Refusal) -> Bool {
+        var complete = true
+        for (blob, info) in needed {
+            do {
+                complete = try (pieces[blob]?.isComplete(info) ?? false) && complete
+            } catch {
+                throw Assembler.Refusal(description: "the \(blob.rawValue) was refused: \(error)")
+            }
+        }
+        return complete
+    }
 
-        /// Takes a piece; false when it contradicts the others (a different count).
-        public mutating func add(_ body: BlobChunkBody) -> Bool {
-            if let count, count != body.count { return false }
-            count = body.count
-            pieces[body.index] = body.sealed
-            return true
+    /// Opens the blob whose pieces `assembler` holds (nil: none has come).
+    public static func open(_ assembler: Assembler?, _ info: JobContent.BlobInfo, keys: KeyRing) throws -> Data {
+        guard let assembler else { throw MarketClientError("none of its \(info.chunks) pieces has arrived") }
+        return try assembler.open(info, keys: keys)
+    }
+
+    /// Pieces of one blob as they arrive, in any order, from a peer that may lie. A piece that
+    /// cannot belong with the others (an index outside its count, a count that changes, other
+    /// bytes at an index already held, more than the blob may hold) refuses the whole blob for
+    /// good; an identical resend (after a reconnect) changes nothing.
+    public struct Assembler: Sendable {
+        /// Why these pieces can never make the blob.
+        public struct Refusal: Error, Sendable, Equatable, CustomStringConvertible {
+            public let description: String
         }
 
-        public func isComplete(_ info: JobContent.BlobInfo) -> Bool {
-            count == info.chunks && pieces.count == info.chunks
+        /// The largest plaintext this receiver takes for the blob (its kind's limit).
+        public let maxBytes: Int64
+        private var pieces: [Int: String] = [:]
+        private var count: Int?
+        private var characters: Int64 = 0
+        /// The first contradiction, kept: nothing opens after it.
+        public private(set) var refusal: Refusal?
+
+        /// The setting `maxBytes` comes from, named when pieces go over it.
+        public let limitName: String?
+
+        public init(maxBytes: Int64 = WireLimits.maxBlobBytes, limitName: String? = nil) {
+            self.maxBytes = min(max(maxBytes, 0), WireLimits.maxBlobBytes)
+            self.limitName = limitName
+        }
+
+        /// The most sealed base64 the pieces may hold together.
+        var maxCharacters: Int64 { WireLimits.sealedCharacters(plaintext: maxBytes) }
+
+        /// Takes a piece, or refuses the blob (and every later piece) with why.
+        public mutating func add(_ body: BlobChunkBody) throws(Refusal) {
+            if let refusal { throw refusal }
+            do {
+                try take(body)
+            } catch {
+                refusal = error
+                throw error
+            }
+        }
+
+        private mutating func take(_ body: BlobChunkBody) throws(Refusal) {
+            let what = "piece \(body.index) of the \(body.blob.rawValue)"
+            guard (1...BlobChunkBody.maxChunks).contains(body.count) else {
+                throw Refusal(
+                    description: "\(what) says it is one of \(body.count); 1…\(BlobChunkBody.maxChunks) are allowed")
+            }
+            guard (0..<body.count).contains(body.index) else {
+                throw Refusal(description: "\(what) is outside 0…\(body.count - 1), its count of \(body.count)")
+            }
+            if let count, count != body.count {
+                throw Refusal(description: "\(what) says there are \(body.count) pieces; earlier ones said \(count)")
+            }
+            if let held = pieces[body.index] {
+                guard held == body.sealed else {
+                    throw Refusal(description: "\(what) came again with other bytes")
+                }
+                return
+            }
+            let total = characters + Int64(body.sealed.utf8.count)
+            guard total <= maxCharacters else {
+                throw Refusal(
+                    description:
+                        "the \(body.blob.rawValue)'s pieces hold \(total) characters with \(what); \(limitName ?? "the blob's limit") allows \(maxBytes) bytes, which seal to at most \(maxCharacters)"
+                )
+            }
+            count = body.count
+            pieces[body.index] = body.sealed
+            characters = total
+        }
+
+        /// Whether every piece `info` announces is in; throws when these pieces can never be
+        /// that blob (another count, more than its size seals to, a size over `maxBytes`).
+        public func isComplete(_ info: JobContent.BlobInfo) throws(Refusal) -> Bool {
+            if let refusal { throw refusal }
+            guard (0...maxBytes).contains(info.bytes) else {
+                throw Refusal(
+                    description: "the blob is announced as \(info.bytes) bytes; at most \(maxBytes) are taken")
+            }
+            guard (1...BlobChunkBody.maxChunks).contains(info.chunks) else {
+                throw Refusal(
+                    description:
+                        "the blob is announced in \(info.chunks) pieces; 1…\(BlobChunkBody.maxChunks) are allowed")
+            }
+            if let count, count != info.chunks {
+                throw Refusal(
+                    description: "the blob is announced in \(info.chunks) pieces, but its pieces say \(count)")
+            }
+            let bound = WireLimits.sealedCharacters(plaintext: info.bytes)
+            guard characters <= bound else {
+                throw Refusal(
+                    description:
+                        "the pieces hold \(characters) characters; a blob of \(info.bytes) bytes seals to at most \(bound)"
+                )
+            }
+            return pieces.count == info.chunks
         }
 
         /// Opens the blob with `keys` and checks it is what `info` says.
         public func open(_ info: JobContent.BlobInfo, keys: KeyRing) throws -> Data {
-            guard isComplete(info) else {
+            guard try isComplete(info) else {
                 throw MarketClientError("\(pieces.count) of \(info.chunks) pieces have arrived")
             }
-            let text = (0..<info.chunks).map { pieces[$0]! }.joined()
+            var text = ""
+            text.reserveCapacity(Int(characters))
+            for index in 0..<info.chunks {
+                guard let piece = pieces[index] else { throw MarketClientError("piece \(index) has not arrived") }
+                text += piece
+            }
             guard let sealed = Data(base64Encoded: text) else { throw MarketClientError("the pieces are not base64") }
             let (plaintext, _) = try Sealer.open(sealed, keys: keys)
             guard Int64(plaintext.count) == info.bytes, JobContent.sha256Hex(plaintext) == info.sha256 else {

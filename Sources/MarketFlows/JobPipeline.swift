@@ -273,25 +273,29 @@ public struct JobPipeline: Sendable {
             return
         }
         let usage = try JobStore(database: database).usage(at: now)
-        let text = String(decoding: job.prompt, as: UTF8.self)
+        // The prompt and the names are the requester's: shown to the person asked, never obeyed
+        // by their terminal.
+        let text = TerminalText.escaped(String(decoding: job.prompt, as: UTF8.self))
         let shown = text.count > 2000 ? String(text.prefix(2000)) + "… (\(text.count - 2000) more characters)" : text
         var header = "Job \(job.id)"
         if let task = job.taskID {
-            header += "\n  market task: \(task) from \(job.requester)"
+            header += "\n  market task: \(task) from \(TerminalText.line(job.requester))"
             if let price = job.price { header += " at \(price)" }
         }
         var workspaceLines = ""
         if let tree = job.workspace {
-            let names = tree.topLevelNames
+            let names = tree.topLevelNames.map(TerminalText.line)
             workspaceLines =
                 "\n  workspace: \(tree.fileCount) files, \(tree.byteCount) bytes: "
                 + names.prefix(8).joined(separator: " ") + (names.count > 8 ? " … (\(names.count - 8) more)" : "")
                 + "\n  tools:    \(config.list(.claudeWorkspaceTools).joined(separator: ", ")) (changes only in /work)"
-            for line in job.workspaceLeftOut.prefix(5) { workspaceLines += "\n  left out by the requester: \(line)" }
+            for line in job.workspaceLeftOut.prefix(5) {
+                workspaceLines += "\n  left out by the requester: \(TerminalText.line(line))"
+            }
         }
         if let transcript = job.conversation {
             workspaceLines +=
-                "\n  continues: conversation \(transcript.sessionID) (\(transcript.turns.count) turns, \(transcript.data.count) bytes)"
+                "\n  continues: conversation \(TerminalText.line(transcript.sessionID)) (\(transcript.turns.count) turns, \(transcript.data.count) bytes)"
         }
         let question = """
             \(header)

@@ -19,4 +19,16 @@ struct PrivateFiles: Sendable {
         try data.write(to: url, options: .atomic)
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: url.path)
     }
+
+    /// Why a blob of `id` was refused when it arrived (`ID` + `suffix`), kept for later.
+    func saveRefusal(_ reason: String, for id: String, suffix: String) throws {
+        try write(Data(reason.utf8), to: try url(id, suffix))
+    }
+
+    func refusal(_ id: String, suffix: String) -> String? {
+        guard let file = try? url(id, suffix), let data = FileManager.default.contents(atPath: file.path) else {
+            return nil
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
 }

@@ -232,34 +232,45 @@ public actor ProviderDaemon {
 
     // MARK: Frames
 
+    /// One frame from the market. Every body is checked by the protocol's rules before anything
+    /// is done with it (`checkedBody`); one they refuse is dropped, and said.
     func handle(_ frame: Envelope) async {
+        do {
+            try await handleChecked(frame)
+        } catch {
+            note("dropped a frame: \(error.description)", task: frame.subject.taskId)
+        }
+    }
+
+    private func handleChecked(_ frame: Envelope) async throws(MarketClientError) {
         switch frame.messageType {
         case .taskOpen:
-            guard let open = try? frame.decodeBody(OpenTaskBody.self) else { return }
-            await consider(open)
+            await consider(try frame.checkedBody(OpenTaskBody.self))
         case .taskAssigned:
-            guard let assigned = try? frame.decodeBody(AssignedBody.self), assigned.provider == keys.peerID.rawValue
-            else { return }
+            let assigned = try frame.checkedBody(AssignedBody.self)
+            guard assigned.provider == keys.peerID.rawValue else { return }
             do {
                 let document = try RelayedFrame.document(assigned.requesterKeyDocument, for: assigned.requester)
                 assignments[assigned.taskId] = Assignment(requester: document, price: assigned.price)
+                let stoppedReading = machines[assigned.taskId] == nil && readingLeftBehind(assigned.taskId)
                 await apply(.assigned(requester: assigned.requester, price: assigned.price), to: assigned.taskId)
+                if stoppedReading { await apply(.inputsStoppedTheProvider, to: assigned.taskId) }
             } catch {
                 await apply(.assignedUnverified(problem: "\(error)"), to: assigned.taskId)
             }
         case .payloadDeliver:
-            await deliver(frame)
+            await deliver(frame, try frame.checkedBody(SealedBody.self))
         case .blobChunk:
-            await inputPiece(frame)
+            await inputPiece(frame, try frame.checkedBody(BlobChunkBody.self))
         case .settlement:
             // Recorded even for a task won before a restart: the settlement may come days later.
-            guard let settlement = try? frame.decodeBody(SettlementBody.self) else { return }
+            let settlement = try frame.checkedBody(SettlementBody.self)
             let earned = settlement.movements.filter {
                 $0.to == .known(.peer(keys.peerID)) && $0.kind != .known(.refund)
             }.map(\.amount).reduce(0, +)
             await apply(.settlement(settlement, earned: earned), to: settlement.taskId)
         case .jobDispute:
-            guard let dispute = try? frame.decodeBody(ReasonBody.self) else { return }
+            let dispute = try frame.checkedBody(ReasonBody.self)
             await apply(.dispute(reason: dispute.reason), to: dispute.taskId)
         case .error:
             if let error = frame.errorBody { note("market: \(error.code): \(error.message)") }
@@ -336,8 +347,7 @@ public actor ProviderDaemon {
     }
 
     /// A sealed payload from the requester: checked and opened here, then the machine's.
-    func deliver(_ frame: Envelope) async {
-        guard let body = try? frame.decodeBody(SealedBody.self) else { return }
+    func deliver(_ frame: Envelope, _ body: SealedBody) async {
         let taskId = body.taskId
         guard let assignment = assignments[taskId], let machine = machines[taskId] else {
             note("a payload for task \(taskId), which is not assigned to this provider, was ignored", task: taskId)
@@ -354,11 +364,14 @@ public actor ProviderDaemon {
         let payload: JobContent.Payload
         do {
             guard let sealed = Data(base64Encoded: body.sealed) else { throw MarketClientError("not base64") }
-            let (plaintext, _) = try Sealer.open(sealed, keys: keys)
-            payload = try JSONDecoder().decode(JobContent.Payload.self, from: plaintext)
-            guard payload.taskId == taskId, payload.promptData != nil else {
-                throw MarketClientError("the payload names task \(payload.taskId), not \(taskId)")
+            payload = try readingInputs(taskId) {
+                let (plaintext, _) = try Sealer.open(sealed, keys: keys)
+                return try JSONDecoder().decode(JobContent.Payload.self, from: plaintext)
             }
+            guard payload.taskId == taskId else {
+                throw MarketClientError("the payload names task \(WireField.printable(payload.taskId)), not \(taskId)")
+            }
+            guard payload.promptData != nil else { throw MarketClientError("the payload's prompt is not base64") }
         } catch {
             await apply(.payloadUnreadable(problem: "\(error)"), to: taskId)
             return
@@ -373,9 +386,11 @@ public actor ProviderDaemon {
         conversation: ClaudeTranscript?
     ) {
         let leftOut = Array((payload.workspace?.leftOut ?? []).prefix(20))
+        // Checked when the payload was opened; read again here, where nothing may trap.
+        let prompt = payload.promptData ?? Data()
         let job = Task {
             await self.run(
-                taskId: taskId, assignment: assignment, prompt: payload.promptData!, workspace: workspace,
+                taskId: taskId, assignment: assignment, prompt: prompt, workspace: workspace,
                 leftOut: leftOut, conversation: conversation)
         }
         running[taskId] = job
@@ -383,9 +398,8 @@ public actor ProviderDaemon {
 
     /// A piece of a requester's workspace or conversation: checked against the requester's key,
     /// kept until the whole blob is there (pieces may come before the payload that names them).
-    func inputPiece(_ frame: Envelope) async {
-        guard let body = try? frame.decodeBody(BlobChunkBody.self), body.blob.fromRequester,
-            let assignment = assignments[body.taskId],
+    func inputPiece(_ frame: Envelope, _ body: BlobChunkBody) async {
+        guard body.blob.fromRequester, let assignment = assignments[body.taskId],
             let phase = machines[body.taskId]?.phase, phase == .assigned || phase == .awaitingInputs
         else { return }
         do {
@@ -394,12 +408,19 @@ public actor ProviderDaemon {
             note("refused a \(body.blob.rawValue) piece for task \(body.taskId): \(error)", task: body.taskId)
             return
         }
-        var pieces = inputPieces[body.taskId]?[body.blob] ?? SealedBlob.Assembler()
-        guard pieces.add(body) else {
+        let config = reloadConfig() ?? basePipeline.config
+        // The archive of a workspace within the config's limits is checked by them once read.
+        let fresh =
+            body.blob == .conversation
+            ? SealedBlob.Assembler(
+                maxBytes: config.bytes(.maxTranscriptBytes), limitName: ConfigKey.maxTranscriptBytes.name)
+            : SealedBlob.Assembler()
+        var pieces = inputPieces[body.taskId]?[body.blob] ?? fresh
+        do {
+            try pieces.add(body)
+        } catch {
             inputPieces[body.taskId] = nil
-            await apply(
-                .inputsRefused(reason: "the \(body.blob.rawValue)'s pieces disagree on how many there are"),
-                to: body.taskId)
+            await apply(.inputsRefused(reason: "the \(body.blob.rawValue) was refused: \(error)"), to: body.taskId)
             return
         }
         inputPieces[body.taskId, default: [:]][body.blob] = pieces
@@ -415,7 +436,13 @@ public actor ProviderDaemon {
         let needed: [(BlobChunkBody.Blob, JobContent.BlobInfo)] =
             [payload.workspace.map { (.workspace, $0.blob) }, payload.conversation.map { (.conversation, $0.blob) }]
             .compactMap { $0 }
-        guard needed.allSatisfy({ pieces[$0.0]?.isComplete($0.1) == true }) else { return }
+        do {
+            guard try SealedBlob.complete(needed, in: pieces) else { return }
+        } catch {
+            inputPieces[taskId] = nil
+            await apply(.inputsRefused(reason: error.description), to: taskId)
+            return
+        }
         inputPieces[taskId] = nil
         let config = reloadConfig() ?? basePipeline.config
         var tree: WorkspaceTree?
@@ -424,8 +451,10 @@ public actor ProviderDaemon {
             let limits = WorkspaceLimits(
                 maxBytes: config.bytes(.maxWorkspaceBytes), maxFiles: Int(config.integer(.maxWorkspaceFiles)))
             do {
-                let archive = try pieces[.workspace]!.open(info.blob, keys: keys)
-                tree = try WorkspaceTree.read(tar: archive, limits: limits).tree
+                tree = try readingInputs(taskId) {
+                    let archive = try SealedBlob.open(pieces[.workspace], info.blob, keys: keys)
+                    return try WorkspaceTree.read(tar: archive, limits: limits).tree
+                }
             } catch {
                 await apply(.inputsRefused(reason: "the workspace was refused: \(error)"), to: taskId)
                 return
@@ -433,15 +462,30 @@ public actor ProviderDaemon {
         }
         if let info = payload.conversation {
             do {
-                let data = try pieces[.conversation]!.open(info.blob, keys: keys)
-                conversation = try ClaudeTranscript(
-                    checking: data, sessionID: info.sessionId, maxBytes: config.bytes(.maxTranscriptBytes))
+                conversation = try readingInputs(taskId) {
+                    let data = try SealedBlob.open(pieces[.conversation], info.blob, keys: keys)
+                    return try ClaudeTranscript(
+                        checking: data, sessionID: info.sessionId, maxBytes: config.bytes(.maxTranscriptBytes))
+                }
             } catch {
                 await apply(.inputsRefused(reason: "the conversation was refused: \(error)"), to: taskId)
                 return
             }
         }
         await apply(.inputsOpened(workspace: tree, conversation: conversation), to: taskId)
+    }
+
+    /// Reads a requester's inputs with a mark left in this home meanwhile: a process that stops
+    /// while reading (a reader that traps) leaves it, and the task, which the market sends again
+    /// after the restart, is then refused (`readingLeftBehind`) instead of read into a loop.
+    private func readingInputs<T>(_ taskId: String, _ read: () throws -> T) throws -> T {
+        try? tasks.update(taskId, state: .readingInputs, at: nowMs)
+        defer { try? tasks.update(taskId, state: .assigned, at: nowMs) }
+        return try read()
+    }
+
+    private func readingLeftBehind(_ taskId: String) -> Bool {
+        (try? tasks.task(taskId))?.state == .readingInputs
     }
 
     // MARK: One job
@@ -530,7 +574,7 @@ public actor ProviderDaemon {
             }
             var content = JobContent.Result(
                 taskId: taskId, state: .known(result.state), exitCode: result.exitCode,
-                output: String(text.utf8.prefix(JobContent.maxOutputBytes)) ?? "",
+                output: JobContent.prefix(text, maxBytes: JobContent.maxOutputBytes),
                 truncated: output.truncated || text.utf8.count > JobContent.maxOutputBytes,
                 error: result.error.map(clean),
                 usage: JobUsage(inputTokens: usage.inputTokens, outputTokens: usage.outputTokens),

@@ -60,6 +60,9 @@ public struct ProviderTaskMachine: Sendable {
         /// Every piece of the workspace and conversation arrived and was read within the limits.
         case inputsOpened(workspace: WorkspaceTree?, conversation: ClaudeTranscript?)
         case inputsRefused(reason: String)
+        /// This home shows the inputs were being read when the provider last stopped: reading
+        /// them again could stop it again, in a loop, as the market sends them after each restart.
+        case inputsStoppedTheProvider
         /// The inputs did not arrive whole within `seconds` of the payload.
         case inputsLate(seconds: Int)
         case jobEnded(JobEnd)
@@ -147,6 +150,12 @@ public struct ProviderTaskMachine: Sendable {
             guard phase == .assigned || phase == .awaitingInputs else { return [] }
             awaiting = nil
             return end(rejecting: reason)
+        case .inputsStoppedTheProvider:
+            guard phase == .assigned else { return [] }
+            return end(
+                rejecting:
+                    "this provider stopped while it read the requester's inputs for this task; they are refused rather than read again"
+            )
         case .inputsLate(let seconds):
             guard phase == .awaitingInputs, let payload = awaiting else { return [] }
             awaiting = nil

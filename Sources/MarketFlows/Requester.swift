@@ -56,6 +56,8 @@ public enum RequesterUpdate: Sendable {
     /// The result did not check out: it is disputed, not accepted.
     case badResult(provider: String, problem: String)
     case settlement(SettlementBody)
+    /// A frame about the task that was not acted on: its body broke the protocol's rules.
+    case frameDropped(String)
 }
 
 /// How a followed task ended.
@@ -166,7 +168,7 @@ public actor Requester {
                 }
                 return nil
             }
-            let first = try await group.next()!
+            let first = try await group.next() ?? nil
             group.cancelAll()
             guard let first else {
                 throw MarketClientError(
@@ -182,8 +184,15 @@ public actor Requester {
     private func handle(_ frame: Envelope, taskId: String, _ onUpdate: @Sendable (RequesterUpdate) -> Void)
         async throws -> RequesterOutcome?
     {
-        guard frame.subject.taskId == taskId, let event = try event(for: frame, taskId: taskId) else { return nil }
-        return try await apply(event, taskId: taskId, frame: frame, onUpdate)
+        guard frame.subject.taskId == taskId else { return nil }
+        let checked: RequesterMachine.Event
+        do {
+            guard let event = try event(for: frame, taskId: taskId) else { return nil }
+            checked = event
+        } catch {
+            checked = .frameDropped(reason: error.description)
+        }
+        return try await apply(checked, taskId: taskId, frame: frame, onUpdate)
     }
 
     private func apply(
@@ -206,7 +215,7 @@ public actor Requester {
                 try tasks.storeResult(
                     taskId, frame: try Self.text(frame), hash: hash ?? "", verified: hash != nil, at: nowMs)
             case .collectBlobs:
-                if let opened = try openBlobsIfComplete(taskId) {
+                if let opened = openBlobsIfComplete(taskId) {
                     return try await apply(opened, taskId: taskId, frame: frame, onUpdate)
                 }
             case .audit(let kind, let details):
@@ -223,14 +232,14 @@ public actor Requester {
         return nil
     }
 
-    /// The edge: a frame about the task, checked against the assigned provider's signature, its
-    /// seal and its hash, as the machine's event; nil for a frame that does not count.
-    private func event(for frame: Envelope, taskId: String) throws -> RequesterMachine.Event? {
+    /// The edge: a frame about the task, its body checked by the protocol's rules (it throws
+    /// when they refuse it), then against the assigned provider's signature, its seal and its
+    /// hash, as the machine's event; nil for a frame that does not count.
+    private func event(for frame: Envelope, taskId: String) throws(MarketClientError) -> RequesterMachine.Event? {
         switch frame.messageType {
         case .taskAssigned:
-            guard let assigned = try? frame.decodeBody(AssignedBody.self), assigned.requester == me else {
-                return nil
-            }
+            let assigned = try frame.checkedBody(AssignedBody.self)
+            guard assigned.requester == me else { return nil }
             do {
                 providers[taskId] = try RelayedFrame.document(assigned.providerKeyDocument, for: assigned.provider)
             } catch {
@@ -241,8 +250,9 @@ public actor Requester {
             guard verified(frame, taskId) else { return nil }
             return .approved
         case .jobEvent:
-            guard verified(frame, taskId), let body = try? frame.decodeBody(SealedBody.self), let seq = body.seq,
-                let sealed = Data(base64Encoded: body.sealed),
+            guard verified(frame, taskId) else { return nil }
+            let body = try frame.checkedBody(SealedBody.self)
+            guard let seq = body.seq, let sealed = Data(base64Encoded: body.sealed),
                 let (plaintext, _) = try? Sealer.open(sealed, keys: session.keys),
                 let batch = try? JSONDecoder().decode(JobContent.EventBatch.self, from: plaintext),
                 batch.taskId == taskId
@@ -255,22 +265,30 @@ public actor Requester {
             case .failure(let problem): return .resultRefused(problem: problem.description)
             }
         case .blobChunk:
-            guard verified(frame, taskId), let body = try? frame.decodeBody(BlobChunkBody.self),
-                !body.blob.fromRequester
-            else { return nil }
-            var pieces = resultPieces[taskId]?[body.blob] ?? SealedBlob.Assembler()
-            _ = pieces.add(body)
+            guard verified(frame, taskId) else { return nil }
+            let body = try frame.checkedBody(BlobChunkBody.self)
+            guard !body.blob.fromRequester else { return nil }
+            let maxBytes = body.blob == .patch ? WireLimits.maxPatchBytes : WireLimits.maxTranscriptBytes
+            var pieces = resultPieces[taskId]?[body.blob] ?? SealedBlob.Assembler(maxBytes: maxBytes)
+            let refusal: SealedBlob.Assembler.Refusal?
+            do {
+                try pieces.add(body)
+                refusal = nil
+            } catch {
+                // Kept: a result that names this blob is refused with why.
+                refusal = error
+            }
             resultPieces[taskId, default: [:]][body.blob] = pieces
-            return try openBlobsIfComplete(taskId)
+            if let opened = openBlobsIfComplete(taskId) { return opened }
+            if let refusal { throw MarketClientError("the \(body.blob.rawValue) is refused: \(refusal)") }
+            return nil
         case .jobRejected, .jobFailed, .jobHandback:
-            guard verified(frame, taskId), let type = frame.messageType,
-                let body = try? frame.decodeBody(ReasonBody.self)
-            else { return nil }
+            guard verified(frame, taskId), let type = frame.messageType else { return nil }
+            let body = try frame.checkedBody(ReasonBody.self)
             providers[taskId] = nil
             return .providerLeft(type, reason: body.reason)
         case .settlement:
-            guard let settlement = try? frame.decodeBody(SettlementBody.self) else { return nil }
-            return .settlement(settlement)
+            return .settlement(try frame.checkedBody(SettlementBody.self))
         default:
             return nil
         }
@@ -325,23 +343,31 @@ public actor Requester {
 
     /// Once every piece of the patch and the transcript the awaited result names is in: each is
     /// opened and checked against the result's SHA-256, read and kept here. A blob that does not
-    /// match what the provider signed is refused like a result that does not; a transcript that
-    /// matches but is no valid transcript (the job's own doing) is only said.
-    private func openBlobsIfComplete(_ taskId: String) throws -> RequesterMachine.Event? {
+    /// match what the provider signed, or a patch that does not parse, is refused like a result
+    /// that does not check out; a transcript that matches but is no valid transcript (the job's
+    /// own doing) is only said. Either refusal is kept beside the task, so that `result` says it
+    /// at once later instead of waiting for pieces that will not come.
+    private func openBlobsIfComplete(_ taskId: String) -> RequesterMachine.Event? {
         guard let result = machines[taskId]?.awaitingBlobs else { return nil }
         let pieces = resultPieces[taskId] ?? [:]
         let needed: [(BlobChunkBody.Blob, JobContent.BlobInfo)] =
             [result.patch?.blob.map { (.patch, $0) }, result.transcript?.blob.map { (.transcript, $0) }]
             .compactMap { $0 }
-        guard needed.allSatisfy({ pieces[$0.0]?.isComplete($0.1) == true }) else { return nil }
+        do {
+            guard try SealedBlob.complete(needed, in: pieces) else { return nil }
+        } catch {
+            resultPieces[taskId] = nil
+            return refuseBlobs(error.description, result: result, taskId: taskId)
+        }
         resultPieces[taskId] = nil
         var patch: WorkspacePatch?
         var transcript: ClaudeTranscript?
         var transcriptProblem: String?
         do {
             if let info = result.patch?.blob {
-                let data = try pieces[.patch]!.open(info, keys: session.keys)
+                let data: Data
                 do {
+                    data = try SealedBlob.open(pieces[.patch], info, keys: session.keys)
                     patch = try WorkspacePatch(parsing: data)
                 } catch {
                     throw Problem("the patch does not check out: \(error)")
@@ -351,7 +377,7 @@ public actor Requester {
             if let transcriptInfo = result.transcript, let info = transcriptInfo.blob {
                 let data: Data
                 do {
-                    data = try pieces[.transcript]!.open(info, keys: session.keys)
+                    data = try SealedBlob.open(pieces[.transcript], info, keys: session.keys)
                 } catch {
                     throw Problem("the transcript does not check out: \(error)")
                 }
@@ -362,12 +388,21 @@ public actor Requester {
                     transcript = checked
                 } catch let error as TranscriptError {
                     transcriptProblem = "\(error)"
+                    try? conversations?.saveRefusal("\(error)", for: taskId)
                 }
             }
         } catch {
-            return .blobsRefused(problem: error is Problem ? "\(error)" : "the patch does not check out: \(error)")
+            return refuseBlobs("\(error)", result: result, taskId: taskId)
         }
         return .blobsOpened(patch: patch, transcript: transcript, transcriptProblem: transcriptProblem)
+    }
+
+    /// The result's blobs refused, and why kept beside the task for `result` to say later: the
+    /// patch and the transcript go together, whichever the problem was in.
+    private func refuseBlobs(_ problem: String, result: JobContent.Result, taskId: String) -> RequesterMachine.Event {
+        if result.patch?.blob != nil { try? workspaces?.savePatchRefusal(problem, for: taskId) }
+        if result.transcript?.blob != nil { try? conversations?.saveRefusal(problem, for: taskId) }
+        return .blobsRefused(problem: problem)
     }
 
     static func text(_ frame: Envelope) throws -> String {
@@ -390,8 +425,14 @@ public actor Requester {
         } catch {
             return .failure(Problem("\(error)"))
         }
-        guard let body = try? frame.decodeBody(ResultBody.self), let sealed = Data(base64Encoded: body.sealed) else {
-            return .failure(Problem("the result frame is malformed"))
+        let body: ResultBody
+        do {
+            body = try frame.checkedBody(ResultBody.self)
+        } catch {
+            return .failure(Problem(error.description))
+        }
+        guard let sealed = Data(base64Encoded: body.sealed) else {
+            return .failure(Problem("the result frame's sealed field is not base64"))
         }
         guard let (plaintext, _) = try? Sealer.open(sealed, keys: session.keys) else {
             return .failure(Problem("the result is not sealed to this requester's keys"))

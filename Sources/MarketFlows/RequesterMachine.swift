@@ -31,6 +31,8 @@ public struct RequesterMachine: Sendable {
         /// `job.rejected`, `job.failed` or `job.handback`, signed by the provider: it let the task go.
         case providerLeft(MessageType, reason: String)
         case settlement(SettlementBody)
+        /// A frame about the task whose body the protocol's rules refuse: said, not acted on.
+        case frameDropped(reason: String)
     }
 
     /// What `Requester` does, in order.
@@ -143,6 +145,8 @@ public struct RequesterMachine: Sendable {
                 default: .failed(provider: provider, reason: reason)
                 }
             return [.report(update)]
+        case .frameDropped(let reason):
+            return [.report(.frameDropped(reason))]
         case .settlement(let settlement):
             outcome.state = LocalTaskState(settlement.state)
             var actions: [Action] = [

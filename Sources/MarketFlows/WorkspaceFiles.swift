@@ -4,7 +4,8 @@ import MarketCore
 /// A requester's workspace jobs on disk: the archive that was sent (`TASK.tar`, with what
 /// packing left out beside it), to seal again if the task moves to another provider and to tell
 /// what changed before a patch is applied; and the patch that came back (`TASK.diff`), for
-/// `result --apply` later. Files 0600 in a 0700 directory.
+/// `result --apply` later, or why it was refused (`TASK.diff.refused`). Files 0600 in a 0700
+/// directory.
 public struct WorkspaceFiles: Sendable {
     public let directory: URL
     let files: PrivateFiles
@@ -38,6 +39,13 @@ public struct WorkspaceFiles: Sendable {
     public func savePatch(_ patch: Data, for taskId: String) throws {
         try files.write(patch, to: try files.url(taskId, ".diff"))
     }
+
+    /// The patch came and was refused (it did not match the result, or does not parse): why.
+    public func savePatchRefusal(_ reason: String, for taskId: String) throws {
+        try files.saveRefusal(reason, for: taskId, suffix: ".diff.refused")
+    }
+
+    public func patchRefusal(_ taskId: String) -> String? { files.refusal(taskId, suffix: ".diff.refused") }
 
     public func patch(_ taskId: String) throws -> Data? {
         let file = try files.url(taskId, ".diff")

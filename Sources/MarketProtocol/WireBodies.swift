@@ -13,8 +13,12 @@ public struct HelloBody: WireBody, Equatable {
     public var keyDocument: String
     public init(keyDocument: String) { self.keyDocument = keyDocument }
     public func validate(limits: WireLimits) throws(MarketError) {
+        try validate(limits: limits, field: "keyDocument")
+    }
+
+    func validate(limits: WireLimits, field: String) throws(MarketError) {
         guard (1...16_384).contains(keyDocument.utf8.count) else {
-            throw MarketError(.invalidBody, "keyDocument must be 1–16384 bytes")
+            throw MarketError(.invalidBody, "\(field) of \(keyDocument.utf8.count) bytes must be 1–16384 bytes")
         }
     }
 }
@@ -319,7 +323,7 @@ public struct AckBody: Codable, Sendable, Equatable {
 }
 
 /// `task.open` (server → providers): an open task, public fields only.
-public struct OpenTaskBody: Codable, Sendable, Equatable {
+public struct OpenTaskBody: WireBody, Equatable {
     public var taskId: String
     public var requester: String
     public var maxPrice: Int64
@@ -345,11 +349,25 @@ public struct OpenTaskBody: Codable, Sendable, Equatable {
         self.timeoutSeconds = timeoutSeconds
         self.expiresMs = expiresMs
     }
+
+    /// Checked by the provider that reads it, as a `task.post` is by the market.
+    public func validate(limits: WireLimits) throws(MarketError) {
+        try WireField.taskID(taskId)
+        try WireField.peer(requester, field: "requester")
+        try WireField.price(maxPrice, field: "maxPrice")
+        try WireField.reputation(minReputation, field: "minReputation")
+        if let model { try WireField.model(model) }
+        guard (1...limits.maxTaskTimeoutSeconds).contains(timeoutSeconds) else {
+            throw MarketError(
+                .invalidBody, "timeoutSeconds \(timeoutSeconds) must be 1…\(limits.maxTaskTimeoutSeconds)")
+        }
+        try WireField.workspace(bytes: workspaceBytes, files: workspaceFiles, field: "workspace")
+    }
 }
 
 /// `task.assigned` (server → both parties): who won, at what price, and both parties' signed key
 /// documents, so that each seals to and verifies the other without trusting the market.
-public struct AssignedBody: Codable, Sendable, Equatable {
+public struct AssignedBody: WireBody, Equatable {
     public var taskId: String
     public var requester: String
     public var provider: String
@@ -368,10 +386,23 @@ public struct AssignedBody: Codable, Sendable, Equatable {
         self.requesterKeyDocument = requesterKeyDocument
         self.providerKeyDocument = providerKeyDocument
     }
+
+    /// Checked by the parties that read it; the key documents are verified after this.
+    public func validate(limits: WireLimits) throws(MarketError) {
+        try WireField.taskID(taskId)
+        try WireField.peer(requester, field: "requester")
+        try WireField.peer(provider, field: "provider")
+        try WireField.price(price, field: "price")
+        for (field, document) in [
+            ("requesterKeyDocument", requesterKeyDocument), ("providerKeyDocument", providerKeyDocument),
+        ] {
+            try HelloBody(keyDocument: document).validate(limits: limits, field: field)
+        }
+    }
 }
 
 /// `settlement` (server → both parties): the task's final or re-opened state and the ledger rows.
-public struct SettlementBody: Codable, Sendable, Equatable {
+public struct SettlementBody: WireBody, Equatable {
     public struct Row: Codable, Sendable, Equatable {
         public var from: WireEnum<Account>
         public var to: WireEnum<Account>
@@ -394,5 +425,24 @@ public struct SettlementBody: Codable, Sendable, Equatable {
         self.state = state
         self.reason = reason
         self.movements = movements
+    }
+
+    /// Rows a settlement can hold: a release, a fee, a hold-back and what a threshold frees.
+    public static let maxMovements = 64
+    /// A settlement's reason quotes a party's (`rejected by the provider: …`).
+    public static let maxReasonBytes = 4096
+
+    /// Checked by the parties that read it: what it says moved is what they record.
+    public func validate(limits: WireLimits) throws(MarketError) {
+        try WireField.taskID(taskId)
+        if let reason, reason.utf8.count > Self.maxReasonBytes {
+            throw MarketError(.invalidBody, "reason of \(reason.utf8.count) bytes; at most \(Self.maxReasonBytes)")
+        }
+        guard movements.count <= Self.maxMovements else {
+            throw MarketError(.invalidBody, "\(movements.count) movements; at most \(Self.maxMovements)")
+        }
+        for row in movements where row.amount <= 0 {
+            throw MarketError(.invalidBody, "a movement of \(row.amount) micro-credits; amounts are above zero")
+        }
     }
 }

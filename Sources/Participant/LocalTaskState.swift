@@ -18,6 +18,10 @@ public enum LocalTaskState: TolerantText {
     case rejected
     /// Provider: the job could not be run or its result not delivered.
     case failed
+    /// Provider: the requester's payload, workspace or conversation is being read. Left behind
+    /// only by a process that stopped while reading them: what the market sends again after
+    /// the restart is refused instead of read into the same stop.
+    case readingInputs
     case unknown(String)
 
     public static let open = Self.market(.open)
@@ -36,6 +40,7 @@ public enum LocalTaskState: TolerantText {
         case "handed-back": self = .handedBack
         case "rejected": self = .rejected
         case "failed": self = .failed
+        case "reading-inputs": self = .readingInputs
         default: self = TaskState(rawValue: rawValue).map { .market($0) } ?? .unknown(rawValue)
         }
     }
@@ -48,6 +53,7 @@ public enum LocalTaskState: TolerantText {
         case .handedBack: "handed-back"
         case .rejected: "rejected"
         case .failed: "failed"
+        case .readingInputs: "reading-inputs"
         case .unknown(let text): text
         }
     }
@@ -57,7 +63,7 @@ public enum LocalTaskState: TolerantText {
         switch self {
         case .market(let state): state.isFinal
         case .refused, .handedBack, .rejected, .failed: true
-        case .posting, .unknown: false
+        case .posting, .readingInputs, .unknown: false
         }
     }
 }

@@ -29,7 +29,13 @@ package enum CommandMain {
                 Output.note("Error: \(message)")
                 Foundation.exit(1)
             }
-            root.exit(withError: error)
+            // A failure's message may quote the market or a peer: it goes out through
+            // `Output.note` like every other. Help and `CleanExit` are ArgumentParser's to print.
+            let code = root.exitCode(for: error)
+            guard code != .success else { root.exit(withError: error) }
+            let message = root.fullMessage(for: error)
+            if !message.isEmpty { Output.note(message) }
+            Foundation.exit(code.rawValue)
         }
     }
 

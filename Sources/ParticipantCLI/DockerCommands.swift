@@ -131,7 +131,8 @@ final class BuildProgress: Sendable {
                 let width = 30
                 let filled = step.total > 0 ? width * step.done / step.total : 0
                 let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-                Output.stderr(Data("\r\u{1B}[K[\(bar)] \(line.prefix(60))".utf8))
+                // Our own escape clears the line; the build's words are shown, not obeyed.
+                Output.stderr(Data("\r\u{1B}[K[\(bar)] \(TerminalText.line(String(line.prefix(60))))".utf8))
             } else if !terminal {
                 Output.note(line)
             }
@@ -210,8 +211,8 @@ final class PullProgressPrinter: Sendable {
                 let done = layers.values.reduce(Int64(0)) { $0 + $1.current }
                 let total = layers.values.reduce(Int64(0)) { $0 + $1.total }
                 let percent = total > 0 ? Int(done * 100 / total) : 0
-                Output.stderr(
-                    Data("\r\u{1B}[K\(layers.count) layers \(percent)% — \(layer.prefix(12)) \(progress.status)".utf8))
+                let status = TerminalText.line("\(layer.prefix(12)) \(progress.status)")
+                Output.stderr(Data("\r\u{1B}[K\(layers.count) layers \(percent)% — \(status)".utf8))
             } else {
                 let amounts = progress.total.map { " \(progress.current ?? 0)/\($0) bytes" } ?? ""
                 Output.note("\(layer.isEmpty ? "" : "\(layer.prefix(12)): ")\(progress.status)\(amounts)")

@@ -145,7 +145,7 @@ struct ExecuteCommand: AsyncParsableCommand {
             if let patch = outcome.patch {
                 try WorkspaceReport.handle(patch: patch, arguments: workspace, base: packed?.tree, json: json)
             } else if let error = outcome.error {
-                Output.note("no patch: \(error)")
+                Output.note("no patch: \(TerminalText.line(error))")
             }
         }
         switch report.state {

@@ -67,9 +67,13 @@ final class JobOutputPrinter: @unchecked Sendable {
             case .event(let event):
                 switch event {
                 case .text(let text): emit(nil, human: text)
-                case .toolUse(let name): emit(nil, human: "[tool: \(name)]")
-                case .rateLimit(let notice): emit(nil, human: "[rate limit \(notice.window): \(notice.status)]")
-                case .notJSON(let line): emit(nil, human: "[not JSON] \(line)")
+                // Written by the job (or the API it reached): one line of ours each.
+                case .toolUse(let name): emit(nil, human: "[tool: \(TerminalText.line(name))]")
+                case .rateLimit(let notice):
+                    emit(
+                        nil,
+                        human: "[rate limit \(TerminalText.line(notice.window)): \(TerminalText.line(notice.status))]")
+                case .notJSON(let line): emit(nil, human: "[not JSON] \(TerminalText.line(line))")
                 default: break
                 }
             }
@@ -122,7 +126,7 @@ final class JobOutputPrinter: @unchecked Sendable {
                 format: "job %@ %@ in %.1f s — %lld in / %lld out tokens%@%@", jobID, report.state.rawValue, seconds,
                 total.inputTokens, total.outputTokens,
                 report.redactions > 0 ? ", \(report.redactions) secrets redacted" : "",
-                report.error.map { " — \($0)" } ?? ""))
+                report.error.map { " — \(TerminalText.line($0))" } ?? ""))
         if let transcript = report.transcript {
             Output.note(
                 "conversation kept (\(transcript.turns.count) turns): continue it with `execute --follow-up \(jobID) --prompt …`"

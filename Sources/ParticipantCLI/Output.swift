@@ -1,6 +1,10 @@
 import Foundation
+import MarketCore
 
 /// Printing for people (tables, lines) and programs (`--json`: clean JSON on stdout only).
+/// Everything written for people as text passes `TerminalText`: much of it quotes a peer or a
+/// job (output, reasons, names), and no escape sequence of theirs may reach the terminal. JSON
+/// keeps the exact text, JSON-escaped.
 package enum Output {
     package static func json(_ value: some Encodable) throws {
         stdout(try jsonData(value))
@@ -23,12 +27,17 @@ package enum Output {
     }
 
     package static func line(_ text: String = "") {
-        stdout(Data((text + "\n").utf8))
+        stdout(Data((TerminalText.escaped(text) + "\n").utf8))
+    }
+
+    /// Text as it streams (a job's output, Claude's words), with no line end added.
+    package static func text(_ text: String) {
+        stdout(Data(TerminalText.escaped(text).utf8))
     }
 
     /// Diagnostics and progress: stderr, so that stdout stays parseable.
     package static func note(_ text: String) {
-        stderr(Data((text + "\n").utf8))
+        stderr(Data((TerminalText.escaped(text) + "\n").utf8))
     }
 
     /// Writes that survive a closed pipe (`… | head`): the error is ignored, not a crash.
@@ -40,7 +49,9 @@ package enum Output {
         try? FileHandle.standardError.write(contentsOf: data)
     }
 
+    /// Cells are shown as one line each (`TerminalText.line`), so that widths are what shows.
     package static func table(_ header: [String], _ rows: [[String]]) -> String {
+        let rows = rows.map { $0.map(TerminalText.line) }
         var widths = header.map(\.count)
         for row in rows {
             for (index, cell) in row.enumerated() where index < widths.count {
@@ -75,7 +86,7 @@ package enum Output {
         guard stdinIsTerminal else {
             throw CLIError("this needs confirmation and there is no terminal to ask on: rerun with --yes", exitCode: 2)
         }
-        FileHandle.standardError.write(Data("\(question) [y/N] ".utf8))
+        FileHandle.standardError.write(Data("\(TerminalText.escaped(question)) [y/N] ".utf8))
         guard let answer = readLine()?.trimmingCharacters(in: .whitespaces).lowercased() else { return false }
         return answer == "y" || answer == "yes"
     }

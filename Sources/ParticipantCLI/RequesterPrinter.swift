@@ -40,21 +40,23 @@ struct RequesterPrinter: Sendable {
                 "estimate: \(Credits(micro: price)) (of at most \(Credits(micro: maxPrice))), \(estimate.freeSlots) free slot(s): it should start at once"
             )
         } else {
-            Output.note("no provider can take it now: \(estimate.why ?? "?"); it waits in the book")
+            Output.note("no provider can take it now: \(TerminalText.line(estimate.why ?? "?")); it waits in the book")
         }
     }
 
     func posted(_ ack: AckBody) {
         if json { return emit(Line(type: "posted", taskId: ack.taskId, state: ack.state?.rawValue, note: ack.note)) }
         Output.note(
-            "task \(ack.taskId ?? "?") posted: \(ack.state?.rawValue ?? "?")" + (ack.note.map { " (\($0))" } ?? ""))
+            "task \(TerminalText.line(ack.taskId ?? "?")) posted: \(TerminalText.line(ack.state?.rawValue ?? "?"))"
+                + (ack.note.map { " (\(TerminalText.line($0)))" } ?? ""))
     }
 
     func update(_ update: RequesterUpdate) {
         switch update {
         case .assigned(let provider, let price):
             if json { return emit(Line(type: "assigned", provider: provider, price: price)) }
-            Output.note("assigned to \(provider) at \(Credits(micro: price)); payload sealed to its key")
+            Output.note(
+                "assigned to \(TerminalText.line(provider)) at \(Credits(micro: price)); payload sealed to its key")
         case .approved(let provider):
             if json { return emit(Line(type: "approved", provider: provider)) }
             Output.note("approved by the provider; running")
@@ -69,32 +71,36 @@ struct RequesterPrinter: Sendable {
                 case .line where item.stream == .known(.stderr): Output.note(item.text ?? "")
                 case .line: Output.line(item.text ?? "")
                 case .delta:
-                    Output.stdout(Data((item.text ?? "").utf8))
+                    Output.text(item.text ?? "")
                     midMessage.set()
                 case .text:
-                    if midMessage.take() { Output.stdout(Data("\n".utf8)) } else { Output.line(item.text ?? "") }
-                case .tool: Output.line("[tool: \(item.text ?? "")]")
+                    if midMessage.take() { Output.line() } else { Output.line(item.text ?? "") }
+                case .tool: Output.line("[tool: \(TerminalText.line(item.text ?? ""))]")
                 case .started, nil: break
                 }
             }
         case .rejected(let provider, let reason), .failed(let provider, let reason):
             if json { return emit(Line(type: "provider-fault", provider: provider, note: reason)) }
-            Output.note("the provider \(provider) gave the job back: \(reason)")
+            Output.note("the provider \(TerminalText.line(provider)) gave the job back: \(TerminalText.line(reason))")
         case .handedBack(let provider, let reason):
             if json { return emit(Line(type: "handed-back", provider: provider, note: reason)) }
-            Output.note("the provider \(provider) is at its account's limit and handed the job back: \(reason)")
+            Output.note(
+                "the provider \(TerminalText.line(provider)) is at its account's limit and handed the job back: "
+                    + TerminalText.line(reason))
         case .result(let result, let provider):
             if json { return emit(Line(type: "result", provider: provider, result: result)) }
-            if !streamed.isSet && !result.output.isEmpty { Output.stdout(Data(result.output.utf8)) }
+            if !streamed.isSet && !result.output.isEmpty { Output.text(result.output) }
             Output.note(
-                "result from \(provider): \(result.state), signature and hash verified"
+                "result from \(TerminalText.line(provider)): \(TerminalText.line(result.state.rawValue)), signature and hash verified"
                     + (result.metered
                         ? ", \(result.usage.inputTokens) in / \(result.usage.outputTokens) out tokens (metered)" : ""))
         case .patch(let patch):
             if json {
                 return emit(Line(type: "patch", note: patch.isEmpty ? "no changes" : "\(patch.files.count) files"))
             }
-            Output.note("patch received and checked (\(patch.data.count) bytes, base \(patch.baseHash.prefix(19))…)")
+            Output.note(
+                "patch received and checked (\(patch.data.count) bytes, base \(TerminalText.line(String(patch.baseHash.prefix(19))))…)"
+            )
         case .transcript(let transcript):
             if json { return emit(Line(type: "transcript", note: transcript.sessionID)) }
             Output.note(
@@ -102,10 +108,14 @@ struct RequesterPrinter: Sendable {
             )
         case .noTranscript(let reason):
             if json { return emit(Line(type: "no-transcript", note: reason)) }
-            Output.note("no conversation to continue: \(reason)")
+            Output.note("no conversation to continue: \(TerminalText.line(reason))")
         case .badResult(let provider, let problem):
             if json { return emit(Line(type: "bad-result", provider: provider, note: problem)) }
-            Output.note("REFUSED the result from \(provider): \(problem); disputing")
+            Output.note(
+                "REFUSED the result from \(TerminalText.line(provider)): \(TerminalText.line(problem)); disputing")
+        case .frameDropped(let reason):
+            if json { return emit(Line(type: "dropped", note: reason)) }
+            Output.note("ignored a frame: \(TerminalText.line(reason))")
         case .settlement(let settlement):
             if json {
                 return emit(
@@ -114,7 +124,9 @@ struct RequesterPrinter: Sendable {
                         note: settlement.reason)
                 )
             }
-            Output.note("task \(settlement.taskId) \(settlement.state)" + (settlement.reason.map { ": \($0)" } ?? ""))
+            Output.note(
+                "task \(TerminalText.line(settlement.taskId)) \(TerminalText.line(settlement.state.rawValue))"
+                    + (settlement.reason.map { ": \(TerminalText.line($0))" } ?? ""))
         }
     }
 
@@ -123,7 +135,8 @@ struct RequesterPrinter: Sendable {
         if outcome.state == .delivered, let result = outcome.result {
             let why =
                 result.state == .known(.succeeded) && result.patch?.error != nil
-                ? "the job succeeded but its patch could not be made" : "the job ended \(result.state)"
+                ? "the job succeeded but its patch could not be made"
+                : "the job ended \(TerminalText.line(result.state.rawValue))"
             Output.note(
                 "\(why), so it was not accepted: `claude-max-market accept --task-id \(outcome.taskId)` "
                     + "or `dispute --task-id \(outcome.taskId) --reason …` (the acceptance window accepts it otherwise)"

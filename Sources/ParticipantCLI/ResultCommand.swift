@@ -52,13 +52,17 @@ struct ResultCommand: AsyncParsableCommand {
         let files = WorkspaceFiles(directory: link.context.paths.workspacesDirectory)
         if let frame = try store.resultFrame(taskId), local.resultVerified == true {
             let result = try Requester.openStored(frame, keys: link.ring)
-            // A result whose patch had not all arrived is followed again: the market keeps the
-            // pieces while the task is delivered.
-            let patchHere = try files.patch(taskId) != nil
+            // A result whose patch or transcript had not all arrived is followed again: the
+            // market keeps the pieces while the task is delivered. One refused when it arrived
+            // will not come again, nor anything once the task is over: said at once.
             let conversations = ConversationFiles(directory: link.context.paths.conversationsDirectory)
-            let transcriptHere = (try? conversations.transcript(taskId)) != nil
-            if (result.patch?.blob == nil || patchHere) && (result.transcript?.blob == nil || transcriptHere) {
-                try show(result, state: local.state, conversations: conversations)
+            let patchHere = try files.patch(taskId) != nil
+            let patchPending = result.patch?.blob != nil && !patchHere && files.patchRefusal(taskId) == nil
+            let transcriptPending =
+                result.transcript?.blob != nil && (try? conversations.transcript(taskId)) == nil
+                && conversations.refusal(taskId) == nil
+            if !(patchPending || transcriptPending) || local.state.isFinal {
+                try show(result, state: local.state, conversations: conversations, files: files)
                 return try handlePatch(result, files: files)
             }
         }
@@ -82,7 +86,7 @@ struct ResultCommand: AsyncParsableCommand {
         if let result = outcome.result {
             try show(
                 result, state: outcome.state,
-                conversations: ConversationFiles(directory: link.context.paths.conversationsDirectory))
+                conversations: ConversationFiles(directory: link.context.paths.conversationsDirectory), files: files)
             try handlePatch(result, files: files)
         } else {
             throw CLIError("task \(taskId) ended \(outcome.state) without a result")
@@ -96,13 +100,25 @@ struct ResultCommand: AsyncParsableCommand {
             throw CLIError("task \(taskId) was not a workspace job: there is no patch", exitCode: 2)
         }
         if info.blob == nil {
-            if let error = info.error { throw CLIError("task \(taskId) has no patch: \(error)") }
+            if let error = info.error { throw CLIError("task \(taskId) has no patch: \(TerminalText.line(error))") }
             return Output.note("the job changed nothing in the workspace")
         }
         guard let data = try files.patch(taskId) else {
+            if let refusal = files.patchRefusal(taskId) {
+                throw CLIError(
+                    "task \(taskId): its patch was refused when it arrived, so there is nothing to apply: \(TerminalText.line(refusal))"
+                )
+            }
             throw CLIError("the patch of task \(taskId) has not arrived in this home")
         }
-        let patch = try WorkspacePatch(parsing: data)
+        let patch: WorkspacePatch
+        do {
+            patch = try WorkspacePatch(parsing: data)
+        } catch {
+            throw CLIError(
+                "the patch of task \(taskId) kept here does not parse, so nothing was applied: \(TerminalText.line("\(error)"))"
+            )
+        }
         let recorded = apply ? try files.directory(taskId) : nil
         guard let target = dir ?? recorded ?? (apply ? nil : "") else {
             throw CLIError(
@@ -116,13 +132,20 @@ struct ResultCommand: AsyncParsableCommand {
         try WorkspaceReport.handle(patch: patch, arguments: arguments, base: base, json: output.json)
     }
 
-    func show(_ result: JobContent.Result, state: LocalTaskState, conversations: ConversationFiles) throws {
+    func show(
+        _ result: JobContent.Result, state: LocalTaskState, conversations: ConversationFiles, files: WorkspaceFiles
+    )
+        throws
+    {
         let chain = try conversations.chain(taskId)
         let kept = transcript ? try conversations.transcript(taskId) : nil
+        let transcriptRefused = result.transcript?.blob == nil ? nil : conversations.refusal(taskId)
+        let patchRefused = result.patch?.blob == nil ? nil : files.patchRefusal(taskId)
         if transcript && kept == nil {
-            throw CLIError(
-                "task \(taskId) left no conversation here"
-                    + (result.transcript?.error.map { ": \($0)" } ?? " (it was not a claude job)"), exitCode: 2)
+            let why =
+                transcriptRefused.map { ": it was refused when it arrived: \($0)" }
+                ?? result.transcript.map { ": \($0.error ?? "it has not arrived")" } ?? " (it was not a claude job)"
+            throw CLIError("task \(taskId) left no conversation here" + TerminalText.line(why), exitCode: 2)
         }
         if output.json {
             struct Turn: Encodable {
@@ -135,32 +158,36 @@ struct ResultCommand: AsyncParsableCommand {
                 var result: JobContent.Result
                 var conversation: [String]
                 var transcript: [Turn]?
+                /// Why the patch or the transcript was refused when it arrived.
+                var patchRefused: String?
+                var transcriptRefused: String?
             }
             return try Output.json(
                 Shown(
                     taskId: taskId, taskState: state.rawValue, result: result, conversation: chain,
-                    transcript: kept?.turns.map { Turn(role: $0.role, text: $0.text) }))
+                    transcript: kept?.turns.map { Turn(role: $0.role, text: $0.text) }, patchRefused: patchRefused,
+                    transcriptRefused: transcriptRefused))
         }
         if let kept {
             for turn in kept.turns {
-                // Written by a job: no escape sequence of its reaches the terminal.
-                let text = String(
-                    String.UnicodeScalarView(
-                        turn.text.unicodeScalars.filter {
-                            $0 == "\n" || $0 == "\t" || !($0.properties.generalCategory == .control)
-                        }))
+                // Written by a job: `Output.line` shows its escape sequences instead of obeying them.
                 let label = turn.role == "user" ? "you" : "claude"
                 Output.line(
                     "\(label): "
-                        + text.split(separator: "\n", omittingEmptySubsequences: false)
+                        + turn.text.split(separator: "\n", omittingEmptySubsequences: false)
                         .joined(separator: "\n" + String(repeating: " ", count: label.count + 2)))
             }
         } else {
-            Output.stdout(Data(result.output.utf8))
+            Output.text(result.output)
         }
         if chain.count > 1 { Output.note("conversation: " + chain.joined(separator: " → ")) }
+        if let patchRefused { Output.note("the patch was refused when it arrived: \(TerminalText.line(patchRefused))") }
+        if let transcriptRefused {
+            Output.note("the transcript was refused when it arrived: \(TerminalText.line(transcriptRefused))")
+        }
         Output.note(
-            "task \(taskId) \(state); job \(result.state)\(result.exitCode.map { " (exit \($0))" } ?? "")"
-                + (result.truncated ? "; output truncated" : "") + (result.error.map { " — \($0)" } ?? ""))
+            "task \(taskId) \(state); job \(TerminalText.line(result.state.rawValue))"
+                + (result.exitCode.map { " (exit \($0))" } ?? "") + (result.truncated ? "; output truncated" : "")
+                + (result.error.map { " — \(TerminalText.line($0))" } ?? ""))
     }
 }

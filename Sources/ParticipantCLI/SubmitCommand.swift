@@ -182,7 +182,7 @@ struct SubmitCommand: AsyncParsableCommand {
         if let patch = outcome.patch {
             try WorkspaceReport.handle(patch: patch, arguments: workspace, base: packed?.tree, json: json)
         } else if let error = outcome.result?.patch?.error {
-            Output.note("no patch came back: \(error)")
+            Output.note("no patch came back: \(TerminalText.line(error))")
         }
         if outcome.state != .settled { throw ExitCode(1) }
     }

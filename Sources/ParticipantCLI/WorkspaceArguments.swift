@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import JobRunner
+import MarketCore
 import Participant
 import Workspace
 
@@ -70,7 +71,7 @@ enum WorkspaceReport {
         Output.note(
             "workspace \(directory.path): \(packed.tree.fileCount) files, \(packed.tree.byteCount) bytes"
                 + (packed.usedGit ? " (git decides what is ignored; --include-ignored sends everything)" : ""))
-        for line in packed.leftOutSummary { Output.note("  left out: \(line)") }
+        for line in packed.leftOutSummary { Output.note("  left out: \(TerminalText.line(line))") }
     }
 
     /// Prints the diffstat, writes `--patch-out`, applies with `--apply`. Throws when applying
@@ -80,7 +81,7 @@ enum WorkspaceReport {
     ) throws {
         if !json {
             Output.note(
-                patch.isEmpty ? "the job changed nothing in the workspace" : "the job's change:\n" + patch.diffstat)
+                patch.isEmpty ? "the job changed nothing in the workspace" : "the job's change:\n" + diffstat(patch))
         }
         if let file = arguments.patchOut {
             do {
@@ -112,7 +113,8 @@ enum WorkspaceReport {
             Output.note(
                 "\(directory.path) changed since the job was sent"
                     + (changed.isEmpty
-                        ? "" : " (\(changed.prefix(5).joined(separator: ", "))\(changed.count > 5 ? ", …" : ""))")
+                        ? ""
+                        : " (\(changed.prefix(5).map(TerminalText.line).joined(separator: ", "))\(changed.count > 5 ? ", …" : ""))")
                     + "; applying only if none of the files the patch touches changed")
         }
         do {
@@ -120,7 +122,17 @@ enum WorkspaceReport {
             Output.note(
                 "applied to \(directory.path): \(applied.written.count) written, \(applied.deleted.count) deleted")
         } catch {
-            throw CLIError("the patch was not applied to \(directory.path), nothing was changed: \(error)", exitCode: 1)
+            throw CLIError(
+                "the patch was not applied to \(directory.path), nothing was changed: \(TerminalText.line("\(error)"))",
+                exitCode: 1)
         }
+    }
+
+    /// The diffstat with each file's name as one line: the names are the job's, and one
+    /// holding a line break must not add a line to the list.
+    static func diffstat(_ patch: WorkspacePatch) -> String {
+        var shown = patch
+        for index in shown.files.indices { shown.files[index].path = TerminalText.line(shown.files[index].path) }
+        return shown.diffstat
     }
 }

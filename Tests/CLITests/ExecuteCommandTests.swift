@@ -38,6 +38,30 @@ struct ExecuteCommandTests {
         #expect(try run(["opt-in", "--claude-jobs", "--yes"]).exitCode == 0)
     }
 
+    /// A job writes to the terminal of whoever runs it: an OSC 52 clipboard write, a clear
+    /// screen, an 8-bit CSI, a right-to-left override. They are shown escaped, on stdout and
+    /// stderr; `--json` keeps the exact bytes.
+    @Test func aJobsEscapeSequencesAreShownNotObeyed() async throws {
+        try await optIn()
+        let script =
+            #"printf '\033]52;c;cHduZWQ=\007\033[2J\302\23331m\342\200\256txt.exe\n'; printf 'err \033[2J\n' >&2"#
+        let result = try run(["execute", "--backend", "command", "--prompt", "", "--yes", "--", "sh", "-c", script])
+        #expect(result.exitCode == 0, "\(result.stderr)")
+        let shown = result.stdout + result.stderr
+        #expect(!shown.unicodeScalars.contains { $0 == "\u{1B}" || $0 == "\u{9B}" || $0 == "\u{202E}" }, "\(shown)")
+        #expect(
+            result.stdout.contains(#"\u{1B}]52;c;cHduZWQ=\u{07}\u{1B}[2J\u{9B}31m\u{202E}txt.exe"#), "\(result.stdout)")
+        #expect(result.stderr.contains(#"err \u{1B}[2J"#), "\(result.stderr)")
+        let json = try run([
+            "execute", "--backend", "command", "--prompt", "", "--yes", "--json", "--", "sh", "-c", script,
+        ])
+        let line = try #require(
+            json.stdout.split(separator: "\n").compactMap {
+                (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
+            }.first { $0["stream"] as? String == "stdout" })
+        #expect(line["text"] as? String == "\u{1B}]52;c;cHduZWQ=\u{07}\u{1B}[2J\u{9B}31m\u{202E}txt.exe")
+    }
+
     /// Every claude job goes through the gateway, which meters what the API reports: the job's
     /// own result line (318 + 75 tokens in this fixture) counts for nothing, as the job called no API.
     @Test func aClaudeJobRunsRecordsUsageAndLogs() async throws {

@@ -96,6 +96,15 @@ import Testing
         #expect(Self.names(machine.apply(.inputsLate(seconds: 120))).isEmpty, "the timer after the start is moot")
     }
 
+    @Test func inputsThatStoppedTheProviderAreRefusedNotReadAgain() throws {
+        var machine = ProviderTaskMachine(taskId: "t1")
+        _ = machine.apply(.assigned(requester: Self.requester, price: 5))
+        #expect(Self.names(machine.apply(.inputsStoppedTheProvider)) == ["note", "record rejected", "reject"])
+        #expect(machine.phase == .ended)
+        // The payload the market sends again after the restart is not opened.
+        #expect(Self.names(machine.apply(.payload(try Self.payload(workspace: true), .init()))).isEmpty)
+    }
+
     @Test func howAJobEndsDecidesWhatTheMarketIsTold() {
         let ends: [(ProviderTaskMachine.JobEnd, [String])] = [
             (

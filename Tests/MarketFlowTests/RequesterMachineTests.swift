@@ -49,6 +49,7 @@ import Testing
                 case .noTranscript: "report no-transcript"
                 case .badResult: "report bad-result"
                 case .settlement: "report settlement"
+                case .frameDropped: "report dropped"
                 }
             case .deliverPayload: "deliver"
             case .storeResult(let hash): hash == nil ? "store unverified" : "store verified"

@@ -18,6 +18,14 @@ public struct WireLimits: Sendable, Equatable {
     /// The largest conversation transcript a task may carry, either way.
     public static let maxTranscriptBytes: Int64 = 64 << 20
 
+    /// The most sealed base64 a blob of `plaintext` bytes can take: sealing adds a header and a
+    /// tag per 16 KiB chunk (docs/FORMATS.md), base64 a third. What a blob's pieces may hold
+    /// together, on the market and on the party that puts them back together.
+    public static func sealedCharacters(plaintext: Int64) -> Int64 {
+        let plaintext = min(max(plaintext, 0), maxBlobBytes)
+        return (plaintext + plaintext / 1024 + 65_536) / 3 * 4 + 8
+    }
+
     public init(
         maxFrameBytes: Int = 1 << 20, maxSealedBytes: Int = 900_000, maxSlots: Int = 64,
         maxTaskTimeoutSeconds: Int64 = 24 * 3600, maxReasonCharacters: Int = 1000
@@ -63,6 +71,16 @@ public enum WireField {
             throw MarketError(
                 .invalidBody,
                 "image '\(printable(text))' must be 1–255 characters of a–z, 0–9, '.', '-', '_', '/', ':', '@', starting with a letter or digit"
+            )
+        }
+    }
+
+    /// Peer ids: 32 characters of lowercase base32.
+    public static func peer(_ text: String, field: String) throws(MarketError) {
+        guard (try? PeerID(validating: text)) != nil else {
+            throw MarketError(
+                .invalidBody,
+                "\(field) '\(printable(text))' must be a peer id: \(PeerID.length) characters of lowercase base32 (a-z, 2-7)"
             )
         }
     }
