@@ -214,7 +214,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Fuzz",
-            exclude: ["patch.dict", "tar.dict"]
+            exclude: ["patch.dict", "tar.dict", "hostile_market.py"]
         ),
         .target(
             name: "TestSupport",

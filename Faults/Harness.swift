@@ -108,13 +108,14 @@ final class Background: @unchecked Sendable {
     let process = Process()
     let log: URL
 
-    /// The process's stdout and stderr go to `log`.
-    init(_ arguments: [String], home: URL, log: URL) throws {
+    /// The process's stdout and stderr go to `log`; it runs in `directory` when one is given.
+    init(_ arguments: [String], home: URL, log: URL, directory: URL? = nil) throws {
         self.log = log
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         process.executableURL = binary
         process.arguments = arguments
         process.environment = environment(home: home)
+        if let directory { process.currentDirectoryURL = directory }
         let handle = try FileHandle(forWritingTo: log)
         process.standardOutput = handle
         process.standardError = handle

@@ -34,6 +34,10 @@ let scenarios: [Scenario] = [
         try await twoInstancesOneKilled(&$0, try postgres())
     },
     Scenario(name: "PostgreSQL restarted under load") { try await postgresRestarted(&$0, try postgres()) },
+    Scenario(name: "hostile market: mutated frames of every kind to provide and submit --wait") { result in
+        try await ensureImage()
+        try await hostileMarket(&result)
+    },
 ]
 
 /// The run's PostgreSQL cluster, started on first use and stopped at the end. One that cannot

@@ -12,8 +12,12 @@
 # servers on one PostgreSQL with one SIGKILLed again and again; PostgreSQL restarted under load;
 # a provider daemon SIGKILLed mid-job; the Docker engine (a private one) restarted mid-job; the
 # egress proxy's socket removed mid-job; the participant's disk full (a tmpfs home); a client
-# whose clock is ten minutes off. The full run also sends 100 000 hostile frames to a live server
-# (the frame fuzzer) and runs the coverage-guided fuzzer for five minutes (scripts/fuzz.sh).
+# whose clock is ten minutes off; a hostile market (Fuzz/hostile_market.py) that relays `provide`
+# and `submit --wait` to a real one and sends them mutated frames of every kind (1 500 quick,
+# 10 000 in full, or CMM_HOSTILE_FRAMES): both stay up or stop with a clear error, write nothing
+# outside their homes, and the real books balance. The full run also sends 100 000 hostile
+# frames to a live server (the frame fuzzer) and runs the coverage-guided fuzzer for five
+# minutes (scripts/fuzz.sh).
 # Needs root, the Docker engine and PostgreSQL (installed and started when missing, as
 # `scripts/test.sh` does); in CI a scenario that cannot run is a failure.
 set -euo pipefail
@@ -29,7 +33,7 @@ while [ $# -gt 0 ]; do
         --only)
             [ $# -ge 2 ] || die "--only needs a part of a scenario's name"
             ARGUMENTS+=(--only "$2"); FULL=0; shift ;;
-        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (allowed: --quick, --only TEXT, --help)" ;;
     esac
     shift

@@ -8,6 +8,9 @@
 #   patch   a result's patch, parsed
 #   apply   a patch applied to a scratch tree: besides not crashing, nothing lands outside it,
 #           no link in it leads out, no staging directory stays, a refusal changes nothing
+#   market  a hostile market (Fuzz/hostile_market.py) in front of a real one sends `provide` and
+#           `submit --wait` 10 000 mutated frames of every kind (the fault suite's scenario; not
+#           libFuzzer, and not part of the default run: --seconds does not apply)
 # Any crash, trap, broken promise, leak of time (5 s per input) or memory (2 GB) fails the run,
 # and the input that caused it is kept.
 #
@@ -32,10 +35,12 @@ while [ $# -gt 0 ]; do
         --target)
             case "${2:-}" in
                 all | tar | patch | apply) TARGETS=("$2") ;;
-                *) die "--target must be one of all, tar, patch, apply (got '${2:-}')" ;;
+                market)
+                    CMM_HOSTILE_FRAMES="${CMM_HOSTILE_FRAMES:-10000}" exec scripts/faults.sh --only "hostile market" ;;
+                *) die "--target must be one of all, tar, patch, apply, market (got '${2:-}')" ;;
             esac
             shift ;;
-        -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (allowed: --target NAME, --seconds N, --help)" ;;
     esac
     shift
