@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import MarketClient
 import MarketCore
 import MarketCrypto
@@ -213,12 +214,20 @@ import Testing
     /// push pieces from both sides of every task at once. Each party of a task keeps no more
     /// than the floor its escrow buys, the market no more than its total; every refusal says
     /// which bound and by how much, and a bystander's handshake completes while the swarm
-    /// pushes and once the market is full.
-    @Test func aSybilSwarmStoresNoMoreThanItPaysForAndTheMarketKeeps() async throws {
+    /// pushes and once the market is full. On both stores: PostgreSQL's locks are what hold
+    /// the bounds there.
+    @Test(arguments: PostgresTestDatabase.shouldRun ? ["sqlite", "postgres"] : ["sqlite"])
+    func aSybilSwarmStoresNoMoreThanItPaysForAndTheMarketKeeps(books: String) async throws {
         let limits = StoredPieceLimits(maxTotalBytes: 1 << 20, bytesPerCredit: 1 << 20, minBytesPerTask: 100_000)
         let piece = Data(repeating: 0x43, count: 30_000).base64EncodedString()
         let pieceBytes = Int64(piece.utf8.count)
-        try await TestMarket.with(configure: { $0.storedPieces = limits }) { market in
+        var postgres: (any MarketStore)?
+        if books == "postgres" {
+            postgres = try await PostgresMarketStore.connect(
+                url: try PostgresTestDatabase.create(), size: 4, logger: Logger(label: "test.postgres"))
+        }
+        let store = postgres.map { store in { @Sendable (_: URL) in store } }
+        try await TestMarket.with(configure: { $0.storedPieces = limits }, store: store) { market in
             let swarm = (0..<10).map { _ in TestMarket.newPeer() }
             for sybil in swarm { try await market.mint(sybil.peerID, 1) }
             for sybil in swarm {
