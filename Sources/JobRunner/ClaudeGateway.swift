@@ -360,11 +360,20 @@ public final class ClaudeGateway: Sendable {
             logger.warning("gateway: a limit header was ignored", metadata: ["gateway.header": "\(problem)"])
         }
         guard !outcome.readings.isEmpty else { return }
-        let stop: LimitReading? = state.withLock { state in
-            for reading in outcome.readings { state.limits[reading.window] = reading }
-            guard outcome.refused, state.capacityStop == nil else { return nil }
+        let (stop, leftOut): (LimitReading?, [String]) = state.withLock { state in
+            let (admitted, leftOut) = LimitHeaders.admitted(outcome.readings, keeping: Set(state.limits.keys))
+            for reading in admitted { state.limits[reading.window] = reading }
+            guard outcome.refused, state.capacityStop == nil else { return (nil, leftOut) }
             state.capacityStop = outcome.readings.first { $0.isRejected && $0.window != "overloaded" }
-            return state.capacityStop
+            return (state.capacityStop, leftOut)
+        }
+        if !leftOut.isEmpty {
+            logger.warning(
+                "gateway: limit windows past those kept were ignored",
+                metadata: [
+                    "gateway.windows": "\(leftOut.count)",
+                    "gateway.max_model_windows": "\(LimitHeaders.maxModelWindows)",
+                ])
         }
         if let stop {
             logger.notice(

@@ -114,8 +114,20 @@ public enum LimitHeaders {
         }
         let overall = windowStatus(prefix + "status")
         let representative = values[prefix + "representative-claim"]
+        // The API names a weekly window for a few models; an answer naming more is believed for
+        // the representative's and the first others only, so that what a reader keeps is bounded.
+        let leading = representative.flatMap(planWindow)
+        let models = Set(claims.compactMap(planWindow).filter { $0.hasPrefix(modelWindowPrefix) })
+        let believed = Set(
+            models.sorted { ($0 == leading ? "" : $0) < ($1 == leading ? "" : $1) }.prefix(maxModelWindows))
+        if models.count > believed.count {
+            outcome.ignored.append(
+                "\(prefix)7d_*: \(models.count) model windows, \(models.count - believed.count) past the first \(maxModelWindows) ignored"
+            )
+        }
         for claim in claims.sorted() {
             let window = planWindow(claim)!
+            guard believed.contains(window) || !models.contains(window) else { continue }
             let utilization = fraction(prefix + claim + "-utilization")
             let resetsAt = reset(prefix + claim + "-reset", epochSeconds: true)
             var status = windowStatus(prefix + claim + "-status") ?? "allowed"
@@ -193,9 +205,45 @@ public enum LimitHeaders {
             let rest = claim.dropFirst(lead.count)
             guard (1...16).contains(rest.count), rest.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber) })
             else { return nil }
-            return "seven_day_" + rest
+            return modelWindowPrefix + rest
         }
         return nil
+    }
+
+    /// A model's own weekly window: `seven_day_opus`…
+    public static let modelWindowPrefix = "seven_day_"
+    /// The most model windows read from one answer, or kept by one reader of many answers.
+    public static let maxModelWindows = 8
+    /// The windows a reading may name besides the models' own: the plan's two, an API key's
+    /// per-minute limits, and the refusals that named no window.
+    public static let fixedWindows: Set<String> = [
+        "five_hour", "seven_day", "requests", "tokens", "input_tokens", "output_tokens", "rate_limited", "overloaded",
+    ]
+
+    /// Of `readings`, those a reader that keeps the windows `kept` takes in: the known windows,
+    /// any model window it keeps already, and new model windows while it keeps fewer than
+    /// `maxModelWindows`. The rest are left out and named, so that answers naming ever new
+    /// windows cannot grow what a reader keeps.
+    public static func admitted(_ readings: [LimitReading], keeping kept: Set<String>) -> (
+        admitted: [LimitReading], leftOut: [String]
+    ) {
+        var models = kept.filter { $0.hasPrefix(modelWindowPrefix) }
+        var admitted: [LimitReading] = []
+        var leftOut: [String] = []
+        for reading in readings {
+            let window = reading.window
+            if fixedWindows.contains(window) || models.contains(window) {
+                admitted.append(reading)
+            } else if window.hasPrefix(modelWindowPrefix), planWindow(window) == window,
+                models.count < maxModelWindows
+            {
+                models.insert(window)
+                admitted.append(reading)
+            } else {
+                leftOut.append(window)
+            }
+        }
+        return (admitted, leftOut)
     }
 }
 

@@ -415,51 +415,46 @@ final class FrameProcessor: Sendable {
             }
         case .blobChunk:
             let chunk = try body(BlobChunkBody.self)
-            let maxPerPeer = configuration.maxStoredBlobBytesPerPeer
+            let limits = configuration.storedPieces
             return { _, tx, peer, _, _ in
                 let fromRequester = chunk.blob.fromRequester
+                // Locked: a transition that drops the task's pieces waits for this piece, or
+                // this piece sees the task's new state; no piece outlives its task.
                 let task = try await Self.partyTask(
                     chunk.taskId, peer: peer, requester: fromRequester,
-                    states: fromRequester ? [.assigned, .running] : [.running],
+                    states: fromRequester ? [.assigned, .running] : [.running], lock: true,
                     in: tx)
-                let bound: Int64
-                switch chunk.blob {
-                case .workspace:
-                    guard let archive = task.workspaceArchiveBytes else {
-                        throw MarketError(.invalidState, "task \(task.id) was posted without a workspace")
-                    }
-                    bound = Self.sealedBound(archive)
-                case .conversation:
-                    guard let transcript = task.conversationBytes else {
-                        throw MarketError(.invalidState, "task \(task.id) was posted as no follow-up")
-                    }
-                    bound = Self.sealedBound(transcript)
-                case .patch:
-                    bound = Self.sealedBound(WireLimits.maxPatchBytes)
-                case .transcript:
-                    bound = Self.sealedBound(WireLimits.maxTranscriptBytes)
-                }
+                let blobBound = try Self.sealedBound(of: chunk.blob, in: task)
                 let bytes = Int64(chunk.sealed.utf8.count)
-                let stored = try await tx.blobBytes(taskID: task.id, blob: chunk.blob.rawValue, except: chunk.index)
-                guard stored + bytes <= bound else {
-                    throw MarketError(
-                        .workspaceTooLarge,
-                        "the \(chunk.blob.rawValue) of task \(task.id) would hold \(stored + bytes) bytes of sealed base64; at most \(bound) are kept"
-                    )
+                var output = ActionOutput(
+                    ack: AckBody(ref: ref, type: type.rawValue, taskId: task.id, state: .task(task.state)))
+                if let other = fromRequester ? task.provider : task.requester { output.outgoing.append((other, text)) }
+                if let kept = try await tx.blobChunk(taskID: task.id, blob: chunk.blob.rawValue, index: chunk.index) {
+                    // The same piece again (a resend) is taken as it was; other bytes under its
+                    // index would change what the other party may have received already.
+                    guard Self.samePiece(kept, as: chunk, bytes: bytes) else {
+                        throw MarketError(
+                            .duplicatePiece,
+                            "piece \(chunk.index) of the \(chunk.blob.rawValue) of task \(task.id) is kept already, and this one differs (kept: \(kept.bytes) bytes of base64, one of \(kept.count) pieces; sent: \(bytes) bytes, one of \(chunk.count)): a piece is sent once, and a resend carries the same bytes"
+                        )
+                    }
+                    return output
                 }
-                guard try await tx.blobBytes(sender: peer) + bytes <= maxPerPeer else {
-                    throw MarketError(
-                        .workspaceTooLarge,
-                        "the market keeps at most \(maxPerPeer) bytes of workspaces, patches and transcripts per peer")
+                let stored = try await tx.pieceBytes(taskID: task.id, lock: true)
+                let party = stored.blobs.reduce(Int64(0)) {
+                    $0 + (BlobChunkBody.Blob(rawValue: $1.key)?.fromRequester == fromRequester ? $1.value : 0)
+                }
+                if let refusal = limits.refusal(
+                    adding: bytes, blob: (chunk.blob.rawValue, stored.blobs[chunk.blob.rawValue] ?? 0, blobBound),
+                    party: (fromRequester ? "requester" : "provider", party), totalStored: stored.total,
+                    taskID: task.id, escrow: task.price ?? task.cap)
+                {
+                    throw refusal
                 }
                 try await tx.putBlobChunk(
                     StoredBlobChunk(
                         taskID: task.id, blob: chunk.blob.rawValue, index: chunk.index, count: chunk.count,
-                        sender: peer,
-                        bytes: bytes, frame: text))
-                var output = ActionOutput(
-                    ack: AckBody(ref: ref, type: type.rawValue, taskId: task.id, state: .task(task.state)))
-                if let other = fromRequester ? task.provider : task.requester { output.outgoing.append((other, text)) }
+                        sender: peer, bytes: bytes, frame: text))
                 return output
             }
         case .jobEvent:
@@ -480,7 +475,6 @@ final class FrameProcessor: Sendable {
                 var output = ActionOutput(
                     ack: AckBody(ref: ref, type: type.rawValue, taskId: result.taskId, state: .task(.delivered)))
                 output.outgoing.append((transitions[0].task.requester, text))
-                // The requester's pieces (workspace, conversation) are of no more use once delivered.
                 try await Self.notify(transitions, into: &output, in: tx, nowMs: nowMs)
                 return output
             }
@@ -497,17 +491,44 @@ final class FrameProcessor: Sendable {
         }
     }
 
-    /// The most sealed base64 a blob of `plaintext` bytes can take: sealing adds a header and a
-    /// tag per 16 KiB chunk (docs/FORMATS.md), base64 a third.
-    static func sealedBound(_ plaintext: Int64) -> Int64 {
-        (plaintext + plaintext / 1024 + 65_536) / 3 * 4 + 8
+    /// The most sealed base64 the market keeps of one blob: what the task declared for the
+    /// requester's, the wire's limit for the provider's.
+    static func sealedBound(of blob: BlobChunkBody.Blob, in task: MarketTask) throws -> Int64 {
+        switch blob {
+        case .workspace:
+            guard let archive = task.workspaceArchiveBytes else {
+                throw MarketError(.invalidState, "task \(task.id) was posted without a workspace")
+            }
+            return StoredPieceLimits.sealedBound(archive)
+        case .conversation:
+            guard let transcript = task.conversationBytes else {
+                throw MarketError(.invalidState, "task \(task.id) was posted as no follow-up")
+            }
+            return StoredPieceLimits.sealedBound(transcript)
+        case .patch:
+            return StoredPieceLimits.sealedBound(WireLimits.maxPatchBytes)
+        case .transcript:
+            return StoredPieceLimits.sealedBound(WireLimits.maxTranscriptBytes)
+        }
+    }
+
+    /// Whether `kept` is the piece `chunk` carries (its bytes and its count), whichever
+    /// envelope brought it.
+    static func samePiece(_ kept: StoredBlobChunk, as chunk: BlobChunkBody, bytes: Int64) -> Bool {
+        guard kept.bytes == bytes, kept.count == chunk.count,
+            let envelope = try? JSONDecoder().decode(Envelope.self, from: Data(kept.frame.utf8)),
+            let body = try? JSONDecoder().decode(BlobChunkBody.self, from: Data(envelope.body.utf8))
+        else { return false }
+        return body.sealed == chunk.sealed
     }
 
     /// The task, checked: it exists, the peer is the named party, and it is in one of `states`.
+    /// With `lock`, its row stays locked until the transaction ends.
     static func partyTask(
-        _ id: String, peer: PeerID, requester: Bool, states: [TaskState], in tx: some MarketTransaction
+        _ id: String, peer: PeerID, requester: Bool, states: [TaskState], lock: Bool = false,
+        in tx: some MarketTransaction
     ) async throws -> MarketTask {
-        guard let task = try await tx.task(id, lock: false) else { throw MarketError(.unknownTask, "no task \(id)") }
+        guard let task = try await tx.task(id, lock: lock) else { throw MarketError(.unknownTask, "no task \(id)") }
         let party = requester ? task.requester : task.provider
         guard party == peer else {
             throw MarketError(
@@ -527,15 +548,6 @@ final class FrameProcessor: Sendable {
     ) async throws {
         for transition in transitions {
             let task = transition.task
-            // Pieces sealed to one provider are of no use to the next, and none outlive the task.
-            if task.state.isFinal || task.state == .open {
-                try await tx.deleteBlobChunks(taskID: task.id, blob: nil)
-            } else if task.state == .delivered || task.state == .disputed {
-                if task.workspaceBytes != nil { try await tx.deleteBlobChunks(taskID: task.id, blob: "workspace") }
-                if task.conversationBytes != nil {
-                    try await tx.deleteBlobChunks(taskID: task.id, blob: "conversation")
-                }
-            }
             if task.state == .assigned, transition.before == .open,
                 let frame = try await assignedFrame(task, in: tx, nowMs: nowMs)
             {

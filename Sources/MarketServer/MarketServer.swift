@@ -41,6 +41,7 @@ public final class MarketServer: Service, Sendable {
     ) throws {
         self.configuration = configuration
         _ = try configuration.rules.validated()
+        _ = try configuration.storedPieces.validated()
         self.store = store
         self.logger = logger
         self.now = now

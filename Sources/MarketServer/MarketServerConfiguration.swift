@@ -27,8 +27,8 @@ public struct MarketServerConfiguration: Sendable {
     /// When set, every text frame in and out is appended here (one per line, `in`/`out` and the
     /// frame): a debugging capture, and the proof that the market only ever sees ciphertext.
     public var frameLogPath: String?
-    /// Sealed workspaces and patches kept for one peer at a time (bytes of base64).
-    public var maxStoredBlobBytesPerPeer: Int64 = 1 << 30
+    /// The blob pieces (sealed base64) the market keeps: in all, and per task by its escrow.
+    public var storedPieces = StoredPieceLimits()
     /// How many frames one durable transaction may carry (nil: the store's default, 64 on
     /// SQLite, one on PostgreSQL), and how long a batch waits for more.
     public var commitBatch: Int?

@@ -242,6 +242,7 @@ public struct MarketBook: Sendable {
                     taskID: task.id, state: task.state, atMs: nowMs, createdMs: task.createdMs,
                     price: task.price?.micro))
         for movement in transition.movements { try await tx.insertMovement(movement, nowMs: nowMs) }
+        try await dropPieces(of: transition, in: tx)
         if let provider = transition.handedBackBy { try await tx.countHandBack(of: provider) }
         // A task's outcomes are its parties': their records in one read.
         var records: [PeerID: PeerRecord] = [:]
@@ -261,6 +262,20 @@ public struct MarketBook: Sendable {
             records[outcome.peer] = record
             try await tx.recordOutcome(
                 outcome, nowMs: nowMs, reputation: record.reputation, settledJobs: record.settledJobs)
+        }
+    }
+
+    /// Pieces sealed to one provider are of no use to the next, the requester's none once the
+    /// result is in, and none outlive the task. Here, where every change of a task's state is
+    /// written, so that no path (a frame, a sweep, `market resolve`) leaves pieces behind.
+    func dropPieces(of transition: TaskTransition, in tx: some MarketTransaction) async throws {
+        let task = transition.task
+        guard task.state != transition.before else { return }
+        if task.state.isFinal || task.state == .open {
+            try await tx.deleteBlobChunks(taskID: task.id, blob: nil)
+        } else if task.state == .delivered || task.state == .disputed {
+            if task.workspaceBytes != nil { try await tx.deleteBlobChunks(taskID: task.id, blob: "workspace") }
+            if task.conversationBytes != nil { try await tx.deleteBlobChunks(taskID: task.id, blob: "conversation") }
         }
     }
 

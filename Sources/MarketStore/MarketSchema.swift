@@ -25,6 +25,7 @@ enum MarketSchema {
         Migration(id: "v5-task-columns", sqlite: sqliteTaskColumns, postgres: postgresTaskColumns),
         // Messages between instances on one database: PostgreSQL's alone.
         Migration(id: "v6-relay", sqlite: nil, postgres: postgresRelay),
+        Migration(id: "v7-piece-bytes", sqlite: sqlitePieceBytes, postgres: postgresPieceBytes),
     ]
 
     static let createRecordSQL = "CREATE TABLE IF NOT EXISTS market_migrations (id TEXT PRIMARY KEY NOT NULL)"
@@ -67,6 +68,45 @@ enum MarketSchema {
         "amount > 0": "ledger_amount_check",
         "debit <> credit": "ledger_check",
     ]
+
+    /// Pieces no rule needs any more go (those of tasks that ended or re-opened, and the
+    /// requester's once the result is in: kept until now when a task moved outside the server,
+    /// by `market resolve`); then the running counts of what is kept start from the pieces
+    /// themselves, per blob of a task and for the market (`''`, `''`). The per-sender index
+    /// served the per-sender sum, which the counts replace.
+    static let pieceBytesCleanup = """
+        DELETE FROM blob_chunks
+        WHERE task_id NOT IN (SELECT id FROM tasks WHERE state IN ('assigned', 'running', 'delivered', 'disputed'))
+            OR (blob IN ('workspace', 'conversation')
+                AND task_id IN (SELECT id FROM tasks WHERE state IN ('delivered', 'disputed')))
+        """
+    static let pieceBytesFill = [
+        "INSERT INTO piece_bytes (task_id, blob, bytes) SELECT task_id, blob, sum(bytes) FROM blob_chunks GROUP BY task_id, blob",
+        "INSERT INTO piece_bytes (task_id, blob, bytes) SELECT '', '', coalesce(sum(bytes), 0) FROM blob_chunks",
+    ]
+
+    static let sqlitePieceBytes = """
+        \(pieceBytesCleanup);
+        DROP INDEX blob_chunks_sender;
+        CREATE TABLE piece_bytes (
+            task_id TEXT NOT NULL,
+            blob TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            PRIMARY KEY (task_id, blob)
+        ) WITHOUT ROWID;
+        \(pieceBytesFill.joined(separator: ";\n"));
+        """
+
+    static let postgresPieceBytes: [String] =
+        [
+            pieceBytesCleanup,
+            "DROP INDEX IF EXISTS blob_chunks_sender",
+            """
+            CREATE TABLE IF NOT EXISTS piece_bytes (
+                task_id TEXT NOT NULL, blob TEXT NOT NULL, bytes BIGINT NOT NULL, PRIMARY KEY (task_id, blob))
+            """,
+            "DELETE FROM piece_bytes",
+        ] + pieceBytesFill
 
     static let sqliteCapacity = """
         ALTER TABLE offers ADD COLUMN paused_until INTEGER;

@@ -128,15 +128,18 @@ public protocol MarketTransaction {
     func tasksDue(nowMs: Int64, limit: Int) async throws -> [String]
     func setFrame(taskID: String, kind: TaskFrameKind, frame: String?) async throws
     func frame(taskID: String, kind: TaskFrameKind) async throws -> String?
-    /// Pieces of a sealed workspace or patch, kept (ciphertext, as signed) until the task leaves
-    /// the states that need them; idempotent by (task, blob, index).
+    /// Keeps a piece of a sealed blob (ciphertext, as signed) until the task leaves the states
+    /// that need it, and adds its bytes to the running counts (`pieceBytes`) in the same step.
+    /// A piece is stored once: a second piece under the same (task, blob, index) is refused.
     func putBlobChunk(_ chunk: StoredBlobChunk) async throws
     func blobChunks(taskID: String, blob: String) async throws -> [String]
-    /// Bytes stored for one blob of a task, not counting piece `index` (which a resend replaces).
-    func blobBytes(taskID: String, blob: String, except index: Int) async throws -> Int64
-    /// Bytes stored for everything one peer sent.
-    func blobBytes(sender: PeerID) async throws -> Int64
-    /// Removes one blob of a task, or (nil) all of them.
+    /// The piece kept under (task, blob, index), if any.
+    func blobChunk(taskID: String, blob: String, index: Int) async throws -> StoredBlobChunk?
+    /// The bytes of pieces kept for each blob of a task and for all tasks, from the running
+    /// counts (no sum over the pieces). With `lock`, the counts stay locked until the
+    /// transaction ends, so that a bound checked against them holds when the piece lands.
+    func pieceBytes(taskID: String, lock: Bool) async throws -> StoredPieceBytes
+    /// Removes one blob of a task, or (nil) all of them, and takes their bytes off the counts.
     func deleteBlobChunks(taskID: String, blob: String?) async throws
     func taskCounts() async throws -> [String: Int]
     func settledVolume() async throws -> Int64
@@ -224,6 +227,19 @@ public struct StoredBlobChunk: Sendable {
         self.sender = sender
         self.bytes = bytes
         self.frame = frame
+    }
+}
+
+/// The bytes of blob pieces the market keeps, as its running counts hold them.
+public struct StoredPieceBytes: Sendable, Equatable {
+    /// One task's, by blob (`workspace`, `patch`…); a blob with nothing kept is absent.
+    public var blobs: [String: Int64]
+    /// Every task's.
+    public var total: Int64
+
+    public init(blobs: [String: Int64], total: Int64) {
+        self.blobs = blobs
+        self.total = total
     }
 }
 

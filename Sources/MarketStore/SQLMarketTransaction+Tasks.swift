@@ -75,20 +75,29 @@ extension SQLMarketTransaction {
 
     // MARK: Sealed workspaces and patches
 
-    static let putBlobChunkSQL = SQL(
+    /// The piece and its bytes on the counts: its blob's row and the market's (`''`, `''`), in
+    /// one round trip on PostgreSQL. A second piece under the same index fails the primary key.
+    static let putBlobChunkSQL = SQL.Pair(
+        SQL(
+            """
+            INSERT INTO blob_chunks (task_id, blob, idx, count, sender, bytes, frame)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            """),
+        then: addPieceBytesSQL)
+    static let addPieceBytesSQL = SQL(
         """
-        INSERT INTO blob_chunks (task_id, blob, idx, count, sender, bytes, frame) VALUES ($1, $2, $3, $4, $5, $6, $7)
-        ON CONFLICT (task_id, blob, idx) DO UPDATE SET count = excluded.count, sender = excluded.sender,
-            bytes = excluded.bytes, frame = excluded.frame
+        INSERT INTO piece_bytes (task_id, blob, bytes) VALUES ($1, $2, $3), ('', '', $3)
+        ON CONFLICT (task_id, blob) DO UPDATE SET bytes = piece_bytes.bytes + excluded.bytes
         """)
 
     func putBlobChunk(_ chunk: StoredBlobChunk) async throws {
-        try await rows(
+        try await write(
             Self.putBlobChunkSQL,
             [
                 .text(chunk.taskID), .text(chunk.blob), .int(chunk.index), .int(chunk.count),
                 .text(chunk.sender.rawValue), .integer(chunk.bytes), .text(chunk.frame),
-            ])
+            ],
+            [.text(chunk.taskID), .text(chunk.blob), .integer(chunk.bytes)])
     }
 
     static let blobChunksSQL = SQL("SELECT frame FROM blob_chunks WHERE task_id = $1 AND blob = $2 ORDER BY idx")
@@ -97,28 +106,67 @@ extension SQLMarketTransaction {
         try await rows(Self.blobChunksSQL, [.text(taskID), .text(blob)]).map { try $0.text(0) }
     }
 
-    static let blobBytesSQL = SQL(
-        "SELECT CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM blob_chunks WHERE task_id = $1 AND blob = $2 AND idx <> $3"
-    )
-    static let senderBytesSQL = SQL(
-        "SELECT CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM blob_chunks WHERE sender = $1")
+    static let blobChunkSQL = SQL(
+        "SELECT count, sender, bytes, frame FROM blob_chunks WHERE task_id = $1 AND blob = $2 AND idx = $3")
 
-    func blobBytes(taskID: String, blob: String, except index: Int) async throws -> Int64 {
-        try await one(Self.blobBytesSQL, [.text(taskID), .text(blob), .int(index)])?.int64(0) ?? 0
+    func blobChunk(taskID: String, blob: String, index: Int) async throws -> StoredBlobChunk? {
+        guard let row = try await one(Self.blobChunkSQL, [.text(taskID), .text(blob), .int(index)]) else { return nil }
+        let sender = try row.text(1)
+        guard let peer = try? PeerID(validating: sender) else {
+            throw MarketError(
+                .internalError, "a piece of task \(taskID) is stored under a malformed peer id '\(sender)'")
+        }
+        return StoredBlobChunk(
+            taskID: taskID, blob: blob, index: index, count: try row.int(0), sender: peer, bytes: try row.int64(2),
+            frame: try row.text(3))
     }
 
-    func blobBytes(sender: PeerID) async throws -> Int64 {
-        try await one(Self.senderBytesSQL, [.text(sender.rawValue)])?.int64(0) ?? 0
+    static let pieceBytesText =
+        "SELECT task_id, blob, bytes FROM piece_bytes WHERE task_id = $1 OR (task_id = '' AND blob = '')"
+    static let pieceBytesSQL = SQL(pieceBytesText)
+    static let lockedPieceBytesSQL = SQL.locking(pieceBytesText)
+
+    func pieceBytes(taskID: String, lock: Bool) async throws -> StoredPieceBytes {
+        var bytes = StoredPieceBytes(blobs: [:], total: 0)
+        for row in try await rows(lock ? Self.lockedPieceBytesSQL : Self.pieceBytesSQL, [.text(taskID)]) {
+            if try row.text(0).isEmpty {
+                bytes.total = try row.int64(2)
+            } else {
+                bytes.blobs[try row.text(1)] = try row.int64(2)
+            }
+        }
+        return bytes
     }
 
-    static let deleteBlobSQL = SQL("DELETE FROM blob_chunks WHERE task_id = $1 AND blob = $2")
-    static let deleteBlobsSQL = SQL("DELETE FROM blob_chunks WHERE task_id = $1")
+    /// PostgreSQL: the blob's counts, its pieces and its bytes off the market's count in one
+    /// statement; the market's row is written (and locked) only when there was something to
+    /// take off. `$2` is the blob, or `''` for all of the task's. SQLite, which has no writing
+    /// CTEs, takes the same three steps one by one.
+    static let deleteBlobsSQL = SQL(
+        postgres: """
+            WITH gone AS (DELETE FROM piece_bytes WHERE task_id = $1 AND ($2 = '' OR blob = $2) RETURNING bytes),
+                pieces AS (DELETE FROM blob_chunks WHERE task_id = $1 AND ($2 = '' OR blob = $2))
+            UPDATE piece_bytes SET bytes = bytes - CAST((SELECT sum(bytes) FROM gone) AS BIGINT)
+            WHERE task_id = '' AND blob = '' AND EXISTS (SELECT 1 FROM gone)
+            """,
+        sqlite: "")
+    static let deleteBlobCountsSQL = SQL(
+        "DELETE FROM piece_bytes WHERE task_id = $1 AND ($2 = '' OR blob = $2) RETURNING bytes")
+    static let subtractPieceBytesSQL = SQL("UPDATE piece_bytes SET bytes = bytes - $1 WHERE task_id = '' AND blob = ''")
+    static let deleteBlobPiecesSQL = SQL("DELETE FROM blob_chunks WHERE task_id = $1 AND ($2 = '' OR blob = $2)")
 
     func deleteBlobChunks(taskID: String, blob: String?) async throws {
-        if let blob {
-            try await rows(Self.deleteBlobSQL, [.text(taskID), .text(blob)])
-        } else {
-            try await rows(Self.deleteBlobsSQL, [.text(taskID)])
+        let values: [SQLValue] = [.text(taskID), .text(blob ?? "")]
+        switch dialect {
+        case .postgres:
+            try await rows(Self.deleteBlobsSQL, values)
+        case .sqlite:
+            // A blob's pieces and its count are written together: no count, no pieces.
+            let counts = try await rows(Self.deleteBlobCountsSQL, values)
+            guard !counts.isEmpty else { return }
+            let gone = try counts.reduce(Int64(0)) { $0 + (try $1.int64(0)) }
+            try await rows(Self.subtractPieceBytesSQL, [.integer(gone)])
+            try await rows(Self.deleteBlobPiecesSQL, values)
         }
     }
 

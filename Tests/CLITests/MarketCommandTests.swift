@@ -79,6 +79,19 @@ import Testing
         #expect(batch.exitCode == 64 && batch.stderr.contains("--commit-batch 0 must be 1…10000"), "\(batch.stderr)")
         let wait = try CLIRunner.run(["market", "serve", "--commit-wait", "1s"], home: home.url)
         #expect(wait.exitCode == 64 && wait.stderr.contains("--commit-wait 1000ms must be 0ms…100ms"), "\(wait.stderr)")
+        let pieces = try CLIRunner.run(["market", "serve", "--max-stored-piece-bytes", "1000"], home: home.url)
+        #expect(
+            pieces.exitCode == 64
+                && pieces.stderr.contains("--max-stored-piece-bytes 1000 must be 1048576…1125899906842624"),
+            "\(pieces.stderr)")
+        let floor = try CLIRunner.run(
+            ["market", "serve", "--max-stored-piece-bytes", "2097152", "--min-piece-bytes-per-task", "4194304"],
+            home: home.url)
+        #expect(
+            floor.exitCode == 64
+                && floor.stderr.contains(
+                    "--min-piece-bytes-per-task 4194304 must be at most --max-stored-piece-bytes 2097152"),
+            "\(floor.stderr)")
         let server = try MarketProcess.start(db: "sqlite:" + home.file("m.sqlite").path, home: home.url)
         #expect(server.stop(SIGTERM) == 0)
         #expect(server.output.contains("market stopped"))

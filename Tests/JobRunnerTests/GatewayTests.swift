@@ -143,6 +143,34 @@ struct GatewayTests {
         }
     }
 
+    /// Answers that each name 300 new weekly windows leave the gateway with the plan's two
+    /// windows and no more than `LimitHeaders.maxModelWindows` of the models' own.
+    @Test func theGatewayKeepsABoundedSetOfLimitWindows() async throws {
+        let answerHeaders: @Sendable (Int) -> [(String, String)] = { answer in
+            [
+                ("anthropic-ratelimit-unified-status", "allowed"),
+                ("anthropic-ratelimit-unified-5h-utilization", "0.1"),
+                ("anthropic-ratelimit-unified-7d-utilization", "0.2"),
+            ] + (0..<300).map { ("anthropic-ratelimit-unified-7d_a\(answer)x\($0)-utilization", "0.3") }
+        }
+        try await TestUpstream.with(answerHeaders: answerHeaders) { upstream in
+            let logs = LockedBox<[String]>([])
+            try await withGateway(upstream, logs: logs) { proxy, gateway, client in
+                for _ in 0..<3 {
+                    let answer = try await Self.post(
+                        client, proxy, path: "/v1/messages", headers: Self.headers(gateway.token),
+                        body: Self.messages(stream: false))
+                    #expect(answer.status == 200)
+                }
+                let windows = gateway.limits.map(\.window)
+                #expect(windows.count == 2 + LimitHeaders.maxModelWindows, "\(windows)")
+                #expect(windows.contains("five_hour") && windows.contains("seven_day"))
+                #expect(windows.allSatisfy { !$0.hasPrefix("seven_day_a1") && !$0.hasPrefix("seven_day_a2") })
+            }
+            #expect(logs.withLock { $0 }.contains { $0.contains("limit windows past those kept were ignored") })
+        }
+    }
+
     @Test func refusesWhatIsNotTheJobsOwnMessagesRequest() async throws {
         try await TestUpstream.with { upstream in
             let logs = LockedBox<[String]>([])

@@ -76,7 +76,11 @@ final class TestUpstream: Sendable {
         )
     }
 
-    static func with<T: Sendable>(pause: Duration = .zero, _ body: (TestUpstream) async throws -> T) async throws -> T {
+    /// `answerHeaders(n)` are added to the `n`th answer to `POST /v1/messages` (from 0).
+    static func with<T: Sendable>(
+        pause: Duration = .zero, answerHeaders: @escaping @Sendable (Int) -> [(String, String)] = { _ in [] },
+        _ body: (TestUpstream) async throws -> T
+    ) async throws -> T {
         let directory = TemporaryDirectory("cmm-upstream")
         let (ca, certificate, key) = try makeCertificates(in: directory.url)
         let tls = TLSConfiguration.makeServerConfiguration(
@@ -85,11 +89,21 @@ final class TestUpstream: Sendable {
         let box = LockedBox<[Received]>([])
         let gate = LockedBox<(released: Bool, releasedInTime: Bool)>((false, false))
         let stopped = LockedBox(false)
+        let answers = LockedBox(0)
         let router = Router()
         router.post("/v1/messages") { request, _ -> Response in
             let body = try await request.body.collect(upTo: 32 << 20)
             let object = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] ?? [:]
             let model = object["model"] as? String ?? "?"
+            let answer = answers.withLock { count in
+                defer { count += 1 }
+                return count
+            }
+            func headers(_ contentType: String) -> HTTPFields {
+                var fields: HTTPFields = [.contentType: contentType]
+                for (name, value) in answerHeaders(answer) { fields[.init(name)!] = value }
+                return fields
+            }
             box.withLock {
                 $0.append(
                     Received(
@@ -109,12 +123,12 @@ final class TestUpstream: Sendable {
                     "cache_creation_input_tokens":\(start.cacheWrite),"output_tokens":\(TestUpstream.finalOutput)}}
                     """
                 return Response(
-                    status: .ok, headers: [.contentType: "application/json"],
+                    status: .ok, headers: headers("application/json"),
                     body: ResponseBody(byteBuffer: ByteBuffer(string: json)))
             }
             let pauseHere = model == "slow" ? pause : .zero
             return Response(
-                status: .ok, headers: [.contentType: "text/event-stream"],
+                status: .ok, headers: headers("text/event-stream"),
                 body: ResponseBody { writer in
                     try await writer.write(
                         ByteBuffer(

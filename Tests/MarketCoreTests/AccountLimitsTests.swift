@@ -76,6 +76,52 @@ import Testing
         #expect(input?.utilization == 1 && input?.status == "rejected")
     }
 
+    /// An answer naming 300 model windows: the plan's two and the representative's are read,
+    /// with the first others up to the cap, and the rest is said once, not read.
+    @Test func anAnswerOfManyModelWindowsIsReadUpToTheCap() {
+        var headers: [(String, String)] = [
+            ("anthropic-ratelimit-unified-status", "rejected"),
+            ("anthropic-ratelimit-unified-representative-claim", "seven_day_zz"),
+            ("anthropic-ratelimit-unified-5h-utilization", "0.1"),
+            ("anthropic-ratelimit-unified-7d-utilization", "0.2"),
+            ("anthropic-ratelimit-unified-7d_zz-utilization", "1"),
+        ]
+        for index in 0..<300 {
+            headers.append(("anthropic-ratelimit-unified-7d_m\(index)-utilization", "0.5"))
+            headers.append(("anthropic-ratelimit-unified-7d_m\(index)-reset", epoch(3600)))
+        }
+        let outcome = LimitHeaders.read(headers, status: 429, now: now)
+        let windows = outcome.readings.map(\.window)
+        #expect(Set(windows).count == windows.count)
+        #expect(windows.filter { $0.hasPrefix("seven_day_") }.count == LimitHeaders.maxModelWindows, "\(windows)")
+        #expect(windows.contains("five_hour") && windows.contains("seven_day"))
+        #expect(outcome.readings.first { $0.window == "seven_day_zz" }?.isRejected == true && outcome.refused)
+        #expect(
+            outcome.ignored == ["anthropic-ratelimit-unified-7d_*: 301 model windows, 293 past the first 8 ignored"])
+    }
+
+    /// A reader of many answers (the gateway) keeps the fixed windows and at most the cap of
+    /// model windows: one it keeps takes new readings, a new one past the cap is left out.
+    @Test func aReaderOfManyAnswersKeepsABoundedSetOfWindows() {
+        func reading(_ window: String) -> LimitReading {
+            LimitReading(window: window, status: "allowed", utilization: 0.5, resetsAt: nil, observedAt: now)
+        }
+        var kept: Set<String> = []
+        for answer in 0..<4 {
+            let readings =
+                ["five_hour", "seven_day", "requests", "seven_day_opus"].map(reading)
+                + (0..<300).map { reading("seven_day_a\(answer)x\($0)") }
+            let (admitted, leftOut) = LimitHeaders.admitted(readings, keeping: kept)
+            kept.formUnion(admitted.map(\.window))
+            #expect(admitted.count + leftOut.count == readings.count)
+            #expect(admitted.contains { $0.window == "seven_day_opus" }, "answer \(answer): a kept window stays")
+        }
+        #expect(kept.filter { $0.hasPrefix("seven_day_") }.count == LimitHeaders.maxModelWindows, "\(kept.sorted())")
+        #expect(kept.isSuperset(of: ["five_hour", "seven_day", "requests", "seven_day_opus"]))
+        let odd = LimitHeaders.admitted([reading("anything_else"), reading("seven_day_../x")], keeping: [])
+        #expect(odd.admitted.isEmpty && odd.leftOut.count == 2)
+    }
+
     /// Negative, huge, non-numeric, a reset in the past or years ahead: each is ignored and
     /// said, never believed; what is left of the answer still counts.
     @Test func hostileHeaderValuesAreIgnoredAndSaid() {

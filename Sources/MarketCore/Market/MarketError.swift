@@ -40,6 +40,8 @@ public struct MarketError: Error, Sendable, Equatable, CustomStringConvertible {
         public static let modelNotOffered = Code(rawValue: "model_not_offered")
         public static let excludedProvider = Code(rawValue: "excluded_provider")
         public static let workspaceTooLarge = Code(rawValue: "workspace_too_large")
+        /// A blob piece sent again under its index with other bytes than the piece kept.
+        public static let duplicatePiece = Code(rawValue: "duplicate_piece")
         public static let internalError = Code(rawValue: "internal_error")
         public static let unavailable = Code(rawValue: "unavailable")
     }
