@@ -48,7 +48,13 @@ public struct MarketViewsClient: Sendable {
         guard response.status == .ok else {
             throw MarketViewsError.status(url: base + path, code: Int(response.status.code))
         }
-        return try JSONDecoder().decode(T.self, from: Data(body.readableBytesView))
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(body.readableBytesView))
+        } catch {
+            // The market's answer, not the network: said as such, so nobody goes looking for
+            // a connection problem.
+            throw MarketViewsError.malformed(url: base + path, detail: "\(error)".prefix(300).description)
+        }
     }
 
     /// The view at `path`; a 404 is an error too.
@@ -61,11 +67,14 @@ public struct MarketViewsClient: Sendable {
 public enum MarketViewsError: Error, CustomStringConvertible, Equatable {
     case notMarketURL(MarketURLError)
     case status(url: String, code: Int)
+    /// An answer that is not the view the protocol describes.
+    case malformed(url: String, detail: String)
 
     public var description: String {
         switch self {
         case .notMarketURL(let error): error.description
         case .status(let url, let code): "\(url) answered \(code)"
+        case .malformed(let url, let detail): "\(url) answered with something that is not the view asked for: \(detail)"
         }
     }
 }

@@ -131,7 +131,13 @@ public actor Requester {
             timeoutSeconds: options.timeoutSeconds, expiresInSeconds: options.expiresInSeconds, workspace: sizes,
             conversationBytes: options.conversation.map { Int64($0.transcript.data.count) })
         do {
-            let ack = try await session.request(.taskPost, body, id: "post-\(taskId)", timeout: .seconds(30))
+            var ack = try await session.request(.taskPost, body, id: "post-\(taskId)", timeout: .seconds(30))
+            // The task is the one this requester named: an answer about another is not believed.
+            if let answered = ack.taskId, answered != taskId {
+                throw MarketClientError(
+                    "the market answered the post of task \(taskId) about another task (\(answered.prefix(64).debugDescription))")
+            }
+            ack.taskId = taskId
             try tasks.update(
                 taskId, state: ack.state.map { LocalTaskState(ack: $0) } ?? .open, note: ack.note, at: nowMs)
             try database.audit(
@@ -260,6 +266,13 @@ public actor Requester {
             return .events(seq: seq, items: batch.items)
         case .jobResult:
             guard let document = providers[taskId] else { return nil }
+            // Not signed by the provider: not its result (the market, or anyone, made it up), so
+            // it is dropped and said, never disputed against the provider.
+            do {
+                try RelayedFrame.verify(frame, from: document, nowMs: nowMs)
+            } catch {
+                throw MarketClientError("\(error)")
+            }
             switch checkResult(frame, document: document, taskId: taskId) {
             case .success(let (result, hash)): return .result(result, hash: hash)
             case .failure(let problem): return .resultRefused(problem: problem.description)
