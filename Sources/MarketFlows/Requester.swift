@@ -135,7 +135,8 @@ public actor Requester {
             // The task is the one this requester named: an answer about another is not believed.
             if let answered = ack.taskId, answered != taskId {
                 throw MarketClientError(
-                    "the market answered the post of task \(taskId) about another task (\(answered.prefix(64).debugDescription))")
+                    "the market answered the post of task \(taskId) about another task (\(answered.prefix(64).debugDescription))"
+                )
             }
             ack.taskId = taskId
             try tasks.update(
