@@ -29,9 +29,12 @@ func hostileMarket(_ result: inout ScenarioResult) async throws {
     try tool(["opt-in", "--claude-jobs", "--yes"], home: provider)
     try tool(
         [
-            "config", "--set", "market.url=\(url)", "--set", "approval.mode=policy", "--set", "docker.image=\(image)",
+            "config", "--set", "market.url=\(market.url)", "--set", "approval.mode=policy", "--set",
+            "docker.image=\(image)",
         ], home: provider)
+    // Set up through the real market; from here on both sides talk through the hostile one.
     try tool(["advertise", "--slots", "2", "--price", "1"], home: provider)
+    try tool(["config", "--set", "market.url=\(url)"], home: provider)
     // Many short jobs: the provider's own daily limit is not what this scenario is about.
     try tool(
         [

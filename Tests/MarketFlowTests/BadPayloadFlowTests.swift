@@ -37,6 +37,32 @@ struct BadPayloadFlowTests {
         return archive
     }
 
+    /// A PAX record whose length is 2^63-1: the archive that crashed every provider in a loop
+    /// (issue #32), its headers otherwise well formed.
+    static func tarWithAnOverflowingPAXRecord() -> Data {
+        func block(_ name: String, type: String, body: Data) -> Data {
+            var header = [UInt8](repeating: 0, count: 512)
+            func put(_ text: String, at offset: Int) {
+                header.replaceSubrange(offset..<offset + text.utf8.count, with: text.utf8)
+            }
+            put(name, at: 0)
+            put("0000644", at: 100)
+            put(
+                String(repeating: "0", count: 11 - String(body.count, radix: 8).count) + String(body.count, radix: 8),
+                at: 124)
+            put(type, at: 156)
+            put("ustar", at: 257)
+            put("00", at: 263)
+            put("        ", at: 148)
+            let sum = header.reduce(0) { $0 + Int($1) }
+            put(String(repeating: "0", count: 6 - String(sum, radix: 8).count) + String(sum, radix: 8), at: 148)
+            header[154] = 0
+            return Data(header) + body + Data(count: (512 - body.count % 512) % 512)
+        }
+        return block("pax", type: "x", body: Data("9223372036854775807 path=x\n".utf8))
+            + block("x", type: "0", body: Data()) + Data(count: 1024)
+    }
+
     /// A requester played by hand: minted credits, and a workspace task posted for `archive`.
     static func post(_ archive: Data, flow: Flow, requester: KeyRing, connection: MarketConnection) async throws
         -> String
@@ -77,14 +103,15 @@ struct BadPayloadFlowTests {
         return keys
     }
 
-    @Test func aWorkspaceThatDoesNotParseIsRejectedWithoutAFaultOfTheProvider() async throws {
+    @Test(arguments: ["a bad checksum", "an overflowing PAX record"])
+    func aWorkspaceThatDoesNotParseIsRejectedWithoutAFaultOfTheProvider(_ kind: String) async throws {
         let flow = try await Flow.start()
         defer { flow.stopAll() }
         let home = try await flow.provider("pia")
         let daemon = try await flow.provide(home, command: ["cat"])
         let provider = try await flow.peerID(home)
         let keys = try await Self.requester(flow)
-        let archive = Self.tarWithABadChecksum()
+        let archive = kind == "a bad checksum" ? Self.tarWithABadChecksum() : Self.tarWithAnOverflowingPAXRecord()
         try await MarketConnection.with(url: flow.url, keys: keys) { connection in
             let taskId = try await Self.post(archive, flow: flow, requester: keys, connection: connection)
             try await Self.deliver(archive, taskId: taskId, connection: connection)
