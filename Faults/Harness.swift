@@ -41,6 +41,10 @@ struct ScenarioSkipped: Error, CustomStringConvertible {
 }
 
 let inCI = ProcessInfo.processInfo.environment["CI"] == "true"
+/// In CI, or where `scripts/test.sh` said the services are there (`CMM_REQUIRE_DOCKER`,
+/// `CMM_REQUIRE_POSTGRES`), a scenario that cannot run fails instead of being skipped.
+let servicesRequired =
+    inCI || ["CMM_REQUIRE_DOCKER", "CMM_REQUIRE_POSTGRES"].contains { ProcessInfo.processInfo.environment[$0] == "1" }
 
 /// Runs a program to the end; its exit code and output (standard output and error together).
 @discardableResult

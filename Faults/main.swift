@@ -67,7 +67,11 @@ for scenario in scenarios where only.map({ scenario.name.localizedCaseInsensitiv
         results.append(result)
     } catch let skip as ScenarioSkipped {
         var skipped = ScenarioResult(name: name)
-        if inCI { skipped.problems.append("cannot run in CI: \(skip)") } else { skipped.skipped = "\(skip)" }
+        if servicesRequired {
+            skipped.problems.append("cannot run\(inCI ? " in CI" : ""), and its services are required: \(skip)")
+        } else {
+            skipped.skipped = "\(skip)"
+        }
         results.append(skipped)
     } catch {
         var failed = ScenarioResult(name: name)

@@ -262,18 +262,22 @@ struct ExecuteCommandTests {
     @Test func limitsHoldAcrossParallelProcesses() async throws {
         try await optIn()
         #expect(try run(["limits", "--concurrent", "1", "--daily", "2"]).exitCode == 0)
-        let results = LockedBox<[CLIResult]>([])
-        let threads = (0..<2).map { _ in
-            Thread {
-                let result = try! self.run(["execute", "--prompt", "sleep: 3", "--yes"])
-                results.value = results.value + [result]
+        // Two processes at once, each on a thread of its own (they block while they run); the
+        // test goes on when both have answered.
+        func onAThread() async throws -> CLIResult {
+            try await withCheckedThrowingContinuation { continuation in
+                Thread {
+                    continuation.resume(with: Result { try self.run(["execute", "--prompt", "sleep: 3", "--yes"]) })
+                }
+                .start()
             }
         }
-        for thread in threads { thread.start() }
-        while results.value.count < 2 { try await Task.sleep(for: .milliseconds(100)) }
-        let codes = results.value.map(\.exitCode).sorted()
-        #expect(codes == [0, 4], "\(results.value.map(\.stderr))")
-        #expect(results.value.contains { $0.stderr.contains("limits.concurrentJobs") })
+        async let first = onAThread()
+        async let other = onAThread()
+        let results = try await [first, other]
+        let codes = results.map(\.exitCode).sorted()
+        #expect(codes == [0, 4], "\(results.map(\.stderr))")
+        #expect(results.contains { $0.stderr.contains("limits.concurrentJobs") })
         let second = try run(["execute", "--prompt", "x", "--yes"])
         #expect(second.exitCode == 0, "\(second.stderr)")
         let over = try run(["execute", "--prompt", "x", "--yes"])
