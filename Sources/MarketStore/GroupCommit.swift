@@ -65,6 +65,9 @@ public final class GroupCommit: Sendable {
         var entries: [Entry] = []
         /// Batches being formed or committed now (at most the store's `writeConcurrency`).
         var drainers = 0
+        /// Drainers lingering for a fuller batch, woken as soon as `maxWrites` are queued.
+        var lingering: [Int: CheckedContinuation<Void, Never>] = [:]
+        var lingerers = 0
     }
 
     private let store: any MarketStore
@@ -86,12 +89,18 @@ public final class GroupCommit: Sendable {
     {
         try await withCheckedThrowingContinuation { continuation in
             let entry = Entry(body, continuation)
-            let drains = queue.withLock { queue in
+            let (drains, full) = queue.withLock { queue in
                 queue.entries.append(entry)
-                guard queue.drainers < store.writeConcurrency else { return false }
+                var full: [CheckedContinuation<Void, Never>] = []
+                if queue.entries.count >= limits.maxWrites {
+                    full = Array(queue.lingering.values)
+                    queue.lingering = [:]
+                }
+                guard queue.drainers < store.writeConcurrency else { return (false, full) }
                 queue.drainers += 1
-                return true
+                return (true, full)
             }
+            for lingering in full { lingering.resume() }
             if drains { Task { await self.drain() } }
         }
     }
@@ -99,10 +108,13 @@ public final class GroupCommit: Sendable {
     /// Writes committed and the transactions that carried them, since the start.
     public var committed: (writes: Int, transactions: Int) { counts.withLock { $0 } }
 
+    /// Writes waiting for a batch.
+    var queued: Int { queue.withLock { $0.entries.count } }
+
     private func drain() async {
         while true {
             if limits.linger > .zero, queue.withLock({ $0.entries.count }) < limits.maxWrites {
-                try? await Task.sleep(for: limits.linger)
+                await lingerUntilFull()
             }
             let batch = queue.withLock { queue -> [Entry] in
                 let batch = Array(queue.entries.prefix(limits.maxWrites))
@@ -125,6 +137,35 @@ public final class GroupCommit: Sendable {
                 // The commit failed (or the one write threw): nothing of the batch was kept.
                 for entry in batch { entry.finish(error) }
             }
+        }
+    }
+
+    /// Waits `linger`, or less: a batch that fills up goes at once.
+    private func lingerUntilFull() async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await Task.sleep(for: self.limits.linger) }
+            group.addTask { await self.untilFull() }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func untilFull() async {
+        let id = queue.withLock { queue in
+            queue.lingerers += 1
+            return queue.lingerers
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let now = queue.withLock { queue in
+                    guard queue.entries.count < limits.maxWrites, !Task.isCancelled else { return true }
+                    queue.lingering[id] = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            queue.withLock { $0.lingering.removeValue(forKey: id) }?.resume()
         }
     }
 }
