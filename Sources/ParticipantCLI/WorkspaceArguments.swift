@@ -121,6 +121,10 @@ enum WorkspaceReport {
             let applied = try patch.apply(to: directory)
             Output.note(
                 "applied to \(directory.path): \(applied.written.count) written, \(applied.deleted.count) deleted")
+        } catch  where error.code == .partial {
+            throw CLIError(
+                "the patch was applied to \(directory.path) only in part: \(TerminalText.line("\(error)"))",
+                exitCode: 1)
         } catch {
             throw CLIError(
                 "the patch was not applied to \(directory.path), nothing was changed: \(TerminalText.line("\(error)"))",

@@ -80,15 +80,15 @@ struct LinkResolver {
 
     /// A resolver over a list of entries.
     init(entries: some Sequence<WorkspaceEntry>) {
-        var nodes: [String: PathNode] = [:]
+        var nodes: [[UInt8]: PathNode] = [:]
         for entry in entries {
             switch entry.kind {
-            case .directory: nodes[entry.path] = .directory
-            case .file: nodes[entry.path] = .file
-            case .symlink(let target): nodes[entry.path] = .link(target)
+            case .directory: nodes[PathBytes.key(entry.path)] = .directory
+            case .file: nodes[PathBytes.key(entry.path)] = .file
+            case .symlink(let target): nodes[PathBytes.key(entry.path)] = .link(target)
             }
         }
-        self.init { nodes[$0] ?? .absent }
+        self.init { nodes[PathBytes.key($0)] ?? .absent }
     }
 
     /// Where the link at `path` (relative to the root) with `target` lands.
@@ -96,7 +96,7 @@ struct LinkResolver {
         guard Self.isPlausible(target) else { return .badTarget }
         switch follow(path, target: target, depth: 1) {
         case .success(let landed):
-            if landed.components.contains(where: { $0.lowercased() == ".git" }) { return .insideGit }
+            if landed.components.contains(where: PathBytes.isDotGit) { return .insideGit }
             return .inside(landed.components.joined(separator: "/"))
         case .failure(.outside): return .outside
         case .failure(.loop): return .loop
@@ -120,7 +120,7 @@ struct LinkResolver {
         guard !following.contains(link) else { return .failure(.loop) }
         following.insert(link)
         defer { following.remove(link) }
-        let directory = link.split(separator: "/").dropLast().map(String.init)
+        let directory = Array(PathBytes.components(link).dropLast())
         let result = walk(from: directory, target: target, depth: depth).flatMap { walked in
             walked.hops + 1 > Self.maxHops
                 ? .failure(.tooDeep) : .success(Followed(components: walked.components, hops: walked.hops + 1))
@@ -136,20 +136,20 @@ struct LinkResolver {
         var stack = directory
         var path = directory.joined(separator: "/")
         var hops = 0
-        for component in target.split(separator: "/") {
-            switch component {
-            case ".": continue
-            case "..":
+        for component in PathBytes.components(target) where !component.isEmpty && !PathBytes.isDot(component) {
+            let climbs = PathBytes.isDotDot(component)
+            if climbs {
                 guard !stack.isEmpty else { return .failure(.outside) }
                 stack.removeLast()
                 path = stack.joined(separator: "/")
-            default:
-                stack.append(String(component))
-                path = path.isEmpty ? String(component) : path + "/" + component
+            } else {
+                stack.append(component)
+                path = path.isEmpty ? component : path + "/" + component
             }
             budget -= path.utf8.count + 1
-            guard budget >= 0 else { return .failure(.tooComplex) }
-            guard component != ".." else { continue }
+            // Past PATH_MAX the kernel stops (ENAMETOOLONG); so does this, before the work grows.
+            guard budget >= 0, path.utf8.count <= WorkspaceLimits.maxPathBytes else { return .failure(.tooComplex) }
+            guard !climbs else { continue }
             if case .link(let next) = lookup(path) {
                 switch follow(path, target: next, depth: depth + 1) {
                 case .failure(let failure): return .failure(failure)

@@ -105,6 +105,10 @@ public struct WorkspacePacker: Sendable {
                     leftOut.append(LeftOut(path: path, reason: "git internals (.git)"))
                     continue
                 }
+                if relative.isEmpty, name.utf8.starts(with: WorkspacePatch.stagingPrefix.utf8) {
+                    leftOut.append(LeftOut(path: path, reason: "what an interrupted --apply staged"))
+                    continue
+                }
                 do {
                     try WorkspaceTree.check(path: path)
                 } catch {

@@ -34,23 +34,25 @@ extension WorkspacePatch {
     /// deletions, then renames into place.
     public func apply(to directory: URL) throws(WorkspaceError) -> Applied {
         let root = directory.standardizedFileURL.path
+        Self.removeStaleStaging(in: root)
         let disk = DiskView(root: root)
         var changes = try Self.changes(Self.parse(data, maxFiles: 1_000_000).1)
-        let byPath = Dictionary(changes.enumerated().map { ($1.path, $0) }) { first, _ in first }
-        let deletions = Set(changes.filter { $0.source.isDeleted }.map(\.path))
+        try Self.checkDepth(changes)
+        let byPath = Dictionary(changes.enumerated().map { (PathBytes.key($1.path), $0) }) { first, _ in first }
+        let deletions = Set(changes.filter { $0.source.isDeleted }.map { PathBytes.key($0.path) })
         var conflicts: [String] = []
         for index in changes.indices {
             let change = changes[index]
             let writes = !change.source.isDeleted
-            for ancestor in Self.ancestors(of: change.path) {
-                if writes, let other = byPath[ancestor], !changes[other].source.isDeleted {
+            for ancestor in PathBytes.ancestors(of: change.path) {
+                if writes, let other = byPath[PathBytes.key(ancestor)], !changes[other].source.isDeleted {
                     throw WorkspaceError(
                         .conflict, "the patch writes \(change.path) below \(ancestor), which it makes a file or link")
                 }
                 switch disk.node(at: ancestor) {
                 case .absent, .directory: continue
                 default:
-                    guard writes, deletions.contains(ancestor) else {
+                    guard writes, deletions.contains(PathBytes.key(ancestor)) else {
                         throw WorkspaceError(
                             .conflict,
                             "\(change.path) lies below \(ancestor), which is not a directory here: refused")
@@ -90,21 +92,40 @@ extension WorkspacePatch {
                 "the directory changed since the job was sent; nothing was applied: "
                     + conflicts.joined(separator: ", "))
         }
-        try Self.checkLinks(changes, byPath: byPath, disk: disk)
+        let overlay = Overlay(changes: changes, byPath: byPath, disk: disk)
+        try Self.checkLinks(changes, overlay: overlay)
+        try Self.checkExistingLinks(disk: disk, overlay: overlay)
         return try Self.write(changes, root: root, disk: disk)
+    }
+
+    /// The most path bytes, summed over every directory on the way to every path, that one
+    /// patch may make the applier look at: a hundred times what a large real patch needs, and a
+    /// bound on the work of checking paths thousands of components deep.
+    static let maxPathWork = 256 << 20
+
+    static func checkDepth(_ changes: [PathChange]) throws(WorkspaceError) {
+        var work = 0
+        for change in changes {
+            let bytes = change.path.utf8.count
+            work += bytes * (change.path.utf8.count { $0 == PathBytes.slash } + 1)
+            guard work <= maxPathWork else {
+                throw WorkspaceError(
+                    .tooLarge, "the patch's paths are too many and too deep to check (at \(change.path.prefix(80)))")
+            }
+        }
     }
 
     /// Joins each path's sections; `parse` let a path appear twice only as a deletion followed
     /// by an addition.
     static func changes(_ sections: [FilePatch]) -> [PathChange] {
         var changes: [PathChange] = []
-        var byPath: [String: Int] = [:]
+        var byPath: [[UInt8]: Int] = [:]
         for section in sections {
             let expected = section.isNew ? nil : section.oldID.map { ($0, section.oldMode == "120000") }
-            if let earlier = byPath[section.path] {
+            if let earlier = byPath[PathBytes.key(section.path)] {
                 changes[earlier].source = section
             } else {
-                byPath[section.path] = changes.count
+                byPath[PathBytes.key(section.path)] = changes.count
                 changes.append(PathChange(path: section.path, expected: expected, source: section))
             }
         }
@@ -130,18 +151,8 @@ extension WorkspacePatch {
 
     /// Every link the patch makes must land inside, and outside `.git`, in the tree as it will
     /// be: the patch's own entries over what the directory holds now.
-    static func checkLinks(_ changes: [PathChange], byPath: [String: Int], disk: DiskView) throws(WorkspaceError) {
-        let implied = Set(changes.filter { $0.result != nil }.flatMap { Self.ancestors(of: $0.path) })
-        var resolver = LinkResolver { path in
-            if let index = byPath[path] {
-                guard let result = changes[index].result else { return .absent }
-                return result.isLink ? .link(String(decoding: result.contents, as: UTF8.self)) : .file
-            }
-            if implied.contains(path) { return .directory }
-            // Nothing is below what the patch deletes or makes a file or link.
-            if Self.ancestors(of: path).contains(where: { byPath[$0] != nil }) { return .absent }
-            return disk.node(at: path).pathNode
-        }
+    static func checkLinks(_ changes: [PathChange], overlay: Overlay) throws(WorkspaceError) {
+        var resolver = LinkResolver(lookup: overlay.node)
         for change in changes {
             guard let result = change.result, result.isLink else { continue }
             let target = String(decoding: result.contents, as: UTF8.self)
@@ -153,10 +164,33 @@ extension WorkspacePatch {
         }
     }
 
+    /// A link the directory already holds may climb through what the patch makes (a link `a`
+    /// made `.`, so that `a/x/../..` goes one level higher than before): every one of them that
+    /// lands inside now must still land inside once the patch is applied.
+    static func checkExistingLinks(disk: DiskView, overlay: Overlay) throws(WorkspaceError) {
+        var before = LinkResolver { disk.node(at: $0).pathNode }
+        var after = LinkResolver(lookup: overlay.node)
+        for (path, target) in try disk.links() where overlay.keepsDiskEntry(path) {
+            guard before.resolve(link: path, target: target).refusal == nil else { continue }
+            if let refusal = after.resolve(link: path, target: target).refusal {
+                throw WorkspaceError(
+                    .conflict,
+                    "the patch would make the link \(path) here (\(target.debugDescription)), which lands inside now, a link that \(refusal): refused"
+                )
+            }
+        }
+    }
+
     /// Stages, deletes, renames. Nothing the directory holds is touched until every new file is
-    /// staged; after that, what is reported is what landed.
+    /// staged; after that, what is reported is what landed. Before each deletion, directory and
+    /// rename the kernel's own view is asked (`realpath` of the parent, `lstat` of what `mkdir`
+    /// found): a directory that resolves elsewhere than its path says (a link, a name that folds
+    /// to another on a case-insensitive volume) stops the apply there.
     static func write(_ changes: [PathChange], root: String, disk: DiskView) throws(WorkspaceError) -> Applied {
-        let staging = root + "/.cmm-apply-" + UUID().uuidString.prefix(8)
+        guard let rootReal = DiskView.realPath(root) else {
+            throw WorkspaceError(.io, "cannot resolve \(root): \(String(cString: strerror(errno)))")
+        }
+        let staging = root + "/" + stagingPrefix + UUID().uuidString.prefix(8)
         guard mkdir(staging, 0o700) == 0 else {
             throw WorkspaceError(.io, "cannot make a staging directory in \(root): \(String(cString: strerror(errno)))")
         }
@@ -179,47 +213,65 @@ extension WorkspacePatch {
             staged.append((temporary, change))
         }
         var applied = Applied(written: [], deleted: [])
-        var failures: [String] = []
-        var needed = Set<String>()
-        for item in staged { needed.formUnion(Self.ancestors(of: item.change.path)) }
-        for change in changes where change.source.isDeleted {
+        var failure: String?
+        func stop(_ path: String, _ why: String) { failure = failure ?? "\(path) (\(why))" }
+        /// The kernel's word that `path`'s directory is where the path says it is.
+        func parentIsWhereItSays(_ path: String) -> Bool {
+            let expected = PathBytes.parent(path).map { rootReal + "/" + $0 } ?? rootReal
+            return DiskView.realPath(PathBytes.parent(path).map { root + "/" + $0 } ?? root)?.utf8.elementsEqual(
+                expected.utf8) == true
+        }
+        var needed = Set<[UInt8]>()
+        for item in staged { needed.formUnion(PathBytes.ancestors(of: item.change.path).map(PathBytes.key)) }
+        for change in changes where change.source.isDeleted && failure == nil {
+            guard parentIsWhereItSays(change.path) else {
+                stop(change.path, "its directory does not resolve to itself here")
+                break
+            }
             if unlink(root + "/" + change.path) == 0 {
                 applied.deleted.append(change.path)
             } else {
-                failures.append("\(change.path) (not deleted: \(String(cString: strerror(errno))))")
+                stop(change.path, "not deleted: \(String(cString: strerror(errno)))")
             }
         }
         // Directories the deletions emptied go, as git removes them, unless something new
         // lands below them; a directory that a file or link replaces goes whole (it held only
         // what the patch deleted, and empty directories).
-        for change in changes where change.source.isDeleted {
-            for ancestor in Self.ancestors(of: change.path).reversed() where !needed.contains(ancestor) {
+        for change in changes where change.source.isDeleted && failure == nil {
+            for ancestor in PathBytes.ancestors(of: change.path).reversed()
+            where !needed.contains(PathBytes.key(ancestor)) {
                 if rmdir(root + "/" + ancestor) != 0 { break }
             }
         }
-        for item in staged where disk.node(at: item.change.path) == .directory {
+        for item in staged where failure == nil && disk.node(at: item.change.path) == .directory {
             disk.removeEmptyDirectories(item.change.path)
         }
-        for item in staged {
-            let target = root + "/" + item.change.path
+        for item in staged where failure == nil {
             do throws(WorkspaceError) {
                 try Self.makeDirectories(for: item.change.path, root: root)
-                guard rename(item.temporary, target) == 0 else {
-                    throw WorkspaceError(.io, String(cString: strerror(errno)))
+                guard parentIsWhereItSays(item.change.path) else {
+                    throw WorkspaceError(.conflict, "its directory does not resolve to itself here")
+                }
+                guard rename(item.temporary, root + "/" + item.change.path) == 0 else {
+                    throw WorkspaceError(.io, "not written: " + String(cString: strerror(errno)))
                 }
                 applied.written.append(item.change.path)
             } catch {
-                failures.append("\(item.change.path) (not written: \(error.message))")
+                stop(item.change.path, error.message)
             }
         }
-        if !failures.isEmpty {
+        if let failure {
             throw WorkspaceError(
-                .io,
-                "applied in part: \(applied.written.count) written, \(applied.deleted.count) deleted; "
-                    + failures.joined(separator: ", "))
+                .partial,
+                "applied in part, then stopped at \(failure); written: "
+                    + (applied.written.isEmpty ? "none" : applied.written.joined(separator: ", "))
+                    + "; deleted: " + (applied.deleted.isEmpty ? "none" : applied.deleted.joined(separator: ", ")))
         }
         return applied
     }
+
+    /// The name of the directory new contents are staged in, under the directory applied to.
+    static let stagingPrefix = ".cmm-apply-"
 
     static func removeStaging(_ staging: String) {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? [] {
@@ -228,23 +280,31 @@ extension WorkspacePatch {
         rmdir(staging)
     }
 
-    /// "a", "a/b" for "a/b/c": the directories on the way, shortest first.
-    static func ancestors(of path: String) -> [String] {
-        var ancestors: [String] = []
-        var index = path.startIndex
-        while let slash = path[index...].firstIndex(of: "/") {
-            ancestors.append(String(path[..<slash]))
-            index = path.index(after: slash)
+    /// What an apply stopped by a kill left: its staging directories (they are this tool's own,
+    /// and would otherwise go out with the next workspace).
+    static func removeStaleStaging(in root: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        where name.utf8.starts(with: stagingPrefix.utf8) {
+            var info = stat()
+            guard lstat(root + "/" + name, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else { continue }
+            removeStaging(root + "/" + name)
         }
-        return ancestors
     }
 
+    /// Makes the directories on the way to `path`; one that is there already must be a real
+    /// directory (`lstat`), never a link `mkdir` would have followed.
     static func makeDirectories(for path: String, root: String) throws(WorkspaceError) {
-        for ancestor in Self.ancestors(of: path) {
+        for ancestor in PathBytes.ancestors(of: path) {
             let absolute = root + "/" + ancestor
-            if mkdir(absolute, 0o755) != 0, errno != EEXIST {
-                throw WorkspaceError(
-                    .io, "cannot make the directory \(ancestor): \(String(cString: strerror(errno)))")
+            if mkdir(absolute, 0o755) != 0 {
+                guard errno == EEXIST else {
+                    throw WorkspaceError(
+                        .io, "cannot make the directory \(ancestor): \(String(cString: strerror(errno)))")
+                }
+                var info = stat()
+                guard lstat(absolute, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+                    throw WorkspaceError(.conflict, "\(ancestor) is not a directory here")
+                }
             }
         }
     }
@@ -289,7 +349,7 @@ extension WorkspacePatch {
 }
 
 /// The requester's directory as applying sees it: a path is looked at only through real
-/// directories (`lstat` on each one on the way), so no link already there is ever followed.
+/// directories (`lstat` of its parent first), so no link already there is ever followed.
 final class DiskView {
     enum Node: Equatable {
         case absent
@@ -310,32 +370,46 @@ final class DiskView {
     }
 
     let root: String
-    private var nodes: [String: Node] = [:]
+    private var nodes: [[UInt8]: Node] = [:]
 
     init(root: String) {
         self.root = root
     }
 
+    /// Each directory is looked at once, through its parent, so a path thousands of components
+    /// deep costs its length, not its length squared.
     func node(at path: String) -> Node {
-        if let known = nodes[path] { return known }
+        let key = PathBytes.key(path)
+        if let known = nodes[key] { return known }
         var node = Node.absent
-        if WorkspacePatch.ancestors(of: path).allSatisfy({ self.node(at: $0) == .directory }) {
+        if PathBytes.parent(path).map({ self.node(at: $0) == .directory }) ?? true {
             var info = stat()
             if lstat(root + "/" + path, &info) == 0 {
                 switch info.st_mode & S_IFMT {
                 case S_IFDIR: node = .directory
                 case S_IFREG: node = .file
-                case S_IFLNK:
-                    node =
-                        (try? FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + path)).map {
-                            .link($0)
-                        } ?? .other
+                case S_IFLNK: node = Self.linkTarget(root + "/" + path).map { .link($0) } ?? .other
                 default: node = .other
                 }
             }
         }
-        nodes[path] = node
+        nodes[key] = node
         return node
+    }
+
+    /// A link's target as its bytes say (read as UTF-8, a byte that is not becomes U+FFFD: the
+    /// slashes and dots that decide where it leads are kept).
+    static func linkTarget(_ path: String) -> String? {
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink(path, &buffer, buffer.count)
+        guard count >= 0 else { return nil }
+        return String(decoding: buffer[..<count], as: UTF8.self)
+    }
+
+    static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 
     func contents(of path: String) -> Data? {
@@ -344,16 +418,47 @@ final class DiskView {
 
     /// Whether everything below the directory `path` that is not a directory is in `paths`
     /// (what the patch deletes): it stops at the first thing that is not.
-    func holdsOnly(_ paths: Set<String>, below path: String) -> Bool {
+    func holdsOnly(_ paths: Set<[UInt8]>, below path: String) -> Bool {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: root + "/" + path) else { return false }
         for name in names {
             let child = path + "/" + name
             switch node(at: child) {
             case .directory: if !holdsOnly(paths, below: child) { return false }
-            default: if !paths.contains(child) { return false }
+            default: if !paths.contains(PathBytes.key(child)) { return false }
             }
         }
         return true
+    }
+
+    /// The most entries `links()` looks at before it refuses: far past any real work tree.
+    static let maxEntries = 2_000_000
+
+    /// Every link the directory holds (outside `.git`), with its target, links not followed.
+    func links() throws(WorkspaceError) -> [(path: String, target: String)] {
+        var found: [(path: String, target: String)] = []
+        var pending = [""]
+        var seen = 0
+        while let directory = pending.popLast() {
+            let absolute = directory.isEmpty ? root : root + "/" + directory
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: absolute)) ?? [] {
+                seen += 1
+                guard seen <= Self.maxEntries else {
+                    throw WorkspaceError(
+                        .tooLarge, "\(root) holds more than \(Self.maxEntries) entries: its links cannot all be checked"
+                    )
+                }
+                let path = directory.isEmpty ? name : directory + "/" + name
+                if PathBytes.isDotGit(name) || name.utf8.starts(with: WorkspacePatch.stagingPrefix.utf8) { continue }
+                var info = stat()
+                guard lstat(root + "/" + path, &info) == 0 else { continue }
+                switch info.st_mode & S_IFMT {
+                case S_IFDIR: pending.append(path)
+                case S_IFLNK: if let target = Self.linkTarget(root + "/" + path) { found.append((path, target)) }
+                default: continue
+                }
+            }
+        }
+        return found
     }
 
     /// Removes the directory `path` and the empty directories below it, deepest first.
@@ -365,5 +470,53 @@ final class DiskView {
             }
         }
         rmdir(root + "/" + path)
+    }
+}
+
+/// The tree as it will be once the patch is applied: the patch's entries over the directory's.
+final class Overlay {
+    private let changes: [WorkspacePatch.PathChange]
+    private let byPath: [[UInt8]: Int]
+    private let disk: DiskView
+    /// The directories the patch's new entries lie in.
+    private let implied: Set<[UInt8]>
+    private var below: [[UInt8]: Bool] = [:]
+
+    init(changes: [WorkspacePatch.PathChange], byPath: [[UInt8]: Int], disk: DiskView) {
+        self.changes = changes
+        self.byPath = byPath
+        self.disk = disk
+        var implied = Set<[UInt8]>()
+        for change in changes where change.result != nil {
+            var path = change.path
+            while let parent = PathBytes.parent(path), implied.insert(PathBytes.key(parent)).inserted { path = parent }
+        }
+        self.implied = implied
+    }
+
+    func node(_ path: String) -> PathNode {
+        let key = PathBytes.key(path)
+        if let index = byPath[key] {
+            guard let result = changes[index].result else { return .absent }
+            return result.isLink ? .link(String(decoding: result.contents, as: UTF8.self)) : .file
+        }
+        if implied.contains(key) { return .directory }
+        if isBelowAPatchEntry(path) { return .absent }
+        return disk.node(at: path).pathNode
+    }
+
+    /// Whether an entry the directory holds at `path` stays as it is.
+    func keepsDiskEntry(_ path: String) -> Bool {
+        byPath[PathBytes.key(path)] == nil && !isBelowAPatchEntry(path)
+    }
+
+    /// Nothing is below what the patch deletes or makes a file or link.
+    private func isBelowAPatchEntry(_ path: String) -> Bool {
+        guard let parent = PathBytes.parent(path) else { return false }
+        let key = PathBytes.key(parent)
+        if let known = below[key] { return known }
+        let value = byPath[key] != nil || isBelowAPatchEntry(parent)
+        below[key] = value
+        return value
     }
 }

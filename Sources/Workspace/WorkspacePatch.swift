@@ -48,7 +48,7 @@ public struct WorkspacePatch: Sendable, Equatable {
     }
 
     static func isGitInternal(_ path: String) -> Bool {
-        path.split(separator: "/").contains { $0.lowercased() == ".git" }
+        PathBytes.components(path).contains(where: PathBytes.isDotGit)
     }
 
     private static func section(path: String, before: WorkspaceEntry?, after: WorkspaceEntry?, into text: inout Data)

@@ -62,24 +62,27 @@ public struct WorkspaceTree: Sendable, Equatable {
 
     /// Checks and sorts the entries; throws naming the first bad one.
     public init(entries: [WorkspaceEntry]) throws(WorkspaceError) {
-        var byPath: [String: WorkspaceEntry.Kind] = [:]
+        var byPath: [[UInt8]: WorkspaceEntry.Kind] = [:]
+        // Two names the filesystem tells apart but Swift's strings do not (`é` precomposed and
+        // decomposed) are refused as one: every table of paths above this one is keyed by text.
+        var names = Set<String>()
         for entry in entries {
             try Self.check(path: entry.path)
-            guard byPath[entry.path] == nil else { throw WorkspaceError(.badEntry, "\(entry.path) appears twice") }
+            guard byPath[PathBytes.key(entry.path)] == nil, names.insert(entry.path).inserted else {
+                throw WorkspaceError(.badEntry, "\(entry.path) appears twice (or in two Unicode forms)")
+            }
             guard entry.mode & ~0o777 == 0 else {
                 throw WorkspaceError(
                     .badEntry,
                     "\(entry.path) has mode \(String(entry.mode, radix: 8)): setuid, setgid and sticky bits are not allowed"
                 )
             }
-            byPath[entry.path] = entry.kind
+            byPath[PathBytes.key(entry.path)] = entry.kind
         }
         var resolver = LinkResolver(entries: entries)
         for entry in entries {
-            var parent = entry.path
-            while let slash = parent.lastIndex(of: "/") {
-                parent = String(parent[..<slash])
-                if let kind = byPath[parent], kind != .directory {
+            for parent in PathBytes.ancestors(of: entry.path) {
+                if let kind = byPath[PathBytes.key(parent)], kind != .directory {
                     throw WorkspaceError(.badEntry, "\(entry.path) lies below \(parent), which is not a directory")
                 }
             }
@@ -138,8 +141,8 @@ public struct WorkspaceTree: Sendable, Equatable {
         guard !path.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
             throw WorkspaceError(.badPath, "\(path.debugDescription) contains a control character")
         }
-        for component in path.split(separator: "/", omittingEmptySubsequences: false) {
-            guard !component.isEmpty, component != ".", component != ".." else {
+        for component in PathBytes.components(path) {
+            guard !component.isEmpty, !PathBytes.isDot(component), !PathBytes.isDotDot(component) else {
                 throw WorkspaceError(.badPath, "\(path.debugDescription) has an empty, . or .. component")
             }
             guard component.utf8.count <= WorkspaceLimits.maxNameBytes else {
@@ -166,6 +169,8 @@ public struct WorkspaceError: Error, Sendable, Equatable, CustomStringConvertibl
         case conflict
         /// Reading or writing the directory failed.
         case io
+        /// Applying stopped part way: what landed and what did not is in the message.
+        case partial
     }
 
     public let code: Code
@@ -199,10 +204,10 @@ extension WorkspaceTree {
     /// everything it left. A link that pointed inside the whole tree but leads out of the
     /// directory is left out and listed, like any other link that escapes.
     public func subtree(under directory: String) -> (tree: WorkspaceTree, skipped: [Skipped]) {
-        let prefix = directory + "/"
-        let below = entries.filter { $0.path.hasPrefix(prefix) }.map { entry in
+        let prefix = Array((directory + "/").utf8)
+        let below = entries.filter { PathBytes.hasPrefix($0.path, directory + "/") }.map { entry in
             var entry = entry
-            entry.path.removeFirst(prefix.count)
+            entry.path = String(decoding: Array(entry.path.utf8).dropFirst(prefix.count), as: UTF8.self)
             return entry
         }
         let (kept, dropped) = Self.droppingLinksThatEscape(below)

@@ -67,7 +67,7 @@ struct HostileWorkspaceTests {
 
     func entries(files: [String] = [], links: [String: String]) -> [WorkspaceEntry] {
         var directories = Set<String>()
-        for path in files + Array(links.keys) { directories.formUnion(WorkspacePatch.ancestors(of: path)) }
+        for path in files + Array(links.keys) { directories.formUnion(PathBytes.ancestors(of: path)) }
         return directories.map { WorkspaceEntry(path: $0, kind: .directory) }
             + files.map { WorkspaceEntry(path: $0, kind: .file(Data("f\n".utf8))) }
             + links.map { WorkspaceEntry(path: $0.key, kind: .symlink($0.value)) }
@@ -208,7 +208,7 @@ struct HostileWorkspaceTests {
         var entries = entries(files: [], links: links)
         var directories = Set(entries.filter { $0.kind == .directory }.map(\.path))
         for path in files.keys {
-            for directory in WorkspacePatch.ancestors(of: path) where directories.insert(directory).inserted {
+            for directory in PathBytes.ancestors(of: path) where directories.insert(directory).inserted {
                 entries.append(WorkspaceEntry(path: directory, kind: .directory))
             }
             entries.append(WorkspaceEntry(path: path, kind: .file(Data(files[path]!.utf8))))
@@ -266,5 +266,101 @@ struct HostileWorkspaceTests {
         try Data("the requester's own\n".utf8).write(to: dir.file("a/untracked"))
         #expect { try made.apply(to: dir.url) } throws: { "\($0)".contains("a (exists here") }
         #expect(snapshot(dir) == ["a", "a/one", "a/untracked"])
+    }
+}
+
+/// What a review found after the first round (issue #32): paths split as Swift strings, links
+/// already in the directory, paths deep enough to make checking them slow, `.git` under other
+/// names.
+struct HostileWorkspaceReviewTests {
+    static let zero = GitObjects.zeroID
+
+    func patch(_ text: String) -> WorkspacePatch {
+        WorkspacePatch(data: Data((WorkspacePatch.headerPrefix + "sha256:0\n" + text).utf8), baseHash: "", files: [])
+    }
+
+    func link(_ path: String, _ target: String) -> String {
+        "diff --git a/\(path) b/\(path)\nnew file mode 120000\nindex \(Self.zero)..\(GitObjects.blobID(Data(target.utf8)))\n@@ -0,0 +1 @@\n+\(target)\n\\ No newline at end of file\n"
+    }
+
+    func file(_ path: String, _ contents: String = "x\n") -> String {
+        "diff --git a/\(path) b/\(path)\nnew file mode 100644\nindex \(Self.zero)..\(GitObjects.blobID(Data(contents.utf8)))\n@@ -0,0 +1 @@\n+\(contents.dropLast())\n"
+    }
+
+    /// Every name below `dir` and `dir`'s parent, links not followed.
+    func listing(_ dir: URL) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []).sorted()
+    }
+
+    /// U+0600 (a "prepend" character) joins the `/` after it into one Swift `Character`, a
+    /// combining mark the `/` before it: split as strings, `a؀/../.bashrc` has no `..`.
+    @Test func aSlashHiddenInAGraphemeIsStillASlash() throws {
+        let parent = TemporaryDirectory("cmm-grapheme")
+        let dir = parent.file("proj")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let prepend = link("a\u{600}", ".") + file("a\u{600}/../.bashrc")
+        #expect(throws: WorkspaceError.self) { try patch(prepend).apply(to: dir) }
+        let mark =
+            file("a/keep") + link("a/d", "..") + link("a/d/\u{301}U", "..") + file("\u{301}U/.bashrc")
+        #expect(throws: WorkspaceError.self) { try patch(mark).apply(to: dir) }
+        #expect(listing(parent.url) == ["proj"])
+        #expect(listing(dir).isEmpty)
+        #expect(throws: WorkspaceError.self) { try WorkspaceTree.check(path: "a\u{600}/../b") }
+        #expect(throws: WorkspaceError.self) { try WorkspaceTree.check(path: "a/\u{301}/../b") }
+        // The same bytes in two Unicode forms are two names to the filesystem: one tree holds
+        // only one of them.
+        #expect(throws: WorkspaceError.self) {
+            try WorkspaceTree(entries: [
+                WorkspaceEntry(path: "\u{e9}", kind: .file(Data())),
+                WorkspaceEntry(path: "e\u{301}", kind: .file(Data())),
+            ])
+        }
+    }
+
+    /// A link the directory already has, whose target climbs through a name the patch makes a
+    /// link, would leave once applied.
+    @Test func aLinkAlreadyHereThatThePatchWouldMakeClimbOutIsRefused() throws {
+        let dir = TemporaryDirectory("cmm-existing-link")
+        _ = try patch(link("notes", "a/x/../../z")).apply(to: dir.url)
+        #expect { try patch(link("a", ".") + file("x/keep")).apply(to: dir.url) } throws: {
+            ($0 as? WorkspaceError)?.code == .conflict && "\($0)".contains("notes")
+        }
+        #expect(listing(dir.url) == ["notes"])
+    }
+
+    @Test func gitUnderOtherNamesIsGit() throws {
+        for path in [".git./config", ".GIT /config", ".g\u{200C}it/hooks/pre-commit", "GIT~1/config", "a/.Git/x"] {
+            #expect(throws: WorkspaceError.self, "\(path.debugDescription)") {
+                try WorkspacePatch(parsing: patch(file(path)).data)
+            }
+        }
+        #expect(throws: Never.self) { try WorkspacePatch(parsing: patch(file(".github/workflows/ci.yml")).data) }
+    }
+
+    /// Checking a path costs its length: thousands of sections thousands of components deep are
+    /// refused before they are looked at, and one such path applies.
+    @Test func pathsTooDeepToCheckAreRefusedAndOneDeepPathApplies() throws {
+        let deep = Array(repeating: "d", count: 1_500).joined(separator: "/")
+        let many = (0..<200).map { file("s\($0)/" + deep + "/f") }.joined()
+        let dir = TemporaryDirectory("cmm-deep")
+        #expect { try patch(many).apply(to: dir.url) } throws: { ($0 as? WorkspaceError)?.code == .tooLarge }
+        #expect(listing(dir.url).isEmpty)
+        let one = Array(repeating: "d", count: 500).joined(separator: "/")
+        let applied = try patch(file(one + "/f")).apply(to: dir.url)
+        #expect(applied.written == [one + "/f"])
+    }
+
+    /// An apply stopped by a kill leaves its staging directory; the next one removes it, and a
+    /// workspace packed meanwhile leaves it out.
+    @Test func aStaleStagingDirectoryIsLeftOutAndRemoved() throws {
+        let dir = TemporaryDirectory("cmm-stale")
+        let stale = dir.file(".cmm-apply-deadbeef")
+        try FileManager.default.createDirectory(at: stale, withIntermediateDirectories: true)
+        try Data("staged\n".utf8).write(to: stale.appending(path: "0"))
+        let packed = try WorkspacePacker(options: .init(includeIgnored: true)).pack(dir.url)
+        #expect(packed.tree.entries.isEmpty)
+        #expect(packed.leftOut.map(\.path) == [".cmm-apply-deadbeef"])
+        _ = try patch(file("new.txt")).apply(to: dir.url)
+        #expect(listing(dir.url) == ["new.txt"])
     }
 }
