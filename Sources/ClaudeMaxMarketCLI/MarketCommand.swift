@@ -49,8 +49,12 @@ struct MarketDatabaseOptions: ParsableArguments {
 struct MarketVerifyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
-        abstract: "Check the books: the ledger balances, every row is sound, final tasks hold no escrow.",
-        discussion: "Exits 1 naming each discrepancy. Safe to run beside a running market (SQLite: WAL snapshot)."
+        abstract: "Check the books: the ledger balances, every row is sound, each task's escrow holds what it should.",
+        discussion: """
+            A task in a final state holds nothing; any other holds exactly what its books say (the requester's \
+            maximum, or the price of a task assigned before the escrow stayed whole). Exits 1 naming each \
+            discrepancy. Safe to run beside a running market (SQLite: WAL snapshot).
+            """
     )
 
     @OptionGroup var database: MarketDatabaseOptions

@@ -273,6 +273,12 @@ public struct MarketBook: Sendable {
         guard task.state != transition.before else { return }
         if task.state.isFinal || task.state == .open {
             try await tx.deleteBlobChunks(taskID: task.id, blob: nil)
+        }
+        if task.state == .open {
+            // The payload too was sealed to the provider that lost the task: kept, it would go
+            // to the next one on its reconnect (which cannot open it), and a missed approval
+            // would count as the next one's fault though the requester never sent it its own.
+            try await tx.setFrame(taskID: task.id, kind: .payload, frame: nil)
         } else if task.state == .delivered || task.state == .disputed {
             if task.workspaceBytes != nil { try await tx.deleteBlobChunks(taskID: task.id, blob: "workspace") }
             if task.conversationBytes != nil { try await tx.deleteBlobChunks(taskID: task.id, blob: "conversation") }
@@ -281,14 +287,19 @@ public struct MarketBook: Sendable {
 
     // MARK: Checks
 
-    /// `market verify`: the ledger balances, every row's sides are sound, final tasks hold nothing.
+    /// `market verify`: the ledger balances, every row's sides are sound, final tasks hold nothing,
+    /// and every other task holds exactly what its books say (`cap`).
     public func audit(in tx: some MarketTransaction) async throws -> LedgerAudit {
         var finalTasks = Set<String>()
-        for state in TaskState.allCases where state.isFinal {
-            for task in try await tx.tasks(state: state, limit: Int.max) { finalTasks.insert(task.id) }
+        var liveTasks: [String: Credits] = [:]
+        for state in TaskState.allCases {
+            for task in try await tx.tasks(state: state, limit: Int.max) {
+                if state.isFinal { finalTasks.insert(task.id) } else { liveTasks[task.id] = task.cap }
+            }
         }
         return LedgerAudit.check(
-            movements: try await tx.allMovements(), balances: try await tx.allBalances(), finalTasks: finalTasks)
+            movements: try await tx.allMovements(), balances: try await tx.allBalances(), finalTasks: finalTasks,
+            liveTasks: liveTasks)
     }
 }
 

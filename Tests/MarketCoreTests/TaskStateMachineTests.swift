@@ -20,18 +20,48 @@ import Testing
         .task
     }
 
-    @Test func assignmentRefundsTheDifferenceAndCapsTheEscrow() throws {
+    /// The requester's whole maximum stays in escrow once a provider wins: should it hand the
+    /// task back or fail, the next provider may ask anything up to that maximum.
+    @Test func assignmentKeepsTheWholeMaximumInEscrow() throws {
         let transition = try machine.apply(
             .assign(provider: provider, price: Credits(micro: 6_000_000)), to: openTask(), nowMs: 5)
         #expect(transition.task.state == .assigned)
-        #expect(transition.task.cap == Credits(micro: 6_000_000))
+        #expect(transition.task.price == Credits(micro: 6_000_000))
+        #expect(transition.task.cap == Credits(micro: 10_000_000))
+        #expect(transition.movements.isEmpty)
+        #expect(transition.task.deadlineMs == 5 + MarketRules().approvalTimeoutMs)
+    }
+
+    /// Settlement empties the escrow: the price to fee, hold-back and provider, and the rest of
+    /// the maximum back to the requester, in the same transition.
+    @Test func settlementGivesTheDifferenceBackToTheRequester() throws {
+        let delivered = try deliver(try assigned(price: 6))
+        let settled = try machine.apply(
+            .accept(by: requester), to: delivered, nowMs: 4, provider: ProviderStanding(settledJobs: 0, heldBack: .zero)
+        )
+        // 6 RUV: fee 10 % = 0.6; of the 5.4 left, 20 % (1.08) held back; 4.32 paid; 4 of the 10 back.
         #expect(
-            transition.movements == [
+            settled.movements == [
+                Movement(
+                    from: .escrow(taskID: "t"), to: .market, amount: Credits(micro: 600_000), kind: .fee, taskID: "t"),
+                Movement(
+                    from: .escrow(taskID: "t"), to: .held(provider), amount: Credits(micro: 1_080_000), kind: .holdback,
+                    taskID: "t"),
+                Movement(
+                    from: .escrow(taskID: "t"), to: .peer(provider), amount: Credits(micro: 4_320_000), kind: .release,
+                    taskID: "t"),
                 Movement(
                     from: .escrow(taskID: "t"), to: .peer(requester), amount: Credits(micro: 4_000_000),
-                    kind: .differenceRefund, taskID: "t")
+                    kind: .differenceRefund, taskID: "t", memo: "the maximum 10 RUV less the price 6 RUV"),
             ])
-        #expect(transition.task.deadlineMs == 5 + MarketRules().approvalTimeoutMs)
+        #expect(settled.task.state == .settled && settled.task.cap == .zero)
+    }
+
+    func deliver(_ assigned: MarketTask) throws -> MarketTask {
+        let running = try machine.apply(.approve(by: provider), to: assigned, nowMs: 2).task
+        return try machine.apply(
+            .deliver(by: provider, resultHash: String(repeating: "a", count: 64)), to: running, nowMs: 3
+        ).task
     }
 
     @Test func aProviderNeverWinsItsOwnTaskNorAboveTheMaximum() {
@@ -101,6 +131,7 @@ import Testing
         let second = try machine.apply(.reject(by: other, reason: "no"), to: again.task, nowMs: 4)
         #expect(second.task.state == .refunded)
         #expect(second.movements.map(\.kind) == [.refund])
+        #expect(second.movements.first?.amount == Credits(micro: 10_000_000), "the whole maximum goes back")
         #expect(second.task.cap == .zero)
     }
 
@@ -127,7 +158,7 @@ import Testing
         #expect(missing.task.state == .refunded)
         #expect(missing.outcomes.isEmpty)
         #expect(missing.movements.map(\.kind) == [.refund])
-        #expect(missing.movements.first?.amount == Credits(micro: 6_000_000))
+        #expect(missing.movements.first?.amount == Credits(micro: 10_000_000), "the whole maximum goes back")
         // Only an assigned task waits for a payload.
         let running = try machine.apply(.approve(by: provider), to: task, nowMs: 2).task
         #expect(throws: MarketError.self) { try machine.apply(.payloadMissing, to: running, nowMs: .max) }
@@ -160,11 +191,22 @@ import Testing
         let standing = ProviderStanding(settledJobs: 5, heldBack: .zero)
         let forRequester = try machine.apply(.resolve(forProvider: false, memo: "bad"), to: disputed.task, nowMs: 5)
         #expect(forRequester.task.state == .refunded)
+        #expect(forRequester.movements.map(\.kind) == [.refund])
+        #expect(forRequester.movements.first?.amount == Credits(micro: 10_000_000))
         #expect(
             forRequester.outcomes == [ReputationOutcome(peer: provider, success: false, taskID: "t", role: "provider")])
         let lapsed = try machine.apply(
             .deadlinePassed, to: disputed.task, nowMs: disputed.task.deadlineMs!, provider: standing)
         #expect(lapsed.task.state == .settled)
+        // For the provider, by the operator or the window: the price is paid and the rest of the
+        // maximum goes back, 6 and 4 of the 10 in escrow.
+        let forProvider = try machine.apply(
+            .resolve(forProvider: true, memo: "fine"), to: disputed.task, nowMs: 5, provider: standing)
+        for settled in [lapsed, forProvider] {
+            #expect(settled.movements.map(\.kind) == [.fee, .release, .differenceRefund])
+            #expect(settled.movements.last?.amount == Credits(micro: 4_000_000))
+            #expect(settled.movements.map(\.amount.micro).reduce(0, +) == 10_000_000)
+        }
     }
 
     @Test func finalStatesAcceptNothing() throws {
@@ -195,9 +237,10 @@ import Testing
         #expect(reputation.tier(atMs: 0, halfLifeMs: halfLife, newBelow: 3) == .trusted)
     }
 
-    /// A declared capacity stop, assigned or running: the task re-opens for the next provider at
-    /// the price in escrow, the provider is paid nothing and blamed for nothing, and it counts
-    /// against the task's rematches like a rejection (so no two providers bounce a task forever).
+    /// A declared capacity stop, assigned or running: the task re-opens for the next provider
+    /// within the requester's maximum, the provider is paid nothing and blamed for nothing, and it
+    /// counts against the task's rematches like a rejection (so no two providers bounce a task
+    /// forever).
     @Test func aHandBackReopensWithoutBlameAndCountsAgainstTheRematches() throws {
         let running = try machine.apply(.approve(by: provider), to: try assigned(), nowMs: 2).task
         #expect(throws: MarketError.self) {
@@ -206,7 +249,7 @@ import Testing
         let first = try machine.apply(.handBack(by: provider, reason: "five_hour at its limit"), to: running, nowMs: 3)
         #expect(first.task.state == .open && first.reopened)
         #expect(first.outcomes.isEmpty && first.movements.isEmpty)
-        #expect(first.task.cap == Credits(micro: 6_000_000))
+        #expect(first.task.cap == Credits(micro: 10_000_000), "the whole maximum is still in escrow")
         #expect(first.task.excluded == [provider] && first.task.rejections == 1)
         #expect(first.task.reason?.contains("handed back by the provider (capacity): five_hour at its limit") == true)
         let other = PeerID(digestPrefix: [UInt8](repeating: 9, count: 20))

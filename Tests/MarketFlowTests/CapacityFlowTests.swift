@@ -109,9 +109,10 @@ struct CapacityFlowTests {
     }
 
     /// The first provider's account is at its limit: its job meets a 429 and is handed back
-    /// (no charge, no blame), the task goes to the other provider at the same price (what is in
-    /// escrow), which settles it, and the first provider's offer is paused until the reset the
-    /// answer named. (At equal prices and reputations the older offer, Ada's, wins first.)
+    /// (no charge, no blame), the task goes to the other provider, which asks more but within the
+    /// requester's maximum (all of it still in escrow), and settles it; the requester pays that
+    /// price, and the first provider's offer is paused until the reset the answer named. (The
+    /// cheaper offer, Ada's, wins first.)
     @Test func a429DuringAJobHandsTheTaskToAnotherProvider() async throws {
         let reset = Date().addingTimeInterval(3600)
         let limited = "Bearer \(Self.token("ada"))"
@@ -130,7 +131,7 @@ struct CapacityFlowTests {
             defer { flow.stopAll() }
             let (adaHome, ada) = try await provide(flow, "ada", standIn: standIn, price: "1")
             defer { ada.stop() }
-            let (benHome, ben) = try await provide(flow, "ben", standIn: standIn, price: "1")
+            let (benHome, ben) = try await provide(flow, "ben", standIn: standIn, price: "2")
             defer { ben.stop() }
             let requester = try await flow.requester("rita")
             let result = try await flow.cli(
@@ -150,6 +151,8 @@ struct CapacityFlowTests {
             #expect((benPeer["balance"] as? Int ?? 0) + (benPeer["heldBack"] as? Int ?? 0) > 0, "\(benPeer)")
             #expect((adaPeer["reputation"] as? [String: Any])?["samples"] as? Int == 0, "\(adaPeer)")
             #expect(adaPeer["handBacks"] as? Int == 1 && benPeer["handBacks"] as? Int == 0)
+            // Ben's price, not Ada's, and no more: the rest of the 5 came back at settlement.
+            #expect(try await flow.balance(requester)["available"] as? Int == 18_000_000)
             let dashboard = try await offPool { try LoopbackHTTP.get(flow.market.httpBase + "/").body }
             let page = String(decoding: dashboard, as: UTF8.self)
             #expect(page.contains("capacity hand-backs") && page.contains("returns 20"), "dashboard")

@@ -21,8 +21,9 @@ struct DaemonLifecycleTests {
             arguments: ["submit", "--prompt", "handed over", "--max-price", "5", "--wait", "--json"],
             home: requester, log: flow.directory.file("submit.log"))
         try await stopping.waitFor("approved and started", timeout: 30)
-        // A re-opened task keeps the price already in escrow: the next provider must fit it.
-        let second = try await flow.provider("quinn", price: "1")
+        // The whole maximum stays in escrow: the task re-opens to any provider within it, here
+        // one asking more than the first did.
+        let second = try await flow.provider("quinn", price: "3")
         _ = try await flow.provide(second, command: ["sh", "-c", "echo \"finished: $(cat)\""])
 
         await stopping.stopAsync(SIGTERM)
@@ -34,8 +35,10 @@ struct DaemonLifecycleTests {
         let result = try #require(lines.first { $0["type"] as? String == "result" })
         #expect((result["result"] as? [String: Any])?["output"] as? String == "finished: handed over\n")
         #expect(lines.last?["state"] as? String == "settled")
-        // The requester paid the second provider's price only; the first earned nothing.
-        #expect(try await flow.balance(requester)["available"] as? Int == 19_000_000)
+        // The requester paid the second provider's price only (the rest of its maximum came back
+        // at settlement); the first earned nothing.
+        #expect(try await flow.balance(requester)["available"] as? Int == 17_000_000)
+        #expect(try await flow.balance(requester)["inEscrow"] as? Int == 0)
         #expect(try await flow.balance(first)["available"] as? Int == 0)
         try await flow.cli(flow.home("operator"), ["market", "verify", "--db", flow.db])
     }

@@ -100,9 +100,11 @@ import Testing
                 let pong = try await a.request(.ping, EmptyBody())
                 #expect(pong.type == "pong")
             }
-            // Only the three accepted actions moved money: escrow lock, then the difference refund.
+            // Only the accepted actions moved money: the escrow lock (the whole maximum stays in
+            // escrow while the task is assigned; the difference goes back at settlement).
             let after = try await market.store.read { (try await $0.allBalances(), try await $0.allMovements().count) }
-            #expect(after.1 == before.1 + 2)
+            #expect(after.1 == before.1 + 1)
+            #expect(after.0["peer:\(alice.peerID)"] == micro(6) && after.0["escrow:mine"] == micro(4))
             #expect(after.0["peer:\(bob.peerID)"] == before.0["peer:\(bob.peerID)"])
             #expect(try await market.audit().balanced)
         }

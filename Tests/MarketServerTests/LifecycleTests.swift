@@ -20,7 +20,9 @@ import Testing
                     let body = try assigned.decodeBody(AssignedBody.self)
                     #expect(body.provider == provider.peerID.rawValue)
                     #expect(body.price == micro(5))
-                    #expect(try await market.balance(.peer(requester.peerID)) == Credits(whole: 95))
+                    // The whole maximum is in escrow until the task settles.
+                    #expect(try await market.balance(.peer(requester.peerID)) == Credits(whole: 92))
+                    #expect(try await market.balance(.escrow(taskID: "t1")) == Credits(whole: 8))
 
                     try await requesterConnection.ok(.payloadDeliver, SealedBody(taskId: "t1", sealed: "c2VhbGVk"))
                     let payload = try await providerConnection.next(.payloadDeliver, taskId: "t1")
@@ -41,6 +43,8 @@ import Testing
             #expect(try await market.balance(.peer(provider.peerID)) == Credits(micro: micro(5) - micro(5) / 20))
             #expect(try await market.balance(.market) == Credits(micro: micro(5) / 20))
             #expect(try await market.balance(.escrow(taskID: "t1")) == .zero)
+            // The requester paid the price; the 3 above it came back with the settlement.
+            #expect(try await market.balance(.peer(requester.peerID)) == Credits(whole: 95))
             let audit = try await market.audit()
             #expect(audit.balanced, "\(audit.discrepancies)")
             #expect(audit.minted == (try Credits(whole: 100)))

@@ -56,7 +56,8 @@ public enum MovementKind: String, Codable, Sendable, CaseIterable {
     case mint
     /// `task.post`: requester → escrow.
     case escrowLock = "escrow_lock"
-    /// At assignment, `cap − price`: escrow → requester.
+    /// At settlement, what the escrow holds above the price (`cap − price`): escrow → requester.
+    /// (Books from before the escrow stayed whole have these rows at assignment.)
     case differenceRefund = "difference_refund"
     /// At settlement, the provider's share: escrow → provider.
     case release
@@ -112,10 +113,14 @@ public struct LedgerAudit: Sendable, Codable, Equatable {
     ///   - movements: every ledger row as stored (id, from, to, amount).
     ///   - balances: every account's stored balance.
     ///   - finalTasks: ids of tasks in a final state.
+    ///   - liveTasks: each task not in a final state, with what its books say it holds in escrow
+    ///     (its `cap`): the escrow account must hold exactly that, or a settlement or refund
+    ///     would move more, or less, than is there.
     public static func check(
         movements: [(id: Int64, from: String, to: String, amountMicro: Int64)],
         balances: [String: Int64],
-        finalTasks: Set<String>
+        finalTasks: Set<String>,
+        liveTasks: [String: Credits] = [:]
     ) -> LedgerAudit {
         var problems: [Discrepancy] = []
         var computed: [String: Int64] = [:]
@@ -163,6 +168,15 @@ public struct LedgerAudit: Sendable, Codable, Equatable {
                     .init(
                         kind: "escrow", subject: account,
                         detail: "task \(task) is final but its escrow holds \(Credits(micro: stored))"))
+            }
+        }
+        for (task, cap) in liveTasks.sorted(by: { $0.key < $1.key }) {
+            let held = balances[Account.escrow(taskID: task).description] ?? 0
+            if held != cap.micro {
+                problems.append(
+                    .init(
+                        kind: "escrow", subject: Account.escrow(taskID: task).description,
+                        detail: "task \(task) should hold \(cap) in escrow but holds \(Credits(micro: held))"))
             }
         }
         var total: Int64 = 0

@@ -27,7 +27,10 @@ public struct MarketTask: Codable, Sendable, Equatable {
     public var requester: PeerID
     /// The requester's maximum price as posted.
     public var maxPrice: Credits
-    /// What is offered now: `maxPrice` at first; after a provider fault, what is still in escrow.
+    /// What the task holds in escrow, and so the most any provider may ask: `maxPrice` from the
+    /// post until the task ends, whoever had it and lost it; zero once final. (A task assigned in
+    /// books from before the escrow stayed whole holds only its first winner's price: its
+    /// difference went back then, and it is offered again at no more than that.)
     public var cap: Credits
     /// The minimum provider reputation (0…1).
     public var minReputation: Double

@@ -11,8 +11,9 @@ public enum TaskEvent: Sendable, Equatable {
     case dispute(by: PeerID, reason: String)
     case fail(by: PeerID, reason: String)
     /// The provider's account hit its limit (a declared capacity stop): the task goes to the
-    /// next provider at the price in escrow, unpaid, with no fault counted against the provider's
-    /// reputation — but counted, like a rejection, against the task's rematches.
+    /// next provider within what is in escrow (the requester's maximum), unpaid, with no fault
+    /// counted against the provider's reputation — but counted, like a rejection, against the
+    /// task's rematches.
     case handBack(by: PeerID, reason: String)
     /// The provider stopped sending heartbeats.
     case providerSilent
@@ -133,18 +134,13 @@ public struct TaskStateMachine: Sendable {
             guard price <= task.cap else {
                 throw MarketError(.priceAboveMax, "price \(price) is above the task's maximum \(task.cap)")
             }
+            // No money moves: the escrow stays whole (`cap`), so that should this provider hand
+            // the task back or fail, the next may ask anything up to the requester's maximum.
+            // What the price leaves over goes back at settlement.
             transition.task.state = .assigned
             transition.task.provider = provider
             transition.task.price = price
             transition.task.deadlineMs = nowMs + rules.approvalTimeoutMs
-            let difference = try checked { () throws(CreditsError) in try task.cap.subtracting(price) }
-            if difference.micro > 0 {
-                transition.movements.append(
-                    Movement(
-                        from: .escrow(taskID: task.id), to: .peer(task.requester), amount: difference,
-                        kind: .differenceRefund, taskID: task.id))
-            }
-            transition.task.cap = price
 
         case (.cancel(let by), .open):
             try requireRequester(by, task, event)
@@ -285,7 +281,8 @@ public struct TaskStateMachine: Sendable {
         try loseProvider(&transition, nowMs: nowMs, reopen: again, reason: reason)
     }
 
-    /// The provider loses the task: back to open at the price already in escrow, or refunded.
+    /// The provider loses the task, and never gets it again: back to open for any other provider
+    /// within what is in escrow (the requester's whole maximum), or refunded.
     private func loseProvider(
         _ transition: inout TaskTransition, nowMs: Int64, reopen: Bool, reason: String
     ) throws(MarketError) {
@@ -302,8 +299,9 @@ public struct TaskStateMachine: Sendable {
         transition.reopened = true
     }
 
-    /// The price leaves escrow: the fee to the market, a new provider's hold-back to its held
-    /// account, the rest to the provider; reaching the hold-back threshold releases what was held.
+    /// The escrow empties: of the price, the fee to the market, a new provider's hold-back to its
+    /// held account, the rest to the provider; what is left (`cap − price`) back to the requester;
+    /// reaching the hold-back threshold releases what was held.
     private func settle(
         _ transition: inout TaskTransition, standing: ProviderStanding?, reason: String
     ) throws(MarketError) {
@@ -312,6 +310,14 @@ public struct TaskStateMachine: Sendable {
             throw MarketError(.invalidState, "task \(task.id) has no provider to pay")
         }
         guard let standing else { throw MarketError(.internalError, "settlement needs the provider's standing") }
+        // A task assigned before the escrow stayed whole got its difference back then: its cap is
+        // its price, and nothing is left over now.
+        guard price <= task.cap else {
+            throw MarketError(
+                .internalError,
+                "task \(task.id) holds \(task.cap) in escrow, less than its price \(price): it cannot settle")
+        }
+        let difference = try checked { () throws(CreditsError) in try task.cap.subtracting(price) }
         let escrow = Account.escrow(taskID: task.id)
         let fee = MarketRules.share(of: price, basisPoints: rules.feeBasisPoints)
         let earned = try checked { () throws(CreditsError) in try price.subtracting(fee) }
@@ -326,6 +332,12 @@ public struct TaskStateMachine: Sendable {
         }
         if paid.micro > 0 {
             rows.append(Movement(from: escrow, to: .peer(provider), amount: paid, kind: .release, taskID: task.id))
+        }
+        if difference.micro > 0 {
+            rows.append(
+                Movement(
+                    from: escrow, to: .peer(task.requester), amount: difference, kind: .differenceRefund,
+                    taskID: task.id, memo: "the maximum \(task.cap) less the price \(price)"))
         }
         if !stillNew, standing.heldBack.micro > 0 {
             rows.append(
