@@ -67,12 +67,12 @@ struct MarketServeCommand: AsyncParsableCommand {
     var maxStoredPieceBytes = StoredPieceLimits().maxTotalBytes
     @Option(
         help: ArgumentHelp(
-            "Bytes of pieces one party of a task may keep per RUV the task holds in escrow.",
+            "Bytes of pieces one party of a task may keep per RUV of the task's price.",
             discussion: "0…1099511627776; default 268435456 (256 MiB).", valueName: "bytes"))
     var pieceBytesPerCredit = StoredPieceLimits().bytesPerCredit
     @Option(
         help: ArgumentHelp(
-            "Bytes of pieces one party of any task may keep, whatever its escrow.",
+            "Bytes of pieces one party of any task may keep, whatever its price.",
             discussion: "0…1099511627776, at most --max-stored-piece-bytes; default 4194304 (4 MiB).",
             valueName: "bytes"))
     var minPieceBytesPerTask = StoredPieceLimits().minBytesPerTask

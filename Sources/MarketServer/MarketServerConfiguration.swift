@@ -27,7 +27,7 @@ public struct MarketServerConfiguration: Sendable {
     /// When set, every text frame in and out is appended here (one per line, `in`/`out` and the
     /// frame): a debugging capture, and the proof that the market only ever sees ciphertext.
     public var frameLogPath: String?
-    /// The blob pieces (sealed base64) the market keeps: in all, and per task by its escrow.
+    /// The blob pieces (sealed base64) the market keeps: in all, and per task by its price.
     public var storedPieces = StoredPieceLimits()
     /// How many frames one durable transaction may carry (nil: the store's default, 64 on
     /// SQLite, one on PostgreSQL), and how long a batch waits for more.

@@ -116,22 +116,25 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
         try await transaction(body)
     }
 
+    /// One snapshot for the whole read (REPEATABLE READ): `market verify` and the stats read
+    /// tasks, movements and balances in several statements, and under READ COMMITTED a task
+    /// settled between two of them read as books that do not balance.
     public func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T) async throws
         -> T
     {
-        try await transaction(body)
+        try await transaction(body, begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     }
 
-    private func transaction<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T)
-        async throws -> T
-    {
+    private func transaction<T: Sendable>(
+        _ body: @escaping @Sendable (any MarketTransaction) async throws -> T, begin: String = "BEGIN"
+    ) async throws -> T {
         var attempt = 0
         while true {
             attempt += 1
             do {
                 return try await client.withConnection { [logger] connection in
                     try await withTaskExecutorPreference(EventLoopTaskExecutor(connection.eventLoop)) {
-                        try await Self.transaction(body, on: connection, logger: logger)
+                        try await Self.transaction(body, begin: begin, on: connection, logger: logger)
                     }
                 }
             } catch  where attempt < 8 && PostgresSession.isTransient(error) {
@@ -143,7 +146,8 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
     /// BEGIN, `body`, COMMIT on `connection`; ROLLBACK when anything throws. A transaction that
     /// outlives `transactionTimeout` loses its connection, which fails what it waits for.
     private static func transaction<T: Sendable>(
-        _ body: @Sendable (any MarketTransaction) async throws -> T, on connection: PostgresConnection, logger: Logger
+        _ body: @Sendable (any MarketTransaction) async throws -> T, begin: String = "BEGIN",
+        on connection: PostgresConnection, logger: Logger
     ) async throws -> T {
         let watchdog = connection.eventLoop.scheduleTask(in: transactionTimeout) {
             let _: EventLoopFuture<Void> = connection.close()
@@ -151,7 +155,7 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
         defer { watchdog.cancel() }
         let session = PostgresSession(connection: connection, logger: logger)
         do {
-            try await session.execute(script: "BEGIN")
+            try await session.execute(script: begin)
             let result = try await body(SQLMarketTransaction(session: session))
             try await session.execute(script: "COMMIT")
             return result

@@ -33,7 +33,7 @@ import Testing
         #expect(task.code == .workspaceTooLarge)
         #expect(
             task.message
-                == "the requester's pieces of task t1 would hold 3097 + 1000 bytes; its escrow of \(Credits(micro: 1)) keeps at most 4096 (1048576 bytes per RUV, at least 4096)"
+                == "the requester's pieces of task t1 would hold 3097 + 1000 bytes; its price of \(Credits(micro: 1)) keeps at most 4096 (1048576 bytes per RUV, at least 4096)"
         )
         let total = try #require(refusal(blob: 0, party: 0, total: (1 << 30) - 999))
         #expect(total.code == .rateLimited)

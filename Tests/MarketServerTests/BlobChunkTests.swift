@@ -288,7 +288,7 @@ import Testing
                 requesterRefusals.allSatisfy {
                     $0.message.contains("the requester's pieces of task sybil")
                         && $0.message.contains(
-                            "would hold 80000 + 40000 bytes; its escrow of \(Credits(micro: 1)) keeps at most 100000")
+                            "would hold 80000 + 40000 bytes; its price of \(Credits(micro: 1)) keeps at most 100000")
                 }, "\(requesterRefusals.map(\.message))")
             // Then the providers, of the tasks each won: the total runs out before their floors.
             let providerRefusals = try await swarming { c, _ in

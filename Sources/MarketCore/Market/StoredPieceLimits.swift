@@ -1,13 +1,15 @@
 /// How many bytes of blob pieces (the sealed base64 of workspaces, conversations, patches and
 /// transcripts, `blob.chunk`) the market keeps. Identities cost nothing, so a bound per sender
-/// bounds nothing: what a task may store is bought with its escrow, and all tasks together are
-/// bounded by what the operator gives the market.
+/// bounds nothing: what a task may store is bought with its price (not its whole escrow, which
+/// holds the requester's maximum until settlement and would let a large maximum, returned at
+/// settlement, buy room for nothing), and all tasks together are bounded by what the operator
+/// gives the market.
 public struct StoredPieceLimits: Sendable, Equatable {
     /// The pieces of every task together.
     public var maxTotalBytes: Int64
-    /// What one party of a task may keep per whole credit (RUV) the task holds in escrow.
+    /// What one party of a task may keep per whole credit (RUV) of the task's price.
     public var bytesPerCredit: Int64
-    /// What one party of a task may keep whatever its escrow: so that a cheap task can still
+    /// What one party of a task may keep whatever its price: so that a cheap task can still
     /// carry a small workspace, and small enough that a task at one micro-credit stores little.
     public var minBytesPerTask: Int64
 
@@ -43,7 +45,7 @@ public struct StoredPieceLimits: Sendable, Equatable {
         return self
     }
 
-    /// What one party of a task holding `escrow` may keep: `bytesPerCredit` per RUV, at least
+    /// What one party of a task at the price `escrow` may keep: `bytesPerCredit` per RUV, at least
     /// `minBytesPerTask`, at most the total (the product is taken in 128 bits).
     public func taskBound(escrow: Credits) -> Int64 {
         let product = max(0, escrow.micro).multipliedFullWidth(by: bytesPerCredit)
@@ -85,7 +87,7 @@ public struct StoredPieceLimits: Sendable, Equatable {
         if partyAfter.overflow || partyAfter.partialValue > taskBound {
             return MarketError(
                 .workspaceTooLarge,
-                "the \(party.name)'s pieces of task \(taskID) would hold \(party.stored) + \(bytes) bytes; its escrow of \(escrow) keeps at most \(taskBound) (\(bytesPerCredit) bytes per RUV, at least \(minBytesPerTask))"
+                "the \(party.name)'s pieces of task \(taskID) would hold \(party.stored) + \(bytes) bytes; its price of \(escrow) keeps at most \(taskBound) (\(bytesPerCredit) bytes per RUV, at least \(minBytesPerTask))"
             )
         }
         let totalAfter = totalStored.addingReportingOverflow(bytes)
