@@ -118,11 +118,12 @@ public final class PostgresMarketStore: MarketStore, MarketRelay {
 
     /// One snapshot for the whole read (REPEATABLE READ): `market verify` and the stats read
     /// tasks, movements and balances in several statements, and under READ COMMITTED a task
-    /// settled between two of them read as books that do not balance.
+    /// settled between two of them read as books that do not balance. (Not READ ONLY: a read
+    /// may take row locks, as a check of what a write would find does.)
     public func read<T: Sendable>(_ body: @escaping @Sendable (any MarketTransaction) async throws -> T) async throws
         -> T
     {
-        try await transaction(body, begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try await transaction(body, begin: "BEGIN ISOLATION LEVEL REPEATABLE READ")
     }
 
     private func transaction<T: Sendable>(
