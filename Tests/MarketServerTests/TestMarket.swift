@@ -26,16 +26,18 @@ struct TestMarket: Sendable {
 
     static func newPeer() -> KeyRing { KeyRing.inMemory(sealing: sharedSealing) }
 
+    /// `frozenClock`: the market's and its peers' time moves only when the test advances it, so
+    /// that nothing time-based (a token bucket's refill, a deadline) happens by itself.
     static func with<T: Sendable>(
         rules: MarketRules = MarketRules(), configure: (inout MarketServerConfiguration) -> Void = { _ in },
         store makeStore: ((URL) throws -> any MarketStore)? = nil, directory: TemporaryDirectory? = nil,
-        _ body: @escaping @Sendable (TestMarket) async throws -> T
+        frozenClock: Bool = false, _ body: @escaping @Sendable (TestMarket) async throws -> T
     ) async throws -> T {
         let directory = directory ?? TemporaryDirectory("cmm-market")
         let store = try makeStore?(directory.url) ?? SQLiteMarketStore(path: directory.file("market.sqlite").path)
         var configuration = MarketServerConfiguration(host: "127.0.0.1", port: 0, rules: rules)
         configure(&configuration)
-        let clock = TestClock()
+        let clock = TestClock(frozen: frozenClock)
         // The server says when it listens, and on which port: nothing polls for it.
         let (listening, listened) = AsyncStream.makeStream(of: Int.self)
         let server = try MarketServer(
@@ -103,10 +105,20 @@ struct TestMarket: Sendable {
     }
 }
 
-/// Unix milliseconds that follow the wall clock plus an offset the test moves.
+/// Unix milliseconds that follow the wall clock plus an offset the test moves; frozen, they
+/// stand at the moment the clock was made, plus that offset, and nothing else moves them.
 final class TestClock: Sendable {
     private let offset = Atomic<Int64>(0)
-    var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) + offset.load(ordering: .relaxed) }
+    private let frozenAt: Int64?
+
+    init(frozen: Bool = false) {
+        frozenAt = frozen ? Int64(Date().timeIntervalSince1970 * 1000) : nil
+    }
+
+    var nowMs: Int64 {
+        (frozenAt ?? Int64(Date().timeIntervalSince1970 * 1000)) + offset.load(ordering: .relaxed)
+    }
+
     func advance(seconds: Int64) { offset.add(seconds * 1000, ordering: .relaxed) }
 }
 

@@ -191,35 +191,42 @@ import Testing
     }
 
     @Test func aFloodIsRateLimited() async throws {
-        try await TestMarket.with(configure: {
-            // One frame per 5 s after the burst: slow enough that a loaded machine's round trips
-            // do not refill the bucket during the flood.
-            $0.frameRate = 0.2
-            $0.frameBurst = 5
-        }) { market in
+        // The market's clock stands still: the bucket refills only when the test moves it.
+        try await TestMarket.with(
+            configure: {
+                $0.frameRate = 0.2
+                $0.frameBurst = 5
+            }, frozenClock: true
+        ) { market in
             try await market.connect { connection in
-                // The handshake used two frames of the burst; a burst of pings then hits the limit.
+                // Once authenticated the peer has its own bucket, whole (the handshake's frames
+                // were the connection's): five pings pass, the rest hit the limit.
                 var codes: [String] = []
                 for _ in 0..<8 {
                     let answer = try await connection.request(.ping, EmptyBody(), timeout: .seconds(3))
                     codes.append(answer.errorBody?.code.rawValue ?? answer.type)
                 }
                 #expect(
-                    codes.prefix(3) == ["pong", "pong", "pong"]
-                        && codes.suffix(3) == ["rate_limited", "rate_limited", "rate_limited"], "\(codes)")
-                try await Task.sleep(for: .milliseconds(5500))
+                    codes == Array(repeating: "pong", count: 5) + Array(repeating: "rate_limited", count: 3), "\(codes)"
+                )
+                // Five seconds at one frame per five seconds: one token, and one only.
+                market.clock.advance(seconds: 5)
                 #expect(try await connection.request(.ping, EmptyBody()).type == "pong", "the bucket refills")
+                let after = try await connection.request(.ping, EmptyBody())
+                #expect(after.errorBody?.code.rawValue == "rate_limited", "one token, not two")
             }
         }
     }
 
     @Test func aPeersBudgetIsSharedByAllItsConnections() async throws {
-        // A token every 20 s: on a loaded machine the eight round trips may take seconds, and a
-        // refill in between would hand out a seventh or eighth pong.
-        try await TestMarket.with(configure: {
-            $0.frameRate = 0.05
-            $0.frameBurst = 6
-        }) { market in
+        // The market's clock stands still, so no refill comes between the eight round trips,
+        // however long they take.
+        try await TestMarket.with(
+            configure: {
+                $0.frameRate = 0.05
+                $0.frameBurst = 6
+            }, frozenClock: true
+        ) { market in
             let keys = TestMarket.newPeer()
             try await market.connect(keys) { first in
                 try await market.connect(keys) { second in
@@ -230,7 +237,7 @@ import Testing
                         codes.append(answer.errorBody?.code.rawValue ?? answer.type)
                     }
                     // Six frames of burst for the peer, not six per connection.
-                    #expect(codes.filter { $0 == "pong" }.count <= 7, "\(codes)")
+                    #expect(codes.filter { $0 == "pong" }.count == 6, "\(codes)")
                     #expect(codes.suffix(2) == ["rate_limited", "rate_limited"], "\(codes)")
                 }
             }
