@@ -190,14 +190,20 @@ import Testing
         }
     }
 
-    @Test func aFloodIsRateLimited() async throws {
-        // The market's clock stands still: the bucket refills only when the test moves it.
+    /// A market whose peers may send `burst` frames, then `rate` a second, on a frozen clock.
+    static func rateLimited(
+        rate: Double, burst: Double, _ body: @escaping @Sendable (TestMarket) async throws -> Void
+    ) async throws {
         try await TestMarket.with(
             configure: {
-                $0.frameRate = 0.2
-                $0.frameBurst = 5
-            }, frozenClock: true
-        ) { market in
+                $0.frameRate = rate
+                $0.frameBurst = burst
+            }, frozenClock: true, body)
+    }
+
+    @Test func aFloodIsRateLimited() async throws {
+        // The market's clock stands still: the bucket refills only when the test moves it.
+        try await Self.rateLimited(rate: 0.2, burst: 5) { market in
             try await market.connect { connection in
                 // Once authenticated the peer has its own bucket, whole (the handshake's frames
                 // were the connection's): five pings pass, the rest hit the limit.
@@ -221,12 +227,7 @@ import Testing
     @Test func aPeersBudgetIsSharedByAllItsConnections() async throws {
         // The market's clock stands still, so no refill comes between the eight round trips,
         // however long they take.
-        try await TestMarket.with(
-            configure: {
-                $0.frameRate = 0.05
-                $0.frameBurst = 6
-            }, frozenClock: true
-        ) { market in
+        try await Self.rateLimited(rate: 0.05, burst: 6) { market in
             let keys = TestMarket.newPeer()
             try await market.connect(keys) { first in
                 try await market.connect(keys) { second in
