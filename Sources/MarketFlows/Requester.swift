@@ -274,7 +274,7 @@ public actor Requester {
             } catch {
                 throw MarketClientError("\(error)")
             }
-            switch checkResult(frame, document: document, taskId: taskId) {
+            switch checkResult(frame, taskId: taskId) {
             case .success(let (result, hash)): return .result(result, hash: hash)
             case .failure(let problem): return .resultRefused(problem: problem.description)
             }
@@ -430,15 +430,12 @@ public actor Requester {
         init(_ description: String) { self.description = description }
     }
 
-    /// Signature by the assigned provider, hash of the plaintext, and the task it names.
-    nonisolated func checkResult(_ frame: Envelope, document: PublicKeyDocument, taskId: String)
+    /// A result frame the assigned provider signed (checked before): its body, its seal, the hash
+    /// of the plaintext against the one signed, and the task it names. What fails here is the
+    /// provider's doing.
+    nonisolated func checkResult(_ frame: Envelope, taskId: String)
         -> Result<(JobContent.Result, String), Problem>
     {
-        do {
-            try RelayedFrame.verify(frame, from: document, nowMs: Date().unixMilliseconds)
-        } catch {
-            return .failure(Problem("\(error)"))
-        }
         let body: ResultBody
         do {
             body = try frame.checkedBody(ResultBody.self)

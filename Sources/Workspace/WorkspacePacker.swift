@@ -65,16 +65,7 @@ public struct WorkspacePacker: Sendable {
         for link in dropped { walk.leftOut.append(LeftOut(path: link.path, reason: link.outcome.leftOutReason)) }
         if tracked != nil {
             // In a git work tree only the directories that hold something sent are kept.
-            let needed = Set(
-                entries.filter { $0.kind != .directory }.flatMap { entry in
-                    var parents: [String] = []
-                    var path = entry.path
-                    while let slash = path.lastIndex(of: "/") {
-                        path = String(path[..<slash])
-                        parents.append(path)
-                    }
-                    return parents
-                })
+            let needed = Set(entries.filter { $0.kind != .directory }.flatMap { PathBytes.ancestors(of: $0.path) })
             entries.removeAll { $0.kind == .directory && !needed.contains($0.path) }
         }
         let tree = try WorkspaceTree(entries: entries)

@@ -93,8 +93,11 @@ extension WorkspacePatch {
                     + conflicts.joined(separator: ", "))
         }
         let overlay = Overlay(changes: changes, byPath: byPath, disk: disk)
-        try Self.checkLinks(changes, overlay: overlay)
-        try Self.checkExistingLinks(disk: disk, overlay: overlay)
+        // One resolver for the tree as it will be: what the patch's links resolve through is
+        // resolved once for the directory's links too.
+        var resolver = LinkResolver(lookup: overlay.node)
+        try Self.checkLinks(changes, resolver: &resolver)
+        try Self.checkExistingLinks(disk: disk, overlay: overlay, resolver: &resolver)
         return try Self.write(changes, root: root, disk: disk)
     }
 
@@ -151,8 +154,7 @@ extension WorkspacePatch {
 
     /// Every link the patch makes must land inside, and outside `.git`, in the tree as it will
     /// be: the patch's own entries over what the directory holds now.
-    static func checkLinks(_ changes: [PathChange], overlay: Overlay) throws(WorkspaceError) {
-        var resolver = LinkResolver(lookup: overlay.node)
+    static func checkLinks(_ changes: [PathChange], resolver: inout LinkResolver) throws(WorkspaceError) {
         for change in changes {
             guard let result = change.result, result.isLink else { continue }
             let target = String(decoding: result.contents, as: UTF8.self)
@@ -167,9 +169,10 @@ extension WorkspacePatch {
     /// A link the directory already holds may climb through what the patch makes (a link `a`
     /// made `.`, so that `a/x/../..` goes one level higher than before): every one of them that
     /// lands inside now must still land inside once the patch is applied.
-    static func checkExistingLinks(disk: DiskView, overlay: Overlay) throws(WorkspaceError) {
+    static func checkExistingLinks(disk: DiskView, overlay: Overlay, resolver after: inout LinkResolver)
+        throws(WorkspaceError)
+    {
         var before = LinkResolver { disk.node(at: $0).pathNode }
-        var after = LinkResolver(lookup: overlay.node)
         for (path, target) in try disk.links() where overlay.keepsDiskEntry(path) {
             guard before.resolve(link: path, target: target).refusal == nil else { continue }
             if let refusal = after.resolve(link: path, target: target).refusal {

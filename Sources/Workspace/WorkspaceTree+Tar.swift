@@ -325,13 +325,7 @@ extension WorkspaceTree {
         writer.appendFile(path: Self.promptPath, contents: prompt)
         var directories: Set<String> = ["tmp", "tmp/cmm-input"]
         for file in files {
-            var parents: [String] = []
-            var parent = file.path
-            while let slash = parent.lastIndex(of: "/") {
-                parent = String(parent[..<slash])
-                parents.append(parent)
-            }
-            for directory in parents.reversed() where directories.insert(directory).inserted {
+            for directory in PathBytes.ancestors(of: file.path) where directories.insert(directory).inserted {
                 writer.append(WorkspaceEntry(path: directory, kind: .directory, mode: 0o700), prefix: "")
             }
             writer.append(WorkspaceEntry(path: file.path, kind: .file(file.contents), mode: 0o600), prefix: "")
