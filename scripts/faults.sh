@@ -18,8 +18,8 @@
 # outside their homes, and the real books balance. The full run also sends 100 000 hostile
 # frames to a live server (the frame fuzzer) and runs the coverage-guided fuzzer for five
 # minutes (scripts/fuzz.sh).
-# Needs root, the Docker engine and PostgreSQL (installed and started when missing, as
-# `scripts/test.sh` does); in CI a scenario that cannot run is a failure.
+# Needs root, Docker and PostgreSQL (started when missing, as `scripts/test.sh` does); in CI, or
+# with CMM_REQUIRE_DOCKER or CMM_REQUIRE_POSTGRES set, a scenario that cannot run is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

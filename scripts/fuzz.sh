@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
                 *) die "--target must be one of all, tar, patch, apply, market (got '${2:-}')" ;;
             esac
             shift ;;
-        -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (allowed: --target NAME, --seconds N, --help)" ;;
     esac
     shift
