@@ -1,4 +1,5 @@
 import Foundation
+import MarketCore
 
 /// Token usage of one model, as Claude Code reports it.
 public struct ModelUsage: Codable, Sendable, Equatable {
@@ -25,14 +26,6 @@ public struct ModelUsage: Codable, Sendable, Equatable {
         sum.cacheCreationInputTokens = sum.cacheCreationInputTokens.saturatingAdd(rhs.cacheCreationInputTokens)
         sum.costUSD += rhs.costUSD
         return sum
-    }
-}
-
-extension Int64 {
-    /// The sum, or the bound it passed.
-    public func saturatingAdd(_ other: Int64) -> Int64 {
-        let (sum, overflow) = addingReportingOverflow(other)
-        return overflow ? (other > 0 ? .max : .min) : sum
     }
 }
 

@@ -267,7 +267,7 @@ public actor ProviderDaemon {
             let settlement = try frame.checkedBody(SettlementBody.self)
             let earned = settlement.movements.filter {
                 $0.to == .known(.peer(keys.peerID)) && $0.kind != .known(.refund)
-            }.map(\.amount).reduce(0, +)
+            }.map(\.amount).saturatingSum()
             await apply(.settlement(settlement, earned: earned), to: settlement.taskId)
         case .jobDispute:
             let dispute = try frame.checkedBody(ReasonBody.self)

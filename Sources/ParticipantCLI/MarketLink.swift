@@ -182,7 +182,8 @@ struct BookEstimate: Codable {
         pausedOffers = paused.count
         capacityReturnsMs = paused.compactMap(\.pausedUntilMs).min()
         eligibleOffers = free.count
-        freeSlots = free.map(\.freeSlots).reduce(0, +)
+        // The counts are the market's word: summed without trapping on a hostile one.
+        freeSlots = free.map(\.freeSlots).saturatingSum()
         price = free.map(\.price).min()
         if others.isEmpty {
             why = "no provider has an offer on the market"
@@ -199,7 +200,7 @@ struct BookEstimate: Codable {
             why =
                 "capacity returns at \(Matching.time(returns)) (\(paused.count) offer(s) paused for their account's limits)"
         } else if free.isEmpty {
-            why = "all \(modelled.map(\.slots).reduce(0, +)) slots of the fitting providers are busy"
+            why = "all \(modelled.map(\.slots).saturatingSum()) slots of the fitting providers are busy"
         } else {
             why = nil
         }

@@ -76,3 +76,12 @@ import Testing
         #expect(Envelope(type: "bogus", id: "", from: "", ts: 0, nonce: "", body: "").messageType == nil)
     }
 }
+
+/// Counts a peer claims (free slots in a read view, amounts in a settlement) are summed without
+/// trapping: two of Int.max crashed `submit` under the hostile market.
+@Test func countsFromAPeerSumWithoutTrapping() {
+    #expect([Int.max, Int.max, 1].saturatingSum() == Int.max)
+    #expect([Int.min, -1].saturatingSum() == Int.min)
+    #expect([Int64(2), 3, -1].saturatingSum() == 4)
+    #expect(Int64.max.saturatingAdd(1) == .max)
+}
